@@ -1,0 +1,84 @@
+"""Array backend: which array module (NumPy or CuPy) holds the data, and the dtype policy.
+
+Layer code is written once against ``xp`` (``numpy`` or ``cupy``); ``get_array_module(x)``
+picks it at module boundaries.  CuPy is optional: importing minibnn never requires it, and
+asking for the GPU where there is none is a one-line ``DeviceError``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from minibnn.errors import DeviceError, DTypeError
+
+#: dtypes minibnn trains in; float32 is the default, float64 is used by the verification suite.
+FLOAT_DTYPES = {"float32": np.float32, "float64": np.float64}
+DEFAULT_DTYPE = "float32"
+
+
+def _cupy() -> Any | None:
+    """Return the cupy module if it imports, else None (no exception escapes)."""
+    try:
+        import cupy  # type: ignore[import-not-found]
+    except Exception:
+        return None
+    return cupy
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    cp = _cupy()
+    if cp is None:
+        return False
+    try:
+        return bool(cp.cuda.is_available())
+    except Exception:
+        return False
+
+
+def get_array_module(*arrays: Any) -> Any:
+    """Return ``cupy`` if any argument is a CuPy array, else ``numpy``."""
+    cp = _cupy()
+    if cp is not None:
+        for a in arrays:
+            if isinstance(a, cp.ndarray):
+                return cp
+    return np
+
+
+def device_module(device: str) -> Any:
+    """Array module for a device name: ``"cpu"`` -> numpy, ``"gpu"`` -> cupy (if present)."""
+    if device == "cpu":
+        return np
+    if device == "gpu":
+        if not gpu_available():
+            raise DeviceError("--device gpu requested but no CUDA GPU is available "
+                              "(CuPy is not installed or sees no device)")
+        return _cupy()
+    raise DeviceError(f"unknown device {device!r}; expected 'cpu' or 'gpu'")
+
+
+def to_device(x: Any, device: str) -> Any:
+    """Copy an array to ``device`` (no copy when it is already there)."""
+    xp = device_module(device)
+    if xp is np:
+        return to_numpy(x)
+    return xp.asarray(x)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Return a NumPy array on the host, whatever module holds ``x``."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "get"):
+        return x.get()
+    return np.asarray(x)
+
+
+def resolve_dtype(name: str | np.dtype | type) -> np.dtype:
+    """Map ``"float32"``/``"float64"`` (or a NumPy float dtype) to a dtype, else DTypeError."""
+    key = name if isinstance(name, str) else np.dtype(name).name
+    if key not in FLOAT_DTYPES:
+        raise DTypeError(f"unsupported dtype {key!r}; expected one of {sorted(FLOAT_DTYPES)}")
+    return np.dtype(FLOAT_DTYPES[key])
