@@ -1,0 +1,158 @@
+"""Optimisers against their defining recursions (and PyTorch where it is installed)."""
+import numpy as np
+import pytest
+
+from minibnn import optim
+from minibnn.errors import MinibnnError
+
+
+def _stream(seed=0, steps=8, shape=(4, 3)):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=shape), [rng.normal(size=shape) for _ in range(steps)]
+
+
+def _run(opt, w, grads):
+    params = {"w": w}
+    state = opt.init(params)
+    for g in grads:
+        params, state = opt.update({"w": g}, state, params)
+    return params["w"], state
+
+
+def test_cema_matches_its_recursion_with_schedule():
+    w0, grads = _stream()
+    b = np.where(w0 >= 0, 1.0, -1.0)
+    alpha = optim.linear(0.3, total_steps=len(grads))
+    got, _ = _run(optim.cema(alpha, 0.6), b, grads)
+    m = np.zeros_like(b)
+    v = np.zeros_like(b)
+    for t, g in enumerate(grads):
+        a = 0.3 * (1 - t / len(grads))
+        m = (1 - 0.6) * m + 0.6 * g
+        v = (1 - a) * v + a * m
+        b = np.where(v * b > 0, -b, b)
+    np.testing.assert_array_equal(got, b)
+
+
+def test_cema_tie_keeps_sign_and_positive_rule_sets_plus_one():
+    b = np.array([-1.0, 1.0, -1.0])
+    zero = np.zeros(3)
+    kept, _ = _run(optim.cema(0.5, 1.0), b, [zero])
+    np.testing.assert_array_equal(kept, b)
+    positive, _ = _run(optim.cema(0.5, 1.0, tie="positive"), b, [zero])
+    np.testing.assert_array_equal(positive, np.ones(3))
+
+
+def test_cema_initial_state_is_used():
+    b = np.array([1.0, 1.0])
+    init = {"v": {"w": np.array([5.0, -5.0])}}
+    got, _ = _run(optim.cema(0.1, 1.0, init_state=init), b, [np.zeros(2)])
+    np.testing.assert_array_equal(got, [-1.0, 1.0])
+
+
+def test_bop_threshold_and_equivalence_to_cema_at_zero_threshold():
+    w0, grads = _stream(1)
+    b = np.sign(w0)
+    bop, _ = _run(optim.bop(0.0, 0.2), b, grads)
+    cema, _ = _run(optim.cema(0.2, 1.0), b, grads)
+    np.testing.assert_array_equal(bop, cema)
+    never, _ = _run(optim.bop(1e9, 0.2), b, grads)
+    np.testing.assert_array_equal(never, b)
+
+
+def test_second_order_reproduces_coupled_sgd_signs():
+    eta, mu, lam = 0.05, 0.9, 0.5
+    w0, grads = _stream(2, steps=20)
+    w, _ = _run(optim.sgd(eta, mu, lam), w0, grads)
+    # With v = -lam w, (A) reads v_t = (1+mu-eta lam) v_{t-1} - mu v_{t-2} + eta lam g_t from
+    # the second step on; seed the filter with the latent history after one SGD step.
+    params = {"w": w0}
+    sgd = optim.sgd(eta, mu, lam)
+    st = sgd.init(params)
+    params, st = sgd.update({"w": grads[0]}, st, params)
+    v1, v2 = -lam * params["w"], -lam * w0
+    b = np.where(params["w"] >= 0, 1.0, -1.0)
+    so = optim.second_order(1 + mu - eta * lam, -mu, eta * lam,
+                            init_state={"v1": {"w": v1}, "v2": {"w": v2}})
+    got, _ = _run(so, b, grads[1:])
+    np.testing.assert_array_equal(got, np.where(w >= 0, 1.0, -1.0))
+
+
+def test_partition_routes_groups():
+    params = {"a.w": np.ones(2), "b.w": np.ones(2)}
+    opt = optim.partition({"binary": optim.cema(1.0, 1.0), "real": optim.sgd(0.5)},
+                          lambda n: "binary" if n.startswith("a") else "real")
+    st = opt.init(params)
+    new, _ = opt.update({"a.w": np.array([1.0, -1.0]), "b.w": np.array([1.0, -1.0])}, st, params)
+    np.testing.assert_array_equal(new["a.w"], [-1.0, 1.0])
+    np.testing.assert_array_equal(new["b.w"], [0.5, 1.5])
+
+
+def test_schedules():
+    assert optim.linear(1.0, 10)(5) == pytest.approx(0.5)
+    assert optim.linear(1.0, 10, per_epoch_steps=4)(5) == pytest.approx(0.6)
+    assert optim.cosine(1.0, 10)(10) == pytest.approx(0.0)
+    assert optim.step_decay(1.0, 3, 0.1)(7) == pytest.approx(0.01)
+    assert optim.constant(0.3)(100) == 0.3
+
+
+def test_float32_state_stays_float32():
+    w = np.ones(3, dtype=np.float32)
+    got, state = _run(optim.adam(0.1), w, [np.ones(3, dtype=np.float32)])
+    assert got.dtype == np.float32
+    got, state = _run(optim.cema(0.1, 0.5), w, [np.ones(3, dtype=np.float32)])
+    assert got.dtype == np.float32 and state["1"]["s"]["w"].dtype == np.float32
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: optim.cema(0.0, 0.5), "alpha must be in"),
+    (lambda: optim.cema(0.1, 1.5), "gamma must be in"),
+    (lambda: optim.sgd(-0.1), "lr must be >= 0"),
+    (lambda: optim.sgd(0.1, momentum=1.0), "momentum must be in"),
+    (lambda: optim.bop(-1.0, 0.1), "threshold must be >= 0"),
+    (lambda: optim.flip(0.0, tie="zero"), "unknown tie rule"),
+])
+def test_bad_hyperparameters_raise_one_line(make, match):
+    with pytest.raises(MinibnnError, match=match) as info:
+        make()
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("dampening", [0.0, 0.3])
+def test_sgd_matches_pytorch(decoupled, dampening):
+    torch = pytest.importorskip("torch")
+    w0, grads = _stream(3)
+    got, _ = _run(optim.sgd(0.1, 0.9, 0.01, decoupled=decoupled, dampening=dampening), w0, grads)
+    tw = torch.tensor(w0, requires_grad=True)
+    opt = torch.optim.SGD([tw], lr=0.1, momentum=0.9, dampening=dampening,
+                          weight_decay=0.0 if decoupled else 0.01)
+    for g in grads:
+        if decoupled:
+            with torch.no_grad():
+                tw.mul_(1 - 0.1 * 0.01)
+        tw.grad = torch.tensor(g)
+        opt.step()
+    np.testing.assert_allclose(got, tw.detach().numpy(), rtol=0, atol=1e-12)
+
+
+def test_adam_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    w0, grads = _stream(4)
+    got, _ = _run(optim.adam(0.01, weight_decay=0.01), w0, grads)
+    tw = torch.tensor(w0, requires_grad=True)
+    opt = torch.optim.Adam([tw], lr=0.01, weight_decay=0.01)
+    for g in grads:
+        tw.grad = torch.tensor(g)
+        opt.step()
+    np.testing.assert_allclose(got, tw.detach().numpy(), rtol=0, atol=1e-12)
+
+
+def test_sgd_momentum_by_hand():
+    w0, grads = _stream(5)
+    got, _ = _run(optim.sgd(0.1, 0.5, 0.2), w0, grads)
+    w, m = w0.copy(), np.zeros_like(w0)
+    for g in grads:
+        m = 0.5 * m + (g + 0.2 * w)
+        w = w - 0.1 * m
+    np.testing.assert_allclose(got, w, rtol=0, atol=1e-12)
