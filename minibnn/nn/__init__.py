@@ -1,0 +1,1 @@
+"""Neural-network layers: functional forward/backward pairs and Module wrappers."""
