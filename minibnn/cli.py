@@ -1,0 +1,184 @@
+"""The ``minibnn`` command: train, evaluate, explain hyperparameters, verify the theory.
+
+    minibnn train                      # binary MLP on MNIST with CEMA (+ Adam), defaults only
+    minibnn train --optimizer sgd --lr 0.01 --momentum 0.9   # latent weights, for comparison
+    minibnn train --resume runs/mnist.h5
+    minibnn eval runs/mnist.h5
+    minibnn explain --lr 0.1 --momentum 0.9 --weight-decay 5e-4
+
+Every user error is printed as one line ``minibnn: error: ...`` with exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Sequence
+
+from minibnn import __version__
+from minibnn.config import (DATASET_NAMES, DTYPE_NAMES, MODEL_NAMES, OPTIMIZER_NAMES,
+                            SCHEDULE_NAMES, STE_NAMES, TrainConfig)
+from minibnn.errors import MinibnnError
+
+DEFAULTS = TrainConfig()
+
+DESCRIPTION = """\
+minibnn trains binary neural networks (weights and activations in {-1, +1}) with explicit,
+readable NumPy code.  Binary weights are trained either by the paper's filter optimiser CEMA
+(two exponential moving averages of the gradient; a weight flips when the filtered gradient
+agrees with its sign) or by a classic optimiser on latent real weights (--optimizer sgd|adam).
+Everything else (first/last layer, BatchNorm) is trained with Adam.
+"""
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model (defaults: binary MLP, MNIST, CEMA + Adam)",
+                       description="Train a binary network.  With no flags: binary MLP on MNIST, "
+                       "CEMA for binary weights, Adam for real ones.  Writes a run file "
+                       "(config, per-epoch metrics, checkpoint) after every epoch.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = DEFAULTS
+    g = p.add_argument_group("what to train")
+    g.add_argument("--model", default=d.model, choices=MODEL_NAMES)
+    g.add_argument("--dataset", default=d.dataset, choices=DATASET_NAMES)
+    g.add_argument("--data-dir", default=None, help="folder with dataset files you already have")
+    g.add_argument("--hidden", type=_int_list, default=d.hidden,
+                   help="binary_mlp widths, comma-separated (first one real-valued layer)")
+    g.add_argument("--width", type=int, default=d.width, help="base width of binary_cnn/birealnet")
+    g.add_argument("--act-ste", default=d.act_ste, choices=STE_NAMES,
+                   help="straight-through estimator of the activation sign")
+    g.add_argument("--weight-ste", default=d.weight_ste, choices=STE_NAMES,
+                   help="STE of sign(w) for latent weights")
+    g.add_argument("--scale", action="store_true",
+                   help="XNOR-style per-channel mean|w| weight scale (latent optimisers only)")
+    g.add_argument("--init-scale", type=float, default=d.init_scale,
+                   help="multiplier on the latent weights' initial range")
+    g = p.add_argument_group("binary-weight optimiser")
+    g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZER_NAMES,
+                   help="cema/bop/bop2nd act on +-1 weights; sgd/adam on latent real weights")
+    g.add_argument("--alpha", type=float, default=d.alpha,
+                   help="CEMA: rate of the second EMA (decayed by --schedule)")
+    g.add_argument("--gamma", type=float, default=d.gamma,
+                   help="CEMA/Bop: rate of the first (momentum) EMA")
+    g.add_argument("--threshold", type=float, default=d.threshold, help="Bop flip threshold")
+    g.add_argument("--sigma", type=float, default=d.sigma, help="Bop2nd second-moment rate")
+    g.add_argument("--lr", type=float, default=d.lr, help="latent optimiser learning rate")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="latent SGD momentum")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="latent weight decay")
+    g.add_argument("--decoupled", action="store_true",
+                   help="decoupled weight decay (SGDW/AdamW) instead of coupled L2")
+    g = p.add_argument_group("real-valued parameters (Adam)")
+    g.add_argument("--real-lr", type=float, default=d.real_lr)
+    g.add_argument("--real-weight-decay", type=float, default=d.real_weight_decay)
+    g.add_argument("--schedule", default=d.schedule, choices=SCHEDULE_NAMES,
+                   help="decay of alpha / lr / real-lr, stepped once per epoch")
+    g = p.add_argument_group("loop")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    g.add_argument("--train-subset", type=int, default=None,
+                   help="use only the first N training images")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--dtype", default=d.dtype, choices=DTYPE_NAMES)
+    g.add_argument("--device", default=d.device, choices=("cpu", "gpu"))
+    g = p.add_argument_group("run file")
+    g.add_argument("--out", default=None, help="run file to write (default runs/<model>-<dataset>.h5)")
+    g.add_argument("--resume", metavar="RUN.h5", default=None,
+                   help="continue the run stored in RUN.h5 (its config is used)")
+    g.add_argument("--stop-after", type=int, default=None,
+                   help="stop after N epochs in this invocation (resume later)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    return TrainConfig(**values).validate()
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from minibnn.train import fit
+
+    if args.resume:
+        fit(TrainConfig(), args.resume, resume=True, progress=not args.no_progress,
+            stop_after=args.stop_after)
+        return 0
+    config = _config_from_args(args)
+    out = args.out or f"runs/{config.model}-{config.dataset}.h5"
+    storage = "+-1 weights" if config.binary_storage == "binary" else "latent real weights"
+    print(f"training {config.model} on {config.dataset}: {config.optimizer} on {storage}, "
+          f"Adam on real parameters -> {out}")
+    metrics = fit(config, out, progress=not args.no_progress, stop_after=args.stop_after)
+    if metrics.get("test_acc"):
+        print(f"final test accuracy {metrics['test_acc'][-1]:.4f}; run file {out}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from minibnn.train import evaluate_run
+
+    result = evaluate_run(args.run, device=args.device)
+    print(f"{args.run}: epoch {result['epoch']}  test loss {result['test_loss']:.4f}  "
+          f"test accuracy {result['test_acc']:.4f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minibnn", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"minibnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train_parser(sub)
+    p = sub.add_parser("eval", help="report test accuracy of a run file's checkpoint")
+    p.add_argument("run", metavar="RUN.h5")
+    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands whose modules live beside the engine (theory explanation, verification)."""
+    try:
+        from minibnn import explain
+    except ImportError:
+        return
+    p = sub.add_parser("explain", help="map latent hyperparameters (lr, momentum, weight "
+                       "decay) to the equivalent filter (alpha, gamma)")
+    explain.configure_parser(p)
+    p.set_defaults(handler=explain.run)
+    if hasattr(explain, "configure_verify_parser"):
+        p = sub.add_parser("verify", help="run the equivalence suite (THEORY.md P1-P10)")
+        explain.configure_verify_parser(p)
+        p.set_defaults(handler=explain.run_verify)
+
+
+HANDLERS = {"train": _cmd_train, "eval": _cmd_eval}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    handler = getattr(args, "handler", None) or HANDLERS[args.command]
+    try:
+        return int(handler(args) or 0)
+    except MinibnnError as exc:
+        print(f"minibnn: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("minibnn: interrupted (the last finished epoch is in the run file)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

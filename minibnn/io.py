@@ -1,0 +1,131 @@
+"""HDF5 run files: configuration, per-epoch metrics and a checkpoint, written atomically.
+
+Layout of ``RUN.h5``::
+
+    /                 attrs: format="minibnn-run", version, config (JSON)
+    /metrics/<name>   float64 (epochs,) one value per finished epoch
+    /checkpoint       attrs: epoch, step, rng_state (JSON)
+        /params/<name>      /buffers/<name>      /opt_state/<nested groups>/<leaf>
+
+A run file is never half-written: the new file goes to ``RUN.h5.tmp-<pid>`` beside the target,
+is flushed and closed, and then ``os.replace``-d over the old one (atomic on POSIX).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from minibnn.backend import to_numpy
+from minibnn.errors import DataFileError
+
+FORMAT = "minibnn-run"
+VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """What a run needs to continue exactly where it stopped."""
+
+    params: dict[str, np.ndarray]
+    buffers: dict[str, np.ndarray]
+    opt_state: dict[str, Any]
+    rng_state: dict[str, Any]
+    epoch: int        # epochs finished
+    step: int         # optimiser updates made
+
+
+@dataclass
+class RunFile:
+    config_json: str
+    metrics: dict[str, list[float]]
+    checkpoint: Checkpoint | None
+
+
+def _h5py() -> Any:
+    import h5py
+
+    return h5py
+
+
+def _write_tree(group: Any, tree: dict[str, Any]) -> None:
+    """Nested dicts become groups, arrays (and numbers) become datasets."""
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            _write_tree(group.create_group(key), value)
+        else:
+            group.create_dataset(key, data=to_numpy(value))
+
+
+def _read_tree(group: Any) -> dict[str, Any]:
+    h5py = _h5py()
+    out: dict[str, Any] = {}
+    for key, item in group.items():
+        out[key] = _read_tree(item) if isinstance(item, h5py.Group) else item[()]
+        if isinstance(out[key], np.generic):
+            out[key] = np.asarray(out[key])
+    return out
+
+
+def save_run(path: str, run: RunFile) -> None:
+    """Write ``run`` to ``path`` atomically (temporary file, then ``os.replace``)."""
+    h5py = _h5py()
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["version"] = VERSION
+            f.attrs["config"] = run.config_json
+            metrics = f.create_group("metrics")
+            for name, values in run.metrics.items():
+                metrics.create_dataset(name, data=np.asarray(values, dtype=np.float64))
+            if run.checkpoint is not None:
+                ck = f.create_group("checkpoint")
+                ck.attrs["epoch"] = run.checkpoint.epoch
+                ck.attrs["step"] = run.checkpoint.step
+                ck.attrs["rng_state"] = json.dumps(run.checkpoint.rng_state)
+                _write_tree(ck.create_group("params"), run.checkpoint.params)
+                _write_tree(ck.create_group("buffers"), run.checkpoint.buffers)
+                _write_tree(ck.create_group("opt_state"), run.checkpoint.opt_state)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_run(path: str) -> RunFile:
+    """Read a run file; a missing, foreign or corrupt file is a one-line ``DataFileError``."""
+    h5py = _h5py()
+    if not os.path.exists(path):
+        raise DataFileError(f"run file not found: {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT:
+                raise DataFileError(f"{path} is not a minibnn run file (no format={FORMAT!r} tag)")
+            version = int(f.attrs.get("version", -1))
+            if version != VERSION:
+                raise DataFileError(f"{path}: run file version {version} is not supported "
+                                    f"(expected {VERSION})")
+            config_json = str(f.attrs["config"])
+            metrics = {k: [float(v) for v in d[()]] for k, d in f["metrics"].items()}
+            checkpoint = None
+            if "checkpoint" in f:
+                ck = f["checkpoint"]
+                checkpoint = Checkpoint(
+                    params=_read_tree(ck["params"]), buffers=_read_tree(ck["buffers"]),
+                    opt_state=_read_tree(ck["opt_state"]),
+                    rng_state=json.loads(str(ck.attrs["rng_state"])),
+                    epoch=int(ck.attrs["epoch"]), step=int(ck.attrs["step"]))
+    except DataFileError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataFileError(f"{path} is corrupt or unreadable: {reason}") from None
+    return RunFile(config_json, metrics, checkpoint)

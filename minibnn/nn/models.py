@@ -1,0 +1,193 @@
+"""Model builders: binary MLP, VGG-small-like binary CNN, Bi-Real-style small ResNet.
+
+As the field does, the first and last layers are real-valued by default; every other weight
+layer is binary, with binary activations in front of it:
+
+    binary_mlp:  flatten -> dense -> BN -> [sign -> bdense -> BN]* -> sign -> dense
+    binary_cnn:  conv -> BN -> [sign -> bconv -> (maxpool) -> BN]*5 -> sign -> flatten -> dense
+    birealnet:   conv -> BN -> stages of Bi-Real blocks  x + BN(bconv(sign(x)))  -> GAP -> dense
+
+A ``Model`` is a ``Sequential`` plus what the trainer needs to know (input shape, classes, which
+parameters are binary):
+
+    params, buffers = model.init(rng, dtype)
+    logits, new_buffers, cache = model.forward(params, buffers, x, train=True)
+    grads = model.backward(dlogits, cache)
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from minibnn.errors import MinibnnError, ShapeError
+from minibnn.nn.modules import (AvgPool2d, BatchNorm, BinaryConv2d, BinaryDense, Conv2d, Dense,
+                                Flatten, GlobalAvgPool, LearnableBias, MaxPool2d, Module,
+                                PReLU, Residual, Sequential, Sign)
+
+Array = Any
+Params = dict[str, Array]
+
+
+class Model:
+    """A named network with its input shape, class count and list of binary weights."""
+
+    def __init__(self, name: str, net: Sequential, input_shape: tuple[int, ...],
+                 num_classes: int, config: dict[str, Any]):
+        self.name, self.net = name, net
+        self.input_shape, self.num_classes = tuple(input_shape), num_classes
+        self.config = config
+
+    @property
+    def binary_names(self) -> list[str]:
+        return self.net.binary_names
+
+    def param_label(self, name: str) -> str:
+        """``"binary"`` for binary weights, ``"real"`` for everything else (for partition)."""
+        return "binary" if name in set(self.binary_names) else "real"
+
+    def init(self, rng: np.random.Generator, dtype: Any = np.float32) -> tuple[Params, Params]:
+        return self.net.init(rng, np.dtype(dtype))
+
+    def forward(self, params: Params, buffers: Params, x: Array, train: bool = True
+                ) -> tuple[Array, Params, Any]:
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ShapeError(f"{self.name}: input must have shape (N, "
+                             f"{', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}")
+        return self.net.forward(params, buffers, x, train)
+
+    def backward(self, dlogits: Array, cache: Any) -> Params:
+        _, grads = self.net.backward(dlogits, cache)
+        return grads
+
+
+def _binary_kwargs(binary_storage: str, scale: bool, weight_ste: str, init_scale: float
+                   ) -> dict[str, Any]:
+    return dict(storage=binary_storage, scale=scale, weight_ste=weight_ste,
+                init_scale=init_scale)
+
+
+def binary_mlp(input_shape: Sequence[int] = (1, 28, 28), hidden: Sequence[int] = (1024, 1024),
+               num_classes: int = 10, binary_storage: str = "latent", scale: bool = False,
+               weight_ste: str = "identity", act_ste: str = "identity",
+               init_scale: float = 1.0, real_first: bool = True, in_features: int | None = None
+               ) -> Model:
+    """Binary MLP: a real first layer, ``len(hidden) - 1`` binary hidden layers, a real last layer.
+
+    With ``real_first=False`` the first layer is binary too (on binarised inputs).
+    ``in_features`` overrides ``input_shape`` with a flat ``(in_features,)`` input.
+    """
+    if in_features is not None:
+        input_shape = (in_features,)
+    hidden = list(hidden)
+    if not hidden or min(hidden) < 1:
+        raise MinibnnError(f"binary_mlp: hidden must be a non-empty list of positive widths, got {hidden}")
+    bkw = _binary_kwargs(binary_storage, scale, weight_ste, init_scale)
+    n_in = int(np.prod(input_shape))
+    layers: list[Module] = [Flatten()]
+    if real_first:
+        layers.append(Dense("fc1", n_in, hidden[0], bias=False))
+    else:
+        layers += [Sign(act_ste), BinaryDense("fc1", n_in, hidden[0], **bkw)]
+    layers.append(BatchNorm("bn1", hidden[0]))
+    for i, (n_prev, n_next) in enumerate(zip(hidden[:-1], hidden[1:]), start=2):
+        layers += [Sign(act_ste), BinaryDense(f"fc{i}", n_prev, n_next, **bkw),
+                   BatchNorm(f"bn{i}", n_next)]
+    layers += [Sign(act_ste), Dense("head", hidden[-1], num_classes)]
+    config = dict(model="binary_mlp", input_shape=list(input_shape), hidden=hidden,
+                  num_classes=num_classes, binary_storage=binary_storage, scale=scale,
+                  weight_ste=weight_ste, act_ste=act_ste, init_scale=init_scale,
+                  real_first=real_first)
+    return Model("binary_mlp", Sequential(layers), tuple(input_shape), num_classes, config)
+
+
+def binary_cnn(input_shape: Sequence[int] = (1, 28, 28), width: int = 32, num_classes: int = 10,
+               binary_storage: str = "latent", scale: bool = False,
+               weight_ste: str = "identity", act_ste: str = "identity",
+               init_scale: float = 1.0) -> Model:
+    """VGG-small-like binary CNN for 28x28 or 32x32 inputs.
+
+    Channels (w, w, 2w, 2w, 4w, 4w) with 3x3 convolutions; 2x2 max pooling after the 2nd, 4th
+    and 6th; the first convolution and the classifier are real-valued.
+    """
+    c, h, w_in = (int(s) for s in input_shape)
+    if h < 8 or w_in < 8:
+        raise ShapeError(f"binary_cnn: input must be at least 8x8, got {h}x{w_in}")
+    if width < 1:
+        raise MinibnnError(f"binary_cnn: width must be >= 1, got {width}")
+    bkw = _binary_kwargs(binary_storage, scale, weight_ste, init_scale)
+    chans = [width, width, 2 * width, 2 * width, 4 * width, 4 * width]
+    layers: list[Module] = [Conv2d("conv1", c, chans[0], 3, padding=1), BatchNorm("bn1", chans[0])]
+    for i in range(1, 6):
+        layers += [Sign(act_ste), BinaryConv2d(f"conv{i + 1}", chans[i - 1], chans[i], 3,
+                                               padding=1, **bkw)]
+        if i % 2 == 1:
+            layers.append(MaxPool2d(2))
+        layers.append(BatchNorm(f"bn{i + 1}", chans[i]))
+    out_hw = (h // 8) * (w_in // 8)
+    layers += [Sign(act_ste), Flatten(), Dense("head", chans[-1] * out_hw, num_classes)]
+    config = dict(model="binary_cnn", input_shape=[c, h, w_in], width=width,
+                  num_classes=num_classes, binary_storage=binary_storage, scale=scale,
+                  weight_ste=weight_ste, act_ste=act_ste, init_scale=init_scale)
+    return Model("binary_cnn", Sequential(layers), (c, h, w_in), num_classes, config)
+
+
+def _bireal_block(name: str, c_in: int, c_out: int, stride: int, act_ste: str,
+                  bkw: dict[str, Any], prelu: bool) -> list[Module]:
+    """Bi-Real block: ``y = BN(bconv(sign(x + shift))) + shortcut(x)`` (real shortcut).
+
+    When the block downsamples or widens, the shortcut is AvgPool(2) -> real 1x1 conv -> BN
+    (Bi-Real Net's real-valued downsampling).
+    """
+    body = Sequential([LearnableBias(f"{name}.move", c_in), Sign(act_ste),
+                       BinaryConv2d(f"{name}.conv", c_in, c_out, 3, stride, 1, **bkw),
+                       BatchNorm(f"{name}.bn", c_out)])
+    shortcut = None
+    if stride != 1 or c_in != c_out:
+        pool = [AvgPool2d(stride)] if stride != 1 else []
+        shortcut = Sequential(pool + [Conv2d(f"{name}.down", c_in, c_out, 1, 1, 0),
+                                      BatchNorm(f"{name}.down_bn", c_out)])
+    block: list[Module] = [Residual(body, shortcut)]
+    if prelu:
+        block.append(PReLU(f"{name}.prelu", c_out))
+    return block
+
+
+def birealnet(input_shape: Sequence[int] = (3, 32, 32), width: int = 16,
+              blocks_per_stage: Sequence[int] = (2, 2, 2), num_classes: int = 10,
+              binary_storage: str = "latent", scale: bool = False,
+              weight_ste: str = "identity", act_ste: str = "approx", init_scale: float = 1.0,
+              prelu: bool = True) -> Model:
+    """Bi-Real-style small ResNet for 32x32 inputs: a shortcut around every binary convolution.
+
+    Stages of widths (w, 2w, 4w); each later stage starts with a stride-2 block.  The stem
+    convolution and the classifier are real-valued; the activation STE defaults to Bi-Real's
+    polynomial ``approx``.
+    """
+    c, h, w_in = (int(s) for s in input_shape)
+    bkw = _binary_kwargs(binary_storage, scale, weight_ste, init_scale)
+    layers: list[Module] = [Conv2d("stem", c, width, 3, padding=1), BatchNorm("stem_bn", width)]
+    c_prev = width
+    for s, n_blocks in enumerate(blocks_per_stage):
+        c_out = width * 2 ** s
+        for j in range(n_blocks):
+            stride = 2 if (s > 0 and j == 0) else 1
+            layers += _bireal_block(f"s{s + 1}b{j + 1}", c_prev, c_out, stride, act_ste, bkw,
+                                    prelu)
+            c_prev = c_out
+    layers += [GlobalAvgPool(), Dense("head", c_prev, num_classes)]
+    config = dict(model="birealnet", input_shape=[c, h, w_in], width=width,
+                  blocks_per_stage=list(blocks_per_stage), num_classes=num_classes,
+                  binary_storage=binary_storage, scale=scale, weight_ste=weight_ste,
+                  act_ste=act_ste, init_scale=init_scale, prelu=prelu)
+    return Model("birealnet", Sequential(layers), (c, h, w_in), num_classes, config)
+
+
+MODEL_BUILDERS = {"binary_mlp": binary_mlp, "binary_cnn": binary_cnn, "birealnet": birealnet}
+
+
+def build_model(name: str, **kwargs: Any) -> Model:
+    """Build a model by name (``binary_mlp``, ``binary_cnn``, ``birealnet``)."""
+    if name not in MODEL_BUILDERS:
+        raise MinibnnError(f"unknown model {name!r}; expected one of {', '.join(MODEL_BUILDERS)}")
+    return MODEL_BUILDERS[name](**kwargs)

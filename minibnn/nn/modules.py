@@ -1,0 +1,417 @@
+"""Thin stateful-free wrappers that name parameters and chain the functional layers.
+
+A ``Module`` owns no arrays.  It knows its parameter names and shapes and calls the
+forward/backward pairs of ``minibnn.nn.functional``::
+
+    params, buffers = module.init(rng, dtype)            # flat dicts "block1.conv.w" -> array
+    y, new_buffers, cache = module.forward(params, buffers, x, train)
+    dx, grads = module.backward(dy, cache)              # grads: dict like params
+
+``buffers`` hold non-trained state (BatchNorm running statistics); ``forward`` returns updated
+copies instead of mutating.  Binary weights are *declared*: ``binary_names`` lists them, and
+each binary layer stores them either as latent reals (``storage="latent"``: the forward pass
+uses ``sign(w)``) or as +-1 directly (``storage="binary"``: the forward pass uses ``b`` and the
+gradient is ``dL/db``).  The model never guesses which.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+from minibnn.errors import MinibnnError
+from minibnn.nn import functional as F
+
+Array = Any
+Params = dict[str, Array]
+
+BINARY_STORAGES = ("latent", "binary")
+
+
+class Module:
+    """Base class: a named piece of a network with no parameters unless it declares some."""
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+
+    def key(self, suffix: str) -> str:
+        """Full parameter name, e.g. ``"block1.conv" + ".w"``."""
+        return f"{self.name}.{suffix}" if self.name else suffix
+
+    @property
+    def binary_names(self) -> list[str]:
+        return []
+
+    def init(self, rng: np.random.Generator, dtype: Any) -> tuple[Params, Params]:
+        return {}, {}
+
+    def forward(self, params: Params, buffers: Params, x: Array, train: bool
+                ) -> tuple[Array, Params, Any]:
+        raise NotImplementedError
+
+    def backward(self, dy: Array, cache: Any) -> tuple[Array, Params]:
+        raise NotImplementedError
+
+
+class Stateless(Module):
+    """Wraps a parameter-free forward/backward pair (sign, pooling, flatten, relu, ...)."""
+
+    def __init__(self, forward_fn: Any, backward_fn: Any, **kwargs: Any) -> None:
+        super().__init__("")
+        self.forward_fn, self.backward_fn, self.kwargs = forward_fn, backward_fn, kwargs
+
+    def forward(self, params, buffers, x, train):
+        y, cache = self.forward_fn(x, **self.kwargs)
+        return y, {}, cache
+
+    def backward(self, dy, cache):
+        return self.backward_fn(dy, cache), {}
+
+
+def Sign(ste: str = "identity") -> Stateless:
+    """Binarise activations: ``sign(x)`` (``sign(0) = +1``) with the chosen STE backward."""
+    return Stateless(F.sign_forward, F.sign_backward, ste=ste)
+
+
+def Flatten() -> Stateless:
+    return Stateless(F.flatten_forward, F.flatten_backward)
+
+
+def ReLU() -> Stateless:
+    return Stateless(F.relu_forward, F.relu_backward)
+
+
+def Hardtanh() -> Stateless:
+    return Stateless(F.hardtanh_forward, F.hardtanh_backward)
+
+
+def MaxPool2d(kernel: int = 2, stride: int | None = None, padding: int = 0) -> Stateless:
+    return Stateless(F.maxpool2d_forward, F.maxpool2d_backward, kernel=kernel, stride=stride,
+                     padding=padding)
+
+
+def AvgPool2d(kernel: int = 2, stride: int | None = None, padding: int = 0) -> Stateless:
+    return Stateless(F.avgpool2d_forward, F.avgpool2d_backward, kernel=kernel, stride=stride,
+                     padding=padding)
+
+
+def GlobalAvgPool() -> Stateless:
+    return Stateless(F.global_avgpool_forward, F.global_avgpool_backward)
+
+
+def _uniform(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, dtype: Any,
+             scale: float = 1.0) -> Array:
+    """PyTorch's default init for dense/conv weights: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
+    bound = scale / np.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+class Dense(Module):
+    """Real-valued ``y = x W^T + b``; W (out, in)."""
+
+    def __init__(self, name: str, in_features: int, out_features: int, bias: bool = True):
+        super().__init__(name)
+        self.in_features, self.out_features, self.bias = in_features, out_features, bias
+
+    def init(self, rng, dtype):
+        params = {self.key("w"): _uniform(rng, (self.out_features, self.in_features),
+                                          self.in_features, dtype)}
+        if self.bias:
+            params[self.key("b")] = _uniform(rng, (self.out_features,), self.in_features, dtype)
+        return params, {}
+
+    def forward(self, params, buffers, x, train):
+        y, cache = F.dense_forward(x, params[self.key("w")], params.get(self.key("b")))
+        return y, {}, cache
+
+    def backward(self, dy, cache):
+        dx, dw, db = F.dense_backward(dy, cache)
+        grads = {self.key("w"): dw}
+        if self.bias:
+            grads[self.key("b")] = db
+        return dx, grads
+
+
+class Conv2d(Module):
+    """Real-valued 2-D convolution; W (out, in, k, k)."""
+
+    def __init__(self, name: str, in_channels: int, out_channels: int, kernel: int = 3,
+                 stride: int = 1, padding: int = 1, bias: bool = False):
+        super().__init__(name)
+        self.shape = (out_channels, in_channels, kernel, kernel)
+        self.stride, self.padding, self.bias = stride, padding, bias
+
+    def init(self, rng, dtype):
+        fan_in = int(np.prod(self.shape[1:]))
+        params = {self.key("w"): _uniform(rng, self.shape, fan_in, dtype)}
+        if self.bias:
+            params[self.key("b")] = _uniform(rng, self.shape[:1], fan_in, dtype)
+        return params, {}
+
+    def forward(self, params, buffers, x, train):
+        y, cache = F.conv2d_forward(x, params[self.key("w")], params.get(self.key("b")),
+                                    stride=self.stride, padding=self.padding)
+        return y, {}, cache
+
+    def backward(self, dy, cache):
+        dx, dw, db = F.conv2d_backward(dy, cache)
+        grads = {self.key("w"): dw}
+        if self.bias:
+            grads[self.key("b")] = db
+        return dx, grads
+
+
+class BinaryWeightCache(NamedTuple):
+    """What the weight binarisation needs for its backward pass (latent storage only)."""
+
+    w: Array            # latent weights
+    sign_w: Array       # sign(w)
+    scale: Array | None  # per-output-channel mean|w|, broadcastable to w, or None
+
+
+class _BinaryWeights(Module):
+    """Shared part of binary dense/conv: how the effective weight is made and differentiated.
+
+    latent storage:  W_eff = a * sign(w), a = mean_{in}|w| per output channel if ``scale``
+                     else 1.  dL/dw = a * ste'(w) * dL/dW_eff
+                                      + sign(w) * mean_{in}(dL/dW_eff * sign(w))   (if scale)
+    binary storage:  W_eff = b, dL/db = dL/dW_eff (no STE: b is the parameter).
+    """
+
+    def __init__(self, name: str, shape: tuple[int, ...], storage: str, scale: bool,
+                 weight_ste: str, init_scale: float):
+        super().__init__(name)
+        if storage not in BINARY_STORAGES:
+            raise MinibnnError(f"unknown binary weight storage {storage!r}; expected "
+                               f"{' or '.join(BINARY_STORAGES)}")
+        if storage == "binary" and scale:
+            raise MinibnnError("a mean|w| scale needs latent weights (storage='latent'); "
+                               "with +-1 storage mean|b| is always 1")
+        if weight_ste not in F.STE_NAMES:
+            raise MinibnnError(f"unknown weight STE {weight_ste!r}; expected one of "
+                               f"{', '.join(F.STE_NAMES)}")
+        self.shape, self.storage, self.scale = shape, storage, scale
+        self.weight_ste, self.init_scale = weight_ste, init_scale
+
+    @property
+    def binary_names(self) -> list[str]:
+        return [self.key("w")]
+
+    def init(self, rng, dtype):
+        fan_in = int(np.prod(self.shape[1:]))
+        w = _uniform(rng, self.shape, fan_in, dtype, self.init_scale)
+        if self.storage == "binary":
+            w = np.where(w >= 0, 1, -1).astype(dtype)   # b_0 = sign(w_0), sign(0) = +1
+        return {self.key("w"): w}, {}
+
+    def effective_weight(self, params: Params) -> tuple[Array, BinaryWeightCache | None]:
+        w = params[self.key("w")]
+        if self.storage == "binary":
+            return w, None
+        sign_w, _ = F.sign_forward(w)
+        if not self.scale:
+            return sign_w, BinaryWeightCache(w, sign_w, None)
+        axes = tuple(range(1, w.ndim))
+        a = abs(w).mean(axis=axes, keepdims=True)
+        return a * sign_w, BinaryWeightCache(w, sign_w, a)
+
+    def weight_grad(self, dw_eff: Array, cache: BinaryWeightCache | None) -> Array:
+        if cache is None:
+            return dw_eff
+        a = 1.0 if cache.scale is None else cache.scale
+        dw = a * F.ste_grad(cache.w, self.weight_ste) * dw_eff
+        if cache.scale is not None:
+            axes = tuple(range(1, cache.w.ndim))
+            dw = dw + cache.sign_w * (dw_eff * cache.sign_w).mean(axis=axes, keepdims=True)
+        return dw
+
+
+class BinaryDense(_BinaryWeights):
+    """Dense layer with binary weights (no bias; a following BatchNorm supplies the shift)."""
+
+    def __init__(self, name: str, in_features: int, out_features: int,
+                 storage: str = "latent", scale: bool = False, weight_ste: str = "identity",
+                 init_scale: float = 1.0):
+        super().__init__(name, (out_features, in_features), storage, scale, weight_ste,
+                         init_scale)
+
+    def forward(self, params, buffers, x, train):
+        w_eff, wcache = self.effective_weight(params)
+        y, cache = F.dense_forward(x, w_eff)
+        return y, {}, (cache, wcache)
+
+    def backward(self, dy, cache):
+        dense_cache, wcache = cache
+        dx, dw_eff, _ = F.dense_backward(dy, dense_cache)
+        return dx, {self.key("w"): self.weight_grad(dw_eff, wcache)}
+
+
+class BinaryConv2d(_BinaryWeights):
+    """2-D convolution with binary weights (no bias)."""
+
+    def __init__(self, name: str, in_channels: int, out_channels: int, kernel: int = 3,
+                 stride: int = 1, padding: int = 1, storage: str = "latent",
+                 scale: bool = False, weight_ste: str = "identity", init_scale: float = 1.0):
+        super().__init__(name, (out_channels, in_channels, kernel, kernel), storage, scale,
+                         weight_ste, init_scale)
+        self.stride, self.padding = stride, padding
+
+    def forward(self, params, buffers, x, train):
+        w_eff, wcache = self.effective_weight(params)
+        y, cache = F.conv2d_forward(x, w_eff, stride=self.stride, padding=self.padding)
+        return y, {}, (cache, wcache)
+
+    def backward(self, dy, cache):
+        conv_cache, wcache = cache
+        dx, dw_eff, _ = F.conv2d_backward(dy, conv_cache)
+        return dx, {self.key("w"): self.weight_grad(dw_eff, wcache)}
+
+
+class BatchNorm(Module):
+    """BatchNorm over axis 1 of (N, C) or (N, C, H, W); running stats live in ``buffers``."""
+
+    def __init__(self, name: str, channels: int, momentum: float = 0.1, eps: float = 1e-5,
+                 affine: bool = True):
+        super().__init__(name)
+        self.channels, self.momentum, self.eps, self.affine = channels, momentum, eps, affine
+
+    def init(self, rng, dtype):
+        params = {}
+        if self.affine:
+            params = {self.key("gamma"): np.ones(self.channels, dtype),
+                      self.key("beta"): np.zeros(self.channels, dtype)}
+        buffers = {self.key("running_mean"): np.zeros(self.channels, dtype),
+                   self.key("running_var"): np.ones(self.channels, dtype)}
+        return params, buffers
+
+    def forward(self, params, buffers, x, train):
+        y, cache = F.batchnorm_forward(
+            x, params.get(self.key("gamma")), params.get(self.key("beta")),
+            buffers[self.key("running_mean")], buffers[self.key("running_var")],
+            train=train, momentum=self.momentum, eps=self.eps)
+        new_buffers = {self.key("running_mean"): cache.running_mean,
+                       self.key("running_var"): cache.running_var}
+        return y, new_buffers, cache
+
+    def backward(self, dy, cache):
+        dx, dgamma, dbeta = F.batchnorm_backward(dy, cache)
+        if not self.affine:
+            return dx, {}
+        return dx, {self.key("gamma"): dgamma, self.key("beta"): dbeta}
+
+
+class PReLU(Module):
+    """Per-channel PReLU, slope initialised to 0.25 (PyTorch's default)."""
+
+    def __init__(self, name: str, channels: int):
+        super().__init__(name)
+        self.channels = channels
+
+    def init(self, rng, dtype):
+        return {self.key("a"): np.full(self.channels, 0.25, dtype)}, {}
+
+    def forward(self, params, buffers, x, train):
+        y, cache = F.prelu_forward(x, params[self.key("a")])
+        return y, {}, cache
+
+    def backward(self, dy, cache):
+        dx, da = F.prelu_backward(dy, cache)
+        return dx, {self.key("a"): da}
+
+
+class LearnableBias(Module):
+    """Per-channel learnable shift ``y = x + b`` (ReActNet's RSign/RPReLU "move")."""
+
+    def __init__(self, name: str, channels: int):
+        super().__init__(name)
+        self.channels = channels
+
+    def init(self, rng, dtype):
+        return {self.key("b"): np.zeros(self.channels, dtype)}, {}
+
+    def forward(self, params, buffers, x, train):
+        y, cache = F.bias_forward(x, params[self.key("b")])
+        return y, {}, cache
+
+    def backward(self, dy, cache):
+        dx, db = F.bias_backward(dy, cache)
+        return dx, {self.key("b"): db}
+
+
+class Sequential(Module):
+    """Modules applied in order; backward runs them in reverse."""
+
+    def __init__(self, layers: Sequence[Module], name: str = ""):
+        super().__init__(name)
+        self.layers = list(layers)
+
+    @property
+    def binary_names(self) -> list[str]:
+        return [n for layer in self.layers for n in layer.binary_names]
+
+    def init(self, rng, dtype):
+        params: Params = {}
+        buffers: Params = {}
+        for layer in self.layers:
+            p, b = layer.init(rng, dtype)
+            duplicate = (set(p) | set(b)) & (set(params) | set(buffers))
+            if duplicate:
+                raise MinibnnError(f"duplicate parameter names in model: {sorted(duplicate)}")
+            params.update(p)
+            buffers.update(b)
+        return params, buffers
+
+    def forward(self, params, buffers, x, train):
+        caches, new_buffers = [], {}
+        for layer in self.layers:
+            x, updated, cache = layer.forward(params, buffers, x, train)
+            new_buffers.update(updated)
+            caches.append(cache)
+        return x, new_buffers, caches
+
+    def backward(self, dy, cache):
+        grads: Params = {}
+        for layer, layer_cache in zip(reversed(self.layers), reversed(cache)):
+            dy, layer_grads = layer.backward(dy, layer_cache)
+            grads.update(layer_grads)
+        return dy, grads
+
+
+class Residual(Module):
+    """``y = body(x) + shortcut(x)``, the shortcut being the identity when None."""
+
+    def __init__(self, body: Module, shortcut: Module | None = None, name: str = ""):
+        super().__init__(name)
+        self.body, self.shortcut = body, shortcut
+
+    @property
+    def binary_names(self) -> list[str]:
+        extra = self.shortcut.binary_names if self.shortcut else []
+        return self.body.binary_names + extra
+
+    def init(self, rng, dtype):
+        params, buffers = self.body.init(rng, dtype)
+        if self.shortcut is not None:
+            p, b = self.shortcut.init(rng, dtype)
+            params.update(p)
+            buffers.update(b)
+        return params, buffers
+
+    def forward(self, params, buffers, x, train):
+        y_body, new_buffers, body_cache = self.body.forward(params, buffers, x, train)
+        short_cache = None
+        y_short = x
+        if self.shortcut is not None:
+            y_short, updated, short_cache = self.shortcut.forward(params, buffers, x, train)
+            new_buffers.update(updated)
+        y, add_cache = F.add_forward(y_body, y_short)
+        return y, new_buffers, (body_cache, short_cache, add_cache)
+
+    def backward(self, dy, cache):
+        body_cache, short_cache, add_cache = cache
+        d_body, d_short = F.add_backward(dy, add_cache)
+        dx, grads = self.body.backward(d_body, body_cache)
+        if self.shortcut is not None:
+            d_short, short_grads = self.shortcut.backward(d_short, short_cache)
+            grads.update(short_grads)
+        return dx + d_short, grads
