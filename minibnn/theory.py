@@ -1,0 +1,367 @@
+"""The latent <-> filter hyperparameter map of THEORY.md (Quist, Li & van Gemert, ICLR 2023).
+
+A binary weight only sees ``sign(w)`` of its latent weight, so latent SGD matters only through
+the linear filter it applies to the gradient stream.  Written with ``v = -k w`` (``k > 0``):
+
+    decoupled (B), or momentum 0 (P1, P2):   CEMA with  alpha = eta*lam,  gamma = 1 - mu,
+                                             k = lam*(1-mu),  v0 = -k w0,  m0 = 0
+    coupled (A), constant eta (P3):          CEMA iff 1-alpha, 1-gamma are the roots of
+                                             p^2 - (1+mu-eta*lam) p + mu = 0  (real iff
+                                             eta*lam <= (1-sqrt(mu))^2),  k = lam,  m0 = v0 = -lam w0
+    always, constant eta (P4):               v_t = a1 v_{t-1} + a2 v_{t-2} + c g_t
+
+Everything here is plain Python arithmetic, so it works on ``fractions.Fraction`` too: with
+rational poles the P3 map is returned exactly (the discriminant is then a rational square).
+Bad input raises ``MinibnnError`` with one line.
+"""
+from __future__ import annotations
+
+import cmath
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from numbers import Real
+from typing import Any, Sequence
+
+import numpy as np
+
+from minibnn.errors import MinibnnError
+
+__all__ = [
+    "FilterEquivalent", "LatentEquivalent", "latent_to_filter", "filter_to_latent", "naive_map",
+    "matched_initial_state", "matched_second_order_state", "time_constant",
+    "latent_impulse_response", "filter_impulse_response", "second_order_impulse_response",
+    "latent_frequency_response", "filter_frequency_response", "second_order_frequency_response",
+]
+
+Number = Any  # int, float, numpy floating or Fraction
+
+
+@dataclass(frozen=True)
+class FilterEquivalent:
+    """The filter a latent-SGD configuration applies to its gradient stream.
+
+    ``alpha``/``gamma`` are set (and ``exact`` is True) when a CEMA reproduces every sign of
+    the latent run; otherwise they are None and ``reason`` says why.  The second-order filter
+    ``v_t = a1 v_{t-1} + a2 v_{t-2} + c g_t`` with ``v = -v_scale * w`` reproduces the latent
+    run for every constant learning rate (THEORY P4); ``poles`` are its two poles (complex when
+    no real cascade exists).  ``schedule_exact`` says whether decaying ``lr`` is exactly the
+    same as decaying ``alpha`` by the same factor (THEORY P7).
+    """
+
+    lr: Number
+    momentum: Number
+    weight_decay: Number
+    decoupled: bool
+    alpha: Number | None
+    gamma: Number | None
+    exact: bool
+    reason: str
+    a1: Number
+    a2: Number
+    c: Number
+    v_scale: Number
+    poles: tuple[Any, Any]
+    schedule_exact: bool
+
+    @property
+    def time_constants(self) -> tuple[float, float]:
+        """Memory of each pole in steps, ``-1 / ln|p|`` (0 for p = 0, inf for |p| >= 1)."""
+        return time_constant(self.poles[0]), time_constant(self.poles[1])
+
+    @property
+    def naive(self) -> tuple[Number, Number]:
+        """The textbook map ``alpha = lr*weight_decay``, ``gamma = 1 - momentum``."""
+        return naive_map(self.lr, self.momentum, self.weight_decay)
+
+    @property
+    def naive_is_exact(self) -> bool:
+        """The naive map is the exact one only for decoupled decay or zero momentum (P1/P2)."""
+        return self.exact and (self.decoupled or self.momentum == 0)
+
+
+@dataclass(frozen=True)
+class LatentEquivalent:
+    """Latent-SGD hyperparameters reproducing a CEMA ``(alpha, gamma)``.
+
+    Only the product ``lr * weight_decay`` is identified by the filter: one of ``lr`` and
+    ``weight_decay`` is free (THEORY P5), so both are None unless one was given.
+    """
+
+    alpha: Number
+    gamma: Number
+    decoupled: bool
+    momentum: Number
+    lr_times_weight_decay: Number
+    lr: Number | None
+    weight_decay: Number | None
+    note: str
+
+
+def _check_real(name: str, value: Any) -> Number:
+    """A finite real number (bool, complex, NaN, inf and schedules are refused)."""
+    if callable(value):
+        raise MinibnnError(f"{name} must be a number, not a schedule: pass its initial value "
+                           f"(under P1/P2 alpha follows the same schedule, THEORY P7)")
+    if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
+        raise MinibnnError(f"{name} must be a real number, got {value!r}")
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        raise MinibnnError(f"{name} must be finite, got {value}")
+    return value.item() if isinstance(value, (np.floating, np.integer)) else value
+
+
+def _check_latent(lr: Any, momentum: Any, weight_decay: Any) -> tuple[Number, Number, Number]:
+    lr = _check_real("lr", lr)
+    momentum = _check_real("momentum", momentum)
+    weight_decay = _check_real("weight_decay", weight_decay)
+    if lr <= 0:
+        raise MinibnnError(f"lr must be > 0, got {lr}")
+    if not 0 <= momentum < 1:
+        raise MinibnnError(f"momentum must be in [0, 1), got {momentum}")
+    if weight_decay < 0:
+        raise MinibnnError(f"weight_decay must be >= 0, got {weight_decay}")
+    return lr, momentum, weight_decay
+
+
+def _check_rate(name: str, value: Any) -> Number:
+    value = _check_real(name, value)
+    if not 0 < value <= 1:
+        raise MinibnnError(f"{name} must be in (0, 1], got {value}")
+    return value
+
+
+def _sqrt(x: Number) -> Number:
+    """Square root, exact for a Fraction (or int) that is a rational square, float otherwise."""
+    if isinstance(x, (Fraction, int)):
+        q = Fraction(x)
+        rn, rd = math.isqrt(q.numerator), math.isqrt(q.denominator)
+        if rn * rn == q.numerator and rd * rd == q.denominator:
+            return Fraction(rn, rd)
+    return math.sqrt(x)
+
+
+def time_constant(pole: Any) -> float:
+    """Steps for a pole's response to shrink by e: ``-1 / ln|p|``."""
+    r = abs(complex(pole))
+    if r == 0:
+        return 0.0
+    if r >= 1:
+        return math.inf
+    return -1.0 / math.log(r)
+
+
+def naive_map(lr: Number, momentum: Number, weight_decay: Number) -> tuple[Number, Number]:
+    """``alpha = lr*weight_decay``, ``gamma = 1 - momentum`` (exact only for (B) or mu = 0)."""
+    lr, momentum, weight_decay = _check_latent(lr, momentum, weight_decay)
+    return lr * weight_decay, 1 - momentum
+
+
+def latent_to_filter(lr: Number, momentum: Number = 0.0, weight_decay: Number = 0.0,
+                     decoupled: bool = False) -> FilterEquivalent:
+    """The CEMA ``(alpha, gamma)`` (or second-order filter) equivalent to latent SGD.
+
+    ``decoupled=False`` is PyTorch's ``SGD`` (THEORY (A)), ``True`` is SGDW (THEORY (B)).
+    """
+    lr, mu, lam = _check_latent(lr, momentum, weight_decay)
+    el = lr * lam
+    common = dict(lr=lr, momentum=mu, weight_decay=lam, decoupled=bool(decoupled))
+    if lam == 0:
+        # w_t = w_0 - eta * sum(m): an integrator (pole 1) behind the momentum pole; v = -w.
+        # Coupled and decoupled coincide.  No EMA rate alpha > 0 exists (THEORY P6).
+        return FilterEquivalent(
+            **common, alpha=None, gamma=None, exact=False,
+            reason=("weight_decay = 0: alpha = lr*weight_decay = 0, the latent weight is an "
+                    "integrator and w0/lr acts as a per-weight flip threshold (THEORY P6); "
+                    "the second-order filter (pole 1) reproduces it"),
+            a1=1 + mu, a2=-mu, c=lr, v_scale=1, poles=(1, mu), schedule_exact=True)
+    if decoupled or mu == 0:
+        return _first_order_cascade(el, mu, lam, common)
+    return _coupled_momentum(el, mu, lam, common)
+
+
+def _first_order_cascade(el: Number, mu: Number, lam: Number, common: dict) -> FilterEquivalent:
+    """P1/P2: ``v = -lam(1-mu) w`` is CEMA with ``alpha = eta*lam``, ``gamma = 1 - mu``."""
+    k = lam * (1 - mu)
+    # Eliminating m from (B): w_t = (1 - el + mu) w_{t-1} - mu (1 - el) w_{t-2} - eta g_t.
+    second = dict(a1=(1 - el) + mu, a2=-mu * (1 - el), c=el * (1 - mu), v_scale=k,
+                  poles=(1 - el, mu), schedule_exact=True)
+    prop = "P2 (decoupled, momentum)" if mu != 0 else "P1 (no momentum)"
+    if el > 1:
+        return FilterEquivalent(
+            **common, **second, alpha=None, gamma=None, exact=False,
+            reason=(f"lr*weight_decay = {float(el):g} > 1: the decay factor 1 - lr*weight_decay "
+                    "is negative, so no EMA rate exists; the second-order filter reproduces it"))
+    return FilterEquivalent(**common, **second, alpha=el, gamma=1 - mu, exact=True,
+                            reason=f"{prop}: exact for any lr schedule")
+
+
+def _coupled_momentum(el: Number, mu: Number, lam: Number, common: dict) -> FilterEquivalent:
+    """P3/P4: coupled decay with momentum is the IIR filter
+    ``w_t = (1 + mu - eta*lam) w_{t-1} - mu w_{t-2} - eta g_t``."""
+    second = dict(a1=1 + mu - el, a2=-mu, c=el, v_scale=lam, schedule_exact=False)
+    # alpha, gamma = 1 - poles are the roots of x^2 - (1 - mu + el) x + el = 0 (sum and product
+    # of the rates); the discriminant equals that of the pole polynomial.
+    s = 1 - mu + el
+    disc = s * s - 4 * el
+    if disc >= 0 and el <= 1 + mu:
+        # Real poles, both in [0, 1): el <= (1 - sqrt(mu))^2.  gamma takes the larger rate
+        # (the fast pole, ~ 1 - mu) and alpha the smaller (the slow pole, ~ el / (1 - mu)), so
+        # the map tends to the naive one as el -> 0; the swapped assignment is exact as well.
+        gamma = (s + _sqrt(disc)) / 2
+        alpha = el / gamma  # product of the roots is el: avoids cancellation in (s - sqrt)/2
+        return FilterEquivalent(
+            **common, **second, alpha=alpha, gamma=gamma, exact=True, poles=(1 - alpha, 1 - gamma),
+            reason=("P3 (coupled, real poles): exact for a constant lr with m0 = v0 = "
+                    "-weight_decay*w0; an lr schedule is only approximate (THEORY P7)"))
+    if disc < 0:
+        root = cmath.sqrt(-disc) * 1j
+        poles = ((second["a1"] + root) / 2, (second["a1"] - root) / 2)
+        why = (f"complex poles (lr*weight_decay = {float(el):g} > (1 - sqrt(momentum))^2 = "
+               f"{(1 - math.sqrt(mu)) ** 2:g}): no cascade of two real EMAs exists (THEORY P4)")
+    else:
+        root = math.sqrt(disc)
+        poles = ((second["a1"] + root) / 2, (second["a1"] - root) / 2)
+        why = (f"negative real poles (lr*weight_decay = {float(el):g} >= (1 + sqrt(momentum))^2):"
+               " EMA rates would exceed 1")
+    return FilterEquivalent(**common, **second, alpha=None, gamma=None, exact=False, poles=poles,
+                            reason=why + "; the second-order filter a1, a2, c reproduces it")
+
+
+def filter_to_latent(alpha: Number, gamma: Number, decoupled: bool = True, lr: Number | None = None,
+                     weight_decay: Number | None = None) -> LatentEquivalent:
+    """Latent SGD reproducing CEMA ``(alpha, gamma)``; give ``lr`` or ``weight_decay`` (not both).
+
+    decoupled (P2): momentum = 1 - gamma, lr*weight_decay = alpha (alpha may follow a schedule).
+    coupled (P3):   momentum = (1-alpha)(1-gamma), lr*weight_decay = alpha*gamma (constant lr).
+    """
+    alpha, gamma = _check_rate("alpha", alpha), _check_rate("gamma", gamma)
+    if decoupled:
+        mu, el = 1 - gamma, alpha
+    else:
+        mu, el = (1 - alpha) * (1 - gamma), alpha * gamma
+    free = "only lr*weight_decay is identified by the filter (THEORY P5)"
+    if lr is not None and weight_decay is not None:
+        raise MinibnnError(f"give lr or weight_decay, not both: {free}")
+    if lr is not None:
+        lr = _check_real("lr", lr)
+        if lr <= 0:
+            raise MinibnnError(f"lr must be > 0, got {lr}")
+        weight_decay, note = el / lr, f"weight_decay = {float(el):g} / lr; {free}"
+    elif weight_decay is not None:
+        weight_decay = _check_real("weight_decay", weight_decay)
+        if weight_decay <= 0:
+            raise MinibnnError(f"weight_decay must be > 0 to match an alpha > 0, got {weight_decay}")
+        lr, note = el / weight_decay, f"lr = {float(el):g} / weight_decay; {free}"
+    else:
+        note = f"lr*weight_decay = {float(el):g}; {free}: pass lr= or weight_decay= to fix one"
+    return LatentEquivalent(alpha=alpha, gamma=gamma, decoupled=bool(decoupled), momentum=mu,
+                            lr_times_weight_decay=el, lr=lr, weight_decay=weight_decay, note=note)
+
+
+def matched_initial_state(w0: Any, lr: Number, momentum: Number, weight_decay: Number,
+                          decoupled: bool) -> tuple[Any, Any]:
+    """CEMA buffers ``(m0, v0)`` that reproduce a latent initialisation ``w0`` (zero momentum).
+
+    P1/P2: ``v0 = -lam (1-mu) w0``, ``m0 = 0``.  P3: ``m0 = v0 = -lam w0``: matching the first
+    step ``v1 = (1 - eta lam) v0 + eta lam g1`` against CEMA's
+    ``v1 = (1-alpha) v0 + alpha (1-gamma) m0 + alpha gamma g1`` needs ``alpha (1-gamma) m0 =
+    alpha (1-gamma) v0`` (using ``alpha gamma = eta lam``); later steps follow from the
+    shared second-order recursion.  ``w0`` may be a number, a Fraction or an array.
+    """
+    eq = latent_to_filter(lr, momentum, weight_decay, decoupled)
+    if not eq.exact:
+        raise MinibnnError(f"no CEMA reproduces this latent run: {eq.reason}")
+    v0 = -eq.v_scale * w0
+    if eq.decoupled or eq.momentum == 0:
+        return w0 * 0, v0
+    return v0, v0
+
+
+def matched_second_order_state(w0: Any, lr: Number, momentum: Number, weight_decay: Number,
+                               decoupled: bool) -> tuple[Any, Any]:
+    """Second-order filter buffers ``(v_0, v_{-1})`` (``optim.second_order``'s ``v1``, ``v2``).
+
+    With zero latent momentum the first latent step is ``v1 = (1 - eta lam) v0 + c g1``, so
+    ``a1 v0 + a2 v_{-1} = (1 - eta lam) v0`` fixes ``v_{-1}`` (irrelevant when ``a2 = 0``).
+    """
+    eq = latent_to_filter(lr, momentum, weight_decay, decoupled)
+    v0 = -eq.v_scale * w0
+    if eq.a2 == 0:
+        return v0, w0 * 0
+    return v0, ((1 - eq.lr * eq.weight_decay) - eq.a1) * v0 / eq.a2
+
+
+def _impulse(n: int) -> np.ndarray:
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise MinibnnError(f"n must be a positive integer, got {n!r}")
+    g = np.zeros(int(n))
+    g[0] = 1.0
+    return g
+
+
+def latent_impulse_response(lr: Number, momentum: Number, weight_decay: Number, decoupled: bool,
+                            n: int) -> np.ndarray:
+    """``-v_scale * w_t``, t = 1..n, of latent SGD from zero state after a unit gradient at t = 1."""
+    eq = latent_to_filter(lr, momentum, weight_decay, decoupled)
+    lr, mu, lam = float(eq.lr), float(eq.momentum), float(eq.weight_decay)
+    w = m = 0.0
+    out = []
+    for g in _impulse(n):
+        if decoupled:
+            m = mu * m + g
+            w = (1 - lr * lam) * w - lr * m
+        else:
+            m = mu * m + g + lam * w
+            w = w - lr * m
+        out.append(-float(eq.v_scale) * w)
+    return np.array(out)
+
+
+def filter_impulse_response(alpha: Number, gamma: Number, n: int) -> np.ndarray:
+    """CEMA ``v_t``, t = 1..n, from zero buffers after a unit gradient at t = 1."""
+    alpha, gamma = float(_check_rate("alpha", alpha)), float(_check_rate("gamma", gamma))
+    m = v = 0.0
+    out = []
+    for g in _impulse(n):
+        m = (1 - gamma) * m + gamma * g
+        v = (1 - alpha) * v + alpha * m
+        out.append(v)
+    return np.array(out)
+
+
+def second_order_impulse_response(a1: Number, a2: Number, c: Number, n: int) -> np.ndarray:
+    """``v_t = a1 v_{t-1} + a2 v_{t-2} + c g_t``, t = 1..n, after a unit gradient at t = 1."""
+    a1, a2, c = (float(_check_real(k, x)) for k, x in (("a1", a1), ("a2", a2), ("c", c)))
+    v1 = v2 = 0.0
+    out = []
+    for g in _impulse(n):
+        v1, v2 = a1 * v1 + a2 * v2 + c * g, v1
+        out.append(v1)
+    return np.array(out)
+
+
+def _unit_circle(freqs: Sequence[float] | np.ndarray) -> np.ndarray:
+    """``z^-1 = exp(-2 pi i f)`` for frequencies in cycles per step."""
+    return np.exp(-2j * np.pi * np.asarray(freqs, dtype=np.float64))
+
+
+def second_order_frequency_response(a1: Number, a2: Number, c: Number,
+                                    freqs: Sequence[float] | np.ndarray) -> np.ndarray:
+    """``|H(e^{2 pi i f})|`` with ``H(z) = c / (1 - a1 z^-1 - a2 z^-2)``."""
+    zi = _unit_circle(freqs)
+    return np.abs(float(c) / (1 - float(a1) * zi - float(a2) * zi * zi))
+
+
+def latent_frequency_response(lr: Number, momentum: Number, weight_decay: Number, decoupled: bool,
+                              freqs: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Gain of latent SGD from gradient to ``-v_scale * w`` at frequencies ``freqs`` (cycles/step)."""
+    eq = latent_to_filter(lr, momentum, weight_decay, decoupled)
+    return second_order_frequency_response(eq.a1, eq.a2, eq.c, freqs)
+
+
+def filter_frequency_response(alpha: Number, gamma: Number,
+                              freqs: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Gain of CEMA, ``alpha gamma / ((1 - (1-alpha) z^-1)(1 - (1-gamma) z^-1))``."""
+    alpha, gamma = float(_check_rate("alpha", alpha)), float(_check_rate("gamma", gamma))
+    zi = _unit_circle(freqs)
+    return np.abs(alpha * gamma / ((1 - (1 - alpha) * zi) * (1 - (1 - gamma) * zi)))
