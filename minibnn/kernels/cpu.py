@@ -1,0 +1,577 @@
+"""Numba CPU kernels: the fast twins of ``kernels.reference`` (same names, same signatures).
+
+Each public function checks its arguments in Python (the shared helpers of ``_common``) and
+calls one ``@njit(cache=True)`` loop; ``parallel=True`` + ``prange`` splits the outermost loop
+over the cores where that measured faster. ``fastmath`` is off everywhere, and floating-point
+kernels evaluate the same expressions in the same order as their NumPy twins, so elementwise
+kernels (im2col, col2im, pooling, BatchNorm+sign in eval mode, the optimiser steps) agree with
+the reference bit for bit; only reductions (BatchNorm batch statistics) differ by rounding.
+
+The convolution itself stays ``im2col`` + one BLAS GEMM (``cols @ w.reshape(O, -1).T``): a
+direct Numba convolution measured several times slower than OpenBLAS on the same shapes
+(``benchmarks/bench_kernels.py`` shows both).
+
+Bit-packed kernels use LLVM's ``ctpop`` through a Numba intrinsic, because
+``np.bitwise_count`` is not supported inside ``@njit``; LLVM turns it into ``popcnt`` or, where
+the CPU has AVX-512 VPOPCNTDQ, into vector popcounts.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from minibnn.errors import ShapeError
+from minibnn.kernels import reference as _ref
+from minibnn.kernels._common import (
+    as_scalars, channel_vector, channel_view, check_inplace, check_tie, conv_output_size,
+    require_float, require_ndim, words_for)
+
+__all__ = [
+    "im2col", "col2im", "maxpool2d_forward", "maxpool2d_backward", "batchnorm_sign_eval",
+    "batchnorm_sign_train", "cema_update", "bop_update", "sgd_update", "adam_update",
+    "pack_signs", "unpack_signs", "xnor_gemm", "pack_conv_input", "pack_conv_weights",
+    "binary_conv2d",
+]
+
+
+@intrinsic
+def popcount64(typingctx, x):  # type: ignore[no-untyped-def]
+    """Number of set bits of a 64-bit integer, as int64 (LLVM ``llvm.ctpop.i64``)."""
+    if not (isinstance(x, types.Integer) and x.bitwidth == 64):
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.ctpop(args[0])
+
+    return types.int64(x), codegen
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+@njit(parallel=True, cache=True)
+def _im2col(x, kh, kw, stride, padding, oh, ow):  # type: ignore[no-untyped-def]
+    n, c, h, w = x.shape
+    cols = np.empty((n * oh * ow, c * kh * kw), dtype=x.dtype)
+    for r in prange(n * oh):
+        ni = r // oh
+        yo = r - ni * oh
+        for xo in range(ow):
+            row = r * ow + xo                       # = (n*OH + oh)*OW + ow
+            for ci in range(c):
+                for i in range(kh):
+                    hi = yo * stride + i - padding
+                    base = (ci * kh + i) * kw
+                    for j in range(kw):
+                        wi = xo * stride + j - padding
+                        if 0 <= hi < h and 0 <= wi < w:
+                            cols[row, base + j] = x[ni, ci, hi, wi]
+                        else:
+                            cols[row, base + j] = 0
+    return cols
+
+
+def im2col(x: np.ndarray, kh: int, kw: int, stride: int = 1, padding: int = 0) -> np.ndarray:
+    """x (N, C, H, W) -> cols (N*OH*OW, C*kH*kW); layout of ``reference.im2col``."""
+    require_float("im2col", "x", x)
+    require_ndim("im2col", "x", x, (4,), "4-D (N, C, H, W)")
+    oh, ow = conv_output_size("im2col", x.shape[2], x.shape[3], kh, kw, stride, padding)
+    return _im2col(np.ascontiguousarray(x), kh, kw, stride, padding, oh, ow)
+
+
+@njit(parallel=True, cache=True)
+def _col2im(cols, n, c, h, w, kh, kw, stride, padding, oh, ow):  # type: ignore[no-untyped-def]
+    out = np.zeros((n, c, h, w), dtype=cols.dtype)
+    for ni in prange(n):                            # one sample per task: no write conflicts
+        for yo in range(oh):
+            for xo in range(ow):
+                row = (ni * oh + yo) * ow + xo
+                for ci in range(c):
+                    for i in range(kh):
+                        hi = yo * stride + i - padding
+                        if hi < 0 or hi >= h:
+                            continue
+                        base = (ci * kh + i) * kw
+                        for j in range(kw):
+                            wi = xo * stride + j - padding
+                            if 0 <= wi < w:
+                                out[ni, ci, hi, wi] += cols[row, base + j]
+    return out
+
+
+def col2im(cols: np.ndarray, x_shape: tuple[int, int, int, int], kh: int, kw: int,
+           stride: int = 1, padding: int = 0) -> np.ndarray:
+    """Adjoint of ``im2col``: cols (N*OH*OW, C*kH*kW) -> dx of shape ``x_shape``."""
+    require_float("col2im", "cols", cols)
+    n, c, h, w = (int(s) for s in x_shape)
+    oh, ow = conv_output_size("col2im", h, w, kh, kw, stride, padding)
+    if cols.shape != (n * oh * ow, c * kh * kw):
+        raise ShapeError(f"col2im: cols must have shape {(n * oh * ow, c * kh * kw)}, "
+                         f"got {tuple(cols.shape)}")
+    return _col2im(np.ascontiguousarray(cols), n, c, h, w, kh, kw, stride, padding, oh, ow)
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+@njit(parallel=True, cache=True)
+def _maxpool_fwd(x, k, stride, padding, oh, ow):  # type: ignore[no-untyped-def]
+    n, c, h, w = x.shape
+    y = np.empty((n, c, oh, ow), dtype=x.dtype)
+    arg = np.empty(n * c * oh * ow, dtype=np.int64)
+    for plane in prange(n * c):
+        ni = plane // c
+        ci = plane - ni * c
+        for yo in range(oh):
+            for xo in range(ow):
+                best = -np.inf                    # float64 holds every float32 exactly
+                best_t = -1
+                for i in range(k):
+                    hi = yo * stride + i - padding
+                    for j in range(k):
+                        wi = xo * stride + j - padding
+                        v = -np.inf
+                        if 0 <= hi < h and 0 <= wi < w:
+                            v = x[ni, ci, hi, wi]
+                        # np.argmax: the first maximum wins, and a NaN beats everything.
+                        if best_t < 0 or (best == best and (v > best or v != v)):
+                            best = v
+                            best_t = i * k + j
+                y[ni, ci, yo, xo] = best
+                arg[(plane * oh + yo) * ow + xo] = best_t
+    return y, arg
+
+
+def maxpool2d_forward(x: np.ndarray, kernel: int, stride: int | None = None,
+                      padding: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """y (N, C, OH, OW) and argmax (N*C*OH*OW,) int64 (position i*kernel + j in the window)."""
+    require_float("maxpool2d_forward", "x", x)
+    require_ndim("maxpool2d_forward", "x", x, (4,), "4-D (N, C, H, W)")
+    stride = kernel if stride is None else stride
+    oh, ow = conv_output_size("maxpool2d_forward", x.shape[2], x.shape[3], kernel, kernel,
+                              stride, padding)
+    return _maxpool_fwd(np.ascontiguousarray(x), kernel, stride, padding, oh, ow)
+
+
+@njit(parallel=True, cache=True)
+def _maxpool_bwd(dy, arg, h, w, k, stride, padding):  # type: ignore[no-untyped-def]
+    n, c, oh, ow = dy.shape
+    dx = np.zeros((n, c, h, w), dtype=dy.dtype)
+    for plane in prange(n * c):                     # windows of one plane stay in that plane
+        ni = plane // c
+        ci = plane - ni * c
+        for yo in range(oh):
+            for xo in range(ow):
+                t = arg[(plane * oh + yo) * ow + xo]
+                hi = yo * stride + t // k - padding
+                wi = xo * stride + t % k - padding
+                if 0 <= hi < h and 0 <= wi < w:
+                    dx[ni, ci, hi, wi] += dy[ni, ci, yo, xo]
+    return dx
+
+
+def maxpool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape: tuple[int, int, int, int],
+                       kernel: int, stride: int | None = None, padding: int = 0) -> np.ndarray:
+    """Route dy to the arg-max of each window; overlapping windows add. Returns dx (x_shape)."""
+    require_float("maxpool2d_backward", "dy", dy)
+    stride = kernel if stride is None else stride
+    n, c, h, w = (int(s) for s in x_shape)
+    oh, ow = conv_output_size("maxpool2d_backward", h, w, kernel, kernel, stride, padding)
+    if dy.shape != (n, c, oh, ow) or argmax.shape != (n * c * oh * ow,):
+        raise ShapeError(f"maxpool2d_backward: dy must be {(n, c, oh, ow)} and argmax "
+                         f"{(n * c * oh * ow,)}, got {tuple(dy.shape)} and {tuple(argmax.shape)}")
+    return _maxpool_bwd(np.ascontiguousarray(dy), np.ascontiguousarray(argmax, dtype=np.int64),
+                        h, w, kernel, stride, padding)
+
+
+# --------------------------------------------------------------------------- BatchNorm + sign
+
+
+@njit(parallel=True, cache=True)
+def _bn_sign_apply(x3, mean, inv_std, gamma, beta, s, y, xhat, keep):  # type: ignore[no-untyped-def]
+    n, c, length = x3.shape
+    for r in prange(n * c):
+        ni = r // c
+        ci = r - ni * c
+        mu, inv, ga, be = mean[ci], inv_std[ci], gamma[ci], beta[ci]
+        for j in range(length):
+            xh = (x3[ni, ci, j] - mu) * inv       # xhat = (x - mean) * inv_std
+            yv = xh * ga + be                     # y = xhat * gamma + beta
+            s[ni, ci, j] = 1.0 if yv >= 0 else -1.0
+            if keep:
+                y[ni, ci, j] = yv
+                xhat[ni, ci, j] = xh
+
+
+@njit(parallel=True, cache=True)
+def _channel_stats(x3):  # type: ignore[no-untyped-def]
+    """Per-channel mean and biased variance with float64 accumulators, two passes."""
+    n, c, length = x3.shape
+    mean = np.empty(c, dtype=x3.dtype)
+    var = np.empty(c, dtype=x3.dtype)
+    count = n * length
+    for ci in prange(c):
+        acc = 0.0
+        for ni in range(n):
+            for j in range(length):
+                acc += x3[ni, ci, j]
+        mu = acc / count
+        acc2 = 0.0
+        for ni in range(n):
+            for j in range(length):
+                d = x3[ni, ci, j] - mu
+                acc2 += d * d
+        mean[ci] = mu
+        var[ci] = acc2 / count
+    return mean, var
+
+
+def batchnorm_sign_eval(x: np.ndarray, mean: np.ndarray, var: np.ndarray,
+                        gamma: np.ndarray | None = None, beta: np.ndarray | None = None,
+                        eps: float = 1e-5) -> np.ndarray:
+    """``sign(gamma * (x - mean) / sqrt(var + eps) + beta)``, one pass; see the reference twin."""
+    fn = "batchnorm_sign_eval"
+    require_float(fn, "x", x)
+    x3 = np.ascontiguousarray(channel_view(fn, x))
+    c, dt = x3.shape[1], x.dtype
+    mean = channel_vector(fn, "mean", mean, c, dt, 0.0)
+    var = channel_vector(fn, "var", var, c, dt, 1.0)
+    gamma = channel_vector(fn, "gamma", gamma, c, dt, 1.0)
+    beta = channel_vector(fn, "beta", beta, c, dt, 0.0)
+    inv_std = 1.0 / np.sqrt(var + eps)            # (C,): computed as the reference does
+    s = np.empty_like(x3)
+    unused = np.empty((0, 0, 0), dtype=dt)
+    _bn_sign_apply(x3, mean, inv_std, gamma, beta, s, unused, unused, False)
+    return s.reshape(x.shape)
+
+
+def batchnorm_sign_train(x: np.ndarray, gamma: np.ndarray | None = None,
+                         beta: np.ndarray | None = None, eps: float = 1e-5
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                    np.ndarray]:
+    """Batch-statistics BatchNorm + sign: ``(s, y, xhat, mean, var, inv_std)`` as the reference."""
+    fn = "batchnorm_sign_train"
+    require_float(fn, "x", x)
+    x3 = np.ascontiguousarray(channel_view(fn, x))
+    c, dt = x3.shape[1], x.dtype
+    gamma = channel_vector(fn, "gamma", gamma, c, dt, 1.0)
+    beta = channel_vector(fn, "beta", beta, c, dt, 0.0)
+    mean, var = _channel_stats(x3)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    s, y, xhat = np.empty_like(x3), np.empty_like(x3), np.empty_like(x3)
+    _bn_sign_apply(x3, mean, inv_std, gamma, beta, s, y, xhat, True)
+    return s.reshape(x.shape), y.reshape(x.shape), xhat.reshape(x.shape), mean, var, inv_std
+
+
+# --------------------------------------------------------------------------- optimiser steps
+# One pass over memory: each element of every buffer is read once and written once, in place.
+
+
+@njit(parallel=True, cache=True)
+def _cema(b, m, v, g, c_m, c_g, c_v, c_a, thr, tie_positive):  # type: ignore[no-untyped-def]
+    flips = 0
+    for i in prange(b.size):
+        mi = c_m * m[i] + c_g * g[i]              # m = (1 - gamma) m + gamma g
+        vi = c_v * v[i] + c_a * mi                # v = (1 - alpha) v + alpha m
+        m[i] = mi
+        v[i] = vi
+        bi = b[i]
+        if vi * bi > thr or (tie_positive and vi == 0 and bi < 0):
+            b[i] = -bi
+            flips += 1
+    return flips
+
+
+def cema_update(b: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, alpha: float,
+                gamma: float, threshold: float = 0.0, tie: str = "keep") -> int:
+    """Fused CEMA step, in place; returns the number of flips (see ``reference.cema_update``)."""
+    dt = check_inplace("cema_update", b=b, m=m, v=v, g=g)
+    tie_positive = check_tie("cema_update", tie)
+    c_m, c_g, c_v, c_a, thr = as_scalars(dt, 1.0 - gamma, gamma, 1.0 - alpha, alpha, threshold)
+    return int(_cema(b.reshape(-1), m.reshape(-1), v.reshape(-1), g.reshape(-1),
+                     c_m, c_g, c_v, c_a, thr, tie_positive))
+
+
+@njit(parallel=True, cache=True)
+def _bop(b, m, g, c_m, c_g, thr, tie_positive):  # type: ignore[no-untyped-def]
+    flips = 0
+    for i in prange(b.size):
+        mi = c_m * m[i] + c_g * g[i]              # m = (1 - gamma) m + gamma g
+        m[i] = mi
+        bi = b[i]
+        if mi * bi > thr or (tie_positive and mi == 0 and bi < 0):
+            b[i] = -bi
+            flips += 1
+    return flips
+
+
+def bop_update(b: np.ndarray, m: np.ndarray, g: np.ndarray, gamma: float, threshold: float,
+               tie: str = "keep") -> int:
+    """Fused Bop step, in place; returns the number of flips (see ``reference.bop_update``)."""
+    dt = check_inplace("bop_update", b=b, m=m, g=g)
+    tie_positive = check_tie("bop_update", tie)
+    c_m, c_g, thr = as_scalars(dt, 1.0 - gamma, gamma, threshold)
+    return int(_bop(b.reshape(-1), m.reshape(-1), g.reshape(-1), c_m, c_g, thr, tie_positive))
+
+
+@njit(parallel=True, cache=True)
+def _sgd(w, m, g, lam, mu, c_d, neg_lr, coupled_decay, decoupled_decay, use_momentum,
+         first):  # type: ignore[no-untyped-def]
+    for i in prange(w.size):
+        wi = w[i]
+        d = g[i]
+        if coupled_decay:
+            d = d + lam * wi                      # d = g + lam w
+        if use_momentum:
+            if first:
+                mi = d                            # PyTorch: first buffer = d, undamped
+            else:
+                mi = mu * m[i] + c_d * d          # m = mu m + (1 - dampening) d
+            m[i] = mi
+            d = mi
+        if decoupled_decay:
+            d = d + lam * wi                      # step on m + lam w
+        w[i] = wi + neg_lr * d
+
+
+def sgd_update(w: np.ndarray, m: np.ndarray | None, g: np.ndarray, lr: float,
+               momentum: float = 0.0, weight_decay: float = 0.0, dampening: float = 0.0,
+               decoupled: bool = False, first_step: bool = False) -> None:
+    """Fused SGD step, in place (see ``reference.sgd_update`` for the formulas)."""
+    fn = "sgd_update"
+    if momentum != 0.0 and m is None:
+        raise ShapeError(f"{fn}: momentum {momentum} needs a buffer m, got None")
+    dt = check_inplace(fn, w=w, m=m if momentum != 0.0 else None, g=g)
+    lam, mu, c_d, neg_lr = as_scalars(dt, weight_decay, momentum, 1.0 - dampening, -lr)
+    use_m = momentum != 0.0
+    mm = m.reshape(-1) if use_m else np.empty(0, dtype=dt)
+    decay = weight_decay != 0.0
+    _sgd(w.reshape(-1), mm, g.reshape(-1), lam, mu, c_d, neg_lr, decay and not decoupled,
+         decay and decoupled, use_m, bool(first_step))
+
+
+@njit(parallel=True, cache=True)
+def _adam(w, m, v, g, lam, c_b1, c_1b1, c_b2, c_1b2, bc1, bc2, c_eps, neg_lr, coupled_decay,
+          decoupled_decay):  # type: ignore[no-untyped-def]
+    for i in prange(w.size):
+        wi = w[i]
+        x = g[i]
+        if coupled_decay:
+            x = x + lam * wi                      # x = g + lam w
+        mi = c_b1 * m[i] + c_1b1 * x              # m = b1 m + (1 - b1) x
+        vi = c_b2 * v[i] + c_1b2 * (x * x)        # v = b2 v + (1 - b2) x^2
+        m[i] = mi
+        v[i] = vi
+        u = (mi / bc1) / (np.sqrt(vi / bc2) + c_eps)
+        if decoupled_decay:
+            u = u + lam * wi
+        w[i] = wi + neg_lr * u
+
+
+def adam_update(w: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, lr: float,
+                step: int, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                weight_decay: float = 0.0, decoupled: bool = False) -> None:
+    """Fused Adam / AdamW step, in place (see ``reference.adam_update``)."""
+    fn = "adam_update"
+    dt = check_inplace(fn, w=w, m=m, v=v, g=g)
+    if int(step) != step or step < 1:
+        raise ShapeError(f"{fn}: step must be an integer >= 1, got {step!r}")
+    sc = as_scalars(dt, weight_decay, b1, 1.0 - b1, b2, 1.0 - b2, 1.0 - b1 ** step,
+                    1.0 - b2 ** step, eps, -lr)
+    decay = weight_decay != 0.0
+    _adam(w.reshape(-1), m.reshape(-1), v.reshape(-1), g.reshape(-1), *sc,
+          decay and not decoupled, decay and decoupled)
+
+
+# --------------------------------------------------------------------------- bit packing
+# Layout and conventions: see the bit-packing section of reference.py (bit 1 = +1, LSB first,
+# pad bits 0).
+
+
+@njit(parallel=True, cache=True)
+def _pack_rows(x2):  # type: ignore[no-untyped-def]
+    rows, k = x2.shape
+    nw = (k + 63) // 64
+    full = k // 64
+    out = np.empty((rows, nw), dtype=np.uint64)
+    for r in prange(rows):
+        for q in range(full):
+            k0 = q * 64
+            word = np.uint64(0)
+            for j in range(64):                   # a fixed trip count vectorises well
+                word |= np.uint64(x2[r, k0 + j] >= 0) << np.uint64(j)
+            out[r, q] = word
+        if full < nw:
+            k0 = full * 64
+            word = np.uint64(0)
+            for j in range(k - k0):
+                word |= np.uint64(x2[r, k0 + j] >= 0) << np.uint64(j)
+            out[r, full] = word
+    return out
+
+
+def pack_signs(x: np.ndarray) -> np.ndarray:
+    """Pack sign(x) along the last axis: (..., K) float -> (..., ceil(K/64)) uint64."""
+    require_float("pack_signs", "x", x)
+    k = x.shape[-1]
+    x2 = np.ascontiguousarray(x).reshape(-1, k)
+    return _pack_rows(x2).reshape(x.shape[:-1] + (words_for(k),))
+
+
+@njit(parallel=True, cache=True)
+def _unpack_rows(p2, k, out):  # type: ignore[no-untyped-def]
+    for r in prange(p2.shape[0]):
+        for kk in range(k):
+            bit = (p2[r, kk >> 6] >> np.uint64(kk & 63)) & np.uint64(1)
+            out[r, kk] = 1.0 if bit else -1.0
+
+
+def unpack_signs(p: np.ndarray, k: int, dtype: type | np.dtype = np.float32) -> np.ndarray:
+    """Inverse of ``pack_signs``: (..., W) uint64 -> (..., k) array of ±1 in ``dtype``."""
+    if p.dtype != np.uint64 or p.ndim < 1 or p.shape[-1] != words_for(k):
+        raise ShapeError(f"unpack_signs: p must be uint64 with last axis ceil({k}/64) = "
+                         f"{words_for(k)}, got {p.dtype} {tuple(p.shape)}")
+    p2 = np.ascontiguousarray(p).reshape(-1, p.shape[-1])
+    out = np.empty((p2.shape[0], k), dtype=dtype)
+    _unpack_rows(p2, k, out)
+    return out.reshape(p.shape[:-1] + (k,))
+
+
+@njit(parallel=True, cache=True)
+def _xnor_gemm(a, b, k):  # type: ignore[no-untyped-def]
+    m, nw = a.shape
+    n = b.shape[0]
+    out = np.empty((m, n), dtype=np.int32)
+    nblocks = (m + 3) // 4
+    for blk in prange(nblocks):
+        i0 = blk * 4
+        if i0 + 4 <= m:
+            # 4 rows of A against one row of B: each B word is loaded once for 4 popcounts.
+            for j in range(n):
+                c0 = 0
+                c1 = 0
+                c2 = 0
+                c3 = 0
+                for q in range(nw):
+                    bq = b[j, q]
+                    c0 += popcount64(a[i0, q] ^ bq)
+                    c1 += popcount64(a[i0 + 1, q] ^ bq)
+                    c2 += popcount64(a[i0 + 2, q] ^ bq)
+                    c3 += popcount64(a[i0 + 3, q] ^ bq)
+                out[i0, j] = k - 2 * c0            # C = k - 2 popcount(a XOR b)
+                out[i0 + 1, j] = k - 2 * c1
+                out[i0 + 2, j] = k - 2 * c2
+                out[i0 + 3, j] = k - 2 * c3
+        else:
+            for i in range(i0, m):
+                for j in range(n):
+                    c0 = 0
+                    for q in range(nw):
+                        c0 += popcount64(a[i, q] ^ b[j, q])
+                    out[i, j] = k - 2 * c0
+    return out
+
+
+def xnor_gemm(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    """``C = A @ B.T`` (int32, exact) from packed ±1 rows a (M, W), b (N, W); k = true length."""
+    _ref._check_packed_pair("xnor_gemm", a, b, k)
+    return _xnor_gemm(np.ascontiguousarray(a), np.ascontiguousarray(b), k)
+
+
+@njit(parallel=True, cache=True)
+def _pack_nchw(x):  # type: ignore[no-untyped-def]
+    n, c, h, w = x.shape
+    nw = (c + 63) // 64
+    out = np.zeros((n, h, w, nw), dtype=np.uint64)
+    for r in prange(n * h):
+        ni = r // h
+        yi = r - ni * h
+        for ci in range(c):
+            q = ci >> 6
+            sh = np.uint64(ci & 63)
+            for xi in range(w):                   # contiguous read of one image row
+                out[ni, yi, xi, q] |= np.uint64(x[ni, ci, yi, xi] >= 0) << sh
+    return out
+
+
+def pack_conv_input(x: np.ndarray) -> np.ndarray:
+    """Pack sign(x) of NCHW activations along channels: (N, C, H, W) -> (N, H, W, ceil(C/64))."""
+    require_float("pack_conv_input", "x", x)
+    require_ndim("pack_conv_input", "x", x, (4,), "4-D (N, C, H, W)")
+    return _pack_nchw(np.ascontiguousarray(x))
+
+
+#: Weights are packed once ahead of inference, so the NumPy version serves both backends.
+pack_conv_weights = _ref.pack_conv_weights
+
+
+@njit(parallel=True, cache=True)
+def _binary_conv2d(xb, wb, wsum, kbits, kh, kw, stride, padding, oh, ow):  # type: ignore[no-untyped-def]
+    n, h, w, nw = xb.shape
+    o = wb.shape[0]
+    taps = kh * kw
+    kwords = taps * nw
+    out = np.empty((n, o, oh, ow), dtype=np.int32)
+    for r in prange(n * oh):
+        ni = r // oh
+        yo = r - ni * oh
+        buf = np.empty((4, kwords), dtype=np.uint64)
+        padded = np.empty((4, taps), dtype=np.bool_)
+        for x0 in range(0, ow, 4):
+            npx = min(4, ow - x0)
+            any_pad = False
+            # Gather the packed receptive fields of up to 4 output pixels (im2col on the fly);
+            # a padded tap becomes all-zero words, i.e. -1 in every channel.
+            for p in range(npx):
+                for i in range(kh):
+                    hi = yo * stride + i - padding
+                    for j in range(kw):
+                        wi = (x0 + p) * stride + j - padding
+                        t = i * kw + j
+                        inside = 0 <= hi < h and 0 <= wi < w
+                        padded[p, t] = not inside
+                        any_pad = any_pad or not inside
+                        for q in range(nw):
+                            buf[p, t * nw + q] = xb[ni, hi, wi, q] if inside else np.uint64(0)
+            if npx == 4:
+                for oc in range(o):
+                    c0 = 0
+                    c1 = 0
+                    c2 = 0
+                    c3 = 0
+                    for q in range(kwords):
+                        wq = wb[oc, q]
+                        c0 += popcount64(buf[0, q] ^ wq)
+                        c1 += popcount64(buf[1, q] ^ wq)
+                        c2 += popcount64(buf[2, q] ^ wq)
+                        c3 += popcount64(buf[3, q] ^ wq)
+                    out[ni, oc, yo, x0] = kbits - 2 * c0
+                    out[ni, oc, yo, x0 + 1] = kbits - 2 * c1
+                    out[ni, oc, yo, x0 + 2] = kbits - 2 * c2
+                    out[ni, oc, yo, x0 + 3] = kbits - 2 * c3
+            else:
+                for oc in range(o):
+                    for p in range(npx):
+                        c0 = 0
+                        for q in range(kwords):
+                            c0 += popcount64(buf[p, q] ^ wb[oc, q])
+                        out[ni, oc, yo, x0 + p] = kbits - 2 * c0
+            if any_pad:
+                # A padded tap contributed -wsum[o, t] instead of 0: add it back.
+                for p in range(npx):
+                    for t in range(taps):
+                        if padded[p, t]:
+                            for oc in range(o):
+                                out[ni, oc, yo, x0 + p] += wsum[oc, t]
+    return out
+
+
+def binary_conv2d(xbits: np.ndarray, wbits: np.ndarray, wsum: np.ndarray, c: int, kh: int,
+                  kw: int, stride: int = 1, padding: int = 0) -> np.ndarray:
+    """Exact binary convolution on packed operands -> int32 (N, O, OH, OW); see the reference."""
+    oh, ow = _ref._check_binary_conv("binary_conv2d", xbits, wbits, wsum, c, kh, kw, stride,
+                                     padding)
+    return _binary_conv2d(np.ascontiguousarray(xbits), np.ascontiguousarray(wbits),
+                          np.ascontiguousarray(wsum), kh * kw * c, kh, kw, stride, padding,
+                          oh, ow)
