@@ -283,12 +283,16 @@ def matched_second_order_state(w0: Any, lr: Number, momentum: Number, weight_dec
 
     With zero latent momentum the first latent step is ``v1 = (1 - eta lam) v0 + c g1``, so
     ``a1 v0 + a2 v_{-1} = (1 - eta lam) v0`` fixes ``v_{-1}`` (irrelevant when ``a2 = 0``).
+    One corner has no solution: decoupled decay with ``lr*weight_decay == 1`` and momentum
+    (``a2 = 0``, ``a1 = mu``).  There ``w0`` is forgotten after one step, so the state is zero
+    and ``b0 = sign(w0)`` is carried by the flip rule alone (``v`` is not ``-v_scale w`` at t = 0).
     """
     eq = latent_to_filter(lr, momentum, weight_decay, decoupled)
     v0 = -eq.v_scale * w0
+    decay = 1 - eq.lr * eq.weight_decay
     if eq.a2 == 0:
-        return v0, w0 * 0
-    return v0, ((1 - eq.lr * eq.weight_decay) - eq.a1) * v0 / eq.a2
+        return (v0 if eq.a1 == decay else w0 * 0), w0 * 0
+    return v0, (decay - eq.a1) * v0 / eq.a2
 
 
 def _impulse(n: int) -> np.ndarray:
