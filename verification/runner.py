@@ -1,0 +1,123 @@
+"""Run the properties, print the report table, and the command line of ``python -m verification``."""
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from typing import Callable, Iterable, Sequence, TextIO
+
+from verification.closed_loop import check_p9
+from verification.core import PropertyResult, set_derandomize
+from verification.counterexamples import check_p10
+from verification.properties import (check_p1, check_p2, check_p3, check_p4, check_p5,
+                                     check_p6, check_p7, check_p8)
+
+PROPERTIES: dict[str, Callable[..., PropertyResult]] = {
+    "P1": check_p1, "P2": check_p2, "P3": check_p3, "P4": check_p4, "P5": check_p5,
+    "P6": check_p6, "P7": check_p7, "P8": check_p8, "P9": check_p9, "P10": check_p10,
+}
+
+
+def select(only: str | Iterable[str] | None) -> list[str]:
+    """Property ids from ``"P3"``, ``"p3,P10"`` or a list; all of them for None."""
+    if only is None:
+        return list(PROPERTIES)
+    items = only.split(",") if isinstance(only, str) else list(only)
+    ids = [x.strip().upper() for x in items if x.strip()]
+    unknown = [x for x in ids if x not in PROPERTIES]
+    if unknown:
+        raise ValueError(f"unknown property {', '.join(unknown)}; expected P1..P10")
+    return ids
+
+
+def run(examples: int | None = None, only: str | Iterable[str] | None = None,
+        derandomize: bool | None = None) -> list[PropertyResult]:
+    """Check the selected properties; ``examples`` overrides each one's default count.
+
+    ``derandomize`` None follows the loaded hypothesis profile.
+    """
+    ids = select(only)
+    set_derandomize(derandomize)
+    try:
+        return [PROPERTIES[i](examples) if examples else PROPERTIES[i]() for i in ids]
+    finally:
+        set_derandomize(None)
+
+
+_COLUMNS = (("property", 8), ("statement", 42), ("examples", 8), ("result", 14),
+            ("arithmetic", 22), ("margin / error", 38))
+
+
+def _table_rows(results: Sequence[PropertyResult]) -> list[str]:
+    def row(cells: Sequence[str]) -> list[str]:
+        wrapped = [textwrap.wrap(c, w) or [""] for c, (_, w) in zip(cells, _COLUMNS)]
+        height = max(len(x) for x in wrapped)
+        return ["  ".join((x[i] if i < len(x) else "").ljust(w)
+                          for x, (_, w) in zip(wrapped, _COLUMNS)).rstrip()
+                for i in range(height)]
+
+    lines = row([name for name, _ in _COLUMNS])
+    lines.append("  ".join("-" * w for _, w in _COLUMNS))
+    for r in results:
+        lines += row([r.pid, r.statement, str(r.examples), r.verdict, r.arithmetic, r.margin])
+    return lines
+
+
+def format_report(results: Sequence[PropertyResult]) -> str:
+    """The table, then counterexamples of failed properties, then P10's findings."""
+    lines = _table_rows(results)
+    failed = [r for r in results if not r.holds]
+    if failed:
+        lines += ["", "Counterexamples to properties that should hold:"]
+        for r in failed:
+            lines += textwrap.wrap(f"{r.pid}: {r.counterexample}", 100,
+                                   subsequent_indent="    ", break_on_hyphens=False)
+    for r in results:
+        if r.details:
+            lines += ["", f"{r.pid} minimal counterexamples (latent view vs its would-be filter):"]
+            for name, text in r.details:
+                lines += textwrap.wrap(f"- {name}: {text}", 100, subsequent_indent="    ",
+                                       break_on_hyphens=False)
+    total = sum(r.seconds for r in results)
+    verdict = "all properties hold" if not failed else f"{len(failed)} FAILED"
+    lines += ["", f"{verdict} ({len(results)} checked, {total:.1f} s)"]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m verification",
+        description="Prove the latent <-> filter equivalences of THEORY.md (P1-P10).")
+    configure_parser(parser)
+    return parser
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``python -m verification`` and ``minibnn verify``."""
+    parser.add_argument("--examples", type=int, default=None, metavar="N",
+                        help="hypothesis examples per property (default: each property's own)")
+    parser.add_argument("--only", default=None, metavar="P3[,P10]",
+                        help="comma-separated property ids to check")
+    parser.add_argument("--random", action="store_true",
+                        help="draw fresh random examples (default: derandomised, reproducible)")
+
+
+def run_from_args(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Run with parsed options, print the report, return the exit status."""
+    out = out or sys.stdout
+    if args.examples is not None and args.examples < 1:
+        print("error: --examples must be a positive integer", file=sys.stderr)
+        return 2
+    try:
+        ids = select(args.only)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results = run(args.examples, ids, derandomize=not args.random)
+    print(format_report(results), file=out)
+    return 0 if all(r.holds for r in results) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m verification``: 0 when every property holds, 1 otherwise, 2 on bad usage."""
+    return run_from_args(build_parser().parse_args(argv))
