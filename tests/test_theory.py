@@ -1,0 +1,214 @@
+"""minibnn.theory: the latent <-> filter map, round trips, poles, responses and bad input."""
+import math
+from fractions import Fraction as Q
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minibnn import optim, theory
+from minibnn.errors import MinibnnError
+
+rates = st.fractions(0, 1, max_denominator=64).filter(lambda x: x > 0)
+poles = st.fractions(0, 1, max_denominator=64).filter(lambda x: x < 1)
+
+
+def test_decoupled_is_p2():
+    eq = theory.latent_to_filter(0.1, 0.9, 5e-4, decoupled=True)
+    assert eq.exact and eq.schedule_exact and eq.naive_is_exact
+    assert eq.alpha == pytest.approx(5e-5, rel=1e-15) and eq.gamma == pytest.approx(0.1)
+    assert eq.v_scale == pytest.approx(5e-4 * 0.1)
+    assert eq.poles == (1 - eq.alpha, 0.9)
+
+
+def test_no_momentum_is_p1_for_both_decays():
+    for decoupled in (False, True):
+        eq = theory.latent_to_filter(Q(1, 10), 0, Q(1, 2), decoupled)
+        assert (eq.alpha, eq.gamma, eq.exact, eq.v_scale) == (Q(1, 20), 1, True, Q(1, 2))
+
+
+@given(poles, poles, st.fractions(0, 10, max_denominator=16).filter(lambda x: x > 0))
+def test_coupled_rational_poles_map_exactly(p1, p2, lam):
+    mu, el = p1 * p2, (1 - p1) * (1 - p2)
+    eq = theory.latent_to_filter(el / lam, mu, lam, decoupled=False)
+    assert eq.exact and eq.schedule_exact == (mu == 0)
+    assert isinstance(eq.alpha, Q) and isinstance(eq.gamma, Q)
+    assert sorted([1 - eq.alpha, 1 - eq.gamma]) == sorted([p1, p2])
+    assert (1 - eq.alpha) * (1 - eq.gamma) == mu and eq.alpha * eq.gamma == el
+    assert eq.alpha <= eq.gamma  # documented assignment: gamma is the fast (larger) rate
+    assert eq.naive_is_exact == (mu == 0)
+
+
+def test_coupled_float_example_is_ten_times_the_naive_alpha():
+    eq = theory.latent_to_filter(0.1, 0.9, 5e-4, decoupled=False)
+    assert eq.exact and not eq.naive_is_exact
+    assert eq.alpha * eq.gamma == pytest.approx(5e-5, rel=1e-12)
+    assert (1 - eq.alpha) * (1 - eq.gamma) == pytest.approx(0.9, rel=1e-12)
+    assert eq.alpha == pytest.approx(5.0227e-4, rel=1e-4)
+    assert eq.naive == pytest.approx((5e-5, 0.1))
+
+
+def test_double_root_on_the_boundary():
+    # mu = 1/4: (1 - sqrt(mu))^2 = 1/4
+    eq = theory.latent_to_filter(Q(1, 8), Q(1, 4), 2, decoupled=False)
+    assert eq.exact and eq.alpha == eq.gamma == Q(1, 2)
+
+
+def test_complex_poles_give_the_second_order_filter():
+    eq = theory.latent_to_filter(Q(1, 2), Q(1, 4), Q(1, 2) + Q(1, 100), decoupled=False)
+    assert not eq.exact and eq.alpha is None and eq.gamma is None
+    assert "complex" in eq.reason and "P4" in eq.reason
+    p, q = eq.poles
+    assert p == q.conjugate() and abs(p) ** 2 == pytest.approx(0.25)
+    assert (eq.a1, eq.a2, eq.c) == (1 + Q(1, 4) - eq.lr * eq.weight_decay, -Q(1, 4),
+                                    eq.lr * eq.weight_decay)
+
+
+def test_negative_real_poles_and_large_decay_are_not_emas():
+    eq = theory.latent_to_filter(3, Q(1, 4), 1, decoupled=False)   # el = 3 > (1 + 1/2)^2
+    assert not eq.exact and "negative" in eq.reason and all(p.real < 0 for p in eq.poles)
+    eq = theory.latent_to_filter(2, 0.5, 1, decoupled=True)
+    assert not eq.exact and "> 1" in eq.reason
+
+
+def test_zero_weight_decay_has_no_alpha():
+    eq = theory.latent_to_filter(0.1, 0.9, 0.0)
+    assert not eq.exact and eq.alpha is None and "P6" in eq.reason
+    assert eq.poles == (1, 0.9) and eq.time_constants[0] == math.inf
+
+
+def test_time_constants():
+    eq = theory.latent_to_filter(0.01, 0, 0.1, decoupled=True)
+    tau_slow, tau_fast = eq.time_constants
+    assert tau_fast == 0.0 and tau_slow == pytest.approx(1 / 0.001, rel=1e-3)
+
+
+@given(rates, rates, st.fractions(0, 10, max_denominator=16).filter(lambda x: x > 0))
+def test_round_trip_decoupled(alpha, gamma, lr):
+    back = theory.filter_to_latent(alpha, gamma, decoupled=True, lr=lr)
+    assert back.lr == lr and back.lr * back.weight_decay == alpha
+    eq = theory.latent_to_filter(back.lr, back.momentum, back.weight_decay, decoupled=True)
+    assert (eq.alpha, eq.gamma) == (alpha, gamma)
+
+
+@given(rates, rates, st.fractions(0, 10, max_denominator=16).filter(lambda x: x > 0))
+def test_round_trip_coupled(alpha, gamma, wd):
+    back = theory.filter_to_latent(alpha, gamma, decoupled=False, weight_decay=wd)
+    assert back.momentum == (1 - alpha) * (1 - gamma)
+    eq = theory.latent_to_filter(back.lr, back.momentum, wd, decoupled=False)
+    assert sorted([eq.alpha, eq.gamma]) == sorted([alpha, gamma])
+
+
+def test_filter_to_latent_identifies_only_the_product():
+    back = theory.filter_to_latent(0.01, 0.1)
+    assert back.lr is None and back.weight_decay is None
+    assert back.lr_times_weight_decay == 0.01 and "only lr*weight_decay" in back.note
+    with pytest.raises(MinibnnError, match="not both"):
+        theory.filter_to_latent(0.01, 0.1, lr=0.1, weight_decay=0.1)
+
+
+def test_matched_initial_states():
+    w0 = np.array([1.0, -2.0, 0.0])
+    m0, v0 = theory.matched_initial_state(w0, 0.1, 0.9, 0.5, decoupled=True)
+    np.testing.assert_array_equal(m0, 0 * w0)
+    np.testing.assert_allclose(v0, -0.5 * 0.1 * w0)
+    m0, v0 = theory.matched_initial_state(w0, 0.1, 0.5, 0.5, decoupled=False)
+    np.testing.assert_array_equal(m0, -0.5 * w0)
+    np.testing.assert_array_equal(v0, -0.5 * w0)
+    with pytest.raises(MinibnnError, match="weight_decay = 0"):
+        theory.matched_initial_state(w0, 0.1, 0.9, 0.0, decoupled=True)
+    with pytest.raises(MinibnnError, match="complex"):
+        theory.matched_initial_state(w0, 1.0, 0.25, 0.6, decoupled=False)
+
+
+@pytest.mark.parametrize("args", [(0.1, 0.9, 5e-4, True), (0.1, 0.9, 5e-4, False),
+                                  (0.5, 0.0, 0.3, False), (0.02, 0.6, 1.0, False)])
+def test_impulse_and_frequency_responses_agree(args):
+    eq = theory.latent_to_filter(*args)
+    latent = theory.latent_impulse_response(*args, 200)
+    np.testing.assert_allclose(theory.filter_impulse_response(eq.alpha, eq.gamma, 200), latent,
+                               rtol=1e-9, atol=1e-15 * np.max(np.abs(latent)))
+    freqs = np.linspace(0, 0.5, 33)
+    gain = theory.latent_frequency_response(*args, freqs)
+    np.testing.assert_allclose(theory.filter_frequency_response(eq.alpha, eq.gamma, freqs), gain,
+                               rtol=1e-9)
+    assert gain[0] == pytest.approx(1.0)  # unit DC gain: v tracks a constant gradient
+
+
+def test_second_order_response_reproduces_complex_case():
+    args = (1.0, 0.25, 0.6, False)
+    eq = theory.latent_to_filter(*args)
+    np.testing.assert_allclose(theory.second_order_impulse_response(eq.a1, eq.a2, eq.c, 60),
+                               theory.latent_impulse_response(*args, 60), atol=1e-14)
+
+
+def _signs_agree(ws, bs, scale):
+    for w, b, s in zip(ws, bs, scale):
+        decided = np.abs(w) > 1e-9 * s
+        assert np.array_equal(np.where(w > 0, 1.0, -1.0)[decided], b[decided])
+
+
+@pytest.mark.parametrize("lr,mu,wd", [(0.05, 0.9, 0.01), (0.3, 0.5, 0.2), (0.1, 0.0, 0.5)])
+def test_map_drives_the_real_optimisers(lr, mu, wd):
+    """Coupled SGD (A) and CEMA under theory's map and state flip the same weights."""
+    rng = np.random.default_rng(0)
+    w0 = rng.uniform(-1, 1, 64)
+    grads = rng.standard_normal((80, 64))
+    eq = theory.latent_to_filter(lr, mu, wd, decoupled=False)
+    m0, v0 = theory.matched_initial_state(w0, lr, mu, wd, decoupled=False)
+    sgd, cema = optim.sgd(lr, mu, wd), optim.cema(eq.alpha, eq.gamma, {"m": {"w": m0},
+                                                                       "v": {"w": v0}})
+    pw, pb = {"w": w0.copy()}, {"w": np.sign(w0)}
+    sw, sb = sgd.init(pw), cema.init(pb)
+    ws, bs = [], []
+    for g in grads:
+        pw, sw = sgd.update({"w": g}, sw, pw)
+        pb, sb = cema.update({"w": g}, sb, pb)
+        ws.append(pw["w"])
+        bs.append(pb["w"])
+    scale = np.abs(w0).max() + np.cumsum(np.abs(grads).max(axis=1)) * lr * 10
+    _signs_agree(ws, bs, scale)
+
+
+def test_second_order_state_drives_the_real_optimiser():
+    lr, mu, wd = 1.0, 0.25, 0.6   # complex poles
+    rng = np.random.default_rng(1)
+    w0, grads = rng.uniform(-1, 1, 32), rng.standard_normal((40, 32))
+    eq = theory.latent_to_filter(lr, mu, wd)
+    v1, v2 = theory.matched_second_order_state(w0, lr, mu, wd, decoupled=False)
+    sgd = optim.sgd(lr, mu, wd)
+    so = optim.second_order(eq.a1, eq.a2, eq.c, {"v1": {"w": v1}, "v2": {"w": v2}})
+    pw, pb = {"w": w0.copy()}, {"w": np.sign(w0)}
+    sw, sb = sgd.init(pw), so.init(pb)
+    ws, bs = [], []
+    for g in grads:
+        pw, sw = sgd.update({"w": g}, sw, pw)
+        pb, sb = so.update({"w": g}, sb, pb)
+        ws.append(pw["w"])
+        bs.append(pb["w"])
+    _signs_agree(ws, bs, [np.max(np.abs(w)) for w in ws])
+
+
+@pytest.mark.parametrize("call", [
+    lambda: theory.latent_to_filter(0.1, 1.0, 0.1),
+    lambda: theory.latent_to_filter(0.1, -0.1, 0.1),
+    lambda: theory.latent_to_filter(-0.1, 0.9, 0.1),
+    lambda: theory.latent_to_filter(0.0, 0.9, 0.1),
+    lambda: theory.latent_to_filter(0.1, 0.9, -1e-4),
+    lambda: theory.latent_to_filter(float("nan"), 0.9, 0.1),
+    lambda: theory.latent_to_filter(0.1, 0.9, float("inf")),
+    lambda: theory.latent_to_filter(True, 0.9, 0.1),
+    lambda: theory.latent_to_filter("0.1", 0.9, 0.1),
+    lambda: theory.latent_to_filter(lambda t: 0.1, 0.9, 0.1),
+    lambda: theory.filter_to_latent(0.0, 0.5),
+    lambda: theory.filter_to_latent(0.5, 1.5),
+    lambda: theory.filter_to_latent(0.5, 0.5, lr=-1),
+    lambda: theory.filter_to_latent(0.5, 0.5, weight_decay=0),
+    lambda: theory.filter_impulse_response(0.5, 0.5, 0),
+    lambda: theory.naive_map(0.1, 1.5, 0.1),
+])
+def test_bad_input_is_one_line(call):
+    with pytest.raises(MinibnnError) as info:
+        call()
+    assert "\n" not in str(info.value) and str(info.value)
