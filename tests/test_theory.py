@@ -212,3 +212,58 @@ def test_bad_input_is_one_line(call):
     with pytest.raises(MinibnnError) as info:
         call()
     assert "\n" not in str(info.value) and str(info.value)
+
+
+def _explain_args(*argv):
+    import argparse
+
+    from minibnn import explain
+
+    parser = argparse.ArgumentParser()
+    explain.configure_parser(parser)
+    return explain, parser.parse_args(list(argv))
+
+
+def test_explain_prints_map_poles_and_naive_verdict(capsys, tmp_path):
+    explain, args = _explain_args("--lr", "0.1", "--momentum", "0.9", "--weight-decay", "5e-4",
+                                  "--plot", str(tmp_path / "ir.png"))
+    assert explain.run(args) == 0
+    out = capsys.readouterr().out
+    assert "alpha = 0.000502272" in out and "gamma = 0.0995477" in out
+    assert "poles: 0.999498, 0.900452" in out and "steps" in out
+    assert "naive map" in out and "WRONG" in out
+    assert (tmp_path / "ir.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_explain_decoupled_and_reverse(capsys):
+    explain, args = _explain_args("--lr", "0.1", "--momentum", "0.9", "--weight-decay", "5e-4",
+                                  "--decoupled")
+    explain.run(args)
+    assert "correct here" in capsys.readouterr().out
+    explain, args = _explain_args("--alpha", "1e-4", "--gamma", "1e-3", "--decoupled")
+    explain.run(args)
+    out = capsys.readouterr().out
+    assert "momentum = 0.999" in out and "lr * weight_decay = 0.0001" in out
+
+
+@pytest.mark.parametrize("argv", [(), ("--alpha", "0.1"), ("--lr", "0.1", "--alpha", "0.1",
+                                                            "--gamma", "0.1"),
+                                  ("--lr", "0.1", "--momentum", "1.0"),
+                                  ("--lr", "0.1", "--weight-decay", "0.1", "--plot",
+                                   "/nonexistent-dir/x.png")])
+def test_explain_errors_are_one_line(argv):
+    explain, args = _explain_args(*argv)
+    with pytest.raises(MinibnnError) as info:
+        explain.run(args)
+    assert "\n" not in str(info.value)
+
+
+def test_verify_runs_the_checkout_suite(capsys):
+    import argparse
+
+    from minibnn import explain
+
+    parser = argparse.ArgumentParser()
+    explain.configure_verify_parser(parser)
+    assert explain.run_verify(parser.parse_args(["--only", "P5", "--examples", "5"])) == 0
+    assert "P5" in capsys.readouterr().out
