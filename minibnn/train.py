@@ -15,6 +15,7 @@ loss/accuracy, the mean per-step flip ratio of every binary layer and the second
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -79,7 +80,8 @@ def load_data(config: TrainConfig) -> Any:
 
     ds = load_dataset(config.dataset, data_dir=config.data_dir, dtype=config.dtype)
     if config.train_subset is not None:
-        ds.x_train, ds.y_train = ds.x_train[:config.train_subset], ds.y_train[:config.train_subset]
+        n = config.train_subset
+        ds = dataclasses.replace(ds, x_train=ds.x_train[:n], y_train=ds.y_train[:n])
     return ds
 
 

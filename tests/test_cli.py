@@ -1,0 +1,71 @@
+"""The ``minibnn`` command end to end on the synthetic set, and its one-line errors."""
+import subprocess
+import sys
+
+import pytest
+
+from minibnn.cli import main
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "minibnn.cli", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_train_then_eval_end_to_end(tmp_path):
+    out = tmp_path / "run.h5"
+    proc = _run("train", "--dataset", "synthetic", "--hidden", "64,64", "--epochs", "2",
+                "--act-ste", "clipped", "--alpha", "0.01", "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch   2/2" in proc.stdout and out.exists()
+    proc = _run("eval", str(out))
+    assert proc.returncode == 0, proc.stderr
+    accuracy = float(proc.stdout.split("test accuracy")[1])
+    assert accuracy > 0.9
+
+
+def test_stop_and_resume_from_the_command_line(tmp_path):
+    out = str(tmp_path / "run.h5")
+    assert main(["train", "--dataset", "synthetic", "--hidden", "32,32", "--epochs", "2",
+                 "--stop-after", "1", "--out", out, "--no-progress"]) == 0
+    assert main(["train", "--resume", out, "--no-progress"]) == 0
+    from minibnn.io import load_run
+    assert load_run(out).checkpoint.epoch == 2
+
+
+def test_help_explains_the_tool():
+    proc = _run("--help")
+    assert proc.returncode == 0
+    assert "binary" in proc.stdout and "train" in proc.stdout and "eval" in proc.stdout
+    proc = _run("train", "--help")
+    assert "--alpha" in proc.stdout and "--optimizer" in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--alpha", "0", "--dataset", "synthetic"], "--alpha must be in (0, 1]"),
+    (["train", "--gamma", "1.5", "--dataset", "synthetic"], "--gamma must be in (0, 1]"),
+    (["train", "--lr", "-0.1", "--dataset", "synthetic"], "--lr must be >= 0"),
+    (["train", "--optimizer", "cema", "--scale", "--dataset", "synthetic"], "needs latent weights"),
+    (["train", "--dataset", "cifar10", "--data-dir", "/nonexistent/dir"], "CIFAR-10"),
+    (["eval", "/nonexistent/run.h5"], "run file not found"),
+    (["train", "--resume", "/nonexistent/run.h5"], "run file not found"),
+])
+def test_bad_input_is_one_line_error(args, message):
+    proc = _run(*args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("minibnn: error:"), proc.stderr
+    assert message in lines[0]
+
+
+def test_unknown_choice_is_rejected_by_argparse():
+    proc = _run("train", "--model", "resnet50")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_corrupt_run_file_is_one_line_error(tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"\x89HDF\r\n garbage")
+    proc = _run("eval", str(bad))
+    assert proc.returncode == 2 and "corrupt or unreadable" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

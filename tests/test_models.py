@@ -1,0 +1,127 @@
+"""Whole-model backward passes, binary-weight storage and the mean|w| scale gradient.
+
+sign() has no useful derivative, so finite differences cannot check a binary network as it is.
+The model plumbing (Sequential, Residual, BatchNorm, pooling, the binary layers' weight path)
+is checked by replacing sign by its identity-STE surrogate (sign(x) -> x, whose true derivative
+is exactly what the identity STE claims) and comparing with centred finite differences.
+"""
+import numpy as np
+import pytest
+
+from minibnn.errors import MinibnnError, ShapeError
+from minibnn.nn import functional as F
+from minibnn.nn import models
+from minibnn.nn.modules import BinaryDense
+
+
+@pytest.fixture
+def smooth_sign(monkeypatch):
+    """Replace sign by the identity (and the STE factor by 1) everywhere in minibnn.nn."""
+    monkeypatch.setattr(F, "sign_forward", lambda x, ste="identity", beta=5.0: (x, None))
+    monkeypatch.setattr(F, "sign_backward", lambda dy, cache: dy)
+    monkeypatch.setattr(F, "ste_grad", lambda x, ste="identity", beta=5.0: 1.0)
+
+
+def _loss(model, params, buffers, x, dout):
+    y, _, _ = model.forward(params, buffers, x, train=True)
+    return float((y * dout).sum())
+
+
+@pytest.mark.parametrize("build, shape", [
+    (lambda: models.binary_mlp((1, 6, 6), hidden=(7, 5), num_classes=3), (4, 1, 6, 6)),
+    (lambda: models.binary_mlp((1, 6, 6), hidden=(7, 5), num_classes=3, real_first=False),
+     (4, 1, 6, 6)),
+    (lambda: models.binary_cnn((2, 8, 8), width=2, num_classes=3), (3, 2, 8, 8)),
+    (lambda: models.birealnet((3, 8, 8), width=2, blocks_per_stage=(1, 1), num_classes=3),
+     (3, 3, 8, 8)),
+])
+def test_whole_model_backward_matches_finite_differences(smooth_sign, build, shape):
+    model = build()
+    rng = np.random.default_rng(0)
+    params, buffers = model.init(rng, np.float64)
+    # move every BatchNorm/PReLU/bias parameter off its default so their gradients matter
+    params = {k: v + 0.1 * rng.normal(size=v.shape) for k, v in params.items()}
+    x = rng.normal(size=shape)
+    y, _, cache = model.forward(params, buffers, x, train=True)
+    dout = rng.normal(size=y.shape)
+    grads = model.backward(dout, cache)
+    assert set(grads) == set(params)
+    direction = {k: rng.normal(size=v.shape) for k, v in params.items()}
+    eps = 1e-6
+    plus = {k: v + eps * direction[k] for k, v in params.items()}
+    minus = {k: v - eps * direction[k] for k, v in params.items()}
+    numeric = (_loss(model, plus, buffers, x, dout) - _loss(model, minus, buffers, x, dout)) / (2 * eps)
+    analytic = sum(float((grads[k] * direction[k]).sum()) for k in params)
+    assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-8)
+
+
+def test_binary_storage_gradient_equals_latent_identity_ste_gradient():
+    """With b = sign(w) and the identity weight STE, dL/db (binary) == dL/dw (latent)."""
+    rng = np.random.default_rng(1)
+    latent = models.binary_mlp((1, 5, 5), hidden=(6, 6), num_classes=4)
+    binary = models.binary_mlp((1, 5, 5), hidden=(6, 6), num_classes=4, binary_storage="binary")
+    params, buffers = latent.init(rng, np.float64)
+    bparams = dict(params)
+    for name in latent.binary_names:
+        bparams[name] = np.where(params[name] >= 0, 1.0, -1.0)
+    x, labels = rng.normal(size=(8, 1, 5, 5)), rng.integers(0, 4, 8)
+    out = []
+    for model, p in ((latent, params), (binary, bparams)):
+        logits, _, cache = model.forward(p, buffers, x, train=True)
+        loss, dlogits = F.softmax_cross_entropy(logits, labels)
+        out.append((loss, model.backward(dlogits, cache)))
+    assert out[0][0] == out[1][0]
+    for name in params:
+        np.testing.assert_array_equal(out[0][1][name], out[1][1][name])
+
+
+def test_binary_init_is_sign_of_latent_init():
+    latent = models.binary_cnn((1, 8, 8), width=2)
+    binary = models.binary_cnn((1, 8, 8), width=2, binary_storage="binary")
+    p_latent, _ = latent.init(np.random.default_rng(3), np.float32)
+    p_binary, _ = binary.init(np.random.default_rng(3), np.float32)
+    for name in latent.binary_names:
+        np.testing.assert_array_equal(p_binary[name], np.where(p_latent[name] >= 0, 1, -1))
+        assert set(np.unique(p_binary[name])) <= {-1.0, 1.0}
+
+
+def test_scale_gradient_matches_its_closed_form():
+    """dL/dw = a ste'(w) dW + sign(w) mean(dW sign(w)); the second term by finite differences."""
+    rng = np.random.default_rng(2)
+    layer = BinaryDense("fc", 5, 3, scale=True)
+    params, _ = layer.init(rng, np.float64)
+    w = params["fc.w"]
+    dw_eff = rng.normal(size=w.shape)
+    _, cache = layer.effective_weight(params)
+    got = layer.weight_grad(dw_eff, cache)
+    a = np.abs(w).mean(axis=1, keepdims=True)
+    ste_part = a * dw_eff                       # identity STE
+    eps = 1e-7
+    numeric = np.zeros_like(w)
+    for idx in np.ndindex(w.shape):
+        plus, minus = w.copy(), w.copy()
+        plus[idx] += eps
+        minus[idx] -= eps
+        f = lambda v: (np.abs(v).mean(axis=1, keepdims=True) * np.sign(v) * dw_eff).sum()
+        numeric[idx] = (f(plus) - f(minus)) / (2 * eps)
+    np.testing.assert_allclose(got - ste_part, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_clipped_weight_ste_masks_large_latent_weights():
+    layer = BinaryDense("fc", 2, 1, weight_ste="clipped")
+    params = {"fc.w": np.array([[0.5, 2.0]])}
+    _, cache = layer.effective_weight(params)
+    np.testing.assert_array_equal(layer.weight_grad(np.ones((1, 2)), cache), [[1.0, 0.0]])
+
+
+def test_model_input_shape_and_bad_options_are_one_line_errors():
+    model = models.binary_mlp()
+    params, buffers = model.init(np.random.default_rng(0))
+    with pytest.raises(ShapeError, match=r"input must have shape \(N, 1, 28, 28\)"):
+        model.forward(params, buffers, np.zeros((2, 3, 32, 32), np.float32))
+    with pytest.raises(MinibnnError, match="unknown binary weight storage"):
+        models.binary_mlp(binary_storage="packed")
+    with pytest.raises(MinibnnError, match="needs latent weights"):
+        models.binary_mlp(binary_storage="binary", scale=True)
+    with pytest.raises(MinibnnError, match="unknown model"):
+        models.build_model("resnet50")
