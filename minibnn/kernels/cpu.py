@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 from numba import njit, prange, types  # noqa: E402
 from numba.extending import intrinsic  # noqa: E402
 
-from minibnn.errors import ShapeError  # noqa: E402
+from minibnn.errors import DTypeError, ShapeError  # noqa: E402
 from minibnn.kernels import reference as _ref  # noqa: E402
 from minibnn.kernels._common import (  # noqa: E402
     as_scalars, channel_vector, channel_view, check_inplace, check_tie, conv_output_size,
@@ -476,9 +476,11 @@ def _unpack_rows(p2, k, out):  # type: ignore[no-untyped-def]
 
 def unpack_signs(p: np.ndarray, k: int, dtype: type | np.dtype = np.float32) -> np.ndarray:
     """Inverse of ``pack_signs``: (..., W) uint64 -> (..., k) array of ±1 in ``dtype``."""
-    if p.dtype != np.uint64 or p.ndim < 1 or p.shape[-1] != words_for(k):
-        raise ShapeError(f"unpack_signs: p must be uint64 with last axis ceil({k}/64) = "
-                         f"{words_for(k)}, got {p.dtype} {tuple(p.shape)}")
+    if p.dtype != np.uint64:
+        raise DTypeError(f"unpack_signs: p must be uint64, got {p.dtype}")
+    if p.ndim < 1 or p.shape[-1] != words_for(k):
+        raise ShapeError(f"unpack_signs: p must have a last axis of ceil({k}/64) = "
+                         f"{words_for(k)} words, got shape {tuple(p.shape)}")
     p2 = np.ascontiguousarray(p).reshape(-1, p.shape[-1])
     out = np.empty((p2.shape[0], k), dtype=dtype)
     with _threads_for(out.size):

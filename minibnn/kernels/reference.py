@@ -280,9 +280,11 @@ def pack_signs(x: np.ndarray) -> np.ndarray:
 
 def unpack_signs(p: np.ndarray, k: int, dtype: type | np.dtype = np.float32) -> np.ndarray:
     """Inverse of ``pack_signs``: (..., W) uint64 -> (..., k) array of ±1 in ``dtype``."""
-    if p.dtype != np.uint64 or p.ndim < 1 or p.shape[-1] != words_for(k):
-        raise DTypeError(f"unpack_signs: p must be uint64 with last axis ceil({k}/64) = "
-                         f"{words_for(k)}, got {p.dtype} {tuple(p.shape)}")
+    if p.dtype != np.uint64:
+        raise DTypeError(f"unpack_signs: p must be uint64, got {p.dtype}")
+    if p.ndim < 1 or p.shape[-1] != words_for(k):
+        raise ShapeError(f"unpack_signs: p must have a last axis of ceil({k}/64) = "
+                         f"{words_for(k)} words, got shape {tuple(p.shape)}")
     flat = np.ascontiguousarray(p.astype("<u8")).reshape(-1, p.shape[-1]).view(np.uint8)
     bits = np.unpackbits(flat, axis=-1, bitorder="little")[:, :k]
     one = np.ones((), dtype=dtype)

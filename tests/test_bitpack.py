@@ -1,0 +1,159 @@
+"""Bit packing, XNOR-popcount GEMM and binary convolution: exact equality, both backends.
+
+Every result here is an integer computed two ways (XNOR-popcount and a float product of ±1
+values, which is exact for these sizes), so every comparison is ``array_equal``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from minibnn.errors import DTypeError, ShapeError
+from minibnn.kernels import bitpack, cpu
+from minibnn.kernels import reference as ref
+
+SETTINGS = settings(max_examples=20, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow])
+BACKENDS = [ref, cpu]
+K_VALUES = [1, 2, 63, 64, 65, 100, 127, 128, 129, 576]
+
+
+def signs(x: np.ndarray) -> np.ndarray:
+    """minibnn's sign: +1 where x >= 0 (so sign(0) = +1), else -1; float64."""
+    return np.where(x >= 0, 1.0, -1.0)
+
+
+def randn(rng: np.random.Generator, shape: tuple[int, ...], dtype: type = np.float32,
+          zeros: float = 0.1) -> np.ndarray:
+    x = rng.standard_normal(shape)
+    x[rng.random(shape) < zeros] = 0.0
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("k", K_VALUES)
+@pytest.mark.parametrize("kern", BACKENDS, ids=["numpy", "numba"])
+def test_pack_round_trip(kern, k: int) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(k)
+    x = randn(rng, (3, 2, k), np.float64)
+    p = kern.pack_signs(x)
+    assert p.dtype == np.uint64 and p.shape == (3, 2, (k + 63) // 64)
+    assert np.array_equal(p, ref.pack_signs(x))
+    if k % 64:
+        assert not (p[..., -1] >> np.uint64(k % 64)).any(), "pad bits must be 0"
+    for dtype in (np.float32, np.float64):
+        u = kern.unpack_signs(p, k, dtype)
+        assert u.dtype == dtype and np.array_equal(u, signs(x))
+    assert np.array_equal(kern.pack_signs(kern.unpack_signs(p, k)), p)
+
+
+def test_bit_layout() -> None:
+    """Element j of the row sits at bit j % 64 of word j // 64; bit 1 means +1 (and 0 -> +1)."""
+    x = -np.ones(130, np.float32)
+    x[[0, 5, 64, 129]] = [1.0, 0.0, 2.0, 3.0]
+    for kern in BACKENDS:
+        p = kern.pack_signs(x)
+        assert p.tolist() == [(1 << 0) | (1 << 5), 1 << 0, 1 << 1]
+
+
+@pytest.mark.parametrize("k", K_VALUES)
+@pytest.mark.parametrize("kern", BACKENDS, ids=["numpy", "numba"])
+def test_xnor_gemm_equals_float_matmul(kern, k: int) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(100 + k)
+    for m, n in ((1, 1), (5, 3), (9, 17)):                # odd M exercises the 4-row tail
+        a, b = randn(rng, (m, k)), randn(rng, (n, k))
+        c = kern.xnor_gemm(kern.pack_signs(a), kern.pack_signs(b), k)
+        assert c.dtype == np.int32 and c.shape == (m, n)
+        assert np.array_equal(c, signs(a) @ signs(b).T)
+
+
+@SETTINGS
+@given(st.integers(1, 12), st.integers(1, 300), st.integers(1, 12), st.integers(0, 2**32 - 1))
+def test_xnor_gemm_hypothesis(m: int, k: int, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    a, b = randn(rng, (m, k)), randn(rng, (n, k))
+    pa, pb = cpu.pack_signs(a), cpu.pack_signs(b)
+    want = signs(a) @ signs(b).T
+    assert np.array_equal(cpu.xnor_gemm(pa, pb, k), want)
+    assert np.array_equal(ref.xnor_gemm(pa, pb, k), want)
+
+
+def _float_conv(x: np.ndarray, w: np.ndarray, stride: int, padding: int) -> np.ndarray:
+    """The float path: conv2d_forward on sign(x), sign(w), zero padding."""
+    from minibnn.nn.functional import conv2d_forward
+
+    y, _ = conv2d_forward(signs(x), signs(w), stride=stride, padding=padding)
+    return y
+
+
+@st.composite
+def bconv_case(draw: st.DrawFn) -> tuple:
+    n, c, o = draw(st.integers(1, 3)), draw(st.sampled_from([1, 3, 63, 64, 65, 130])), \
+        draw(st.integers(1, 9))
+    h, w = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    k, stride, padding = draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.integers(0, 2))
+    assume(k <= h + 2 * padding and k <= w + 2 * padding)
+    return n, c, o, h, w, k, stride, padding, draw(st.integers(0, 2**32 - 1))
+
+
+@SETTINGS
+@given(bconv_case())
+def test_binary_conv2d_equals_float_conv(case: tuple) -> None:
+    n, c, o, h, w, k, stride, padding, seed = case
+    rng = np.random.default_rng(seed)
+    x, wt = randn(rng, (n, c, h, w)), randn(rng, (o, c, k, k))
+    want = _float_conv(x, wt, stride, padding)
+    wbits, wsum = ref.pack_conv_weights(wt)
+    for kern in BACKENDS:
+        xbits = kern.pack_conv_input(x)
+        assert np.array_equal(xbits, ref.pack_conv_input(x))
+        y = kern.binary_conv2d(xbits, wbits, wsum, c, k, k, stride, padding)
+        assert y.dtype == np.int32 and np.array_equal(y, want)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_bitpack_layers(backend: str) -> None:
+    rng = np.random.default_rng(7)
+    x, w = randn(rng, (4, 70, 6, 5)), randn(rng, (8, 70, 3, 3))
+    for stride, padding in ((1, 1), (2, 1), (1, 0), (1, 2)):
+        layer = bitpack.pack_conv2d(w, stride, padding, backend=backend)
+        y = bitpack.binary_conv2d(x, layer, backend=backend)
+        assert np.array_equal(y, _float_conv(x, w, stride, padding))
+    xd, wd = randn(rng, (5, 200)), randn(rng, (7, 200))
+    dense = bitpack.pack_dense(wd, backend=backend)
+    assert np.array_equal(bitpack.binary_dense(xd, dense, backend=backend),
+                          signs(xd) @ signs(wd).T)
+
+
+def test_padding_with_plus_one_would_be_wrong() -> None:
+    """The documented pitfall: treating zero padding as +1 changes the border outputs."""
+    rng = np.random.default_rng(8)
+    x, w = randn(rng, (1, 4, 4, 4)), randn(rng, (2, 4, 3, 3))
+    xp1 = np.pad(signs(x), ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=1.0)
+    wrong = _float_conv(xp1, w, 1, 0)
+    right = bitpack.binary_conv2d(x, bitpack.pack_conv2d(w, 1, 1))
+    assert not np.array_equal(wrong, right)
+    assert np.array_equal(wrong[:, :, 1:-1, 1:-1], right[:, :, 1:-1, 1:-1])
+
+
+def test_errors() -> None:
+    p = np.zeros((2, 2), np.uint64)
+    for kern in BACKENDS:
+        with pytest.raises(ShapeError):
+            kern.xnor_gemm(p, np.zeros((2, 3), np.uint64), 100)
+        with pytest.raises(ShapeError):
+            kern.xnor_gemm(p, p, 200)            # 200 bits need 4 words
+        with pytest.raises(DTypeError):
+            kern.xnor_gemm(p.astype(np.int64), p, 100)
+        with pytest.raises(DTypeError):
+            kern.pack_signs(np.zeros(3, np.int32))
+        with pytest.raises(ShapeError):
+            kern.unpack_signs(p, 300)
+        with pytest.raises(DTypeError):
+            kern.unpack_signs(p.astype(np.int64), 100)
+    layer = bitpack.pack_conv2d(np.ones((2, 3, 3, 3), np.float32), padding=1)
+    with pytest.raises(ShapeError):
+        bitpack.binary_conv2d(np.ones((1, 4, 5, 5), np.float32), layer)
+    with pytest.raises(ShapeError):
+        bitpack.binary_dense(np.ones((1, 4), np.float32), bitpack.pack_dense(np.ones((2, 5))))
