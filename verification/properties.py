@@ -40,11 +40,15 @@ def compare_float_signs(latent: ref.Run, filt: ref.Run, k: float, scale: list[fl
                         case: str, errors: list[float]) -> None:
     """Signs of ``w_t`` and ``-v_t`` agree wherever ``|k w_t| > FLOAT_MARGIN * scale_t``.
 
-    ``scale_t`` bounds the magnitudes summed into ``w_t`` so the margin is relative to the
-    run; the largest relative error ``|v + k w| / (k scale)`` is appended to ``errors``.
+    Rounding errors are relative to the largest magnitude the run has carried so far, so the
+    reference at step t is ``k * max_{s<=t} max(scale_s, |w_s|)`` (``scale`` from
+    ``magnitude_bound``); the largest relative error ``|v + k w| / reference`` is appended to
+    ``errors``.
     """
+    carried = 0.0
     for t, (w, v) in enumerate(zip(latent.state, filt.state)):
-        ref_mag = k * scale[t]
+        carried = max(carried, scale[t], abs(w))
+        ref_mag = k * carried
         if ref_mag == 0:
             continue
         errors.append(abs(v + k * w) / ref_mag)
@@ -53,12 +57,19 @@ def compare_float_signs(latent: ref.Run, filt: ref.Run, k: float, scale: list[fl
                            f"(margin {FLOAT_MARGIN:g} of {ref_mag:.3g})")
 
 
-def run_scale(grads: list[float], lr: list[float], w0: float) -> list[float]:
-    """A bound on the magnitudes summed into ``w_t``: ``max|w0| + sum |eta g| / (1 - mu)``-like."""
-    out, acc = [abs(w0)], abs(w0)
-    for g, eta in zip(grads, lr):
-        acc += abs(eta * g) * 100.0
-        out.append(acc)
+def magnitude_bound(grads: list[float], lr: float, mu: float, lam: float, decoupled: bool,
+                    w0: float) -> list[float]:
+    """``sum_s |h_{t-s} g_s| + |w0 response|``: the size of the terms summed into ``w_t``.
+
+    ``h`` is the latent impulse response, so this is the magnitude that rounding errors are
+    relative to; a sign is only compared where ``|w_t|`` exceeds ``FLOAT_MARGIN`` of it.
+    """
+    steps = len(grads)
+    h = ref.latent_sgd([1.0] + [0.0] * (steps - 1), lr, mu, lam, decoupled, 0.0).state[1:]
+    init = ref.latent_sgd([0.0] * steps, lr, mu, lam, decoupled, w0).state
+    out = [abs(w0)]
+    for t in range(1, steps + 1):
+        out.append(abs(init[t]) + sum(abs(h[t - s] * grads[s - 1]) for s in range(1, t + 1)))
     return out
 
 
@@ -182,7 +193,7 @@ def _check_p3_float(c: dict[str, Any], map_fn: MapFn, errors: list[float]) -> No
     v0 = -c["lam"] * c["w0"]
     latent = ref.latent_sgd(c["grads"], c["lr"], c["mu"], c["lam"], False, c["w0"], c["b0"])
     filt = ref.cema(c["grads"], alpha, gamma, v0, v0, c["b0"])
-    scale = run_scale(c["grads"], [c["lr"]] * len(c["grads"]), c["w0"])
+    scale = magnitude_bound(c["grads"], c["lr"], c["mu"], c["lam"], False, c["w0"])
     compare_float_signs(latent, filt, c["lam"], scale, text, errors)
 
 
