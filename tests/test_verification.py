@@ -112,3 +112,23 @@ def test_python_dash_m_from_a_checkout():
                            "5"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "all properties hold" in proc.stdout
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("mu,tau", [(0.9, 0.0), (0.5, 0.5), (0.0, 0.5)])
+def test_reference_sgd_matches_the_real_optimiser(decoupled, mu, tau):
+    """The reference recursion (incl. PyTorch's undamped first step) is minibnn's optim.sgd."""
+    import numpy as np
+
+    from minibnn import optim
+
+    rng = np.random.default_rng(3)
+    grads, w0 = rng.standard_normal(30), 0.3
+    lr = [0.1 * 0.9 ** t for t in range(30)]
+    reference = ref.latent_sgd(list(grads), lr, mu, 0.2, decoupled, w0, dampening=tau)
+    opt = optim.sgd(lambda t: lr[t], mu, 0.2, decoupled=decoupled, dampening=tau)
+    p = {"w": np.array([w0])}
+    state = opt.init(p)
+    for t, g in enumerate(grads, start=1):
+        p, state = opt.update({"w": np.array([g])}, state, p)
+        assert p["w"][0] == pytest.approx(reference.state[t], rel=1e-12, abs=1e-15)

@@ -138,7 +138,11 @@ def default_runs(steps_mlp: int = 60, steps_cnn: int = 50) -> list[PairRun]:
 
 
 def check_p9(examples: int | None = None) -> PropertyResult:
-    """P9: identical binary weights and losses at every step, for an MLP and a CNN."""
+    """P9: identical binary weights and losses at every step, for an MLP and a CNN.
+
+    ``examples`` is accepted for a uniform signature and ignored: the two networks, their
+    schedules and data are fixed; the count reported is the number of steps compared.
+    """
     with Timer() as timer:
         try:
             runs = default_runs()

@@ -33,6 +33,7 @@ _LR = st.sampled_from([Q(1), Q(1, 2), Q(1, 4), Q(1, 10)])
 _LAM = st.sampled_from([Q(1), Q(1, 2), Q(1, 4)])
 _MU = st.sampled_from([Q(0), Q(1, 2), Q(9, 10)])
 _POLE = st.sampled_from([Q(0), Q(1, 2), Q(1, 4), Q(3, 4), Q(9, 10)])
+_POSITIVE_POLE = st.sampled_from([Q(1, 2), Q(1, 4), Q(3, 4), Q(9, 10)])
 
 
 @dataclass
@@ -193,8 +194,8 @@ def _adam(c: dict[str, Any]) -> str | None:
 # ------------------------------------------------------------------------ dampening, (A)
 def _a_case(extra: dict[str, st.SearchStrategy]) -> st.SearchStrategy[dict[str, Any]]:
     """(A) with rational poles p1, p2 (mu = p1 p2) and lam; lr derived per case."""
-    return st.fixed_dictionaries(dict(p1=_POLE, p2=_POLE, lam=_LAM, w0=_W0, grads=_GRADS,
-                                      **extra))
+    return st.fixed_dictionaries({**dict(p1=_POLE, p2=_POLE, lam=_LAM, w0=_W0, grads=_GRADS),
+                                  **extra})
 
 
 def _p3_rates(lr: Any, mu: Any, lam: Any) -> tuple[Any, Any]:
@@ -246,7 +247,9 @@ def _naive_a(c: dict[str, Any]) -> str | None:
 
 def findings(budget: int = FIND_BUDGET) -> list[Finding]:
     """Search every non-equivalence of THEORY P10."""
-    damp = {"tau": st.sampled_from([Q(1, 2), Q(1, 4), Q(9, 10)])}
+    # Poles > 0: with momentum 0 PyTorch ignores dampening, so mu = p1 p2 must be positive.
+    damp = {"tau": st.sampled_from([Q(1, 2), Q(1, 4), Q(9, 10)]), "p1": _POSITIVE_POLE,
+            "p2": _POSITIVE_POLE}
     decay = {"factor": st.sampled_from([Q(1, 2), Q(1, 10)]), "every": st.integers(1, 4)}
     return [
         search("latent clipping", _b_case(), _clipping, budget),

@@ -383,8 +383,7 @@ def _p7_case(draw: Any) -> dict[str, Any]:
     factors = draw(S.schedule_factors(len(grads)))
     return dict(grads=grads, factors=factors, alpha0=draw(S.unit_rates()),
                 gamma=draw(S.unit_rates()), lam=draw(S.weight_decays()),
-                w0=draw(S.exact_values()), b0=draw(S.signs()), mu=draw(S.momenta()),
-                decoupled=draw(st.booleans()))
+                w0=draw(S.exact_values()), b0=draw(S.signs()), decoupled=draw(st.booleans()))
 
 
 def _check_p7(c: dict[str, Any]) -> None:
@@ -392,7 +391,7 @@ def _check_p7(c: dict[str, Any]) -> None:
     alpha = [c["alpha0"] * f for f in c["factors"]]
     text = _case_text(c, "alpha0", "gamma", "lam", "factors", "w0", "grads")
     if c["decoupled"]:
-        # (B) (or mu = 0): eta_t = alpha_t / lam, gamma = 1 - mu.
+        # (B), and mu = 0 when gamma = 1: eta_t = alpha_t / lam, mu = 1 - gamma.
         mu = 1 - gamma
         latent = ref.latent_sgd(grads, [a / lam for a in alpha], mu, lam, True, c["w0"], c["b0"])
         filt = ref.cema(grads, alpha, gamma, 0, -lam * gamma * c["w0"], c["b0"])

@@ -67,7 +67,8 @@ def latent_sgd(grads: Stream, lr: Number | Stream, momentum: Number | Stream,
 
     (A): d = g + lam w;  m = mu m + (1 - dampening) d;  w = w - eta m
     (B): m = mu m + (1 - dampening) g;  w = (1 - eta lam) w - eta m
-    PyTorch starts the buffer with the first direction, undamped: m_1 = d_1.
+    PyTorch starts the buffer with the first direction, undamped (m_1 = d_1), and with
+    momentum 0 keeps no buffer at all (m = d, dampening ignored).
     ``clip``: w is clipped to [-clip, clip] after each step (latent clipping).
     ``ste_mask``: the gradient is zeroed where |w_{t-1}| > ste_mask (the hardtanh STE).
     """
@@ -80,7 +81,7 @@ def latent_sgd(grads: Stream, lr: Number | Stream, momentum: Number | Stream,
         if ste_mask is not None and abs(w) > ste_mask:
             g = 0 * g
         d = g if decoupled else g + lam * w
-        m = d if t == 0 else mu[t] * m + (1 - dampening) * d
+        m = d if t == 0 or mu[t] == 0 else mu[t] * m + (1 - dampening) * d
         if decoupled:
             w = (1 - eta[t] * lam) * w - eta[t] * m
         else:
