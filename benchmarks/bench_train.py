@@ -1,0 +1,267 @@
+"""Training step time, images/s and peak memory: minibnn vs the same model in PyTorch (CPU).
+
+Models (batch 128, float32, random data of the dataset's shape):
+  * binary_mlp on MNIST shapes (1x28x28), the CLI's default widths (2048, 2048);
+  * binary_cnn on CIFAR-10 shapes (3x32x32), the CLI's default width (32).
+minibnn runs ``minibnn.train.train_step`` with the CLI's default optimiser (CEMA on the ±1
+weights, Adam on the real ones, flips counted). The PyTorch twin is built layer by layer from
+the minibnn model and starts from the same weights: ``nn.Linear``/``nn.Conv2d``,
+``F.batch_norm``, ``nn.MaxPool2d``, ±1 weights used directly, ``sign`` with the identity STE
+(a custom autograd function), ``F.cross_entropy``, then the same CEMA step written with
+in-place tensor ops and ``torch.optim.Adam`` on the real parameters. Same thread count.
+
+Speed: best step time of R interleaved rounds (one step of each framework per round) after
+a warm-up step; ``speed ratio = torch time / minibnn time`` (> 1: minibnn is faster).
+
+Memory: each framework runs in a fresh subprocess. After the model, optimiser state and batch
+exist and one warm-up step has run, the process's peak-RSS counter is reset
+(``echo 5 > /proc/self/clear_refs``), one step runs, and the step's peak memory is
+``VmHWM - VmRSS`` measured before the step (Linux ``/proc/self/status``): the activations,
+caches, gradients and temporaries a step needs on top of what stays resident. Where
+clear_refs is not available the column reads n/a.
+
+    python benchmarks/bench_train.py [--smoke] [--repeats R] [--no-memory] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from _bench import (machine_info, print_table, set_threads, time_interleaved, try_import_torch,
+                    write_json)
+
+#: name -> (model, input shape, TrainConfig overrides); the smoke variants are tiny.
+MODELS = {
+    "binary_mlp/MNIST": ("binary_mlp", (1, 28, 28), {}),
+    "binary_cnn/CIFAR-10": ("binary_cnn", (3, 32, 32), {}),
+}
+SMOKE_MODELS = {
+    "binary_mlp/MNIST": ("binary_mlp", (1, 28, 28), {"hidden": [64, 64]}),
+    "binary_cnn/CIFAR-10": ("binary_cnn", (3, 32, 32), {"width": 4}),
+}
+
+
+def minibnn_step(model_name: str, input_shape: tuple[int, ...], batch: int,
+                 overrides: dict[str, Any]) -> tuple[Callable[[], Any], Any, dict[str, Any]]:
+    """One minibnn training step closure, the model, and its initial parameters."""
+    from minibnn.config import TrainConfig
+    from minibnn.train import TrainState, model_from_config, optimizer_from_config, train_step
+
+    config = TrainConfig(model=model_name, dataset="synthetic", batch_size=batch, **overrides)
+    config.validate()
+    model = model_from_config(config, input_shape, 10)
+    optimizer = optimizer_from_config(config, model, steps_per_epoch=100)
+    rng = np.random.default_rng(0)
+    params, buffers = model.init(rng, np.float32)
+    state = TrainState(dict(params), dict(buffers), optimizer.init(params), rng)
+    x = rng.standard_normal((batch,) + tuple(input_shape)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+    return (lambda: train_step(model, optimizer, state, x, y)), model, params
+
+
+def torch_step(torch: Any, model: Any, params: dict[str, np.ndarray], batch: int,
+               alpha: float = 1e-3, gamma: float = 1e-1) -> Callable[[], Any]:
+    """The same network and update in PyTorch (see the module docstring)."""
+    from minibnn.nn import functional as F
+    from minibnn.nn import modules as M
+
+    nn, tf = torch.nn, torch.nn.functional
+
+    class SignSTE(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):  # type: ignore[no-untyped-def]
+            return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+        @staticmethod
+        def backward(ctx, dy):  # type: ignore[no-untyped-def]
+            return dy                                       # identity STE
+
+    class Lambda(nn.Module):
+        def __init__(self, fn: Callable[[Any], Any]):
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return self.fn(x)
+
+    class BatchNorm(nn.Module):
+        def __init__(self, c: int, momentum: float, eps: float):
+            super().__init__()
+            self.weight, self.bias = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
+            self.register_buffer("rm", torch.zeros(c))
+            self.register_buffer("rv", torch.ones(c))
+            self.momentum, self.eps = momentum, eps
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return tf.batch_norm(x, self.rm, self.rv, self.weight, self.bias, True,
+                                 self.momentum, self.eps)
+
+    def t(name: str) -> Any:
+        return nn.Parameter(torch.from_numpy(params[name].copy()))
+
+    layers, binary, real = [], [], []
+    for layer in model.net.layers:
+        if isinstance(layer, M.Stateless):
+            fn = layer.forward_fn
+            if fn is F.sign_forward:
+                layers.append(Lambda(SignSTE.apply))
+            elif fn is F.flatten_forward:
+                layers.append(nn.Flatten())
+            elif fn is F.maxpool2d_forward:
+                k = layer.kwargs
+                layers.append(nn.MaxPool2d(k["kernel"], k["stride"], k["padding"]))
+            else:
+                raise NotImplementedError(f"no PyTorch twin for {fn.__name__}")
+        elif isinstance(layer, M.BinaryDense):
+            w = t(layer.key("w"))
+            binary.append(w)
+            layers.append(Lambda(lambda x, w=w: tf.linear(x, w)))
+        elif isinstance(layer, M.BinaryConv2d):
+            w = t(layer.key("w"))
+            binary.append(w)
+            layers.append(Lambda(lambda x, w=w, s=layer.stride, p=layer.padding:
+                                 tf.conv2d(x, w, stride=s, padding=p)))
+        elif isinstance(layer, M.Dense):
+            lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias)
+            lin.weight = t(layer.key("w"))
+            if layer.bias:
+                lin.bias = t(layer.key("b"))
+            layers.append(lin)
+        elif isinstance(layer, M.Conv2d):
+            o, c, k, _ = layer.shape
+            conv = nn.Conv2d(c, o, k, layer.stride, layer.padding, bias=layer.bias)
+            conv.weight = t(layer.key("w"))
+            if layer.bias:
+                conv.bias = t(layer.key("b"))
+            layers.append(conv)
+        elif isinstance(layer, M.BatchNorm):
+            layers.append(BatchNorm(layer.channels, layer.momentum, layer.eps))
+        else:
+            raise NotImplementedError(f"no PyTorch twin for {type(layer).__name__}")
+    net = nn.Sequential(*layers)
+    ids = {id(p) for p in binary}
+    real = [p for p in net.parameters() if id(p) not in ids]
+    adam = torch.optim.Adam(real, lr=1e-3)
+    m = [torch.zeros_like(p) for p in binary]
+    v = [torch.zeros_like(p) for p in binary]
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((batch,) + tuple(model.input_shape))
+                         .astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, 10, batch))
+
+    def step() -> None:
+        adam.zero_grad(set_to_none=True)
+        for p in binary:
+            p.grad = None
+        logits = net(x)
+        loss = tf.cross_entropy(logits, y)
+        loss.backward()
+        with torch.no_grad():
+            for p, mi, vi in zip(binary, m, v):
+                mi.mul_(1 - gamma).add_(p.grad, alpha=gamma)     # m = (1-gamma) m + gamma g
+                vi.mul_(1 - alpha).add_(mi, alpha=alpha)         # v = (1-alpha) v + alpha m
+                flip = vi * p > 0
+                int(flip.sum())                                  # flips counted, as minibnn does
+                p.copy_(torch.where(flip, -p, p))
+        adam.step()
+        float(loss.detach())
+
+    return step
+
+
+def _status() -> dict[str, int]:
+    text = open("/proc/self/status").read()
+    return {k: int(re.search(k + r":\s+(\d+)", text).group(1)) * 1024 for k in ("VmRSS", "VmHWM")}
+
+
+def step_peak_memory(step: Callable[[], Any]) -> int | None:
+    """Peak resident bytes one call of ``step`` adds (VmHWM after - VmRSS before), or None."""
+    step()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")                                         # reset VmHWM to VmRSS
+        before = _status()["VmRSS"]
+    except OSError:
+        return None
+    step()
+    return max(0, _status()["VmHWM"] - before)
+
+
+def _memory_child(framework: str, key: str, batch: int, smoke: bool) -> None:
+    """Subprocess entry: print the step's peak memory of one framework as JSON."""
+    name, shape, over = (SMOKE_MODELS if smoke else MODELS)[key]
+    step, model, params = minibnn_step(name, shape, batch, over)
+    if framework == "torch":
+        torch = try_import_torch()
+        set_threads(torch)
+        step = torch_step(torch, model, params, batch)
+    print(json.dumps({"peak_bytes": step_peak_memory(step)}))
+
+
+def _memory(framework: str, key: str, batch: int, smoke: bool) -> int | None:
+    cmd = [sys.executable, __file__, "--memory-child", framework, key, "--batch", str(batch)]
+    if smoke:
+        cmd.append("--smoke")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_bytes"]
+
+
+def _mib(b: int | None) -> str:
+    return "n/a" if b is None else f"{b / 2**20:.1f}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny widths, batch 16, one round, no memory (for CI)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default 128)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    p.add_argument("--memory-child", nargs=2, metavar=("FRAMEWORK", "MODEL"),
+                   help=argparse.SUPPRESS)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if args.batch is None:
+        args.batch = 16 if args.smoke else 128
+    if args.memory_child:
+        _memory_child(*args.memory_child, args.batch, args.smoke)
+        return 0
+    torch = try_import_torch()
+    threads = set_threads(torch)
+    repeats = 1 if args.smoke else args.repeats
+    measure_memory = not (args.no_memory or args.smoke)
+    if torch is None:
+        print("torch not installed: the PyTorch columns read n/a")
+    rows, records = [], {}
+    for key, (name, shape, over) in (SMOKE_MODELS if args.smoke else MODELS).items():
+        step, model, params = minibnn_step(name, shape, args.batch, over)
+        fns = {"minibnn": step}
+        if torch is not None:
+            fns["torch"] = torch_step(torch, model, params, args.batch)
+        t = time_interleaved(fns, repeats)
+        mem = {f: _memory(f, key, args.batch, args.smoke) if measure_memory else None
+               for f in fns}
+        tt = t.get("torch")
+        rows.append([key, args.batch / t["minibnn"], "n/a" if tt is None else args.batch / tt,
+                     "n/a" if tt is None else tt / t["minibnn"], _mib(mem["minibnn"]),
+                     _mib(mem.get("torch"))])
+        records[key] = {"seconds": t, "peak_step_bytes": mem, "batch": args.batch}
+    print(f"batch {args.batch}, float32, {threads} threads, best of {repeats} interleaved rounds")
+    print_table("training step: minibnn vs PyTorch (same model, same update)",
+                ["model", "minibnn img/s", "torch img/s", "speed ratio", "minibnn MiB",
+                 "torch MiB"], rows)
+    print("\nspeed ratio = torch step time / minibnn step time; MiB = peak memory one step adds "
+          "(VmHWM - VmRSS, fresh process each)")
+    write_json(args.json, {"benchmark": "train", "machine": machine_info(torch),
+                           "repeats": repeats, "models": records})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Smoke runs of the benchmark scripts: tiny sizes, one round, a printed table, no timings checked.
+
+CI does not install torch: every script must run without it (the torch columns read n/a);
+the runs with torch are skipped where it is missing.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPTS = {
+    "bench_xnor": "XNOR GEMM",
+    "bench_optimizer": "fused optimiser step",
+    "bench_kernels": "Numba kernel vs NumPy reference twin",
+    "bench_train": "training step: minibnn vs PyTorch",
+    "bench_startup": "start-up",
+}
+
+
+def load(name: str) -> ModuleType:
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"_smoke_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_smoke_without_torch(name: str, monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    module = load(name)
+    if hasattr(module, "try_import_torch"):
+        monkeypatch.setattr(module, "try_import_torch", lambda: None)
+    out_json = tmp_path / "result.json"
+    assert module.main(["--smoke", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert SCRIPTS[name] in out
+    assert "-----" in out                                   # a table was printed
+    data = json.loads(out_json.read_text())
+    assert data["benchmark"] == name.removeprefix("bench_")
+
+
+@pytest.mark.parametrize("name", ["bench_xnor", "bench_train", "bench_optimizer"])
+def test_smoke_with_torch(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    module = load(name)
+    assert module.main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert SCRIPTS[name] in out and "torch not installed" not in out
