@@ -94,22 +94,6 @@ def latent_sgd(grads: Stream, lr: Number | Stream, momentum: Number | Stream,
     return Run(ws, bs)
 
 
-def latent_adam(grads: Stream, lr: Number, b1: float, b2: float, eps: float,
-                weight_decay: Number, w0: Number, b0: int = 1) -> Run:
-    """PyTorch Adam (coupled L2 decay) on one latent weight, float only (it takes a sqrt)."""
-    w, m, s, b = w0, 0.0, 0.0, initial_sign(w0, b0)
-    ws, bs = [w], [b]
-    for t, g in enumerate(grads, start=1):
-        d = g + weight_decay * w
-        m = b1 * m + (1 - b1) * d
-        s = b2 * s + (1 - b2) * (d * d)
-        w = w - lr * (m / (1 - b1 ** t)) / (math.sqrt(s / (1 - b2 ** t)) + eps)
-        b = sign_keep(w, b)
-        ws.append(w)
-        bs.append(b)
-    return Run(ws, bs)
-
-
 def flip_keep(x: Number, b_prev: int, threshold: Number = 0) -> int:
     """The filter optimisers' terminal: ``b = -b_prev`` where ``x * b_prev > threshold``."""
     return -b_prev if x * b_prev > threshold else b_prev
@@ -169,11 +153,3 @@ def bop2nd(grads: Stream, threshold: float, gamma: float, sigma: float, eps: flo
         xs.append(x)
         bs.append(b)
     return Run(xs, bs)
-
-
-def first_mismatch(b_a: Sequence[int], b_b: Sequence[int]) -> int | None:
-    """The first step at which two binary trajectories differ, or None."""
-    for t, (x, y) in enumerate(zip(b_a, b_b)):
-        if x != y:
-            return t
-    return None
