@@ -310,3 +310,15 @@ def test_large_work_runs_parallel_path() -> None:
     ref.adam_update(wr, mr, vr, g, 1e-3, 1)
     cpu.adam_update(wc, mc, vc, g, 1e-3, 1)
     assert np.array_equal(wr, wc)
+
+
+def test_get_kernels_falls_back_without_numba(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import minibnn.kernels as kernels
+
+    monkeypatch.setitem(sys.modules, "numba", None)          # "import numba" now fails
+    monkeypatch.delitem(sys.modules, "minibnn.kernels.cpu")
+    monkeypatch.delattr(kernels, "cpu")
+    assert kernels.get_kernels("numba") is ref
+    assert not kernels._numba_importable()
