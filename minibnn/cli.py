@@ -84,6 +84,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    g.add_argument("--shift", type=int, default=d.shift,
+                   help="augment: translate training images by up to N pixels (0 = off)")
     g.add_argument("--train-subset", type=int, default=None,
                    help="use only the first N training images")
     g.add_argument("--seed", type=int, default=d.seed)

@@ -31,9 +31,9 @@ class TrainConfig:
     # what to train
     model: str = "binary_mlp"
     dataset: str = "mnist"
-    hidden: list[int] = field(default_factory=lambda: [2048, 2048])   # binary_mlp widths
+    hidden: list[int] = field(default_factory=lambda: [1024, 1024])   # binary_mlp widths
     width: int = 32                                                   # binary_cnn / birealnet
-    act_ste: str = "identity"
+    act_ste: str = "approx"          # Bi-Real polynomial STE for activations
     weight_ste: str = "identity"
     scale: bool = False
     init_scale: float = 1.0
@@ -55,6 +55,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 100
     label_smoothing: float = 0.0
+    shift: int = 2                    # random translation of training images by <= shift pixels
     seed: int = 0
     dtype: str = "float32"
     device: str = "cpu"
@@ -102,6 +103,8 @@ class TrainConfig:
                 raise MinibnnError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.hidden or min(self.hidden) < 1:
             raise MinibnnError(f"--hidden must be positive widths, got {self.hidden}")
+        if self.shift < 0:
+            raise MinibnnError(f"--shift must be >= 0, got {self.shift}")
         if self.train_subset is not None and self.train_subset < 1:
             raise MinibnnError(f"--train-subset must be >= 1, got {self.train_subset}")
         if self.init_scale <= 0:

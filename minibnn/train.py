@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from minibnn import optim
+from minibnn.augment import random_shift
 from minibnn.backend import device_module, resolve_dtype, to_device, to_numpy
 from minibnn.config import TrainConfig
 from minibnn.errors import MinibnnError
@@ -145,7 +146,10 @@ def train_epoch(model: Model, optimizer: Transform, state: TrainState, x: Any, y
     loss_sum, correct = 0.0, 0
     for idx in _progress(batches, progress, f"epoch {state.epoch + 1}/{config.epochs}"):
         idx_dev = xp.asarray(idx)
-        loss, right, step_flips = train_step(model, optimizer, state, x[idx_dev], y[idx_dev],
+        xb = x[idx_dev]
+        if config.shift:
+            xb = random_shift(xb, config.shift, state.rng)
+        loss, right, step_flips = train_step(model, optimizer, state, xb, y[idx_dev],
                                              config.label_smoothing)
         loss_sum += loss * len(idx)
         correct += right

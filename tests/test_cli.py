@@ -15,7 +15,8 @@ def _run(*args):
 def test_train_then_eval_end_to_end(tmp_path):
     out = tmp_path / "run.h5"
     proc = _run("train", "--dataset", "synthetic", "--hidden", "64,64", "--epochs", "2",
-                "--act-ste", "clipped", "--alpha", "0.01", "--out", str(out), "--no-progress")
+                "--act-ste", "clipped", "--alpha", "0.01", "--shift", "0", "--out", str(out),
+                "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert "epoch   2/2" in proc.stdout and out.exists()
     proc = _run("eval", str(out))

@@ -16,7 +16,7 @@ def _quiet(msg):
 
 def _config(**kw):
     base = dict(dataset="synthetic", hidden=[128, 128], epochs=2, batch_size=50, alpha=1e-2,
-                gamma=1e-1, act_ste="clipped")
+                gamma=1e-1, act_ste="clipped", shift=0)
     base.update(kw)
     return TrainConfig(**base)
 
