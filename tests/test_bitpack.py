@@ -112,6 +112,16 @@ def test_binary_conv2d_equals_float_conv(case: tuple) -> None:
         assert y.dtype == np.int32 and np.array_equal(y, want)
 
 
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (1, 0), (2, 2), (3, 1)])
+def test_binary_conv2d_wide_rows(stride: int, padding: int) -> None:
+    """Rows wide enough for the kernel's four-pixel interior path, with borders around it."""
+    rng = np.random.default_rng(9)
+    x, w = randn(rng, (2, 65, 7, 19)), randn(rng, (11, 65, 3, 3))
+    wbits, wsum = ref.pack_conv_weights(w)
+    y = cpu.binary_conv2d(cpu.pack_conv_input(x), wbits, wsum, 65, 3, 3, stride, padding)
+    assert np.array_equal(y, _float_conv(x, w, stride, padding))
+
+
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_bitpack_layers(backend: str) -> None:
     rng = np.random.default_rng(7)
