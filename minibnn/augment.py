@@ -19,7 +19,7 @@ def random_shift(x: Any, max_shift: int, rng: np.random.Generator) -> Any:
     xp = get_array_module(x)
     n, _, h, w = x.shape
     s = max_shift
-    fill = x.min()
+    fill = float(x.min())
     padded = xp.pad(x, ((0, 0), (0, 0), (s, s), (s, s)), constant_values=fill)
     # offsets index the top-left corner of the crop inside the padded image: 0..2s
     oy = xp.asarray(rng.integers(0, 2 * s + 1, size=n))

@@ -16,6 +16,7 @@ import sys
 from typing import Sequence
 
 from minibnn import __version__
+from minibnn.backend import device_module
 from minibnn.config import (DATASET_NAMES, DTYPE_NAMES, MODEL_NAMES, OPTIMIZER_NAMES,
                             SCHEDULE_NAMES, STE_NAMES, TrainConfig)
 from minibnn.errors import MinibnnError
@@ -114,6 +115,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             stop_after=args.stop_after)
         return 0
     config = _config_from_args(args)
+    device_module(config.device)          # fail now, before loading data, when there is no GPU
     out = args.out or f"runs/{config.model}-{config.dataset}.h5"
     storage = "+-1 weights" if config.binary_storage == "binary" else "latent real weights"
     print(f"training {config.model} on {config.dataset}: {config.optimizer} on {storage}, "

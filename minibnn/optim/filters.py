@@ -49,7 +49,8 @@ def _initial_buffer(params: Params, init: Params | None, what: str) -> Params:
         if tuple(value.shape) != tuple(p.shape):
             raise MinibnnError(f"initial {what} for {name!r} has shape {tuple(value.shape)}, "
                                f"parameter has {tuple(p.shape)}")
-        buffers[name] = value.astype(p.dtype, copy=True)
+        # same array module (NumPy or CuPy) and dtype as the parameter
+        buffers[name] = _array_module({name: p}).array(value, dtype=p.dtype, copy=True)
     return buffers
 
 
