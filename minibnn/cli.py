@@ -17,7 +17,7 @@ from typing import Sequence
 
 from minibnn import __version__
 from minibnn.backend import device_module
-from minibnn.config import (DATASET_NAMES, DTYPE_NAMES, MODEL_NAMES, OPTIMIZER_NAMES,
+from minibnn.config import (BACKEND_NAMES, DATASET_NAMES, DTYPE_NAMES, MODEL_NAMES, OPTIMIZER_NAMES,
                             SCHEDULE_NAMES, STE_NAMES, TrainConfig)
 from minibnn.errors import MinibnnError
 
@@ -92,6 +92,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--dtype", default=d.dtype, choices=DTYPE_NAMES)
     g.add_argument("--device", default=d.device, choices=("cpu", "gpu"))
+    g.add_argument("--backend", default=d.backend, choices=BACKEND_NAMES,
+                   help="CPU kernels: numba (fused, fast) or numpy (the readable reference)")
     g = p.add_argument_group("run file")
     g.add_argument("--out", default=None, help="run file to write (default runs/<model>-<dataset>.h5)")
     g.add_argument("--resume", metavar="RUN.h5", default=None,

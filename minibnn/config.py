@@ -21,6 +21,7 @@ LATENT_OPTIMIZERS = ("sgd", "adam")
 OPTIMIZER_NAMES = FILTER_OPTIMIZERS + LATENT_OPTIMIZERS
 SCHEDULE_NAMES = ("constant", "linear", "cosine", "step")
 DTYPE_NAMES = ("float32", "float64")
+BACKEND_NAMES = ("numba", "numpy")
 STE_NAMES = ("identity", "clipped", "approx", "swish")
 
 
@@ -59,6 +60,7 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
     device: str = "cpu"
+    backend: str = "numba"            # CPU kernels: "numba" (fast) or "numpy" (the reference)
     data_dir: str | None = None
     train_subset: int | None = None   # use only the first N training images (quick runs)
 
@@ -85,6 +87,7 @@ class TrainConfig:
         _one_of("schedule", self.schedule, SCHEDULE_NAMES)
         _one_of("dtype", self.dtype, DTYPE_NAMES)
         _one_of("device", self.device, ("cpu", "gpu"))
+        _one_of("backend", self.backend, BACKEND_NAMES)
         _one_of("act-ste", self.act_ste, STE_NAMES)
         _one_of("weight-ste", self.weight_ste, STE_NAMES)
         for name in ("alpha", "gamma", "sigma"):

@@ -30,6 +30,7 @@ from minibnn.errors import MinibnnError
 from minibnn.io import Checkpoint, RunFile, load_run, save_run
 from minibnn.nn.functional import softmax_cross_entropy
 from minibnn.nn.models import Model, build_model
+from minibnn.optim import fused
 from minibnn.optim.base import Transform
 
 Params = dict[str, Any]
@@ -55,23 +56,30 @@ def _schedule(config: TrainConfig, init: float, steps_per_epoch: int) -> optim.s
 
 
 def optimizer_from_config(config: TrainConfig, model: Model, steps_per_epoch: int) -> Transform:
-    """Binary weights -> the configured binary optimiser; real parameters -> Adam."""
+    """Binary weights -> the configured binary optimiser; real parameters -> Adam.
+
+    On the CPU with ``backend="numba"`` the fused one-pass kernels replace the filter chains
+    (same arithmetic, same bits, same state layout: ``tests/test_optim_fused.py``).
+    """
+    fast = config.device == "cpu" and config.backend == "numba"
+    cema, bop, sgd, adam = ((fused.fused_cema, fused.fused_bop, fused.fused_sgd, fused.fused_adam)
+                            if fast else (optim.cema, optim.bop, optim.sgd, optim.adam))
     if config.optimizer == "cema":
-        binary = optim.cema(_schedule(config, config.alpha, steps_per_epoch), config.gamma)
+        binary = cema(_schedule(config, config.alpha, steps_per_epoch), config.gamma)
     elif config.optimizer == "bop":
-        binary = optim.bop(config.threshold, config.gamma)
+        binary = bop(config.threshold, config.gamma)
     elif config.optimizer == "bop2nd":
         binary = optim.bop2nd(config.threshold, config.gamma, config.sigma)
     elif config.optimizer == "sgd":
-        binary = optim.sgd(_schedule(config, config.lr, steps_per_epoch), config.momentum,
-                           config.weight_decay, config.decoupled)
+        binary = sgd(_schedule(config, config.lr, steps_per_epoch), config.momentum,
+                     config.weight_decay, config.decoupled)
     elif config.optimizer == "adam":
-        binary = optim.adam(_schedule(config, config.lr, steps_per_epoch),
-                            weight_decay=config.weight_decay, decoupled=config.decoupled)
+        binary = adam(_schedule(config, config.lr, steps_per_epoch),
+                      weight_decay=config.weight_decay, decoupled=config.decoupled)
     else:
         raise MinibnnError(f"unknown optimizer {config.optimizer!r}")
-    real = optim.adam(_schedule(config, config.real_lr, steps_per_epoch),
-                      weight_decay=config.real_weight_decay)
+    real = adam(_schedule(config, config.real_lr, steps_per_epoch),
+                weight_decay=config.real_weight_decay)
     return optim.partition({"binary": binary, "real": real}, model.param_label)
 
 

@@ -131,3 +131,16 @@ def test_bad_config_is_one_line_error(kw, match):
     with pytest.raises(MinibnnError, match=match) as info:
         _config(**kw).validate()
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("optimizer", ["cema", "sgd"])
+def test_numba_and_numpy_backends_train_identically(tmp_path, optimizer):
+    runs = []
+    for backend in ("numpy", "numba"):
+        path = str(tmp_path / f"{backend}.h5")
+        fit(_config(optimizer=optimizer, epochs=1, backend=backend), path, progress=False,
+            log=_quiet)
+        runs.append(load_run(path))
+    for name, value in runs[0].checkpoint.params.items():
+        np.testing.assert_array_equal(value, runs[1].checkpoint.params[name])
+    assert runs[0].metrics["train_loss"] == runs[1].metrics["train_loss"]
