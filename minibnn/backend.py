@@ -82,3 +82,34 @@ def resolve_dtype(name: str | np.dtype | type) -> np.dtype:
     if key not in FLOAT_DTYPES:
         raise DTypeError(f"unsupported dtype {key!r}; expected one of {sorted(FLOAT_DTYPES)}")
     return np.dtype(FLOAT_DTYPES[key])
+
+
+#: Which CPU kernels the layers use for their hot loops: "numba" (compiled, the default when
+#: Numba imports) or "numpy" (the readable reference only).  Set by ``set_cpu_kernels``.
+_cpu_kernels = {"backend": None}
+
+
+def set_cpu_kernels(backend: str) -> None:
+    """Select the CPU kernel backend for the layers: ``"numba"`` or ``"numpy"``."""
+    from minibnn.kernels import CPU_BACKENDS
+
+    if backend not in CPU_BACKENDS:
+        raise DeviceError(f"unknown CPU kernel backend {backend!r}; expected one of "
+                          f"{', '.join(CPU_BACKENDS)}")
+    _cpu_kernels["backend"] = backend
+
+
+def fast_kernels_for(x: Any) -> Any | None:
+    """The Numba kernel module when ``x`` is a NumPy array and the CPU backend is numba, else None.
+
+    Layers call this at their hot spots and fall back to their own NumPy code on None.
+    """
+    if not isinstance(x, np.ndarray):
+        return None
+    from minibnn.kernels import DEFAULT_CPU_BACKEND, get_kernels
+
+    backend = _cpu_kernels["backend"] or DEFAULT_CPU_BACKEND
+    if backend != "numba":
+        return None
+    module = get_kernels("numba")
+    return None if module.__name__.endswith("reference") else module

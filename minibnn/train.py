@@ -24,7 +24,8 @@ import numpy as np
 
 from minibnn import optim
 from minibnn.augment import random_shift
-from minibnn.backend import device_module, resolve_dtype, to_device, to_numpy
+from minibnn.backend import (device_module, resolve_dtype, set_cpu_kernels, to_device,
+                             to_numpy)
 from minibnn.config import TrainConfig
 from minibnn.errors import MinibnnError
 from minibnn.io import Checkpoint, RunFile, load_run, save_run
@@ -216,6 +217,7 @@ def fit(config: TrainConfig, out_path: str, resume: bool = False, progress: bool
         if previous.checkpoint is None:
             raise MinibnnError(f"{out_path} has no checkpoint to resume from")
     config.validate()
+    set_cpu_kernels(config.backend)
     dtype = resolve_dtype(config.dtype)
     ds = load_data(config)
     x_train, y_train = to_device(ds.x_train, config.device), to_device(ds.y_train, config.device)

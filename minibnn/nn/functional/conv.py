@@ -1,5 +1,9 @@
 """2-D convolution (cross-correlation, as PyTorch) via im2col and one matrix product.
 
+``im2col``/``col2im`` here are the NumPy reference; the layers call them through ``unfold``/
+``fold``, which use the Numba twins in ``minibnn.kernels.cpu`` for NumPy arrays when the CPU
+kernel backend is "numba" (``minibnn.backend.set_cpu_kernels``).
+
 Shapes: x (N, C, H, W), w (O, C, kH, kW), b (O,), y (N, O, OH, OW) with
 ``OH = (H + 2*padding - kH) // stride + 1`` (likewise OW). Zero padding on all four sides.
 
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from minibnn.backend import get_array_module
+from minibnn.backend import fast_kernels_for, get_array_module
 from minibnn.errors import ShapeError
 from minibnn.nn.functional._checks import (
     Array, require_float, require_grad, require_int, require_ndim, require_same_dtype,
@@ -104,6 +108,27 @@ def col2im(cols: Array, x_shape: tuple[int, ...], kh: int, kw: int, stride: int,
     return xp.ascontiguousarray(out[:, :, p:p + h, p:p + w])
 
 
+def unfold(x: Array, kh: int, kw: int, stride: int, padding: int) -> Array:
+    """``im2col`` on the fastest available kernel (Numba on NumPy arrays), same result."""
+    fast = fast_kernels_for(x)
+    if fast is None:
+        return im2col(x, kh, kw, stride, padding)
+    return fast.im2col(xp_contiguous(x), kh, kw, stride, padding)
+
+
+def fold(cols: Array, x_shape: tuple[int, ...], kh: int, kw: int, stride: int,
+         padding: int) -> Array:
+    """``col2im`` on the fastest available kernel (Numba on NumPy arrays), same result."""
+    fast = fast_kernels_for(cols)
+    if fast is None:
+        return col2im(cols, x_shape, kh, kw, stride, padding)
+    return fast.col2im(xp_contiguous(cols), tuple(x_shape), kh, kw, stride, padding)
+
+
+def xp_contiguous(x: Array) -> Array:
+    return get_array_module(x).ascontiguousarray(x)
+
+
 def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: int = 1,
                    padding: int = 0) -> tuple[Array, Conv2dCache]:
     """``y[n, o] = sum_{c,i,j} w[o, c, i, j] * xpad[n, c, s*oh + i, s*ow + j] + b[o]``."""
@@ -124,7 +149,7 @@ def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: int = 1,
     n = int(x.shape[0])
     oh, ow = conv_output_size(fn, x.shape, kh, kw, stride, padding)
     xp = get_array_module(x)
-    cols = im2col(x, kh, kw, stride, padding)
+    cols = unfold(x, kh, kw, stride, padding)
     y2 = cols @ w.reshape(o, -1).T                 # (N*OH*OW, O): one GEMM
     if b is not None:
         y2 += b
@@ -142,6 +167,6 @@ def conv2d_backward(dy: Array, cache: Conv2dCache) -> tuple[Array, Array, Array 
     dy2 = dy.transpose(0, 2, 3, 1).reshape(-1, o)  # rows in im2col order, (N*OH*OW, O)
     dw = (dy2.T @ cols).reshape(w.shape)           # dL/dW = dY^T . cols
     dcols = dy2 @ w.reshape(o, -1)                 # dL/dcols = dY . W
-    dx = col2im(dcols, x_shape, kh, kw, stride, padding)
+    dx = fold(dcols, x_shape, kh, kw, stride, padding)
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, db

@@ -1,8 +1,8 @@
 """Pooling over NCHW tensors: max, average (both square windows) and global average.
 
-Windows are unfolded with ``conv.im2col`` applied to x viewed as (N*C, 1, H, W), so each row of
+Windows are unfolded with ``conv.unfold`` (``im2col``, Numba-compiled on the CPU) applied to x viewed as (N*C, 1, H, W), so each row of
 the columns is one window of one channel and the pooled value is a row reduction; the backward
-scatters back with ``conv.col2im``. Output size: ``OH = (H + 2*padding - kernel) // stride + 1``
+scatters back with ``conv.fold`` (``col2im``). Output size: ``OH = (H + 2*padding - kernel) // stride + 1``
 (PyTorch's floor mode). As in PyTorch, ``padding <= kernel // 2``.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from minibnn.backend import get_array_module
 from minibnn.errors import MinibnnError
 from minibnn.nn.functional._checks import (
     Array, require_float, require_grad, require_int, require_ndim)
-from minibnn.nn.functional.conv import _pad, col2im, conv_output_size, im2col
+from minibnn.nn.functional.conv import _pad, conv_output_size, fold, unfold
 
 
 class MaxPool2dCache(NamedTuple):
@@ -64,7 +64,7 @@ def maxpool2d_forward(x: Array, kernel: int = 2, stride: int | None = None,
     kernel, stride, padding, oh, ow = _pool_args(fn, x, kernel, stride, padding)
     n, c, h, w = (int(s) for s in x.shape)
     xpad = _pad(x, padding, value=float("-inf"))
-    cols = im2col(xpad.reshape(n * c, 1, h + 2 * padding, w + 2 * padding),
+    cols = unfold(xpad.reshape(n * c, 1, h + 2 * padding, w + 2 * padding),
                   kernel, kernel, stride, 0)
     xp = get_array_module(x)
     argmax = xp.argmax(cols, axis=1)
@@ -81,7 +81,7 @@ def maxpool2d_backward(dy: Array, cache: MaxPool2dCache) -> Array:
     xp = get_array_module(dy)
     dcols = xp.zeros((argmax.shape[0], k * k), dtype=dy.dtype)
     dcols[xp.arange(argmax.shape[0]), argmax] = dy.reshape(-1)
-    return col2im(dcols, (n * c, 1, h, w), k, k, s, p).reshape(x_shape)
+    return fold(dcols, (n * c, 1, h, w), k, k, s, p).reshape(x_shape)
 
 
 def avgpool2d_forward(x: Array, kernel: int = 2, stride: int | None = None,
@@ -94,7 +94,7 @@ def avgpool2d_forward(x: Array, kernel: int = 2, stride: int | None = None,
     fn = "avgpool2d_forward"
     kernel, stride, padding, oh, ow = _pool_args(fn, x, kernel, stride, padding)
     n, c, h, w = (int(s) for s in x.shape)
-    cols = im2col(x.reshape(n * c, 1, h, w), kernel, kernel, stride, padding)
+    cols = unfold(x.reshape(n * c, 1, h, w), kernel, kernel, stride, padding)
     y = cols.mean(axis=1).reshape(n, c, oh, ow)
     return y, AvgPool2dCache((n, c, h, w), x.dtype, kernel, stride, padding)
 
@@ -107,7 +107,7 @@ def avgpool2d_backward(dy: Array, cache: AvgPool2dCache) -> Array:
     require_grad("avgpool2d_backward", dy, (n, c, oh, ow), dtype)
     xp = get_array_module(dy)
     dcols = xp.broadcast_to((dy / (k * k)).reshape(-1, 1), (n * c * oh * ow, k * k))
-    return col2im(dcols, (n * c, 1, h, w), k, k, s, p).reshape(x_shape)
+    return fold(dcols, (n * c, 1, h, w), k, k, s, p).reshape(x_shape)
 
 
 def global_avgpool_forward(x: Array) -> tuple[Array, GlobalAvgPoolCache]:
