@@ -1,20 +1,23 @@
 """Training step time, images/s and peak memory: minibnn vs the same model in PyTorch (CPU).
 
 Models (batch 128, float32, random data of the dataset's shape):
-  * binary_mlp on MNIST shapes (1x28x28), the CLI's default widths (2048, 2048);
-  * binary_cnn on CIFAR-10 shapes (3x32x32), the CLI's default width (32).
+  * binary_mlp on MNIST shapes (1x28x28) with the CLI's default widths;
+  * binary_cnn on CIFAR-10 shapes (3x32x32) with the CLI's default width;
+both with the CLI's default activation STE (the table names widths and STE).
 minibnn runs ``minibnn.train.train_step`` with the CLI's default optimiser (CEMA on the ±1
-weights, Adam on the real ones, flips counted). The PyTorch twin is built layer by layer from
-the minibnn model and starts from the same weights: ``nn.Linear``/``nn.Conv2d``,
-``F.batch_norm``, ``nn.MaxPool2d``, ±1 weights used directly, ``sign`` with the identity STE
-(a custom autograd function), ``F.cross_entropy``, then the same CEMA step written with
-in-place tensor ops and ``torch.optim.Adam`` on the real parameters. Same thread count.
+weights, Adam on the real ones, flips counted; no augmentation). The PyTorch twin is built
+layer by layer from the minibnn model and starts from the same weights: ``nn.Linear``/
+``nn.Conv2d``, ``F.batch_norm``, ``nn.MaxPool2d``, ±1 weights used directly, ``sign`` with the
+same STE (a custom autograd function), ``F.cross_entropy``, then the same CEMA step written
+with in-place tensor ops and ``torch.optim.Adam`` on the real parameters. Same thread count.
 
 Speed: best step time of R interleaved rounds (one step of each framework per round) after
 a warm-up step; ``speed ratio = torch time / minibnn time`` (> 1: minibnn is faster).
 
-Memory: each framework runs in a fresh subprocess. After the model, optimiser state and batch
-exist and one warm-up step has run, the process's peak-RSS counter is reset
+Memory: each framework runs in a fresh subprocess (with glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed
+at 128 KiB, so buffers a step frees go back to the OS instead of staying in the heap). After
+the model, optimiser state and batch exist and one warm-up step has run, the process's
+peak-RSS counter is reset
 (``echo 5 > /proc/self/clear_refs``), one step runs, and the step's peak memory is
 ``VmHWM - VmRSS`` measured before the step (Linux ``/proc/self/status``): the activations,
 caches, gradients and temporaries a step needs on top of what stays resident. Where
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -65,6 +69,14 @@ def minibnn_step(model_name: str, input_shape: tuple[int, ...], batch: int,
     return (lambda: train_step(model, optimizer, state, x, y)), model, params
 
 
+def describe(model: Any) -> str:
+    """Widths and activation STE of a built model, for the table."""
+    cfg = model.config
+    size = (f"hidden {','.join(map(str, cfg['hidden']))}" if "hidden" in cfg
+            else f"width {cfg['width']}")
+    return f"{size}, STE {cfg['act_ste']}"
+
+
 def torch_step(torch: Any, model: Any, params: dict[str, np.ndarray], batch: int,
                alpha: float = 1e-3, gamma: float = 1e-1) -> Callable[[], Any]:
     """The same network and update in PyTorch (see the module docstring)."""
@@ -73,14 +85,26 @@ def torch_step(torch: Any, model: Any, params: dict[str, np.ndarray], batch: int
 
     nn, tf = torch.nn, torch.nn.functional
 
-    class SignSTE(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):  # type: ignore[no-untyped-def]
-            return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+    def sign_ste(ste: str) -> Callable[[Any], Any]:
+        """sign with minibnn's STE backward (functional/sign.py): identity, clipped, approx."""
+        grads = {"identity": lambda x: torch.ones_like(x),
+                 "clipped": lambda x: (x.abs() <= 1).to(x.dtype),
+                 "approx": lambda x: torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)}
+        if ste not in grads:
+            raise NotImplementedError(f"no PyTorch twin for the {ste!r} STE")
 
-        @staticmethod
-        def backward(ctx, dy):  # type: ignore[no-untyped-def]
-            return dy                                       # identity STE
+        class SignSTE(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):  # type: ignore[no-untyped-def]
+                ctx.save_for_backward(x)
+                return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+            @staticmethod
+            def backward(ctx, dy):  # type: ignore[no-untyped-def]
+                (x,) = ctx.saved_tensors
+                return dy * grads[ste](x)
+
+        return SignSTE.apply
 
     class Lambda(nn.Module):
         def __init__(self, fn: Callable[[Any], Any]):
@@ -110,7 +134,7 @@ def torch_step(torch: Any, model: Any, params: dict[str, np.ndarray], batch: int
         if isinstance(layer, M.Stateless):
             fn = layer.forward_fn
             if fn is F.sign_forward:
-                layers.append(Lambda(SignSTE.apply))
+                layers.append(Lambda(sign_ste(layer.kwargs.get("ste", "identity"))))
             elif fn is F.flatten_forward:
                 layers.append(nn.Flatten())
             elif fn is F.maxpool2d_forward:
@@ -208,7 +232,10 @@ def _memory(framework: str, key: str, batch: int, smoke: bool) -> int | None:
     cmd = [sys.executable, __file__, "--memory-child", framework, key, "--batch", str(batch)]
     if smoke:
         cmd.append("--smoke")
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    # A fixed mmap threshold keeps glibc from raising it after the warm-up step and then
+    # holding freed buffers in its heap, which would hide the measured step's peak.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_bytes"]
 
 
@@ -248,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mem = {f: _memory(f, key, args.batch, args.smoke) if measure_memory else None
                for f in fns}
         tt = t.get("torch")
-        rows.append([key, args.batch / t["minibnn"], "n/a" if tt is None else args.batch / tt,
+        rows.append([f"{key} ({describe(model)})", args.batch / t["minibnn"], "n/a" if tt is None else args.batch / tt,
                      "n/a" if tt is None else tt / t["minibnn"], _mib(mem["minibnn"]),
                      _mib(mem.get("torch"))])
         records[key] = {"seconds": t, "peak_step_bytes": mem, "batch": args.batch}

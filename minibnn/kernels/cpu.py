@@ -536,17 +536,26 @@ def xnor_gemm(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
 @njit(parallel=True, cache=True)
 def _pack_nchw(x, out):  # type: ignore[no-untyped-def]
     n, c, h, w = x.shape
+    full = c // 8 * 8
     for r in prange(n * h):
         ni = r // h
         yi = r - ni * h
         for xi in range(w):
             for q in range(out.shape[3]):
                 out[ni, yi, xi, q] = 0
-        for ci in range(c):
-            q = ci >> 6
+        # Eight channels at a time: their bits form one byte per pixel, OR-ed into the word at
+        # bit (c % 64); the reads stay contiguous along the image row.
+        for cb in range(0, full, 8):
+            sh = np.uint64(cb & 63)
+            for xi in range(w):
+                byte = np.uint64(0)
+                for k in range(8):
+                    byte |= np.uint64(x[ni, cb + k, yi, xi] >= 0) << np.uint64(k)
+                out[ni, yi, xi, cb >> 6] |= byte << sh
+        for ci in range(full, c):
             sh = np.uint64(ci & 63)
-            for xi in range(w):                   # contiguous read of one image row
-                out[ni, yi, xi, q] |= np.uint64(x[ni, ci, yi, xi] >= 0) << sh
+            for xi in range(w):
+                out[ni, yi, xi, ci >> 6] |= np.uint64(x[ni, ci, yi, xi] >= 0) << sh
 
 
 def pack_conv_input(x: np.ndarray) -> np.ndarray:
