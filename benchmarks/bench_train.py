@@ -11,8 +11,10 @@ layer by layer from the minibnn model and starts from the same weights: ``nn.Lin
 same STE (a custom autograd function), ``F.cross_entropy``, then the same CEMA step written
 with in-place tensor ops and ``torch.optim.Adam`` on the real parameters. Same thread count.
 
-Speed: best step time of R interleaved rounds (one step of each framework per round) after
-a warm-up step; ``speed ratio = torch time / minibnn time`` (> 1: minibnn is faster).
+Speed: best step time of R interleaved rounds (one step of each candidate per round) after
+a warm-up step; ``speed ratio = torch time / minibnn time`` (> 1: minibnn is faster), and
+``kernels gain`` = minibnn's step time with ``backend="numpy"`` (the reference code and the
+filter chains) / with the default ``backend="numba"`` (Numba kernels, fused optimisers).
 
 Memory: each framework runs in a fresh subprocess (with glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed
 at 128 KiB, so buffers a step frees go back to the OS instead of staying in the heap). After
@@ -52,12 +54,20 @@ SMOKE_MODELS = {
 
 
 def minibnn_step(model_name: str, input_shape: tuple[int, ...], batch: int,
-                 overrides: dict[str, Any]) -> tuple[Callable[[], Any], Any, dict[str, Any]]:
-    """One minibnn training step closure, the model, and its initial parameters."""
+                 overrides: dict[str, Any], backend: str = "numba"
+                 ) -> tuple[Callable[[], Any], Any, dict[str, Any]]:
+    """One minibnn training step closure, the model, and its initial parameters.
+
+    ``backend`` picks the CPU kernels ("numba": compiled kernels and fused optimisers,
+    "numpy": the reference code); it is selected again before every step, so steps of both
+    backends can be interleaved in one process.
+    """
     from minibnn.config import TrainConfig
     from minibnn.train import TrainState, model_from_config, optimizer_from_config, train_step
 
-    config = TrainConfig(model=model_name, dataset="synthetic", batch_size=batch, **overrides)
+    extra = {"backend": backend} if _has_backends() else {}
+    config = TrainConfig(model=model_name, dataset="synthetic", batch_size=batch, **extra,
+                         **overrides)
     config.validate()
     model = model_from_config(config, input_shape, 10)
     optimizer = optimizer_from_config(config, model, steps_per_epoch=100)
@@ -66,7 +76,24 @@ def minibnn_step(model_name: str, input_shape: tuple[int, ...], batch: int,
     state = TrainState(dict(params), dict(buffers), optimizer.init(params), rng)
     x = rng.standard_normal((batch,) + tuple(input_shape)).astype(np.float32)
     y = rng.integers(0, 10, batch)
-    return (lambda: train_step(model, optimizer, state, x, y)), model, params
+
+    def step() -> Any:
+        if extra:
+            from minibnn.backend import set_cpu_kernels
+
+            set_cpu_kernels(backend)
+        return train_step(model, optimizer, state, x, y)
+
+    return step, model, params
+
+
+def _has_backends() -> bool:
+    """True when this minibnn selects its CPU kernels (``TrainConfig.backend``)."""
+    import dataclasses
+
+    from minibnn.config import TrainConfig
+
+    return "backend" in {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def describe(model: Any) -> str:
@@ -269,22 +296,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key, (name, shape, over) in (SMOKE_MODELS if args.smoke else MODELS).items():
         step, model, params = minibnn_step(name, shape, args.batch, over)
         fns = {"minibnn": step}
+        if _has_backends():
+            fns["minibnn numpy"] = minibnn_step(name, shape, args.batch, over, "numpy")[0]
         if torch is not None:
             fns["torch"] = torch_step(torch, model, params, args.batch)
         t = time_interleaved(fns, repeats)
         mem = {f: _memory(f, key, args.batch, args.smoke) if measure_memory else None
-               for f in fns}
-        tt = t.get("torch")
-        rows.append([f"{key} ({describe(model)})", args.batch / t["minibnn"], "n/a" if tt is None else args.batch / tt,
+               for f in ("minibnn", "torch") if f in fns}
+        tt, tn = t.get("torch"), t.get("minibnn numpy")
+        rows.append([f"{key} ({describe(model)})",
+                     "n/a" if tn is None else tn / t["minibnn"], args.batch / t["minibnn"], "n/a" if tt is None else args.batch / tt,
                      "n/a" if tt is None else tt / t["minibnn"], _mib(mem["minibnn"]),
                      _mib(mem.get("torch"))])
         records[key] = {"seconds": t, "peak_step_bytes": mem, "batch": args.batch}
     print(f"batch {args.batch}, float32, {threads} threads, best of {repeats} interleaved rounds")
     print_table("training step: minibnn vs PyTorch (same model, same update)",
-                ["model", "minibnn img/s", "torch img/s", "speed ratio", "minibnn MiB",
-                 "torch MiB"], rows)
-    print("\nspeed ratio = torch step time / minibnn step time; MiB = peak memory one step adds "
-          "(VmHWM - VmRSS, fresh process each)")
+                ["model", "kernels gain", "minibnn img/s", "torch img/s", "speed ratio",
+                 "minibnn MiB", "torch MiB"], rows)
+    print("\nkernels gain = minibnn step time with the NumPy reference kernels / with the Numba "
+          "kernels;\nspeed ratio = torch step time / minibnn step time; MiB = peak memory one "
+          "step adds (VmHWM - VmRSS, fresh process each)")
     write_json(args.json, {"benchmark": "train", "machine": machine_info(torch),
                            "repeats": repeats, "models": records})
     return 0
