@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from minibnn.backend import get_array_module
+from minibnn.backend import fast_kernels_for, get_array_module
 from minibnn.errors import MinibnnError
 from minibnn.nn.functional._checks import (
     Array, require_float, require_grad, require_int, require_ndim)
@@ -63,6 +63,10 @@ def maxpool2d_forward(x: Array, kernel: int = 2, stride: int | None = None,
     fn = "maxpool2d_forward"
     kernel, stride, padding, oh, ow = _pool_args(fn, x, kernel, stride, padding)
     n, c, h, w = (int(s) for s in x.shape)
+    fast = fast_kernels_for(x)
+    if fast is not None:                     # one pass over x, same argmax convention
+        y, argmax = fast.maxpool2d_forward(x, kernel, stride, padding)
+        return y, MaxPool2dCache((n, c, h, w), x.dtype, argmax, kernel, stride, padding)
     xpad = _pad(x, padding, value=float("-inf"))
     cols = unfold(xpad.reshape(n * c, 1, h + 2 * padding, w + 2 * padding),
                   kernel, kernel, stride, 0)
@@ -78,6 +82,9 @@ def maxpool2d_backward(dy: Array, cache: MaxPool2dCache) -> Array:
     n, c, h, w = x_shape
     oh, ow = conv_output_size("maxpool2d_backward", x_shape, k, k, s, p)
     require_grad("maxpool2d_backward", dy, (n, c, oh, ow), dtype)
+    fast = fast_kernels_for(dy)
+    if fast is not None:
+        return fast.maxpool2d_backward(dy, argmax, x_shape, k, s, p)
     xp = get_array_module(dy)
     dcols = xp.zeros((argmax.shape[0], k * k), dtype=dy.dtype)
     dcols[xp.arange(argmax.shape[0]), argmax] = dy.reshape(-1)
