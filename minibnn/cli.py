@@ -4,6 +4,8 @@
     minibnn train --optimizer sgd --lr 0.01 --momentum 0.9   # latent weights, for comparison
     minibnn train --resume runs/mnist.h5
     minibnn eval runs/mnist.h5
+    minibnn export runs/mnist.h5 --packed       # binary weights as bits -> runs/mnist.packed.h5
+    minibnn eval runs/mnist.h5 --packed --check # XNOR-popcount inference, compared with float
     minibnn explain --lr 0.1 --momentum 0.9 --weight-decay 5e-4
 
 Every user error is printed as one line ``minibnn: error: ...`` with exit status 2.
@@ -129,11 +131,48 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from minibnn.packed import is_packed_file
     from minibnn.train import evaluate_run
 
+    if args.packed or is_packed_file(args.run):
+        return _eval_packed(args)
+    if args.check:
+        raise MinibnnError("--check compares packed with float inference: add --packed")
     result = evaluate_run(args.run, device=args.device)
     print(f"{args.run}: epoch {result['epoch']}  test loss {result['test_loss']:.4f}  "
           f"test accuracy {result['test_acc']:.4f}")
+    return 0
+
+
+def _eval_packed(args: argparse.Namespace) -> int:
+    from minibnn.packed import evaluate_packed
+
+    if args.device != "cpu":
+        raise MinibnnError("packed (XNOR-popcount) inference runs on the CPU; drop --device gpu")
+    result = evaluate_packed(args.run, check=args.check)
+    layers = result["binary_layers"]
+    line = (f"{args.run}: epoch {result['epoch']}  test loss {result['test_loss']:.4f}  "
+            f"test accuracy {result['test_acc']:.4f}  packed ({layers} binary "
+            f"layer{'s' if layers != 1 else ''}, {result['seconds']:.2f}s)")
+    if args.check:
+        line += (f"  predictions differing from float: {result['differ']} of {result['n']}"
+                 f"  max |logit diff| {result['max_logit_diff']:.3g}"
+                 f"  float {result['float_seconds']:.2f}s")
+    print(line)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from minibnn.packed import export_packed
+
+    if not args.packed:
+        raise MinibnnError("only bit-packed export exists: use minibnn export RUN.h5 --packed")
+    s = export_packed(args.run, args.out)
+    plural = "s" if s["binary_layers"] != 1 else ""
+    print(f"wrote {s['out']}: {s['binary_weights']} binary weights in {s['binary_layers']} "
+          f"layer{plural}, float32 {s['float32_bytes']} B -> packed {s['packed_bytes']} B "
+          f"({s['weight_ratio']:.1f}x smaller); file {s['run_file_bytes']} B -> "
+          f"{s['packed_file_bytes']} B")
     return 0
 
 
@@ -146,6 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="report test accuracy of a run file's checkpoint")
     p.add_argument("run", metavar="RUN.h5")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    p.add_argument("--packed", action="store_true",
+                   help="bit-packed XNOR-popcount inference (automatic for a .packed.h5 file)")
+    p.add_argument("--check", action="store_true",
+                   help="with --packed: also run the float path and count differing predictions")
+    p = sub.add_parser("export", help="write a run's checkpoint for inference "
+                       "(--packed: binary weights as bits, ~32x smaller)")
+    p.add_argument("run", metavar="RUN.h5")
+    p.add_argument("--packed", action="store_true",
+                   help="store binary weights as packed uint64 bits (the only export format)")
+    p.add_argument("--out", default=None, metavar="PATH",
+                   help="packed file to write (default RUN.packed.h5)")
     _add_optional_commands(sub)
     return parser
 
@@ -166,7 +216,7 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(handler=explain.run_verify)
 
 
-HANDLERS = {"train": _cmd_train, "eval": _cmd_eval}
+HANDLERS = {"train": _cmd_train, "eval": _cmd_eval, "export": _cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
