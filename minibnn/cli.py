@@ -1,11 +1,11 @@
 """The ``minibnn`` command: train, evaluate, explain hyperparameters, verify the theory.
 
     minibnn train                      # binary MLP on MNIST with CEMA (+ Adam), defaults only
-    minibnn train --optimizer sgd --lr 0.01 --momentum 0.9   # latent weights, for comparison
-    minibnn train --resume runs/mnist.h5
-    minibnn eval runs/mnist.h5
-    minibnn export runs/mnist.h5 --packed       # binary weights as bits -> runs/mnist.packed.h5
-    minibnn eval runs/mnist.h5 --packed --check # XNOR-popcount inference, compared with float
+    minibnn train --optimizer sgd --lr 0.1 --momentum 0.9    # latent weights, for comparison
+    minibnn train --resume runs/binary_mlp-mnist-cema.h5
+    minibnn eval runs/binary_mlp-mnist-cema.h5
+    minibnn export runs/binary_mlp-mnist-cema.h5 --packed   # bits -> runs/...-cema.packed.h5
+    minibnn eval runs/binary_mlp-mnist-cema.h5 --packed --check  # XNOR inference vs float
     minibnn explain --lr 0.1 --momentum 0.9 --weight-decay 5e-4
 
 Every user error is printed as one line ``minibnn: error: ...`` with exit status 2.
@@ -97,7 +97,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--backend", default=d.backend, choices=BACKEND_NAMES,
                    help="CPU kernels: numba (fused, fast) or numpy (the readable reference)")
     g = p.add_argument_group("run file")
-    g.add_argument("--out", default=None, help="run file to write (default runs/<model>-<dataset>.h5)")
+    g.add_argument("--out", default=None,
+                   help="run file to write (default runs/<model>-<dataset>-<optimizer>.h5)")
     g.add_argument("--resume", metavar="RUN.h5", default=None,
                    help="continue the run stored in RUN.h5 (its config is used)")
     g.add_argument("--stop-after", type=int, default=None,
@@ -120,7 +121,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     config = _config_from_args(args)
     device_module(config.device)          # fail now, before loading data, when there is no GPU
-    out = args.out or f"runs/{config.model}-{config.dataset}.h5"
+    out = args.out or f"runs/{config.model}-{config.dataset}-{config.optimizer}.h5"
     storage = "+-1 weights" if config.binary_storage == "binary" else "latent real weights"
     print(f"training {config.model} on {config.dataset}: {config.optimizer} on {storage}, "
           f"Adam on real parameters -> {out}")
