@@ -19,8 +19,8 @@ from typing import Sequence
 
 from minibnn import __version__
 from minibnn.backend import device_module
-from minibnn.config import (BACKEND_NAMES, DATASET_NAMES, DTYPE_NAMES, MODEL_NAMES, OPTIMIZER_NAMES,
-                            SCHEDULE_NAMES, STE_NAMES, TrainConfig)
+from minibnn.config import (BACKEND_NAMES, DATASET_NAMES, DTYPE_NAMES, MODEL_NAMES,
+                            OPTIMIZER_NAMES, SCHEDULE_NAMES, STE_NAMES, TrainConfig)
 from minibnn.errors import MinibnnError
 
 DEFAULTS = TrainConfig()

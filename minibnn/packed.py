@@ -300,14 +300,14 @@ def pack_run(path: str, *, input_shape: tuple[int, ...] | None = None,
 
 def _pack_loaded_run(run: Any, path: str, input_shape: tuple[int, ...] | None,
                      num_classes: int | None, backend: str) -> PackedModel:
-    from minibnn.train import _check_checkpoint
+    from minibnn.train import check_checkpoint
 
     if run.checkpoint is None:
         raise MinibnnError(f"{path} has no checkpoint to pack")
     config = TrainConfig.from_json(run.config_json)
     model = _model_for(config, input_shape, num_classes)
     expected, _ = model.init(np.random.default_rng(0), np.dtype(config.dtype))
-    _check_checkpoint(run.checkpoint, expected, path)
+    check_checkpoint(run.checkpoint, expected, path)
     return pack_model(model, run.checkpoint.params, run.checkpoint.buffers,
                       config_json=run.config_json, epoch=run.checkpoint.epoch,
                       source=os.path.abspath(path), backend=backend)

@@ -193,7 +193,7 @@ def _tree_to_device(tree: Any, device: str) -> Any:
     return to_device(tree, device)
 
 
-def _check_checkpoint(ck: Checkpoint, params: Params, path: str) -> None:
+def check_checkpoint(ck: Checkpoint, params: Params, path: str) -> None:
     """The stored parameters must be exactly the ones the rebuilt model declares."""
     if set(ck.params) != set(params):
         raise MinibnnError(f"{path}: checkpoint parameters do not match the model in its config")
@@ -234,7 +234,7 @@ def fit(config: TrainConfig, out_path: str, resume: bool = False, progress: bool
     metrics: dict[str, list[float]] = {}
     if previous is not None:
         ck = previous.checkpoint
-        _check_checkpoint(ck, params, out_path)
+        check_checkpoint(ck, params, out_path)
         state.params = _tree_to_device(ck.params, config.device)
         state.buffers = _tree_to_device(ck.buffers, config.device)
         state.opt_state = _tree_to_device(ck.opt_state, config.device)
@@ -273,7 +273,7 @@ def evaluate_run(path: str, device: str = "cpu") -> dict[str, float]:
     ds = load_data(config)
     model = model_from_config(config, tuple(ds.x_train.shape[1:]), ds.num_classes)
     params, _ = model.init(np.random.default_rng(0), resolve_dtype(config.dtype))
-    _check_checkpoint(run.checkpoint, params, path)
+    check_checkpoint(run.checkpoint, params, path)
     loss, acc = evaluate(model, _tree_to_device(run.checkpoint.params, device),
                          _tree_to_device(run.checkpoint.buffers, device),
                          to_device(ds.x_test, device), to_device(ds.y_test, device))
