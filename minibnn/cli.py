@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from typing import Sequence
 
@@ -22,6 +23,7 @@ from minibnn.backend import device_module
 from minibnn.config import (BACKEND_NAMES, DATASET_NAMES, DTYPE_NAMES, MODEL_NAMES,
                             OPTIMIZER_NAMES, SCHEDULE_NAMES, STE_NAMES, TrainConfig)
 from minibnn.errors import MinibnnError
+from minibnn.io import check_writable
 
 DEFAULTS = TrainConfig()
 
@@ -101,13 +103,19 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="run file to write (default runs/<model>-<dataset>-<optimizer>.h5)")
     g.add_argument("--resume", metavar="RUN.h5", default=None,
                    help="continue the run stored in RUN.h5 (its config is used)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run file instead of refusing")
     g.add_argument("--stop-after", type=int, default=None,
                    help="stop after N epochs in this invocation (resume later)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _config_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = set(_config_fields())
     values = {k: v for k, v in vars(args).items() if k in fields}
     return TrainConfig(**values).validate()
 
@@ -116,12 +124,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from minibnn.train import fit
 
     if args.resume:
-        fit(TrainConfig(), args.resume, resume=True, progress=not args.no_progress,
+        changed = [f"--{name.replace('_', '-')}" for name in _config_fields()
+                   if getattr(args, name) != getattr(DEFAULTS, name)]
+        if args.out or args.overwrite:
+            changed += ["--out"] if args.out else ["--overwrite"]
+        if changed:
+            raise MinibnnError(f"--resume continues the stored run with its own config; "
+                               f"drop {', '.join(changed)}")
+        fit(None, args.resume, resume=True, progress=not args.no_progress,
             stop_after=args.stop_after)
         return 0
     config = _config_from_args(args)
     device_module(config.device)          # fail now, before loading data, when there is no GPU
     out = args.out or f"runs/{config.model}-{config.dataset}-{config.optimizer}.h5"
+    check_writable(out)
+    if os.path.exists(out) and not args.overwrite:
+        raise MinibnnError(f"{out} exists: continue it with --resume {out}, or pass --overwrite")
     storage = "+-1 weights" if config.binary_storage == "binary" else "latent real weights"
     print(f"training {config.model} on {config.dataset}: {config.optimizer} on {storage}, "
           f"Adam on real parameters -> {out}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,8 @@ SCHEDULE_NAMES = ("constant", "linear", "cosine", "step")
 DTYPE_NAMES = ("float32", "float64")
 BACKEND_NAMES = ("numba", "numpy")
 STE_NAMES = ("identity", "clipped", "approx", "swish")
+FLOAT_FIELDS = ("init_scale", "alpha", "gamma", "threshold", "sigma", "lr", "momentum",
+                "weight_decay", "real_lr", "real_weight_decay", "label_smoothing")
 
 
 @dataclass
@@ -73,12 +76,22 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
-        data = json.loads(text)
+        """Rebuild a stored config; every field must be present (no silent new defaults)."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise MinibnnError(f"run file config is not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise MinibnnError("run file config is not a JSON object")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise MinibnnError(f"run file config has unknown keys {sorted(unknown)}")
-        return cls(**data).validate()
+        if set(data) != known:
+            unknown, missing = sorted(set(data) - known), sorted(known - set(data))
+            raise MinibnnError(f"run file config does not match this minibnn version "
+                               f"(unknown keys {unknown}, missing keys {missing})")
+        try:
+            return cls(**data).validate()
+        except TypeError as exc:
+            raise MinibnnError(f"run file config has a value of the wrong type ({exc})") from None
 
     def validate(self) -> "TrainConfig":
         _one_of("model", self.model, MODEL_NAMES)
@@ -94,6 +107,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise MinibnnError(f"--{name} must be in (0, 1], got {value}")
+        for name in FLOAT_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise MinibnnError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}")
         for name in ("lr", "real_lr", "weight_decay", "real_weight_decay", "threshold"):
             if getattr(self, name) < 0:
                 raise MinibnnError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
@@ -101,11 +118,17 @@ class TrainConfig:
             raise MinibnnError(f"--momentum must be in [0, 1), got {self.momentum}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise MinibnnError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        for name in ("epochs", "batch_size", "width"):
+        for name in ("epochs", "width"):
             if getattr(self, name) < 1:
                 raise MinibnnError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not self.hidden or min(self.hidden) < 1:
-            raise MinibnnError(f"--hidden must be positive widths, got {self.hidden}")
+        if self.batch_size < 2:
+            raise MinibnnError(f"--batch-size must be >= 2 (BatchNorm needs two samples), "
+                               f"got {self.batch_size}")
+        if self.seed < 0:
+            raise MinibnnError(f"--seed must be >= 0, got {self.seed}")
+        if len(self.hidden) < 2 or min(self.hidden) < 1:
+            raise MinibnnError(f"--hidden needs at least two positive widths (the first layer is "
+                               f"real-valued, the next ones binary), got {self.hidden}")
         if self.shift < 0:
             raise MinibnnError(f"--shift must be >= 0, got {self.shift}")
         if self.train_subset is not None and self.train_subset < 1:

@@ -7,15 +7,18 @@ Layout of ``RUN.h5``::
     /checkpoint       attrs: epoch, step, rng_state (JSON)
         /params/<name>      /buffers/<name>      /opt_state/<nested groups>/<leaf>
 
-A run file is never half-written: the new file goes to ``RUN.h5.tmp-<pid>`` beside the target,
-is flushed and closed, and then ``os.replace``-d over the old one (atomic on POSIX).
+A run file is never half-written: the new file goes to a temporary file beside the target, is
+flushed and closed, and then ``os.replace``-d over the old one (atomic on POSIX); see
+``atomic_h5``, which the packed export uses too.
 """
 from __future__ import annotations
 
 import json
 import os
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -45,6 +48,13 @@ class RunFile:
     checkpoint: Checkpoint | None
 
 
+def _json(text: Any, path: str) -> Any:
+    try:
+        return json.loads(str(text))
+    except ValueError:
+        raise DataFileError(f"{path}: checkpoint RNG state is not valid JSON") from None
+
+
 def _h5py() -> Any:
     import h5py
 
@@ -70,34 +80,68 @@ def _read_tree(group: Any) -> dict[str, Any]:
     return out
 
 
-def save_run(path: str, run: RunFile) -> None:
-    """Write ``run`` to ``path`` atomically (temporary file, then ``os.replace``)."""
-    h5py = _h5py()
+def check_writable(path: str) -> None:
+    """Fail now, in one line, if ``path`` cannot be written (before any work is done)."""
+    if os.path.isdir(path):
+        raise DataFileError(f"cannot write run file {path}: it is a directory")
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".minibnn-probe-", dir=directory)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise DataFileError(f"cannot write run file {path}: {exc.strerror or exc}") from None
+
+
+@contextmanager
+def atomic_h5(path: str) -> Iterator[Any]:
+    """Yield an open ``h5py.File`` on a temporary file that replaces ``path`` only on success.
+
+    The temporary file is made beside ``path`` (same file system), flushed to disk, renamed over
+    ``path`` with ``os.replace`` (atomic on POSIX), and the folder is synced so the rename itself
+    survives a crash.  On any error ``path`` is untouched and the temporary file is removed.
+    """
+    h5py = _h5py()
+    check_writable(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["version"] = VERSION
-            f.attrs["config"] = run.config_json
-            metrics = f.create_group("metrics")
-            for name, values in run.metrics.items():
-                metrics.create_dataset(name, data=np.asarray(values, dtype=np.float64))
-            if run.checkpoint is not None:
-                ck = f.create_group("checkpoint")
-                ck.attrs["epoch"] = run.checkpoint.epoch
-                ck.attrs["step"] = run.checkpoint.step
-                ck.attrs["rng_state"] = json.dumps(run.checkpoint.rng_state)
-                _write_tree(ck.create_group("params"), run.checkpoint.params)
-                _write_tree(ck.create_group("buffers"), run.checkpoint.buffers)
-                _write_tree(ck.create_group("opt_state"), run.checkpoint.opt_state)
+            yield f
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise DataFileError(f"could not write {path}: {exc.strerror or exc}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_run(path: str, run: RunFile) -> None:
+    """Write ``run`` to ``path`` atomically (see ``atomic_h5``)."""
+    with atomic_h5(path) as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["version"] = VERSION
+        f.attrs["config"] = run.config_json
+        metrics = f.create_group("metrics")
+        for name, values in run.metrics.items():
+            metrics.create_dataset(name, data=np.asarray(values, dtype=np.float64))
+        if run.checkpoint is not None:
+            ck = f.create_group("checkpoint")
+            ck.attrs["epoch"] = run.checkpoint.epoch
+            ck.attrs["step"] = run.checkpoint.step
+            ck.attrs["rng_state"] = json.dumps(run.checkpoint.rng_state)
+            _write_tree(ck.create_group("params"), run.checkpoint.params)
+            _write_tree(ck.create_group("buffers"), run.checkpoint.buffers)
+            _write_tree(ck.create_group("opt_state"), run.checkpoint.opt_state)
 
 
 def load_run(path: str) -> RunFile:
@@ -105,6 +149,8 @@ def load_run(path: str) -> RunFile:
     h5py = _h5py()
     if not os.path.exists(path):
         raise DataFileError(f"run file not found: {path}")
+    if not os.path.isfile(path):
+        raise DataFileError(f"{path} is not a file")
     try:
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != FORMAT:
@@ -121,7 +167,7 @@ def load_run(path: str) -> RunFile:
                 checkpoint = Checkpoint(
                     params=_read_tree(ck["params"]), buffers=_read_tree(ck["buffers"]),
                     opt_state=_read_tree(ck["opt_state"]),
-                    rng_state=json.loads(str(ck.attrs["rng_state"])),
+                    rng_state=_json(ck.attrs["rng_state"], path),
                     epoch=int(ck.attrs["epoch"]), step=int(ck.attrs["step"]))
     except DataFileError:
         raise

@@ -306,50 +306,41 @@ def _pack_loaded_run(run: Any, path: str, input_shape: tuple[int, ...] | None,
         raise MinibnnError(f"{path} has no checkpoint to pack")
     config = TrainConfig.from_json(run.config_json)
     model = _model_for(config, input_shape, num_classes)
-    expected, _ = model.init(np.random.default_rng(0), np.dtype(config.dtype))
-    check_checkpoint(run.checkpoint, expected, path)
+    expected, expected_buffers = model.init(np.random.default_rng(0), np.dtype(config.dtype))
+    check_checkpoint(run.checkpoint, expected, path, expected_buffers)
     return pack_model(model, run.checkpoint.params, run.checkpoint.buffers,
                       config_json=run.config_json, epoch=run.checkpoint.epoch,
                       source=os.path.abspath(path), backend=backend)
 
 
 def save_packed(path: str, pm: PackedModel) -> None:
-    """Write a packed model to ``path`` atomically (temporary file, then ``os.replace``)."""
-    import h5py
+    """Write a packed model to ``path`` atomically (``minibnn.io.atomic_h5``)."""
+    from minibnn.io import atomic_h5
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["version"] = VERSION
-            f.attrs["config"] = pm.config_json
-            f.attrs["source"] = pm.source
-            f.attrs["epoch"] = pm.epoch
-            f.attrs["model"] = pm.model.name
-            f.attrs["dtype"] = pm.dtype.name
-            f.attrs["input_shape"] = np.asarray(pm.model.input_shape, dtype=np.int64)
-            f.attrs["num_classes"] = pm.model.num_classes
-            for group, arrays in (("real", pm.params), ("buffers", pm.buffers)):
-                g = f.create_group(group)
-                for name, value in arrays.items():
-                    g.create_dataset(name, data=np.asarray(value))
-            packed = f.create_group("packed")
-            for name, layer in pm.layers.items():
-                g = packed.create_group(name)
-                g.attrs["shape"] = np.asarray(layer.shape, dtype=np.int64)
-                g.attrs["kind"] = layer.kind
-                g.attrs["stride"] = layer.stride
-                g.attrs["padding"] = layer.padding
-                g.create_dataset("bits", data=layer.bits)
-                if layer.scale is not None:
-                    g.create_dataset("scale", data=layer.scale)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_h5(path) as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["version"] = VERSION
+        f.attrs["config"] = pm.config_json
+        f.attrs["source"] = pm.source
+        f.attrs["epoch"] = pm.epoch
+        f.attrs["model"] = pm.model.name
+        f.attrs["dtype"] = pm.dtype.name
+        f.attrs["input_shape"] = np.asarray(pm.model.input_shape, dtype=np.int64)
+        f.attrs["num_classes"] = pm.model.num_classes
+        for group, arrays in (("real", pm.params), ("buffers", pm.buffers)):
+            g = f.create_group(group)
+            for name, value in arrays.items():
+                g.create_dataset(name, data=np.asarray(value))
+        packed = f.create_group("packed")
+        for name, layer in pm.layers.items():
+            g = packed.create_group(name)
+            g.attrs["shape"] = np.asarray(layer.shape, dtype=np.int64)
+            g.attrs["kind"] = layer.kind
+            g.attrs["stride"] = layer.stride
+            g.attrs["padding"] = layer.padding
+            g.create_dataset("bits", data=layer.bits)
+            if layer.scale is not None:
+                g.create_dataset("scale", data=layer.scale)
 
 
 def file_format(path: str) -> str | None:

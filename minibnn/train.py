@@ -28,7 +28,7 @@ from minibnn.backend import (device_module, resolve_dtype, set_cpu_kernels, to_d
                              to_numpy)
 from minibnn.config import TrainConfig
 from minibnn.errors import MinibnnError
-from minibnn.io import Checkpoint, RunFile, load_run, save_run
+from minibnn.io import Checkpoint, RunFile, check_writable, load_run, save_run
 from minibnn.nn.functional import softmax_cross_entropy
 from minibnn.nn.models import Model, build_model
 from minibnn.optim import fused
@@ -150,6 +150,9 @@ def train_epoch(model: Model, optimizer: Transform, state: TrainState, x: Any, y
     n = len(x)
     order = state.rng.permutation(n)
     batches = [order[i:i + config.batch_size] for i in range(0, n, config.batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        # BatchNorm cannot normalise a batch of one: the last sample joins the previous batch
+        batches[-2:] = [np.concatenate(batches[-2:])]
     sizes = {name: state.params[name].size for name in model.binary_names}
     flips = dict.fromkeys(sizes, 0)
     loss_sum, correct = 0.0, 0
@@ -193,21 +196,43 @@ def _tree_to_device(tree: Any, device: str) -> Any:
     return to_device(tree, device)
 
 
-def check_checkpoint(ck: Checkpoint, params: Params, path: str) -> None:
-    """The stored parameters must be exactly the ones the rebuilt model declares."""
-    if set(ck.params) != set(params):
-        raise MinibnnError(f"{path}: checkpoint parameters do not match the model in its config")
-    for name, value in params.items():
-        if ck.params[name].shape != value.shape:
-            raise MinibnnError(f"{path}: parameter {name!r} has shape {ck.params[name].shape}, "
-                               f"the model expects {value.shape}")
+def check_checkpoint(ck: Checkpoint, params: Params, path: str, buffers: Params | None = None,
+                     opt_state: Params | None = None) -> None:
+    """The stored arrays must be exactly the ones the rebuilt model (and optimiser) declare."""
+    _check_tree(ck.params, params, path, "parameter")
+    if buffers is not None:
+        _check_tree(ck.buffers, buffers, path, "buffer")
+    if opt_state is not None:
+        _check_tree(_flatten(ck.opt_state), _flatten(opt_state), path, "optimiser state entry")
 
 
-def fit(config: TrainConfig, out_path: str, resume: bool = False, progress: bool = True,
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _check_tree(stored: Params, expected: Params, path: str, what: str) -> None:
+    if set(stored) != set(expected):
+        missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+        raise MinibnnError(f"{path}: checkpoint does not match the model in its config "
+                           f"(missing {what}s {missing[:3]}, unexpected {extra[:3]})")
+    for name, value in expected.items():
+        if tuple(np.shape(stored[name])) != tuple(np.shape(value)):
+            raise MinibnnError(f"{path}: {what} {name!r} has shape {np.shape(stored[name])}, "
+                               f"the model expects {np.shape(value)}")
+
+
+def fit(config: TrainConfig | None, out_path: str, resume: bool = False, progress: bool = True,
         stop_after: int | None = None, log: Callable[[str], None] = print) -> dict[str, list[float]]:
     """Train as configured, writing ``out_path`` after every epoch; return the metrics.
 
-    ``resume=True`` continues the run stored in ``out_path`` (its config wins).
+    ``resume=True`` continues the run stored in ``out_path`` with its stored config (``config``
+    may then be None and is ignored).
     ``stop_after`` ends this invocation after that many epochs (the run stays resumable).
     """
     previous: RunFile | None = None
@@ -216,7 +241,12 @@ def fit(config: TrainConfig, out_path: str, resume: bool = False, progress: bool
         config = TrainConfig.from_json(previous.config_json)
         if previous.checkpoint is None:
             raise MinibnnError(f"{out_path} has no checkpoint to resume from")
+    if config is None:
+        raise MinibnnError("fit needs a config unless it resumes a run file")
     config.validate()
+    if stop_after is not None and stop_after < 1:
+        raise MinibnnError(f"--stop-after must be >= 1, got {stop_after}")
+    check_writable(out_path)
     set_cpu_kernels(config.backend)
     dtype = resolve_dtype(config.dtype)
     ds = load_data(config)
@@ -234,14 +264,20 @@ def fit(config: TrainConfig, out_path: str, resume: bool = False, progress: bool
     metrics: dict[str, list[float]] = {}
     if previous is not None:
         ck = previous.checkpoint
-        check_checkpoint(ck, params, out_path)
+        check_checkpoint(ck, params, out_path, buffers, optimizer.init(params))
         state.params = _tree_to_device(ck.params, config.device)
         state.buffers = _tree_to_device(ck.buffers, config.device)
         state.opt_state = _tree_to_device(ck.opt_state, config.device)
-        state.rng.bit_generator.state = ck.rng_state
+        try:
+            state.rng.bit_generator.state = ck.rng_state
+        except (TypeError, ValueError, KeyError):
+            raise MinibnnError(f"{out_path}: checkpoint RNG state is corrupt") from None
         state.epoch, state.step = ck.epoch, ck.step
         metrics = previous.metrics
-        log(f"resuming {out_path} at epoch {state.epoch + 1}/{config.epochs}")
+        if state.epoch >= config.epochs:
+            log(f"{out_path} already finished its {config.epochs} epochs; nothing to resume")
+        else:
+            log(f"resuming {out_path} at epoch {state.epoch + 1}/{config.epochs}")
 
     done_now = 0
     while state.epoch < config.epochs and (stop_after is None or done_now < stop_after):
@@ -272,8 +308,8 @@ def evaluate_run(path: str, device: str = "cpu") -> dict[str, float]:
     config.device = device
     ds = load_data(config)
     model = model_from_config(config, tuple(ds.x_train.shape[1:]), ds.num_classes)
-    params, _ = model.init(np.random.default_rng(0), resolve_dtype(config.dtype))
-    check_checkpoint(run.checkpoint, params, path)
+    params, buffers = model.init(np.random.default_rng(0), resolve_dtype(config.dtype))
+    check_checkpoint(run.checkpoint, params, path, buffers)
     loss, acc = evaluate(model, _tree_to_device(run.checkpoint.params, device),
                          _tree_to_device(run.checkpoint.buffers, device),
                          to_device(ds.x_test, device), to_device(ds.y_test, device))

@@ -34,6 +34,17 @@ def test_stop_and_resume_from_the_command_line(tmp_path):
     assert load_run(out).checkpoint.epoch == 2
 
 
+def test_existing_run_file_is_not_overwritten_and_resume_takes_no_new_config(tmp_path):
+    out = str(tmp_path / "run.h5")
+    common = ["--dataset", "synthetic", "--hidden", "32,32", "--train-subset", "201",
+              "--batch-size", "100", "--out", out, "--no-progress"]
+    assert main(["train", "--epochs", "1", *common]) == 0       # last batch of 1 is merged
+    assert main(["train", "--epochs", "1", *common]) == 2        # refuses to overwrite
+    assert main(["train", "--epochs", "1", "--overwrite", *common]) == 0
+    assert main(["train", "--resume", out, "--epochs", "3"]) == 2
+    assert main(["train", "--resume", out, "--no-progress"]) == 0    # already finished
+
+
 def test_help_explains_the_tool():
     proc = _run("--help")
     assert proc.returncode == 0
@@ -50,6 +61,13 @@ def test_help_explains_the_tool():
     (["train", "--dataset", "cifar10", "--data-dir", "/nonexistent/dir"], "CIFAR-10"),
     (["eval", "/nonexistent/run.h5"], "run file not found"),
     (["train", "--resume", "/nonexistent/run.h5"], "run file not found"),
+    (["train", "--lr", "nan", "--dataset", "synthetic"], "--lr must be a finite number"),
+    (["train", "--hidden", "32", "--dataset", "synthetic"], "--hidden needs at least two"),
+    (["train", "--batch-size", "1", "--dataset", "synthetic"], "--batch-size must be >= 2"),
+    (["train", "--seed", "-1", "--dataset", "synthetic"], "--seed must be >= 0"),
+    (["train", "--dataset", "synthetic", "--out", "/proc/run.h5"], "cannot write run file"),
+    (["train", "--dataset", "synthetic", "--out", "/tmp"], "is a directory"),
+    (["eval", "/tmp"], "is not a file"),
 ])
 def test_bad_input_is_one_line_error(args, message):
     proc = _run(*args)

@@ -100,7 +100,7 @@ def test_failed_write_leaves_previous_run_file_intact(tmp_path, monkeypatch):
     def broken(group, tree):
         raise OSError("disk full")
     monkeypatch.setattr(io, "_write_tree", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(DataFileError, match="could not write.*disk full"):
         fit(TrainConfig(), path, resume=True, progress=False, log=_quiet)
     after = load_run(path)
     assert after.checkpoint.epoch == before.checkpoint.epoch == 1
