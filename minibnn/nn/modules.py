@@ -1,4 +1,4 @@
-"""Thin stateful-free wrappers that name parameters and chain the functional layers.
+"""Thin stateless wrappers that name parameters and chain the functional layers.
 
 A ``Module`` owns no arrays.  It knows its parameter names and shapes and calls the
 forward/backward pairs of ``minibnn.nn.functional``::

@@ -127,7 +127,3 @@ def fused_adam(lr: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999, 
         return new, out
 
     return _fused(reference, update)
-
-
-FUSED = {"cema": fused_cema, "bop": fused_bop, "sgd": fused_sgd, "adam": fused_adam}
-

@@ -1,9 +1,11 @@
 """Pooling over NCHW tensors: max, average (both square windows) and global average.
 
-Windows are unfolded with ``conv.unfold`` (``im2col``, Numba-compiled on the CPU) applied to x viewed as (N*C, 1, H, W), so each row of
-the columns is one window of one channel and the pooled value is a row reduction; the backward
-scatters back with ``conv.fold`` (``col2im``). Output size: ``OH = (H + 2*padding - kernel) // stride + 1``
-(PyTorch's floor mode). As in PyTorch, ``padding <= kernel // 2``.
+The NumPy path unfolds windows with ``conv.unfold`` (``im2col``) applied to x viewed as
+(N*C, 1, H, W), so each row of the columns is one window of one channel and the pooled value is
+a row reduction; the backward scatters back with ``conv.fold`` (``col2im``). On the CPU with the
+Numba backend, max pooling uses the one-pass kernels of ``minibnn.kernels.cpu`` instead (same
+argmax convention). Output size: ``OH = (H + 2*padding - kernel) // stride + 1`` (PyTorch's
+floor mode). As in PyTorch, ``padding <= kernel // 2``.
 """
 from __future__ import annotations
 
