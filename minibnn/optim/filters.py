@@ -28,12 +28,14 @@ from minibnn.optim.base import Params, State, Transform, copy_tree, zeros_like_t
 from minibnn.optim.schedules import Schedule, as_schedule
 
 
-def _count(state: State) -> int:
+def step_count(state: State) -> int:
+    """Updates a filter has made so far (its schedules are evaluated at this count)."""
     return int(state["count"])
 
 
-def _next_count(state: State) -> np.ndarray:
-    return np.asarray(_count(state) + 1, dtype=np.int64)
+def step_count_after(state: State) -> np.ndarray:
+    """The count to store after one more update (a 0-d int64 array, so it checkpoints)."""
+    return np.asarray(step_count(state) + 1, dtype=np.int64)
 
 
 def _initial_buffer(params: Params, init: Params | None, what: str) -> Params:
@@ -62,9 +64,9 @@ def ema(rate: float | Schedule, init: Params | None = None) -> Transform:
         return {"count": np.asarray(0, dtype=np.int64), "s": _initial_buffer(params, init, "EMA state")}
 
     def update(stream: Params, state: State, params: Params) -> tuple[Params, State]:
-        r = schedule(_count(state))
+        r = schedule(step_count(state))
         s = {k: (1.0 - r) * state["s"][k] + r * x for k, x in stream.items()}
-        return s, {"count": _next_count(state), "s": s}
+        return s, {"count": step_count_after(state), "s": s}
 
     return Transform(init_fn, update)
 
@@ -77,13 +79,13 @@ def trace(decay: float, dampening: float = 0.0) -> Transform:
 
     def update(stream: Params, state: State, params: Params) -> tuple[Params, State]:
         if decay == 0.0:
-            return stream, {"count": _next_count(state), "m": state["m"]}
-        if _count(state) == 0:
+            return stream, {"count": step_count_after(state), "m": state["m"]}
+        if step_count(state) == 0:
             # PyTorch initialises the buffer with the first gradient, undamped.
             m = copy_tree(stream)
         else:
             m = {k: decay * state["m"][k] + (1.0 - dampening) * x for k, x in stream.items()}
-        return m, {"count": _next_count(state), "m": m}
+        return m, {"count": step_count_after(state), "m": m}
 
     return Transform(init_fn, update)
 
@@ -107,8 +109,8 @@ def scale_by_learning_rate(lr: float | Schedule) -> Transform:
         return {"count": np.asarray(0, dtype=np.int64)}
 
     def update(stream: Params, state: State, params: Params) -> tuple[Params, State]:
-        eta = schedule(_count(state))
-        return {k: -eta * x for k, x in stream.items()}, {"count": _next_count(state)}
+        eta = schedule(step_count(state))
+        return {k: -eta * x for k, x in stream.items()}, {"count": step_count_after(state)}
 
     return Transform(init_fn, update)
 
@@ -121,8 +123,8 @@ def scale_by_schedule(schedule: float | Schedule) -> Transform:
         return {"count": np.asarray(0, dtype=np.int64)}
 
     def update(stream: Params, state: State, params: Params) -> tuple[Params, State]:
-        s = sched(_count(state))
-        return {k: s * x for k, x in stream.items()}, {"count": _next_count(state)}
+        s = sched(step_count(state))
+        return {k: s * x for k, x in stream.items()}, {"count": step_count_after(state)}
 
     return Transform(init_fn, update)
 
@@ -130,7 +132,7 @@ def scale_by_schedule(schedule: float | Schedule) -> Transform:
 def _bias_corrected_moments(stream: Params, state: State, b1: float, b2: float
                             ) -> tuple[Params, Params, float, float]:
     """Adam-style moments ``m = b1 m + (1-b1) x``, ``v = b2 v + (1-b2) x^2`` and corrections."""
-    t = _count(state) + 1
+    t = step_count(state) + 1
     m = {k: b1 * state["m"][k] + (1.0 - b1) * x for k, x in stream.items()}
     v = {k: b2 * state["v"][k] + (1.0 - b2) * (x * x) for k, x in stream.items()}
     return m, v, 1.0 - b1 ** t, 1.0 - b2 ** t
@@ -147,7 +149,7 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Tran
         m, v, c1, c2 = _bias_corrected_moments(stream, state, b1, b2)
         xp = _array_module(stream)
         out = {k: (m[k] / c1) / (xp.sqrt(v[k] / c2) + eps) for k in stream}
-        return out, {"count": _next_count(state), "m": m, "v": v}
+        return out, {"count": step_count_after(state), "m": m, "v": v}
 
     return Transform(init_fn, update)
 

@@ -14,21 +14,17 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
-
 from minibnn.kernels import DEFAULT_CPU_BACKEND, get_kernels
 from minibnn.optim.base import Params, State, Transform
+from minibnn.optim.filters import step_count as _count
+from minibnn.optim.filters import step_count_after
 from minibnn.optim.optimizers import adam, bop, cema, sgd
 from minibnn.optim.schedules import Schedule, as_schedule
 
 
-def _count(state: State) -> int:
-    return int(state["count"])
-
-
 def _bump(state: State) -> State:
-    """The same sub-state with ``count`` advanced by one (the chains' ``_next_count``)."""
-    return {**state, "count": np.asarray(_count(state) + 1, dtype=np.int64)}
+    """The same sub-state with ``count`` advanced by one, as the chain's filters do."""
+    return {**state, "count": step_count_after(state)}
 
 
 def _fused(reference: Transform, step: Callable[[Params, State, Params], tuple[Params, State]]
