@@ -41,6 +41,7 @@ import numpy as np
 from minibnn.errors import DeviceError, DTypeError, ShapeError
 from minibnn.kernels._common import (
     as_scalars, check_tie, conv_output_size, require_ndim, words_for)
+from minibnn.nn.functional import conv
 
 __all__ = [
     "im2col", "col2im", "maxpool2d_forward", "maxpool2d_backward", "batchnorm_sign_eval",
@@ -163,40 +164,21 @@ def _channel_vector(fn: str, name: str, p: Array | None, c: int, dtype: np.dtype
 def im2col(x: Array, kh: int, kw: int, stride: int = 1, padding: int = 0) -> Array:
     """Unfold x (N, C, H, W) into cols (N*OH*OW, C*kH*kW), zero padding.
 
-    Layout: see ``reference.im2col`` (row ``(n*OH + oh)*OW + ow``, column ``(c*kH + i)*kW + j``).
+    Layout: see ``reference.im2col``; the code is the layer's own, written against ``xp``
+    (``minibnn.nn.functional.conv.im2col``), run on CuPy arrays.
     """
-    cp = _cp("im2col")
+    _cp("im2col")
     _require_float("im2col", "x", x)
     require_ndim("im2col", "x", x, (4,), "4-D (N, C, H, W)")
-    n, c, h, w = x.shape
-    oh, ow = conv_output_size("im2col", h, w, kh, kw, stride, padding)
-    p = padding
-    xpad = cp.pad(x, ((0, 0), (0, 0), (p, p), (p, p))) if p else cp.ascontiguousarray(x)
-    s_n, s_c, s_h, s_w = xpad.strides
-    view = cp.lib.stride_tricks.as_strided(
-        xpad, shape=(n, oh, ow, c, kh, kw),
-        strides=(s_n, s_h * stride, s_w * stride, s_c, s_h, s_w))
-    return view.reshape(n * oh * ow, c * kh * kw)
+    return conv.im2col(x, kh, kw, stride, padding)
 
 
 def col2im(cols: Array, x_shape: tuple[int, int, int, int], kh: int, kw: int,
            stride: int = 1, padding: int = 0) -> Array:
     """Adjoint of ``im2col`` (see ``reference.col2im``): add each entry back onto its pixel."""
-    cp = _cp("col2im")
+    _cp("col2im")
     _require_float("col2im", "cols", cols)
-    n, c, h, w = (int(s) for s in x_shape)
-    oh, ow = conv_output_size("col2im", h, w, kh, kw, stride, padding)
-    if cols.shape != (n * oh * ow, c * kh * kw):
-        raise ShapeError(f"col2im: cols must have shape {(n * oh * ow, c * kh * kw)}, "
-                         f"got {tuple(cols.shape)}")
-    p = padding
-    out = cp.zeros((n, c, h + 2 * p, w + 2 * p), dtype=cols.dtype)
-    blocks = cols.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 4, 5, 1, 2)
-    h_span, w_span = stride * (oh - 1) + 1, stride * (ow - 1) + 1
-    for i in range(kh):
-        for j in range(kw):
-            out[:, :, i:i + h_span:stride, j:j + w_span:stride] += blocks[:, :, i, j]
-    return cp.ascontiguousarray(out[:, :, p:p + h, p:p + w])
+    return conv.col2im(cols, tuple(x_shape), kh, kw, stride, padding)
 
 
 # --------------------------------------------------------------------------- pooling

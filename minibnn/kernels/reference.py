@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from minibnn.errors import DTypeError, ShapeError
+from minibnn.nn.functional import conv
 from minibnn.kernels._common import (
     WORD_BITS, as_scalars, channel_vector, channel_view, check_inplace, check_tie,
     conv_output_size, require_float, require_ndim, words_for)
@@ -34,40 +35,23 @@ def im2col(x: np.ndarray, kh: int, kw: int, stride: int = 1, padding: int = 0) -
     Row ``(n*OH + oh)*OW + ow`` is the receptive field of output pixel (oh, ow) of sample n;
     column ``(c*kH + i)*kW + j`` holds ``xpad[n, c, oh*stride + i, ow*stride + j]``. The column
     order is ``w.reshape(O, -1)``'s, so a convolution is ``cols @ w.reshape(O, -1).T``.
+    The code is the layer's own (``minibnn.nn.functional.conv.im2col``, a strided view and one
+    copy); this twin adds the kernel API's checks.
     """
     require_float("im2col", "x", x)
     require_ndim("im2col", "x", x, (4,), "4-D (N, C, H, W)")
-    n, c, h, w = x.shape
-    oh, ow = conv_output_size("im2col", h, w, kh, kw, stride, padding)
-    p = padding
-    xpad = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p))) if p else x
-    s_n, s_c, s_h, s_w = xpad.strides
-    view = np.lib.stride_tricks.as_strided(
-        xpad, shape=(n, oh, ow, c, kh, kw),
-        strides=(s_n, s_h * stride, s_w * stride, s_c, s_h, s_w), writeable=False)
-    return view.reshape(n * oh * ow, c * kh * kw)
+    return conv.im2col(x, kh, kw, stride, padding)
 
 
 def col2im(cols: np.ndarray, x_shape: tuple[int, int, int, int], kh: int, kw: int,
            stride: int = 1, padding: int = 0) -> np.ndarray:
     """Adjoint of ``im2col``: add every entry of cols back onto the input pixel it came from.
 
-    Returns dx of shape ``x_shape``; entries that fell on the padding are dropped.
+    Returns dx of shape ``x_shape``; entries that fell on the padding are dropped. The code is
+    the layer's own (``minibnn.nn.functional.conv.col2im``: one strided add per kernel offset).
     """
     require_float("col2im", "cols", cols)
-    n, c, h, w = (int(s) for s in x_shape)
-    oh, ow = conv_output_size("col2im", h, w, kh, kw, stride, padding)
-    if cols.shape != (n * oh * ow, c * kh * kw):
-        raise ShapeError(f"col2im: cols must have shape {(n * oh * ow, c * kh * kw)}, "
-                         f"got {tuple(cols.shape)}")
-    p = padding
-    out = np.zeros((n, c, h + 2 * p, w + 2 * p), dtype=cols.dtype)
-    blocks = cols.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 4, 5, 1, 2)
-    h_span, w_span = stride * (oh - 1) + 1, stride * (ow - 1) + 1
-    for i in range(kh):
-        for j in range(kw):
-            out[:, :, i:i + h_span:stride, j:j + w_span:stride] += blocks[:, :, i, j]
-    return np.ascontiguousarray(out[:, :, p:p + h, p:p + w])
+    return conv.col2im(cols, tuple(x_shape), kh, kw, stride, padding)
 
 
 # --------------------------------------------------------------------------- pooling
