@@ -12,18 +12,22 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from minibnn.backend import FLOAT_DTYPES
+from minibnn.data import DATASET_NAMES
 from minibnn.errors import MinibnnError
+from minibnn.kernels import CPU_BACKENDS
+from minibnn.nn.functional import STE_NAMES
+from minibnn.nn.models import MODEL_BUILDERS
+from minibnn.optim.schedules import SCHEDULE_NAMES
 
-MODEL_NAMES = ("binary_mlp", "binary_cnn", "birealnet")
-DATASET_NAMES = ("mnist", "fashion-mnist", "cifar10", "synthetic")
+# Every list of names comes from the module that owns it, so the CLI cannot drift from the code.
+MODEL_NAMES = tuple(MODEL_BUILDERS)
 #: binary-weight optimisers; filter optimisers store +-1 weights, latent ones store reals.
 FILTER_OPTIMIZERS = ("cema", "bop", "bop2nd")
 LATENT_OPTIMIZERS = ("sgd", "adam")
 OPTIMIZER_NAMES = FILTER_OPTIMIZERS + LATENT_OPTIMIZERS
-SCHEDULE_NAMES = ("constant", "linear", "cosine", "step")
-DTYPE_NAMES = ("float32", "float64")
-BACKEND_NAMES = ("numba", "numpy")
-STE_NAMES = ("identity", "clipped", "approx", "swish")
+DTYPE_NAMES = tuple(FLOAT_DTYPES)
+BACKEND_NAMES = CPU_BACKENDS
 FLOAT_FIELDS = ("init_scale", "alpha", "gamma", "threshold", "sigma", "lr", "momentum",
                 "weight_decay", "real_lr", "real_weight_decay", "label_smoothing")
 
