@@ -126,8 +126,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         changed = [f"--{name.replace('_', '-')}" for name in _config_fields()
                    if getattr(args, name) != getattr(DEFAULTS, name)]
-        if args.out or args.overwrite:
-            changed += ["--out"] if args.out else ["--overwrite"]
+        changed += [flag for flag, given in (("--out", args.out), ("--overwrite", args.overwrite))
+                    if given]
         if changed:
             raise MinibnnError(f"--resume continues the stored run with its own config; "
                                f"drop {', '.join(changed)}")
