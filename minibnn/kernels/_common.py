@@ -6,7 +6,7 @@ dtype, which is exactly what NumPy 2 does with a Python float next to a float32 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -47,16 +47,20 @@ def require_ndim(fn: str, name: str, x: np.ndarray, ndims: tuple[int, ...], layo
         raise ShapeError(f"{fn}: {name} must be {layout}, got shape {tuple(x.shape)}")
 
 
-def check_inplace(fn: str, **arrays: np.ndarray | None) -> np.dtype:
+def check_inplace(fn: str, require: Callable[[str, str, Any], None] | None = None,
+                  **arrays: Any) -> np.dtype:
     """Arrays updated in place: same shape, same float dtype, C-contiguous and writeable.
 
-    Returns the common dtype. ``None`` entries (an unused buffer) are skipped.
+    ``require(fn, name, array)`` checks each array's kind and dtype (``require_float`` for NumPy
+    arrays by default; the GPU kernels pass their CuPy check). Returns the common dtype.
+    ``None`` entries (an unused buffer) are skipped.
     """
+    require = require or require_float
     items = [(k, a) for k, a in arrays.items() if a is not None]
     first_name, first = items[0]
-    require_float(fn, first_name, first)
+    require(fn, first_name, first)
     for name, a in items:
-        require_float(fn, name, a)
+        require(fn, name, a)
         if a.dtype != first.dtype:
             raise DTypeError(f"{fn}: {name} has dtype {a.dtype}, {first_name} has {first.dtype}")
         if a.shape != first.shape:
@@ -64,9 +68,21 @@ def check_inplace(fn: str, **arrays: np.ndarray | None) -> np.dtype:
                              f"{first_name} has {tuple(first.shape)}")
         if not a.flags.c_contiguous:
             raise ShapeError(f"{fn}: {name} must be C-contiguous (it is updated in place)")
-        if not a.flags.writeable:
+        if not getattr(a.flags, "writeable", True):     # CuPy arrays have no such flag
             raise MinibnnError(f"{fn}: {name} must be writeable (it is updated in place)")
-    return first.dtype
+    return np.dtype(first.dtype)
+
+
+def maxpool_backward_shape(dy: Any, argmax: Any, x_shape: tuple[int, ...], kernel: int,
+                           stride: int | None, padding: int) -> tuple[int, int, int, int, int]:
+    """Check dy (N, C, OH, OW) and argmax (N*C*OH*OW,) against x_shape; return (n, c, h, w, stride)."""
+    stride = kernel if stride is None else stride
+    n, c, h, w = (int(s) for s in x_shape)
+    oh, ow = conv_output_size("maxpool2d_backward", h, w, kernel, kernel, stride, padding)
+    if dy.shape != (n, c, oh, ow) or argmax.shape != (n * c * oh * ow,):
+        raise ShapeError(f"maxpool2d_backward: dy must be {(n, c, oh, ow)} and argmax "
+                         f"{(n * c * oh * ow,)}, got {tuple(dy.shape)} and {tuple(argmax.shape)}")
+    return n, c, h, w, stride
 
 
 def as_scalars(dtype: np.dtype, *values: float) -> tuple[Any, ...]:

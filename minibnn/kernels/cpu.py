@@ -43,7 +43,7 @@ from minibnn.errors import DTypeError, ShapeError  # noqa: E402
 from minibnn.kernels import reference as _ref  # noqa: E402
 from minibnn.kernels._common import (  # noqa: E402
     as_scalars, channel_vector, channel_view, check_inplace, check_tie, conv_output_size,
-    require_float, require_ndim, words_for)
+    maxpool_backward_shape, require_float, require_ndim, words_for)
 
 __all__ = [
     "im2col", "col2im", "maxpool2d_forward", "maxpool2d_backward", "batchnorm_sign_eval",
@@ -216,12 +216,7 @@ def maxpool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape: tuple[int, i
                        kernel: int, stride: int | None = None, padding: int = 0) -> np.ndarray:
     """Route dy to the arg-max of each window; overlapping windows add. Returns dx (x_shape)."""
     require_float("maxpool2d_backward", "dy", dy)
-    stride = kernel if stride is None else stride
-    n, c, h, w = (int(s) for s in x_shape)
-    oh, ow = conv_output_size("maxpool2d_backward", h, w, kernel, kernel, stride, padding)
-    if dy.shape != (n, c, oh, ow) or argmax.shape != (n * c * oh * ow,):
-        raise ShapeError(f"maxpool2d_backward: dy must be {(n, c, oh, ow)} and argmax "
-                         f"{(n * c * oh * ow,)}, got {tuple(dy.shape)} and {tuple(argmax.shape)}")
+    n, c, h, w, stride = maxpool_backward_shape(dy, argmax, x_shape, kernel, stride, padding)
     dx = np.zeros((n, c, h, w), dtype=dy.dtype)
     with _threads_for(dx.size):
         _maxpool_bwd(np.ascontiguousarray(dy), np.ascontiguousarray(argmax, dtype=np.int64),

@@ -40,7 +40,8 @@ import numpy as np
 
 from minibnn.errors import DeviceError, DTypeError, ShapeError
 from minibnn.kernels._common import (
-    as_scalars, check_tie, conv_output_size, require_ndim, words_for)
+    as_scalars, check_inplace, check_tie, conv_output_size, maxpool_backward_shape,
+    require_ndim, words_for)
 from minibnn.nn.functional import conv
 
 __all__ = [
@@ -116,23 +117,8 @@ def _require_float(fn: str, name: str, x: Any) -> None:
 
 
 def _check_inplace(fn: str, **arrays: Array | None) -> np.dtype:
-    """Arrays updated in place: CuPy, same shape, same float dtype, C-contiguous.
-
-    Returns the common dtype; ``None`` entries (an unused buffer) are skipped.
-    """
-    items = [(k, a) for k, a in arrays.items() if a is not None]
-    first_name, first = items[0]
-    _require_float(fn, first_name, first)
-    for name, a in items:
-        _require_float(fn, name, a)
-        if a.dtype != first.dtype:
-            raise DTypeError(f"{fn}: {name} has dtype {a.dtype}, {first_name} has {first.dtype}")
-        if a.shape != first.shape:
-            raise ShapeError(f"{fn}: {name} has shape {tuple(a.shape)}, "
-                             f"{first_name} has {tuple(first.shape)}")
-        if not a.flags.c_contiguous:
-            raise ShapeError(f"{fn}: {name} must be C-contiguous (it is updated in place)")
-    return np.dtype(first.dtype)
+    """``_common.check_inplace`` with the CuPy array check."""
+    return check_inplace(fn, _require_float, **arrays)
 
 
 def _channel_view(fn: str, x: Array) -> Array:
@@ -213,12 +199,7 @@ def maxpool2d_backward(dy: Array, argmax: Array, x_shape: tuple[int, int, int, i
     cp = _cp("maxpool2d_backward")
     _require_float("maxpool2d_backward", "dy", dy)
     _require_gpu_array("maxpool2d_backward", "argmax", argmax)
-    stride = kernel if stride is None else stride
-    n, c, h, w = (int(s) for s in x_shape)
-    oh, ow = conv_output_size("maxpool2d_backward", h, w, kernel, kernel, stride, padding)
-    if dy.shape != (n, c, oh, ow) or argmax.shape != (n * c * oh * ow,):
-        raise ShapeError(f"maxpool2d_backward: dy must be {(n, c, oh, ow)} and argmax "
-                         f"{(n * c * oh * ow,)}, got {tuple(dy.shape)} and {tuple(argmax.shape)}")
+    n, c, h, w, stride = maxpool_backward_shape(dy, argmax, x_shape, kernel, stride, padding)
     dcols = cp.zeros((argmax.shape[0], kernel * kernel), dtype=dy.dtype)
     dcols[cp.arange(argmax.shape[0]), argmax] = dy.reshape(-1)
     return col2im(dcols, (n * c, 1, h, w), kernel, kernel, stride, padding).reshape(n, c, h, w)

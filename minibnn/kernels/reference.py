@@ -24,7 +24,7 @@ from minibnn.errors import DTypeError, ShapeError
 from minibnn.nn.functional import conv
 from minibnn.kernels._common import (
     WORD_BITS, as_scalars, channel_vector, channel_view, check_inplace, check_tie,
-    conv_output_size, require_float, require_ndim, words_for)
+    conv_output_size, maxpool_backward_shape, require_float, require_ndim, words_for)
 
 # --------------------------------------------------------------------------- convolution
 
@@ -83,12 +83,7 @@ def maxpool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape: tuple[int, i
                        kernel: int, stride: int | None = None, padding: int = 0) -> np.ndarray:
     """Route dy[n, c, oh, ow] to the arg-max of its window; overlapping windows add."""
     require_float("maxpool2d_backward", "dy", dy)
-    stride = kernel if stride is None else stride
-    n, c, h, w = (int(s) for s in x_shape)
-    oh, ow = conv_output_size("maxpool2d_backward", h, w, kernel, kernel, stride, padding)
-    if dy.shape != (n, c, oh, ow) or argmax.shape != (n * c * oh * ow,):
-        raise ShapeError(f"maxpool2d_backward: dy must be {(n, c, oh, ow)} and argmax "
-                         f"{(n * c * oh * ow,)}, got {tuple(dy.shape)} and {tuple(argmax.shape)}")
+    n, c, h, w, stride = maxpool_backward_shape(dy, argmax, x_shape, kernel, stride, padding)
     dcols = np.zeros((argmax.shape[0], kernel * kernel), dtype=dy.dtype)
     dcols[np.arange(argmax.shape[0]), argmax] = dy.reshape(-1)
     return col2im(dcols, (n * c, 1, h, w), kernel, kernel, stride, padding).reshape(n, c, h, w)
