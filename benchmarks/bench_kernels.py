@@ -22,7 +22,9 @@ from _bench import (machine_info, print_table, ratio, set_threads, time_interlea
                     try_import_torch, write_json)
 
 
-@njit(parallel=True, cache=True)
+# Not cached on disk: this script runs both as __main__ and imported by the smoke test, and a
+# Numba cache entry records the module it was compiled in, so a shared entry breaks the other.
+@njit(parallel=True)
 def direct_conv2d(x, w, padding):  # type: ignore[no-untyped-def]
     """``y[n, o] = sum_{c,i,j} w[o, c, i, j] * xpad[n, c, i:i+OH, j:j+OW]`` (stride 1)."""
     n, c, h, wd = x.shape
