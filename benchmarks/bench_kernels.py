@@ -1,8 +1,11 @@
-"""Numba kernels vs their NumPy reference twins, and the choice of convolution algorithm.
+"""Numba kernels vs their NumPy reference twins, fused BatchNorm + sign, the convolution choice.
 
-Each row times one ``minibnn.kernels.cpu`` function against the same-named function of
-``minibnn.kernels.reference`` on the same inputs (speed-up = NumPy time / Numba time), on the
-shapes of a CIFAR-size binary CNN layer. The last table decides how the float convolution is
+Each row of the first table times one op's Numba body (``kernels.get(op, "numba")``) against
+its reference body (``kernels.get(op, "numpy")``) on the same inputs (speed-up = NumPy time /
+Numba time), on the shapes of a CIFAR-size binary CNN layer. The second table times what the
+layers run for a BatchNorm followed by a Sign: the two functional layers one after the other
+against ``batchnorm_sign_forward`` (one fused kernel call, the same bits), in train and eval
+mode. The last table decides how the float convolution is
 computed: NumPy im2col + GEMM, Numba im2col + the same GEMM, or a direct Numba convolution
 (written here, in its best loop order: shifted-window multiply-adds with the innermost loop
 along a row), against ``torch.nn.functional.conv2d`` for scale.
@@ -55,8 +58,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    from minibnn.kernels import cpu
-    from minibnn.kernels import reference as ref
+    from minibnn import kernels
+    from minibnn.nn import functional as F
+
+    def ref(op: str):  # type: ignore[no-untyped-def]
+        return kernels.get(op, "numpy")
+
+    def nb(op: str):  # type: ignore[no-untyped-def]
+        return kernels.get(op, "numba")
 
     torch = try_import_torch()
     threads = set_threads(torch)
@@ -65,37 +74,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, c, h, w), dtype=np.float32)
     wt = rng.standard_normal((o, c, 3, 3), dtype=np.float32) * 0.1
-    cols = ref.im2col(x, 3, 3, 1, 1)
-    y_pool, arg = ref.maxpool2d_forward(x, 2, 2)
+    cols = ref("im2col")(x, 3, 3, 1, 1)
+    y_pool, arg = ref("maxpool2d_forward")(x, 2, 2)
     dy_pool = rng.standard_normal(y_pool.shape, dtype=np.float32)
     mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
     gamma, beta = np.ones(c, np.float32), np.zeros(c, np.float32)
     cases = {
-        "im2col 3x3 pad 1": lambda k: k.im2col(x, 3, 3, 1, 1),
-        "col2im 3x3 pad 1": lambda k: k.col2im(cols, x.shape, 3, 3, 1, 1),
-        "maxpool2d_forward 2x2": lambda k: k.maxpool2d_forward(x, 2, 2),
-        "maxpool2d_backward 2x2": lambda k: k.maxpool2d_backward(dy_pool, arg, x.shape, 2, 2),
-        "batchnorm_sign_eval": lambda k: k.batchnorm_sign_eval(x, mean, var, gamma, beta),
-        "batchnorm_sign_train": lambda k: k.batchnorm_sign_train(x, gamma, beta),
-        "pack_signs": lambda k: k.pack_signs(x),
+        "im2col 3x3 pad 1": lambda k: k("im2col")(x, 3, 3, 1, 1),
+        "col2im 3x3 pad 1": lambda k: k("col2im")(cols, x.shape, 3, 3, 1, 1),
+        "maxpool2d_forward 2x2": lambda k: k("maxpool2d_forward")(x, 2, 2),
+        "maxpool2d_backward 2x2": lambda k: k("maxpool2d_backward")(dy_pool, arg, x.shape, 2, 2),
+        "batchnorm_sign_eval": lambda k: k("batchnorm_sign_eval")(x, mean, var, gamma, beta),
+        "batchnorm_sign_train": lambda k: k("batchnorm_sign_train")(x, gamma, beta),
+        "pack_signs": lambda k: k("pack_signs")(x),
     }
     rows, records = [], {}
     for name, run in cases.items():
-        t = time_interleaved({"numpy": lambda: run(ref), "numba": lambda: run(cpu)}, repeats,
+        t = time_interleaved({"numpy": lambda: run(ref), "numba": lambda: run(nb)}, repeats,
                              min_time=0.1)
         rows.append([name, t["numpy"] / t["numba"]])
         records[name] = t
     print(f"x {x.shape} float32, {threads} threads, best of {repeats} interleaved rounds")
     print_table("Numba kernel vs NumPy reference twin (speed-up)", ["kernel", "speed-up"], rows)
 
+    bn_rows, bn_records = [], {}
+    for mode, train in (("train", True), ("eval", False)):
+        def layers() -> None:
+            y, _ = F.batchnorm_forward(x, gamma, beta, mean, var, train=train)
+            F.sign_forward(y, "approx")
+        t = time_interleaved({"layers": layers, "fused": lambda: F.batchnorm_sign_forward(
+            x, gamma, beta, mean, var, train=train, ste="approx")}, repeats, min_time=0.1)
+        bn_rows.append([mode, t["layers"] / t["fused"]])
+        bn_records[mode] = t
+    print_table("BatchNorm + sign: fused vs the two layers (speed-up, auto backend)",
+                ["mode", "speed-up"], bn_rows)
+
     w2 = wt.reshape(o, -1).T
-    conv = {"numpy im2col + GEMM": lambda: ref.im2col(x, 3, 3, 1, 1) @ w2,
-            "numba im2col + GEMM": lambda: cpu.im2col(x, 3, 3, 1, 1) @ w2,
+    conv = {"numpy im2col + GEMM": lambda: ref("im2col")(x, 3, 3, 1, 1) @ w2,
+            "numba im2col + GEMM": lambda: nb("im2col")(x, 3, 3, 1, 1) @ w2,
             "numba direct": lambda: direct_conv2d(x, wt, 1)}
     if torch is not None:
         tx, tw = torch.from_numpy(x), torch.from_numpy(wt)
         conv["torch conv2d"] = lambda: torch.nn.functional.conv2d(tx, tw, padding=1)
-    y_ref = (ref.im2col(x, 3, 3, 1, 1) @ w2).reshape(n, h, w, o).transpose(0, 3, 1, 2)
+    y_ref = (ref("im2col")(x, 3, 3, 1, 1) @ w2).reshape(n, h, w, o).transpose(0, 3, 1, 2)
     if not np.allclose(direct_conv2d(x, wt, 1), y_ref, rtol=1e-4, atol=1e-4):
         raise AssertionError("direct_conv2d disagrees with im2col + GEMM")
     tc = time_interleaved(conv, repeats, min_time=0.1)
@@ -105,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ["algorithm", "vs numpy path", "vs torch"], crows)
     write_json(args.json, {"benchmark": "kernels", "machine": machine_info(torch),
                            "repeats": repeats, "shape": [n, c, o, h, w], "kernels": records,
-                           "conv": tc})
+                           "batchnorm_sign": bn_records, "conv": tc})
     return 0
 
 

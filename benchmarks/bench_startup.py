@@ -6,7 +6,7 @@ cold start (every ``@njit(cache=True)`` function it calls is compiled and writte
 cache), the second the warm start (the compiled code is loaded from the cache).
 
     import        python -c "import minibnn"                     (baseline: no compilation)
-    kernels       every kernel of minibnn.kernels.cpu called once on tiny float32 inputs
+    kernels       every Numba body (kernels.get(op, "numba")) called once on tiny inputs
     cli train     python -m minibnn.cli train on 256 synthetic images, one epoch, tiny MLP
 
 Start-up times are wall-clock seconds of the whole process (they have no peer to divide by);
@@ -29,25 +29,26 @@ from _bench import REPO, machine_info, print_table, write_json
 
 KERNELS_SCRIPT = """
 import numpy as np
-from minibnn.kernels import cpu
+from minibnn import kernels
+k = lambda op: kernels.get(op, "numba")
 x = np.ones((2, 3, 5, 5), np.float32)
-cols = cpu.im2col(x, 3, 3, 1, 1)
-cpu.col2im(cols, x.shape, 3, 3, 1, 1)
-y, arg = cpu.maxpool2d_forward(x, 2)
-cpu.maxpool2d_backward(y, arg, x.shape, 2)
+cols = k("im2col")(x, 3, 3, 1, 1)
+k("col2im")(cols, x.shape, 3, 3, 1, 1)
+y, arg = k("maxpool2d_forward")(x, 2)
+k("maxpool2d_backward")(y, arg, x.shape, 2)
 c = np.ones(3, np.float32)
-cpu.batchnorm_sign_eval(x, c, c, c, c)
-cpu.batchnorm_sign_train(x, c, c)
+k("batchnorm_sign_eval")(x, c, c, c, c)
+k("batchnorm_sign_train")(x, c, c)
 v = np.ones(10, np.float32)
-cpu.cema_update(v.copy(), v.copy(), v.copy(), v, 0.1, 0.1)
-cpu.bop_update(v.copy(), v.copy(), v, 0.1, 0.0)
-cpu.sgd_update(v.copy(), v.copy(), v, 0.1, 0.9, 1e-4)
-cpu.adam_update(v.copy(), v.copy(), v.copy(), v, 0.1, 1)
-p = cpu.pack_signs(x.reshape(2, -1))
-cpu.unpack_signs(p, 75)
-cpu.xnor_gemm(p, p, 75)
-wb, ws = cpu.pack_conv_weights(np.ones((4, 3, 3, 3), np.float32))
-cpu.binary_conv2d(cpu.pack_conv_input(x), wb, ws, 3, 3, 3, 1, 1)
+k("cema_update")(v.copy(), v.copy(), v.copy(), v, 0.1, 0.1)
+k("bop_update")(v.copy(), v.copy(), v, 0.1, 0.0)
+k("sgd_update")(v.copy(), v.copy(), v, 0.1, 0.9, 1e-4)
+k("adam_update")(v.copy(), v.copy(), v.copy(), v, 0.1, 1)
+p = k("pack_signs")(x.reshape(2, -1))
+k("unpack_signs")(p, 75)
+k("xnor_gemm")(p, p, 75)
+wb, ws = kernels.call("pack_conv_weights", np.ones((4, 3, 3, 3), np.float32))
+k("binary_conv2d")(k("pack_conv_input")(x), wb, ws, 3, 3, 3, 1, 1)
 """
 
 

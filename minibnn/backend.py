@@ -2,7 +2,9 @@
 
 Layer code is written once against ``xp`` (``numpy`` or ``cupy``); ``get_array_module(x)``
 picks it at module boundaries.  CuPy is optional: importing minibnn never requires it, and
-asking for the GPU where there is none is a one-line ``DeviceError``.
+asking for the GPU where there is none is a one-line ``DeviceError``.  Which kernel body runs
+on those arrays (reference, Numba, CUDA) is chosen by ``minibnn.kernels`` (``kernels.call``,
+``kernels.use_backend``), never by a setting here.
 """
 from __future__ import annotations
 
@@ -37,12 +39,16 @@ def gpu_available() -> bool:
 
 
 def get_array_module(*arrays: Any) -> Any:
-    """Return ``cupy`` if any argument is a CuPy array, else ``numpy``."""
-    cp = _cupy()
-    if cp is not None:
-        for a in arrays:
-            if isinstance(a, cp.ndarray):
-                return cp
+    """Return ``cupy`` if any argument is a CuPy array, else ``numpy``.
+
+    Decided from the argument types, so it never tries to import CuPy: a CuPy array can only
+    exist once CuPy is imported.
+    """
+    for a in arrays:
+        if type(a).__module__.startswith("cupy"):
+            import cupy  # type: ignore[import-not-found]
+
+            return cupy
     return np
 
 
@@ -81,34 +87,3 @@ def resolve_dtype(name: str | np.dtype | type) -> np.dtype:
     if key not in FLOAT_DTYPES:
         raise DTypeError(f"unsupported dtype {key!r}; expected one of {sorted(FLOAT_DTYPES)}")
     return np.dtype(FLOAT_DTYPES[key])
-
-
-#: Which CPU kernels the layers use for their hot loops: "numba" (compiled, the default when
-#: Numba imports) or "numpy" (the readable reference only).  Set by ``set_cpu_kernels``.
-_cpu_kernels = {"backend": None}
-
-
-def set_cpu_kernels(backend: str) -> None:
-    """Select the CPU kernel backend for the layers: ``"numba"`` or ``"numpy"``."""
-    from minibnn.kernels import CPU_BACKENDS
-
-    if backend not in CPU_BACKENDS:
-        raise DeviceError(f"unknown CPU kernel backend {backend!r}; expected one of "
-                          f"{', '.join(CPU_BACKENDS)}")
-    _cpu_kernels["backend"] = backend
-
-
-def fast_kernels_for(x: Any) -> Any | None:
-    """The Numba kernel module when ``x`` is a NumPy array and the CPU backend is numba, else None.
-
-    Layers call this at their hot spots and fall back to their own NumPy code on None.
-    """
-    if not isinstance(x, np.ndarray):
-        return None
-    from minibnn.kernels import DEFAULT_CPU_BACKEND, get_kernels
-
-    backend = _cpu_kernels["backend"] or DEFAULT_CPU_BACKEND
-    if backend != "numba":
-        return None
-    module = get_kernels("numba")
-    return None if module.__name__.endswith("reference") else module

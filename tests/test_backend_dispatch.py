@@ -1,23 +1,177 @@
-"""Layers give the same results on the Numba kernels as on the NumPy reference."""
+"""The kernel registry: which body ``kernels.call`` runs, its overrides and errors, and that the
+layers give the same results on every backend (``use_backend("numpy")`` vs ``"auto"``).
+
+Tolerances for layers, numpy vs auto (Numba on this machine): forward values exact (im2col,
+max pooling and BatchNorm+sign are exact kernels); gradients rtol = atol = 1e-5 (float32) /
+1e-12 (float64), since col2im and the max-pool backward add in another order.
+"""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from minibnn.backend import fast_kernels_for, set_cpu_kernels
-from minibnn.errors import DeviceError
+from minibnn import kernels
+from minibnn.errors import MinibnnError
+from minibnn.kernels import BackendError
 from minibnn.nn import functional as F
+from minibnn.nn import models
+from minibnn.nn.modules import BatchNorm, BatchNormSign, Sequential, Sign
+
+try:
+    import numba  # noqa: F401
+    HAVE_NUMBA = True
+except ImportError:
+    HAVE_NUMBA = False
+
+needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="Numba is not installed")
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 
-@pytest.fixture
-def restore_backend():
-    yield
-    set_cpu_kernels("numba")
+def _in_fresh_interpreter(code: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+# =========================================================================== the registry
+
+
+def test_kernels_import_nothing_from_nn():
+    """Importing minibnn.kernels and loading every body leaves minibnn.nn unimported."""
+    out = _in_fresh_interpreter(
+        "import sys\n"
+        "from minibnn import kernels\n"
+        "from minibnn.kernels import bitpack\n"
+        "table = kernels.registered()\n"
+        "print(len(table), sorted(m for m in sys.modules if m.startswith('minibnn.nn')))\n")
+    count, loaded = out.split(" ", 1)
+    assert int(count) >= 16 and loaded.strip() == "[]"
+
+
+def test_registered_table():
+    table = kernels.registered()
+    ops = {"im2col", "col2im", "maxpool2d_forward", "maxpool2d_backward", "batchnorm_sign_eval",
+           "batchnorm_sign_train", "pack_signs", "unpack_signs", "xnor_gemm", "pack_conv_input",
+           "pack_conv_weights", "binary_conv2d", "cema_update", "bop_update", "sgd_update",
+           "adam_update"}
+    assert ops <= set(table)
+    assert all("numpy" in backends for backends in table.values())
+    # a CUDA body only where it is a real kernel; the rest runs the reference on CuPy arrays
+    cuda = {op for op, backends in table.items() if "cuda" in backends}
+    assert cuda == {"batchnorm_sign_eval", "batchnorm_sign_train", "pack_signs", "unpack_signs",
+                    "xnor_gemm", "cema_update", "bop_update", "sgd_update", "adam_update"}
+    if HAVE_NUMBA:
+        assert {op for op, backends in table.items() if "numba" not in backends} == \
+               {"pack_conv_weights"}
+
+
+@needs_numba
+def test_choice_by_array_type_and_use_backend_override_and_nesting():
+    x = np.zeros((1, 1, 3, 3), np.float32)
+    assert kernels.backend_for("im2col", x) == "numba" and kernels.has_compiled("im2col", x)
+    assert kernels.implementation("im2col", x) is kernels.get("im2col", "numba")
+    assert kernels.backend_for("pack_conv_weights", x) == "numpy"      # no Numba body
+    assert not kernels.has_compiled("pack_conv_weights", x)
+    with kernels.use_backend("numpy"):
+        assert kernels.backend_for("im2col", x) == "numpy"
+        assert not kernels.has_compiled("cema_update", x)
+        with kernels.use_backend("numba"):                              # inner one wins
+            assert kernels.backend_for("im2col", x) == "numba"
+            assert kernels.backend_for("pack_conv_weights", x) == "numpy"
+            with kernels.use_backend("auto"):
+                assert kernels.backend_for("im2col", x) == "numba"
+        assert kernels.backend_for("im2col", x) == "numpy"               # restored on exit
+    assert kernels.backend_for("im2col", x) == "numba"
+    with pytest.raises(ZeroDivisionError):
+        with kernels.use_backend("numpy"):
+            1 / 0
+    assert kernels.backend_for("im2col", x) == "numba"                   # restored on error
+
+
+def test_call_runs_the_chosen_body(monkeypatch):
+    seen = []
+    body = kernels.get("xnor_gemm", "numpy")
+
+    def spy(*args, **kw):
+        seen.append(kw)
+        return body(*args)
+
+    monkeypatch.setitem(kernels.registry._IMPLS["xnor_gemm"], "numpy", spy)
+    a = np.zeros((2, 1), np.uint64)
+    with kernels.use_backend("numpy"):
+        assert kernels.call("xnor_gemm", a, a, 8).tolist() == [[8, 8], [8, 8]]
+    assert len(seen) == 1
+
+
+def test_errors_are_one_line_backend_errors():
+    x = np.zeros(4, np.float32)
+    cases = [
+        (lambda: kernels.use_backend("fortran").__enter__(), r"unknown kernel backend 'fortran'"),
+        (lambda: kernels.call("conv3d", x), r"unknown kernel op 'conv3d'"),
+        (lambda: kernels.get("pack_conv_weights", "cuda"), r"has no 'cuda' body"),
+        (lambda: kernels.register("im2col", "opencl"), r"unknown backend 'opencl'"),
+    ]
+    for call, pattern in cases:
+        with pytest.raises(BackendError, match=pattern) as info:
+            call()
+        assert "\n" not in str(info.value) and isinstance(info.value, MinibnnError)
+    with kernels.use_backend("cuda"):                 # CUDA cannot run NumPy arrays
+        with pytest.raises(BackendError, match=r"'cuda' cannot run numpy arrays") as info:
+            kernels.call("cema_update", x, x, x, x, 0.1, 0.1)
+        assert "\n" not in str(info.value)
+        with pytest.raises(BackendError, match="cuda"):
+            kernels.backend_for("im2col", x)
+
+
+class _FakeCupyArray:
+    """Looks like a CuPy array to the registry, which decides by the type's module."""
+
+
+_FakeCupyArray.__module__ = "cupy._core.core"
+
+
+def test_cupy_arrays_choose_cuda_or_the_reference_and_refuse_numba():
+    v = _FakeCupyArray()
+    assert kernels.backend_for("cema_update", v) == "cuda"
+    assert kernels.backend_for("im2col", v) == "numpy"              # reference on CuPy arrays
+    with kernels.use_backend("cuda"):
+        assert kernels.backend_for("im2col", v) == "numpy"
+    with kernels.use_backend("numpy"):
+        assert kernels.backend_for("cema_update", v) == "numpy"
+    with kernels.use_backend("numba"):
+        with pytest.raises(BackendError, match=r"'numba' cannot run cupy arrays") as info:
+            kernels.backend_for("cema_update", v)
+        assert "\n" not in str(info.value)
+    assert kernels.backend_for("cema_update", np.zeros(3), v) == "cuda"   # any CuPy argument
+
+
+def test_without_numba_auto_runs_the_reference_and_forcing_numba_fails():
+    out = _in_fresh_interpreter(
+        "import sys; sys.modules['numba'] = None\n"
+        "import numpy as np\n"
+        "from minibnn import kernels\n"
+        "x = np.ones((1, 1, 3, 3), np.float32)\n"
+        "print(kernels.backend_for('im2col', x), kernels.call('im2col', x, 3, 3).shape)\n"
+        "with kernels.use_backend('numba'):\n"
+        "    try:\n"
+        "        kernels.call('im2col', x, 3, 3)\n"
+        "    except kernels.BackendError as e:\n"
+        "        print(e)\n")
+    first, error = out.strip().splitlines()
+    assert first == "numpy (1, 9)"
+    assert "'numba' is not available" in error and "Numba did not import" in error
+
+
+# =========================================================================== layers: numpy vs auto
 
 
 def _run_both(fn):
     out = []
-    for backend in ("numpy", "numba"):
-        set_cpu_kernels(backend)
-        out.append(fn())
+    for backend in ("numpy", "auto"):
+        with kernels.use_backend(backend):
+            out.append(fn())
     return out
 
 
@@ -25,7 +179,7 @@ def _run_both(fn):
 @pytest.mark.parametrize("shape, k, stride, padding", [
     ((1, 1, 5, 5), 3, 1, 0), ((2, 3, 7, 6), 3, 2, 1), ((3, 2, 9, 9), 5, 1, 2), ((2, 4, 4, 4), 1, 1, 0),
 ])
-def test_conv2d_numba_equals_numpy(restore_backend, dtype, shape, k, stride, padding):
+def test_conv2d_same_on_every_backend(dtype, shape, k, stride, padding):
     rng = np.random.default_rng(0)
     x = rng.normal(size=shape).astype(dtype)
     w = rng.normal(size=(5, shape[1], k, k)).astype(dtype)
@@ -35,13 +189,13 @@ def test_conv2d_numba_equals_numpy(restore_backend, dtype, shape, k, stride, pad
         dx, dw, _ = F.conv2d_backward(np.ones_like(y), cache)
         return y, dx, dw
 
-    ref, fast = _run_both(run)
-    for a, b in zip(ref, fast):
-        np.testing.assert_allclose(a, b, rtol=1e-6 if dtype == np.float32 else 1e-12, atol=0)
+    (y0, dx0, dw0), (y1, dx1, dw1) = _run_both(run)
+    assert np.array_equal(y0, y1) and np.array_equal(dw0, dw1)
+    np.testing.assert_allclose(dx1, dx0, rtol=TOL[dtype], atol=TOL[dtype])
 
 
 @pytest.mark.parametrize("kind", ["max", "avg"])
-def test_pooling_numba_equals_numpy(restore_backend, kind):
+def test_pooling_same_on_every_backend(kind):
     x = np.random.default_rng(1).normal(size=(2, 3, 8, 7))
     fwd, bwd = ((F.maxpool2d_forward, F.maxpool2d_backward) if kind == "max"
                 else (F.avgpool2d_forward, F.avgpool2d_backward))
@@ -50,17 +204,91 @@ def test_pooling_numba_equals_numpy(restore_backend, kind):
         y, cache = fwd(x, 3, 2, 1)
         return y, bwd(np.ones_like(y), cache)
 
-    ref, fast = _run_both(run)
-    for a, b in zip(ref, fast):
-        np.testing.assert_array_equal(a, b)
+    (y0, dx0), (y1, dx1) = _run_both(run)
+    assert np.array_equal(y0, y1)
+    np.testing.assert_allclose(dx1, dx0, rtol=1e-12, atol=1e-12)
 
 
-def test_backend_selection(restore_backend):
-    x = np.zeros(3)
-    set_cpu_kernels("numpy")
-    assert fast_kernels_for(x) is None
-    set_cpu_kernels("numba")
-    assert fast_kernels_for(x) is not None
-    assert fast_kernels_for([1.0]) is None
-    with pytest.raises(DeviceError, match="unknown CPU kernel backend"):
-        set_cpu_kernels("fortran")
+@pytest.mark.parametrize("build, shape", [
+    (lambda: models.binary_cnn((2, 8, 8), width=4, num_classes=3), (5, 2, 8, 8)),
+    (lambda: models.binary_mlp((1, 6, 6), hidden=(16, 8), num_classes=3), (6, 1, 6, 6)),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_models_same_on_every_backend(build, shape, dtype):
+    model = build()
+    rng = np.random.default_rng(3)
+    params, buffers = model.init(rng, dtype)
+    x = rng.normal(size=shape).astype(dtype)
+
+    def run():
+        logits, new_buffers, cache = model.forward(params, buffers, x, train=True)
+        grads = model.backward(np.ones_like(logits), cache)
+        evaluated, _, _ = model.forward(params, new_buffers, x, train=False)
+        return logits, new_buffers, grads, evaluated
+
+    (l0, b0, g0, e0), (l1, b1, g1, e1) = _run_both(run)
+    assert np.array_equal(l0, l1) and np.array_equal(e0, e1)
+    for k in b0:
+        assert np.array_equal(b0[k], b1[k]), k
+    for k in g0:
+        np.testing.assert_allclose(g1[k], g0[k], rtol=TOL[dtype], atol=TOL[dtype], err_msg=k)
+
+
+# ======================================================================= BatchNorm + sign fusion
+
+
+def _layer_by_layer(net, params, buffers, x, train, dy):
+    """Run the Sequential's layers one by one (no fusion): output, buffers, grads."""
+    caches, new_buffers = [], {}
+    for layer in net.layers:
+        x, updated, cache = layer.forward(params, buffers, x, train)
+        new_buffers.update(updated)
+        caches.append(cache)
+    grads = {}
+    for layer, cache in zip(reversed(net.layers), reversed(caches)):
+        dy, g = layer.backward(dy, cache)
+        grads.update(g)
+    return x, new_buffers, grads, dy
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("backend", ["numpy", "auto"])
+def test_sequential_fuses_batchnorm_sign_with_the_same_bits(train, backend):
+    model = models.binary_cnn((2, 8, 8), width=4, num_classes=3, act_ste="approx")
+    net = model.net
+    steps = net.steps()
+    fused = [s for s in steps if isinstance(s, BatchNormSign)]
+    assert len(fused) == 6 and len(steps) == len(net.layers) - 6    # every BN -> Sign pair
+    assert all(s.name == s.bn.name for s in fused)
+    rng = np.random.default_rng(4)
+    params, buffers = model.init(rng, np.float32)
+    params = {k: v + 0.1 * rng.standard_normal(v.shape).astype(np.float32)
+              for k, v in params.items()}
+    x = rng.standard_normal((3, 2, 8, 8)).astype(np.float32)
+    dy = rng.standard_normal((3, 3)).astype(np.float32)
+    with kernels.use_backend(backend):
+        y, new_buffers, cache = net.forward(params, buffers, x, train)
+        dx, grads = net.backward(dy, cache)
+        y2, new_buffers2, grads2, dx2 = _layer_by_layer(net, params, buffers, x, train, dy)
+    assert np.array_equal(y, y2) and np.array_equal(dx, dx2)
+    assert set(new_buffers) == set(new_buffers2) and set(grads) == set(grads2) == set(params)
+    for k in new_buffers:
+        assert np.array_equal(new_buffers[k], new_buffers2[k]), k
+    for k in grads:
+        assert np.array_equal(grads[k], grads2[k]), k
+
+
+def test_fusion_only_for_affine_batchnorm_followed_by_the_real_sign():
+    bn, sign = BatchNorm("bn", 3), Sign("approx")
+    assert isinstance(Sequential([bn, sign]).steps()[0], BatchNormSign)
+    no_affine = BatchNorm("bn", 3, affine=False)
+    assert Sequential([no_affine, sign]).steps() == [no_affine, sign]
+    assert Sequential([sign, bn]).steps() == [sign, bn]
+    other = Sign()
+    other.forward_fn = lambda x, ste="identity": (x, None)          # a replaced sign
+    assert Sequential([bn, other]).steps() == [bn, other]
+    with pytest.raises(MinibnnError, match="needs an affine BatchNorm and a Sign"):
+        BatchNormSign(no_affine, sign)
+    params, buffers = Sequential([bn, sign]).init(np.random.default_rng(0), np.float32)
+    assert set(params) == {"bn.gamma", "bn.beta"}
+    assert set(buffers) == {"bn.running_mean", "bn.running_var"}

@@ -3,7 +3,8 @@
 Smooth backward passes are compared with centred finite differences in float64 through the
 ``sum(out * dout)`` trick (a random direction ``dout``); STE backward passes are *defined*, so
 they are compared with their closed forms. Also: conv2d against a naive loop, the im2col layout
-and its adjoint col2im, BatchNorm running statistics against PyTorch's rule, float32 in ->
+and its adjoint col2im (the kernel ops the conv layer calls), BatchNorm running statistics
+against PyTorch's rule, the fused BatchNorm + sign against the two layers, float32 in ->
 float32 out.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 import minibnn.nn.functional as F
+from minibnn import kernels
 
 EPS = 1e-6
 RTOL, ATOL = 1e-5, 1e-7
@@ -120,10 +122,12 @@ def test_conv2d_gradients(rng, xs, ws, stride, padding, bias):
               stride=stride, padding=padding)
 
 
-def test_im2col_layout_and_col2im_adjoint(rng):
+@pytest.mark.parametrize("backend", ["numpy", "auto"])
+def test_im2col_layout_and_col2im_adjoint(rng, backend):
     n, c, h, w, kh, kw, s, p = 2, 3, 5, 6, 3, 2, 2, 1
     x = rng.standard_normal((n, c, h, w))
-    cols = F.im2col(x, kh, kw, s, p)
+    with kernels.use_backend(backend):
+        cols = kernels.call("im2col", x, kh, kw, s, p)
     oh, ow = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
     assert cols.shape == (n * oh * ow, c * kh * kw)
     xpad = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
@@ -132,7 +136,8 @@ def test_im2col_layout_and_col2im_adjoint(rng):
             xpad[ni, ci, oi * s + i, oj * s + j]
     # col2im is the adjoint of im2col: <im2col(x), C> == <x, col2im(C)>
     cmat = rng.standard_normal(cols.shape)
-    back = F.col2im(cmat, x.shape, kh, kw, s, p)
+    with kernels.use_backend(backend):
+        back = kernels.call("col2im", cmat, x.shape, kh, kw, s, p)
     assert back.shape == x.shape
     np.testing.assert_allclose(np.sum(cols * cmat), np.sum(x * back), rtol=1e-12)
 
@@ -185,6 +190,44 @@ def test_batchnorm_running_stats_follow_pytorch_rule(rng):
     np.testing.assert_allclose(y_eval, (x - rm[:, None, None]) / np.sqrt(rv[:, None, None] + eps))
     np.testing.assert_array_equal(cache_eval.running_mean, rm0)
     np.testing.assert_array_equal(cache_eval.running_var, rv0)
+
+
+def _bn_sign_inputs(rng, shape, dtype, ties):
+    """x, gamma, beta, running_mean, running_var; ``ties`` puts exact zeros into y."""
+    c = shape[1]
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+    gamma = rng.standard_normal(c).astype(dtype)
+    beta = rng.standard_normal(c).astype(dtype)
+    rm, rv = rng.standard_normal(c).astype(dtype), rng.uniform(0.5, 2, c).astype(dtype)
+    if ties:                    # y = xhat * gamma + beta = 0 exactly where x = mean, beta = 0
+        gamma[0], beta[0] = 1.0, 0.0
+        x[:, 0] = rm[0]
+    return x, gamma, beta, rm, rv
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(16, 5), (4, 3, 5, 6)])
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("backend", ["numpy", "auto"])
+@pytest.mark.parametrize("ste", ["identity", "approx"])
+def test_batchnorm_sign_equals_batchnorm_then_sign(rng, dtype, shape, train, backend, ste):
+    """The fused pair gives the bits of the two layers: output, running stats and gradients."""
+    x, gamma, beta, rm, rv = _bn_sign_inputs(rng, shape, dtype, ties=not train)
+    kw = dict(train=train, momentum=0.3, eps=1e-3)
+    with kernels.use_backend(backend):
+        y, bn_cache = F.batchnorm_forward(x, gamma, beta, rm, rv, **kw)
+        s, sign_cache = F.sign_forward(y, ste)
+        fused, cache = F.batchnorm_sign_forward(x, gamma, beta, rm, rv, ste=ste, **kw)
+        ds = rng.standard_normal(shape).astype(dtype)
+        want = F.batchnorm_backward(F.sign_backward(ds, sign_cache), bn_cache)
+        got = F.batchnorm_sign_backward(ds, cache)
+    assert fused.dtype == dtype and np.array_equal(fused, s)
+    assert np.array_equal(cache.running_mean, bn_cache.running_mean)
+    assert np.array_equal(cache.running_var, bn_cache.running_var)
+    for a, b in zip(got, want):
+        assert a.dtype == dtype and np.array_equal(a, b)
+    if not train:
+        assert (y[:, 0] == 0).all() and (fused[:, 0] == 1).all()      # sign(0) = +1
 
 
 # ---------------------------------------------------------------------------------- pooling
@@ -384,6 +427,10 @@ def _float32_cases(rng):
                             (x4, c3, c3, c3, pos3), {"train": True}),
         "batchnorm_eval": (F.batchnorm_forward, F.batchnorm_backward,
                            (x2, c3, c3, c3, pos3), {"train": False}),
+        "batchnorm_sign_train": (F.batchnorm_sign_forward, F.batchnorm_sign_backward,
+                                 (x4, c3, c3, c3, pos3), {"train": True, "ste": "approx"}),
+        "batchnorm_sign_eval": (F.batchnorm_sign_forward, F.batchnorm_sign_backward,
+                                (x2, c3, c3, c3, pos3), {"train": False, "ste": "clipped"}),
         **{f"sign_{s}": (F.sign_forward, F.sign_backward, (x4,), {"ste": s})
            for s in F.STE_NAMES},
         "maxpool": (F.maxpool2d_forward, F.maxpool2d_backward, (x4,),
@@ -410,8 +457,11 @@ def test_float32_in_float32_out(rng):
     loss, dlogits = F.softmax_cross_entropy(logits, np.array([0, 4, 2]), 0.1)
     assert dlogits.dtype == np.float32
     assert isinstance(loss, float)
-    cols = F.im2col(rng.standard_normal((1, 2, 4, 4)).astype(np.float32), 3, 3, 1, 1)
-    assert cols.dtype == np.float32
-    assert F.col2im(cols, (1, 2, 4, 4), 3, 3, 1, 1).dtype == np.float32
+    for backend in ("numpy", "auto"):
+        with kernels.use_backend(backend):
+            cols = kernels.call("im2col", rng.standard_normal((1, 2, 4, 4)).astype(np.float32),
+                                3, 3, 1, 1)
+            assert cols.dtype == np.float32
+            assert kernels.call("col2im", cols, (1, 2, 4, 4), 3, 3, 1, 1).dtype == np.float32
     for s in F.STE_NAMES:
         assert F.ste_grad(np.zeros(3, dtype=np.float32), s).dtype == np.float32

@@ -1,15 +1,20 @@
-"""Argument checks and scalar preparation shared by the kernel twins (reference.py, cpu.py).
+"""Argument checks and scalar preparation shared by every kernel body (reference, Numba, CUDA).
 
-Both twins call the same helpers, so they see identical shapes, dtypes and scalars: the
-hyperparameters of an optimiser step are computed once in Python float64 and cast to the array
-dtype, which is exactly what NumPy 2 does with a Python float next to a float32 array (NEP 50).
+All bodies of an op call the same helpers, so they see identical shapes, dtypes and scalars.
+Each array check takes the array ``kind`` the body runs on: ``"numpy"`` (Numba bodies),
+``"cupy"`` (CUDA bodies) or ``"any"`` (the reference bodies, written against ``xp``).
+The hyperparameters of an optimiser step are computed once in Python float64 and cast to the
+array dtype, which is exactly what NumPy 2 does with a Python float next to a float32 array
+(NEP 50), and what CuPy does too.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import numbers
+from typing import Any
 
 import numpy as np
 
+from minibnn.backend import get_array_module
 from minibnn.errors import DTypeError, MinibnnError, ShapeError
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -17,50 +22,66 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 #: Bits per packed word (bit-packed binary inference stores signs in uint64 words).
 WORD_BITS = 64
 
+#: what each array kind accepts, for the error message
+_KIND_NAMES = {"numpy": "a NumPy array", "cupy": "a CuPy array on the GPU",
+               "any": "a NumPy or CuPy array"}
+
 
 def words_for(k: int) -> int:
     """Number of uint64 words that hold k bits: ceil(k / 64)."""
     return (int(k) + WORD_BITS - 1) // WORD_BITS
 
 
+def require_int(fn: str, name: str, v: Any, minimum: int) -> int:
+    """``v`` must be an int (not a bool) with ``v >= minimum``; returns it as a Python int."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
+        raise MinibnnError(f"{fn}: {name} must be an int >= {minimum}, got {v!r}")
+    return int(v)
+
+
 def conv_output_size(fn: str, h: int, w: int, kh: int, kw: int, stride: int,
                      padding: int) -> tuple[int, int]:
     """``OH = (H + 2 padding - kH) // stride + 1`` (likewise OW); ShapeError if the window is too big."""
     for name, v, lo in (("kh", kh, 1), ("kw", kw, 1), ("stride", stride, 1), ("padding", padding, 0)):
-        if int(v) != v or v < lo:
-            raise MinibnnError(f"{fn}: {name} must be an integer >= {lo}, got {v!r}")
+        require_int(fn, name, v, lo)
     hp, wp = h + 2 * padding, w + 2 * padding
     if kh > hp or kw > wp:
         raise ShapeError(f"{fn}: kernel ({kh}, {kw}) is larger than the padded input ({hp}, {wp})")
     return (hp - kh) // stride + 1, (wp - kw) // stride + 1
 
 
-def require_float(fn: str, name: str, x: Any) -> None:
-    if not isinstance(x, np.ndarray):
-        raise DTypeError(f"{fn}: {name} must be a NumPy array, got {type(x).__name__}")
+def require_array(fn: str, name: str, x: Any, kind: str = "any") -> None:
+    """``x`` must be an array of ``kind``: "numpy", "cupy" or "any" (either)."""
+    is_cupy = type(x).__module__.startswith("cupy")
+    ok = {"numpy": isinstance(x, np.ndarray), "cupy": is_cupy,
+          "any": isinstance(x, np.ndarray) or is_cupy}[kind]
+    if not ok:
+        hint = " (move it with minibnn.backend.to_device(x, 'gpu'))" if kind == "cupy" else ""
+        raise DTypeError(f"{fn}: {name} must be {_KIND_NAMES[kind]}, got "
+                         f"{type(x).__name__}{hint}")
+
+
+def require_float(fn: str, name: str, x: Any, kind: str = "any") -> None:
+    """``x`` must be a float32 or float64 array of ``kind`` (see ``require_array``)."""
+    require_array(fn, name, x, kind)
     if x.dtype not in FLOAT_DTYPES:
         raise DTypeError(f"{fn}: {name} must have dtype float32 or float64, got {x.dtype}")
 
 
-def require_ndim(fn: str, name: str, x: np.ndarray, ndims: tuple[int, ...], layout: str) -> None:
+def require_ndim(fn: str, name: str, x: Any, ndims: tuple[int, ...], layout: str) -> None:
     if x.ndim not in ndims:
         raise ShapeError(f"{fn}: {name} must be {layout}, got shape {tuple(x.shape)}")
 
 
-def check_inplace(fn: str, require: Callable[[str, str, Any], None] | None = None,
-                  **arrays: Any) -> np.dtype:
-    """Arrays updated in place: same shape, same float dtype, C-contiguous and writeable.
+def check_inplace(fn: str, kind: str, **arrays: Any) -> np.dtype:
+    """Arrays updated in place: one ``kind``, same shape and float dtype, C-contiguous, writeable.
 
-    ``require(fn, name, array)`` checks each array's kind and dtype (``require_float`` for NumPy
-    arrays by default; the GPU kernels pass their CuPy check). Returns the common dtype.
-    ``None`` entries (an unused buffer) are skipped.
+    Returns the common dtype. ``None`` entries (an unused buffer) are skipped.
     """
-    require = require or require_float
     items = [(k, a) for k, a in arrays.items() if a is not None]
     first_name, first = items[0]
-    require(fn, first_name, first)
     for name, a in items:
-        require(fn, name, a)
+        require_float(fn, name, a, kind)
         if a.dtype != first.dtype:
             raise DTypeError(f"{fn}: {name} has dtype {a.dtype}, {first_name} has {first.dtype}")
         if a.shape != first.shape:
@@ -71,6 +92,30 @@ def check_inplace(fn: str, require: Callable[[str, str, Any], None] | None = Non
         if not getattr(a.flags, "writeable", True):     # CuPy arrays have no such flag
             raise MinibnnError(f"{fn}: {name} must be writeable (it is updated in place)")
     return np.dtype(first.dtype)
+
+
+def check_step(fn: str, step: int) -> None:
+    """Adam's step count t must be an integer >= 1 (it enters the bias corrections 1 - b^t)."""
+    if int(step) != step or step < 1:
+        raise ShapeError(f"{fn}: step must be an integer >= 1, got {step!r}")
+
+
+def check_momentum_buffer(fn: str, momentum: float, m: Any) -> None:
+    if momentum != 0.0 and m is None:
+        raise ShapeError(f"{fn}: momentum {momentum} needs a buffer m, got None")
+
+
+def col2im_shape(cols: Any, x_shape: tuple[int, ...], kh: int, kw: int, stride: int,
+                 padding: int) -> tuple[int, int, int, int, int, int]:
+    """Check cols (N*OH*OW, C*kH*kW) against x_shape (N, C, H, W); return (n, c, h, w, oh, ow)."""
+    if len(x_shape) != 4:
+        raise ShapeError(f"col2im: x_shape must have 4 entries (N, C, H, W), got {tuple(x_shape)}")
+    n, c, h, w = (int(s) for s in x_shape)
+    oh, ow = conv_output_size("col2im", h, w, kh, kw, stride, padding)
+    if tuple(cols.shape) != (n * oh * ow, c * kh * kw):
+        raise ShapeError(f"col2im: cols must have shape {(n * oh * ow, c * kh * kw)} for x_shape "
+                         f"{(n, c, h, w)}, got {tuple(cols.shape)}")
+    return n, c, h, w, oh, ow
 
 
 def maxpool_backward_shape(dy: Any, argmax: Any, x_shape: tuple[int, ...], kernel: int,
@@ -91,27 +136,60 @@ def as_scalars(dtype: np.dtype, *values: float) -> tuple[Any, ...]:
 
 
 def check_tie(fn: str, tie: str) -> bool:
-    """``tie="keep"`` keeps b where the statistic is exactly 0; ``"positive"`` sets b = +1 there."""
+    """True for ``tie="positive"``: b = +1 wherever ``stat * b == threshold`` exactly (larq's
+    Bop rule); ``"keep"`` leaves b as it is there."""
     if tie not in ("keep", "positive"):
         raise MinibnnError(f"{fn}: tie must be 'keep' or 'positive', got {tie!r}")
     return tie == "positive"
 
 
-def channel_view(fn: str, x: np.ndarray) -> np.ndarray:
+def channel_view(fn: str, x: Any) -> Any:
     """View (N, C) or (N, C, H, W) as (N, C, L) with L = H*W (or 1)."""
     require_ndim(fn, "x", x, (2, 4), "(N, C) or (N, C, H, W)")
     n, c = x.shape[:2]
     return x.reshape(n, c, -1)
 
 
-def channel_vector(fn: str, name: str, p: np.ndarray | None, c: int, dtype: np.dtype,
-                   default: float) -> np.ndarray:
-    """A per-channel parameter of shape (C,) in ``dtype``; None means ``default`` everywhere."""
+def channel_vector(fn: str, name: str, p: Any, x: Any, default: float, kind: str = "any") -> Any:
+    """A contiguous per-channel parameter (C,) with x's dtype, module and channel count
+    (``x.shape[1]``); None means ``default`` everywhere."""
+    xp = get_array_module(x)
+    c, dtype = int(x.shape[1]), x.dtype
     if p is None:
-        return np.full(c, default, dtype=dtype)
-    require_float(fn, name, p)
+        return xp.full(c, default, dtype=dtype)
+    require_float(fn, name, p, kind)
     if p.shape != (c,):
         raise ShapeError(f"{fn}: {name} must have shape ({c},), got {tuple(p.shape)}")
     if p.dtype != dtype:
         raise DTypeError(f"{fn}: {name} has dtype {p.dtype}, x has {dtype}")
-    return np.ascontiguousarray(p)
+    return xp.ascontiguousarray(p)
+
+
+def check_packed_pair(fn: str, a: Any, b: Any, k: int, kind: str = "any") -> None:
+    """a (M, W) and b (N, W): 2-D uint64 of one ``kind`` with W >= ceil(k/64) words per row."""
+    for name, arr in (("a", a), ("b", b)):
+        require_array(fn, name, arr, kind)
+        if arr.dtype != np.uint64 or arr.ndim != 2:
+            raise DTypeError(f"{fn}: {name} must be a 2-D uint64 array, got {arr.dtype} "
+                             f"{tuple(arr.shape)}")
+    if a.shape[1] != b.shape[1] or a.shape[1] < words_for(k):
+        raise ShapeError(f"{fn}: a and b must both have at least ceil(k/64) = {words_for(k)} "
+                         f"words per row, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def check_binary_conv(fn: str, xbits: Any, wbits: Any, wsum: Any, c: int, kh: int, kw: int,
+                      stride: int, padding: int, kind: str = "any") -> tuple[int, int]:
+    """Check the packed operands of ``binary_conv2d``; return (OH, OW)."""
+    for name, arr in (("xbits", xbits), ("wbits", wbits), ("wsum", wsum)):
+        require_array(fn, name, arr, kind)
+    if xbits.dtype != np.uint64 or xbits.ndim != 4 or xbits.shape[3] != words_for(c):
+        raise ShapeError(f"{fn}: xbits must be uint64 (N, H, W, ceil(C/64) = {words_for(c)}), "
+                         f"got {xbits.dtype} {tuple(xbits.shape)}")
+    if (wbits.dtype != np.uint64 or wbits.ndim != 2
+            or wbits.shape[1] != kh * kw * words_for(c)):
+        raise ShapeError(f"{fn}: wbits must be uint64 (O, kH*kW*ceil(C/64) = "
+                         f"{kh * kw * words_for(c)}), got {wbits.dtype} {tuple(wbits.shape)}")
+    if wsum.dtype != np.int32 or wsum.shape != (wbits.shape[0], kh * kw):
+        raise ShapeError(f"{fn}: wsum must be int32 {(wbits.shape[0], kh * kw)}, "
+                         f"got {wsum.dtype} {tuple(wsum.shape)}")
+    return conv_output_size(fn, xbits.shape[1], xbits.shape[2], kh, kw, stride, padding)

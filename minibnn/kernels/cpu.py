@@ -1,17 +1,20 @@
-"""Numba CPU kernels: the fast twins of ``kernels.reference`` (same names, same signatures).
+"""Numba CPU bodies of the kernel ops (``@register(op, "numba")``), for NumPy arrays.
 
-Each public function checks its arguments in Python (the shared helpers of ``_common``),
+Each public function has the name and signature of its reference body in ``kernels.reference``
+(the oracle), checks its arguments in Python with the same helpers (``_common``),
 allocates the outputs with NumPy (whose allocator asks for huge pages: a 75 MB im2col output
 allocated inside ``@njit`` spent more time in page faults than in copying) and calls one
 ``@njit(cache=True)`` loop. ``parallel=True`` + ``prange`` splits the outermost loop over the
 cores; calls with less than ``PARALLEL_MIN_WORK`` elements of work run on one thread, where
 waking the others costs more than it saves.
 
-``fastmath`` is off (except reassociation in the BatchNorm statistics), and floating-point
-kernels evaluate the same expressions in the same order as their NumPy twins, so elementwise
-kernels (im2col, max-pooling forward, BatchNorm+sign in eval mode, the optimiser steps) agree
-with the reference bit for bit; kernels that add in another order (col2im, max-pooling
-backward, BatchNorm batch statistics) differ by rounding.
+``fastmath`` is off, and floating-point kernels evaluate the same expressions in the same order
+as the reference, so elementwise kernels (im2col, max-pooling forward, BatchNorm+sign, the
+optimiser steps) agree with the reference bit for bit; kernels that add in another order
+(col2im, max-pooling backward with overlapping windows) differ by rounding. The BatchNorm
+batch statistics are the reference's own NumPy reductions (``reference.batch_statistics``), so
+train-mode BatchNorm+sign is exact too. Ops without a body here (``pack_conv_weights``, done
+once ahead of inference) run their reference.
 
 The convolution itself stays ``im2col`` + one BLAS GEMM (``cols @ w.reshape(O, -1).T``): a
 direct Numba convolution measured about ten times slower than that on a CIFAR-size layer
@@ -40,17 +43,13 @@ from numba import njit, prange, types  # noqa: E402
 from numba.extending import intrinsic  # noqa: E402
 
 from minibnn.errors import DTypeError, ShapeError  # noqa: E402
-from minibnn.kernels import reference as _ref  # noqa: E402
 from minibnn.kernels._common import (  # noqa: E402
-    as_scalars, channel_vector, channel_view, check_inplace, check_tie, conv_output_size,
-    maxpool_backward_shape, require_float, require_ndim, words_for)
-
-__all__ = [
-    "im2col", "col2im", "maxpool2d_forward", "maxpool2d_backward", "batchnorm_sign_eval",
-    "batchnorm_sign_train", "cema_update", "bop_update", "sgd_update", "adam_update",
-    "pack_signs", "unpack_signs", "xnor_gemm", "pack_conv_input", "pack_conv_weights",
-    "binary_conv2d",
-]
+    as_scalars, channel_vector, channel_view, check_binary_conv, check_inplace,
+    check_momentum_buffer, check_packed_pair, check_step, check_tie, col2im_shape,
+    conv_output_size, maxpool_backward_shape, require_array, require_float, require_ndim,
+    words_for)
+from minibnn.kernels.reference import batch_statistics  # noqa: E402
+from minibnn.kernels.registry import register  # noqa: E402
 
 
 @intrinsic
@@ -106,9 +105,10 @@ def _im2col(x, kh, kw, stride, padding, oh, ow, cols):  # type: ignore[no-untype
                             cols[row, base + j] = 0
 
 
+@register("im2col", "numba")
 def im2col(x: np.ndarray, kh: int, kw: int, stride: int = 1, padding: int = 0) -> np.ndarray:
     """x (N, C, H, W) -> cols (N*OH*OW, C*kH*kW); layout of ``reference.im2col``."""
-    require_float("im2col", "x", x)
+    require_float("im2col", "x", x, "numpy")
     require_ndim("im2col", "x", x, (4,), "4-D (N, C, H, W)")
     n, c, h, w = x.shape
     oh, ow = conv_output_size("im2col", h, w, kh, kw, stride, padding)
@@ -137,15 +137,12 @@ def _col2im(cols, kh, kw, stride, padding, oh, ow, out):  # type: ignore[no-unty
                                 out[ni, ci, hi, wi] += cols[row, base + j]
 
 
+@register("col2im", "numba")
 def col2im(cols: np.ndarray, x_shape: tuple[int, int, int, int], kh: int, kw: int,
            stride: int = 1, padding: int = 0) -> np.ndarray:
     """Adjoint of ``im2col``: cols (N*OH*OW, C*kH*kW) -> dx of shape ``x_shape``."""
-    require_float("col2im", "cols", cols)
-    n, c, h, w = (int(s) for s in x_shape)
-    oh, ow = conv_output_size("col2im", h, w, kh, kw, stride, padding)
-    if cols.shape != (n * oh * ow, c * kh * kw):
-        raise ShapeError(f"col2im: cols must have shape {(n * oh * ow, c * kh * kw)}, "
-                         f"got {tuple(cols.shape)}")
+    require_float("col2im", "cols", cols, "numpy")
+    n, c, h, w, oh, ow = col2im_shape(cols, x_shape, kh, kw, stride, padding)
     out = np.zeros((n, c, h, w), dtype=cols.dtype)
     with _threads_for(cols.size if n > 1 else 0):
         _col2im(np.ascontiguousarray(cols), kh, kw, stride, padding, oh, ow, out)
@@ -181,10 +178,11 @@ def _maxpool_fwd(x, k, stride, padding, y, arg):  # type: ignore[no-untyped-def]
                 arg[(plane * oh + yo) * ow + xo] = best_t
 
 
+@register("maxpool2d_forward", "numba")
 def maxpool2d_forward(x: np.ndarray, kernel: int, stride: int | None = None,
                       padding: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """y (N, C, OH, OW) and argmax (N*C*OH*OW,) int64 (position i*kernel + j in the window)."""
-    require_float("maxpool2d_forward", "x", x)
+    require_float("maxpool2d_forward", "x", x, "numpy")
     require_ndim("maxpool2d_forward", "x", x, (4,), "4-D (N, C, H, W)")
     stride = kernel if stride is None else stride
     n, c, h, w = x.shape
@@ -212,10 +210,12 @@ def _maxpool_bwd(dy, arg, k, stride, padding, dx):  # type: ignore[no-untyped-de
                     dx[ni, ci, hi, wi] += dy[ni, ci, yo, xo]
 
 
+@register("maxpool2d_backward", "numba")
 def maxpool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape: tuple[int, int, int, int],
                        kernel: int, stride: int | None = None, padding: int = 0) -> np.ndarray:
     """Route dy to the arg-max of each window; overlapping windows add. Returns dx (x_shape)."""
-    require_float("maxpool2d_backward", "dy", dy)
+    require_float("maxpool2d_backward", "dy", dy, "numpy")
+    require_array("maxpool2d_backward", "argmax", argmax, "numpy")
     n, c, h, w, stride = maxpool_backward_shape(dy, argmax, x_shape, kernel, stride, padding)
     dx = np.zeros((n, c, h, w), dtype=dy.dtype)
     with _threads_for(dx.size):
@@ -243,65 +243,45 @@ def _bn_sign_apply(x3, mean, inv_std, gamma, beta, s, y, xhat, keep):  # type: i
                 xhat[ni, ci, j] = xh
 
 
-# Reassociation lets LLVM vectorise the two sums (a strict left-to-right float sum runs at one
-# add per FP-add latency); the result is still deterministic, and the twins are compared with a
-# tolerance here anyway.
-@njit(parallel=True, cache=True, fastmath={"reassoc"})
-def _channel_stats(x3, mean, var):  # type: ignore[no-untyped-def]
-    """Per-channel mean and biased variance with float64 accumulators, two passes."""
-    n, c, length = x3.shape
-    count = n * length
-    for ci in prange(c):
-        acc = 0.0
-        for ni in range(n):
-            for j in range(length):
-                acc += x3[ni, ci, j]
-        mu = acc / count
-        acc2 = 0.0
-        for ni in range(n):
-            for j in range(length):
-                d = x3[ni, ci, j] - mu
-                acc2 += d * d
-        mean[ci] = mu
-        var[ci] = acc2 / count
-
-
+@register("batchnorm_sign_eval", "numba")
 def batchnorm_sign_eval(x: np.ndarray, mean: np.ndarray, var: np.ndarray,
                         gamma: np.ndarray | None = None, beta: np.ndarray | None = None,
                         eps: float = 1e-5) -> np.ndarray:
-    """``sign(gamma * (x - mean) / sqrt(var + eps) + beta)``, one pass; see the reference twin."""
+    """``sign(gamma * (x - mean) / sqrt(var + eps) + beta)``, one pass; see the reference."""
     fn = "batchnorm_sign_eval"
-    require_float(fn, "x", x)
+    require_float(fn, "x", x, "numpy")
     x3 = np.ascontiguousarray(channel_view(fn, x))
-    c, dt = x3.shape[1], x.dtype
-    mean = channel_vector(fn, "mean", mean, c, dt, 0.0)
-    var = channel_vector(fn, "var", var, c, dt, 1.0)
-    gamma = channel_vector(fn, "gamma", gamma, c, dt, 1.0)
-    beta = channel_vector(fn, "beta", beta, c, dt, 0.0)
+    mean = channel_vector(fn, "mean", mean, x, 0.0, "numpy")
+    var = channel_vector(fn, "var", var, x, 1.0, "numpy")
+    gamma = channel_vector(fn, "gamma", gamma, x, 1.0, "numpy")
+    beta = channel_vector(fn, "beta", beta, x, 0.0, "numpy")
     inv_std = 1.0 / np.sqrt(var + eps)            # (C,): computed as the reference does
     s = np.empty_like(x3)
-    unused = np.empty((0, 0, 0), dtype=dt)
+    unused = np.empty((0, 0, 0), dtype=x.dtype)
     with _threads_for(x3.size):
         _bn_sign_apply(x3, mean, inv_std, gamma, beta, s, unused, unused, False)
     return s.reshape(x.shape)
 
 
+@register("batchnorm_sign_train", "numba")
 def batchnorm_sign_train(x: np.ndarray, gamma: np.ndarray | None = None,
                          beta: np.ndarray | None = None, eps: float = 1e-5
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                                     np.ndarray]:
-    """Batch-statistics BatchNorm + sign: ``(s, y, xhat, mean, var, inv_std)`` as the reference."""
+    """Batch-statistics BatchNorm + sign: ``(s, y, xhat, mean, var, inv_std)`` as the reference.
+
+    The statistics are the reference's NumPy reductions (so every bit agrees); normalise,
+    affine and sign are one pass that writes s, y and xhat.
+    """
     fn = "batchnorm_sign_train"
-    require_float(fn, "x", x)
+    require_float(fn, "x", x, "numpy")
     x3 = np.ascontiguousarray(channel_view(fn, x))
-    c, dt = x3.shape[1], x.dtype
-    gamma = channel_vector(fn, "gamma", gamma, c, dt, 1.0)
-    beta = channel_vector(fn, "beta", beta, c, dt, 0.0)
-    mean, var = np.empty(c, dtype=dt), np.empty(c, dtype=dt)
+    gamma = channel_vector(fn, "gamma", gamma, x, 1.0, "numpy")
+    beta = channel_vector(fn, "beta", beta, x, 0.0, "numpy")
+    mean, var = batch_statistics(x)
+    inv_std = 1.0 / np.sqrt(var + eps)
     s, y, xhat = np.empty_like(x3), np.empty_like(x3), np.empty_like(x3)
     with _threads_for(x3.size):
-        _channel_stats(x3, mean, var)
-        inv_std = 1.0 / np.sqrt(var + eps)
         _bn_sign_apply(x3, mean, inv_std, gamma, beta, s, y, xhat, True)
     return s.reshape(x.shape), y.reshape(x.shape), xhat.reshape(x.shape), mean, var, inv_std
 
@@ -319,16 +299,18 @@ def _cema(b, m, v, g, c_m, c_g, c_v, c_a, thr, tie_positive):  # type: ignore[no
         m[i] = mi
         v[i] = vi
         bi = b[i]
-        if vi * bi > thr or (tie_positive and vi == 0 and bi < 0):
+        score = vi * bi
+        if score > thr or (tie_positive and score == thr and bi < 0):   # tie: b = +1
             b[i] = -bi
             flips += 1
     return flips
 
 
+@register("cema_update", "numba")
 def cema_update(b: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, alpha: float,
                 gamma: float, threshold: float = 0.0, tie: str = "keep") -> int:
     """Fused CEMA step, in place; returns the number of flips (see ``reference.cema_update``)."""
-    dt = check_inplace("cema_update", b=b, m=m, v=v, g=g)
+    dt = check_inplace("cema_update", "numpy", b=b, m=m, v=v, g=g)
     tie_positive = check_tie("cema_update", tie)
     c_m, c_g, c_v, c_a, thr = as_scalars(dt, 1.0 - gamma, gamma, 1.0 - alpha, alpha, threshold)
     with _threads_for(b.size):
@@ -343,16 +325,18 @@ def _bop(b, m, g, c_m, c_g, thr, tie_positive):  # type: ignore[no-untyped-def]
         mi = c_m * m[i] + c_g * g[i]              # m = (1 - gamma) m + gamma g
         m[i] = mi
         bi = b[i]
-        if mi * bi > thr or (tie_positive and mi == 0 and bi < 0):
+        score = mi * bi
+        if score > thr or (tie_positive and score == thr and bi < 0):   # tie: b = +1
             b[i] = -bi
             flips += 1
     return flips
 
 
+@register("bop_update", "numba")
 def bop_update(b: np.ndarray, m: np.ndarray, g: np.ndarray, gamma: float, threshold: float,
                tie: str = "keep") -> int:
     """Fused Bop step, in place; returns the number of flips (see ``reference.bop_update``)."""
-    dt = check_inplace("bop_update", b=b, m=m, g=g)
+    dt = check_inplace("bop_update", "numpy", b=b, m=m, g=g)
     tie_positive = check_tie("bop_update", tie)
     c_m, c_g, thr = as_scalars(dt, 1.0 - gamma, gamma, threshold)
     with _threads_for(b.size):
@@ -380,14 +364,14 @@ def _sgd(w, m, g, lam, mu, c_d, neg_lr, coupled_decay, decoupled_decay, use_mome
         w[i] = wi + neg_lr * d
 
 
+@register("sgd_update", "numba")
 def sgd_update(w: np.ndarray, m: np.ndarray | None, g: np.ndarray, lr: float,
                momentum: float = 0.0, weight_decay: float = 0.0, dampening: float = 0.0,
                decoupled: bool = False, first_step: bool = False) -> None:
     """Fused SGD step, in place (see ``reference.sgd_update`` for the formulas)."""
     fn = "sgd_update"
-    if momentum != 0.0 and m is None:
-        raise ShapeError(f"{fn}: momentum {momentum} needs a buffer m, got None")
-    dt = check_inplace(fn, w=w, m=m if momentum != 0.0 else None, g=g)
+    check_momentum_buffer(fn, momentum, m)
+    dt = check_inplace(fn, "numpy", w=w, m=m if momentum != 0.0 else None, g=g)
     lam, mu, c_d, neg_lr = as_scalars(dt, weight_decay, momentum, 1.0 - dampening, -lr)
     use_m = momentum != 0.0
     mm = m.reshape(-1) if use_m else np.empty(0, dtype=dt)
@@ -415,14 +399,14 @@ def _adam(w, m, v, g, lam, c_b1, c_1b1, c_b2, c_1b2, bc1, bc2, c_eps, neg_lr, co
         w[i] = wi + neg_lr * u
 
 
+@register("adam_update", "numba")
 def adam_update(w: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, lr: float,
                 step: int, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                 weight_decay: float = 0.0, decoupled: bool = False) -> None:
     """Fused Adam / AdamW step, in place (see ``reference.adam_update``)."""
     fn = "adam_update"
-    dt = check_inplace(fn, w=w, m=m, v=v, g=g)
-    if int(step) != step or step < 1:
-        raise ShapeError(f"{fn}: step must be an integer >= 1, got {step!r}")
+    dt = check_inplace(fn, "numpy", w=w, m=m, v=v, g=g)
+    check_step(fn, step)
     sc = as_scalars(dt, weight_decay, b1, 1.0 - b1, b2, 1.0 - b2, 1.0 - b1 ** step,
                     1.0 - b2 ** step, eps, -lr)
     decay = weight_decay != 0.0
@@ -453,11 +437,14 @@ def _pack_rows(x2, out):  # type: ignore[no-untyped-def]
             out[r, q] = word
 
 
+@register("pack_signs", "numba")
 def pack_signs(x: np.ndarray) -> np.ndarray:
     """Pack sign(x) along the last axis: (..., K) float -> (..., ceil(K/64)) uint64."""
-    require_float("pack_signs", "x", x)
+    require_float("pack_signs", "x", x, "numpy")
+    if x.ndim < 1:
+        raise ShapeError("pack_signs: x must have at least one axis, got a 0-d array")
     k = x.shape[-1]
-    x2 = np.ascontiguousarray(x).reshape(-1, k)
+    x2 = np.ascontiguousarray(x).reshape(int(np.prod(x.shape[:-1])), k)
     out = np.empty((x2.shape[0], words_for(k)), dtype=np.uint64)
     with _threads_for(x2.size):
         _pack_rows(x2, out)
@@ -472,14 +459,16 @@ def _unpack_rows(p2, k, out):  # type: ignore[no-untyped-def]
             out[r, kk] = 1.0 if bit else -1.0
 
 
+@register("unpack_signs", "numba")
 def unpack_signs(p: np.ndarray, k: int, dtype: type | np.dtype = np.float32) -> np.ndarray:
     """Inverse of ``pack_signs``: (..., W) uint64 -> (..., k) array of ±1 in ``dtype``."""
+    require_array("unpack_signs", "p", p, "numpy")
     if p.dtype != np.uint64:
         raise DTypeError(f"unpack_signs: p must be uint64, got {p.dtype}")
     if p.ndim < 1 or p.shape[-1] != words_for(k):
         raise ShapeError(f"unpack_signs: p must have a last axis of ceil({k}/64) = "
                          f"{words_for(k)} words, got shape {tuple(p.shape)}")
-    p2 = np.ascontiguousarray(p).reshape(-1, p.shape[-1])
+    p2 = np.ascontiguousarray(p).reshape(int(np.prod(p.shape[:-1])), p.shape[-1])
     out = np.empty((p2.shape[0], k), dtype=dtype)
     with _threads_for(out.size):
         _unpack_rows(p2, k, out)
@@ -519,9 +508,10 @@ def _xnor_gemm(a, b, k, out):  # type: ignore[no-untyped-def]
                     out[i, j] = k - 2 * c0
 
 
+@register("xnor_gemm", "numba")
 def xnor_gemm(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
     """``C = A @ B.T`` (int32, exact) from packed ±1 rows a (M, W), b (N, W); k = true length."""
-    _ref._check_packed_pair("xnor_gemm", a, b, k)
+    check_packed_pair("xnor_gemm", a, b, k, "numpy")
     out = np.empty((a.shape[0], b.shape[0]), dtype=np.int32)
     with _threads_for(out.size * a.shape[1]):
         _xnor_gemm(np.ascontiguousarray(a), np.ascontiguousarray(b), k, out)
@@ -553,19 +543,16 @@ def _pack_nchw(x, out):  # type: ignore[no-untyped-def]
                 out[ni, yi, xi, ci >> 6] |= np.uint64(x[ni, ci, yi, xi] >= 0) << sh
 
 
+@register("pack_conv_input", "numba")
 def pack_conv_input(x: np.ndarray) -> np.ndarray:
     """Pack sign(x) of NCHW activations along channels: (N, C, H, W) -> (N, H, W, ceil(C/64))."""
-    require_float("pack_conv_input", "x", x)
+    require_float("pack_conv_input", "x", x, "numpy")
     require_ndim("pack_conv_input", "x", x, (4,), "4-D (N, C, H, W)")
     n, c, h, w = x.shape
     out = np.empty((n, h, w, words_for(c)), dtype=np.uint64)
     with _threads_for(x.size):
         _pack_nchw(np.ascontiguousarray(x), out)
     return out
-
-
-#: Weights are packed once ahead of inference, so the NumPy version serves both backends.
-pack_conv_weights = _ref.pack_conv_weights
 
 
 @njit(cache=True)
@@ -647,6 +634,7 @@ def _binary_conv2d(xb, wt, c, kh, kw, stride, padding, out):  # type: ignore[no-
                 out[ni, oc, yo, xo] = row[oc, xo]
 
 
+@register("binary_conv2d", "numba")
 def binary_conv2d(xbits: np.ndarray, wbits: np.ndarray, wsum: np.ndarray, c: int, kh: int,
                   kw: int, stride: int = 1, padding: int = 0) -> np.ndarray:
     """Exact binary convolution on packed operands -> int32 (N, O, OH, OW).
@@ -658,8 +646,8 @@ def binary_conv2d(xbits: np.ndarray, wbits: np.ndarray, wsum: np.ndarray, c: int
     innermost (weights transposed to (kH*kW*Wc, O)), which vectorises the popcount over O;
     interior pixels go in fours that share the weight loads.
     """
-    oh, ow = _ref._check_binary_conv("binary_conv2d", xbits, wbits, wsum, c, kh, kw, stride,
-                                     padding)
+    oh, ow = check_binary_conv("binary_conv2d", xbits, wbits, wsum, c, kh, kw, stride, padding,
+                               "numpy")
     out = np.empty((xbits.shape[0], wbits.shape[0], oh, ow), dtype=np.int32)
     with _threads_for(out.size * wbits.shape[1]):
         _binary_conv2d(np.ascontiguousarray(xbits), np.ascontiguousarray(wbits.T), c, kh, kw,

@@ -1,20 +1,23 @@
-"""CuPy GPU kernels: the CUDA twins of ``kernels.reference`` (same names, same signatures).
+"""CUDA bodies of the kernel ops (``@register(op, "cuda")``), for CuPy arrays.
 
-Every public function here has a NumPy twin of the same name in ``kernels/reference.py`` (the
-oracle and the documentation of the arithmetic) and a Numba twin in ``kernels/cpu.py``. The
-arrays are CuPy arrays on the current device; nothing is copied to or from the host and no
-function synchronises the device (launches are asynchronous on the current stream).
+Every public function here has the name and signature of its reference body in
+``kernels/reference.py`` (the oracle and the documentation of the arithmetic). Only real CUDA
+kernels live here (``cupy.ElementwiseKernel`` / ``cupy.RawKernel``): the ops that are plain
+array code (im2col / col2im, pooling, the packed binary convolution and its packing helpers)
+run their reference body on CuPy arrays, which calls the CUDA ``pack_signs`` and ``xnor_gemm``
+below for its inner step. The arrays are CuPy arrays on the current device; nothing is copied
+to or from the host and no function synchronises the device (launches are asynchronous on the
+current stream).
 
 What is what:
   * fused in-place optimiser steps (``cema_update``, ``bop_update``, ``sgd_update``,
     ``adam_update``): one ``cupy.ElementwiseKernel`` launch per parameter group, reading and
     writing every buffer once;
   * fused BatchNorm + sign (``batchnorm_sign_eval``, ``batchnorm_sign_train``): one
-    ``ElementwiseKernel`` launch (train mode takes the batch statistics from CuPy reductions);
+    ``ElementwiseKernel`` launch (train mode takes the batch statistics from the reference's
+    CuPy reductions, ``reference.batch_statistics``);
   * bit packing (``pack_signs``, a ``RawKernel`` with warp ballots; ``unpack_signs``) and the
-    XNOR-popcount GEMM (``xnor_gemm``, a shared-memory tiled ``RawKernel`` using ``__popcll``);
-  * ``im2col`` / ``col2im``, pooling and the packed binary convolution are plain CuPy array
-    code written exactly like their reference twins (strided views, one copy).
+    XNOR-popcount GEMM (``xnor_gemm``, a shared-memory tiled ``RawKernel`` using ``__popcll``).
 
 Arithmetic. Kernels are compiled with ``--fmad=false``: NVRTC would otherwise contract
 ``a * b + c`` into one fused multiply-add (a single rounding), which NumPy never does. With
@@ -22,7 +25,7 @@ contraction off, IEEE division and square root (NVRTC's defaults) and the operat
 the reference, the elementwise kernels compute the same float32/float64 values as NumPy.
 The tests still compare within the stated tolerances (rtol 1e-6 in float32).
 
-Differences from the CPU twins:
+Differences from the other bodies:
   * ``cema_update`` and ``bop_update`` return the flip count as a 0-d ``uint64`` CuPy array
     (``int(n)`` reads it, which synchronises) instead of a Python int, so a training step
     never waits for the device just to count flips.
@@ -40,16 +43,10 @@ import numpy as np
 
 from minibnn.errors import DeviceError, DTypeError, ShapeError
 from minibnn.kernels._common import (
-    as_scalars, check_inplace, check_tie, conv_output_size, maxpool_backward_shape,
-    require_ndim, words_for)
-from minibnn.nn.functional import conv
-
-__all__ = [
-    "im2col", "col2im", "maxpool2d_forward", "maxpool2d_backward", "batchnorm_sign_eval",
-    "batchnorm_sign_train", "cema_update", "bop_update", "sgd_update", "adam_update",
-    "pack_signs", "unpack_signs", "xnor_gemm", "pack_conv_input", "pack_conv_weights",
-    "binary_conv2d",
-]
+    as_scalars, channel_vector, channel_view, check_inplace, check_momentum_buffer,
+    check_packed_pair, check_step, check_tie, require_array, require_float, words_for)
+from minibnn.kernels.reference import batch_statistics
+from minibnn.kernels.registry import register
 
 Array = Any      # a cupy.ndarray (CuPy is imported lazily, so no annotation can name it)
 
@@ -59,8 +56,6 @@ _NVRTC_OPTIONS = ("--fmad=false",)
 #: Threads per block of the elementwise optimiser kernels. Larger blocks mean fewer blocks,
 #: hence fewer global atomics for the flip counters (one per block).
 _OPT_BLOCK = 512
-
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 _CUPY: Any = None       # the cupy module, once a device has been seen
 
@@ -100,111 +95,6 @@ def _elementwise(spec: _Elementwise) -> Any:
         loop_prep=spec.loop_prep, after_loop=spec.after_loop)
 
 
-# --------------------------------------------------------------------------- argument checks
-
-
-def _require_gpu_array(fn: str, name: str, x: Any) -> None:
-    cp = _cp(fn)
-    if not isinstance(x, cp.ndarray):
-        raise DTypeError(f"{fn}: {name} must be a CuPy array on the GPU, got "
-                         f"{type(x).__name__} (move it with minibnn.backend.to_device(x, 'gpu'))")
-
-
-def _require_float(fn: str, name: str, x: Any) -> None:
-    _require_gpu_array(fn, name, x)
-    if x.dtype not in _FLOAT_DTYPES:
-        raise DTypeError(f"{fn}: {name} must have dtype float32 or float64, got {x.dtype}")
-
-
-def _check_inplace(fn: str, **arrays: Array | None) -> np.dtype:
-    """``_common.check_inplace`` with the CuPy array check."""
-    return check_inplace(fn, _require_float, **arrays)
-
-
-def _channel_view(fn: str, x: Array) -> Array:
-    """View (N, C) or (N, C, H, W) as (N, C, L) with L = H*W (or 1)."""
-    require_ndim(fn, "x", x, (2, 4), "(N, C) or (N, C, H, W)")
-    n, c = x.shape[:2]
-    return x.reshape(n, c, -1)
-
-
-def _channel_vector(fn: str, name: str, p: Array | None, c: int, dtype: np.dtype,
-                    default: float) -> Array:
-    """A contiguous per-channel parameter (C,) in ``dtype`` on the GPU; None -> ``default``."""
-    cp = _cp(fn)
-    if p is None:
-        return cp.full(c, default, dtype=dtype)
-    _require_float(fn, name, p)
-    if p.shape != (c,):
-        raise ShapeError(f"{fn}: {name} must have shape ({c},), got {tuple(p.shape)}")
-    if p.dtype != dtype:
-        raise DTypeError(f"{fn}: {name} has dtype {p.dtype}, x has {dtype}")
-    return cp.ascontiguousarray(p)
-
-
-# --------------------------------------------------------------------------- convolution
-# Plain CuPy array code, line for line the reference twin (CuPy's as_strided takes no
-# ``writeable`` argument; the view is only read).
-
-
-def im2col(x: Array, kh: int, kw: int, stride: int = 1, padding: int = 0) -> Array:
-    """Unfold x (N, C, H, W) into cols (N*OH*OW, C*kH*kW), zero padding.
-
-    Layout: see ``reference.im2col``; the code is the layer's own, written against ``xp``
-    (``minibnn.nn.functional.conv.im2col``), run on CuPy arrays.
-    """
-    _cp("im2col")
-    _require_float("im2col", "x", x)
-    require_ndim("im2col", "x", x, (4,), "4-D (N, C, H, W)")
-    return conv.im2col(x, kh, kw, stride, padding)
-
-
-def col2im(cols: Array, x_shape: tuple[int, int, int, int], kh: int, kw: int,
-           stride: int = 1, padding: int = 0) -> Array:
-    """Adjoint of ``im2col`` (see ``reference.col2im``): add each entry back onto its pixel."""
-    _cp("col2im")
-    _require_float("col2im", "cols", cols)
-    return conv.col2im(cols, tuple(x_shape), kh, kw, stride, padding)
-
-
-# --------------------------------------------------------------------------- pooling
-
-
-def maxpool2d_forward(x: Array, kernel: int, stride: int | None = None,
-                      padding: int = 0) -> tuple[Array, Array]:
-    """Max over kernel x kernel windows: y (N, C, OH, OW) and argmax (N*C*OH*OW,) int64.
-
-    ``argmax[r] = i*kernel + j``, first maximum in row-major order; -inf padding
-    (see ``reference.maxpool2d_forward``).
-    """
-    cp = _cp("maxpool2d_forward")
-    _require_float("maxpool2d_forward", "x", x)
-    require_ndim("maxpool2d_forward", "x", x, (4,), "4-D (N, C, H, W)")
-    stride = kernel if stride is None else stride
-    n, c, h, w = x.shape
-    oh, ow = conv_output_size("maxpool2d_forward", h, w, kernel, kernel, stride, padding)
-    p = padding
-    xpad = (cp.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), mode="constant",
-                   constant_values=-np.inf) if p else x)
-    cols = im2col(cp.ascontiguousarray(xpad).reshape(n * c, 1, h + 2 * p, w + 2 * p),
-                  kernel, kernel, stride, 0)
-    argmax = cp.argmax(cols, axis=1)
-    y = cp.take_along_axis(cols, argmax[:, None], axis=1).reshape(n, c, oh, ow)
-    return y, argmax.astype(cp.int64)
-
-
-def maxpool2d_backward(dy: Array, argmax: Array, x_shape: tuple[int, int, int, int],
-                       kernel: int, stride: int | None = None, padding: int = 0) -> Array:
-    """Route dy[n, c, oh, ow] to the arg-max of its window; overlapping windows add."""
-    cp = _cp("maxpool2d_backward")
-    _require_float("maxpool2d_backward", "dy", dy)
-    _require_gpu_array("maxpool2d_backward", "argmax", argmax)
-    n, c, h, w, stride = maxpool_backward_shape(dy, argmax, x_shape, kernel, stride, padding)
-    dcols = cp.zeros((argmax.shape[0], kernel * kernel), dtype=dy.dtype)
-    dcols[cp.arange(argmax.shape[0]), argmax] = dy.reshape(-1)
-    return col2im(dcols, (n * c, 1, h, w), kernel, kernel, stride, padding).reshape(n, c, h, w)
-
-
 # --------------------------------------------------------------------------- BatchNorm + sign
 # One thread per element; c = (i / L) % C is the channel of flat index i of an (N, C, L) array
 # (L = length, C = channels in the kernel).
@@ -227,6 +117,7 @@ _BN_SIGN_TRAIN = _Elementwise("minibnn_bn_sign_train", _BN_PARAMS, "T s, T y, T 
 """)
 
 
+@register("batchnorm_sign_eval", "cuda")
 def batchnorm_sign_eval(x: Array, mean: Array, var: Array, gamma: Array | None = None,
                         beta: Array | None = None, eps: float = 1e-5) -> Array:
     """``sign(gamma * (x - mean) / sqrt(var + eps) + beta)`` per channel (axis 1), one launch.
@@ -235,13 +126,13 @@ def batchnorm_sign_eval(x: Array, mean: Array, var: Array, gamma: Array | None =
     """
     fn = "batchnorm_sign_eval"
     cp = _cp(fn)
-    _require_float(fn, "x", x)
-    x3 = cp.ascontiguousarray(_channel_view(fn, x))
-    c, dt = x3.shape[1], np.dtype(x.dtype)
-    mean = _channel_vector(fn, "mean", mean, c, dt, 0.0)
-    var = _channel_vector(fn, "var", var, c, dt, 1.0)
-    gamma = _channel_vector(fn, "gamma", gamma, c, dt, 1.0)
-    beta = _channel_vector(fn, "beta", beta, c, dt, 0.0)
+    require_float(fn, "x", x, "cupy")
+    x3 = cp.ascontiguousarray(channel_view(fn, x))
+    c = x3.shape[1]
+    mean = channel_vector(fn, "mean", mean, x, 0.0, "cupy")
+    var = channel_vector(fn, "var", var, x, 1.0, "cupy")
+    gamma = channel_vector(fn, "gamma", gamma, x, 1.0, "cupy")
+    beta = channel_vector(fn, "beta", beta, x, 0.0, "cupy")
     inv_std = 1.0 / cp.sqrt(var + eps)             # (C,), computed as the reference does
     s = cp.empty_like(x3)
     _elementwise(_BN_SIGN_EVAL)(x3, mean, inv_std, gamma, beta, np.int64(x3.shape[2]),
@@ -249,22 +140,23 @@ def batchnorm_sign_eval(x: Array, mean: Array, var: Array, gamma: Array | None =
     return s.reshape(x.shape)
 
 
+@register("batchnorm_sign_train", "cuda")
 def batchnorm_sign_train(x: Array, gamma: Array | None = None, beta: Array | None = None,
                          eps: float = 1e-5) -> tuple[Array, Array, Array, Array, Array, Array]:
     """Batch-statistics BatchNorm + sign: ``(s, y, xhat, mean, var, inv_std)`` as the reference.
 
-    mean and the biased var come from CuPy reductions (they agree with the reference to
-    rounding, not bit for bit); normalise, affine and sign are one fused launch.
+    mean and the biased var are the reference's CuPy reductions (``batch_statistics``: the same
+    bits as the reference body on CuPy arrays, NumPy's to rounding); normalise, affine and sign
+    are one fused launch.
     """
     fn = "batchnorm_sign_train"
     cp = _cp(fn)
-    _require_float(fn, "x", x)
-    x3 = cp.ascontiguousarray(_channel_view(fn, x))
-    c, dt = x3.shape[1], np.dtype(x.dtype)
-    gamma = _channel_vector(fn, "gamma", gamma, c, dt, 1.0)
-    beta = _channel_vector(fn, "beta", beta, c, dt, 0.0)
-    mean = x3.mean(axis=(0, 2))
-    var = x3.var(axis=(0, 2))                      # biased: divides by N*L
+    require_float(fn, "x", x, "cupy")
+    x3 = cp.ascontiguousarray(channel_view(fn, x))
+    c = x3.shape[1]
+    gamma = channel_vector(fn, "gamma", gamma, x, 1.0, "cupy")
+    beta = channel_vector(fn, "beta", beta, x, 0.0, "cupy")
+    mean, var = batch_statistics(x)               # biased var: divides by N*L
     inv_std = 1.0 / cp.sqrt(var + eps)
     s, y, xhat = cp.empty_like(x3), cp.empty_like(x3), cp.empty_like(x3)
     _elementwise(_BN_SIGN_TRAIN)(x3, mean, inv_std, gamma, beta, np.int64(x3.shape[2]),
@@ -296,7 +188,7 @@ _FLIP_COUNT_AFTER = """
 
 
 # m = (1 - gamma) m + gamma g;  v = (1 - alpha) v + alpha m;  b = -b where v b > threshold
-# (tie "positive": also b = +1 where v == 0)
+# (tie "positive": also b = +1 where v b == threshold exactly)
 _CEMA = _Elementwise(
     "minibnn_cema_update",
     "T g, T c_m, T c_g, T c_v, T c_a, T thr, int32 tie_positive",
@@ -307,13 +199,15 @@ _CEMA = _Elementwise(
     m = mi;
     v = vi;
     const T bi = b;
-    if (vi * bi > thr || (tie_positive && vi == (T)0 && bi < (T)0)) {
+    const T score = vi * bi;
+    if (score > thr || (tie_positive && score == thr && bi < (T)0)) {   // tie: b = +1
         b = -bi;                                 // flip
         my_flips += 1;
     }
 """, _FLIP_COUNT_PREP, _FLIP_COUNT_AFTER)
 
 # m = (1 - gamma) m + gamma g;  b = -b where m b > threshold
+# (tie "positive": also b = +1 where m b == threshold exactly)
 _BOP = _Elementwise(
     "minibnn_bop_update",
     "T g, T c_m, T c_g, T thr, int32 tie_positive",
@@ -322,7 +216,8 @@ _BOP = _Elementwise(
     const T mi = c_m * m + c_g * g;              // m = (1 - gamma) m + gamma g
     m = mi;
     const T bi = b;
-    if (mi * bi > thr || (tie_positive && mi == (T)0 && bi < (T)0)) {
+    const T score = mi * bi;
+    if (score > thr || (tie_positive && score == thr && bi < (T)0)) {   // tie: b = +1
         b = -bi;                                 // flip
         my_flips += 1;
     }
@@ -379,6 +274,7 @@ _ADAM = _Elementwise(
 """)
 
 
+@register("cema_update", "cuda")
 def cema_update(b: Array, m: Array, v: Array, g: Array, alpha: float, gamma: float,
                 threshold: float = 0.0, tie: str = "keep") -> Array:
     """One CEMA step on binary weights b (±1), in place, in one launch.
@@ -389,7 +285,7 @@ def cema_update(b: Array, m: Array, v: Array, g: Array, alpha: float, gamma: flo
     """
     fn = "cema_update"
     cp = _cp(fn)
-    dt = _check_inplace(fn, b=b, m=m, v=v, g=g)
+    dt = check_inplace(fn, "cupy", b=b, m=m, v=v, g=g)
     tie_positive = check_tie(fn, tie)
     c_m, c_g, c_v, c_a, thr = as_scalars(dt, 1.0 - gamma, gamma, 1.0 - alpha, alpha, threshold)
     flips = cp.zeros(1, dtype=cp.uint64)
@@ -398,6 +294,7 @@ def cema_update(b: Array, m: Array, v: Array, g: Array, alpha: float, gamma: flo
     return flips[0]
 
 
+@register("bop_update", "cuda")
 def bop_update(b: Array, m: Array, g: Array, gamma: float, threshold: float,
                tie: str = "keep") -> Array:
     """One Bop step in place, one launch; returns the flip count as a 0-d uint64 CuPy array.
@@ -406,7 +303,7 @@ def bop_update(b: Array, m: Array, g: Array, gamma: float, threshold: float,
     """
     fn = "bop_update"
     cp = _cp(fn)
-    dt = _check_inplace(fn, b=b, m=m, g=g)
+    dt = check_inplace(fn, "cupy", b=b, m=m, g=g)
     tie_positive = check_tie(fn, tie)
     c_m, c_g, thr = as_scalars(dt, 1.0 - gamma, gamma, threshold)
     flips = cp.zeros(1, dtype=cp.uint64)
@@ -415,6 +312,7 @@ def bop_update(b: Array, m: Array, g: Array, gamma: float, threshold: float,
     return flips[0]
 
 
+@register("sgd_update", "cuda")
 def sgd_update(w: Array, m: Array | None, g: Array, lr: float, momentum: float = 0.0,
                weight_decay: float = 0.0, dampening: float = 0.0, decoupled: bool = False,
                first_step: bool = False) -> None:
@@ -426,9 +324,8 @@ def sgd_update(w: Array, m: Array | None, g: Array, lr: float, momentum: float =
     """
     fn = "sgd_update"
     _cp(fn)
-    if momentum != 0.0 and m is None:
-        raise ShapeError(f"{fn}: momentum {momentum} needs a buffer m, got None")
-    dt = _check_inplace(fn, w=w, m=m if momentum != 0.0 else None, g=g)
+    check_momentum_buffer(fn, momentum, m)
+    dt = check_inplace(fn, "cupy", w=w, m=m if momentum != 0.0 else None, g=g)
     lam, mu, c_d, neg_lr = as_scalars(dt, weight_decay, momentum, 1.0 - dampening, -lr)
     decay = weight_decay != 0.0
     coupled, dec = np.int32(decay and not decoupled), np.int32(decay and decoupled)
@@ -440,6 +337,7 @@ def sgd_update(w: Array, m: Array | None, g: Array, lr: float, momentum: float =
         _elementwise(_SGD_PLAIN)(g, lam, neg_lr, coupled, dec, w, block_size=_OPT_BLOCK)
 
 
+@register("adam_update", "cuda")
 def adam_update(w: Array, m: Array, v: Array, g: Array, lr: float, step: int, b1: float = 0.9,
                 b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
                 decoupled: bool = False) -> None:
@@ -450,9 +348,8 @@ def adam_update(w: Array, m: Array, v: Array, g: Array, lr: float, step: int, b1
     """
     fn = "adam_update"
     _cp(fn)
-    dt = _check_inplace(fn, w=w, m=m, v=v, g=g)
-    if int(step) != step or step < 1:
-        raise ShapeError(f"{fn}: step must be an integer >= 1, got {step!r}")
+    dt = check_inplace(fn, "cupy", w=w, m=m, v=v, g=g)
+    check_step(fn, step)
     sc = as_scalars(dt, weight_decay, b1, 1.0 - b1, b2, 1.0 - b2, 1.0 - b1 ** step,
                     1.0 - b2 ** step, eps, -lr)
     decay = weight_decay != 0.0
@@ -500,10 +397,11 @@ def _pack_kernel(dtype_name: str) -> Any:
                                        options=_NVRTC_OPTIONS)
 
 
+@register("pack_signs", "cuda")
 def pack_signs(x: Array) -> Array:
     """Pack sign(x) along the last axis: (..., K) float -> (..., ceil(K/64)) uint64."""
     cp = _cp("pack_signs")
-    _require_float("pack_signs", "x", x)
+    require_float("pack_signs", "x", x, "cupy")
     if x.ndim < 1:
         raise ShapeError("pack_signs: x must have at least one axis, got a 0-d array")
     k = int(x.shape[-1])
@@ -533,10 +431,11 @@ _UNPACK = _Elementwise(
 """)
 
 
+@register("unpack_signs", "cuda")
 def unpack_signs(p: Array, k: int, dtype: type | np.dtype = np.float32) -> Array:
     """Inverse of ``pack_signs``: (..., W) uint64 -> (..., k) array of ±1 in ``dtype``."""
     cp = _cp("unpack_signs")
-    _require_gpu_array("unpack_signs", "p", p)
+    require_array("unpack_signs", "p", p, "cupy")
     if p.dtype != cp.uint64 or p.ndim < 1 or p.shape[-1] != words_for(k):
         raise DTypeError(f"unpack_signs: p must be uint64 with last axis ceil({k}/64) = "
                          f"{words_for(k)}, got {p.dtype} {tuple(p.shape)}")
@@ -622,32 +521,15 @@ def _xnor_kernel() -> Any:
     return _cp("xnor_gemm").RawKernel(_XNOR_SOURCE, "minibnn_xnor_gemm", options=_NVRTC_OPTIONS)
 
 
-def _check_packed_pair(fn: str, a: Array, b: Array, k: int) -> None:
-    cp = _cp(fn)
-    for name, arr in (("a", a), ("b", b)):
-        _require_gpu_array(fn, name, arr)
-        if arr.dtype != cp.uint64 or arr.ndim != 2:
-            raise DTypeError(f"{fn}: {name} must be a 2-D uint64 array, got {arr.dtype} "
-                             f"{tuple(arr.shape)}")
-    if a.shape[1] != b.shape[1] or a.shape[1] != words_for(k):
-        raise ShapeError(f"{fn}: a and b must both have ceil(k/64) = {words_for(k)} words per "
-                         f"row, got {tuple(a.shape)} and {tuple(b.shape)}")
-
-
+@register("xnor_gemm", "cuda")
 def xnor_gemm(a: Array, b: Array, k: int) -> Array:
     """``C = A @ B.T`` for ±1 matrices A (M, k), B (N, k) given packed: (M, W), (N, W) -> int32.
 
-    ``C[i, j] = k - 2 * popcount(a_i XOR b_j)``, exact (see ``reference.xnor_gemm``).
+    ``C[i, j] = k - 2 * popcount(a_i XOR b_j)``, exact, one launch (see ``reference.xnor_gemm``;
+    W may exceed ceil(k/64) when every tap of a convolution is padded to whole words).
     """
-    _check_packed_pair("xnor_gemm", a, b, k)
-    return _xnor_counts(a, b, k)
-
-
-def _xnor_counts(a: Array, b: Array, k: int) -> Array:
-    """``k - 2 popcount(a_i XOR b_j)`` for every row pair, one launch. Rows may hold more words
-    than ceil(k/64) (``binary_conv2d`` packs every tap separately): k counts the bits that are
-    not padding, and pad bits, wherever they sit, are 0 in both operands and cancel."""
     cp = _cp("xnor_gemm")
+    check_packed_pair("xnor_gemm", a, b, k, "cupy")
     if k >= 2 ** 31:
         raise ShapeError(f"xnor_gemm: k must be below 2**31 (int32 output), got {k}")
     m, n, nw = int(a.shape[0]), int(b.shape[0]), int(a.shape[1])
@@ -661,76 +543,3 @@ def _xnor_counts(a: Array, b: Array, k: int) -> Array:
     _xnor_kernel()(grid, (16, 16), (cp.ascontiguousarray(a), cp.ascontiguousarray(b), out,
                                     np.int64(m), np.int64(n), np.int64(nw), np.int32(k)))
     return out
-
-
-# --------------------------------------------------------------------------- binary convolution
-# CuPy array code around xnor_gemm, following the reference twins step by step.
-
-
-def pack_conv_input(x: Array) -> Array:
-    """Pack sign(x) of NCHW activations along channels: (N, C, H, W) -> (N, H, W, ceil(C/64))."""
-    cp = _cp("pack_conv_input")
-    _require_float("pack_conv_input", "x", x)
-    require_ndim("pack_conv_input", "x", x, (4,), "4-D (N, C, H, W)")
-    return pack_signs(cp.ascontiguousarray(x.transpose(0, 2, 3, 1)))
-
-
-def pack_conv_weights(w: Array) -> tuple[Array, Array]:
-    """Pack sign(w) of OIHW weights for ``binary_conv2d``: ``(wbits, wsum)``.
-
-    ``wbits`` (O, kH*kW*Wc) uint64, tap-major, Wc = ceil(C/64); ``wsum`` (O, kH*kW) int32 =
-    ``sum_c sign(w[o, c, i, j])`` (see ``reference.pack_conv_weights``).
-    """
-    cp = _cp("pack_conv_weights")
-    _require_float("pack_conv_weights", "w", w)
-    require_ndim("pack_conv_weights", "w", w, (4,), "4-D (O, C, kH, kW)")
-    o, c, kh, kw = w.shape
-    wt = cp.ascontiguousarray(w.transpose(0, 2, 3, 1))          # (O, kH, kW, C)
-    wbits = pack_signs(wt).reshape(o, kh * kw * words_for(c))
-    wsum = cp.where(wt >= 0, 1, -1).sum(axis=-1, dtype=cp.int64).reshape(o, kh * kw)
-    return wbits, wsum.astype(cp.int32)
-
-
-def binary_conv2d(xbits: Array, wbits: Array, wsum: Array, c: int, kh: int, kw: int,
-                  stride: int = 1, padding: int = 0) -> Array:
-    """Binary convolution on packed operands -> int32 y (N, O, OH, OW), zero padding, exact.
-
-        y[n, o, oh, ow] = (kH kW C - 2 popcount(cols XOR wbits)) + sum_{t padded} wsum[o, t]
-
-    (padded taps are all-zero words, i.e. -1 in every channel, and are corrected with wsum;
-    see ``reference.binary_conv2d``).
-    """
-    fn = "binary_conv2d"
-    cp = _cp(fn)
-    for name, arr in (("xbits", xbits), ("wbits", wbits), ("wsum", wsum)):
-        _require_gpu_array(fn, name, arr)
-    if xbits.dtype != cp.uint64 or xbits.ndim != 4 or xbits.shape[3] != words_for(c):
-        raise ShapeError(f"{fn}: xbits must be uint64 (N, H, W, ceil(C/64) = {words_for(c)}), "
-                         f"got {xbits.dtype} {tuple(xbits.shape)}")
-    if (wbits.dtype != cp.uint64 or wbits.ndim != 2
-            or wbits.shape[1] != kh * kw * words_for(c)):
-        raise ShapeError(f"{fn}: wbits must be uint64 (O, kH*kW*ceil(C/64) = "
-                         f"{kh * kw * words_for(c)}), got {wbits.dtype} {tuple(wbits.shape)}")
-    if wsum.dtype != cp.int32 or wsum.shape != (wbits.shape[0], kh * kw):
-        raise ShapeError(f"{fn}: wsum must be int32 {(wbits.shape[0], kh * kw)}, "
-                         f"got {wsum.dtype} {tuple(wsum.shape)}")
-    oh, ow = conv_output_size(fn, xbits.shape[1], xbits.shape[2], kh, kw, stride, padding)
-    n, h, w, nw = xbits.shape
-    o = wbits.shape[0]
-    p = padding
-    xpad = (cp.pad(xbits, ((0, 0), (p, p), (p, p), (0, 0))) if p
-            else cp.ascontiguousarray(xbits))
-    s_n, s_h, s_w, s_q = xpad.strides
-    cols = cp.lib.stride_tricks.as_strided(
-        xpad, shape=(n, oh, ow, kh, kw, nw),
-        strides=(s_n, s_h * stride, s_w * stride, s_h, s_w, s_q))
-    acc = _xnor_counts(cp.ascontiguousarray(cols.reshape(n * oh * ow, kh * kw * nw)),
-                       wbits, kh * kw * c)
-    # which taps of each output pixel fall on the zero padding: a host-side (OH*OW, kH*kW) mask
-    hi = np.arange(oh)[:, None] * stride + np.arange(kh)[None, :] - p      # (OH, kH) input row
-    wi = np.arange(ow)[:, None] * stride + np.arange(kw)[None, :] - p      # (OW, kW) input col
-    outside = ((hi < 0) | (hi >= h))[:, None, :, None] | ((wi < 0) | (wi >= w))[None, :, None, :]
-    outside_dev = cp.asarray(outside.reshape(oh * ow, kh * kw).astype(np.int32))
-    corr = outside_dev @ wsum.T                                            # (OH*OW, O) int32
-    y = acc.reshape(n, oh * ow, o) + corr[None]
-    return cp.ascontiguousarray(y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2))

@@ -1,11 +1,14 @@
-"""NumPy reference twins of the hot kernels: the oracle of ``kernels.cpu`` and its documentation.
+"""Reference bodies of every kernel op: readable array code, the oracle of the compiled bodies.
 
-Every public function here has a Numba twin of the same name and signature in ``cpu.py``; the
-tests compare the two (exactly where the arithmetic allows it, see each docstring). Shapes follow
-PyTorch: activations NCHW, conv weights OIHW, dense weights (out, in).
+Each function is the ``"numpy"`` body of the op of the same name (``@register(op, "numpy")``)
+and is written against ``xp`` (``numpy`` or ``cupy``, from the arguments), so it also runs on
+CuPy arrays: that is what ``kernels.call`` runs on the GPU for an op without a CUDA body. The
+Numba bodies (``kernels.cpu``) and CUDA bodies (``kernels.gpu``) have the same names and
+signatures, and the tests compare them with these (exactly where the arithmetic allows it, see
+each docstring). Shapes follow PyTorch: activations NCHW, conv weights OIHW.
 
 Groups:
-  * convolution helpers: ``im2col`` / ``col2im`` (the layout of ``minibnn.nn.functional.conv``),
+  * convolution helpers: ``im2col`` / ``col2im`` (the column layout of the conv layers),
   * pooling: ``maxpool2d_forward`` / ``maxpool2d_backward`` (argmax within each window),
   * fused BatchNorm + sign: ``batchnorm_sign_eval`` / ``batchnorm_sign_train``,
   * fused in-place optimiser steps: ``cema_update``, ``bop_update``, ``sgd_update``,
@@ -13,134 +16,193 @@ Groups:
   * bit-packed binary inference: ``pack_signs``, ``unpack_signs``, ``xnor_gemm``,
     ``pack_conv_input``, ``pack_conv_weights``, ``binary_conv2d``.
 
+The bit-packed composites (``pack_conv_input``, ``pack_conv_weights``, ``binary_conv2d``) run
+their inner op through ``call`` (``pack_signs``, ``xnor_gemm``), so on CuPy arrays the CUDA
+body of the inner op does the work; under ``use_backend("numpy")`` everything is reference.
+
 Sign convention everywhere: ``sign(x) = +1 if x >= 0 else -1`` (so sign(0) = +1), and a packed
 bit is 1 for +1 and 0 for -1.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from minibnn.backend import get_array_module
 from minibnn.errors import DTypeError, ShapeError
-from minibnn.nn.functional import conv
 from minibnn.kernels._common import (
-    WORD_BITS, as_scalars, channel_vector, channel_view, check_inplace, check_tie,
-    conv_output_size, maxpool_backward_shape, require_float, require_ndim, words_for)
+    WORD_BITS, as_scalars, channel_vector, channel_view, check_binary_conv, check_inplace,
+    check_momentum_buffer, check_packed_pair, check_step, check_tie, col2im_shape,
+    conv_output_size, maxpool_backward_shape, require_array, require_float, require_ndim,
+    words_for)
+from minibnn.kernels.registry import call, register
+
+Array = Any      # a NumPy or CuPy array
 
 # --------------------------------------------------------------------------- convolution
+# Column layout shared by im2col and col2im (and the pooling layers): cols has shape
+# (N*OH*OW, C*kH*kW); row (n*OH + oh)*OW + ow is the receptive field of output pixel (oh, ow)
+# of sample n, and column (c*kH + i)*kW + j holds xpad[n, c, oh*stride + i, ow*stride + j].
+# The column order is w.reshape(O, -1)'s, so a convolution is cols @ w.reshape(O, -1).T.
+# OH = (H + 2*padding - kH) // stride + 1 (likewise OW); the padding is zeros.
 
 
-def im2col(x: np.ndarray, kh: int, kw: int, stride: int = 1, padding: int = 0) -> np.ndarray:
-    """Unfold x (N, C, H, W) into cols (N*OH*OW, C*kH*kW), zero padding.
+def pad_spatial(x: Array, padding: int, value: float = 0.0) -> Array:
+    """Pad the two spatial axes of an NCHW array by ``padding`` on each side with ``value``."""
+    if padding == 0:
+        return x
+    p = padding
+    return get_array_module(x).pad(x, ((0, 0), (0, 0), (p, p), (p, p)), mode="constant",
+                                   constant_values=value)
 
-    Row ``(n*OH + oh)*OW + ow`` is the receptive field of output pixel (oh, ow) of sample n;
-    column ``(c*kH + i)*kW + j`` holds ``xpad[n, c, oh*stride + i, ow*stride + j]``. The column
-    order is ``w.reshape(O, -1)``'s, so a convolution is ``cols @ w.reshape(O, -1).T``.
-    The code is the layer's own (``minibnn.nn.functional.conv.im2col``, a strided view and one
-    copy); this twin adds the kernel API's checks.
+
+@register("im2col", "numpy")
+def im2col(x: Array, kh: int, kw: int, stride: int = 1, padding: int = 0) -> Array:
+    """Unfold x (N, C, H, W) into cols (N*OH*OW, C*kH*kW); layout above.
+
+    A strided view of the padded input with shape (N, OH, OW, C, kH, kW) is reshaped, which
+    makes the one copy.
     """
     require_float("im2col", "x", x)
     require_ndim("im2col", "x", x, (4,), "4-D (N, C, H, W)")
-    return conv.im2col(x, kh, kw, stride, padding)
+    n, c, h, w = (int(s) for s in x.shape)
+    oh, ow = conv_output_size("im2col", h, w, kh, kw, stride, padding)
+    xpad = pad_spatial(x, padding)
+    s_n, s_c, s_h, s_w = xpad.strides
+    view = get_array_module(x).lib.stride_tricks.as_strided(
+        xpad, shape=(n, oh, ow, c, kh, kw),
+        strides=(s_n, s_h * stride, s_w * stride, s_c, s_h, s_w))
+    return view.reshape(n * oh * ow, c * kh * kw)
 
 
-def col2im(cols: np.ndarray, x_shape: tuple[int, int, int, int], kh: int, kw: int,
-           stride: int = 1, padding: int = 0) -> np.ndarray:
+@register("col2im", "numpy")
+def col2im(cols: Array, x_shape: tuple[int, int, int, int], kh: int, kw: int,
+           stride: int = 1, padding: int = 0) -> Array:
     """Adjoint of ``im2col``: add every entry of cols back onto the input pixel it came from.
 
-    Returns dx of shape ``x_shape``; entries that fell on the padding are dropped. The code is
-    the layer's own (``minibnn.nn.functional.conv.col2im``: one strided add per kernel offset).
+    Returns dx of shape ``x_shape``; entries that fell on the padding are dropped. One strided
+    (N, C, OH, OW) add per kernel offset, so overlapping windows accumulate without ``add.at``.
     """
     require_float("col2im", "cols", cols)
-    return conv.col2im(cols, tuple(x_shape), kh, kw, stride, padding)
+    n, c, h, w, oh, ow = col2im_shape(cols, x_shape, kh, kw, stride, padding)
+    xp = get_array_module(cols)
+    p = padding
+    out = xp.zeros((n, c, h + 2 * p, w + 2 * p), dtype=cols.dtype)
+    blocks = cols.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 4, 5, 1, 2)
+    h_span, w_span = stride * (oh - 1) + 1, stride * (ow - 1) + 1
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, i:i + h_span:stride, j:j + w_span:stride] += blocks[:, :, i, j]
+    if p == 0:
+        return out
+    return xp.ascontiguousarray(out[:, :, p:p + h, p:p + w])
 
 
 # --------------------------------------------------------------------------- pooling
 
 
-def maxpool2d_forward(x: np.ndarray, kernel: int, stride: int | None = None,
-                      padding: int = 0) -> tuple[np.ndarray, np.ndarray]:
+@register("maxpool2d_forward", "numpy")
+def maxpool2d_forward(x: Array, kernel: int, stride: int | None = None,
+                      padding: int = 0) -> tuple[Array, Array]:
     """Max over kernel x kernel windows: returns y (N, C, OH, OW) and argmax (N*C*OH*OW,) int64.
 
     ``argmax[r] = i*kernel + j`` is the row-major position of the first maximum inside window r
-    (windows ordered n, c, oh, ow), as in ``minibnn.nn.functional.MaxPool2dCache``. Padding is
-    -inf, so a padded position never wins over a finite value.
+    (windows ordered n, c, oh, ow). Padding is -inf, so a padded position never wins over a
+    finite value. The windows are the rows of ``im2col`` of x viewed as (N*C, 1, H, W).
     """
     require_float("maxpool2d_forward", "x", x)
     require_ndim("maxpool2d_forward", "x", x, (4,), "4-D (N, C, H, W)")
     stride = kernel if stride is None else stride
-    n, c, h, w = x.shape
+    n, c, h, w = (int(s) for s in x.shape)
     oh, ow = conv_output_size("maxpool2d_forward", h, w, kernel, kernel, stride, padding)
+    xp = get_array_module(x)
     p = padding
-    xpad = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=-np.inf) if p else x
-    cols = im2col(np.ascontiguousarray(xpad).reshape(n * c, 1, h + 2 * p, w + 2 * p),
+    xpad = pad_spatial(x, p, value=-np.inf)
+    cols = im2col(xp.ascontiguousarray(xpad).reshape(n * c, 1, h + 2 * p, w + 2 * p),
                   kernel, kernel, stride, 0)
-    argmax = np.argmax(cols, axis=1)
-    y = np.take_along_axis(cols, argmax[:, None], axis=1).reshape(n, c, oh, ow)
+    argmax = xp.argmax(cols, axis=1)
+    y = xp.take_along_axis(cols, argmax[:, None], axis=1).reshape(n, c, oh, ow)
     return y, argmax.astype(np.int64)
 
 
-def maxpool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape: tuple[int, int, int, int],
-                       kernel: int, stride: int | None = None, padding: int = 0) -> np.ndarray:
+@register("maxpool2d_backward", "numpy")
+def maxpool2d_backward(dy: Array, argmax: Array, x_shape: tuple[int, int, int, int],
+                       kernel: int, stride: int | None = None, padding: int = 0) -> Array:
     """Route dy[n, c, oh, ow] to the arg-max of its window; overlapping windows add."""
     require_float("maxpool2d_backward", "dy", dy)
+    require_array("maxpool2d_backward", "argmax", argmax)
     n, c, h, w, stride = maxpool_backward_shape(dy, argmax, x_shape, kernel, stride, padding)
-    dcols = np.zeros((argmax.shape[0], kernel * kernel), dtype=dy.dtype)
-    dcols[np.arange(argmax.shape[0]), argmax] = dy.reshape(-1)
+    xp = get_array_module(dy)
+    dcols = xp.zeros((argmax.shape[0], kernel * kernel), dtype=dy.dtype)
+    dcols[xp.arange(argmax.shape[0]), argmax] = dy.reshape(-1)
     return col2im(dcols, (n * c, 1, h, w), kernel, kernel, stride, padding).reshape(n, c, h, w)
 
 
 # --------------------------------------------------------------------------- BatchNorm + sign
+# The operation order is batchnorm_forward's (minibnn.nn.functional.batchnorm):
+#     inv_std = 1 / sqrt(var + eps);  xhat = (x - mean) * inv_std;  y = xhat * gamma + beta
+# so sign(y) equals sign_forward(batchnorm_forward(...)) bit for bit.
 
 
-def batchnorm_sign_eval(x: np.ndarray, mean: np.ndarray, var: np.ndarray,
-                        gamma: np.ndarray | None = None, beta: np.ndarray | None = None,
-                        eps: float = 1e-5) -> np.ndarray:
+def _sign(y: Array) -> Array:
+    xp = get_array_module(y)
+    one = xp.ones((), dtype=y.dtype)
+    return xp.where(y >= 0, one, -one)
+
+
+def batch_statistics(x: Array) -> tuple[Array, Array]:
+    """Per-channel (axis 1) mean and biased variance (divides by m = N*H*W) of x (N, C, ...).
+
+    Reduced over x as a C-contiguous (N, C, H*W) array. Every body of ``batchnorm_sign_train``
+    and the layer ``batchnorm_forward`` call this one function, so their statistics (and hence
+    everything after them) agree bit for bit on one array module.
+    """
+    x3 = get_array_module(x).ascontiguousarray(x.reshape(x.shape[0], x.shape[1], -1))
+    return x3.mean(axis=(0, 2)), x3.var(axis=(0, 2))
+
+
+@register("batchnorm_sign_eval", "numpy")
+def batchnorm_sign_eval(x: Array, mean: Array, var: Array, gamma: Array | None = None,
+                        beta: Array | None = None, eps: float = 1e-5) -> Array:
     """``sign(gamma * (x - mean) / sqrt(var + eps) + beta)`` per channel (axis 1), in x's dtype.
 
-    x is (N, C) or (N, C, H, W). The operation order is ``batchnorm_forward``'s
-    (``inv_std = 1 / sqrt(var + eps)``, ``xhat = (x - mean) * inv_std``, ``y = xhat * gamma +
-    beta``), so the signs equal ``sign_forward(batchnorm_forward(..., train=False))`` exactly.
+    x is (N, C) or (N, C, H, W); None means gamma = 1, beta = 0 (and mean = 0, var = 1).
     """
     fn = "batchnorm_sign_eval"
     require_float(fn, "x", x)
     x3 = channel_view(fn, x)
-    c, dt = x3.shape[1], x.dtype
-    mean = channel_vector(fn, "mean", mean, c, dt, 0.0)
-    var = channel_vector(fn, "var", var, c, dt, 1.0)
-    gamma = channel_vector(fn, "gamma", gamma, c, dt, 1.0)
-    beta = channel_vector(fn, "beta", beta, c, dt, 0.0)
-    inv_std = 1.0 / np.sqrt(var + eps)
+    mean = channel_vector(fn, "mean", mean, x, 0.0)
+    var = channel_vector(fn, "var", var, x, 1.0)
+    gamma = channel_vector(fn, "gamma", gamma, x, 1.0)
+    beta = channel_vector(fn, "beta", beta, x, 0.0)
+    inv_std = 1.0 / get_array_module(x).sqrt(var + eps)
     y = ((x3 - mean[:, None]) * inv_std[:, None]) * gamma[:, None] + beta[:, None]
-    one = np.ones((), dtype=dt)
-    return np.where(y >= 0, one, -one).reshape(x.shape)
+    return _sign(y).reshape(x.shape)
 
 
-def batchnorm_sign_train(x: np.ndarray, gamma: np.ndarray | None = None,
-                         beta: np.ndarray | None = None, eps: float = 1e-5
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                                    np.ndarray]:
+@register("batchnorm_sign_train", "numpy")
+def batchnorm_sign_train(x: Array, gamma: Array | None = None, beta: Array | None = None,
+                         eps: float = 1e-5) -> tuple[Array, Array, Array, Array, Array, Array]:
     """Train-mode BatchNorm (batch statistics) followed by sign, in one call.
 
     Returns ``(s, y, xhat, mean, var, inv_std)``: s = sign(y) and y = xhat * gamma + beta have
     x's shape (y is what the sign STE needs, xhat and inv_std what ``batchnorm_backward``
-    needs); mean, var (biased, divides by m = N*H*W) and inv_std = 1/sqrt(var + eps) are (C,).
-    Statistics use NumPy's pairwise sums here and float64 accumulators in the Numba twin, so
-    the twins agree to rounding, not bit for bit.
+    needs); mean, var (biased, ``batch_statistics``) and inv_std = 1/sqrt(var + eps) are (C,).
+    Every body computes the statistics with this same array code, so all agree bit for bit
+    with ``batchnorm_forward`` + ``sign_forward`` on the same array module.
     """
     fn = "batchnorm_sign_train"
     require_float(fn, "x", x)
     x3 = channel_view(fn, x)
-    c, dt = x3.shape[1], x.dtype
-    gamma = channel_vector(fn, "gamma", gamma, c, dt, 1.0)
-    beta = channel_vector(fn, "beta", beta, c, dt, 0.0)
-    mean = x3.mean(axis=(0, 2))
-    var = x3.var(axis=(0, 2))
-    inv_std = 1.0 / np.sqrt(var + eps)
+    gamma = channel_vector(fn, "gamma", gamma, x, 1.0)
+    beta = channel_vector(fn, "beta", beta, x, 0.0)
+    mean, var = batch_statistics(x)
+    inv_std = 1.0 / get_array_module(x).sqrt(var + eps)
     xhat = (x3 - mean[:, None]) * inv_std[:, None]
     y = xhat * gamma[:, None] + beta[:, None]
-    one = np.ones((), dtype=dt)
-    s = np.where(y >= 0, one, -one)
-    return (s.reshape(x.shape), y.reshape(x.shape), xhat.reshape(x.shape), mean, var, inv_std)
+    return (_sign(y).reshape(x.shape), y.reshape(x.shape), xhat.reshape(x.shape), mean, var,
+            inv_std)
 
 
 # --------------------------------------------------------------------------- optimiser steps
@@ -149,27 +211,30 @@ def batchnorm_sign_train(x: np.ndarray, gamma: np.ndarray | None = None,
 # the chain in float32 and float64.
 
 
-def _flip(b: np.ndarray, stat: np.ndarray, thr: np.generic, tie_positive: bool) -> int:
-    """``b = -b`` where ``stat * b > thr``; with tie "positive" also ``b = +1`` where stat == 0.
+def _flip(b: Array, stat: Array, thr: np.generic, tie_positive: bool) -> int:
+    """``b = -b`` where ``stat * b > thr``; tie "positive": ``b = +1`` where ``stat * b == thr``.
 
-    Returns how many entries of b changed.
+    (larq's Bop: ``b = sign(-sign(b*stat - thr) * b)`` with sign(0) = +1 outside.) Returns how
+    many entries of b changed.
     """
-    flip = stat * b > thr
+    score = stat * b
+    flip = score > thr
     if tie_positive:
-        flip |= (stat == 0) & (b < 0)
+        flip |= (score == thr) & (b < 0)
     b[flip] = -b[flip]
-    return int(np.count_nonzero(flip))
+    return int(get_array_module(b).count_nonzero(flip))
 
 
-def cema_update(b: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, alpha: float,
-                gamma: float, threshold: float = 0.0, tie: str = "keep") -> int:
+@register("cema_update", "numpy")
+def cema_update(b: Array, m: Array, v: Array, g: Array, alpha: float, gamma: float,
+                threshold: float = 0.0, tie: str = "keep") -> int:
     """One CEMA step on binary weights b (±1), in place; returns the number of flips.
 
         m = (1 - gamma) m + gamma g;  v = (1 - alpha) v + alpha m;  b = -b where v b > threshold
 
-    (ties v == 0 keep b, or set it to +1 with ``tie="positive"``).
+    Where ``v b == threshold`` exactly, tie "keep" keeps b and tie "positive" sets b = +1.
     """
-    dt = check_inplace("cema_update", b=b, m=m, v=v, g=g)
+    dt = check_inplace("cema_update", "any", b=b, m=m, v=v, g=g)
     tie_positive = check_tie("cema_update", tie)
     c_m, c_g, c_v, c_a, thr = as_scalars(dt, 1.0 - gamma, gamma, 1.0 - alpha, alpha, threshold)
     m[...] = c_m * m + c_g * g
@@ -177,22 +242,26 @@ def cema_update(b: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, alph
     return _flip(b, v, thr, tie_positive)
 
 
-def bop_update(b: np.ndarray, m: np.ndarray, g: np.ndarray, gamma: float, threshold: float,
+@register("bop_update", "numpy")
+def bop_update(b: Array, m: Array, g: Array, gamma: float, threshold: float,
                tie: str = "keep") -> int:
     """One Bop step (Helwegen et al. 2019) in place; returns the number of flips.
 
         m = (1 - gamma) m + gamma g;  b = -b where m b > threshold
+
+    Where ``m b == threshold`` exactly, tie "keep" keeps b and tie "positive" sets b = +1.
     """
-    dt = check_inplace("bop_update", b=b, m=m, g=g)
+    dt = check_inplace("bop_update", "any", b=b, m=m, g=g)
     tie_positive = check_tie("bop_update", tie)
     c_m, c_g, thr = as_scalars(dt, 1.0 - gamma, gamma, threshold)
     m[...] = c_m * m + c_g * g
     return _flip(b, m, thr, tie_positive)
 
 
-def sgd_update(w: np.ndarray, m: np.ndarray | None, g: np.ndarray, lr: float,
-               momentum: float = 0.0, weight_decay: float = 0.0, dampening: float = 0.0,
-               decoupled: bool = False, first_step: bool = False) -> None:
+@register("sgd_update", "numpy")
+def sgd_update(w: Array, m: Array | None, g: Array, lr: float, momentum: float = 0.0,
+               weight_decay: float = 0.0, dampening: float = 0.0, decoupled: bool = False,
+               first_step: bool = False) -> None:
     """One SGD step on latent weights w, in place (PyTorch's SGD; ``m`` may be None if mu = 0).
 
     coupled (PyTorch):  d = g + lam w;  m = mu m + (1 - dampening) d;  w = w + (-lr) m
@@ -202,9 +271,8 @@ def sgd_update(w: np.ndarray, m: np.ndarray | None, g: np.ndarray, lr: float,
     weight_decay or momentum skips its term entirely, as the optim chain does.
     """
     fn = "sgd_update"
-    if momentum != 0.0 and m is None:
-        raise ShapeError(f"{fn}: momentum {momentum} needs a buffer m, got None")
-    dt = check_inplace(fn, w=w, m=m if momentum != 0.0 else None, g=g)
+    check_momentum_buffer(fn, momentum, m)
+    dt = check_inplace(fn, "any", w=w, m=m if momentum != 0.0 else None, g=g)
     lam, mu, c_d, neg_lr = as_scalars(dt, weight_decay, momentum, 1.0 - dampening, -lr)
     d = g + lam * w if (weight_decay != 0.0 and not decoupled) else g
     if momentum != 0.0:
@@ -215,9 +283,10 @@ def sgd_update(w: np.ndarray, m: np.ndarray | None, g: np.ndarray, lr: float,
     w += neg_lr * d
 
 
-def adam_update(w: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, lr: float,
-                step: int, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                weight_decay: float = 0.0, decoupled: bool = False) -> None:
+@register("adam_update", "numpy")
+def adam_update(w: Array, m: Array, v: Array, g: Array, lr: float, step: int, b1: float = 0.9,
+                b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+                decoupled: bool = False) -> None:
     """One Adam step (PyTorch's Adam; AdamW with ``decoupled=True``), in place. ``step`` t >= 1.
 
         x = g + lam w (coupled only);  m = b1 m + (1 - b1) x;  v = b2 v + (1 - b2) x^2
@@ -225,15 +294,14 @@ def adam_update(w: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, lr: 
         w = w + (-lr) u            or, decoupled,  w = w + (-lr) (u + lam w)
     """
     fn = "adam_update"
-    dt = check_inplace(fn, w=w, m=m, v=v, g=g)
-    if int(step) != step or step < 1:
-        raise ShapeError(f"{fn}: step must be an integer >= 1, got {step!r}")
+    dt = check_inplace(fn, "any", w=w, m=m, v=v, g=g)
+    check_step(fn, step)
     lam, c_b1, c_1b1, c_b2, c_1b2, bc1, bc2, c_eps, neg_lr = as_scalars(
         dt, weight_decay, b1, 1.0 - b1, b2, 1.0 - b2, 1.0 - b1 ** step, 1.0 - b2 ** step, eps, -lr)
     x = g + lam * w if (weight_decay != 0.0 and not decoupled) else g
     m[...] = c_b1 * m + c_1b1 * x
     v[...] = c_b2 * v + c_1b2 * (x * x)
-    u = (m / bc1) / (np.sqrt(v / bc2) + c_eps)
+    u = (m / bc1) / (get_array_module(w).sqrt(v / bc2) + c_eps)
     if decoupled and weight_decay != 0.0:
         u = u + lam * w
     w += neg_lr * u
@@ -243,72 +311,76 @@ def adam_update(w: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, lr: 
 # Layout: the last axis of length K is cut into W = ceil(K/64) uint64 words; element k lives in
 # word k // 64 at bit k % 64 (least significant bit first). Bit 1 means +1 (x >= 0), bit 0 -1.
 # The W*64 - K pad bits of the last word are 0 in every packed array, so in a XOR of two packed
-# rows they are 0 and never counted: no mask is needed.
+# rows they are 0 and never counted: no mask is needed. A row of 64 bits is 8 little-endian
+# bytes, which is how (un)packbits with bitorder "little" lays them out.
 
 
-def pack_signs(x: np.ndarray) -> np.ndarray:
+@register("pack_signs", "numpy")
+def pack_signs(x: Array) -> Array:
     """Pack sign(x) along the last axis: (..., K) float -> (..., ceil(K/64)) uint64."""
     require_float("pack_signs", "x", x)
-    k = x.shape[-1]
+    if x.ndim < 1:
+        raise ShapeError("pack_signs: x must have at least one axis, got a 0-d array")
+    xp = get_array_module(x)
+    k = int(x.shape[-1])
     nw = words_for(k)
-    bits = np.zeros(x.shape[:-1] + (nw * WORD_BITS,), dtype=np.bool_)
+    shape = tuple(x.shape[:-1]) + (nw,)
+    bits = xp.zeros(tuple(x.shape[:-1]) + (nw * WORD_BITS,), dtype=xp.bool_)
     bits[..., :k] = x >= 0
-    packed = np.packbits(bits.reshape(-1, nw, WORD_BITS), axis=-1, bitorder="little")
-    return np.ascontiguousarray(packed).view("<u8").astype(np.uint64).reshape(x.shape[:-1] + (nw,))
+    if bits.size == 0:
+        return xp.zeros(shape, dtype=xp.uint64)
+    return xp.packbits(bits.reshape(-1), bitorder="little").view(xp.uint64).reshape(shape)
 
 
-def unpack_signs(p: np.ndarray, k: int, dtype: type | np.dtype = np.float32) -> np.ndarray:
+@register("unpack_signs", "numpy")
+def unpack_signs(p: Array, k: int, dtype: type | np.dtype = np.float32) -> Array:
     """Inverse of ``pack_signs``: (..., W) uint64 -> (..., k) array of ±1 in ``dtype``."""
+    require_array("unpack_signs", "p", p)
     if p.dtype != np.uint64:
         raise DTypeError(f"unpack_signs: p must be uint64, got {p.dtype}")
     if p.ndim < 1 or p.shape[-1] != words_for(k):
         raise ShapeError(f"unpack_signs: p must have a last axis of ceil({k}/64) = "
                          f"{words_for(k)} words, got shape {tuple(p.shape)}")
-    flat = np.ascontiguousarray(p.astype("<u8")).reshape(-1, p.shape[-1]).view(np.uint8)
-    bits = np.unpackbits(flat, axis=-1, bitorder="little")[:, :k]
-    one = np.ones((), dtype=dtype)
-    return np.where(bits == 1, one, -one).reshape(p.shape[:-1] + (k,))
+    xp = get_array_module(p)
+    shape = tuple(p.shape[:-1]) + (int(k),)
+    if p.size == 0:
+        return xp.empty(shape, dtype=dtype)
+    rows = xp.ascontiguousarray(p).reshape(-1, p.shape[-1])
+    bits = xp.unpackbits(rows.view(xp.uint8).reshape(-1), bitorder="little")
+    bits = bits.reshape(rows.shape[0], -1)[:, :k]
+    one = xp.ones((), dtype=dtype)
+    return xp.where(bits == 1, one, -one).reshape(shape)
 
 
-def _check_packed_pair(fn: str, a: np.ndarray, b: np.ndarray, k: int) -> None:
-    for name, arr in (("a", a), ("b", b)):
-        if arr.dtype != np.uint64 or arr.ndim != 2:
-            raise DTypeError(f"{fn}: {name} must be a 2-D uint64 array, got {arr.dtype} "
-                             f"{tuple(arr.shape)}")
-    if a.shape[1] != b.shape[1] or a.shape[1] != words_for(k):
-        raise ShapeError(f"{fn}: a and b must both have ceil(k/64) = {words_for(k)} words per "
-                         f"row, got {tuple(a.shape)} and {tuple(b.shape)}")
-
-
-def xnor_gemm(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+@register("xnor_gemm", "numpy")
+def xnor_gemm(a: Array, b: Array, k: int) -> Array:
     """``C = A @ B.T`` for ±1 matrices A (M, k), B (N, k) given packed: (M, W), (N, W) -> int32.
 
     Per entry, with agreements = k - popcount(a XOR b):
     ``C[i, j] = agreements - disagreements = k - 2 * popcount(a_i XOR b_j)`` (exact).
+    W may exceed ceil(k/64) (``binary_conv2d`` pads every tap to whole words): k counts the
+    bits that are not padding, and pad bits, wherever they sit, are 0 in both and cancel.
     """
-    _check_packed_pair("xnor_gemm", a, b, k)
-    return _xnor_counts(a, b, k)
-
-
-def _xnor_counts(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
-    """``k - 2 popcount(a_i XOR b_j)`` for every row pair; k counts the bits that are not
-    padding (pad bits, wherever they sit, are 0 in both operands and cancel)."""
-    out = np.empty((a.shape[0], b.shape[0]), dtype=np.int32)
+    check_packed_pair("xnor_gemm", a, b, k)
+    xp = get_array_module(a, b)
+    out = xp.empty((a.shape[0], b.shape[0]), dtype=xp.int32)
     rows = max(1, (1 << 22) // max(1, b.shape[0] * b.shape[1]))   # bound the temporary
     for i0 in range(0, a.shape[0], rows):
         x = a[i0:i0 + rows, None, :] ^ b[None, :, :]
-        out[i0:i0 + rows] = k - 2 * np.bitwise_count(x).sum(axis=-1, dtype=np.int64)
+        out[i0:i0 + rows] = k - 2 * xp.bitwise_count(x).sum(axis=-1, dtype=xp.int64)
     return out
 
 
-def pack_conv_input(x: np.ndarray) -> np.ndarray:
+@register("pack_conv_input", "numpy")
+def pack_conv_input(x: Array) -> Array:
     """Pack sign(x) of NCHW activations along channels: (N, C, H, W) -> (N, H, W, ceil(C/64))."""
     require_float("pack_conv_input", "x", x)
     require_ndim("pack_conv_input", "x", x, (4,), "4-D (N, C, H, W)")
-    return pack_signs(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+    return call("pack_signs", get_array_module(x).ascontiguousarray(x.transpose(0, 2, 3, 1)))
 
 
-def pack_conv_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@register("pack_conv_weights", "numpy")
+def pack_conv_weights(w: Array) -> tuple[Array, Array]:
     """Pack sign(w) of OIHW weights for ``binary_conv2d``; done once ahead of inference.
 
     Returns ``wbits`` (O, kH*kW*Wc) uint64, tap-major (tap t = i*kW + j owns words
@@ -317,30 +389,17 @@ def pack_conv_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     require_float("pack_conv_weights", "w", w)
     require_ndim("pack_conv_weights", "w", w, (4,), "4-D (O, C, kH, kW)")
-    o, c, kh, kw = w.shape
-    wt = np.ascontiguousarray(w.transpose(0, 2, 3, 1))          # (O, kH, kW, C)
-    wbits = pack_signs(wt).reshape(o, kh * kw * words_for(c))
-    wsum = np.where(wt >= 0, 1, -1).sum(axis=-1, dtype=np.int64).reshape(o, kh * kw)
-    return wbits, wsum.astype(np.int32)
+    xp = get_array_module(w)
+    o, c, kh, kw = (int(s) for s in w.shape)
+    wt = xp.ascontiguousarray(w.transpose(0, 2, 3, 1))          # (O, kH, kW, C)
+    wbits = call("pack_signs", wt).reshape(o, kh * kw * words_for(c))
+    wsum = xp.where(wt >= 0, 1, -1).sum(axis=-1, dtype=xp.int64).reshape(o, kh * kw)
+    return wbits, wsum.astype(xp.int32)
 
 
-def _check_binary_conv(fn: str, xbits: np.ndarray, wbits: np.ndarray, wsum: np.ndarray, c: int,
-                       kh: int, kw: int, stride: int, padding: int) -> tuple[int, int]:
-    if xbits.dtype != np.uint64 or xbits.ndim != 4 or xbits.shape[3] != words_for(c):
-        raise ShapeError(f"{fn}: xbits must be uint64 (N, H, W, ceil(C/64) = {words_for(c)}), "
-                         f"got {xbits.dtype} {tuple(xbits.shape)}")
-    if (wbits.dtype != np.uint64 or wbits.ndim != 2
-            or wbits.shape[1] != kh * kw * words_for(c)):
-        raise ShapeError(f"{fn}: wbits must be uint64 (O, kH*kW*ceil(C/64) = "
-                         f"{kh * kw * words_for(c)}), got {wbits.dtype} {tuple(wbits.shape)}")
-    if wsum.dtype != np.int32 or wsum.shape != (wbits.shape[0], kh * kw):
-        raise ShapeError(f"{fn}: wsum must be int32 {(wbits.shape[0], kh * kw)}, "
-                         f"got {wsum.dtype} {tuple(wsum.shape)}")
-    return conv_output_size(fn, xbits.shape[1], xbits.shape[2], kh, kw, stride, padding)
-
-
-def binary_conv2d(xbits: np.ndarray, wbits: np.ndarray, wsum: np.ndarray, c: int, kh: int,
-                  kw: int, stride: int = 1, padding: int = 0) -> np.ndarray:
+@register("binary_conv2d", "numpy")
+def binary_conv2d(xbits: Array, wbits: Array, wsum: Array, c: int, kh: int, kw: int,
+                  stride: int = 1, padding: int = 0) -> Array:
     """Binary convolution on packed operands -> int32 y (N, O, OH, OW), zero padding, exact.
 
     Equal to ``conv2d_forward(sign(x), sign(w), stride=stride, padding=padding)``: zero padding
@@ -352,19 +411,22 @@ def binary_conv2d(xbits: np.ndarray, wbits: np.ndarray, wsum: np.ndarray, c: int
 
     (Channel pad bits are 0 in both operands and cancel in the XOR.)
     """
-    oh, ow = _check_binary_conv("binary_conv2d", xbits, wbits, wsum, c, kh, kw, stride, padding)
-    n, h, w, nw = xbits.shape
-    o = wbits.shape[0]
+    oh, ow = check_binary_conv("binary_conv2d", xbits, wbits, wsum, c, kh, kw, stride, padding)
+    xp = get_array_module(xbits)
+    n, h, w, nw = (int(s) for s in xbits.shape)
+    o = int(wbits.shape[0])
     p = padding
-    xpad = np.pad(xbits, ((0, 0), (p, p), (p, p), (0, 0))) if p else xbits
+    xpad = xp.pad(xbits, ((0, 0), (p, p), (p, p), (0, 0))) if p else xp.ascontiguousarray(xbits)
     s_n, s_h, s_w, s_q = xpad.strides
-    cols = np.lib.stride_tricks.as_strided(
+    cols = xp.lib.stride_tricks.as_strided(
         xpad, shape=(n, oh, ow, kh, kw, nw),
-        strides=(s_n, s_h * stride, s_w * stride, s_h, s_w, s_q), writeable=False)
-    acc = _xnor_counts(cols.reshape(n * oh * ow, kh * kw * nw), wbits, kh * kw * c)
-    hi = np.arange(oh)[:, None] * stride + np.arange(kh)[None, :] - p      # (OH, kH) input row
-    wi = np.arange(ow)[:, None] * stride + np.arange(kw)[None, :] - p      # (OW, kW) input col
+        strides=(s_n, s_h * stride, s_w * stride, s_h, s_w, s_q))
+    acc = call("xnor_gemm", xp.ascontiguousarray(cols.reshape(n * oh * ow, kh * kw * nw)),
+               xp.ascontiguousarray(wbits), kh * kw * c)
+    # which taps of each output pixel fall on the zero padding: an (OH*OW, kH*kW) mask
+    hi = xp.arange(oh)[:, None] * stride + xp.arange(kh)[None, :] - p      # (OH, kH) input row
+    wi = xp.arange(ow)[:, None] * stride + xp.arange(kw)[None, :] - p      # (OW, kW) input col
     outside = ((hi < 0) | (hi >= h))[:, None, :, None] | ((wi < 0) | (wi >= w))[None, :, None, :]
-    corr = outside.reshape(oh * ow, kh * kw).astype(np.int32) @ wsum.T     # (OH*OW, O)
+    corr = outside.reshape(oh * ow, kh * kw).astype(xp.int32) @ wsum.T     # (OH*OW, O)
     y = acc.reshape(n, oh * ow, o) + corr[None]
-    return np.ascontiguousarray(y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2))
+    return xp.ascontiguousarray(y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2))

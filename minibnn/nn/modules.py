@@ -12,6 +12,10 @@ copies instead of mutating.  Binary weights are *declared*: ``binary_names`` lis
 each binary layer stores them either as latent reals (``storage="latent"``: the forward pass
 uses ``sign(w)``) or as +-1 directly (``storage="binary"``: the forward pass uses ``b`` and the
 gradient is ``dL/db``).  The model never guesses which.
+
+``Sequential`` runs every affine ``BatchNorm`` directly followed by a ``Sign`` as one
+``BatchNormSign`` step (one fused kernel, the same bits, the same parameter names); its
+``layers`` list stays as built.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import numpy as np
 
 from minibnn.errors import MinibnnError
 from minibnn.nn import functional as F
+from minibnn.nn.functional import sign as _sign
 
 Array = Any
 Params = dict[str, Array]
@@ -300,6 +305,44 @@ class BatchNorm(Module):
         return dx, {self.key("gamma"): dgamma, self.key("beta"): dbeta}
 
 
+def is_sign(module: Module) -> bool:
+    """True for a ``Sign()`` module running the real ``sign_forward`` / ``sign_backward``."""
+    return (isinstance(module, Stateless) and module.forward_fn is _sign.sign_forward
+            and module.backward_fn is _sign.sign_backward)
+
+
+class BatchNormSign(Module):
+    """An affine ``BatchNorm`` and the ``Sign`` right after it, run as one fused step.
+
+    ``F.batchnorm_sign_forward`` gives the bits of the two modules run one after the other;
+    parameters and buffers are the BatchNorm's own, under its names.
+    """
+
+    def __init__(self, bn: BatchNorm, sign: Stateless):
+        if not (bn.affine and is_sign(sign)):
+            raise MinibnnError(f"BatchNormSign({bn.name!r}) needs an affine BatchNorm and a Sign")
+        super().__init__(bn.name)
+        self.bn, self.sign = bn, sign
+
+    def init(self, rng, dtype):
+        return self.bn.init(rng, dtype)
+
+    def forward(self, params, buffers, x, train):
+        bn = self.bn
+        s, cache = F.batchnorm_sign_forward(
+            x, params[bn.key("gamma")], params[bn.key("beta")],
+            buffers[bn.key("running_mean")], buffers[bn.key("running_var")], train=train,
+            momentum=bn.momentum, eps=bn.eps, ste=self.sign.kwargs.get("ste", "identity"),
+            ste_beta=self.sign.kwargs.get("beta", 5.0))
+        new_buffers = {bn.key("running_mean"): cache.running_mean,
+                       bn.key("running_var"): cache.running_var}
+        return s, new_buffers, cache
+
+    def backward(self, dy, cache):
+        dx, dgamma, dbeta = F.batchnorm_sign_backward(dy, cache)
+        return dx, {self.bn.key("gamma"): dgamma, self.bn.key("beta"): dbeta}
+
+
 class PReLU(Module):
     """Per-channel PReLU, slope initialised to 0.25 (PyTorch's default)."""
 
@@ -361,17 +404,32 @@ class Sequential(Module):
             buffers.update(b)
         return params, buffers
 
+    def steps(self) -> list[Module]:
+        """The layers as they run: each affine BatchNorm + Sign pair as one BatchNormSign."""
+        steps: list[Module] = []
+        i = 0
+        while i < len(self.layers):
+            layer = self.layers[i]
+            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
+            if isinstance(layer, BatchNorm) and layer.affine and nxt is not None and is_sign(nxt):
+                steps.append(BatchNormSign(layer, nxt))
+                i += 2
+            else:
+                steps.append(layer)
+                i += 1
+        return steps
+
     def forward(self, params, buffers, x, train):
         caches, new_buffers = [], {}
-        for layer in self.layers:
-            x, updated, cache = layer.forward(params, buffers, x, train)
+        for step in self.steps():
+            x, updated, cache = step.forward(params, buffers, x, train)
             new_buffers.update(updated)
             caches.append(cache)
         return x, new_buffers, caches
 
     def backward(self, dy, cache):
         grads: Params = {}
-        for layer, layer_cache in zip(reversed(self.layers), reversed(cache)):
+        for layer, layer_cache in zip(reversed(self.steps()), reversed(cache)):
             dy, layer_grads = layer.backward(dy, layer_cache)
             grads.update(layer_grads)
         return dy, grads

@@ -2,15 +2,18 @@
 
 Every forward validates its inputs and returns ``(y, cache)`` with ``cache`` a small named tuple;
 every backward takes ``(dy, cache)``. Arrays are NCHW, conv weights OIHW, dense weights (out, in)
-as in PyTorch. The code is written once against ``xp`` (NumPy or CuPy).
+as in PyTorch. The code is written once against ``xp`` (NumPy or CuPy); the hot spots
+(im2col/col2im, max pooling, fused BatchNorm + sign) are kernel ops run through
+``minibnn.kernels.call``.
 """
 from minibnn.nn.functional.activations import (
     BiasCache, HardtanhCache, PReluCache, ReluCache, bias_backward, bias_forward,
     hardtanh_backward, hardtanh_forward, prelu_backward, prelu_forward, relu_backward,
     relu_forward)
 from minibnn.nn.functional.batchnorm import BatchNormCache, batchnorm_backward, batchnorm_forward
-from minibnn.nn.functional.conv import (
-    Conv2dCache, col2im, conv2d_backward, conv2d_forward, im2col)
+from minibnn.nn.functional.batchnorm_sign import (
+    BatchNormSignCache, batchnorm_sign_backward, batchnorm_sign_forward)
+from minibnn.nn.functional.conv import Conv2dCache, conv2d_backward, conv2d_forward
 from minibnn.nn.functional.dense import DenseCache, dense_backward, dense_forward
 from minibnn.nn.functional.loss import softmax_cross_entropy
 from minibnn.nn.functional.pooling import (
@@ -22,14 +25,14 @@ from minibnn.nn.functional.sign import STE_NAMES, SignCache, sign_backward, sign
 
 __all__ = [
     "STE_NAMES",
-    "AddCache", "AvgPool2dCache", "BatchNormCache", "BiasCache", "Conv2dCache", "DenseCache",
-    "FlattenCache", "GlobalAvgPoolCache", "HardtanhCache", "MaxPool2dCache", "PReluCache",
-    "ReluCache", "SignCache",
+    "AddCache", "AvgPool2dCache", "BatchNormCache", "BatchNormSignCache", "BiasCache",
+    "Conv2dCache", "DenseCache", "FlattenCache", "GlobalAvgPoolCache", "HardtanhCache",
+    "MaxPool2dCache", "PReluCache", "ReluCache", "SignCache",
     "add_backward", "add_forward",
     "avgpool2d_backward", "avgpool2d_forward",
     "batchnorm_backward", "batchnorm_forward",
+    "batchnorm_sign_backward", "batchnorm_sign_forward",
     "bias_backward", "bias_forward",
-    "col2im", "im2col",
     "conv2d_backward", "conv2d_forward",
     "dense_backward", "dense_forward",
     "flatten_backward", "flatten_forward",

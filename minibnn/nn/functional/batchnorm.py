@@ -9,6 +9,9 @@ and the running statistics follow PyTorch:
 The functions are pure: the updated running statistics are returned in the cache
 (``cache.running_mean``, ``cache.running_var``), never written into the arguments.
 Eval mode normalises with the running statistics, which the cache carries unchanged.
+The batch statistics are ``kernels.reference.batch_statistics``, the reductions every body of
+the fused ``batchnorm_sign_train`` op uses, so the fused and the separate layers agree bit for
+bit (``minibnn.nn.functional.batchnorm_sign``).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import NamedTuple
 
 from minibnn.backend import get_array_module
 from minibnn.errors import ShapeError
+from minibnn.kernels.reference import batch_statistics
 from minibnn.nn.functional._checks import (
     Array, channel_shape, non_channel_axes, require_channel_vector, require_float, require_grad,
     require_real, shape_str)
@@ -31,15 +35,10 @@ class BatchNormCache(NamedTuple):
     running_var: Array | None
 
 
-def batchnorm_forward(x: Array, gamma: Array | None, beta: Array | None,
-                      running_mean: Array | None, running_var: Array | None, train: bool = True,
-                      momentum: float = 0.1, eps: float = 1e-5) -> tuple[Array, BatchNormCache]:
-    """Normalise x per channel (axis 1); ``gamma``/``beta`` None means no affine part.
-
-    In train mode ``running_mean``/``running_var`` may be None (no running statistics are
-    tracked; the cache then holds None); eval mode needs them.
-    """
-    fn = "batchnorm_forward"
+def check_batchnorm_args(fn: str, x: Array, gamma: Array | None, beta: Array | None,
+                         running_mean: Array | None, running_var: Array | None, train: bool,
+                         momentum: float, eps: float) -> tuple[float, float, int]:
+    """Validate BatchNorm arguments; return momentum, eps and m (values per channel)."""
     require_float(fn, "x", x)
     if x.ndim < 2:
         raise ShapeError(f"{fn}: x must be at least 2-D (N, C) or (N, C, H, W), "
@@ -53,25 +52,45 @@ def batchnorm_forward(x: Array, gamma: Array | None, beta: Array | None,
                          f"got {type(running_mean).__name__} and {type(running_var).__name__}")
     momentum = require_real(fn, "momentum", momentum, 0.0, 1.0)
     eps = require_real(fn, "eps", eps, 0.0, float("inf"), lo_open=True, hi_open=True)
-    axes = non_channel_axes(x.ndim)
     c = int(x.shape[1])
     m = int(x.size) // c if c else 0
+    if train and m < 2:
+        raise ShapeError(f"{fn}: train mode needs more than 1 value per channel, "
+                         f"got x of shape {shape_str(x.shape)}")
+    if not train and running_mean is None:
+        raise ShapeError(f"{fn}: eval mode (train=False) needs running_mean and running_var, "
+                         f"got None")
+    return momentum, eps, m
+
+
+def update_running_statistics(running_mean: Array | None, running_var: Array | None,
+                              mean: Array, var: Array, m: int, momentum: float
+                              ) -> tuple[Array | None, Array | None]:
+    """PyTorch's rule: an EMA of the batch mean and of the unbiased batch variance."""
+    if running_mean is None:
+        return None, None
+    new_mean = (1.0 - momentum) * running_mean + momentum * mean
+    new_var = (1.0 - momentum) * running_var + momentum * var * (m / (m - 1))
+    return new_mean, new_var
+
+
+def batchnorm_forward(x: Array, gamma: Array | None, beta: Array | None,
+                      running_mean: Array | None, running_var: Array | None, train: bool = True,
+                      momentum: float = 0.1, eps: float = 1e-5) -> tuple[Array, BatchNormCache]:
+    """Normalise x per channel (axis 1); ``gamma``/``beta`` None means no affine part.
+
+    In train mode ``running_mean``/``running_var`` may be None (no running statistics are
+    tracked; the cache then holds None); eval mode needs them.
+    """
+    momentum, eps, m = check_batchnorm_args("batchnorm_forward", x, gamma, beta, running_mean,
+                                            running_var, train, momentum, eps)
     xp = get_array_module(x)
-    bshape = channel_shape(x.ndim, c)
+    bshape = channel_shape(x.ndim, int(x.shape[1]))
     if train:
-        if m < 2:
-            raise ShapeError(f"{fn}: train mode needs more than 1 value per channel, "
-                             f"got x of shape {shape_str(x.shape)}")
-        mean = x.mean(axis=axes)
-        var = x.var(axis=axes)                     # biased: divides by m
-        new_mean, new_var = running_mean, running_var
-        if running_mean is not None:
-            new_mean = (1.0 - momentum) * running_mean + momentum * mean
-            new_var = (1.0 - momentum) * running_var + momentum * var * (m / (m - 1))
+        mean, var = batch_statistics(x)            # biased var: divides by m
+        new_mean, new_var = update_running_statistics(running_mean, running_var, mean, var, m,
+                                                      momentum)
     else:
-        if running_mean is None:
-            raise ShapeError(f"{fn}: eval mode (train=False) needs running_mean and running_var, "
-                             f"got None")
         mean, var = running_mean, running_var
         new_mean, new_var = running_mean, running_var
     inv_std = 1.0 / xp.sqrt(var + eps)

@@ -17,8 +17,14 @@ from minibnn.nn.functional._checks import (
 
 
 def softmax_cross_entropy(logits: Array, labels: Array,
-                          label_smoothing: float = 0.0) -> tuple[float, Array]:
-    """Return ``(loss, dlogits)``: the batch-mean loss as a Python float and its gradient."""
+                          label_smoothing: float = 0.0) -> tuple[Array, Array]:
+    """Return ``(loss, dlogits)``: the batch-mean loss (a 0-d array) and its gradient.
+
+    The loss stays on the logits' device (``float(loss)`` reads it), so a training step on the
+    GPU never waits for it. Labels are range-checked here when they are host (NumPy) arrays;
+    device labels are not (that read would synchronise every step): the trainer's data sets
+    are checked once when they are loaded (``minibnn.data.base.check_arrays``).
+    """
     fn = "softmax_cross_entropy"
     require_float(fn, "logits", logits)
     require_ndim(fn, "logits", logits, 2, "(N, C)")
@@ -32,10 +38,11 @@ def softmax_cross_entropy(logits: Array, labels: Array,
     if tuple(labels.shape) != (n,):
         raise ShapeError(f"{fn}: labels must have shape ({n},) to match logits.shape[0], "
                          f"got shape {shape_str(labels.shape)}")
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= c:
-        bad = lo if lo < 0 else hi
-        raise MinibnnError(f"{fn}: labels must lie in [0, {c}) for {c} classes, got {bad}")
+    if isinstance(labels, np.ndarray) and labels.size:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= c:
+            bad = lo if lo < 0 else hi
+            raise MinibnnError(f"{fn}: labels must lie in [0, {c}) for {c} classes, got {bad}")
     eps = require_real(fn, "label_smoothing", label_smoothing, 0.0, 1.0, hi_open=True)
     xp = get_array_module(logits)
     labels = xp.asarray(labels)
@@ -45,6 +52,6 @@ def softmax_cross_entropy(logits: Array, labels: Array,
     rows = xp.arange(n)
     q = xp.full((n, c), eps / c, dtype=logits.dtype)
     q[rows, labels] += 1.0 - eps
-    loss = -float((q * logp).sum()) / n
+    loss = -(q * logp).sum() / n
     dlogits = (xp.exp(logp) - q) / n
     return loss, dlogits

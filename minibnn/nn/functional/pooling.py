@@ -1,21 +1,22 @@
 """Pooling over NCHW tensors: max, average (both square windows) and global average.
 
-The NumPy path unfolds windows with ``conv.unfold`` (``im2col``) applied to x viewed as
-(N*C, 1, H, W), so each row of the columns is one window of one channel and the pooled value is
-a row reduction; the backward scatters back with ``conv.fold`` (``col2im``). On the CPU with the
-Numba backend, max pooling uses the one-pass kernels of ``minibnn.kernels.cpu`` instead (same
-argmax convention). Output size: ``OH = (H + 2*padding - kernel) // stride + 1`` (PyTorch's
-floor mode). As in PyTorch, ``padding <= kernel // 2``.
+Max pooling is the kernel op pair ``maxpool2d_forward`` / ``maxpool2d_backward`` (through
+``minibnn.kernels.call``; the reference documents the argmax convention). Average pooling
+unfolds windows with the ``im2col`` op applied to x viewed as (N*C, 1, H, W), so each row of
+the columns is one window of one channel and the pooled value is a row mean; the backward
+scatters back with ``col2im``. Output size: ``OH = (H + 2*padding - kernel) // stride + 1``
+(PyTorch's floor mode). As in PyTorch, ``padding <= kernel // 2``.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from minibnn.backend import fast_kernels_for, get_array_module
+from minibnn import kernels
+from minibnn.backend import get_array_module
 from minibnn.errors import MinibnnError
 from minibnn.nn.functional._checks import (
     Array, require_float, require_grad, require_int, require_ndim)
-from minibnn.nn.functional.conv import _pad, conv_output_size, fold, unfold
+from minibnn.nn.functional.conv import conv_output_size
 
 
 class MaxPool2dCache(NamedTuple):
@@ -63,19 +64,10 @@ def maxpool2d_forward(x: Array, kernel: int = 2, stride: int | None = None,
     maximum of the window in row-major (i, j) order (``argmax`` picks the first).
     """
     fn = "maxpool2d_forward"
-    kernel, stride, padding, oh, ow = _pool_args(fn, x, kernel, stride, padding)
-    n, c, h, w = (int(s) for s in x.shape)
-    fast = fast_kernels_for(x)
-    if fast is not None:                     # one pass over x, same argmax convention
-        y, argmax = fast.maxpool2d_forward(x, kernel, stride, padding)
-        return y, MaxPool2dCache((n, c, h, w), x.dtype, argmax, kernel, stride, padding)
-    xpad = _pad(x, padding, value=float("-inf"))
-    cols = unfold(xpad.reshape(n * c, 1, h + 2 * padding, w + 2 * padding),
-                  kernel, kernel, stride, 0)
-    xp = get_array_module(x)
-    argmax = xp.argmax(cols, axis=1)
-    y = xp.take_along_axis(cols, argmax[:, None], axis=1).reshape(n, c, oh, ow)
-    return y, MaxPool2dCache((n, c, h, w), x.dtype, argmax, kernel, stride, padding)
+    kernel, stride, padding, _, _ = _pool_args(fn, x, kernel, stride, padding)
+    y, argmax = kernels.call("maxpool2d_forward", x, kernel, stride, padding)
+    return y, MaxPool2dCache(tuple(int(s) for s in x.shape), x.dtype, argmax, kernel, stride,
+                             padding)
 
 
 def maxpool2d_backward(dy: Array, cache: MaxPool2dCache) -> Array:
@@ -84,13 +76,7 @@ def maxpool2d_backward(dy: Array, cache: MaxPool2dCache) -> Array:
     n, c, h, w = x_shape
     oh, ow = conv_output_size("maxpool2d_backward", x_shape, k, k, s, p)
     require_grad("maxpool2d_backward", dy, (n, c, oh, ow), dtype)
-    fast = fast_kernels_for(dy)
-    if fast is not None:
-        return fast.maxpool2d_backward(dy, argmax, x_shape, k, s, p)
-    xp = get_array_module(dy)
-    dcols = xp.zeros((argmax.shape[0], k * k), dtype=dy.dtype)
-    dcols[xp.arange(argmax.shape[0]), argmax] = dy.reshape(-1)
-    return fold(dcols, (n * c, 1, h, w), k, k, s, p).reshape(x_shape)
+    return kernels.call("maxpool2d_backward", dy, argmax, x_shape, k, s, p)
 
 
 def avgpool2d_forward(x: Array, kernel: int = 2, stride: int | None = None,
@@ -103,7 +89,7 @@ def avgpool2d_forward(x: Array, kernel: int = 2, stride: int | None = None,
     fn = "avgpool2d_forward"
     kernel, stride, padding, oh, ow = _pool_args(fn, x, kernel, stride, padding)
     n, c, h, w = (int(s) for s in x.shape)
-    cols = unfold(x.reshape(n * c, 1, h, w), kernel, kernel, stride, padding)
+    cols = kernels.call("im2col", x.reshape(n * c, 1, h, w), kernel, kernel, stride, padding)
     y = cols.mean(axis=1).reshape(n, c, oh, ow)
     return y, AvgPool2dCache((n, c, h, w), x.dtype, kernel, stride, padding)
 
@@ -116,7 +102,7 @@ def avgpool2d_backward(dy: Array, cache: AvgPool2dCache) -> Array:
     require_grad("avgpool2d_backward", dy, (n, c, oh, ow), dtype)
     xp = get_array_module(dy)
     dcols = xp.broadcast_to((dy / (k * k)).reshape(-1, 1), (n * c * oh * ow, k * k))
-    return fold(dcols, (n * c, 1, h, w), k, k, s, p).reshape(x_shape)
+    return kernels.call("col2im", dcols, (n * c, 1, h, w), k, k, s, p).reshape(x_shape)
 
 
 def global_avgpool_forward(x: Array) -> tuple[Array, GlobalAvgPoolCache]:

@@ -29,7 +29,8 @@ class SignCache(NamedTuple):
     beta: float
 
 
-def _check_ste(fn: str, ste: str, beta: float) -> float:
+def check_ste(fn: str, ste: str, beta: float) -> float:
+    """``ste`` must be one of STE_NAMES and ``beta`` > 0; returns beta as a float."""
     if not isinstance(ste, str) or ste not in STE_NAMES:
         raise MinibnnError(f"{fn}: ste must be one of {STE_NAMES}, got {ste!r}")
     return require_real(fn, "beta", beta, 0.0, float("inf"), lo_open=True, hi_open=True)
@@ -56,7 +57,7 @@ def ste_grad(x: Array, ste: str, beta: float = 5.0) -> Array:
     """
     fn = "ste_grad"
     require_float(fn, "x", x)
-    beta = _check_ste(fn, ste, beta)
+    beta = check_ste(fn, ste, beta)
     xp = get_array_module(x)
     if ste == "identity":
         return xp.ones_like(x)
@@ -71,7 +72,7 @@ def sign_forward(x: Array, ste: str = "identity", beta: float = 5.0) -> tuple[Ar
     """``y = where(x >= 0, 1, -1)`` in x's dtype, so ``sign(0) == +1`` (larq's convention)."""
     fn = "sign_forward"
     require_float(fn, "x", x)
-    beta = _check_ste(fn, ste, beta)
+    beta = check_ste(fn, ste, beta)
     xp = get_array_module(x)
     one = xp.ones((), dtype=x.dtype)
     return xp.where(x >= 0, one, -one), SignCache(x, ste, beta)

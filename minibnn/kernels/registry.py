@@ -1,0 +1,178 @@
+"""The kernel registry: every hot op by name, its implementations by backend, one entry point.
+
+Each op (``"im2col"``, ``"cema_update"``, ``"xnor_gemm"``, ...) has
+
+  * a reference body (backend ``"numpy"``): readable array code, the oracle and the
+    documentation of the arithmetic.  Written against ``xp`` where the op allows it, so the
+    same body also runs on CuPy arrays;
+  * optional compiled bodies: ``"numba"`` (NumPy arrays, CPU) and ``"cuda"`` (CuPy arrays).
+
+``call(op, *args)`` picks the body from the type of the array arguments::
+
+    NumPy arrays  ->  "numba" if registered (and Numba imports), else "numpy"
+    CuPy arrays   ->  "cuda"  if registered, else "numpy" (the reference on CuPy arrays)
+
+``use_backend(name)`` (a context manager, nestable) overrides that choice: ``"numpy"`` forces
+the reference everywhere (``minibnn train --backend numpy``), ``"numba"``/``"cuda"`` insist on
+that compiled backend, ``"auto"`` restores the default.  Insisting means: the backend must be
+importable and able to run the arrays given (Numba on CuPy arrays, CUDA on NumPy arrays, or a
+backend whose module does not import, is a one-line ``BackendError`` naming both); an op with
+no body of that backend runs its reference, as it does under ``"auto"``.
+
+Bodies register themselves with ``@register(op, backend)`` when their module is imported;
+the registry imports the op modules (``OP_MODULES``) on first use and the compiled modules
+lazily (``kernels.cpu`` on the first NumPy call, ``kernels.gpu`` on the first CuPy call), so
+importing minibnn needs neither Numba nor CuPy.
+Nothing here imports ``minibnn.nn``.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+from typing import Any, Callable, Iterator, TypeVar
+
+from minibnn.errors import MinibnnError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: modules that define ops (their reference bodies, and any body kept beside them), imported
+#: on the first use of the registry
+OP_MODULES = ("minibnn.kernels.reference", "minibnn.kernels.threshold")
+#: compiled backends and the module that registers each one's bodies
+COMPILED_MODULES = {"numba": "minibnn.kernels.cpu", "cuda": "minibnn.kernels.gpu"}
+#: every backend name a caller may force; "auto" means "choose by array type"
+BACKENDS = ("auto", "numpy", "numba", "cuda")
+#: which array kind each compiled backend runs on, and what its module needs to import
+_ARRAY_KIND = {"numba": "numpy", "cuda": "cupy"}
+_MODULE_NEEDS = {"numba": "Numba", "cuda": "minibnn.kernels.gpu"}
+
+
+class BackendError(MinibnnError):
+    """A kernel backend is unknown, unavailable, or cannot run the arrays it was given."""
+
+
+_IMPLS: dict[str, dict[str, Callable[..., Any]]] = {}
+_FORCED: contextvars.ContextVar[str] = contextvars.ContextVar("minibnn_kernel_backend",
+                                                               default="auto")
+_LOADED: dict[str, bool] = {}       # compiled backend -> did its module import?
+
+
+def register(op: str, backend: str) -> Callable[[F], F]:
+    """Decorator: ``fn`` is the ``backend`` body of ``op`` (``"numpy"`` = the reference)."""
+    if backend not in ("numpy",) + tuple(COMPILED_MODULES):
+        raise BackendError(f"cannot register {op!r} under unknown backend {backend!r}")
+
+    def decorate(fn: F) -> F:
+        _IMPLS.setdefault(op, {})[backend] = fn
+        return fn
+
+    return decorate
+
+
+def _load(backend: str) -> bool:
+    """Import a compiled backend's module once; False when it cannot be imported."""
+    if backend not in _LOADED:
+        try:
+            importlib.import_module(COMPILED_MODULES[backend])
+            _LOADED[backend] = True
+        except ImportError:
+            _LOADED[backend] = False
+    return _LOADED[backend]
+
+
+def _reference_loaded() -> None:
+    if "numpy" not in _LOADED:
+        for module in OP_MODULES:
+            importlib.import_module(module)
+        _LOADED["numpy"] = True
+
+
+def array_kind(*arrays: Any) -> str:
+    """``"cupy"`` if any argument is a CuPy array, else ``"numpy"`` (non-arrays are ignored)."""
+    for a in arrays:
+        if type(a).__module__.startswith("cupy"):
+            return "cupy"
+    return "numpy"
+
+
+def forced_backend() -> str:
+    """The backend forced by the innermost ``use_backend`` (``"auto"`` when none)."""
+    return _FORCED.get()
+
+
+def check_backend(name: str) -> str:
+    """``name`` if it is one of ``BACKENDS``, else a one-line BackendError."""
+    if name not in BACKENDS:
+        raise BackendError(f"unknown kernel backend {name!r}; expected one of "
+                           f"{', '.join(BACKENDS)}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Within the block, every ``call`` uses backend ``name`` (``"auto"``: by array type)."""
+    token = _FORCED.set(check_backend(name))
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
+def _ops(op: str) -> dict[str, Callable[..., Any]]:
+    _reference_loaded()
+    if op not in _IMPLS:
+        raise BackendError(f"unknown kernel op {op!r}; known: {', '.join(sorted(_IMPLS))}")
+    return _IMPLS[op]
+
+
+def backend_for(op: str, *arrays: Any) -> str:
+    """The backend ``call(op, *arrays)`` would use, under the current ``use_backend``."""
+    impls = _ops(op)
+    kind = array_kind(*arrays)
+    compiled = "cuda" if kind == "cupy" else "numba"
+    forced = _FORCED.get()
+    if forced == "numpy":
+        return "numpy"
+    if forced != "auto" and _ARRAY_KIND[forced] != kind:
+        raise BackendError(f"kernel backend {forced!r} cannot run {kind} arrays "
+                           f"(op {op!r}; {forced} runs {_ARRAY_KIND[forced]} arrays)")
+    loaded = _load(compiled)
+    if forced != "auto" and not loaded:
+        raise BackendError(f"kernel backend {forced!r} is not available for op {op!r} "
+                           f"({_MODULE_NEEDS[forced]} did not import)")
+    return compiled if loaded and compiled in impls else "numpy"
+
+
+def implementation(op: str, *arrays: Any) -> Callable[..., Any]:
+    """The body ``call(op, *arrays)`` would run (benchmarks and tests time/inspect it)."""
+    return _ops(op)[backend_for(op, *arrays)]
+
+
+def get(op: str, backend: str) -> Callable[..., Any]:
+    """One specific body of ``op`` (parity tests compare these); BackendError if missing."""
+    impls = _ops(op)
+    if backend in COMPILED_MODULES:
+        _load(backend)
+    if backend not in impls:
+        raise BackendError(f"kernel op {op!r} has no {backend!r} body "
+                           f"(registered: {', '.join(sorted(impls))})")
+    return impls[backend]
+
+
+def has_compiled(op: str, *arrays: Any) -> bool:
+    """True when ``call(op, *arrays)`` would run a compiled body (not the reference)."""
+    return backend_for(op, *arrays) != "numpy"
+
+
+def call(op: str, *args: Any, **kwargs: Any) -> Any:
+    """Run ``op`` on the backend chosen from its array arguments (see the module docstring)."""
+    return _ops(op)[backend_for(op, *args, *kwargs.values())](*args, **kwargs)
+
+
+def registered() -> dict[str, tuple[str, ...]]:
+    """``op -> backends registering it`` for every op, after importing what imports here."""
+    _reference_loaded()
+    for backend in COMPILED_MODULES:
+        _load(backend)
+    return {op: tuple(sorted(impls)) for op, impls in sorted(_IMPLS.items())}
