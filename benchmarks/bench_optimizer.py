@@ -1,6 +1,7 @@
 """Fused in-place optimiser steps: achieved memory bandwidth as a fraction of a plain copy.
 
-For each fused Numba step (``minibnn.kernels.cpu``) over P parameters (10M by default):
+For each fused Numba step (the ``"numba"`` bodies of ``cema_update``, ``bop_update``,
+``sgd_update``, ``adam_update`` in ``minibnn.kernels``) over P parameters (10M by default):
 
     bandwidth = bytes moved / time,   bytes = (arrays read + arrays written) * P * itemsize,
 
@@ -14,9 +15,9 @@ compared with ``np.copyto(dst, src)`` over P elements in the same run (1 read + 
 
 The binary weights b are written only where they flip; those writes are not counted (so the
 figure is a lower bound). For reference the table also gives the speed-up over the NumPy twin
-(``kernels.reference``: one temporary per operation) and over PyTorch's optimiser on the same
-tensors (``torch.optim.SGD`` / ``Adam`` with ``foreach=False``, and ``fused=True`` for Adam
-where this torch build supports it on the CPU).
+(the ``"numpy"`` reference bodies: one temporary per operation) and over PyTorch's optimiser
+on the same tensors (``torch.optim.SGD`` / ``Adam`` with ``foreach=False``, and
+``fused=True`` for Adam where this torch build supports it on the CPU).
 
     python benchmarks/bench_optimizer.py [--smoke] [--params P] [--dtype float32|float64]
                                          [--repeats R] [--json out.json]
@@ -33,9 +34,14 @@ from _bench import (machine_info, print_table, ratio, set_threads, time_interlea
                     try_import_torch, write_json)
 
 
-def _steps(kern: Any, p: int, dtype: np.dtype, rng: np.random.Generator
+def _steps(backend: str, p: int, dtype: np.dtype, rng: np.random.Generator
            ) -> dict[str, tuple[int, Callable[[], Any]]]:
-    """name -> (arrays moved per element, one in-place step) for one kernel module."""
+    """name -> (arrays moved per element, one in-place step) for one kernel backend."""
+    from minibnn import kernels
+
+    def op(name: str) -> Callable[..., Any]:
+        return kernels.get(f"{name}_update", backend)
+
     def arr() -> np.ndarray:
         return (rng.standard_normal(p) * 1e-3).astype(dtype)
 
@@ -45,10 +51,10 @@ def _steps(kern: Any, p: int, dtype: np.dtype, rng: np.random.Generator
     w3, m3 = arr(), arr()
     w4, m4, v4 = arr(), arr(), np.abs(arr())
     return {
-        "cema": (6, lambda: kern.cema_update(b, m1, v1, g, 1e-3, 1e-2)),
-        "bop": (4, lambda: kern.bop_update(b2, m2, g, 1e-2, 1e-8)),
-        "sgd": (5, lambda: kern.sgd_update(w3, m3, g, 1e-3, 0.9, 5e-4)),
-        "adam": (7, lambda: kern.adam_update(w4, m4, v4, g, 1e-3, 10)),
+        "cema": (6, lambda: op("cema")(b, m1, v1, g, 1e-3, 1e-2)),
+        "bop": (4, lambda: op("bop")(b2, m2, g, 1e-2, 1e-8)),
+        "sgd": (5, lambda: op("sgd")(w3, m3, g, 1e-3, 0.9, 5e-4)),
+        "adam": (7, lambda: op("adam")(w4, m4, v4, g, 1e-3, 10)),
     }
 
 
@@ -82,16 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    from minibnn.kernels import cpu, reference
-
     torch = try_import_torch()
     threads = set_threads(torch)
     n = 100_000 if args.smoke else args.params
     repeats = 1 if args.smoke else args.repeats
     dtype = np.dtype(args.dtype)
     rng = np.random.default_rng(0)
-    fused = _steps(cpu, n, dtype, rng)
-    numpy_twin = _steps(reference, n, dtype, rng)
+    fused = _steps("numba", n, dtype, rng)
+    numpy_twin = _steps("numpy", n, dtype, rng)
     torch_steps = _torch_steps(torch, n, dtype) if torch is not None else {}
     src, dst = rng.standard_normal(n).astype(dtype), np.empty(n, dtype)
     fns: dict[str, Callable[[], Any]] = {"copy": lambda: np.copyto(dst, src)}

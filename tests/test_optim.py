@@ -54,7 +54,7 @@ def test_bop_threshold_and_equivalence_to_cema_at_zero_threshold():
     w0, grads = _stream(1)
     b = np.sign(w0)
     bop, _ = _run(optim.bop(0.0, 0.2), b, grads)
-    cema, _ = _run(optim.cema(0.2, 1.0), b, grads)
+    cema, _ = _run(optim.cema(0.2, 1.0, tie="positive"), b, grads)
     np.testing.assert_array_equal(bop, cema)
     never, _ = _run(optim.bop(1e9, 0.2), b, grads)
     np.testing.assert_array_equal(never, b)
@@ -80,7 +80,7 @@ def test_second_order_reproduces_coupled_sgd_signs():
 
 def test_partition_routes_groups():
     params = {"a.w": np.ones(2), "b.w": np.ones(2)}
-    opt = optim.partition({"binary": optim.cema(1.0, 1.0), "real": optim.sgd(0.5)},
+    opt = optim.partition({"binary": optim.cema(1.0, 1.0), "real": optim.sgd(0.5, momentum=0.0)},
                           lambda n: "binary" if n.startswith("a") else "real")
     st = opt.init(params)
     new, _ = opt.update({"a.w": np.array([1.0, -1.0]), "b.w": np.array([1.0, -1.0])}, st, params)
@@ -101,7 +101,7 @@ def test_float32_state_stays_float32():
     got, state = _run(optim.adam(0.1), w, [np.ones(3, dtype=np.float32)])
     assert got.dtype == np.float32
     got, state = _run(optim.cema(0.1, 0.5), w, [np.ones(3, dtype=np.float32)])
-    assert got.dtype == np.float32 and state["1"]["s"]["w"].dtype == np.float32
+    assert got.dtype == np.float32 and state["v"]["s"]["w"].dtype == np.float32
 
 
 @pytest.mark.parametrize("make, match", [
@@ -156,3 +156,139 @@ def test_sgd_momentum_by_hand():
         m = 0.5 * m + (g + 0.2 * w)
         w = w - 0.1 * m
     np.testing.assert_allclose(got, w, rtol=0, atol=1e-12)
+
+
+def test_state_is_named_by_stage():
+    params = {"w": np.ones(2)}
+    assert _flat_keys(optim.cema().init(params)) == {"m/count", "m/s/w", "v/count", "v/s/w"}
+    assert set(optim.cema().init(params)) == {"m", "v", "b"}
+    assert set(optim.bop().init(params)) == {"m", "b"}
+    assert set(optim.bop2nd().init(params)) == {"rms", "b"}
+    assert set(optim.bop2nd().init(params)["rms"]) == {"count", "m", "v"}
+    assert set(optim.second_order(1.0, 0.0, 1.0).init(params)) == {"v", "b"}
+    assert list(optim.sgd(decoupled=True).init(params)) == ["momentum", "weight_decay", "lr", "w"]
+    assert list(optim.sgd().init(params)) == ["weight_decay", "momentum", "lr", "w"]
+    assert list(optim.adam(decoupled=True).init(params)) == ["adam", "weight_decay", "lr", "w"]
+    assert list(optim.adam().init(params)) == ["weight_decay", "adam", "lr", "w"]
+
+
+def _flat_keys(tree, prefix=""):
+    out = set()
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out |= _flat_keys(v, prefix + k + "/")
+        else:
+            out.add(prefix + k)
+    return out
+
+
+def test_chain_takes_named_stages_only():
+    opt = optim.chain(lr=optim.scale_by_learning_rate(0.5), w=optim.apply_updates())
+    new, state = opt.update({"w": np.array([2.0])}, opt.init({"w": np.zeros(1)}),
+                            {"w": np.zeros(1)})
+    np.testing.assert_array_equal(new["w"], [-1.0])
+    assert list(state) == ["lr", "w"] and int(state["lr"]["count"]) == 1
+    with pytest.raises(TypeError):
+        optim.chain(optim.apply_updates())
+    with pytest.raises(MinibnnError, match="at least one"):
+        optim.chain()
+
+
+def test_flip_positive_tie_is_larqs_rule_at_the_threshold():
+    # larq: b = sign(-sign(b m - tau) b) with sign(0) = +1, so b m == tau gives b = +1.
+    b = np.array([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])
+    x = np.array([0.25, -0.25, 0.5, 0.5, 0.1, -0.1])
+    new, _ = optim.flip(0.25, "positive").update({"w": x}, {}, {"w": b})
+    np.testing.assert_array_equal(new["w"], [1.0, 1.0, -1.0, -1.0, 1.0, -1.0])
+    kept, _ = optim.flip(0.25, "keep").update({"w": x}, {}, {"w": b})
+    np.testing.assert_array_equal(kept["w"], [1.0, -1.0, -1.0, -1.0, 1.0, -1.0])
+
+
+def test_bop_tie_at_threshold_sets_plus_one():
+    # gamma = 1/2, g = +-1/2: m = +-1/4 = tau exactly after one step.
+    b = np.array([1.0, -1.0, -1.0])
+    got, _ = _run(optim.bop(threshold=0.25, gamma=0.5), b, [np.array([0.5, -0.5, 0.5])])
+    np.testing.assert_array_equal(got, [1.0, 1.0, -1.0])
+
+
+@pytest.mark.parametrize("corrected", [False, True])
+def test_bop2nd_matches_its_recursion(corrected):
+    w0, grads = _stream(6, steps=10)
+    b = np.where(w0 >= 0, 1.0, -1.0)
+    gamma, sigma, tau, eps = 0.3, 0.2, 0.4, 1e-10
+    got, _ = _run(optim.bop2nd(tau, gamma, sigma, eps, bias_correction=corrected), b, grads)
+    m = np.zeros_like(b)
+    s = np.zeros_like(b)
+    for t, g in enumerate(grads, start=1):
+        m = (1 - gamma) * m + gamma * g
+        s = (1 - sigma) * s + sigma * (g * g)
+        if corrected:
+            y = (m / (1 - (1 - gamma) ** t)) / (np.sqrt(s / (1 - (1 - sigma) ** t)) + eps)
+        else:
+            y = m / (np.sqrt(s) + eps)
+        b = np.where(y * b > tau, -b, np.where(y * b == tau, 1.0, b))
+    np.testing.assert_array_equal(got, b)
+
+
+def test_bop2nd_bias_correction_changes_early_decisions():
+    # Step 1: uncorrected y = gamma g / (sqrt(sigma) |g| + eps); corrected y = g / (|g| + eps).
+    b = np.array([-1.0])
+    g = [np.array([-1.0])]
+    raw, _ = _run(optim.bop2nd(0.5, 0.1, 0.1), b, g)
+    corrected, _ = _run(optim.bop2nd(0.5, 0.1, 0.1, bias_correction=True), b, g)
+    np.testing.assert_array_equal(raw, [-1.0])          # 0.1 / sqrt(0.1) = 0.32 < 0.5
+    np.testing.assert_array_equal(corrected, [1.0])     # 1 > 0.5
+
+
+def test_defaults_are_the_constructors_keyword_defaults():
+    assert optim.defaults("cema") == {"alpha": 1e-3, "gamma": 0.1, "init_state": None,
+                                      "tie": "keep"}
+    assert optim.defaults("bop") == {"threshold": 1e-8, "gamma": 1e-4}
+    assert optim.defaults("bop2nd") == {"threshold": 1e-6, "gamma": 1e-6, "sigma": 1e-2,
+                                        "eps": 1e-10, "bias_correction": False}
+    assert optim.defaults("bop2nd_corrected") == {**optim.defaults("bop2nd"),
+                                                  "bias_correction": True}
+    assert optim.defaults("sgd")["lr"] == 0.01 and optim.defaults("sgd")["momentum"] == 0.9
+    assert optim.defaults("adam")["lr"] == 1e-3 and optim.defaults("adam")["b2"] == 0.999
+    with pytest.raises(MinibnnError, match="unknown optimizer"):
+        optim.defaults("lamb")
+
+
+def test_step_runs_the_chain_where_no_kernel_is_compiled():
+    from minibnn import kernels
+
+    params = {"w": np.array([1.0, -1.0])}
+    opt = optim.cema(0.5, 1.0)
+    calls = []
+    fused = opt.fused._replace(step=lambda *a: calls.append(a) or opt.fused.step(*a))
+    spy = optim.Transform(opt.init, opt.update, fused)
+    with kernels.use_backend("numpy"):
+        new, _ = spy.step({"w": np.array([1.0, 1.0])}, spy.init(params), params)
+    assert calls == [] and new["w"].tolist() == [-1.0, -1.0]
+    assert optim.bop2nd().fused is None and optim.second_order(1.0, 0.0, 1.0).fused is None
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_partition_step_routes_to_each_groups_step(backend):
+    from minibnn import kernels
+
+    if backend == "numba":
+        pytest.importorskip("numba", reason="Numba is not installed")
+    params = {"a.w": np.ones(2), "b.w": np.ones(2)}
+    seen = []
+
+    def spying(opt, label):
+        return optim.Transform(opt.init, opt.update, optim.FusedStep(
+            "cema_update", lambda g, s, p: seen.append(label) or opt.update(g, s, p)))
+
+    opt = optim.partition({"binary": spying(optim.cema(1.0, 1.0), "binary"),
+                           "real": optim.sgd(0.5, momentum=0.0)},
+                          lambda n: "binary" if n.startswith("a") else "real")
+    grads = {"a.w": np.array([1.0, -1.0]), "b.w": np.array([1.0, -1.0])}
+    with kernels.use_backend(backend):
+        new, state = opt.step(grads, opt.init(params), params)
+    want, _ = opt.update(grads, opt.init(params), params)
+    assert seen == (["binary"] if backend == "numba" else [])
+    for k in want:
+        np.testing.assert_array_equal(new[k], want[k])
+    assert set(state) == {"binary", "real"}

@@ -1,37 +1,73 @@
-"""Fused optimisers give the same bits as the filter chains, and share their state layout."""
-import functools
+"""Every optimiser's fused step gives the chain's bits and the chain's state, on every backend.
 
+The fused step (``opt.fused.step``) is run directly under ``kernels.use_backend(backend)``:
+"numpy" runs it on the reference kernel bodies, "numba" on the compiled CPU ones, "cuda" on
+CuPy arrays (skipped, with the reason, where no GPU is usable).  The chain (``opt.update``)
+runs on NumPy arrays and is the oracle.  Streams include exact ties: a weight row whose
+gradient is always 0 (so m == v == 0) and, for Bop, statistics landing exactly on the threshold.
+"""
 import numpy as np
 import pytest
 
-from minibnn import optim
-from minibnn.optim import fused
+from minibnn import kernels, optim
 
-def pick(fused_fn, chain_fn, is_fused, kernels):
-    """The fused optimiser on the given kernel backend, or the chain it replaces."""
-    return functools.partial(fused_fn, kernels=kernels) if is_fused else chain_fn
+STEPS = 6
+
+CASES = {
+    "cema": (lambda: optim.cema(optim.linear(0.3, STEPS), 0.6), True),
+    "cema-tie-positive": (lambda: optim.cema(0.25, optim.step_decay(0.5, 2, 0.5),
+                                              tie="positive"), True),
+    "bop": (lambda: optim.bop(1e-3, 0.2), True),
+    "bop-tie-at-threshold": (lambda: optim.bop(0.25, 0.5), True),
+    "bop-defaults": (lambda: optim.bop(), True),
+    "sgd-coupled": (lambda: optim.sgd(optim.cosine(0.1, STEPS), 0.9, 1e-2, False, 0.1), False),
+    "sgd-decoupled": (lambda: optim.sgd(0.1, 0.9, 1e-2, True), False),
+    "sgd-plain": (lambda: optim.sgd(0.1, momentum=0.0), False),
+    "adam": (lambda: optim.adam(1e-2, weight_decay=1e-2), False),
+    "adamw": (lambda: optim.adam(optim.linear(1e-2, STEPS), weight_decay=1e-2,
+                                 decoupled=True), False),
+}
 
 
-CASES = [
-    ("cema", lambda f, k: pick(fused.fused_cema, optim.cema, f, k)(optim.linear(0.3, 6), 0.6), True),
-    ("bop", lambda f, k: pick(fused.fused_bop, optim.bop, f, k)(1e-3, 0.2), True),
-    ("sgd-coupled", lambda f, k: pick(fused.fused_sgd, optim.sgd, f, k)(
-        optim.cosine(0.1, 6), 0.9, 1e-2, False, 0.1), False),
-    ("sgd-decoupled", lambda f, k: pick(fused.fused_sgd, optim.sgd, f, k)(0.1, 0.9, 1e-2, True), False),
-    ("sgd-plain", lambda f, k: pick(fused.fused_sgd, optim.sgd, f, k)(0.1), False),
-    ("adam", lambda f, k: pick(fused.fused_adam, optim.adam, f, k)(1e-2, weight_decay=1e-2), False),
-    ("adamw", lambda f, k: pick(fused.fused_adam, optim.adam, f, k)(
-        optim.linear(1e-2, 6), weight_decay=1e-2, decoupled=True), False),
-]
+def _backend_arrays(backend):
+    """(to backend, to NumPy) converters; skip with the reason where the backend is absent."""
+    if backend == "numba":
+        pytest.importorskip("numba", reason="Numba is not installed")
+    if backend != "cuda":
+        return (lambda a: a), (lambda a: a)
+    try:
+        import cupy as cp
+
+        cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # ImportError, or CUDA without a device
+        pytest.skip(f"cuda backend needs CuPy and a CUDA device: {type(exc).__name__}: {exc}")
+    return cp.asarray, cp.asnumpy
 
 
 def _params(binary, dtype, rng):
-    shapes = {"a.w": (7, 5), "b.w": (3,)}
     out = {}
-    for name, shape in shapes.items():
+    for name, shape in {"a.w": (7, 5), "b.w": (3,)}.items():
         w = rng.normal(size=shape).astype(dtype)
         out[name] = np.where(w >= 0, 1, -1).astype(dtype) if binary else w
     return out
+
+
+def _grads(name, params, dtype, rng):
+    """Gradient stream: Gaussian with sparse zeros and one row that is always 0; Bop's tie
+    case draws from {-1/2, 0, 1/2} so that m lands on tau = 1/4 exactly."""
+    stream = []
+    for _ in range(STEPS):
+        step = {}
+        for k, p in params.items():
+            if name == "bop-tie-at-threshold":
+                g = rng.choice([-0.5, 0.0, 0.5], size=p.shape)
+            else:
+                g = rng.normal(size=p.shape) * (rng.random(p.shape) > 0.2)
+            if k == "a.w":
+                g[0] = 0.0
+            step[k] = g.astype(dtype)
+        stream.append(step)
+    return stream
 
 
 def _flat(tree, prefix=""):
@@ -42,34 +78,68 @@ def _flat(tree, prefix=""):
             yield prefix + k, v
 
 
-@pytest.mark.parametrize("kernels", ["numpy", "numba"])
+def _run(opt, params, grads, step, to_dev=lambda a: a, to_host=lambda a: a):
+    p = {k: to_dev(v) for k, v in params.items()}
+    state = opt.init(p)
+    history = []
+    for g in grads:
+        p, state = step(opt)({k: to_dev(v) for k, v in g.items()}, state, p)
+        history.append({k: to_host(v) for k, v in p.items()})
+    return history, {k: to_host(v) for k, v in _flat(state)}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "cuda"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name, make, binary", CASES, ids=[c[0] for c in CASES])
-def test_fused_equals_chain_bitwise(name, make, binary, dtype, kernels):
+@pytest.mark.parametrize("name", list(CASES))
+def test_fused_step_equals_chain_bitwise(name, dtype, backend):
+    to_dev, to_host = _backend_arrays(backend)
+    make, binary = CASES[name]
     rng = np.random.default_rng(0)
     params = _params(binary, dtype, rng)
-    grads = [{k: rng.normal(size=v.shape).astype(dtype) for k, v in params.items()}
-             for _ in range(6)]
-    results = []
-    for is_fused in (False, True):
-        opt = make(is_fused, kernels)
-        p, state = dict(params), opt.init(params)
-        for g in grads:
-            p, state = opt.update(g, state, p)
-        results.append((p, dict(_flat(state))))
-    (p0, s0), (p1, s1) = results
-    for k in p0:
-        np.testing.assert_array_equal(p0[k], p1[k])
-        assert p1[k].dtype == dtype
-    assert s0.keys() == s1.keys()
-    for k in s0:
-        np.testing.assert_array_equal(s0[k], s1[k])
+    grads = _grads(name, params, dtype, rng)
+    want, want_state = _run(make(), params, grads, lambda o: o.update)
+    assert make().fused is not None
+    with kernels.use_backend(backend):
+        got, got_state = _run(make(), params, grads, lambda o: o.fused.step, to_dev, to_host)
+    for t, (w, g) in enumerate(zip(want, got)):
+        for k in w:
+            np.testing.assert_array_equal(g[k], w[k], err_msg=f"{name} step {t + 1} {k}")
+            assert g[k].dtype == dtype
+    assert got_state.keys() == want_state.keys()
+    for k in want_state:
+        np.testing.assert_array_equal(got_state[k], want_state[k], err_msg=k)
+        assert np.asarray(got_state[k]).dtype == np.asarray(want_state[k]).dtype, k
+
+
+@pytest.mark.parametrize("name", ["cema", "cema-tie-positive", "bop", "bop-defaults"])
+def test_streams_hit_exact_zero_ties(name):
+    """The always-zero row keeps its statistic at exactly 0 (so the tie rule decides it)."""
+    make, _ = CASES[name]
+    rng = np.random.default_rng(0)
+    params = _params(True, np.float64, rng)
+    _, state = _run(make(), params, _grads(name, params, np.float64, rng), lambda o: o.update)
+    stat = state["v/s/a.w"] if name.startswith("cema") else state["m/s/a.w"]
+    assert np.all(stat[0] == 0)
+
+
+def test_bop_stream_hits_the_threshold_exactly():
+    make, _ = CASES["bop-tie-at-threshold"]
+    rng = np.random.default_rng(0)
+    params = _params(True, np.float64, rng)
+    opt, p = make(), dict(params)
+    state, hits = opt.init(p), 0
+    for g in _grads("bop-tie-at-threshold", params, np.float64, rng):
+        before = p
+        p, state = opt.update(g, state, p)
+        for k in p:
+            hits += int(np.count_nonzero(state["m"]["s"][k] * before[k] == 0.25))
+    assert hits > 0
 
 
 def test_fused_does_not_modify_caller_params():
     params = {"w": np.array([1.0, -1.0, 1.0])}
-    opt = fused.fused_cema(1.0, 1.0)
-    state = opt.init(params)
-    new, _ = opt.update({"w": np.array([1.0, 1.0, -1.0])}, state, params)
+    opt = optim.cema(1.0, 1.0)
+    with kernels.use_backend("numpy"):
+        new, _ = opt.fused.step({"w": np.array([1.0, 1.0, -1.0])}, opt.init(params), params)
     np.testing.assert_array_equal(params["w"], [1.0, -1.0, 1.0])
     np.testing.assert_array_equal(new["w"], [-1.0, -1.0, 1.0])

@@ -1,45 +1,81 @@
-"""The optimiser shape shared by every minibnn optimiser (optax's, with one difference).
+"""The optimiser shape shared by every minibnn optimiser (optax's, with two differences).
 
-A ``Transform`` is a pair of pure functions::
+A ``Transform`` is a pair of pure functions, plus an optional fused step::
 
     state = t.init(params)
-    stream, state = t.update(stream, state, params)
+    stream, state = t.update(stream, state, params)      # the readable chain (pure)
+    params, state = t.step(grads, state, params)         # what the trainer calls
 
-Transforms are chained: the first receives the gradients, each passes its filtered stream on.
-The last link of a complete optimiser is a *terminal* transform whose output stream is the new
-parameters (``apply_updates`` for latent weights, ``flip`` for binary weights), so::
+Transforms are chained by name, optax style: ``chain(m=ema(gamma), v=ema(alpha), b=flip())``
+feeds the gradients to ``m``, its output to ``v`` and so on; the state is a dict keyed by the
+stage names (``{"m": {...}, "v": {...}, "b": {}}``), so checkpoints name what they hold.  The
+last link of a complete optimiser is a *terminal* whose output stream is the new parameters
+(``apply_updates`` for latent weights, ``flip`` for binary weights), so ``update`` returns new
+parameters directly, as DESIGN.md asks.
 
-    params, state = opt.update(grads, state, params)
+``fused`` is a ``FusedStep(op, step)``: one in-place kernel pass (``minibnn.kernels`` op
+``op``) computing exactly the chain's bits and state.  ``step`` runs it where
+``kernels.has_compiled(op, p)`` for a parameter array ``p`` at hand (Numba on NumPy arrays,
+CUDA on CuPy arrays), else ``update``.  The fused step updates the state's buffers in place
+(the state passed in must not be used again) and returns new parameter arrays.
 
-returns new parameters directly, as DESIGN.md asks.  Parameters, gradients, streams and states
-are flat dicts ``name -> array`` (states may nest dicts); everything is a plain array, so a
-state can be written to an HDF5 file and read back exactly.
+Parameters, gradients, streams and states are flat dicts ``name -> array`` (states nest one
+level per stage); everything is a plain array, so a state can be written to an HDF5 file and
+read back exactly.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
+
+from minibnn.errors import MinibnnError
 
 Params = dict[str, Any]
 State = dict[str, Any]
+StepFn = Callable[[Params, State, Params], "tuple[Params, State]"]
 
 
-class Transform(NamedTuple):
-    """A gradient filter (or a whole optimiser): ``init(params)`` and ``update(stream, state, params)``."""
+class FusedStep(NamedTuple):
+    """A one-pass kernel step equal to a chain's ``update``: the kernel op it runs, the step."""
+
+    op: str
+    step: StepFn
+
+
+@dataclass(frozen=True)
+class Transform:
+    """A gradient filter or a whole optimiser: ``init``, ``update`` and, optionally, ``fused``."""
 
     init: Callable[[Params], State]
-    update: Callable[[Params, State, Params], tuple[Params, State]]
+    update: StepFn
+    fused: FusedStep | None = None
+
+    def step(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
+        """The fused step where its kernel op is compiled for these arrays, else ``update``."""
+        if self.fused is not None and uses_compiled(self.fused.op, params):
+            return self.fused.step(grads, state, params)
+        return self.update(grads, state, params)
 
 
-def chain(*transforms: Transform) -> Transform:
-    """Compose transforms left to right: the stream of one is the input of the next."""
+def uses_compiled(op: str, params: Params) -> bool:
+    """Would ``kernels.call(op, ...)`` on these parameters run a compiled body?"""
+    from minibnn import kernels
+
+    return bool(params) and kernels.has_compiled(op, next(iter(params.values())))
+
+
+def chain(**stages: Transform) -> Transform:
+    """Compose named transforms left to right; the state is ``{stage name: stage state}``."""
+    if not stages:
+        raise MinibnnError("chain needs at least one named stage")
 
     def init(params: Params) -> State:
-        return {str(i): t.init(params) for i, t in enumerate(transforms)}
+        return {name: t.init(params) for name, t in stages.items()}
 
     def update(stream: Params, state: State, params: Params) -> tuple[Params, State]:
         new_state = {}
-        for i, t in enumerate(transforms):
-            stream, new_state[str(i)] = t.update(stream, state[str(i)], params)
+        for name, t in stages.items():
+            stream, new_state[name] = t.update(stream, state[name], params)
         return stream, new_state
 
     return Transform(init, update)

@@ -9,13 +9,16 @@ schedule keeps ``count`` (updates made so far) in its state.
     add_decayed_weights(l):  y_t = x_t + l * w_{t-1}                      (weight decay's gradient)
     scale_by_learning_rate:  y_t = -eta_t x_t
     scale_by_adam:           y_t = m_hat / (sqrt(v_hat) + eps)            (Adam's moments)
-    normalize_by_rms:        y_t = m_hat / (sqrt(s_hat) + eps)            (Bop2ndOrder's statistic)
+    normalize_by_rms:        y_t = m_t / (sqrt(s_t) + eps)                (Bop2ndOrder's statistic)
     iir2(a1, a2, c):         v_t = a1 v_{t-1} + a2 v_{t-2} + c x_t        (general 2nd-order filter)
 
 and two terminals whose output is the new parameters:
 
     apply_updates():         w_t = w_{t-1} + y_t                           (latent weights)
     flip(tau, tie):          b_t = -b_{t-1} where x_t * b_{t-1} > tau      (binary weights)
+
+Filters that a fused kernel step replaces keep the operation order of that kernel (see
+``minibnn.kernels.reference``), so the two give the same bits.
 """
 from __future__ import annotations
 
@@ -154,13 +157,33 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Tran
     return Transform(init_fn, update)
 
 
-def normalize_by_rms(gamma: float, sigma: float, eps: float = 1e-10) -> Transform:
-    """Bop2ndOrder's statistic: first moment over the root of the second, both bias-corrected.
+def normalize_by_rms(gamma: float, sigma: float, eps: float = 1e-10,
+                     bias_correction: bool = False) -> Transform:
+    """Bop2ndOrder's statistic: the first moment over the root of the second.
 
-    ``m_t = (1-gamma) m + gamma g``, ``s_t = (1-sigma) s + sigma g^2``,
-    ``y_t = (m_t / (1-(1-gamma)^t)) / (sqrt(s_t / (1-(1-sigma)^t)) + eps)``.
+    ``m_t = (1-gamma) m + gamma x``, ``s_t = (1-sigma) s + sigma x^2`` (zero buffers), then
+    ``y_t = m_t / (sqrt(s_t) + eps)``; with ``bias_correction`` Adam's corrections,
+    ``y_t = (m_t / (1-(1-gamma)^t)) / (sqrt(s_t / (1-(1-sigma)^t)) + eps)``.  State:
+    ``{"count", "m", "v"}`` (``v`` holds ``s``).
     """
-    return scale_by_adam(1.0 - gamma, 1.0 - sigma, eps)
+
+    def init_fn(params: Params) -> State:
+        return {"count": np.asarray(0, dtype=np.int64), "m": zeros_like_tree(params),
+                "v": zeros_like_tree(params)}
+
+    def update(stream: Params, state: State, params: Params) -> tuple[Params, State]:
+        m = {k: (1.0 - gamma) * state["m"][k] + gamma * x for k, x in stream.items()}
+        v = {k: (1.0 - sigma) * state["v"][k] + sigma * (x * x) for k, x in stream.items()}
+        xp = _array_module(stream)
+        if bias_correction:
+            t = step_count(state) + 1
+            c1, c2 = 1.0 - (1.0 - gamma) ** t, 1.0 - (1.0 - sigma) ** t
+            out = {k: (m[k] / c1) / (xp.sqrt(v[k] / c2) + eps) for k in stream}
+        else:
+            out = {k: m[k] / (xp.sqrt(v[k]) + eps) for k in stream}
+        return out, {"count": step_count_after(state), "m": m, "v": v}
+
+    return Transform(init_fn, update)
 
 
 def iir2(a1: float, a2: float, c: float, init: Params | None = None,
@@ -194,9 +217,15 @@ def flip(threshold: float = 0.0, tie: str = "keep") -> Transform:
     """Terminal for binary weights: ``b_t = -b_{t-1}`` where ``x_t * b_{t-1} > threshold``.
 
     With threshold 0 this is ``b_t = -sign(x_t)`` wherever ``x_t != 0``.  ``tie`` says what
-    happens where ``x_t == 0`` exactly: ``"keep"`` keeps ``b_{t-1}`` (the paper's code);
-    ``"positive"`` sets ``b_t = +1``, i.e. ``b = sign(w)`` with minibnn's ``sign(0) = +1``
-    (only meaningful with threshold 0).
+    happens where ``x_t * b_{t-1} == threshold`` exactly:
+
+      * ``"keep"`` keeps ``b_{t-1}`` (the CEMA paper's code);
+      * ``"positive"`` sets ``b_t = +1``: larq's Bop, ``b = lq.math.sign(-sign(b*m - tau) * b)``
+        with ``lq.math.sign(0) = +1`` (``larq/optimizers.py``, ``Bop._resource_apply_dense``).
+        At threshold 0 this is ``b = +1`` where ``x_t == 0``, i.e. ``b = sign(-x)`` with
+        minibnn's ``sign(0) = +1``.
+
+    The kernels' ``cema_update``/``bop_update`` implement the same two rules.
     """
     if tie not in TIE_RULES:
         raise MinibnnError(f"unknown tie rule {tie!r}; expected one of {', '.join(TIE_RULES)}")
@@ -208,9 +237,10 @@ def flip(threshold: float = 0.0, tie: str = "keep") -> Transform:
         new = {}
         for k, x in stream.items():
             b = params[k]
-            flipped = xp.where(x * b > threshold, -b, b)
+            xb = x * b
+            flipped = xp.where(xb > threshold, -b, b)
             if tie == "positive":
-                flipped = xp.where(x == 0, xp.ones_like(b), flipped)
+                flipped = xp.where(xb == threshold, xp.ones_like(b), flipped)
             new[k] = flipped
         return new, state
 

@@ -1,43 +1,67 @@
 """Route parameter groups to different optimisers (binary weights to one, real ones to another).
 
 ``partition({"binary": cema(...), "real": adam(...)}, label_fn)`` splits params, gradients and
-state by ``label_fn(name)``, runs each optimiser on its own group and merges the results.
+state by ``label_fn(name)``, runs each optimiser on its own group and merges the results; the
+state is ``{label: that optimiser's state}``.  ``update`` runs every group's chain, ``step``
+every group's ``step`` (so each group takes its fused kernel where one is compiled).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from minibnn.errors import MinibnnError
 from minibnn.optim.base import Params, State, Transform
 
 
+def _split(optimizers: Mapping[str, Transform], label_of: Callable[[str], str],
+           tree: Params) -> dict[str, Params]:
+    groups: dict[str, Params] = {label: {} for label in optimizers}
+    for name, value in tree.items():
+        label = label_of(name)
+        if label not in groups:
+            raise MinibnnError(f"parameter {name!r} has label {label!r}, which has no "
+                               f"optimiser (have {sorted(optimizers)})")
+        groups[label][name] = value
+    return groups
+
+
+def _route(optimizers: Mapping[str, Transform], label_of: Callable[[str], str], method: str,
+           grads: Params, state: State, params: Params) -> tuple[Params, State]:
+    """Run ``getattr(opt, method)`` on each group and merge parameters and states."""
+    grad_groups = _split(optimizers, label_of, grads)
+    param_groups = _split(optimizers, label_of, params)
+    new_params: Params = {}
+    new_state: State = {}
+    for label, opt in optimizers.items():
+        updated, new_state[label] = getattr(opt, method)(grad_groups[label], state[label],
+                                                         param_groups[label])
+        new_params.update(updated)
+    return new_params, new_state
+
+
+@dataclass(frozen=True)
+class Partition(Transform):
+    """``partition``'s transform: ``step`` routes each group to its optimiser's ``step``."""
+
+    optimizers: Mapping[str, Transform] = field(default_factory=dict)
+    label_of: Callable[[str], str] = str
+
+    def step(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
+        return _route(self.optimizers, self.label_of, "step", grads, state, params)
+
+
 def partition(optimizers: Mapping[str, Transform],
-              labels: Callable[[str], str] | Mapping[str, str]) -> Transform:
+              labels: Callable[[str], str] | Mapping[str, str]) -> Partition:
     """Apply ``optimizers[label(name)]`` to each parameter ``name``."""
     label_of = labels.__getitem__ if isinstance(labels, Mapping) else labels
-
-    def split(tree: Params) -> dict[str, Params]:
-        groups: dict[str, Params] = {label: {} for label in optimizers}
-        for name, value in tree.items():
-            label = label_of(name)
-            if label not in groups:
-                raise MinibnnError(f"parameter {name!r} has label {label!r}, which has no "
-                                   f"optimiser (have {sorted(optimizers)})")
-            groups[label][name] = value
-        return groups
+    optimizers = dict(optimizers)
 
     def init(params: Params) -> State:
-        groups = split(params)
+        groups = _split(optimizers, label_of, params)
         return {label: opt.init(groups[label]) for label, opt in optimizers.items()}
 
     def update(grads: Params, state: State, params: Params) -> tuple[Params, State]:
-        grad_groups, param_groups = split(grads), split(params)
-        new_params: Params = {}
-        new_state: State = {}
-        for label, opt in optimizers.items():
-            updated, new_state[label] = opt.update(grad_groups[label], state[label],
-                                                   param_groups[label])
-            new_params.update(updated)
-        return new_params, new_state
+        return _route(optimizers, label_of, "update", grads, state, params)
 
-    return Transform(init, update)
+    return Partition(init, update, optimizers=optimizers, label_of=label_of)
