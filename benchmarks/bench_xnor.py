@@ -33,10 +33,21 @@ def _target(k: int) -> float:
     return 6.0 if k >= 4608 else 2.0
 
 
+class _Bodies:
+    """``_Bodies("numba").xnor_gemm``: that backend's body of the op (``kernels.get``)."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+    def __getattr__(self, op: str) -> Any:
+        from minibnn import kernels
+
+        return kernels.get(op, self.backend)
+
+
 def bench_gemm(shapes: list[tuple[int, int, int]], repeats: int, torch: Any | None,
                rng: np.random.Generator) -> tuple[list[list[Any]], list[dict[str, Any]]]:
-    from minibnn.kernels import cpu
-
+    cpu = _Bodies("numba")
     rows, records = [], []
     for m, k, n in shapes:
         a = rng.standard_normal((m, k), dtype=np.float32)
@@ -65,9 +76,9 @@ def bench_gemm(shapes: list[tuple[int, int, int]], repeats: int, torch: Any | No
 
 def bench_conv(shapes: list[tuple[int, int, int, int, int]], repeats: int, torch: Any | None,
                rng: np.random.Generator) -> tuple[list[list[Any]], list[dict[str, Any]]]:
-    from minibnn.kernels import bitpack, cpu
-    from minibnn.kernels import reference as ref
+    from minibnn.kernels import bitpack
 
+    cpu, ref = _Bodies("numba"), _Bodies("numpy")
     rows, records = [], []
     for n, c, o, h, w in shapes:
         x = rng.standard_normal((n, c, h, w), dtype=np.float32)

@@ -1,7 +1,8 @@
-"""Bit packing, XNOR-popcount GEMM and binary convolution: exact equality, both backends.
+"""Bit packing, XNOR-popcount GEMM, binary convolution, thresholded packing: both backends.
 
 Every result here is an integer computed two ways (XNOR-popcount and a float product of ±1
-values, which is exact for these sizes), so every comparison is ``array_equal``.
+values, which is exact for these sizes), so every comparison is ``array_equal``.  The
+threshold kernels (``kernels.threshold``) are checked against plain comparisons.
 """
 from __future__ import annotations
 
@@ -10,12 +11,25 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from minibnn import kernels
 from minibnn.errors import DTypeError, ShapeError
-from minibnn.kernels import bitpack, cpu
-from minibnn.kernels import reference as ref
+from minibnn.kernels import bitpack
+from minibnn.kernels.threshold import Threshold, fold_sign_table, threshold_signs
+
+
+class Bodies:
+    """``Bodies("numba").xnor_gemm`` is the numba body of op "xnor_gemm" (kernels.get)."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+    def __getattr__(self, op: str):  # type: ignore[no-untyped-def]
+        return kernels.get(op, self.backend)
+
 
 SETTINGS = settings(max_examples=20, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
+ref, cpu = Bodies("numpy"), Bodies("numba")
 BACKENDS = [ref, cpu]
 K_VALUES = [1, 2, 63, 64, 65, 100, 127, 128, 129, 576]
 
@@ -126,14 +140,15 @@ def test_binary_conv2d_wide_rows(stride: int, padding: int) -> None:
 def test_bitpack_layers(backend: str) -> None:
     rng = np.random.default_rng(7)
     x, w = randn(rng, (4, 70, 6, 5)), randn(rng, (8, 70, 3, 3))
-    for stride, padding in ((1, 1), (2, 1), (1, 0), (1, 2)):
-        layer = bitpack.pack_conv2d(w, stride, padding, backend=backend)
-        y = bitpack.binary_conv2d(x, layer, backend=backend)
-        assert np.array_equal(y, _float_conv(x, w, stride, padding))
-    xd, wd = randn(rng, (5, 200)), randn(rng, (7, 200))
-    dense = bitpack.pack_dense(wd, backend=backend)
-    assert np.array_equal(bitpack.binary_dense(xd, dense, backend=backend),
-                          signs(xd) @ signs(wd).T)
+    with kernels.use_backend(backend):
+        for stride, padding in ((1, 1), (2, 1), (1, 0), (1, 2)):
+            layer = bitpack.pack_conv2d(w, stride, padding)
+            y = bitpack.binary_conv2d(x, layer)
+            assert np.array_equal(y, _float_conv(x, w, stride, padding))
+        xd, wd = randn(rng, (5, 200)), randn(rng, (7, 200))
+        dense = bitpack.pack_dense(wd)
+        assert kernels.backend_for("xnor_gemm", dense.wbits) == backend
+        assert np.array_equal(bitpack.binary_dense(xd, dense), signs(xd) @ signs(wd).T)
 
 
 def test_padding_with_plus_one_would_be_wrong() -> None:
@@ -167,3 +182,83 @@ def test_errors() -> None:
         bitpack.binary_conv2d(np.ones((1, 4, 5, 5), np.float32), layer)
     with pytest.raises(ShapeError):
         bitpack.binary_dense(np.ones((1, 4), np.float32), bitpack.pack_dense(np.ones((2, 5))))
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def _plain_signs(y: np.ndarray, t: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """The definition, channel by channel: +1 iff y >= t (d = +1) or y <= t (d = -1)."""
+    s = np.empty(y.shape, dtype=np.bool_)
+    for c in range(y.shape[1]):
+        s[:, c] = y[:, c] >= t[c] if d[c] > 0 else y[:, c] <= t[c]
+    return s
+
+
+@st.composite
+def threshold_case(draw: st.DrawFn) -> tuple:
+    c = draw(st.sampled_from([1, 5, 63, 64, 65, 130]))
+    spatial = draw(st.sampled_from([(), (1, 1), (3, 5), (4, 4)]))
+    return draw(st.integers(1, 9)), c, spatial, draw(st.integers(0, 2**32 - 1))
+
+
+@SETTINGS
+@given(threshold_case())
+def test_threshold_pack_is_the_packed_comparison(case: tuple) -> None:
+    n, c, spatial, seed = case
+    rng = np.random.default_rng(seed)
+    y = rng.integers(-40, 41, (n, c) + spatial).astype(np.int32)
+    t = rng.integers(-45, 46, c).astype(np.int32)
+    t[: c // 3] = y.reshape(n, c, -1)[0, : c // 3, 0]          # y == t exactly somewhere
+    d = rng.choice(np.array([-1, 1], np.int8), c)
+    want = np.moveaxis(np.where(_plain_signs(y, t, d), 1.0, -1.0), 1, -1)   # channels last
+    for kern in BACKENDS:
+        bits = kern.threshold_pack(y, t, d)
+        assert bits.dtype == np.uint64 and bits.shape == (n,) + spatial + ((c + 63) // 64,)
+        assert np.array_equal(bits, ref.pack_signs(want))    # pad bits 0, layout of pack_signs
+    assert np.array_equal(threshold_signs(y, Threshold(t, d, None, 45)),
+                          _plain_signs(y, t, d))
+
+
+def test_thresholded_conv_signs_are_the_next_layers_packed_input() -> None:
+    """threshold_pack of conv counts == pack_conv_input of the same signs as floats."""
+    rng = np.random.default_rng(11)
+    y = rng.integers(-9, 10, (2, 70, 3, 4)).astype(np.int32)
+    t = rng.integers(-9, 10, 70).astype(np.int32)
+    d = np.ones(70, np.int8)
+    s = np.where(y >= t[None, :, None, None], 1.0, -1.0)
+    for kern in BACKENDS:
+        assert np.array_equal(kern.threshold_pack(y, t, d), ref.pack_conv_input(s))
+
+
+def test_fold_sign_table_steps_constants_and_lookup() -> None:
+    k = 3                                           # y = -3 .. 3, one column per channel
+    cols = {"up at 1": [0, 0, 0, 0, 1, 1, 1], "down at -2": [1, 1, 0, 0, 0, 0, 0],
+            "all +1": [1] * 7, "all -1": [0] * 7, "bump": [0, 1, 1, 0, 0, 1, 0],
+            "down at 2": [1, 1, 1, 1, 1, 1, 0]}
+    table = np.array(list(cols.values()), dtype=bool).T
+    th = fold_sign_table(table, k)
+    assert th.direction.tolist() == [1, -1, 1, 1, 0, -1]
+    assert th.threshold.dtype == np.int32 and th.direction.dtype == np.int8
+    assert th.threshold[[0, 1, 2, 3, 5]].tolist() == [1, -2, -3, 4, 2]
+    assert th.lookup is not None and th.lookup.dtype == np.uint8
+    assert th.lookup.tolist() == [cols["bump"]]
+    y = np.repeat(np.arange(-k, k + 1, dtype=np.int32)[:, None], table.shape[1], axis=1)
+    assert np.array_equal(threshold_signs(y, th), table)  # every channel, lookup included
+    with pytest.raises(ShapeError, match="direction"):
+        ref.threshold_pack(y, th.threshold, th.direction)
+    with pytest.raises(ShapeError, match="2k\\+1"):
+        fold_sign_table(table[:-1], k)
+
+
+def test_threshold_errors() -> None:
+    t, d = np.zeros(3, np.int32), np.ones(3, np.int8)
+    for kern in BACKENDS:
+        with pytest.raises(DTypeError):
+            kern.threshold_pack(np.zeros((2, 3), np.int64), t, d)
+        with pytest.raises(DTypeError):
+            kern.threshold_pack(np.zeros((2, 3, 4), np.int32), t, d)
+        with pytest.raises(ShapeError):
+            kern.threshold_pack(np.zeros((2, 4), np.int32), t, d)
+        with pytest.raises(ShapeError):
+            kern.threshold_pack(np.zeros((2, 3), np.int32), t, d.astype(np.int32))

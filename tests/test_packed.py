@@ -1,26 +1,34 @@
 """Bit-packed inference (``minibnn.packed``): exactly the float path, ~32x smaller weights.
 
 Logits must be bit-identical to the float forward pass without a weight scale (the float path
-sums +-1 products, exact integers), in float32 and float64; with ``scale=True`` predictions
-must agree and logits may differ in the last bits.  Then the packed file (round trip, sizes,
-one-line errors) and the CLI end to end.
+sums +-1 products, exact integers), in float32 and float64, with BatchNorm + sign folded into
+integer thresholds (negative gamma, gamma == 0 included); with ``scale=True`` predictions must
+agree and logits may differ in the last bits.  The threshold derivation is a property test
+over random BatchNorm parameters, dtypes and fan-ins.  Then the packed file (round trip,
+version, sizes, one-line errors) and the CLI end to end on trained runs.
 """
+import dataclasses
 import subprocess
 import sys
 
 import h5py
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from minibnn import kernels
 from minibnn.cli import main
 from minibnn.config import TrainConfig
-from minibnn.errors import DataFileError, MinibnnError
+from minibnn.errors import DataFileError, DTypeError, MinibnnError
 from minibnn.io import Checkpoint, RunFile, load_run, save_run
-from minibnn.kernels import get_kernels
+from minibnn.kernels.threshold import Threshold
+from minibnn.nn import functional as F
 from minibnn.nn.models import Model, binary_cnn, binary_mlp, birealnet
-from minibnn.nn.modules import BinaryDense, Dense, Flatten, Sequential
-from minibnn.packed import (FORMAT, PackedBinary, default_packed_path, evaluate_packed, export_packed,
-                            is_packed_file, load_packed, pack_model, pack_run)
+from minibnn.nn.modules import BatchNorm, BinaryDense, Dense, Flatten, Sequential, Sign
+from minibnn.packed import (FORMAT, VERSION, PackedBinary, default_packed_path, evaluate_packed,
+                            export_packed, fold_batchnorm_sign, is_packed_file, load_packed,
+                            pack_model, pack_run)
 
 MODELS = {
     # odd widths: K = 81, 70, 130 leave partial words
@@ -33,14 +41,26 @@ MODELS = {
 }
 
 
-def _random_state(model, dtype, seed=0):
-    """Random params and non-trivial BatchNorm running statistics."""
+def _random_state(model, dtype, seed=0, affine=False, integer_means=True):
+    """Random params and non-trivial BatchNorm running statistics (and gamma/beta: negative,
+    zero); ``integer_means``: every third running mean an integer, where a count lands exactly
+    on BN(y) = 0 (a tie the float path with a scale does not reproduce, see the module doc)."""
     rng = np.random.default_rng(seed)
     params, buffers = model.init(rng, dtype)
     for name in buffers:
         shape = buffers[name].shape
         buffers[name] = (rng.uniform(0.5, 2.0, shape) if name.endswith("running_var")
                          else rng.normal(0.0, 1.0, shape)).astype(dtype)
+        if integer_means and name.endswith("running_mean"):
+            buffers[name][::3] = np.round(buffers[name][::3] * 3)
+    if affine:
+        for name in params:
+            if name.endswith(".gamma"):
+                params[name] = rng.normal(0.0, 1.0, params[name].shape).astype(dtype)
+                params[name][1::4] = 0.0
+            elif name.endswith(".beta"):
+                params[name] = rng.normal(0.0, 0.5, params[name].shape).astype(dtype)
+                params[name][::5] = 0.0
     x = rng.normal(0.0, 1.0, (23,) + model.input_shape).astype(dtype)
     x[0] = 0.0                                  # sign(0) = +1 on both paths
     return params, buffers, x
@@ -50,19 +70,21 @@ def _random_state(model, dtype, seed=0):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_packed_logits_equal_float_logits_exactly(name, dtype):
     model = MODELS[name]()
-    params, buffers, x = _random_state(model, dtype)
-    ref, _, _ = model.forward(params, buffers, x, train=False)
-    pm = pack_model(model, params, buffers)
-    out = pm.forward(x)
-    assert out.dtype == ref.dtype
-    assert np.array_equal(out, ref)
+    for affine in (False, True):
+        params, buffers, x = _random_state(model, dtype, affine=affine)
+        ref, _, _ = model.forward(params, buffers, x, train=False)
+        for backend in ("numpy", "auto"):
+            with kernels.use_backend(backend):
+                out = pack_model(model, params, buffers).forward(x)
+            assert out.dtype == ref.dtype
+            assert np.array_equal(out, ref), (affine, backend)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", ["mlp-latent", "cnn", "birealnet"])
 def test_scaled_layers_give_the_same_predictions(name, dtype):
     model = MODELS[name](scale=True)
-    params, buffers, x = _random_state(model, dtype, seed=1)
+    params, buffers, x = _random_state(model, dtype, seed=1, integer_means=False)
     ref, _, _ = model.forward(params, buffers, x, train=False)
     out = pack_model(model, params, buffers).forward(x)
     assert np.array_equal(out.argmax(axis=1), ref.argmax(axis=1))
@@ -87,12 +109,12 @@ def test_packed_weights_are_32x_smaller_and_bits_are_the_signs():
     w = params["fc2.w"]
     assert layer.bits.dtype == np.uint64 and layer.bits.shape == (256, 2)
     assert layer.bits.nbytes <= w.astype(np.float32).nbytes / 30
-    unpacked = get_kernels("numpy").unpack_signs(layer.bits, 128, np.float32)
+    unpacked = kernels.get("unpack_signs", "numpy")(layer.bits, 128, np.float32)
     assert np.array_equal(unpacked, np.where(w >= 0, 1.0, -1.0))
     sizes = pm.sizes()
     assert sizes["float32_bytes"] == 4 * w.size and sizes["weight_ratio"] == pytest.approx(32.0)
     packed = [m for m in pm.net.layers if isinstance(m, PackedBinary)]
-    assert len(packed) == 1 and packed[0].layer is layer
+    assert len(packed) == 1 and packed[0].layers == [layer]
     with pytest.raises(MinibnnError, match="inference-only"):
         packed[0].backward(np.zeros((1, 256), np.float32), None)
 
@@ -117,8 +139,14 @@ def test_export_round_trip_and_sizes(trained_run, tmp_path):
     assert sizes["packed_file_bytes"] < sizes["run_file_bytes"]
     with h5py.File(out, "r") as f:
         assert f.attrs["format"] == FORMAT and int(f.attrs["epoch"]) == 1
-        assert f["packed/fc2.w/bits"].dtype == np.uint64
-        assert f["packed/fc2.w"].attrs["kind"] == "dense" and "fc2.w" not in f["real"]
+        assert int(f.attrs["version"]) == VERSION == 2
+        g = f["packed/fc2.w"]
+        assert g["bits"].dtype == np.uint64
+        assert g.attrs["kind"] == "dense" and "fc2.w" not in f["real"]
+        assert g.attrs["fold"] == "bn2" and "lookup" not in g           # bn2 -> sign folded
+        assert g["threshold"].dtype == np.int32 and g["threshold"].shape == (64,)
+        assert g["direction"].dtype == np.int8 and set(g["direction"][()]) <= {-1, 1}
+        assert "bn2.gamma" in f["real"]                  # kept for the float path (--check)
     loaded, in_memory = load_packed(out), pack_run(trained_run)
     ck = load_run(trained_run).checkpoint
     x = np.random.default_rng(2).normal(size=(50, 1, 28, 28)).astype(np.float32)
@@ -222,3 +250,193 @@ def test_damaged_packed_file_is_a_data_file_error(trained_run, tmp_path):
         del f["packed"]
     with pytest.raises(DataFileError, match="corrupt"):
         load_packed(out)
+
+
+# --------------------------------------------------------------------------- thresholds
+
+TH_SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
+                       suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def bn_case(draw):
+    """BatchNorm parameters aimed at the edges: BN(y) == 0 exactly at an integer y, means on
+    and next to integers and half-integers, tiny/huge variance, gamma 0 / negative / tiny."""
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    k = draw(st.integers(1, 3000))
+    c = draw(st.integers(1, 8))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    y0 = rng.integers(-k, k + 1, c).astype(np.float64)
+    mean = y0 + rng.choice([0.0, 0.5, -0.5, 1e-7, -1e-7, 0.3], c)
+    mean = np.where(rng.random(c) < 0.2, rng.normal(0, 2 * k, c), mean)
+    var = 10.0 ** rng.uniform(-8, 6, c)
+    gamma = rng.choice([1.0, -1.0], c) * 10.0 ** rng.uniform(-30, 3, c)
+    gamma[rng.random(c) < 0.2] = 0.0
+    beta = rng.normal(0, 1, c) * 10.0 ** rng.uniform(-6, 3, c)
+    beta[rng.random(c) < 0.3] = 0.0
+    beta[rng.random(c) < 0.1] = -0.0
+    eps = draw(st.sampled_from([1e-5, 1e-3, 1e-10]))
+    affine = draw(st.booleans())
+    scale = rng.uniform(0.0, 2.0, c) if draw(st.booleans()) else None
+    return dtype, k, c, mean, var, gamma, beta, eps, affine, scale
+
+
+@TH_SETTINGS
+@given(bn_case())
+def test_thresholds_equal_the_float_sign_for_every_count(case):
+    dtype, k, c, mean, var, gamma, beta, eps, affine, scale = case
+    bn, sign = BatchNorm("bn", c, eps=eps, affine=affine), Sign()
+    params = {"bn.gamma": gamma.astype(dtype), "bn.beta": beta.astype(dtype)} if affine else {}
+    buffers = {"bn.running_mean": mean.astype(dtype), "bn.running_var": var.astype(dtype)}
+    th = fold_batchnorm_sign(bn, sign, params, buffers, k, dtype, scale)
+    # the float path on every count y in [-k, k], NCHW like a conv layer's output
+    y = np.repeat(np.arange(-k, k + 1, dtype=np.int32)[:, None], c, axis=1)
+    x = y.astype(dtype)[:, :, None, None]
+    if scale is not None:
+        x = x * scale.astype(dtype)[None, :, None, None]
+    z, _ = F.batchnorm_forward(x, params.get("bn.gamma"), params.get("bn.beta"),
+                               buffers["bn.running_mean"], buffers["bn.running_var"],
+                               train=False, eps=eps)
+    want, _ = F.sign_forward(z)
+    want = want[:, :, 0, 0] > 0
+    assert th.lookup is None                      # IEEE BatchNorm is monotone in y
+    for backend in ("numpy", "numba"):
+        bits = kernels.get("threshold_pack", backend)(y, th.threshold, th.direction)
+        got = kernels.get("unpack_signs", "numpy")(bits, c, np.float64) > 0
+        assert np.array_equal(got, want), backend
+    if affine:                                    # the real-number direction where it has one
+        slope = gamma / np.sqrt(var + eps)
+        steps = want.any(axis=0) & ~want.all(axis=0)
+        assert np.all(th.direction[steps & (slope < 0)] == -1)
+        assert np.all(th.direction[steps & (slope > 0)] == 1)
+        constant = gamma == 0
+        assert np.array_equal(want[:, constant].all(axis=0), (beta[constant] >= 0))
+
+
+def _trained(tmp_path, model, dtype, **config):
+    """A run of ``model`` trained a few steps on synthetic data, then BatchNorm channels set by
+    hand: negative gamma, gamma == 0 with beta > 0, < 0 and == 0."""
+    from minibnn.train import fit
+
+    path = str(tmp_path / f"{model}-{dtype}.h5")
+    cfg = TrainConfig(model=model, dataset="synthetic", epochs=1, train_subset=300, shift=0,
+                      batch_size=100, dtype=dtype, **config)
+    fit(cfg, path, progress=False, log=lambda m: None)
+    run = load_run(path)
+    params = dict(run.checkpoint.params)
+    for name in sorted(params):
+        if name.endswith(".gamma") and name != "bn1.gamma":
+            g, b = params[name].copy(), params[name.replace("gamma", "beta")].copy()
+            g[0], g[1], g[2], g[3] = -abs(g[0]) - 0.5, 0.0, 0.0, 0.0
+            b[1], b[2], b[3] = 0.7, -0.7, 0.0
+            params[name], params[name.replace("gamma", "beta")] = g, b
+    save_run(path, dataclasses.replace(run, checkpoint=dataclasses.replace(run.checkpoint,
+                                                                           params=params)))
+    return path
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("model,config", [("binary_mlp", {"hidden": [48, 70, 40]}),
+                                          ("binary_cnn", {"width": 4})])
+def test_trained_runs_fold_exactly(tmp_path, capsys, model, config, dtype):
+    path = _trained(tmp_path, model, dtype, **config)
+    pm = pack_run(path)
+    folds = [layer.fold for layer in pm.layers.values()]
+    assert all(f is not None for f in folds) and len(folds) == (2 if model == "binary_mlp"
+                                                                 else 5)
+    for f in folds:                               # the hand-set channels
+        assert f.direction[0] == -1
+        assert (f.direction[1], f.threshold[1]) == (1, -f.k)        # always +1
+        assert (f.direction[2], f.threshold[2]) == (1, f.k + 1)     # always -1
+        assert (f.direction[3], f.threshold[3]) == (1, -f.k)        # beta = 0: sign(0) = +1
+    # one packed run of binary layers, no float BatchNorm between them
+    runs = [m for m in pm.net.layers if isinstance(m, PackedBinary)]
+    assert len(runs) == 1 and [layer.name for layer in runs[0].layers] == list(pm.layers)
+    assert not any(isinstance(m, BatchNorm) for m in pm.net.layers[pm.net.layers.index(runs[0]):])
+    out = str(tmp_path / "run.packed.h5")
+    export_packed(path, out)
+    for source in (path, out):
+        result = evaluate_packed(source, check=True)
+        assert result["differ"] == 0 and result["max_logit_diff"] == 0.0
+        assert result["folded_layers"] == len(folds)
+    ck = load_run(path).checkpoint
+    x = np.random.default_rng(5).normal(size=(40, 1, 28, 28)).astype(dtype)
+    ref, _, _ = pm.model.forward(ck.params, ck.buffers, x, train=False)
+    assert np.array_equal(load_packed(out).forward(x), ref)
+    assert main(["eval", out, "--check", "--backend", "numpy"]) == 0
+    assert "differing from float: 0 of 1000" in capsys.readouterr().out
+
+
+def _as_lookup(fold, channels):
+    """``fold`` with ``channels`` stored as lookup rows (their step read back as a table)."""
+    c = fold.threshold.shape[0]
+    y = np.repeat(np.arange(-fold.k, fold.k + 1, dtype=np.int32)[:, None], c, axis=1)
+    bits = kernels.get("threshold_pack", "numpy")(y, fold.threshold, fold.direction)
+    table = kernels.get("unpack_signs", "numpy")(bits, c, np.float64) > 0
+    direction = fold.direction.copy()
+    direction[channels] = 0
+    return Threshold(np.where(direction == 0, 0, fold.threshold).astype(np.int32), direction,
+                     np.ascontiguousarray(table[:, channels].T).astype(np.uint8), fold.k)
+
+
+def test_lookup_channels_give_the_float_path_too(tmp_path):
+    """Channels stored as lookup rows (the safety net for a sign table that is not a step)
+    compute the same signs, inside a packed run and at its end, and survive the file."""
+    from minibnn.packed import save_packed
+
+    model = binary_cnn((1, 28, 28), width=3)
+    params, buffers, _ = _random_state(model, np.float64, affine=True)
+    x = np.random.default_rng(4).normal(size=(6, 1, 28, 28))
+    ref, _, _ = model.forward(params, buffers, x, train=False)
+    pm = pack_model(model, params, buffers)
+    layers = dict(pm.layers)
+    for name in ("conv2.w", "conv6.w"):
+        layers[name] = dataclasses.replace(layers[name], fold=_as_lookup(layers[name].fold,
+                                                                         [0, 2]))
+    config = TrainConfig(model="binary_cnn", dataset="synthetic", width=3, optimizer="sgd",
+                         dtype="float64")
+    looked_up = dataclasses.replace(pm, layers=layers, config_json=config.to_json())
+    assert np.array_equal(looked_up.forward(x), ref)
+    path = str(tmp_path / "lookup.packed.h5")
+    save_packed(path, looked_up)
+    with h5py.File(path, "r") as f:
+        assert f["packed/conv2.w/lookup"].shape == (2, 2 * 27 + 1)
+    loaded = load_packed(path)
+    assert np.array_equal(loaded.layers["conv6.w"].fold.lookup, layers["conv6.w"].fold.lookup)
+    assert np.array_equal(loaded.forward(x), ref)
+    with h5py.File(path, "a") as f:
+        del f["packed/conv2.w/lookup"]
+    with pytest.raises(DataFileError, match="lookup must be uint8"):
+        load_packed(path)
+
+
+def test_old_packed_file_version_is_one_line_error(trained_run, tmp_path, capsys):
+    out = str(tmp_path / "old.packed.h5")
+    export_packed(trained_run, out)
+    with h5py.File(out, "a") as f:
+        f.attrs["version"] = 1
+    with pytest.raises(DataFileError, match="format version 1 is not supported.*re-export"):
+        load_packed(out)
+    assert "version 1" in _one_line_error(["eval", out], capsys)
+
+
+def test_damaged_thresholds_are_a_data_file_error(trained_run, tmp_path):
+    out = str(tmp_path / "thr.packed.h5")
+    export_packed(trained_run, out)
+    with h5py.File(out, "a") as f:
+        t = f["packed/fc2.w/threshold"][()]
+        del f["packed/fc2.w/threshold"]
+        f["packed/fc2.w"].create_dataset("threshold", data=t.astype(np.int64))
+    with pytest.raises(DataFileError, match="threshold must be int32"):
+        load_packed(out)
+    with h5py.File(out, "a") as f:
+        f["packed/fc2.w"].attrs["fold"] = ""
+    with pytest.raises(DataFileError, match="does not match the model"):
+        load_packed(out)
+
+
+def test_packed_model_wants_its_own_dtype():
+    model = MODELS["mlp-latent"]()
+    params, buffers, x = _random_state(model, np.float32)
+    with pytest.raises(DTypeError, match="float32"):
+        pack_model(model, params, buffers).forward(x.astype(np.float64))

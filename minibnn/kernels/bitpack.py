@@ -17,7 +17,12 @@ Padding, twice over:
     ``-sum_c sign(w[o, c, i, j])`` per padded tap; ``pack_conv2d`` keeps those per-tap sums
     (``wsum``) and the kernel adds them back. (Padding with +1 instead would be wrong.)
 
-The kernels come from ``kernels.get_kernels(backend)``: "numba" (default) or "numpy".
+Every kernel runs through ``kernels.call`` (``registry.call``: Numba where it imports, else
+the NumPy reference; ``kernels.use_backend("numpy")`` forces the reference).  A layer is used
+either in one call on float x (``binary_dense`` / ``binary_conv2d``: pack x, then count) or,
+in a run of binary layers whose activations stay packed, as ``pack_input`` once and ``count``
+per layer (the thresholded signs of one layer, ``kernels.threshold``, are the next layer's
+packed input).
 """
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ from typing import NamedTuple
 import numpy as np
 
 from minibnn.errors import ShapeError
-from minibnn.kernels import DEFAULT_CPU_BACKEND, get_kernels
+from minibnn.kernels import registry
+from minibnn.kernels import threshold as _threshold  # noqa: F401  (registers threshold_pack)
 from minibnn.kernels._common import require_float, require_ndim
 
 
@@ -49,48 +55,62 @@ class PackedConv2d(NamedTuple):
     padding: int
 
 
-def pack_dense(w: np.ndarray, backend: str = DEFAULT_CPU_BACKEND) -> PackedDense:
+def pack_dense(w: np.ndarray) -> PackedDense:
     """Pack sign(w) of dense weights (O, I) once, ahead of inference."""
     require_float("pack_dense", "w", w)
     require_ndim("pack_dense", "w", w, (2,), "2-D (out, in)")
-    return PackedDense(get_kernels(backend).pack_signs(w), int(w.shape[1]))
+    return PackedDense(registry.call("pack_signs", w), int(w.shape[1]))
 
 
-def binary_dense(x: np.ndarray, packed: PackedDense,
-                 backend: str = DEFAULT_CPU_BACKEND) -> np.ndarray:
-    """``sign(x) @ sign(w).T`` as int32 (N, O) for x (N, I) float; packs x, then XNOR GEMM."""
-    require_float("binary_dense", "x", x)
-    require_ndim("binary_dense", "x", x, (2,), "2-D (N, in)")
-    if x.shape[1] != packed.in_features:
-        raise ShapeError(f"binary_dense: x has {x.shape[1]} features, the layer "
-                         f"{packed.in_features}")
-    k = get_kernels(backend)
-    return k.xnor_gemm(k.pack_signs(x), packed.wbits, packed.in_features)
-
-
-def pack_conv2d(w: np.ndarray, stride: int = 1, padding: int = 0,
-                backend: str = DEFAULT_CPU_BACKEND) -> PackedConv2d:
+def pack_conv2d(w: np.ndarray, stride: int = 1, padding: int = 0) -> PackedConv2d:
     """Pack sign(w) of conv weights (O, C, kH, kW) once, with the layer's stride and padding."""
-    wbits, wsum = get_kernels(backend).pack_conv_weights(w)
+    wbits, wsum = registry.call("pack_conv_weights", w)
     _, c, kh, kw = w.shape
     return PackedConv2d(wbits, wsum, int(c), int(kh), int(kw), int(stride), int(padding))
 
 
-def binary_conv2d(x: np.ndarray, packed: PackedConv2d,
-                  backend: str = DEFAULT_CPU_BACKEND) -> np.ndarray:
-    """``conv2d(sign(x), sign(w))`` with zero padding as int32 (N, O, OH, OW), exactly.
-
-    x is NCHW float; it is packed along channels (``pack_conv_input``) on every call.
-    """
+def pack_input(x: np.ndarray, packed: PackedDense | PackedConv2d) -> np.ndarray:
+    """Pack sign(x) in the layout ``count`` takes: (N, I) -> (N, ceil(I/64)) for a dense
+    layer, NCHW -> (N, H, W, ceil(C/64)) (channels packed) for a conv layer."""
+    if isinstance(packed, PackedDense):
+        require_float("binary_dense", "x", x)
+        require_ndim("binary_dense", "x", x, (2,), "2-D (N, in)")
+        if x.shape[1] != packed.in_features:
+            raise ShapeError(f"binary_dense: x has {x.shape[1]} features, the layer "
+                             f"{packed.in_features}")
+        return registry.call("pack_signs", x)
     require_float("binary_conv2d", "x", x)
     require_ndim("binary_conv2d", "x", x, (4,), "4-D (N, C, H, W)")
     if x.shape[1] != packed.in_channels:
         raise ShapeError(f"binary_conv2d: x has {x.shape[1]} channels, the layer "
                          f"{packed.in_channels}")
-    k = get_kernels(backend)
-    return k.binary_conv2d(k.pack_conv_input(x), packed.wbits, packed.wsum, packed.in_channels,
-                           packed.kh, packed.kw, packed.stride, packed.padding)
+    return registry.call("pack_conv_input", x)
 
 
-__all__ = ["PackedConv2d", "PackedDense", "binary_conv2d", "binary_dense", "pack_conv2d",
-           "pack_dense"]
+def count(xbits: np.ndarray, packed: PackedDense | PackedConv2d) -> np.ndarray:
+    """The exact int32 output of a binary layer on packed input (``pack_input``'s layout).
+
+    Dense: ``sign(x) @ sign(w).T`` (N, O); conv: ``conv2d(sign(x), sign(w))`` with zero
+    padding (N, O, OH, OW).
+    """
+    if isinstance(packed, PackedDense):
+        return registry.call("xnor_gemm", xbits, packed.wbits, packed.in_features)
+    return registry.call("binary_conv2d", xbits, packed.wbits, packed.wsum, packed.in_channels,
+                         packed.kh, packed.kw, packed.stride, packed.padding)
+
+
+def binary_dense(x: np.ndarray, packed: PackedDense) -> np.ndarray:
+    """``sign(x) @ sign(w).T`` as int32 (N, O) for x (N, I) float; packs x, then XNOR GEMM."""
+    return count(pack_input(x, packed), packed)
+
+
+def binary_conv2d(x: np.ndarray, packed: PackedConv2d) -> np.ndarray:
+    """``conv2d(sign(x), sign(w))`` with zero padding as int32 (N, O, OH, OW), exactly.
+
+    x is NCHW float; it is packed along channels (``pack_conv_input``) on every call.
+    """
+    return count(pack_input(x, packed), packed)
+
+
+__all__ = ["PackedConv2d", "PackedDense", "binary_conv2d", "binary_dense", "count",
+           "pack_conv2d", "pack_dense", "pack_input"]
