@@ -14,7 +14,7 @@ with in-place tensor ops and ``torch.optim.Adam`` on the real parameters. Same t
 Speed: best step time of R interleaved rounds (one step of each candidate per round) after
 a warm-up step; ``speed ratio = torch time / minibnn time`` (> 1: minibnn is faster), and
 ``kernels gain`` = minibnn's step time with ``backend="numpy"`` (the reference code and the
-filter chains) / with the default ``backend="numba"`` (Numba kernels, fused optimisers).
+filter chains) / with the default ``backend="auto"`` (Numba kernels, fused optimiser steps).
 
 Memory: each framework runs in a fresh subprocess (with glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed
 at 128 KiB, so buffers a step frees go back to the OS instead of staying in the heap). After
@@ -54,20 +54,19 @@ SMOKE_MODELS = {
 
 
 def minibnn_step(model_name: str, input_shape: tuple[int, ...], batch: int,
-                 overrides: dict[str, Any], backend: str = "numba"
+                 overrides: dict[str, Any], backend: str = "auto"
                  ) -> tuple[Callable[[], Any], Any, dict[str, Any]]:
     """One minibnn training step closure, the model, and its initial parameters.
 
-    ``backend`` picks the CPU kernels ("numba": compiled kernels and fused optimisers,
+    ``backend`` picks the kernels ("auto": Numba kernels and fused optimiser steps,
     "numpy": the reference code); it is selected again before every step, so steps of both
     backends can be interleaved in one process.
     """
     from minibnn.config import TrainConfig
     from minibnn.train import TrainState, model_from_config, optimizer_from_config, train_step
 
-    extra = {"backend": backend} if _has_backends() else {}
-    config = TrainConfig(model=model_name, dataset="synthetic", batch_size=batch, **extra,
-                         **overrides)
+    config = TrainConfig(model=model_name, dataset="synthetic", batch_size=batch,
+                         backend=backend, **overrides)
     config.validate()
     model = model_from_config(config, input_shape, 10)
     optimizer = optimizer_from_config(config, model, steps_per_epoch=100)
@@ -78,22 +77,12 @@ def minibnn_step(model_name: str, input_shape: tuple[int, ...], batch: int,
     y = rng.integers(0, 10, batch)
 
     def step() -> Any:
-        if extra:
-            from minibnn.backend import set_cpu_kernels
+        from minibnn import kernels
 
-            set_cpu_kernels(backend)
-        return train_step(model, optimizer, state, x, y)
+        with kernels.use_backend(backend):
+            return train_step(model, optimizer, state, x, y)
 
     return step, model, params
-
-
-def _has_backends() -> bool:
-    """True when this minibnn selects its CPU kernels (``TrainConfig.backend``)."""
-    import dataclasses
-
-    from minibnn.config import TrainConfig
-
-    return "backend" in {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def describe(model: Any) -> str:
@@ -295,9 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows, records = [], {}
     for key, (name, shape, over) in (SMOKE_MODELS if args.smoke else MODELS).items():
         step, model, params = minibnn_step(name, shape, args.batch, over)
-        fns = {"minibnn": step}
-        if _has_backends():
-            fns["minibnn numpy"] = minibnn_step(name, shape, args.batch, over, "numpy")[0]
+        fns = {"minibnn": step,
+               "minibnn numpy": minibnn_step(name, shape, args.batch, over, "numpy")[0]}
         if torch is not None:
             fns["torch"] = torch_step(torch, model, params, args.batch)
         t = time_interleaved(fns, repeats)

@@ -2,7 +2,9 @@
 
 ``random_shift``: translate every image by its own integer offset in ``[-s, s]`` along each
 axis, filling the uncovered border with the image minimum of the batch (the background after
-standardisation), the usual augmentation for MNIST-like data.
+standardisation), the usual augmentation for MNIST-like data.  ``draw_offsets`` and
+``shift_images`` are its two halves: the trainer draws one epoch's offsets at once (one copy to
+the device per epoch) and shifts each batch with its slice of them, all on the device.
 """
 from __future__ import annotations
 
@@ -12,21 +14,38 @@ import numpy as np
 
 from minibnn.backend import get_array_module
 
-def random_shift(x: Any, max_shift: int, rng: np.random.Generator) -> Any:
-    """Shift each image of ``x`` (N, C, H, W) by its own offset in ``[-max_shift, max_shift]^2``."""
+
+def draw_offsets(n: int, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+    """(2, n) crop corners in ``[0, 2 max_shift]``: row offsets, then column offsets."""
+    return rng.integers(0, 2 * max_shift + 1, size=(2, n))
+
+
+def shift_images(x: Any, offsets: Any, max_shift: int) -> Any:
+    """Translate image ``n`` of ``x`` (N, C, H, W) by ``offsets[:, n] - max_shift`` pixels.
+
+    ``offsets`` (2, N) index the top-left corner of each crop inside the image padded by
+    ``max_shift`` on every side; the padding is the batch minimum (no host round trip: the
+    minimum stays an array on ``x``'s device).
+    """
     if max_shift == 0:
         return x
     xp = get_array_module(x)
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     s = max_shift
-    fill = float(x.min())
-    padded = xp.pad(x, ((0, 0), (0, 0), (s, s), (s, s)), constant_values=fill)
-    # offsets index the top-left corner of the crop inside the padded image: 0..2s
-    oy = xp.asarray(rng.integers(0, 2 * s + 1, size=n))
-    ox = xp.asarray(rng.integers(0, 2 * s + 1, size=n))
+    padded = xp.empty((n, c, h + 2 * s, w + 2 * s), dtype=x.dtype)
+    padded[...] = x.min()
+    padded[:, :, s:s + h, s:s + w] = x
+    oy, ox = xp.asarray(offsets[0]), xp.asarray(offsets[1])
     rows = oy[:, None] + xp.arange(h)[None, :]            # (N, H)
     cols = ox[:, None] + xp.arange(w)[None, :]            # (N, W)
     batch = xp.arange(n)[:, None, None]
     # padded[n, :, rows[n, i], cols[n, j]] for every n, i, j -> (N, H, W, C), then NCHW
     out = padded.transpose(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
     return xp.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def random_shift(x: Any, max_shift: int, rng: np.random.Generator) -> Any:
+    """Shift each image of ``x`` (N, C, H, W) by its own offset in ``[-max_shift, max_shift]^2``."""
+    if max_shift == 0:
+        return x
+    return shift_images(x, draw_offsets(len(x), max_shift, rng), max_shift)

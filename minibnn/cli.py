@@ -18,10 +18,12 @@ import os
 import sys
 from typing import Sequence
 
-from minibnn import __version__
+from minibnn import __version__, kernels
 from minibnn.backend import device_module
-from minibnn.config import (BACKEND_NAMES, DATASET_NAMES, DTYPE_NAMES, MODEL_NAMES,
-                            OPTIMIZER_NAMES, SCHEDULE_NAMES, STE_NAMES, TrainConfig)
+from minibnn.config import (BACKEND_NAMES, DATASET_NAMES, DEVICE_NAMES, DTYPE_NAMES,
+                            LOCAL_FIELDS, MODEL_NAMES, OPTIMIZER_NAMES, SCHEDULE_NAMES,
+                            STE_NAMES, TrainConfig, model_options, optimizer_options,
+                            real_options)
 from minibnn.errors import MinibnnError
 from minibnn.io import check_writable
 
@@ -43,46 +45,99 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)``, except for options whose help already lists per-choice defaults."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _defaults_help(text: str, field: str, options_of: dict[str, dict[str, object]]) -> str:
+    """``text`` plus the default of ``field`` for every choice that takes it (one source).
+
+    ``options_of``: choice -> its options with defaults, e.g. ``{"cema": {"gamma": 0.1}}``.
+    """
+    by_value: dict[str, list[str]] = {}
+    for choice, options in options_of.items():
+        if field in options:
+            by_value.setdefault(_show(options[field]), []).append(choice)
+    if len(by_value) == 1 and len(next(iter(by_value.values()))) == len(options_of):
+        return f"{text} (default: {next(iter(by_value))})"
+    listed = ", ".join(f"{'/'.join(choices)} {value}" for value, choices in by_value.items())
+    return f"{text} (default{'s' if len(by_value) > 1 else ''}: {listed})"
+
+
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (defaults: binary MLP, MNIST, CEMA + Adam)",
                        description="Train a binary network.  With no flags: binary MLP on MNIST, "
                        "CEMA for binary weights, Adam for real ones.  Writes a run file "
-                       "(config, per-epoch metrics, checkpoint) after every epoch.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       "(config, per-epoch metrics, checkpoint) after every epoch.  Model and "
+                       "optimiser options default to the chosen model's and optimiser's own "
+                       "defaults, listed per choice; an option the choice does not take is "
+                       "an error.",
+                       formatter_class=_HelpFormatter)
     d = DEFAULTS
+    models = {name: model_options(name) for name in MODEL_NAMES}
+    opts = {name: optimizer_options(name) for name in OPTIMIZER_NAMES}
+
+    def model_help(text: str, field: str) -> str:
+        return _defaults_help(text, field, models)
+
+    def opt_help(text: str, field: str) -> str:
+        return _defaults_help(text, field, opts)
+
     g = p.add_argument_group("what to train")
     g.add_argument("--model", default=d.model, choices=MODEL_NAMES)
     g.add_argument("--dataset", default=d.dataset, choices=DATASET_NAMES)
-    g.add_argument("--data-dir", default=None, help="folder with dataset files you already have")
-    g.add_argument("--hidden", type=_int_list, default=d.hidden,
-                   help="binary_mlp widths, comma-separated (first one real-valued layer)")
-    g.add_argument("--width", type=int, default=d.width, help="base width of binary_cnn/birealnet")
-    g.add_argument("--act-ste", default=d.act_ste, choices=STE_NAMES,
-                   help="straight-through estimator of the activation sign")
-    g.add_argument("--weight-ste", default=d.weight_ste, choices=STE_NAMES,
-                   help="STE of sign(w) for latent weights")
-    g.add_argument("--scale", action="store_true",
+    g.add_argument("--data-dir", default=None, help="folder with dataset files you already have "
+                   "(machine-local: --resume may change it)")
+    g.add_argument("--hidden", type=_int_list, default=None,
+                   help=model_help("widths, comma-separated; the first layer is real-valued",
+                                   "hidden"))
+    g.add_argument("--width", type=int, default=None, help=model_help("base width", "width"))
+    g.add_argument("--act-ste", default=None, choices=STE_NAMES,
+                   help=model_help("straight-through estimator of the activation sign",
+                                   "act_ste"))
+    g.add_argument("--weight-ste", default=None, choices=STE_NAMES,
+                   help=model_help("STE of sign(w) for latent weights", "weight_ste"))
+    g.add_argument("--scale", action="store_true", default=None,
                    help="XNOR-style per-channel mean|w| weight scale (latent optimisers only)")
-    g.add_argument("--init-scale", type=float, default=d.init_scale,
-                   help="multiplier on the latent weights' initial range")
+    g.add_argument("--init-scale", type=float, default=None,
+                   help=model_help("multiplier on the latent weights' initial range",
+                                   "init_scale"))
     g = p.add_argument_group("binary-weight optimiser")
     g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZER_NAMES,
-                   help="cema/bop/bop2nd act on +-1 weights; sgd/adam on latent real weights")
-    g.add_argument("--alpha", type=float, default=d.alpha,
-                   help="CEMA: rate of the second EMA (decayed by --schedule)")
-    g.add_argument("--gamma", type=float, default=d.gamma,
-                   help="CEMA/Bop: rate of the first (momentum) EMA")
-    g.add_argument("--threshold", type=float, default=d.threshold, help="Bop flip threshold")
-    g.add_argument("--sigma", type=float, default=d.sigma, help="Bop2nd second-moment rate")
-    g.add_argument("--lr", type=float, default=d.lr, help="latent optimiser learning rate")
-    g.add_argument("--momentum", type=float, default=d.momentum, help="latent SGD momentum")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                   help="latent weight decay")
-    g.add_argument("--decoupled", action="store_true",
-                   help="decoupled weight decay (SGDW/AdamW) instead of coupled L2")
+                   help="cema/bop/bop2nd/bop2nd_corrected act on +-1 weights; sgd/adam on "
+                   "latent real weights")
+    g.add_argument("--alpha", type=float, default=None,
+                   help=opt_help("rate of the second EMA, decayed by --schedule", "alpha"))
+    g.add_argument("--gamma", type=float, default=None,
+                   help=opt_help("rate of the first (momentum) EMA", "gamma"))
+    g.add_argument("--threshold", type=float, default=None,
+                   help=opt_help("flip threshold", "threshold"))
+    g.add_argument("--sigma", type=float, default=None,
+                   help=opt_help("second-moment rate", "sigma"))
+    g.add_argument("--lr", type=float, default=None,
+                   help=opt_help("learning rate, decayed by --schedule", "lr"))
+    g.add_argument("--momentum", type=float, default=None, help=opt_help("momentum", "momentum"))
+    g.add_argument("--weight-decay", type=float, default=None,
+                   help=opt_help("weight decay", "weight_decay"))
+    g.add_argument("--decoupled", action="store_true", default=None,
+                   help="decoupled weight decay (SGDW/AdamW) instead of coupled L2 (sgd, adam)")
     g = p.add_argument_group("real-valued parameters (Adam)")
-    g.add_argument("--real-lr", type=float, default=d.real_lr)
-    g.add_argument("--real-weight-decay", type=float, default=d.real_weight_decay)
+    real = real_options()
+    g.add_argument("--real-lr", type=float, default=None,
+                   help=f"Adam's learning rate, decayed by --schedule (default: {real['real_lr']})")
+    g.add_argument("--real-weight-decay", type=float, default=None,
+                   help=f"Adam's weight decay (default: {real['real_weight_decay']})")
     g.add_argument("--schedule", default=d.schedule, choices=SCHEDULE_NAMES,
                    help="decay of alpha / lr / real-lr, stepped once per epoch")
     g = p.add_argument_group("loop")
@@ -95,9 +150,13 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="use only the first N training images")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--dtype", default=d.dtype, choices=DTYPE_NAMES)
-    g.add_argument("--device", default=d.device, choices=("cpu", "gpu"))
-    g.add_argument("--backend", default=d.backend, choices=BACKEND_NAMES,
-                   help="CPU kernels: numba (fused, fast) or numpy (the readable reference)")
+    g.add_argument("--device", default=None, choices=DEVICE_NAMES,
+                   help=f"where to train (default: {d.device}; machine-local: --resume may "
+                   "change it)")
+    g.add_argument("--backend", default=None, choices=BACKEND_NAMES,
+                   help=f"kernels (default: {d.backend}): auto = Numba on the CPU, CUDA on "
+                   "the GPU; numpy = the readable reference everywhere (same bits); numba / "
+                   "cuda insist on that one (machine-local: --resume may change it)")
     g = p.add_argument_group("run file")
     g.add_argument("--out", default=None,
                    help="run file to write (default runs/<model>-<dataset>-<optimizer>.h5)")
@@ -116,7 +175,8 @@ def _config_fields() -> list[str]:
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     fields = set(_config_fields())
-    values = {k: v for k, v in vars(args).items() if k in fields}
+    values = {k: v for k, v in vars(args).items()
+              if k in fields and not (k in LOCAL_FIELDS and v is None)}
     return TrainConfig(**values).validate()
 
 
@@ -125,14 +185,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         changed = [f"--{name.replace('_', '-')}" for name in _config_fields()
-                   if getattr(args, name) != getattr(DEFAULTS, name)]
+                   if name not in LOCAL_FIELDS and getattr(args, name) != getattr(DEFAULTS, name)]
         changed += [flag for flag, given in (("--out", args.out), ("--overwrite", args.overwrite))
                     if given]
         if changed:
             raise MinibnnError(f"--resume continues the stored run with its own config; "
-                               f"drop {', '.join(changed)}")
+                               f"drop {', '.join(changed)} (only the machine-local "
+                               f"{', '.join('--' + f.replace('_', '-') for f in LOCAL_FIELDS)} "
+                               f"may change)")
+        local = {name: getattr(args, name) for name in LOCAL_FIELDS
+                 if getattr(args, name) is not None}
         fit(None, args.resume, resume=True, progress=not args.no_progress,
-            stop_after=args.stop_after)
+            stop_after=args.stop_after, local=local)
         return 0
     config = _config_from_args(args)
     device_module(config.device)          # fail now, before loading data, when there is no GPU
@@ -157,7 +221,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return _eval_packed(args)
     if args.check:
         raise MinibnnError("--check compares packed with float inference: add --packed")
-    result = evaluate_run(args.run, device=args.device)
+    result = evaluate_run(args.run, device=args.device, backend=args.backend)
     print(f"{args.run}: epoch {result['epoch']}  test loss {result['test_loss']:.4f}  "
           f"test accuracy {result['test_acc']:.4f}")
     return 0
@@ -168,11 +232,13 @@ def _eval_packed(args: argparse.Namespace) -> int:
 
     if args.device != "cpu":
         raise MinibnnError("packed (XNOR-popcount) inference runs on the CPU; drop --device gpu")
-    result = evaluate_packed(args.run, check=args.check)
+    with kernels.use_backend(args.backend or "auto"):     # exact whichever kernels run
+        result = evaluate_packed(args.run, check=args.check)
     layers = result["binary_layers"]
     line = (f"{args.run}: epoch {result['epoch']}  test loss {result['test_loss']:.4f}  "
             f"test accuracy {result['test_acc']:.4f}  packed ({layers} binary "
-            f"layer{'s' if layers != 1 else ''}, {result['seconds']:.2f}s)")
+            f"layer{'s' if layers != 1 else ''}, {result['folded_layers']} with BatchNorm "
+            f"folded into thresholds, {result['seconds']:.2f}s)")
     if args.check:
         line += (f"  predictions differing from float: {result['differ']} of {result['n']}"
                  f"  max |logit diff| {result['max_logit_diff']:.3g}"
@@ -186,7 +252,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if not args.packed:
         raise MinibnnError("only bit-packed export exists: use minibnn export RUN.h5 --packed")
-    s = export_packed(args.run, args.out)
+    with kernels.use_backend(args.backend):
+        s = export_packed(args.run, args.out)
     plural = "s" if s["binary_layers"] != 1 else ""
     print(f"wrote {s['out']}: {s['binary_weights']} binary weights in {s['binary_layers']} "
           f"layer{plural}, float32 {s['float32_bytes']} B -> packed {s['packed_bytes']} B "
@@ -203,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     p = sub.add_parser("eval", help="report test accuracy of a run file's checkpoint")
     p.add_argument("run", metavar="RUN.h5")
-    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    p.add_argument("--device", default="cpu", choices=DEVICE_NAMES)
+    p.add_argument("--backend", default=None, choices=BACKEND_NAMES,
+                   help="kernels (default: the run's own setting; see minibnn train --help)")
     p.add_argument("--packed", action="store_true",
                    help="bit-packed XNOR-popcount inference (automatic for a .packed.h5 file)")
     p.add_argument("--check", action="store_true",
@@ -213,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN.h5")
     p.add_argument("--packed", action="store_true",
                    help="store binary weights as packed uint64 bits (the only export format)")
+    p.add_argument("--backend", default="auto", choices=BACKEND_NAMES,
+                   help="kernels that pack the weights (the file is the same for every backend)")
     p.add_argument("--out", default=None, metavar="PATH",
                    help="packed file to write (default RUN.packed.h5)")
     _add_optional_commands(sub)

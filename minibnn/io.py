@@ -5,7 +5,8 @@ Layout of ``RUN.h5``::
     /                 attrs: format="minibnn-run", version, config (JSON)
     /metrics/<name>   float64 (epochs,) one value per finished epoch
     /checkpoint       attrs: epoch, step, rng_state (JSON)
-        /params/<name>      /buffers/<name>      /opt_state/<nested groups>/<leaf>
+        /params/<name>      /buffers/<name>      /opt_state/<group>/<stage>/<leaf>
+                            (e.g. opt_state/binary/m/s/fc2.w: CEMA's first EMA of fc2.w)
 
 A run file is never half-written: the new file goes to a temporary file beside the target, is
 flushed and closed, and then ``os.replace``-d over the old one (atomic on POSIX); see
@@ -26,7 +27,8 @@ from minibnn.backend import to_numpy
 from minibnn.errors import DataFileError
 
 FORMAT = "minibnn-run"
-VERSION = 1
+#: 2: optimiser state keyed by stage names ("binary/m/s/fc2.w"); 1: by chain position ("0", "1")
+VERSION = 2
 
 
 @dataclass
@@ -78,6 +80,22 @@ def _read_tree(group: Any) -> dict[str, Any]:
         if isinstance(out[key], np.generic):
             out[key] = np.asarray(out[key])
     return out
+
+
+def _check_version(stored: Any, path: str) -> None:
+    """This minibnn reads run files of format ``VERSION`` only, and says why it refuses others."""
+    try:
+        version = int(stored)
+    except (TypeError, ValueError):
+        raise DataFileError(f"{path}: run file has no readable format version "
+                            f"(this minibnn reads version {VERSION})") from None
+    if version < VERSION:
+        raise DataFileError(f"{path}: run file format version {version} was written by an older "
+                            f"minibnn; this one reads version {VERSION} (retrain, or use the "
+                            f"minibnn that wrote it)")
+    if version > VERSION:
+        raise DataFileError(f"{path}: run file format version {version} was written by a newer "
+                            f"minibnn; this one reads version {VERSION} (upgrade minibnn)")
 
 
 def check_writable(path: str) -> None:
@@ -155,10 +173,7 @@ def load_run(path: str) -> RunFile:
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != FORMAT:
                 raise DataFileError(f"{path} is not a minibnn run file (no format={FORMAT!r} tag)")
-            version = int(f.attrs.get("version", -1))
-            if version != VERSION:
-                raise DataFileError(f"{path}: run file version {version} is not supported "
-                                    f"(expected {VERSION})")
+            _check_version(f.attrs.get("version"), path)
             config_json = str(f.attrs["config"])
             metrics = {k: [float(v) for v in d[()]] for k, d in f["metrics"].items()}
             checkpoint = None

@@ -5,48 +5,65 @@ One step, written out (``train_step``)::
     logits, buffers, cache = model.forward(params, buffers, x, train=True)
     loss, dlogits          = softmax_cross_entropy(logits, y, label_smoothing)
     grads                  = model.backward(dlogits, cache)
-    params, opt_state      = optimizer.update(grads, opt_state, params)
+    params, opt_state      = optimizer.step(grads, opt_state, params)
 
 Binary weights go to the binary optimiser (CEMA by default, stored as +-1) and every other
-parameter to Adam, as in the paper's code.  All randomness (init, shuffling) comes from one
-``numpy.random.Generator`` seeded from the config; its state is checkpointed, so a resumed run
-is bit-identical to an uninterrupted one.  Per epoch we log train loss/accuracy, test
-loss/accuracy, the mean per-step flip ratio of every binary layer and the seconds taken.
+parameter to Adam, as in the paper's code.  ``optimizer.step`` runs each optimiser's fused
+one-pass kernel where one is compiled for the arrays at hand, else its filter chain (same
+bits); which kernels run is chosen by ``kernels.use_backend(config.backend)`` around the run.
+
+One code path for NumPy and CuPy: data, parameters and optimiser state move to the device once;
+per step nothing is read back to the host (loss, correct predictions and flips accumulate as
+device scalars, read once per epoch; the progress bar reads the loss every ``LOSS_EVERY``
+steps).  All randomness (init, shuffling, shifts) comes from one ``numpy.random.Generator``
+seeded from the config; its state is checkpointed, so a resumed run is bit-identical to an
+uninterrupted one.  Per epoch we log train loss/accuracy, test loss/accuracy, the mean per-step
+flip ratio of every binary layer, the rates the optimisers used and the seconds taken.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from minibnn import optim
-from minibnn.augment import random_shift
-from minibnn.backend import (device_module, resolve_dtype, set_cpu_kernels, to_device,
+from minibnn import kernels, optim
+from minibnn.augment import draw_offsets, shift_images
+from minibnn.backend import (device_module, get_array_module, resolve_dtype, to_device,
                              to_numpy)
-from minibnn.config import TrainConfig
+from minibnn.config import LOCAL_FIELDS, TrainConfig, model_options
 from minibnn.errors import MinibnnError
 from minibnn.io import Checkpoint, RunFile, check_writable, load_run, save_run
 from minibnn.nn.functional import softmax_cross_entropy
 from minibnn.nn.models import Model, build_model
-from minibnn.optim import fused
 from minibnn.optim.base import Transform
 
 Params = dict[str, Any]
+#: the progress bar shows the loss of every LOSS_EVERY-th step (each read is a host sync)
+LOSS_EVERY = 50
 
 
 def model_from_config(config: TrainConfig, input_shape: tuple[int, ...], num_classes: int
                       ) -> Model:
-    """Build the configured model for a dataset's input shape and class count."""
-    common = dict(input_shape=input_shape, num_classes=num_classes,
-                  binary_storage=config.binary_storage, scale=config.scale,
-                  weight_ste=config.weight_ste, act_ste=config.act_ste,
-                  init_scale=config.init_scale)
-    if config.model == "binary_mlp":
-        return build_model("binary_mlp", hidden=config.hidden, **common)
-    return build_model(config.model, width=config.width, **common)
+    """Build the configured model (a validated config) for a dataset's shape and class count."""
+    options = {name: getattr(config, name) for name in model_options(config.model)}
+    return build_model(config.model, input_shape=input_shape, num_classes=num_classes,
+                       binary_storage=config.binary_storage, **options)
+
+
+def batch_slices(n: int, batch_size: int) -> list[slice]:
+    """One epoch's mini-batches, as slices of the shuffled order (the same split every epoch).
+
+    Consecutive blocks of ``batch_size``; a last block of one sample joins the previous one,
+    since BatchNorm cannot normalise a batch of one (1001 samples, batch 100: 9 x 100 + 101).
+    ``len(batch_slices(n, b))`` is the number of steps per epoch the schedules are told.
+    """
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [slice(a, b) for a, b in zip(starts, starts[1:] + [n])]
 
 
 def _schedule(config: TrainConfig, init: float, steps_per_epoch: int) -> optim.schedules.Schedule:
@@ -56,31 +73,67 @@ def _schedule(config: TrainConfig, init: float, steps_per_epoch: int) -> optim.s
                                    step_size=max(1, config.epochs // 3) * steps_per_epoch)
 
 
-def optimizer_from_config(config: TrainConfig, model: Model, steps_per_epoch: int) -> Transform:
+class RateLog:
+    """A schedule that remembers the values it returned: the rates an optimiser really used."""
+
+    def __init__(self, schedule: optim.schedules.Schedule):
+        self.schedule = schedule
+        self.used: list[float] = []
+
+    def __call__(self, count: int) -> float:
+        value = self.schedule(count)
+        if not self.used or self.used[-1] != value:
+            self.used.append(value)
+        return value
+
+    def take(self) -> list[float]:
+        """The distinct values returned since the last ``take``, in order; then forget them."""
+        used, self.used = self.used, []
+        return used
+
+
+def optimizer_rates(config: TrainConfig, steps_per_epoch: int) -> dict[str, Any]:
+    """The optimisers' rates by metric name: numbers, or schedules where ``--schedule`` acts.
+
+    cema: ``alpha`` (scheduled); bop, bop2nd: ``gamma``, ``threshold``; sgd, adam: ``lr``
+    (scheduled); and always the real-parameter Adam's ``real_lr`` (scheduled).
+    """
+    name = config.optimizer
+    if name == "cema":
+        rates = {"alpha": _schedule(config, config.alpha, steps_per_epoch)}
+    elif name in ("bop", "bop2nd", "bop2nd_corrected"):
+        rates = {"gamma": config.gamma, "threshold": config.threshold}
+    else:
+        rates = {"lr": _schedule(config, config.lr, steps_per_epoch)}
+    rates["real_lr"] = _schedule(config, config.real_lr, steps_per_epoch)
+    return rates
+
+
+def optimizer_from_config(config: TrainConfig, model: Model, steps_per_epoch: int,
+                          rates: Mapping[str, Any] | None = None) -> Transform:
     """Binary weights -> the configured binary optimiser; real parameters -> Adam.
 
-    On the CPU with ``backend="numba"`` the fused one-pass kernels replace the filter chains
-    (same arithmetic, same bits, same state layout: ``tests/test_optim_fused.py``).
+    ``rates`` (default ``optimizer_rates(config, steps_per_epoch)``) lets the trainer pass
+    logged schedules; every other hyperparameter comes from the (validated) config.
     """
-    fast = config.device == "cpu" and config.backend == "numba"
-    cema, bop, sgd, adam = ((fused.fused_cema, fused.fused_bop, fused.fused_sgd, fused.fused_adam)
-                            if fast else (optim.cema, optim.bop, optim.sgd, optim.adam))
-    if config.optimizer == "cema":
-        binary = cema(_schedule(config, config.alpha, steps_per_epoch), config.gamma)
-    elif config.optimizer == "bop":
-        binary = bop(config.threshold, config.gamma)
-    elif config.optimizer == "bop2nd":
-        binary = optim.bop2nd(config.threshold, config.gamma, config.sigma)
-    elif config.optimizer == "sgd":
-        binary = sgd(_schedule(config, config.lr, steps_per_epoch), config.momentum,
-                     config.weight_decay, config.decoupled)
-    elif config.optimizer == "adam":
-        binary = adam(_schedule(config, config.lr, steps_per_epoch),
-                      weight_decay=config.weight_decay, decoupled=config.decoupled)
+    r = dict(rates if rates is not None else optimizer_rates(config, steps_per_epoch))
+    name = config.optimizer
+    if name == "cema":
+        binary = optim.cema(alpha=r["alpha"], gamma=config.gamma)
+    elif name == "bop":
+        binary = optim.bop(threshold=r["threshold"], gamma=r["gamma"])
+    elif name in ("bop2nd", "bop2nd_corrected"):
+        binary = optim.bop2nd(threshold=r["threshold"], gamma=r["gamma"], sigma=config.sigma,
+                              bias_correction=name == "bop2nd_corrected")
+    elif name == "sgd":
+        binary = optim.sgd(lr=r["lr"], momentum=config.momentum,
+                           weight_decay=config.weight_decay, decoupled=config.decoupled)
+    elif name == "adam":
+        binary = optim.adam(lr=r["lr"], weight_decay=config.weight_decay,
+                            decoupled=config.decoupled)
     else:
         raise MinibnnError(f"unknown optimizer {config.optimizer!r}")
-    real = adam(_schedule(config, config.real_lr, steps_per_epoch),
-                weight_decay=config.real_weight_decay)
+    real = optim.adam(lr=r["real_lr"], weight_decay=config.real_weight_decay)
     return optim.partition({"binary": binary, "real": real}, model.param_label)
 
 
@@ -108,31 +161,36 @@ class TrainState:
 
 
 def train_step(model: Model, optimizer: Transform, state: TrainState, x: Any, y: Any,
-               label_smoothing: float = 0.0) -> tuple[float, int, dict[str, int]]:
-    """One update in place on ``state``; returns (loss, correct predictions, flips per layer)."""
+               label_smoothing: float = 0.0) -> tuple[Any, Any, dict[str, Any]]:
+    """One update in place on ``state``; returns (loss, correct predictions, flips per layer).
+
+    The counts are 0-d arrays on the data's device (``float``/``int`` reads them; on the GPU
+    each read waits for the device, so the loop reads them once per epoch).
+    """
     logits, new_buffers, cache = model.forward(state.params, state.buffers, x, train=True)
     loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing=label_smoothing)
     grads = model.backward(dlogits, cache)
-    new_params, state.opt_state = optimizer.update(grads, state.opt_state, state.params)
-    flips = {name: int(((state.params[name] >= 0) != (new_params[name] >= 0)).sum())
+    new_params, state.opt_state = optimizer.step(grads, state.opt_state, state.params)
+    flips = {name: ((state.params[name] >= 0) != (new_params[name] >= 0)).sum()
              for name in model.binary_names}
     state.params, state.step = new_params, state.step + 1
     state.buffers.update(new_buffers)
-    correct = int((logits.argmax(axis=1) == y).sum())
-    return float(loss), correct, flips
+    correct = (logits.argmax(axis=1) == y).sum()
+    return loss, correct, flips
 
 
 def evaluate(model: Model, params: Params, buffers: Params, x: Any, y: Any,
              batch_size: int = 1000) -> tuple[float, float]:
     """(mean loss, accuracy) in eval mode (BatchNorm uses running statistics)."""
-    total_loss, correct = 0.0, 0
+    xp = get_array_module(x)
+    total_loss, correct = xp.zeros((), xp.float64), xp.zeros((), xp.int64)
     for start in range(0, len(x), batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         logits, _, _ = model.forward(params, buffers, xb, train=False)
         loss, _ = softmax_cross_entropy(logits, yb)
-        total_loss += float(loss) * len(xb)
-        correct += int((logits.argmax(axis=1) == yb).sum())
-    return total_loss / len(x), correct / len(x)
+        total_loss = total_loss + loss * len(xb)
+        correct = correct + (logits.argmax(axis=1) == yb).sum()
+    return float(total_loss) / len(x), int(correct) / len(x)
 
 
 def _progress(iterable: Any, enabled: bool, desc: str) -> Any:
@@ -146,31 +204,32 @@ def _progress(iterable: Any, enabled: bool, desc: str) -> Any:
 def train_epoch(model: Model, optimizer: Transform, state: TrainState, x: Any, y: Any,
                 config: TrainConfig, progress: bool = False) -> dict[str, float]:
     """One pass over the shuffled training set; returns the epoch's training metrics."""
-    xp = device_module(config.device)
+    xp = get_array_module(x)
     n = len(x)
-    order = state.rng.permutation(n)
-    batches = [order[i:i + config.batch_size] for i in range(0, n, config.batch_size)]
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        # BatchNorm cannot normalise a batch of one: the last sample joins the previous batch
-        batches[-2:] = [np.concatenate(batches[-2:])]
-    sizes = {name: state.params[name].size for name in model.binary_names}
-    flips = dict.fromkeys(sizes, 0)
-    loss_sum, correct = 0.0, 0
-    for idx in _progress(batches, progress, f"epoch {state.epoch + 1}/{config.epochs}"):
-        idx_dev = xp.asarray(idx)
-        xb = x[idx_dev]
-        if config.shift:
-            xb = random_shift(xb, config.shift, state.rng)
-        loss, right, step_flips = train_step(model, optimizer, state, xb, y[idx_dev],
+    batches = batch_slices(n, config.batch_size)
+    # one host -> device copy per epoch: the order, and each image's shift (drawn in this order)
+    order = xp.asarray(state.rng.permutation(n))
+    offsets = xp.asarray(draw_offsets(n, config.shift, state.rng)) if config.shift else None
+    loss_sum, correct = xp.zeros((), xp.float64), xp.zeros((), xp.int64)
+    flips = {name: xp.zeros((), xp.int64) for name in model.binary_names}
+    bar = _progress(batches, progress, f"epoch {state.epoch + 1}/{config.epochs}")
+    for i, batch in enumerate(bar):
+        idx = order[batch]
+        xb = x[idx]
+        if offsets is not None:
+            xb = shift_images(xb, offsets[:, batch], config.shift)
+        loss, right, step_flips = train_step(model, optimizer, state, xb, y[idx],
                                              config.label_smoothing)
-        loss_sum += loss * len(idx)
-        correct += right
+        loss_sum = loss_sum + loss * (batch.stop - batch.start)
+        correct = correct + right
         for name, count in step_flips.items():
-            flips[name] += count
-    metrics = {"train_loss": loss_sum / n, "train_acc": correct / n}
+            flips[name] = flips[name] + count
+        if bar is not batches and i % LOSS_EVERY == 0:
+            bar.set_postfix(loss=f"{float(loss):.4f}")
+    metrics = {"train_loss": float(loss_sum) / n, "train_acc": int(correct) / n}
     for name, count in flips.items():
         # mean per-step flip ratio: flipped weights / (weights * steps), as the paper logs it
-        metrics[f"flip_ratio:{name}"] = count / (sizes[name] * len(batches))
+        metrics[f"flip_ratio:{name}"] = int(count) / (state.params[name].size * len(batches))
     return metrics
 
 
@@ -192,18 +251,23 @@ def _tree_to_device(tree: Any, device: str) -> Any:
     if isinstance(tree, dict):
         return {k: _tree_to_device(v, device) for k, v in tree.items()}
     if np.ndim(tree) == 0 and np.asarray(tree).dtype.kind in "iu":
-        return np.asarray(tree)      # step counters stay host scalars
+        return np.asarray(tree)      # step counters stay host scalars (schedules read them)
     return to_device(tree, device)
 
 
 def check_checkpoint(ck: Checkpoint, params: Params, path: str, buffers: Params | None = None,
-                     opt_state: Params | None = None) -> None:
-    """The stored arrays must be exactly the ones the rebuilt model (and optimiser) declare."""
-    _check_tree(ck.params, params, path, "parameter")
+                     opt_state: Params | None = None, optimizer: str = "") -> None:
+    """The stored arrays must be exactly the ones the rebuilt model (and optimiser) declare.
+
+    Each mismatch is a one-line error naming the first entry that differs (its path in the
+    tree, e.g. ``binary/m/s/fc2.w``).
+    """
+    _check_tree(ck.params, params, path, "parameter", "the model in its config")
     if buffers is not None:
-        _check_tree(ck.buffers, buffers, path, "buffer")
+        _check_tree(ck.buffers, buffers, path, "buffer", "the model in its config")
     if opt_state is not None:
-        _check_tree(_flatten(ck.opt_state), _flatten(opt_state), path, "optimiser state entry")
+        _check_tree(_flatten(ck.opt_state), _flatten(opt_state), path, "optimiser state",
+                    f"optimizer {optimizer!r}" if optimizer else "the optimiser")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -216,23 +280,28 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _check_tree(stored: Params, expected: Params, path: str, what: str) -> None:
-    if set(stored) != set(expected):
-        missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
-        raise MinibnnError(f"{path}: checkpoint does not match the model in its config "
-                           f"(missing {what}s {missing[:3]}, unexpected {extra[:3]})")
+def _check_tree(stored: Params, expected: Params, path: str, what: str, owner: str) -> None:
     for name, value in expected.items():
+        if name not in stored:
+            raise MinibnnError(f"{path}: checkpoint does not match {owner}: {what} {name!r} "
+                               f"is missing")
         if tuple(np.shape(stored[name])) != tuple(np.shape(value)):
-            raise MinibnnError(f"{path}: {what} {name!r} has shape {np.shape(stored[name])}, "
-                               f"the model expects {np.shape(value)}")
+            raise MinibnnError(f"{path}: checkpoint does not match {owner}: {what} {name!r} has "
+                               f"shape {np.shape(stored[name])}, expected {np.shape(value)}")
+    for name in stored:
+        if name not in expected:
+            raise MinibnnError(f"{path}: checkpoint does not match {owner}: {what} {name!r} "
+                               f"is not one it has")
 
 
 def fit(config: TrainConfig | None, out_path: str, resume: bool = False, progress: bool = True,
-        stop_after: int | None = None, log: Callable[[str], None] = print) -> dict[str, list[float]]:
+        stop_after: int | None = None, log: Callable[[str], None] = print,
+        local: Mapping[str, Any] | None = None) -> dict[str, list[float]]:
     """Train as configured, writing ``out_path`` after every epoch; return the metrics.
 
     ``resume=True`` continues the run stored in ``out_path`` with its stored config (``config``
-    may then be None and is ignored).
+    may then be None and is ignored); ``local`` may change its machine-local settings
+    (``config.LOCAL_FIELDS``: device, backend, data_dir), e.g. ``{"backend": "numpy"}``.
     ``stop_after`` ends this invocation after that many epochs (the run stays resumable).
     """
     previous: RunFile | None = None
@@ -243,18 +312,30 @@ def fit(config: TrainConfig | None, out_path: str, resume: bool = False, progres
             raise MinibnnError(f"{out_path} has no checkpoint to resume from")
     if config is None:
         raise MinibnnError("fit needs a config unless it resumes a run file")
-    config.validate()
+    unknown = sorted(set(local or {}) - set(LOCAL_FIELDS))
+    if unknown:
+        raise MinibnnError(f"only machine-local settings ({', '.join(LOCAL_FIELDS)}) can change "
+                           f"on resume, not {', '.join(unknown)}")
+    config = dataclasses.replace(config, **dict(local or {})).validate()
     if stop_after is not None and stop_after < 1:
         raise MinibnnError(f"--stop-after must be >= 1, got {stop_after}")
     check_writable(out_path)
-    set_cpu_kernels(config.backend)
+    device_module(config.device)          # one-line error now when there is no GPU
+    with kernels.use_backend(config.backend):
+        return _fit(config, out_path, previous, progress, stop_after, log)
+
+
+def _fit(config: TrainConfig, out_path: str, previous: RunFile | None, progress: bool,
+         stop_after: int | None, log: Callable[[str], None]) -> dict[str, list[float]]:
     dtype = resolve_dtype(config.dtype)
     ds = load_data(config)
     x_train, y_train = to_device(ds.x_train, config.device), to_device(ds.y_train, config.device)
     x_test, y_test = to_device(ds.x_test, config.device), to_device(ds.y_test, config.device)
     model = model_from_config(config, tuple(ds.x_train.shape[1:]), ds.num_classes)
-    steps_per_epoch = -(-len(ds.x_train) // config.batch_size)
-    optimizer = optimizer_from_config(config, model, steps_per_epoch)
+    steps_per_epoch = len(batch_slices(len(ds.x_train), config.batch_size))
+    rates = {k: RateLog(v) if callable(v) else v
+             for k, v in optimizer_rates(config, steps_per_epoch).items()}
+    optimizer = optimizer_from_config(config, model, steps_per_epoch, rates)
 
     rng = np.random.default_rng(config.seed)
     params, buffers = model.init(rng, dtype)
@@ -264,7 +345,7 @@ def fit(config: TrainConfig | None, out_path: str, resume: bool = False, progres
     metrics: dict[str, list[float]] = {}
     if previous is not None:
         ck = previous.checkpoint
-        check_checkpoint(ck, params, out_path, buffers, optimizer.init(params))
+        check_checkpoint(ck, params, out_path, buffers, optimizer.init(params), config.optimizer)
         state.params = _tree_to_device(ck.params, config.device)
         state.buffers = _tree_to_device(ck.buffers, config.device)
         state.opt_state = _tree_to_device(ck.opt_state, config.device)
@@ -282,7 +363,11 @@ def fit(config: TrainConfig | None, out_path: str, resume: bool = False, progres
     done_now = 0
     while state.epoch < config.epochs and (stop_after is None or done_now < stop_after):
         start = time.perf_counter()
+        for rate in rates.values():
+            if isinstance(rate, RateLog):
+                rate.take()            # forget values asked for outside the steps (checks)
         epoch_metrics = train_epoch(model, optimizer, state, x_train, y_train, config, progress)
+        epoch_metrics.update(_rates_used(rates))
         test_loss, test_acc = evaluate(model, state.params, state.buffers, x_test, y_test)
         epoch_metrics.update(test_loss=test_loss, test_acc=test_acc,
                              seconds=time.perf_counter() - start)
@@ -299,18 +384,42 @@ def fit(config: TrainConfig | None, out_path: str, resume: bool = False, progres
     return metrics
 
 
-def evaluate_run(path: str, device: str = "cpu") -> dict[str, float]:
-    """Test loss and accuracy of the checkpoint in a run file."""
+def _rates_used(rates: Mapping[str, Any]) -> dict[str, float]:
+    """Each rate as the optimiser used it this epoch (its value at the epoch's first step).
+
+    A per-epoch schedule gives one value per epoch; a rate never asked for is NaN.
+    """
+    used = {}
+    for name, rate in rates.items():
+        if isinstance(rate, RateLog):
+            values = rate.take()
+            used[name] = float(values[0]) if values else float("nan")
+        else:
+            used[name] = float(rate)
+    return used
+
+
+def evaluate_run(path: str, device: str = "cpu", backend: str | None = None
+                 ) -> dict[str, float]:
+    """Test loss and accuracy of the checkpoint in a run file.
+
+    Runs inside ``kernels.use_backend`` of ``backend`` (default: the run's own setting, or
+    ``"auto"`` when the run's compiled backend belongs to the other device).
+    """
     run = load_run(path)
     if run.checkpoint is None:
         raise MinibnnError(f"{path} has no checkpoint to evaluate")
     config = TrainConfig.from_json(run.config_json)
-    config.device = device
-    ds = load_data(config)
-    model = model_from_config(config, tuple(ds.x_train.shape[1:]), ds.num_classes)
-    params, buffers = model.init(np.random.default_rng(0), resolve_dtype(config.dtype))
-    check_checkpoint(run.checkpoint, params, path, buffers)
-    loss, acc = evaluate(model, _tree_to_device(run.checkpoint.params, device),
-                         _tree_to_device(run.checkpoint.buffers, device),
-                         to_device(ds.x_test, device), to_device(ds.y_test, device))
+    if backend is None:
+        backend = config.backend if config.device == device else "auto"
+    config = dataclasses.replace(config, device=device, backend=backend).validate()
+    device_module(device)
+    with kernels.use_backend(config.backend):
+        ds = load_data(config)
+        model = model_from_config(config, tuple(ds.x_train.shape[1:]), ds.num_classes)
+        params, buffers = model.init(np.random.default_rng(0), resolve_dtype(config.dtype))
+        check_checkpoint(run.checkpoint, params, path, buffers)
+        loss, acc = evaluate(model, _tree_to_device(run.checkpoint.params, device),
+                             _tree_to_device(run.checkpoint.buffers, device),
+                             to_device(ds.x_test, device), to_device(ds.y_test, device))
     return {"test_loss": loss, "test_acc": acc, "epoch": run.checkpoint.epoch}

@@ -1,10 +1,14 @@
 """The ``minibnn`` command end to end on the synthetic set, and its one-line errors."""
+import json
+import re
 import subprocess
 import sys
 
 import pytest
 
+from minibnn import optim
 from minibnn.cli import main
+from minibnn.io import load_run
 
 
 def _run(*args):
@@ -30,8 +34,27 @@ def test_stop_and_resume_from_the_command_line(tmp_path):
     assert main(["train", "--dataset", "synthetic", "--hidden", "32,32", "--epochs", "2",
                  "--stop-after", "1", "--out", out, "--no-progress"]) == 0
     assert main(["train", "--resume", out, "--no-progress"]) == 0
-    from minibnn.io import load_run
     assert load_run(out).checkpoint.epoch == 2
+
+
+def test_smoke_train_with_defaults_on_synthetic(tmp_path):
+    out = str(tmp_path / "s.h5")
+    assert main(["train", "--dataset", "synthetic", "--epochs", "2", "--out", out,
+                 "--overwrite", "--no-progress"]) == 0
+    run = load_run(out)
+    stored = json.loads(run.config_json)
+    assert stored["act_ste"] == "approx" and stored["alpha"] == optim.defaults("cema")["alpha"]
+    assert run.metrics["alpha"][1] == pytest.approx(run.metrics["alpha"][0] / 2, rel=1e-12)
+
+
+def test_resume_may_change_the_machine_local_backend(tmp_path):
+    out = str(tmp_path / "run.h5")
+    assert main(["train", "--dataset", "synthetic", "--hidden", "32,32", "--epochs", "2",
+                 "--stop-after", "1", "--out", out, "--no-progress"]) == 0
+    assert json.loads(load_run(out).config_json)["backend"] == "auto"
+    assert main(["train", "--resume", out, "--backend", "numpy", "--no-progress"]) == 0
+    run = load_run(out)
+    assert run.checkpoint.epoch == 2 and json.loads(run.config_json)["backend"] == "numpy"
 
 
 def test_existing_run_file_is_not_overwritten_and_resume_takes_no_new_config(tmp_path):
@@ -51,17 +74,32 @@ def test_help_explains_the_tool():
     assert "binary" in proc.stdout and "train" in proc.stdout and "eval" in proc.stdout
     proc = _run("train", "--help")
     assert "--alpha" in proc.stdout and "--optimizer" in proc.stdout
+    text = " ".join(proc.stdout.split())            # argparse wraps help lines
+    for name in ("cema", "bop", "sgd"):            # each optimiser's own defaults are shown
+        for field, value in optim.defaults(name).items():
+            if field in ("gamma", "threshold", "alpha", "lr", "momentum"):
+                # "cema 0.1", or grouped with the optimisers that share the value: "a/cema 0.1"
+                grouped = rf"(?<![\w/])([\w]+/)*{name}(/[\w]+)* {re.escape(str(value))}(?![\w.])"
+                assert re.search(grouped, text), (name, field, value)
+    assert "(default: None)" not in text
 
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--alpha", "0", "--dataset", "synthetic"], "--alpha must be in (0, 1]"),
     (["train", "--gamma", "1.5", "--dataset", "synthetic"], "--gamma must be in (0, 1]"),
-    (["train", "--lr", "-0.1", "--dataset", "synthetic"], "--lr must be >= 0"),
+    (["train", "--optimizer", "sgd", "--lr", "-0.1", "--dataset", "synthetic"],
+     "--lr must be >= 0"),
+    (["train", "--optimizer", "sgd", "--alpha", "0.1", "--dataset", "synthetic"],
+     "--alpha does not apply to --optimizer sgd"),
+    (["train", "--model", "binary_cnn", "--hidden", "8,8", "--dataset", "synthetic"],
+     "--hidden does not apply to --model binary_cnn"),
+    (["train", "--backend", "cuda", "--dataset", "synthetic"], "--backend cuda runs on the GPU"),
     (["train", "--optimizer", "cema", "--scale", "--dataset", "synthetic"], "needs latent weights"),
     (["train", "--dataset", "cifar10", "--data-dir", "/nonexistent/dir"], "CIFAR-10"),
     (["eval", "/nonexistent/run.h5"], "run file not found"),
     (["train", "--resume", "/nonexistent/run.h5"], "run file not found"),
-    (["train", "--lr", "nan", "--dataset", "synthetic"], "--lr must be a finite number"),
+    (["train", "--optimizer", "adam", "--lr", "nan", "--dataset", "synthetic"],
+     "--lr must be a finite number"),
     (["train", "--hidden", "32", "--dataset", "synthetic"], "--hidden needs at least two"),
     (["train", "--batch-size", "1", "--dataset", "synthetic"], "--batch-size must be >= 2"),
     (["train", "--seed", "-1", "--dataset", "synthetic"], "--seed must be >= 0"),

@@ -125,3 +125,18 @@ def test_model_input_shape_and_bad_options_are_one_line_errors():
         models.binary_mlp(binary_storage="binary", scale=True)
     with pytest.raises(MinibnnError, match="unknown model"):
         models.build_model("resnet50")
+
+
+@pytest.mark.parametrize("name", sorted(models.MODEL_BUILDERS))
+def test_builders_default_to_the_bireal_ste_and_defaults_reads_their_signatures(name):
+    import inspect
+
+    found = models.defaults(name)
+    assert found["act_ste"] == "approx"          # the STE minibnn trains with (README, Results)
+    signature = inspect.signature(models.MODEL_BUILDERS[name]).parameters
+    assert found == {k: p.default for k, p in signature.items()
+                     if p.default is not inspect.Parameter.empty}
+    model = models.build_model(name)
+    assert model.config["act_ste"] == "approx"
+    with pytest.raises(MinibnnError, match="unknown model"):
+        models.defaults("resnet50")
