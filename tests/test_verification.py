@@ -11,14 +11,16 @@ from hypothesis import strategies as st
 from verification import PROPERTIES, format_report, main, run
 from verification import counterexamples as cx
 from verification import properties as props
+from verification import engine, on_engine
 from verification import reference as ref
-from verification.closed_loop import closed_loop_pair
+from verification.closed_loop import closed_loop_pair, trainer_pair
+from verification.core import Mismatch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 #: examples per property in this file (the ci profile decides randomness, not the count).
-EXAMPLES = {"P1": 100, "P2": 100, "P3": 100, "P4": 100, "P5": 100, "P6": 80, "P7": 100,
-            "P8": 40, "P9": None, "P10": None}
+EXAMPLES = {"P1": 60, "P2": 60, "P3": 60, "P4": 60, "P5": 60, "P6": 45, "P7": 60,
+            "P8": 30, "P9": None, "P10": None}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -41,6 +43,14 @@ def test_property_holds(pid):
     result = PROPERTIES[pid](EXAMPLES[pid])
     assert result.holds, result.counterexample
     assert result.pid == pid and result.examples > 0 and result.statement and result.margin
+    # every property ran minibnn's own optimisers: the chain and the fused reference kernels
+    assert "chain" in result.implementations
+    assert "fused[numpy" in result.implementations
+    if pid == "P9":
+        assert "trainer step" in result.implementations
+    for backend in ("numba", "cuda"):
+        if backend not in engine.fused_backends():
+            assert f"fused[{backend}]" in result.skipped
 
 
 def test_p10_prints_a_minimal_counterexample_for_each_non_equivalence(p10):
@@ -132,3 +142,63 @@ def test_reference_sgd_matches_the_real_optimiser(decoupled, mu, tau):
     for t, g in enumerate(grads, start=1):
         p, state = opt.update({"w": np.array([g])}, state, p)
         assert p["w"][0] == pytest.approx(reference.state[t], rel=1e-12, abs=1e-15)
+
+
+def test_report_shows_implementations_and_skipped_backends():
+    result = PROPERTIES["P8"](5)
+    result.skipped = {"fused[cuda]": "ModuleNotFoundError: No module named 'cupy'"}
+    report = format_report([result])
+    assert "implementations" in report and "fused[numpy" in report
+    assert "fused[cuda]: ModuleNotFoundError" in report and "(P8)" in report
+
+
+@pytest.mark.parametrize("impl", ["fused[numpy]", "chain"])
+def test_planted_error_in_an_engine_optimiser_is_caught(monkeypatch, impl):
+    """A CEMA whose chain (or fused step) breaks the tie rule fails the bitwise engine check."""
+    from minibnn import optim
+
+    real = optim.cema
+
+    def planted(alpha, gamma, init_state=None, tie="keep"):
+        good, bad = real(alpha, gamma, init_state, tie), real(alpha, gamma, init_state, "positive")
+        if impl == "chain":
+            return optim.Transform(good.init, bad.update, good.fused)
+        return optim.Transform(good.init, good.update, bad.fused)
+
+    monkeypatch.setattr(optim, "cema", planted)
+    with pytest.raises(Mismatch, match=impl.replace("[", r"\[").replace("]", r"\]")):
+        on_engine.engine_cema(engine.Coverage(), "planted", [1.0, 0.0, -1.0, 0.0], 1.0, 1.0,
+                              0.0, 0.0, -1)
+
+
+def test_planted_error_wrong_engine_rate_is_caught():
+    """The engine's latent SGD against a CEMA with half the P1 rate: a decided sign differs."""
+    grads, lam, lr, w0 = [0.5, -2.0, 0.5, 3.0, -1.0], 0.5, 0.8, 0.3   # step 1 decides
+    scale = engine.magnitude_bound(grads, lr, 0.0, lam, True, w0)
+    latent = on_engine.engine_sgd(engine.Coverage(), "x", grads, lr, 0.0, lam, True, w0, 1, scale)
+    good = on_engine.engine_cema(engine.Coverage(), "x", grads, lr * lam, 1.0, 0.0, -lam * w0, 1)
+    engine.latent_matches_binary(latent[0].params, good.params, scale, "P1 map")
+    bad = on_engine.engine_cema(engine.Coverage(), "x", grads, lr * lam / 2, 1.0, 0.0,
+                                -lam * w0, 1)
+    with pytest.raises(Mismatch, match="latent w"):
+        engine.latent_matches_binary(latent[0].params, bad.params, scale, "half rate")
+
+
+def test_trainer_pair_hits_exact_ties_and_agrees():
+    run = trainer_pair(epochs=2, steps_per_epoch=5)
+    assert run.first_difference is None and run.steps == 10 and run.flips > 0
+    assert run.ties >= 2 * 32 * 10          # two rows of fc2, every step: v == 0 exactly
+
+
+def test_closed_loop_tracker_catches_a_tie_rule_mismatch():
+    """A latent w = 0 (sign(0) = +1) against a filter that kept b = -1 is a difference."""
+    import numpy as np
+
+    from verification.closed_loop import PairRun, _Tracker
+
+    run = PairRun("x", 0, 0, 0, 0.0, [], None)
+    tracker = _Tracker(run, ["fc2.w"], 1.0)
+    minus = -np.ones((2, 2))
+    assert not tracker.step(0, {"fc2.w": np.zeros((2, 2))}, {"fc2.w": minus},
+                            {"fc2.w": minus}, {"fc2.w": np.zeros((2, 2))})
+    assert "4 binary weights of fc2.w differ" in run.first_difference

@@ -16,6 +16,10 @@ from hypothesis import HealthCheck, Verbosity, given, settings
 from hypothesis import strategies as st
 
 
+#: float sign comparisons ignore states within this fraction of the run's magnitude.
+FLOAT_MARGIN = 1e-9
+
+
 class Mismatch(AssertionError):
     """A property failed on one case; the message describes the case."""
 
@@ -33,6 +37,10 @@ class PropertyResult:
     margin: str
     seconds: float = 0.0
     details: list[tuple[str, str]] = field(default_factory=list)
+    #: which implementations were checked ("reference, chain, fused[numpy,numba], ...")
+    implementations: str = "reference"
+    #: implementations that could not run here -> why (e.g. fused[cuda] without a GPU)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def verdict(self) -> str:

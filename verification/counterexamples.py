@@ -273,4 +273,5 @@ def check_p10(examples: int | None = None) -> PropertyResult:
         f"no counterexample found for: {', '.join(missing)}" if missing else None,
         "exact (Fraction); Adam, mean|w| in float64",
         f"{sum(f.found for f in found)}/{len(found)} found, minimal by shrinking",
-        timer.seconds, details=[(f.name, f.text) for f in found])
+        timer.seconds, details=[(f.name, f.text) for f in found],
+        implementations="reference, chain (optim.adam, optim.sgd/cema + BinaryDense)")

@@ -3,7 +3,8 @@
 P1-P7 are checked on the reference recursions of ``reference.py``: exactly over Fractions
 (``v_t == -k w_t`` with ``==``, and identical binary weights), and where stated also in
 float64, bitwise (powers of two, same expression order) or on signs outside a stated margin.
-P8 runs the real ``minibnn.optim`` optimisers.
+Each then runs on minibnn's own optimisers (``on_engine.py``: the chains and the fused steps
+on every kernel backend present, float64).  P8 runs the real ``minibnn.optim`` optimisers.
 """
 from __future__ import annotations
 
@@ -14,15 +15,15 @@ import numpy as np
 from hypothesis import strategies as st
 
 from minibnn import theory
+from verification import engine, on_engine
 from verification import reference as ref
 from verification import strategies as S
-from verification.core import (MinTracker, Mismatch, PropertyResult, Timer, describe, fmt,
-                               run_cases)
+from verification.engine import (Coverage, implementations, latent_matches_binary,
+                                 magnitude_bound)
+from verification.core import (FLOAT_MARGIN, MinTracker, Mismatch, PropertyResult, Timer,
+                               describe, fmt, run_cases)
 
 MapFn = Callable[[Any, Any, Any], "tuple[Any, Any] | None"]
-
-#: float sign comparisons ignore states within this fraction of the run's magnitude.
-FLOAT_MARGIN = 1e-9
 
 
 def compare_exact(latent: ref.Run, filt: ref.Run, k: Any, case: str, first: int = 0) -> None:
@@ -57,20 +58,24 @@ def compare_float_signs(latent: ref.Run, filt: ref.Run, k: float, scale: list[fl
                            f"(margin {FLOAT_MARGIN:g} of {ref_mag:.3g})")
 
 
-def magnitude_bound(grads: list[float], lr: float, mu: float, lam: float, decoupled: bool,
-                    w0: float) -> list[float]:
-    """``sum_s |h_{t-s} g_s| + |w0 response|``: the size of the terms summed into ``w_t``.
+Stage = tuple[Any, Callable[[Any], None], int]
 
-    ``h`` is the latent impulse response, so this is the magnitude that rounding errors are
-    relative to; a sign is only compared where ``|w_t|`` exceeds ``FLOAT_MARGIN`` of it.
-    """
-    steps = len(grads)
-    h = ref.latent_sgd([1.0] + [0.0] * (steps - 1), lr, mu, lam, decoupled, 0.0).state[1:]
-    init = ref.latent_sgd([0.0] * steps, lr, mu, lam, decoupled, w0).state
-    out = [abs(w0)]
-    for t in range(1, steps + 1):
-        out.append(abs(init[t]) + sum(abs(h[t - s] * grads[s - 1]) for s in range(1, t + 1)))
-    return out
+
+def run_stages(*stages: Stage) -> tuple[int, str | None]:
+    """Run ``(strategy, check, examples)`` stages in order, stopping at the first
+    counterexample; return (cases tried, counterexample)."""
+    total = 0
+    for strategy, check, examples in stages:
+        n, cex = run_cases(strategy, check, max(1, examples))
+        total += n
+        if cex:
+            return total, cex
+    return total, None
+
+
+def engine_examples(examples: int) -> int:
+    """Cases for a property's engine stage (each runs several implementations)."""
+    return max(1, examples // 3)
 
 
 def _case_text(c: dict[str, Any], *keys: str) -> str:
@@ -119,16 +124,20 @@ def _check_bitwise(c: dict[str, Any]) -> None:
 
 def _first_order_property(pid: str, statement: str, momentum: bool, examples: int
                           ) -> PropertyResult:
-    margin = MinTracker()
+    margin, cov = MinTracker(), Coverage()
     with Timer() as timer:
         cases = S.latent_case(momentum=momentum)
         if momentum:
             cases = cases.map(lambda c: {**c, "decoupled": True})
-        n1, cex = run_cases(cases, lambda c: _check_first_order(c, margin), examples)
-        n2, cex2 = (0, None) if cex else run_cases(
-            _bitwise_case(momentum), _check_bitwise, max(1, examples // 2))
-    return PropertyResult(pid, statement, n1 + n2, cex is None and cex2 is None, cex or cex2,
-                          "exact (Fraction) + float64 bitwise", margin.text(), timer.seconds)
+        n, cex = run_stages(
+            (cases, lambda c: _check_first_order(c, margin), examples),
+            (_bitwise_case(momentum), _check_bitwise, examples // 2),
+            (_bitwise_case(momentum), lambda c: on_engine.check_first_order(c, cov),
+             engine_examples(examples)))
+    return PropertyResult(pid, statement, n, cex is None, cex,
+                          "exact (Fraction) + float64 bitwise; engine: cema bitwise, "
+                          f"sgd signs (margin {FLOAT_MARGIN:g})", margin.text(), timer.seconds,
+                          implementations=cov.text(), skipped=cov.skipped())
 
 
 def check_p1(examples: int = 150) -> PropertyResult:
@@ -204,15 +213,19 @@ def check_p3(examples: int = 150, map_fn: MapFn | None = None) -> PropertyResult
     ``minibnn.theory``); pass ``naive_p3_map`` to see the counterexample it deserves.
     """
     map_fn = map_fn or theory_p3_map
-    margin, errors = MinTracker(), [0.0]
+    margin, errors, cov = MinTracker(), [0.0], Coverage()
     with Timer() as timer:
-        n1, cex = run_cases(S.p3_case(), lambda c: _check_p3_exact(c, map_fn, margin), examples)
-        n2, cex2 = (0, None) if cex else run_cases(
-            _p3_float_case(), lambda c: _check_p3_float(c, map_fn, errors), max(1, examples // 2))
+        n, cex = run_stages(
+            (S.p3_case(), lambda c: _check_p3_exact(c, map_fn, margin), examples),
+            (_p3_float_case(), lambda c: _check_p3_float(c, map_fn, errors), examples // 2),
+            (_p3_float_case(), lambda c: on_engine.check_p3(c, map_fn, cov),
+             engine_examples(examples)))
     return PropertyResult(
-        "P3", P3, n1 + n2, cex is None and cex2 is None, cex or cex2,
-        f"exact (Fraction) + float64 (sign margin {FLOAT_MARGIN:g})",
-        f"{margin.text()}; float64 max rel. error {max(errors):.2g}", timer.seconds)
+        "P3", P3, n, cex is None, cex,
+        f"exact (Fraction) + float64 (sign margin {FLOAT_MARGIN:g}); engine: cema, sgd(A) "
+        "bitwise",
+        f"{margin.text()}; float64 max rel. error {max(errors):.2g}", timer.seconds,
+        implementations=cov.text(), skipped=cov.skipped())
 
 
 # --------------------------------------------------------------------------------------- P4
@@ -227,6 +240,16 @@ def _p4_case(draw: Any) -> dict[str, Any]:
     lam = draw(S.weight_decays())
     return dict(grads=draw(S.exact_streams()), lam=lam, mu=draw(S.momenta()), lr=el / lam,
                 w0=draw(S.exact_values()), b0=draw(S.signs()), decoupled=draw(st.booleans()))
+
+
+@st.composite
+def _p4_float_case(draw: Any) -> dict[str, Any]:
+    """Float64 (A)/(B) with eta lam in (0, 2] (stable poles), incl. complex poles."""
+    el = draw(st.floats(1e-3, 2.0))
+    lam = draw(st.floats(1e-3, 10.0))
+    return dict(grads=draw(S.float_streams(max_size=32)), lam=lam, mu=draw(st.floats(0.0, 0.99)),
+                lr=el / lam, w0=draw(S.float_values()), b0=draw(S.signs()),
+                decoupled=draw(st.booleans()))
 
 
 def _check_p4(c: dict[str, Any], counts: dict[str, int], margin: MinTracker) -> None:
@@ -248,26 +271,34 @@ def _check_p4(c: dict[str, Any], counts: dict[str, int], margin: MinTracker) -> 
 
 def check_p4(examples: int = 150) -> PropertyResult:
     """P4: theory's second-order filter and state reproduce latent SGD for every setting."""
-    counts, margin = {"complex": 0, "no cascade": 0}, MinTracker()
+    counts, margin, cov = {"complex": 0, "no cascade": 0}, MinTracker(), Coverage()
     with Timer() as timer:
-        n, cex = run_cases(_p4_case(), lambda c: _check_p4(c, counts, margin), examples)
-    return PropertyResult("P4", P4, n, cex is None, cex, "exact (Fraction)",
+        n, cex = run_stages(
+            (_p4_case(), lambda c: _check_p4(c, counts, margin), examples),
+            (_p4_float_case(), lambda c: on_engine.check_p4(c, cov), engine_examples(examples)))
+    return PropertyResult("P4", P4, n, cex is None, cex,
+                          "exact (Fraction); engine float64: second_order, sgd(A) bitwise, "
+                          "sgd(B) signs",
                           f"{counts['complex']} complex-pole and {counts['no cascade']} "
-                          f"no-cascade cases; {margin.text()}", timer.seconds)
+                          f"no-cascade cases; {margin.text()}", timer.seconds,
+                          implementations=cov.text(), skipped=cov.skipped())
 
 
 # --------------------------------------------------------------------------------------- P5
 P5 = "(eta, lam, w0) -> (c eta, lam/c, c w0) gives w' = c w exactly: only eta lam, w0/eta matter"
 
 
+def _exact_scales() -> st.SearchStrategy[Q]:
+    return st.one_of(st.sampled_from([Q(1, 1000), Q(10 ** 6), Q(2)]),
+                     st.fractions(0, 16, max_denominator=16).filter(lambda x: x > 0))
+
+
 @st.composite
-def _p5_case(draw: Any) -> dict[str, Any]:
+def _p5_case(draw: Any, scales: st.SearchStrategy | None = None) -> dict[str, Any]:
     c = draw(S.latent_case())
     if draw(st.booleans()):
         c = {**c, "lam": Q(0)}                       # lam = 0: (eta, w0) -> (c eta, c w0)
-    scale = draw(st.one_of(st.sampled_from([Q(1, 1000), Q(10 ** 6), Q(2)]),
-                           st.fractions(0, 16, max_denominator=16).filter(lambda x: x > 0)))
-    return {**c, "c": scale}
+    return {**c, "c": draw(scales if scales is not None else _exact_scales())}
 
 
 def _check_p5(c: dict[str, Any]) -> None:
@@ -283,10 +314,16 @@ def _check_p5(c: dict[str, Any]) -> None:
 
 def check_p5(examples: int = 150) -> PropertyResult:
     """P5: scale invariance of latent SGD, (A) and (B), with momentum and schedules."""
+    cov = Coverage()
     with Timer() as timer:
-        n, cex = run_cases(_p5_case(), _check_p5, examples)
-    return PropertyResult("P5", P5, n, cex is None, cex, "exact (Fraction)",
-                          "w' == c w with ==", timer.seconds)
+        n, cex = run_stages(
+            (_p5_case(), _check_p5, examples),
+            (_p5_case(S.powers_of_two(-8, 8)).map(on_engine.float_case),
+             lambda c: on_engine.check_p5(c, cov), engine_examples(examples)))
+    return PropertyResult("P5", P5, n, cex is None, cex,
+                          "exact (Fraction); engine float64 bitwise (c a power of two)",
+                          "w' == c w with ==", timer.seconds, implementations=cov.text(),
+                          skipped=cov.skipped())
 
 
 # --------------------------------------------------------------------------------------- P6
@@ -361,15 +398,19 @@ def _check_zero_buffer_limit(c: dict[str, Any], ties: list[int]) -> None:
 
 def check_p6(examples: int = 150) -> PropertyResult:
     """P6: initial weights are forgotten; zero-buffer CEMA is the small-init limit."""
-    ties = [0]
+    ties, engine_ties, cov = [0], [0], Coverage()
     with Timer() as timer:
-        n1, cex = run_cases(_p6_case(), _check_forgetting, examples)
-        n2, cex2 = (0, None) if cex else run_cases(
-            _p6_case(), lambda c: _check_zero_buffer_limit(c, ties), examples)
-    return PropertyResult("P6", P6, n1 + n2, cex is None and cex2 is None, cex or cex2,
-                          "exact (Fraction)",
-                          f"{ties[0]} exact-tie steps (v = 0) excluded from the limit check",
-                          timer.seconds)
+        n, cex = run_stages(
+            (_p6_case(), _check_forgetting, examples),
+            (_p6_case(), lambda c: _check_zero_buffer_limit(c, ties), examples),
+            (_p6_case().map(on_engine.float_case),
+             lambda c: on_engine.check_p6(c, cov, engine_ties), engine_examples(examples)))
+    return PropertyResult("P6", P6, n, cex is None, cex,
+                          "exact (Fraction); engine float64: zero-buffer cema bitwise, "
+                          f"sgd from 2^-300 w0 signs (margin {FLOAT_MARGIN:g})",
+                          f"{ties[0]} exact and {engine_ties[0]} engine tie steps (v = 0) "
+                          "excluded from the limit check", timer.seconds,
+                          implementations=cov.text(), skipped=cov.skipped())
 
 
 # --------------------------------------------------------------------------------------- P7
@@ -410,15 +451,22 @@ def _check_p7(c: dict[str, Any]) -> None:
 
 def check_p7(examples: int = 150) -> PropertyResult:
     """P7: decaying lr is decaying alpha, exactly, in the cases THEORY names."""
+    cov = Coverage()
     with Timer() as timer:
-        n, cex = run_cases(_p7_case(), _check_p7, examples)
-    return PropertyResult("P7", P7, n, cex is None, cex, "exact (Fraction)",
-                          "v == -k w with ==; (A) constant mu: see P10", timer.seconds)
+        n, cex = run_stages(
+            (_p7_case(), _check_p7, examples),
+            (_p7_case().map(on_engine.float_case), lambda c: on_engine.check_p7(c, cov),
+             engine_examples(examples)))
+    return PropertyResult("P7", P7, n, cex is None, cex,
+                          "exact (Fraction); engine float64: cema bitwise, signs vs sgd(B) "
+                          "and reference (A, mu_t)",
+                          "v == -k w with ==; (A) constant mu: see P10", timer.seconds,
+                          implementations=cov.text(), skipped=cov.skipped())
 
 
 # --------------------------------------------------------------------------------------- P8
-P8 = ("Bop(tau=0) = CEMA(alpha=gamma_bop, gamma=1) = latent P1; Bop2nd(tau=0) = Bop(tau=0); "
-      "Bop2nd(tau>0) matches no CEMA")
+P8 = ("Bop(tau=0) = CEMA(alpha=gamma_bop, gamma=1) = CEMA(alpha=1, gamma=gamma_bop) = latent P1; "
+      "Bop2nd(tau=0) = Bop(tau=0); Bop2nd(tau>0) matches no CEMA")
 
 
 @st.composite
@@ -426,104 +474,127 @@ def _p8_case(draw: Any) -> dict[str, Any]:
     k = draw(st.integers(1, 6))
     steps = draw(st.integers(1, 24))
     value = st.one_of(st.just(0.0), st.floats(-1e3, 1e3).filter(lambda x: x == 0 or abs(x) > 1e-6),
-                      st.sampled_from([1.0, -1.0, 2.0]))
+                      st.sampled_from([1.0, -1.0, 2.0, 0.5, -0.5]))
     grads = draw(st.lists(st.lists(value, min_size=k, max_size=k), min_size=steps,
                           max_size=steps))
+    # thresholds that multiples of powers of two can hit exactly (larq's tie), and others
+    tau = draw(st.one_of(st.sampled_from([0.25, 0.5, 1.0, 2.0]), st.floats(0.01, 2.0)))
     return dict(grads=np.array(grads, dtype=np.float64), b0=np.array(
                     draw(st.lists(S.signs(), min_size=k, max_size=k)), dtype=np.float64),
                 gamma=draw(S.powers_of_two(-8, 0)), sigma=draw(S.powers_of_two(-8, 0)),
-                lam=draw(S.powers_of_two(-6, 2)), tau=draw(st.floats(0.01, 2.0)),
-                alpha=draw(st.floats(1e-4, 1.0)), gamma2=draw(st.floats(1e-4, 1.0)),
-                decoupled=draw(st.booleans()))
+                lam=draw(S.powers_of_two(-6, 2)), tau=tau, alpha=draw(st.floats(1e-4, 1.0)),
+                gamma2=draw(st.floats(1e-4, 1.0)), decoupled=draw(st.booleans()))
 
 
-def _real_run(opt: Any, params: np.ndarray, grads: np.ndarray) -> list[np.ndarray]:
-    """Drive a real minibnn optimiser on one parameter array; return the parameter per step."""
-    p = {"w": params.copy()}
-    state = opt.init(p)
-    out = [p["w"].copy()]
-    for g in grads:
-        p, state = opt.update({"w": g.copy()}, state, p)
-        out.append(p["w"].copy())
+def _engine_runs(name: str, make: Callable[[], Any], b0: np.ndarray, grads: np.ndarray,
+                 cov: Coverage, probe: Callable[[Any], Any] | None = None
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Optimiser ``name`` = ``make()`` in every implementation: impl -> (params, probed state),
+    each of shape (T+1, k)."""
+    opt = make()
+    if opt.fused is None:
+        cov.no_kernel(name)
+    out = {}
+    for impl in implementations(opt):
+        out[impl] = engine.run(make(), impl, b0, grads, probe)
+        cov.add(impl)
     return out
 
 
-def _keep_signs(ws: list[np.ndarray], b0: np.ndarray) -> list[np.ndarray]:
-    """Latent binary weights under the keep rule: ``b_t = sign(w_t)``, ``b_{t-1}`` where 0."""
-    bs, b = [b0], b0
-    for w in ws[1:]:
-        b = np.where(w == 0, b, np.sign(w))
-        bs.append(b)
-    return bs
-
-
-def _check_p8(c: dict[str, Any], errors: list[float]) -> None:
+def _check_p8(c: dict[str, Any], cov: Coverage, stats: dict[str, float]) -> None:
     from minibnn import optim
 
-    grads, b0, gamma, lam = c["grads"], c["b0"], c["gamma"], c["lam"]
-    text = describe(gamma=gamma, sigma=c["sigma"], lam=lam, tau=c["tau"], b0=list(b0),
+    grads, b0, gamma, lam, tau = c["grads"], c["b0"], c["gamma"], c["lam"], c["tau"]
+    text = describe(gamma=gamma, sigma=c["sigma"], lam=lam, tau=tau, b0=list(b0),
                     grads=grads.tolist())
-    bop = _real_run(optim.bop(0.0, gamma), b0, grads)
-    cema = _real_run(optim.cema(gamma, 1.0), b0, grads)
-    bop2 = _real_run(optim.bop2nd(0.0, gamma, c["sigma"]), b0, grads)
-    for t, (x, y, z) in enumerate(zip(bop, cema, bop2)):
-        if not (np.array_equal(x, y) and np.array_equal(x, z)):
-            raise Mismatch(f"{text}: step {t}: bop {x}, cema(gamma_bop, 1) {y}, bop2nd(0) {z}")
-    for j in range(grads.shape[1]):
-        run = ref.bop(list(grads[:, j]), 0.0, gamma, int(b0[j]))
-        if any(run.b[t] != bop[t][j] for t in range(len(bop))):
-            raise Mismatch(f"{text}: real bop differs from the reference recursion, weight {j}")
+    m_of = lambda s: s["m"]["s"]["w"]  # noqa: E731
+    # Bop against the reference recursion (larq's tie), at tau = 0 and tau > 0, bitwise
+    for threshold in (0.0, tau):
+        runs = _engine_runs("bop", lambda: optim.bop(threshold, gamma), b0, grads, cov, m_of)
+        for j in range(grads.shape[1]):
+            want = ref.bop(list(grads[:, j]), threshold, gamma, int(b0[j]))
+            for impl, (bs, ms) in runs.items():
+                if list(bs[:, j]) != want.b or list(ms[:, j]) != want.state:
+                    raise Mismatch(f"{text}: {impl} bop(tau={threshold:g}) differs from the "
+                                   f"reference recursion, weight {j}")
+            if threshold > 0:
+                score = np.array(want.state[1:]) * np.array(want.b[:-1])
+                stats["threshold ties"] += int(np.count_nonzero(score == threshold))
+    bop0 = runs_b(_engine_runs("bop", lambda: optim.bop(0.0, gamma), b0, grads, cov))
+    # ... equals both CEMA forms (the first EMA exercised with gamma_bop < 1) and Bop2nd(0)
+    others = {
+        "cema(alpha=gamma_bop, gamma=1)": lambda: optim.cema(gamma, 1.0, tie="positive"),
+        "cema(alpha=1, gamma=gamma_bop)": lambda: optim.cema(1.0, gamma, tie="positive"),
+        "bop2nd(0)": lambda: optim.bop2nd(0.0, gamma, c["sigma"]),
+        "bop2nd(0, corrected)": lambda: optim.bop2nd(0.0, gamma, c["sigma"],
+                                                     bias_correction=True),
+    }
+    for name, make in others.items():
+        for impl, bs in runs_b(_engine_runs(name.split("(")[0], make, b0, grads, cov)).items():
+            if not np.array_equal(bs, bop0["chain"]):
+                t = int(np.argmax(np.any(bs != bop0["chain"], axis=1)))
+                raise Mismatch(f"{text}: step {t}: bop(0) {bop0['chain'][t]}, {impl} {name} "
+                               f"{bs[t]}")
+    stats["zero ties"] += int(np.count_nonzero(np.cumsum(np.abs(grads), axis=0) == 0))
     # Latent P1 with lr * lam = gamma_bop (exact: lam is a power of two), w0 = 0 <-> m0 = 0.
     lr = gamma / lam
-    ws = _real_run(optim.sgd(lr, weight_decay=lam, decoupled=c["decoupled"]),
-                   np.zeros_like(b0), grads)
-    _compare_latent_signs(ws, bop, b0, grads, lr, lam, text, errors)
-    # Bop2nd with tau > 0 on the real optimiser matches the float reference recursion...
-    real = _real_run(optim.bop2nd(c["tau"], gamma, c["sigma"]), b0, grads)
-    for j in range(grads.shape[1]):
-        run = ref.bop2nd(list(grads[:, j]), c["tau"], gamma, c["sigma"], 1e-10, int(b0[j]))
-        if any(run.b[t] != real[t][j] for t in range(len(real))):
-            raise Mismatch(f"{text}: real bop2nd differs from the reference recursion, weight {j}")
-    # ... and one small gradient separates it from every CEMA: at step 1 (bias-corrected)
-    # Bop2nd flips b = +1 iff g/(|g| + eps) > tau, CEMA iff g > 0.
-    tau, eps = c["tau"], 1e-10
-    g1 = tau * eps / (1 - tau) / 2 if tau < 1 else 1.0
+    def sgd() -> Any:
+        return optim.sgd(lr, momentum=0.0, weight_decay=lam, decoupled=c["decoupled"])
+
+    bop_m = engine.run(optim.bop(0.0, gamma), "chain", b0, grads, m_of)[1]
+    for impl, (ws, _) in _engine_runs("sgd", sgd, np.zeros_like(b0), grads, cov).items():
+        for j in range(grads.shape[1]):
+            g = list(grads[:, j])
+            scale = magnitude_bound(g, lr, 0.0, lam, c["decoupled"], 0.0)
+            latent_matches_binary(list(ws[:, j]), list(bop0["chain"][:, j]), scale,
+                                  f"{impl} sgd(lr*lam = gamma_bop) vs bop(0), {text}")
+            nonzero = np.array(scale[1:]) > 0
+            if np.any(nonzero):
+                gap = np.abs(bop_m[1:, j] + lam * ws[1:, j])[nonzero]
+                stats["max rel. error"] = max(stats["max rel. error"], float(
+                    np.max(gap / (lam * np.array(scale[1:])[nonzero]))))
+    # Bop2nd with tau > 0 (both moment conventions) matches the float reference recursion...
+    for corrected in (False, True):
+        def make() -> Any:
+            return optim.bop2nd(tau, gamma, c["sigma"], bias_correction=corrected)
+
+        for impl, bs in runs_b(_engine_runs("bop2nd", make, b0, grads, cov)).items():
+            for j in range(grads.shape[1]):
+                want = ref.bop2nd(list(grads[:, j]), tau, gamma, c["sigma"], 1e-10, int(b0[j]),
+                                  corrected)
+                if list(bs[:, j]) != want.b:
+                    raise Mismatch(f"{text}: {impl} bop2nd(corrected={corrected}) differs from "
+                                   f"the reference recursion, weight {j}")
+    # ... and one small gradient separates it from every CEMA: at step 1 Bop2nd's statistic
+    # is below tau (|y| <= g/eps = tau/2), while CEMA flips b = +1 on any g > 0.
+    eps = 1e-10
+    g1 = np.array([[tau * eps / 2]])
     one = np.ones(1)
-    no_flip = _real_run(optim.bop2nd(tau, gamma, c["sigma"], eps), one, np.array([[g1]]))[1]
-    flip = _real_run(optim.cema(c["alpha"], c["gamma2"]), one, np.array([[g1]]))[1]
-    if no_flip[0] != 1.0 or flip[0] != -1.0:
-        raise Mismatch(f"{text}: g1 = {g1:g} does not separate bop2nd(tau) from cema")
+    for corrected in (False, True):
+        kept = engine.run(optim.bop2nd(tau, gamma, c["sigma"], eps, corrected), "chain", one,
+                          g1)[0][1]
+        if kept[0] != 1.0:
+            raise Mismatch(f"{text}: g1 = {g1[0, 0]:g} flips bop2nd(tau, corrected={corrected})")
+    cema = _engine_runs("cema", lambda: optim.cema(c["alpha"], c["gamma2"]), one, g1, cov)
+    for impl, bs in runs_b(cema).items():
+        if bs[1][0] != -1.0:
+            raise Mismatch(f"{text}: g1 = {g1[0, 0]:g} does not flip {impl} cema")
 
 
-def _compare_latent_signs(ws: list[np.ndarray], flips: list[np.ndarray], b0: np.ndarray,
-                          grads: np.ndarray, lr: float, lam: float, text: str,
-                          errors: list[float]) -> None:
-    """Latent signs (keep rule) vs the filter's b wherever ``|w_t|`` exceeds the margin.
-
-    The margin is ``FLOAT_MARGIN`` times ``sum |lr g|`` (a bound on |w_t| from w0 = 0); the
-    Bop memory ``m_t`` should equal ``-lam w_t``: the largest relative gap goes to ``errors``.
-    """
-    scale = np.cumsum(np.abs(lr * grads), axis=0)
-    latent_b = _keep_signs(ws, b0)
-    gamma_bop = lr * lam
-    m = np.zeros_like(b0)
-    for t in range(1, len(ws)):
-        w, s = ws[t], scale[t - 1]
-        m = (1 - gamma_bop) * m + gamma_bop * grads[t - 1]
-        decided = np.abs(w) > FLOAT_MARGIN * s
-        if np.any(decided & (latent_b[t] != flips[t])):
-            raise Mismatch(f"{text}: step {t}: latent sgd signs {latent_b[t]} vs bop {flips[t]}")
-        nonzero = s > 0
-        if np.any(nonzero):
-            errors.append(float(np.max(np.abs(m + lam * w)[nonzero] / (lam * s[nonzero]))))
+def runs_b(runs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """impl -> binary weights per step, from ``_engine_runs``."""
+    return {impl: params for impl, (params, _) in runs.items()}
 
 
 def check_p8(examples: int = 80) -> PropertyResult:
-    """P8 on the real ``minibnn.optim`` optimisers (float64)."""
-    errors = [0.0]
+    """P8 on the real ``minibnn.optim`` optimisers (float64), every implementation."""
+    stats = {"max rel. error": 0.0, "threshold ties": 0, "zero ties": 0}
+    cov = Coverage()
     with Timer() as timer:
-        n, cex = run_cases(_p8_case(), lambda c: _check_p8(c, errors), examples)
+        n, cex = run_cases(_p8_case(), lambda c: _check_p8(c, cov, stats), examples)
     return PropertyResult("P8", P8, n, cex is None, cex,
                           f"float64, real optimisers (sign margin {FLOAT_MARGIN:g})",
-                          f"bop = cema = bop2nd(0) bitwise; latent max rel. error "
-                          f"{max(errors):.2g}", timer.seconds)
+                          f"bop = cema = bop2nd(0) bitwise; {stats['threshold ties']} steps on "
+                          f"m b == tau, {stats['zero ties']} on m == 0 (larq's tie); latent max "
+                          f"rel. error {stats['max rel. error']:.2g}", timer.seconds,
+                          implementations=cov.text(), skipped=cov.skipped())

@@ -6,14 +6,15 @@ floats it is the float64 twin with *the same expression order* (Python's ``float
 binary64).  Hyperparameters may be numbers or per-step sequences (``x[t-1]`` is used at step
 ``t``, so a schedule's first value drives the first update, as in ``minibnn.optim``).
 
-Tie rule, shared by both views (THEORY section 2): the binary weight is
+Tie rule, shared by both views of CEMA and latent SGD (THEORY section 2): the binary weight is
 
     latent:  b_t = sign(w_t) where w_t != 0, else b_{t-1}
     filter:  b_t = -sign(v_t) where v_t != 0, else b_{t-1}   (i.e. flip where v_t b_{t-1} > 0)
 
 minibnn's stateless ``sign`` (``nn.functional.sign_forward``) has ``sign(0) = +1`` instead;
 the latent side here uses the keep rule so that exact ties (``w_t == 0``, which Fractions hit
-often) are compared like with like.
+often) are compared like with like.  Bop and Bop2ndOrder use larq's rule instead
+(``flip_positive``: ``b = +1`` where ``x * b == threshold``), as ``minibnn.optim.bop`` does.
 
 A run is returned as ``Run(state, b)``: ``state[t]`` is the signed state after step t (``w``
 for latent optimisers, ``v`` for filters) and ``b[t]`` the binary weight, t = 0..T.
@@ -127,29 +128,45 @@ def second_order(grads: Stream, a1: Number, a2: Number, c: Number, v0: Number = 
     return Run(vs, bs)
 
 
+def flip_positive(x: Number, b_prev: int, threshold: Number = 0) -> int:
+    """larq's Bop terminal: ``b = -b_prev`` where ``x * b_prev > threshold``, ``+1`` where
+    ``x * b_prev == threshold`` exactly (``lq.math.sign(-sign(b*m - tau) * b)``, sign(0) = +1)."""
+    score = x * b_prev
+    if score == threshold:
+        return 1
+    return -b_prev if score > threshold else b_prev
+
+
 def bop(grads: Stream, threshold: Number, gamma: Number, b0: int = 1) -> Run:
-    """Bop: m = (1-gamma) m + gamma g; flip where m b > threshold (zero buffer)."""
+    """Bop: m = (1-gamma) m + gamma g; flip where m b > threshold, b = +1 where m b == threshold."""
     m, b = 0 * gamma, b0
     ms, bs = [m], [b]
     for g in grads:
         m = (1 - gamma) * m + gamma * g
-        b = flip_keep(m, b, threshold)
+        b = flip_positive(m, b, threshold)
         ms.append(m)
         bs.append(b)
     return Run(ms, bs)
 
 
 def bop2nd(grads: Stream, threshold: float, gamma: float, sigma: float, eps: float = 1e-10,
-           b0: int = 1) -> Run:
-    """Bop2ndOrder, float only: Bop on m_hat / (sqrt(s_hat) + eps), both moments bias-corrected."""
+           b0: int = 1, bias_correction: bool = False) -> Run:
+    """Bop2ndOrder, float only: Bop (larq's tie) on ``y = m / (sqrt(s) + eps)``.
+
+    m = (1-gamma) m + gamma g, s = (1-sigma) s + sigma g^2 from zero; ``bias_correction``
+    divides m by 1 - (1-gamma)^t and s by 1 - (1-sigma)^t first (the authors' "unbiased").
+    """
     m = s = 0.0
     b = b0
     xs, bs = [0.0], [b]
     for t, g in enumerate(grads, start=1):
         m = (1 - gamma) * m + gamma * g
         s = (1 - sigma) * s + sigma * (g * g)
-        x = (m / (1 - (1 - gamma) ** t)) / (math.sqrt(s / (1 - (1 - sigma) ** t)) + eps)
-        b = flip_keep(x, b, threshold)
+        if bias_correction:
+            x = (m / (1 - (1 - gamma) ** t)) / (math.sqrt(s / (1 - (1 - sigma) ** t)) + eps)
+        else:
+            x = m / (math.sqrt(s) + eps)
+        b = flip_positive(x, b, threshold)
         xs.append(x)
         bs.append(b)
     return Run(xs, bs)

@@ -44,8 +44,8 @@ def run(examples: int | None = None, only: str | Iterable[str] | None = None,
         set_derandomize(None)
 
 
-_COLUMNS = (("property", 8), ("statement", 42), ("examples", 8), ("result", 14),
-            ("arithmetic", 22), ("margin / error", 38))
+_COLUMNS = (("property", 8), ("statement", 38), ("examples", 8), ("result", 14),
+            ("arithmetic", 22), ("implementations", 24), ("margin / error", 34))
 
 
 def _table_rows(results: Sequence[PropertyResult]) -> list[str]:
@@ -59,13 +59,23 @@ def _table_rows(results: Sequence[PropertyResult]) -> list[str]:
     lines = row([name for name, _ in _COLUMNS])
     lines.append("  ".join("-" * w for _, w in _COLUMNS))
     for r in results:
-        lines += row([r.pid, r.statement, str(r.examples), r.verdict, r.arithmetic, r.margin])
+        lines += row([r.pid, r.statement, str(r.examples), r.verdict, r.arithmetic,
+                      r.implementations, r.margin])
     return lines
 
 
 def format_report(results: Sequence[PropertyResult]) -> str:
-    """The table, then counterexamples of failed properties, then P10's findings."""
+    """The table, skipped implementations, counterexamples of failed properties, P10's findings."""
     lines = _table_rows(results)
+    skipped: dict[str, list[str]] = {}
+    for r in results:
+        for impl, why in r.skipped.items():
+            skipped.setdefault(f"{impl}: {why}", []).append(r.pid)
+    if skipped:
+        lines += ["", "Skipped implementations (not available on this machine):"]
+        for text, pids in skipped.items():
+            lines += textwrap.wrap(f"- {text} ({', '.join(pids)})", 100,
+                                   subsequent_indent="    ", break_on_hyphens=False)
     failed = [r for r in results if not r.holds]
     if failed:
         lines += ["", "Counterexamples to properties that should hold:"]
