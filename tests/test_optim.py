@@ -248,7 +248,7 @@ def test_defaults_are_the_constructors_keyword_defaults():
                                         "eps": 1e-10, "bias_correction": False}
     assert optim.defaults("bop2nd_corrected") == {**optim.defaults("bop2nd"),
                                                   "bias_correction": True}
-    assert optim.defaults("sgd")["lr"] == 0.01 and optim.defaults("sgd")["momentum"] == 0.9
+    assert optim.defaults("sgd")["lr"] == 0.01 and optim.defaults("sgd")["momentum"] == 0.0
     assert optim.defaults("adam")["lr"] == 1e-3 and optim.defaults("adam")["b2"] == 0.999
     with pytest.raises(MinibnnError, match="unknown optimizer"):
         optim.defaults("lamb")

@@ -68,14 +68,14 @@ def _with_fused(opt: Transform, op: str, step: StepFn) -> Transform:
     return dataclasses.replace(opt, fused=FusedStep(op, step))
 
 
-def sgd(lr: float | Schedule = 0.01, momentum: float = 0.9, weight_decay: float = 0.0,
+def sgd(lr: float | Schedule = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
         decoupled: bool = False, dampening: float = 0.0) -> Transform:
     """SGD on latent weights, PyTorch's ``SGD(lr, momentum, dampening, weight_decay)``.
 
     coupled (A):   d = g + lam w;  m = mu m + (1 - dampening) d;  w = w - eta m
     decoupled (B): m = mu m + (1 - dampening) g;  w = (1 - eta lam) w - eta m
-    (PyTorch's first buffer is ``m_1 = d_1``, undamped.)  Defaults: the trainer's tuned latent
-    baseline (lr 0.01, momentum 0.9; PyTorch's own momentum default is 0).
+    (PyTorch's first buffer is ``m_1 = d_1``, undamped.)  Defaults: PyTorch's (momentum 0,
+    no weight decay, coupled) with lr 0.01; ``minibnn train --optimizer sgd`` uses these too.
     """
     _check_nonnegative("lr", lr)
     _check_momentum("momentum", momentum)
