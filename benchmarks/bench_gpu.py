@@ -7,14 +7,16 @@ JSON file only):
 1. Training step (forward, loss, backward, update) of ``binary_mlp`` (hidden 2048, 2048) and
    ``binary_cnn`` (VGG-small shape, ``--width``) on CIFAR-shaped input (3x32x32, 10 classes) at
    batch 128 and 1024. minibnn: binary weights stored as ±1 and trained by CEMA, real parameters
-   by Adam (the trainer's default); the step is the one ``minibnn.train.train_step`` runs, without
-   its accuracy/flip metrics (a second column shows what those metrics cost). PyTorch peer: the
-   same network (±1 weights, sign activations with the identity STE, BatchNorm, same layers),
-   Adam on real parameters and the same CEMA update written with in-place torch ops; TF32 is
-   off in both (CuPy does not use it unless CUPY_TF32=1), cuDNN autotuning on. Both steps read
-   the loss back to the host once per step (minibnn's ``softmax_cross_entropy`` returns a
-   Python float), and every timing ends with a device synchronisation. Ratio = torch / minibnn
-   (> 1: minibnn faster).
+   by Adam (the trainer's default), updated by ``optimizer.step`` (the fused CUDA kernels, the
+   path ``minibnn.train.train_step`` takes): forward, loss, backward and that step, without the
+   trainer's accuracy/flip counts. A second column times ``train_step`` itself, the same step
+   plus those counts, to show what they cost. PyTorch peer: the same network (±1 weights, sign
+   activations with the identity STE, BatchNorm, same layers), Adam on real parameters and the
+   same CEMA update written with in-place torch ops; TF32 is off in both (CuPy does not use it
+   unless CUPY_TF32=1), cuDNN autotuning on. Every step, both minibnn ones and torch's, reads
+   the loss back to the host once (``float(loss)``: minibnn's loss is a 0-d device array;
+   ``loss.item()`` in torch), which waits for the device, and every timing ends with a device
+   synchronisation. Ratio = torch / minibnn (> 1: minibnn faster).
 2. Fused optimiser steps over 10M float32 parameters: effective bandwidth (bytes a step must
    move, counting every buffer as read once and written once) relative to a device-to-device
    copy (``cupy.copyto``, 2 x 4 bytes per element), and the speed-up over the same optimiser
@@ -33,19 +35,16 @@ which include Python work, with a wall clock between full device synchronisation
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:          # run from a checkout without installing
-    sys.path.insert(0, str(REPO))
+from _bench import print_table, ratio, write_json  # (puts the checkout on sys.path)
+from minibnn import optim
 
 MLP_HIDDEN = (2048, 2048)
 BATCHES = (128, 1024)
@@ -53,30 +52,12 @@ OPT_PARAMS = 10_000_000
 XNOR_SHAPES = [(1024, 4608, 512), (4096, 4608, 4096), (16384, 4608, 1024), (8192, 8192, 8192)]
 INPUT_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
-ALPHA, GAMMA, REAL_LR = 1e-3, 1e-1, 1e-3          # TrainConfig's defaults
+# the trainer's defaults: CEMA on binary weights, Adam on real parameters
+ALPHA, GAMMA = optim.defaults("cema")["alpha"], optim.defaults("cema")["gamma"]
+REAL_LR = optim.defaults("adam")["lr"]
 
 SMOKE = dict(hidden=(64, 64), width=4, batches=(8,), opt_params=100_000,
              xnor_shapes=[(64, 4608, 32), (33, 4608, 65)])
-
-
-# --------------------------------------------------------------------------- output helpers
-
-
-def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
-    """A plain-text table with right-aligned columns; floats as ratios with two decimals."""
-    cells = [header] + [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    print(f"\n{title}")
-    line = "  ".join(h.rjust(w) for h, w in zip(cells[0], widths))
-    print(line)
-    print("-" * len(line))
-    for r in cells[1:]:
-        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
-
-
-def ratio(peer: float | None, ours: float) -> float | str:
-    """peer time / our time (> 1 means minibnn is faster); "n/a" when the peer did not run."""
-    return "n/a" if peer is None else peer / ours
 
 
 # --------------------------------------------------------------------------- timing
@@ -128,8 +109,9 @@ def time_wall(sync: Callable[[], None], fns: dict[str, Callable[[], Any]], repea
 
 def minibnn_step(cp: Any, name: str, batch: int, hidden: tuple[int, ...], width: int,
                  rng: np.random.Generator) -> dict[str, Callable[[], Any]]:
-    """The minibnn training step on the GPU, and the same step with the trainer's metrics."""
-    from minibnn import optim
+    """The minibnn training step on the GPU ("minibnn") and ``train_step`` ("minibnn+metrics"):
+    the same forward, backward and ``optimizer.step``, the second with the trainer's counts.
+    Each returns the loss as a Python float (one device sync per step, as torch's)."""
     from minibnn.backend import to_device
     from minibnn.nn.functional import softmax_cross_entropy
     from minibnn.nn.models import binary_cnn, binary_mlp
@@ -148,18 +130,23 @@ def minibnn_step(cp: Any, name: str, batch: int, hidden: tuple[int, ...], width:
     buffers = {k: to_device(v, "gpu") for k, v in buffers.items()}
     x = cp.asarray(rng.standard_normal((batch,) + INPUT_SHAPE, dtype=np.float32))
     y = cp.asarray(rng.integers(0, NUM_CLASSES, size=batch))
-    st = {"params": params, "buffers": buffers, "opt": opt.init(params)}
+    # each step owns its parameters and optimiser state (the fused step updates state in place)
+    plain = TrainState(dict(params), dict(buffers), opt.init(params), rng)
+    with_metrics = TrainState(dict(params), dict(buffers), opt.init(params), rng)
 
     def step() -> float:
-        logits, new_buffers, cache = model.forward(st["params"], st["buffers"], x, train=True)
+        logits, new_buffers, cache = model.forward(plain.params, plain.buffers, x, train=True)
         loss, dlogits = softmax_cross_entropy(logits, y)
         grads = model.backward(dlogits, cache)
-        st["params"], st["opt"] = opt.update(grads, st["opt"], st["params"])
-        st["buffers"].update(new_buffers)
-        return loss
+        plain.params, plain.opt_state = opt.step(grads, plain.opt_state, plain.params)
+        plain.buffers.update(new_buffers)
+        return float(loss)
 
-    state = TrainState(dict(params), dict(buffers), opt.init(params), rng)
-    return {"minibnn": step, "minibnn+metrics": lambda: train_step(model, opt, state, x, y)}
+    def step_with_metrics() -> float:
+        loss, _, _ = train_step(model, opt, with_metrics, x, y)
+        return float(loss)
+
+    return {"minibnn": step, "minibnn+metrics": step_with_metrics}
 
 
 def torch_step(torch: Any, name: str, batch: int, hidden: tuple[int, ...], width: int,
@@ -256,7 +243,6 @@ def bench_training(cp: Any, torch: Any | None, cfg: dict[str, Any], repeats: int
 
 
 def bench_optimisers(cp: Any, n: int, repeats: int) -> tuple[list[list[Any]], list[dict[str, Any]]]:
-    from minibnn import optim
     from minibnn.kernels import gpu
 
     rng = np.random.default_rng(1)
@@ -418,10 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table("XNOR-popcount GEMM vs float32 cupy.matmul (cuBLAS); > 1: XNOR faster",
                     ["M x K x N", "cuBLAS / xnor", "cuBLAS / pack+xnor"], rows)
         payload["xnor"] = recs
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-        print(f"\nwrote {args.json}")
+    write_json(args.json, payload)
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Every result here is an integer computed two ways (XNOR-popcount and a float product of ±1
 values, which is exact for these sizes), so every comparison is ``array_equal``.  The
-threshold kernels (``kernels.threshold``) are checked against plain comparisons.
+thresholded packing (op ``threshold_pack``, thresholds from ``kernels.threshold``) is checked
+against plain comparisons.
 """
 from __future__ import annotations
 
@@ -262,3 +263,7 @@ def test_threshold_errors() -> None:
             kern.threshold_pack(np.zeros((2, 4), np.int32), t, d)
         with pytest.raises(ShapeError):
             kern.threshold_pack(np.zeros((2, 3), np.int32), t, d.astype(np.int32))
+        with pytest.raises(DTypeError, match="threshold_pack: y must be a NumPy"):
+            kern.threshold_pack([[0, 0, 0]], t, d)
+    with pytest.raises(DTypeError, match="threshold_signs: y must be a NumPy array"):
+        threshold_signs([[0, 0, 0]], Threshold(t, d, None, 1))

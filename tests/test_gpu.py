@@ -408,6 +408,32 @@ class TestBitPackingAndXnorOnGpu:
                                       numpy_ref("unpack_signs")(want, shape[-1], dtype))
 
     @pytest.mark.parametrize("body", ["cuda", "reference on cupy"])
+    def test_unpack_signs_errors(self, cp, body):
+        """Both GPU bodies raise what the CPU bodies raise (one shared check)."""
+        unpack = gpu_bodies("unpack_signs")[body]
+        with pytest.raises(DTypeError, match="unpack_signs: p must be uint64"):
+            unpack(cp.zeros((2, 1), cp.int64), 8)
+        with pytest.raises(ShapeError, match=r"unpack_signs: p must have a last axis of ceil"):
+            unpack(cp.zeros((2, 1), cp.uint64), 65)
+
+    @pytest.mark.parametrize("shape", [(5, 70), (2, 65, 3, 4), (3, 1)])
+    def test_threshold_pack_reference_on_cupy(self, cp, shape):
+        """threshold_pack has no CUDA body: its reference runs on CuPy arrays, exactly."""
+        rng = np.random.default_rng(13)
+        c = shape[1]
+        y = rng.integers(-9, 10, shape).astype(np.int32)
+        t = rng.integers(-9, 10, c).astype(np.int32)
+        t[0] = y.reshape(shape[0], c, -1)[0, 0, 0]            # y == t exactly somewhere
+        d = rng.choice(np.array([-1, 1], np.int8), c)
+        y_dev = cp.asarray(y)
+        assert kernels.backend_for("threshold_pack", y_dev) == "numpy"
+        got = kernels.call("threshold_pack", y_dev, cp.asarray(t), cp.asarray(d))
+        assert isinstance(got, cp.ndarray) and got.dtype == np.uint64
+        np.testing.assert_array_equal(_host(got), numpy_ref("threshold_pack")(y, t, d))
+        with pytest.raises(DTypeError, match="threshold must be a CuPy array"):
+            kernels.call("threshold_pack", y_dev, t, cp.asarray(d))
+
+    @pytest.mark.parametrize("body", ["cuda", "reference on cupy"])
     @pytest.mark.parametrize("m, k, n", [(1, 1, 1), (3, 0, 2), (65, 64, 63), (64, 65, 64),
                                          (130, 4608, 67), (7, 1000, 129)])
     def test_xnor_gemm_is_exact(self, cp, body, m, k, n):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numba  # noqa: F401  (a hard dependency: a missing or broken Numba fails this file)
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -21,8 +22,6 @@ from hypothesis import strategies as st
 
 from minibnn import kernels
 from minibnn.errors import DTypeError, MinibnnError, ShapeError
-
-pytest.importorskip("numba", reason="the Numba bodies need Numba")
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -280,6 +279,43 @@ def test_flip_counts_and_inplace() -> None:
         assert b.tolist() == [1.0, 1.0, 1.0, 1.0]
 
 
+def _awkward(g: np.ndarray, layout: str) -> np.ndarray:
+    """g's values in a layout a caller may hand over: a strided view or a read-only array."""
+    if layout == "strided":
+        view = np.repeat(g, 2, axis=-1)[..., ::2]           # every other entry: not contiguous
+        assert not view.flags.c_contiguous
+        return view
+    frozen = g.copy()
+    frozen.flags.writeable = False
+    return frozen
+
+
+@pytest.mark.parametrize("body", ["numpy", "numba"])
+@pytest.mark.parametrize("layout", ["strided", "read-only"])
+def test_optimiser_steps_read_any_gradient_layout(body: str, layout: str) -> None:
+    """g is only read: a strided or read-only gradient gives the contiguous one's result."""
+    rng = np.random.default_rng(8)
+    shape = (6, 5)
+    g = randn(rng, shape, np.float32)
+    cases = {
+        "cema_update": (signs(rng, shape, np.float32), randn(rng, shape, np.float32),
+                        randn(rng, shape, np.float32), (0.3, 0.2)),
+        "bop_update": (signs(rng, shape, np.float32), randn(rng, shape, np.float32), (0.2, 0.01)),
+        "sgd_update": (randn(rng, shape, np.float32), randn(rng, shape, np.float32),
+                       (0.1, 0.9, 0.01)),
+        "adam_update": (randn(rng, shape, np.float32), randn(rng, shape, np.float32),
+                        np.abs(randn(rng, shape, np.float32)), (1e-2, 3)),
+    }
+    for op, (*buffers, scalars) in cases.items():
+        fn = kernels.get(op, body)
+        want = [a.copy() for a in buffers]
+        got = [a.copy() for a in buffers]
+        fn(*want, g, *scalars)
+        fn(*got, _awkward(g, layout), *scalars)
+        for w, a in zip(want, got):
+            assert np.array_equal(w, a), op
+
+
 # ------------------------------------------------------------------ bit packing
 
 
@@ -382,6 +418,8 @@ def test_argument_errors(body: str) -> None:
         k("xnor_gemm")(np.zeros((2, 1), np.uint64), np.zeros((2, 1), np.uint64), 65)
     with pytest.raises(DTypeError, match="unpack_signs: p must be uint64"):
         k("unpack_signs")(np.zeros((2, 1), np.int64), 8)
+    with pytest.raises(ShapeError, match=r"unpack_signs: p must have a last axis of ceil\(65/64\)"):
+        k("unpack_signs")(np.zeros((2, 1), np.uint64), 65)
     with pytest.raises(ShapeError, match="binary_conv2d: wsum must be int32"):
         k("binary_conv2d")(np.zeros((1, 3, 3, 1), np.uint64), np.zeros((2, 9), np.uint64),
                            np.zeros((2, 9), np.int64), 5, 3, 3)

@@ -88,6 +88,25 @@ def test_partition_routes_groups():
     np.testing.assert_array_equal(new["b.w"], [0.5, 1.5])
 
 
+def test_partition_needs_its_groups_and_labels():
+    """Partition's fields have no defaults: a label function must be given (no silent str)."""
+    opt = optim.partition({"real": optim.sgd()}, {"b.w": "real"})
+    assert opt.label_of("b.w") == "real" and set(opt.optimizers) == {"real"}
+    with pytest.raises(TypeError, match="label_of"):
+        optim.Partition(opt.init, opt.update, optimizers=opt.optimizers)
+
+
+def test_trace_without_decay_is_the_identity_and_keeps_only_its_count():
+    params = {"w": np.ones(3)}
+    t = optim.trace(0.0)
+    state = t.init(params)
+    assert state == {"count": 0}
+    out, state = t.update({"w": np.array([1.0, 2.0, 3.0])}, state, params)
+    np.testing.assert_array_equal(out["w"], [1.0, 2.0, 3.0])
+    assert set(state) == {"count"} and int(state["count"]) == 1
+    assert set(optim.trace(0.5).init(params)) == {"count", "m"}
+
+
 def test_schedules():
     assert optim.linear(1.0, 10)(5) == pytest.approx(0.5)
     assert optim.linear(1.0, 10, per_epoch_steps=4)(5) == pytest.approx(0.6)
@@ -272,8 +291,6 @@ def test_step_runs_the_chain_where_no_kernel_is_compiled():
 def test_partition_step_routes_to_each_groups_step(backend):
     from minibnn import kernels
 
-    if backend == "numba":
-        pytest.importorskip("numba", reason="Numba is not installed")
     params = {"a.w": np.ones(2), "b.w": np.ones(2)}
     seen = []
 

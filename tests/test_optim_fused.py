@@ -6,6 +6,7 @@ CuPy arrays (skipped, with the reason, where no GPU is usable).  The chain (``op
 runs on NumPy arrays and is the oracle.  Streams include exact ties: a weight row whose
 gradient is always 0 (so m == v == 0) and, for Bop, statistics landing exactly on the threshold.
 """
+import numba  # noqa: F401  (a hard dependency: a missing or broken Numba fails this file)
 import numpy as np
 import pytest
 
@@ -30,9 +31,7 @@ CASES = {
 
 
 def _backend_arrays(backend):
-    """(to backend, to NumPy) converters; skip with the reason where the backend is absent."""
-    if backend == "numba":
-        pytest.importorskip("numba", reason="Numba is not installed")
+    """(to backend, to NumPy) converters; skip "cuda" with the reason where no GPU is usable."""
     if backend != "cuda":
         return (lambda a: a), (lambda a: a)
     try:
@@ -143,3 +142,65 @@ def test_fused_does_not_modify_caller_params():
         new, _ = opt.fused.step({"w": np.array([1.0, 1.0, -1.0])}, opt.init(params), params)
     np.testing.assert_array_equal(params["w"], [1.0, -1.0, 1.0])
     np.testing.assert_array_equal(new["w"], [-1.0, -1.0, 1.0])
+
+
+def _awkward_grads(grads, layout, to_dev):
+    """The same gradient values as strided views (every other entry of a doubled array) or,
+    on NumPy, read-only arrays: a gradient is only read, so any layout must do."""
+    out = []
+    for step in grads:
+        new = {}
+        for k, g in step.items():
+            if layout == "strided":
+                new[k] = to_dev(np.repeat(g, 2, axis=-1))[..., ::2]
+                assert not new[k].flags.c_contiguous
+            else:
+                new[k] = g.copy()
+                new[k].flags.writeable = False
+        out.append(new)
+    return out
+
+
+@pytest.mark.parametrize("backend, layout", [("numpy", "strided"), ("numpy", "read-only"),
+                                             ("numba", "strided"), ("numba", "read-only"),
+                                             ("cuda", "strided")])   # CuPy: no read-only flag
+@pytest.mark.parametrize("name", list(CASES))
+def test_fused_step_reads_any_gradient_layout(name, layout, backend):
+    to_dev, to_host = _backend_arrays(backend)
+    make, binary = CASES[name]
+    rng = np.random.default_rng(1)
+    params = _params(binary, np.float32, rng)
+    grads = _grads(name, params, np.float32, rng)
+    want, want_state = _run(make(), params, grads, lambda o: o.update)
+    awkward = _awkward_grads(grads, layout, to_dev)
+    p = {k: to_dev(v) for k, v in params.items()}
+    opt = make()
+    state = opt.init(p)
+    with kernels.use_backend(backend):
+        for t, g in enumerate(awkward):
+            p, state = opt.fused.step(g, state, p)
+            for k in p:
+                np.testing.assert_array_equal(to_host(p[k]), want[t][k],
+                                              err_msg=f"{name} step {t + 1} {k}")
+    for k, v in _flat(state):
+        np.testing.assert_array_equal(to_host(v), want_state[k], err_msg=k)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_sgd_without_momentum_keeps_no_buffer(backend, decoupled):
+    """trace(0) is the identity: the momentum stage stores only its count, in the chain's
+    state and in the fused step's (the checkpoint layout is the same either way)."""
+    params = {"a.w": np.ones((2, 3)), "b.w": np.ones(4)}
+    grads = {k: np.full(v.shape, 0.5) for k, v in params.items()}
+    opt = optim.sgd(0.1, momentum=0.0, weight_decay=0.01, decoupled=decoupled)
+    state = opt.init(params)
+    assert state["momentum"] == {"count": 0}
+    _, chain_state = opt.update(grads, state, params)
+    with kernels.use_backend(backend):
+        _, fused_state = opt.fused.step(grads, opt.init(params), params)
+    for st in (chain_state, fused_state):
+        assert set(st["momentum"]) == {"count"} and int(st["momentum"]["count"]) == 1
+    assert dict(_flat(chain_state)).keys() == dict(_flat(fused_state)).keys()
+    with_momentum = optim.sgd(0.1, momentum=0.9).init(params)["momentum"]
+    assert set(with_momentum) == {"count", "m"} and set(with_momentum["m"]) == set(params)

@@ -1,6 +1,8 @@
 """Argument checks and scalar preparation shared by every kernel body (reference, Numba, CUDA).
 
 All bodies of an op call the same helpers, so they see identical shapes, dtypes and scalars.
+``require_int`` and ``conv_output_size`` are also the layers' own (``minibnn.nn.functional``
+imports them from here: one definition of the output-size formula).
 Each array check takes the array ``kind`` the body runs on: ``"numpy"`` (Numba bodies),
 ``"cupy"`` (CUDA bodies) or ``"any"`` (the reference bodies, written against ``xp``).
 The hyperparameters of an optimiser step are computed once in Python float64 and cast to the
@@ -41,12 +43,17 @@ def require_int(fn: str, name: str, v: Any, minimum: int) -> int:
 
 def conv_output_size(fn: str, h: int, w: int, kh: int, kw: int, stride: int,
                      padding: int) -> tuple[int, int]:
-    """``OH = (H + 2 padding - kH) // stride + 1`` (likewise OW); ShapeError if the window is too big."""
+    """Output (OH, OW) of a kH x kW window sliding over the zero-padded H x W input.
+
+    ``OH = (H + 2 padding - kH) // stride + 1`` (likewise OW); ShapeError if the window is
+    larger than the padded input. The one definition, used by the kernels and the layers.
+    """
     for name, v, lo in (("kh", kh, 1), ("kw", kw, 1), ("stride", stride, 1), ("padding", padding, 0)):
         require_int(fn, name, v, lo)
-    hp, wp = h + 2 * padding, w + 2 * padding
+    hp, wp = int(h) + 2 * padding, int(w) + 2 * padding
     if kh > hp or kw > wp:
-        raise ShapeError(f"{fn}: kernel ({kh}, {kw}) is larger than the padded input ({hp}, {wp})")
+        raise ShapeError(f"{fn}: kernel ({kh}, {kw}) is larger than the padded input ({hp}, {wp}) "
+                         f"(input ({int(h)}, {int(w)}), padding {padding})")
     return (hp - kh) // stride + 1, (wp - kw) // stride + 1
 
 
@@ -73,20 +80,24 @@ def require_ndim(fn: str, name: str, x: Any, ndims: tuple[int, ...], layout: str
         raise ShapeError(f"{fn}: {name} must be {layout}, got shape {tuple(x.shape)}")
 
 
-def check_inplace(fn: str, kind: str, **arrays: Any) -> np.dtype:
-    """Arrays updated in place: one ``kind``, same shape and float dtype, C-contiguous, writeable.
+def check_inplace(fn: str, kind: str, g: Any, **written: Any) -> np.dtype:
+    """The arrays of an in-place optimiser step; returns their common float dtype.
 
-    Returns the common dtype. ``None`` entries (an unused buffer) are skipped.
+    ``written`` (the buffers the step updates in place; ``None`` entries, an unused buffer, are
+    skipped) must be arrays of one ``kind`` with one shape and float dtype, C-contiguous and
+    writeable. The gradient ``g`` is only read: same kind, shape and dtype, any layout
+    (a strided or read-only view is fine).
     """
-    items = [(k, a) for k, a in arrays.items() if a is not None]
+    items = [(k, a) for k, a in written.items() if a is not None]
     first_name, first = items[0]
-    for name, a in items:
+    for name, a in items + [("g", g)]:
         require_float(fn, name, a, kind)
         if a.dtype != first.dtype:
             raise DTypeError(f"{fn}: {name} has dtype {a.dtype}, {first_name} has {first.dtype}")
         if a.shape != first.shape:
             raise ShapeError(f"{fn}: {name} has shape {tuple(a.shape)}, "
                              f"{first_name} has {tuple(first.shape)}")
+    for name, a in items:
         if not a.flags.c_contiguous:
             raise ShapeError(f"{fn}: {name} must be C-contiguous (it is updated in place)")
         if not getattr(a.flags, "writeable", True):     # CuPy arrays have no such flag
@@ -175,6 +186,41 @@ def check_packed_pair(fn: str, a: Any, b: Any, k: int, kind: str = "any") -> Non
     if a.shape[1] != b.shape[1] or a.shape[1] < words_for(k):
         raise ShapeError(f"{fn}: a and b must both have at least ceil(k/64) = {words_for(k)} "
                          f"words per row, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def check_packed_signs(fn: str, p: Any, k: int, kind: str = "any") -> None:
+    """p (..., ceil(k/64)) uint64 of ``kind``: ``pack_signs``'s layout for rows of k signs."""
+    require_array(fn, "p", p, kind)
+    require_int(fn, "k", k, 0)
+    if p.dtype != np.uint64:
+        raise DTypeError(f"{fn}: p must be uint64, got {p.dtype}")
+    if p.ndim < 1 or p.shape[-1] != words_for(k):
+        raise ShapeError(f"{fn}: p must have a last axis of ceil({k}/64) = {words_for(k)} "
+                         f"words, got shape {tuple(p.shape)}")
+
+
+def check_thresholds(fn: str, y: Any, threshold: Any, direction: Any, kind: str) -> None:
+    """int32 counts y (N, C) or (N, C, H, W), int32 threshold (C,) and int8 direction (C,),
+    all arrays of ``kind``."""
+    for name, arr in (("y", y), ("threshold", threshold), ("direction", direction)):
+        require_array(fn, name, arr, kind)
+    if y.dtype != np.int32 or y.ndim not in (2, 4):
+        raise DTypeError(f"{fn}: y must be an int32 (N, C) or (N, C, H, W) array, got "
+                         f"{y.dtype} {tuple(y.shape)}")
+    c = y.shape[1]
+    if threshold.dtype != np.int32 or threshold.shape != (c,):
+        raise ShapeError(f"{fn}: threshold must be int32 ({c},), got {threshold.dtype} "
+                         f"{tuple(threshold.shape)}")
+    if direction.dtype != np.int8 or direction.shape != (c,):
+        raise ShapeError(f"{fn}: direction must be int8 ({c},), got {direction.dtype} "
+                         f"{tuple(direction.shape)}")
+
+
+def check_directions(fn: str, direction: Any) -> None:
+    """Every direction must be +1 or -1 (a lookup channel, direction 0, has no threshold)."""
+    if not bool((abs(direction) == 1).all()):
+        raise ShapeError(f"{fn}: every direction must be +1 or -1 (lookup channels go through "
+                         "threshold_signs)")
 
 
 def check_binary_conv(fn: str, xbits: Any, wbits: Any, wsum: Any, c: int, kh: int, kw: int,

@@ -21,8 +21,8 @@ Every kernel runs through ``kernels.call`` (``registry.call``: Numba where it im
 the NumPy reference; ``kernels.use_backend("numpy")`` forces the reference).  A layer is used
 either in one call on float x (``binary_dense`` / ``binary_conv2d``: pack x, then count) or,
 in a run of binary layers whose activations stay packed, as ``pack_input`` once and ``count``
-per layer (the thresholded signs of one layer, ``kernels.threshold``, are the next layer's
-packed input).
+per layer (the thresholded signs of one layer, op ``threshold_pack`` with the thresholds of
+``kernels.threshold``, are the next layer's packed input).
 """
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ import numpy as np
 
 from minibnn.errors import ShapeError
 from minibnn.kernels import registry
-from minibnn.kernels import threshold as _threshold  # noqa: F401  (registers threshold_pack)
 from minibnn.kernels._common import require_float, require_ndim
 
 

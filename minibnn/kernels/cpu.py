@@ -42,12 +42,12 @@ import numpy as np  # noqa: E402
 from numba import njit, prange, types  # noqa: E402
 from numba.extending import intrinsic  # noqa: E402
 
-from minibnn.errors import DTypeError, ShapeError  # noqa: E402
+from minibnn.errors import ShapeError  # noqa: E402
 from minibnn.kernels._common import (  # noqa: E402
-    as_scalars, channel_vector, channel_view, check_binary_conv, check_inplace,
-    check_momentum_buffer, check_packed_pair, check_step, check_tie, col2im_shape,
-    conv_output_size, maxpool_backward_shape, require_array, require_float, require_ndim,
-    words_for)
+    as_scalars, channel_vector, channel_view, check_binary_conv, check_directions,
+    check_inplace, check_momentum_buffer, check_packed_pair, check_packed_signs, check_step,
+    check_thresholds, check_tie, col2im_shape, conv_output_size, maxpool_backward_shape,
+    require_array, require_float, require_ndim, words_for)
 from minibnn.kernels.reference import batch_statistics  # noqa: E402
 from minibnn.kernels.registry import register  # noqa: E402
 
@@ -288,6 +288,13 @@ def batchnorm_sign_train(x: np.ndarray, gamma: np.ndarray | None = None,
 
 # --------------------------------------------------------------------------- optimiser steps
 # One pass over memory: each element of every buffer is read once and written once, in place.
+# The loops index flat C-contiguous arrays; the gradient, which is only read, may come in any
+# layout and is copied to a contiguous one first where it is not (``_flat_read``).
+
+
+def _flat_read(g: np.ndarray) -> np.ndarray:
+    """g as a flat C-contiguous array (a copy only when g is not contiguous already)."""
+    return np.ascontiguousarray(g).reshape(-1)
 
 
 @njit(parallel=True, cache=True)
@@ -310,11 +317,11 @@ def _cema(b, m, v, g, c_m, c_g, c_v, c_a, thr, tie_positive):  # type: ignore[no
 def cema_update(b: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, alpha: float,
                 gamma: float, threshold: float = 0.0, tie: str = "keep") -> int:
     """Fused CEMA step, in place; returns the number of flips (see ``reference.cema_update``)."""
-    dt = check_inplace("cema_update", "numpy", b=b, m=m, v=v, g=g)
+    dt = check_inplace("cema_update", "numpy", g, b=b, m=m, v=v)
     tie_positive = check_tie("cema_update", tie)
     c_m, c_g, c_v, c_a, thr = as_scalars(dt, 1.0 - gamma, gamma, 1.0 - alpha, alpha, threshold)
     with _threads_for(b.size):
-        return int(_cema(b.reshape(-1), m.reshape(-1), v.reshape(-1), g.reshape(-1),
+        return int(_cema(b.reshape(-1), m.reshape(-1), v.reshape(-1), _flat_read(g),
                          c_m, c_g, c_v, c_a, thr, tie_positive))
 
 
@@ -336,11 +343,11 @@ def _bop(b, m, g, c_m, c_g, thr, tie_positive):  # type: ignore[no-untyped-def]
 def bop_update(b: np.ndarray, m: np.ndarray, g: np.ndarray, gamma: float, threshold: float,
                tie: str = "keep") -> int:
     """Fused Bop step, in place; returns the number of flips (see ``reference.bop_update``)."""
-    dt = check_inplace("bop_update", "numpy", b=b, m=m, g=g)
+    dt = check_inplace("bop_update", "numpy", g, b=b, m=m)
     tie_positive = check_tie("bop_update", tie)
     c_m, c_g, thr = as_scalars(dt, 1.0 - gamma, gamma, threshold)
     with _threads_for(b.size):
-        return int(_bop(b.reshape(-1), m.reshape(-1), g.reshape(-1), c_m, c_g, thr,
+        return int(_bop(b.reshape(-1), m.reshape(-1), _flat_read(g), c_m, c_g, thr,
                         tie_positive))
 
 
@@ -371,13 +378,13 @@ def sgd_update(w: np.ndarray, m: np.ndarray | None, g: np.ndarray, lr: float,
     """Fused SGD step, in place (see ``reference.sgd_update`` for the formulas)."""
     fn = "sgd_update"
     check_momentum_buffer(fn, momentum, m)
-    dt = check_inplace(fn, "numpy", w=w, m=m if momentum != 0.0 else None, g=g)
+    dt = check_inplace(fn, "numpy", g, w=w, m=m if momentum != 0.0 else None)
     lam, mu, c_d, neg_lr = as_scalars(dt, weight_decay, momentum, 1.0 - dampening, -lr)
     use_m = momentum != 0.0
     mm = m.reshape(-1) if use_m else np.empty(0, dtype=dt)
     decay = weight_decay != 0.0
     with _threads_for(w.size):
-        _sgd(w.reshape(-1), mm, g.reshape(-1), lam, mu, c_d, neg_lr, decay and not decoupled,
+        _sgd(w.reshape(-1), mm, _flat_read(g), lam, mu, c_d, neg_lr, decay and not decoupled,
              decay and decoupled, use_m, bool(first_step))
 
 
@@ -405,13 +412,13 @@ def adam_update(w: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, lr: 
                 weight_decay: float = 0.0, decoupled: bool = False) -> None:
     """Fused Adam / AdamW step, in place (see ``reference.adam_update``)."""
     fn = "adam_update"
-    dt = check_inplace(fn, "numpy", w=w, m=m, v=v, g=g)
+    dt = check_inplace(fn, "numpy", g, w=w, m=m, v=v)
     check_step(fn, step)
     sc = as_scalars(dt, weight_decay, b1, 1.0 - b1, b2, 1.0 - b2, 1.0 - b1 ** step,
                     1.0 - b2 ** step, eps, -lr)
     decay = weight_decay != 0.0
     with _threads_for(w.size):
-        _adam(w.reshape(-1), m.reshape(-1), v.reshape(-1), g.reshape(-1), *sc,
+        _adam(w.reshape(-1), m.reshape(-1), v.reshape(-1), _flat_read(g), *sc,
               decay and not decoupled, decay and decoupled)
 
 
@@ -462,17 +469,47 @@ def _unpack_rows(p2, k, out):  # type: ignore[no-untyped-def]
 @register("unpack_signs", "numba")
 def unpack_signs(p: np.ndarray, k: int, dtype: type | np.dtype = np.float32) -> np.ndarray:
     """Inverse of ``pack_signs``: (..., W) uint64 -> (..., k) array of ±1 in ``dtype``."""
-    require_array("unpack_signs", "p", p, "numpy")
-    if p.dtype != np.uint64:
-        raise DTypeError(f"unpack_signs: p must be uint64, got {p.dtype}")
-    if p.ndim < 1 or p.shape[-1] != words_for(k):
-        raise ShapeError(f"unpack_signs: p must have a last axis of ceil({k}/64) = "
-                         f"{words_for(k)} words, got shape {tuple(p.shape)}")
+    check_packed_signs("unpack_signs", p, k, "numpy")
     p2 = np.ascontiguousarray(p).reshape(int(np.prod(p.shape[:-1])), p.shape[-1])
     out = np.empty((p2.shape[0], k), dtype=dtype)
     with _threads_for(out.size):
         _unpack_rows(p2, k, out)
     return out.reshape(p.shape[:-1] + (k,))
+
+
+@njit(parallel=True, cache=True)
+def _threshold_pack(y3, t, d, out):  # type: ignore[no-untyped-def]
+    # y3 (N, C, P) int32; out (N*P, W) uint64: row n*P + p packs the C signs of pixel p
+    n, c, p = y3.shape
+    nw = out.shape[1]
+    for r in prange(n * p):
+        ni = r // p
+        pi = r - ni * p
+        for q in range(nw):
+            c0 = q * 64
+            word = np.uint64(0)
+            for j in range(min(64, c - c0)):      # last, partial word: pad bits stay 0
+                v, tc = y3[ni, c0 + j, pi], t[c0 + j]
+                bit = v >= tc if d[c0 + j] > 0 else v <= tc     # s = +1 iff y >= t (d > 0)
+                word |= np.uint64(bit) << np.uint64(j)
+            out[r, q] = word
+
+
+@register("threshold_pack", "numba")
+def threshold_pack(y: np.ndarray, threshold: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """Compare int32 counts with per-channel thresholds and pack the signs, in one pass.
+
+    (N, C) -> (N, ceil(C/64)); (N, C, H, W) -> (N, H, W, ceil(C/64)); see the reference.
+    """
+    fn = "threshold_pack"
+    check_thresholds(fn, y, threshold, direction, "numpy")
+    check_directions(fn, direction)
+    n, c = y.shape[:2]
+    y3 = np.ascontiguousarray(y).reshape(n, c, -1)
+    out = np.empty((n * y3.shape[2], words_for(c)), dtype=np.uint64)
+    with _threads_for(y.size):
+        _threshold_pack(y3, threshold, direction, out)
+    return out.reshape((n,) + y.shape[2:] + (words_for(c),))
 
 
 @njit(parallel=True, cache=True)

@@ -3,11 +3,11 @@
 Every public function here has the name and signature of its reference body in
 ``kernels/reference.py`` (the oracle and the documentation of the arithmetic). Only real CUDA
 kernels live here (``cupy.ElementwiseKernel`` / ``cupy.RawKernel``): the ops that are plain
-array code (im2col / col2im, pooling, the packed binary convolution and its packing helpers)
-run their reference body on CuPy arrays, which calls the CUDA ``pack_signs`` and ``xnor_gemm``
-below for its inner step. The arrays are CuPy arrays on the current device; nothing is copied
-to or from the host and no function synchronises the device (launches are asynchronous on the
-current stream).
+array code (im2col / col2im, pooling, the packed binary convolution and its packing helpers,
+thresholded packing) run their reference body on CuPy arrays, which calls the CUDA
+``pack_signs`` and ``xnor_gemm`` below for its inner step. The arrays are CuPy arrays on the
+current device; nothing is copied to or from the host and no function synchronises the device
+(launches are asynchronous on the current stream).
 
 What is what:
   * fused in-place optimiser steps (``cema_update``, ``bop_update``, ``sgd_update``,
@@ -27,9 +27,12 @@ The tests still compare within the stated tolerances (rtol 1e-6 in float32).
 
 Differences from the other bodies:
   * ``cema_update`` and ``bop_update`` return the flip count as a 0-d ``uint64`` CuPy array
-    (``int(n)`` reads it, which synchronises) instead of a Python int, so a training step
-    never waits for the device just to count flips.
-  * CuPy arrays have no read-only flag, so "writeable" is not checked.
+    instead of a Python int, so the call itself never waits for the device; ``int(n)`` reads
+    it, which synchronises. (The optimisers' fused steps do not use the count: the trainer
+    counts flips by comparing signs before and after the step, which works for every
+    optimiser.)
+  * CuPy arrays have no read-only flag, so "writeable" is not checked. The gradient may be a
+    strided view: an ElementwiseKernel reads any layout.
 
 Importing this module never imports CuPy. Each public function asks for CuPy on first use and
 raises ``minibnn.errors.DeviceError`` (one line) when CuPy is missing or sees no CUDA device.
@@ -41,10 +44,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from minibnn.errors import DeviceError, DTypeError, ShapeError
+from minibnn.errors import DeviceError, ShapeError
 from minibnn.kernels._common import (
     as_scalars, channel_vector, channel_view, check_inplace, check_momentum_buffer,
-    check_packed_pair, check_step, check_tie, require_array, require_float, words_for)
+    check_packed_pair, check_packed_signs, check_step, check_tie, require_float, words_for)
 from minibnn.kernels.reference import batch_statistics
 from minibnn.kernels.registry import register
 
@@ -285,7 +288,7 @@ def cema_update(b: Array, m: Array, v: Array, g: Array, alpha: float, gamma: flo
     """
     fn = "cema_update"
     cp = _cp(fn)
-    dt = check_inplace(fn, "cupy", b=b, m=m, v=v, g=g)
+    dt = check_inplace(fn, "cupy", g, b=b, m=m, v=v)
     tie_positive = check_tie(fn, tie)
     c_m, c_g, c_v, c_a, thr = as_scalars(dt, 1.0 - gamma, gamma, 1.0 - alpha, alpha, threshold)
     flips = cp.zeros(1, dtype=cp.uint64)
@@ -303,7 +306,7 @@ def bop_update(b: Array, m: Array, g: Array, gamma: float, threshold: float,
     """
     fn = "bop_update"
     cp = _cp(fn)
-    dt = check_inplace(fn, "cupy", b=b, m=m, g=g)
+    dt = check_inplace(fn, "cupy", g, b=b, m=m)
     tie_positive = check_tie(fn, tie)
     c_m, c_g, thr = as_scalars(dt, 1.0 - gamma, gamma, threshold)
     flips = cp.zeros(1, dtype=cp.uint64)
@@ -325,7 +328,7 @@ def sgd_update(w: Array, m: Array | None, g: Array, lr: float, momentum: float =
     fn = "sgd_update"
     _cp(fn)
     check_momentum_buffer(fn, momentum, m)
-    dt = check_inplace(fn, "cupy", w=w, m=m if momentum != 0.0 else None, g=g)
+    dt = check_inplace(fn, "cupy", g, w=w, m=m if momentum != 0.0 else None)
     lam, mu, c_d, neg_lr = as_scalars(dt, weight_decay, momentum, 1.0 - dampening, -lr)
     decay = weight_decay != 0.0
     coupled, dec = np.int32(decay and not decoupled), np.int32(decay and decoupled)
@@ -348,7 +351,7 @@ def adam_update(w: Array, m: Array, v: Array, g: Array, lr: float, step: int, b1
     """
     fn = "adam_update"
     _cp(fn)
-    dt = check_inplace(fn, "cupy", w=w, m=m, v=v, g=g)
+    dt = check_inplace(fn, "cupy", g, w=w, m=m, v=v)
     check_step(fn, step)
     sc = as_scalars(dt, weight_decay, b1, 1.0 - b1, b2, 1.0 - b2, 1.0 - b1 ** step,
                     1.0 - b2 ** step, eps, -lr)
@@ -435,10 +438,7 @@ _UNPACK = _Elementwise(
 def unpack_signs(p: Array, k: int, dtype: type | np.dtype = np.float32) -> Array:
     """Inverse of ``pack_signs``: (..., W) uint64 -> (..., k) array of ±1 in ``dtype``."""
     cp = _cp("unpack_signs")
-    require_array("unpack_signs", "p", p, "cupy")
-    if p.dtype != cp.uint64 or p.ndim < 1 or p.shape[-1] != words_for(k):
-        raise DTypeError(f"unpack_signs: p must be uint64 with last axis ceil({k}/64) = "
-                         f"{words_for(k)}, got {p.dtype} {tuple(p.shape)}")
+    check_packed_signs("unpack_signs", p, k, "cupy")
     out = cp.empty(p.shape[:-1] + (int(k),), dtype=np.dtype(dtype))
     if out.size == 0:
         return out

@@ -14,7 +14,8 @@ Groups:
   * fused in-place optimiser steps: ``cema_update``, ``bop_update``, ``sgd_update``,
     ``adam_update`` (same operation order as the filter chains of ``minibnn.optim``),
   * bit-packed binary inference: ``pack_signs``, ``unpack_signs``, ``xnor_gemm``,
-    ``pack_conv_input``, ``pack_conv_weights``, ``binary_conv2d``.
+    ``pack_conv_input``, ``pack_conv_weights``, ``binary_conv2d``, and ``threshold_pack``
+    (BatchNorm + sign folded into integer thresholds, see ``kernels.threshold``).
 
 The bit-packed composites (``pack_conv_input``, ``pack_conv_weights``, ``binary_conv2d``) run
 their inner op through ``call`` (``pack_signs``, ``xnor_gemm``), so on CuPy arrays the CUDA
@@ -30,13 +31,13 @@ from typing import Any
 import numpy as np
 
 from minibnn.backend import get_array_module
-from minibnn.errors import DTypeError, ShapeError
+from minibnn.errors import ShapeError
 from minibnn.kernels._common import (
-    WORD_BITS, as_scalars, channel_vector, channel_view, check_binary_conv, check_inplace,
-    check_momentum_buffer, check_packed_pair, check_step, check_tie, col2im_shape,
-    conv_output_size, maxpool_backward_shape, require_array, require_float, require_ndim,
-    words_for)
-from minibnn.kernels.registry import call, register
+    WORD_BITS, as_scalars, channel_vector, channel_view, check_binary_conv, check_directions,
+    check_inplace, check_momentum_buffer, check_packed_pair, check_packed_signs, check_step,
+    check_thresholds, check_tie, col2im_shape, conv_output_size, maxpool_backward_shape,
+    require_array, require_float, require_ndim, words_for)
+from minibnn.kernels.registry import array_kind, call, register
 
 Array = Any      # a NumPy or CuPy array
 
@@ -206,9 +207,9 @@ def batchnorm_sign_train(x: Array, gamma: Array | None = None, beta: Array | Non
 
 
 # --------------------------------------------------------------------------- optimiser steps
-# All four update their buffers IN PLACE (arrays of one shape and float dtype, C-contiguous) and
-# follow the operation order of the minibnn.optim chains, so a fused step is bit-identical to
-# the chain in float32 and float64.
+# All four update their buffers IN PLACE (arrays of one shape and float dtype, C-contiguous; the
+# gradient g is only read and may have any layout) and follow the operation order of the
+# minibnn.optim chains, so a fused step is bit-identical to the chain in float32 and float64.
 
 
 def _flip(b: Array, stat: Array, thr: np.generic, tie_positive: bool) -> int:
@@ -234,7 +235,7 @@ def cema_update(b: Array, m: Array, v: Array, g: Array, alpha: float, gamma: flo
 
     Where ``v b == threshold`` exactly, tie "keep" keeps b and tie "positive" sets b = +1.
     """
-    dt = check_inplace("cema_update", "any", b=b, m=m, v=v, g=g)
+    dt = check_inplace("cema_update", "any", g, b=b, m=m, v=v)
     tie_positive = check_tie("cema_update", tie)
     c_m, c_g, c_v, c_a, thr = as_scalars(dt, 1.0 - gamma, gamma, 1.0 - alpha, alpha, threshold)
     m[...] = c_m * m + c_g * g
@@ -251,7 +252,7 @@ def bop_update(b: Array, m: Array, g: Array, gamma: float, threshold: float,
 
     Where ``m b == threshold`` exactly, tie "keep" keeps b and tie "positive" sets b = +1.
     """
-    dt = check_inplace("bop_update", "any", b=b, m=m, g=g)
+    dt = check_inplace("bop_update", "any", g, b=b, m=m)
     tie_positive = check_tie("bop_update", tie)
     c_m, c_g, thr = as_scalars(dt, 1.0 - gamma, gamma, threshold)
     m[...] = c_m * m + c_g * g
@@ -272,7 +273,7 @@ def sgd_update(w: Array, m: Array | None, g: Array, lr: float, momentum: float =
     """
     fn = "sgd_update"
     check_momentum_buffer(fn, momentum, m)
-    dt = check_inplace(fn, "any", w=w, m=m if momentum != 0.0 else None, g=g)
+    dt = check_inplace(fn, "any", g, w=w, m=m if momentum != 0.0 else None)
     lam, mu, c_d, neg_lr = as_scalars(dt, weight_decay, momentum, 1.0 - dampening, -lr)
     d = g + lam * w if (weight_decay != 0.0 and not decoupled) else g
     if momentum != 0.0:
@@ -294,7 +295,7 @@ def adam_update(w: Array, m: Array, v: Array, g: Array, lr: float, step: int, b1
         w = w + (-lr) u            or, decoupled,  w = w + (-lr) (u + lam w)
     """
     fn = "adam_update"
-    dt = check_inplace(fn, "any", w=w, m=m, v=v, g=g)
+    dt = check_inplace(fn, "any", g, w=w, m=m, v=v)
     check_step(fn, step)
     lam, c_b1, c_1b1, c_b2, c_1b2, bc1, bc2, c_eps, neg_lr = as_scalars(
         dt, weight_decay, b1, 1.0 - b1, b2, 1.0 - b2, 1.0 - b1 ** step, 1.0 - b2 ** step, eps, -lr)
@@ -315,32 +316,32 @@ def adam_update(w: Array, m: Array, v: Array, g: Array, lr: float, step: int, b1
 # bytes, which is how (un)packbits with bitorder "little" lays them out.
 
 
+def pack_bits(bits: Array) -> Array:
+    """Pack bool (..., K) along the last axis: (..., ceil(K/64)) uint64, layout above."""
+    xp = get_array_module(bits)
+    k = int(bits.shape[-1])
+    nw = words_for(k)
+    shape = tuple(bits.shape[:-1]) + (nw,)
+    padded = xp.zeros(tuple(bits.shape[:-1]) + (nw * WORD_BITS,), dtype=xp.bool_)
+    padded[..., :k] = bits
+    if padded.size == 0:
+        return xp.zeros(shape, dtype=xp.uint64)
+    return xp.packbits(padded.reshape(-1), bitorder="little").view(xp.uint64).reshape(shape)
+
+
 @register("pack_signs", "numpy")
 def pack_signs(x: Array) -> Array:
     """Pack sign(x) along the last axis: (..., K) float -> (..., ceil(K/64)) uint64."""
     require_float("pack_signs", "x", x)
     if x.ndim < 1:
         raise ShapeError("pack_signs: x must have at least one axis, got a 0-d array")
-    xp = get_array_module(x)
-    k = int(x.shape[-1])
-    nw = words_for(k)
-    shape = tuple(x.shape[:-1]) + (nw,)
-    bits = xp.zeros(tuple(x.shape[:-1]) + (nw * WORD_BITS,), dtype=xp.bool_)
-    bits[..., :k] = x >= 0
-    if bits.size == 0:
-        return xp.zeros(shape, dtype=xp.uint64)
-    return xp.packbits(bits.reshape(-1), bitorder="little").view(xp.uint64).reshape(shape)
+    return pack_bits(x >= 0)
 
 
 @register("unpack_signs", "numpy")
 def unpack_signs(p: Array, k: int, dtype: type | np.dtype = np.float32) -> Array:
     """Inverse of ``pack_signs``: (..., W) uint64 -> (..., k) array of ±1 in ``dtype``."""
-    require_array("unpack_signs", "p", p)
-    if p.dtype != np.uint64:
-        raise DTypeError(f"unpack_signs: p must be uint64, got {p.dtype}")
-    if p.ndim < 1 or p.shape[-1] != words_for(k):
-        raise ShapeError(f"unpack_signs: p must have a last axis of ceil({k}/64) = "
-                         f"{words_for(k)} words, got shape {tuple(p.shape)}")
+    check_packed_signs("unpack_signs", p, k)
     xp = get_array_module(p)
     shape = tuple(p.shape[:-1]) + (int(k),)
     if p.size == 0:
@@ -430,3 +431,30 @@ def binary_conv2d(xbits: Array, wbits: Array, wsum: Array, c: int, kh: int, kw: 
     corr = outside.reshape(oh * ow, kh * kw).astype(xp.int32) @ wsum.T     # (OH*OW, O)
     y = acc.reshape(n, oh * ow, o) + corr[None]
     return xp.ascontiguousarray(y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2))
+
+
+# --------------------------------------------------------------------------- thresholded packing
+# A binary layer's exact int32 count y, followed by BatchNorm + sign at inference, is one
+# integer comparison per channel (``kernels.threshold.fold_sign_table`` finds t and d):
+#     s = +1  iff  y >= t_c  (d_c = +1)     or     y <= t_c  (d_c = -1)
+
+
+def compare_thresholds(y: Array, threshold: Array, direction: Array) -> Array:
+    """Bool signs (True = +1) of y (N, C, ...): ``y >= t`` where d > 0, else ``y <= t``."""
+    shape = (1, -1) + (1,) * (y.ndim - 2)
+    t, d = threshold.reshape(shape), direction.reshape(shape)
+    return get_array_module(y).where(d > 0, y >= t, y <= t)
+
+
+@register("threshold_pack", "numpy")
+def threshold_pack(y: Array, threshold: Array, direction: Array) -> Array:
+    """Thresholded signs of int32 counts, packed along channels (the next layer's input).
+
+    (N, C) -> (N, ceil(C/64)); (N, C, H, W) -> (N, H, W, ceil(C/64)); uint64, bit 1 = +1:
+    the layout of ``pack_signs`` / ``pack_conv_input``. Directions must be +-1.
+    """
+    fn = "threshold_pack"
+    check_thresholds(fn, y, threshold, direction, array_kind(y))
+    check_directions(fn, direction)
+    s = compare_thresholds(y, threshold, direction)
+    return pack_bits(get_array_module(y).moveaxis(s, 1, -1))

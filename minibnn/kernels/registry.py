@@ -20,9 +20,9 @@ backend whose module does not import, is a one-line ``BackendError`` naming both
 no body of that backend runs its reference, as it does under ``"auto"``.
 
 Bodies register themselves with ``@register(op, backend)`` when their module is imported;
-the registry imports the op modules (``OP_MODULES``) on first use and the compiled modules
-lazily (``kernels.cpu`` on the first NumPy call, ``kernels.gpu`` on the first CuPy call), so
-importing minibnn needs neither Numba nor CuPy.
+the registry imports the reference module (``REFERENCE_MODULE``) on first use and the
+compiled modules lazily (``kernels.cpu`` on the first NumPy call, ``kernels.gpu`` on the first
+CuPy call), so importing minibnn needs neither Numba nor CuPy.
 Nothing here imports ``minibnn.nn``.
 """
 from __future__ import annotations
@@ -36,9 +36,9 @@ from minibnn.errors import MinibnnError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: modules that define ops (their reference bodies, and any body kept beside them), imported
-#: on the first use of the registry
-OP_MODULES = ("minibnn.kernels.reference", "minibnn.kernels.threshold")
+#: the module that defines every op (its reference body), imported on the first use of the
+#: registry
+REFERENCE_MODULE = "minibnn.kernels.reference"
 #: compiled backends and the module that registers each one's bodies
 COMPILED_MODULES = {"numba": "minibnn.kernels.cpu", "cuda": "minibnn.kernels.gpu"}
 #: every backend name a caller may force; "auto" means "choose by array type"
@@ -83,8 +83,7 @@ def _load(backend: str) -> bool:
 
 def _reference_loaded() -> None:
     if "numpy" not in _LOADED:
-        for module in OP_MODULES:
-            importlib.import_module(module)
+        importlib.import_module(REFERENCE_MODULE)
         _LOADED["numpy"] = True
 
 
@@ -94,11 +93,6 @@ def array_kind(*arrays: Any) -> str:
         if type(a).__module__.startswith("cupy"):
             return "cupy"
     return "numpy"
-
-
-def forced_backend() -> str:
-    """The backend forced by the innermost ``use_backend`` (``"auto"`` when none)."""
-    return _FORCED.get()
 
 
 def check_backend(name: str) -> str:
@@ -142,11 +136,6 @@ def backend_for(op: str, *arrays: Any) -> str:
         raise BackendError(f"kernel backend {forced!r} is not available for op {op!r} "
                            f"({_MODULE_NEEDS[forced]} did not import)")
     return compiled if loaded and compiled in impls else "numpy"
-
-
-def implementation(op: str, *arrays: Any) -> Callable[..., Any]:
-    """The body ``call(op, *arrays)`` would run (benchmarks and tests time/inspect it)."""
-    return _ops(op)[backend_for(op, *arrays)]
 
 
 def get(op: str, backend: str) -> Callable[..., Any]:

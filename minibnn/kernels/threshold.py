@@ -17,26 +17,21 @@ reproduces the float path bit for bit, rounding included.  A channel whose table
 step (impossible with IEEE arithmetic, kept as a safety net) gets direction 0 and a lookup
 row ``lookup[j, y + K]`` (1 = +1).
 
-Ops (registered):
-  * ``threshold_pack(y, threshold, direction)``: y int32 (N, C) or (N, C, H, W) ->
-    packed signs along channels, (N, ceil(C/64)) or (N, H, W, ceil(C/64)) uint64: the input
-    layout of the next binary dense / conv layer (``pack_signs`` / ``pack_conv_input``'s).
-    Directions must be +-1 (lookup channels go through ``threshold_signs``).
-Plain NumPy (no op): ``threshold_signs`` (bool signs, lookup channels included).
-
-The Numba body is compiled on first use (``@njit(cache=True)`` built inside ``_numba_loop``),
-so importing this module needs no Numba; the registry only picks it where Numba imports.
+Here (plain NumPy, no kernel op): ``Threshold``, ``fold_sign_table`` and ``threshold_signs``
+(bool signs, lookup channels included).  The kernel op that applies the thresholds and packs
+the signs for the next binary layer, ``kernels.call("threshold_pack", y, threshold,
+direction)``, has its reference body in ``kernels.reference`` and its Numba body in
+``kernels.cpu``, like every other op.
 """
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Any, Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
-from minibnn.errors import DTypeError, ShapeError
-from minibnn.kernels._common import WORD_BITS, words_for
-from minibnn.kernels.registry import register
+from minibnn.errors import ShapeError
+from minibnn.kernels._common import check_thresholds
+from minibnn.kernels.reference import compare_thresholds
 
 
 class Threshold(NamedTuple):
@@ -71,99 +66,14 @@ def fold_sign_table(positive: np.ndarray, k: int) -> Threshold:
     return Threshold(threshold.astype(np.int32), direction, lookup, int(k))
 
 
-def _check(fn: str, y: np.ndarray, threshold: np.ndarray, direction: np.ndarray) -> None:
-    if not isinstance(y, np.ndarray) or y.dtype != np.int32 or y.ndim not in (2, 4):
-        raise DTypeError(f"{fn}: y must be an int32 (N, C) or (N, C, H, W) array, got "
-                         f"{getattr(y, 'dtype', type(y).__name__)} "
-                         f"{tuple(getattr(y, 'shape', ()))}")
-    c = y.shape[1]
-    if threshold.dtype != np.int32 or threshold.shape != (c,):
-        raise ShapeError(f"{fn}: threshold must be int32 ({c},), got {threshold.dtype} "
-                         f"{tuple(threshold.shape)}")
-    if direction.dtype != np.int8 or direction.shape != (c,):
-        raise ShapeError(f"{fn}: direction must be int8 ({c},), got {direction.dtype} "
-                         f"{tuple(direction.shape)}")
-
-
 def threshold_signs(y: np.ndarray, th: Threshold) -> np.ndarray:
     """Bool signs (True = +1) of int32 y (N, C, ...) under ``th``, lookup channels included."""
-    _check("threshold_signs", y, th.threshold, th.direction)
-    shape = (1, -1) + (1,) * (y.ndim - 2)
-    t, d = th.threshold.reshape(shape), th.direction.reshape(shape)
-    s = np.where(d > 0, y >= t, y <= t)
+    check_thresholds("threshold_signs", y, th.threshold, th.direction, "numpy")
+    s = compare_thresholds(y, th.threshold, th.direction)
     if th.lookup is not None:
         for row, c in zip(th.lookup, np.flatnonzero(th.direction == 0)):
             s[:, c] = row[y[:, c] + th.k] == 1            # y in [-k, k] by construction
     return s
 
 
-def _pack_bool(bits: np.ndarray) -> np.ndarray:
-    """Pack bool (..., C) along the last axis: bit c % 64 of word c // 64, pad bits 0."""
-    c = bits.shape[-1]
-    nw = words_for(c)
-    padded = np.zeros(bits.shape[:-1] + (nw * WORD_BITS,), dtype=np.bool_)
-    padded[..., :c] = bits
-    packed = np.packbits(padded.reshape(-1, nw, WORD_BITS), axis=-1, bitorder="little")
-    return np.ascontiguousarray(packed).view("<u8").astype(np.uint64).reshape(bits.shape[:-1]
-                                                                              + (nw,))
-
-
-def _check_directions(fn: str, direction: np.ndarray) -> None:
-    if not np.all(np.abs(direction) == 1):
-        raise ShapeError(f"{fn}: every direction must be +1 or -1 (lookup channels go through "
-                         "threshold_signs)")
-
-
-@register("threshold_pack", "numpy")
-def threshold_pack(y: np.ndarray, threshold: np.ndarray, direction: np.ndarray) -> np.ndarray:
-    """Signs ``(y >= t) if d > 0 else (y <= t)`` per channel (axis 1), packed along channels.
-
-    (N, C) -> (N, ceil(C/64)); (N, C, H, W) -> (N, H, W, ceil(C/64)); uint64, bit 1 = +1.
-    """
-    fn = "threshold_pack"
-    _check(fn, y, threshold, direction)
-    _check_directions(fn, direction)
-    s = threshold_signs(y, Threshold(threshold, direction, None, 0))
-    return _pack_bool(np.moveaxis(s, 1, -1))
-
-
-@lru_cache(maxsize=1)
-def _numba_loop() -> Callable[..., Any]:
-    """The compiled loop (Numba imported and the function compiled, or loaded, on first use)."""
-    from numba import njit, prange
-
-    @njit(parallel=True, cache=True)
-    def loop(y3, t, d, out):  # type: ignore[no-untyped-def]
-        # y3 (N, C, P) int32; out (N*P, W) uint64: row n*P + p packs the C signs of pixel p
-        n, c, p = y3.shape
-        nw = out.shape[1]
-        for r in prange(n * p):
-            ni, pi = r // p, r % p
-            for q in range(nw):
-                c0 = q * 64
-                word = np.uint64(0)
-                for j in range(min(64, c - c0)):
-                    v, tc = y3[ni, c0 + j, pi], t[c0 + j]
-                    bit = v >= tc if d[c0 + j] > 0 else v <= tc
-                    word |= np.uint64(bit) << np.uint64(j)
-                out[r, q] = word
-
-    return loop
-
-
-@register("threshold_pack", "numba")
-def threshold_pack_numba(y: np.ndarray, threshold: np.ndarray, direction: np.ndarray
-                         ) -> np.ndarray:
-    """Numba twin of ``threshold_pack``: compare and pack in one pass over y."""
-    fn = "threshold_pack"
-    _check(fn, y, threshold, direction)
-    _check_directions(fn, direction)
-    n, c = y.shape[:2]
-    spatial = y.shape[2:]
-    y3 = np.ascontiguousarray(y).reshape(n, c, -1)
-    out = np.empty((n * y3.shape[2], words_for(c)), dtype=np.uint64)
-    _numba_loop()(y3, threshold, direction, out)
-    return out.reshape((n,) + spatial + (words_for(c),))
-
-
-__all__ = ["Threshold", "fold_sign_table", "threshold_pack", "threshold_signs"]
+__all__ = ["Threshold", "fold_sign_table", "threshold_signs"]

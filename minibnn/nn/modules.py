@@ -382,11 +382,21 @@ class LearnableBias(Module):
 
 
 class Sequential(Module):
-    """Modules applied in order; backward runs them in reverse."""
+    """Modules applied in order; backward runs them in reverse.
+
+    What runs are the *steps* (``steps()``), fixed once here from ``layers``: the layers, with
+    each affine ``BatchNorm`` followed by the real ``Sign`` fused into one ``BatchNormSign``
+    (same bits, one kernel call). So the cache that ``forward`` returns holds one entry per
+    step, not per layer: with fused pairs it is shorter than ``layers`` and its i-th entry
+    belongs to ``steps()[i]``. ``layers`` is the model as declared (what ``init``,
+    ``binary_names`` and the packed-inference rewrite read); build a new Sequential rather
+    than editing it in place.
+    """
 
     def __init__(self, layers: Sequence[Module], name: str = ""):
         super().__init__(name)
         self.layers = list(layers)
+        self._steps = _fuse_batchnorm_sign(self.layers)
 
     @property
     def binary_names(self) -> list[str]:
@@ -405,23 +415,12 @@ class Sequential(Module):
         return params, buffers
 
     def steps(self) -> list[Module]:
-        """The layers as they run: each affine BatchNorm + Sign pair as one BatchNormSign."""
-        steps: list[Module] = []
-        i = 0
-        while i < len(self.layers):
-            layer = self.layers[i]
-            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
-            if isinstance(layer, BatchNorm) and layer.affine and nxt is not None and is_sign(nxt):
-                steps.append(BatchNormSign(layer, nxt))
-                i += 2
-            else:
-                steps.append(layer)
-                i += 1
-        return steps
+        """The layers as they run (one entry per cache entry of ``forward``)."""
+        return list(self._steps)
 
     def forward(self, params, buffers, x, train):
         caches, new_buffers = [], {}
-        for step in self.steps():
+        for step in self._steps:
             x, updated, cache = step.forward(params, buffers, x, train)
             new_buffers.update(updated)
             caches.append(cache)
@@ -429,10 +428,26 @@ class Sequential(Module):
 
     def backward(self, dy, cache):
         grads: Params = {}
-        for layer, layer_cache in zip(reversed(self.steps()), reversed(cache)):
-            dy, layer_grads = layer.backward(dy, layer_cache)
-            grads.update(layer_grads)
+        for step, step_cache in zip(reversed(self._steps), reversed(cache)):
+            dy, step_grads = step.backward(dy, step_cache)
+            grads.update(step_grads)
         return dy, grads
+
+
+def _fuse_batchnorm_sign(layers: Sequence[Module]) -> list[Module]:
+    """``layers`` with each affine BatchNorm + the real Sign after it as one BatchNormSign."""
+    steps: list[Module] = []
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        if isinstance(layer, BatchNorm) and layer.affine and nxt is not None and is_sign(nxt):
+            steps.append(BatchNormSign(layer, nxt))
+            i += 2
+        else:
+            steps.append(layer)
+            i += 1
+    return steps
 
 
 class Residual(Module):

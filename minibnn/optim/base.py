@@ -28,6 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
+from minibnn import kernels
+from minibnn.backend import get_array_module
 from minibnn.errors import MinibnnError
 
 Params = dict[str, Any]
@@ -59,8 +61,6 @@ class Transform:
 
 def uses_compiled(op: str, params: Params) -> bool:
     """Would ``kernels.call(op, ...)`` on these parameters run a compiled body?"""
-    from minibnn import kernels
-
     return bool(params) and kernels.has_compiled(op, next(iter(params.values())))
 
 
@@ -81,15 +81,15 @@ def chain(**stages: Transform) -> Transform:
     return Transform(init, update)
 
 
+def array_module(tree: Params) -> Any:
+    """``numpy`` or ``cupy``: the module holding the arrays of a flat dict."""
+    return get_array_module(*tree.values())
+
+
 def zeros_like_tree(params: Params) -> Params:
-    """A dict of zero arrays shaped like ``params`` (same dtype and device)."""
-    return {k: _xp(v).zeros_like(v) for k, v in params.items()}
-
-
-def _xp(array: Any) -> Any:
-    from minibnn.backend import get_array_module
-
-    return get_array_module(array)
+    """A dict of zero arrays shaped like ``params`` (same dtype and device), C-contiguous
+    whatever the parameter's layout (fused steps update them in place)."""
+    return {k: get_array_module(v).zeros(v.shape, dtype=v.dtype) for k, v in params.items()}
 
 
 def copy_tree(tree: Params) -> Params:

@@ -22,12 +22,10 @@ Filters that a fused kernel step replaces keep the operation order of that kerne
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from minibnn.errors import MinibnnError
-from minibnn.optim.base import Params, State, Transform, copy_tree, zeros_like_tree
+from minibnn.optim.base import Params, State, Transform, array_module, copy_tree, zeros_like_tree
 from minibnn.optim.schedules import Schedule, as_schedule
 
 
@@ -55,7 +53,7 @@ def _initial_buffer(params: Params, init: Params | None, what: str) -> Params:
             raise MinibnnError(f"initial {what} for {name!r} has shape {tuple(value.shape)}, "
                                f"parameter has {tuple(p.shape)}")
         # same array module (NumPy or CuPy) and dtype as the parameter
-        buffers[name] = _array_module({name: p}).array(value, dtype=p.dtype, copy=True)
+        buffers[name] = array_module({name: p}).array(value, dtype=p.dtype, copy=True, order="C")
     return buffers
 
 
@@ -75,14 +73,20 @@ def ema(rate: float | Schedule, init: Params | None = None) -> Transform:
 
 
 def trace(decay: float, dampening: float = 0.0) -> Transform:
-    """PyTorch momentum: ``m_1 = x_1``, then ``m_t = mu m_{t-1} + (1 - dampening) x_t``."""
+    """PyTorch momentum: ``m_1 = x_1``, then ``m_t = mu m_{t-1} + (1 - dampening) x_t``.
+
+    With ``decay == 0`` the filter is the identity and keeps no buffer: its state is only
+    ``{"count"}`` (``{"count", "m"}`` otherwise).
+    """
 
     def init_fn(params: Params) -> State:
+        if decay == 0.0:
+            return {"count": np.asarray(0, dtype=np.int64)}
         return {"count": np.asarray(0, dtype=np.int64), "m": zeros_like_tree(params)}
 
     def update(stream: Params, state: State, params: Params) -> tuple[Params, State]:
         if decay == 0.0:
-            return stream, {"count": step_count_after(state), "m": state["m"]}
+            return stream, {"count": step_count_after(state)}
         if step_count(state) == 0:
             # PyTorch initialises the buffer with the first gradient, undamped.
             m = copy_tree(stream)
@@ -150,7 +154,7 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Tran
 
     def update(stream: Params, state: State, params: Params) -> tuple[Params, State]:
         m, v, c1, c2 = _bias_corrected_moments(stream, state, b1, b2)
-        xp = _array_module(stream)
+        xp = array_module(stream)
         out = {k: (m[k] / c1) / (xp.sqrt(v[k] / c2) + eps) for k in stream}
         return out, {"count": step_count_after(state), "m": m, "v": v}
 
@@ -174,7 +178,7 @@ def normalize_by_rms(gamma: float, sigma: float, eps: float = 1e-10,
     def update(stream: Params, state: State, params: Params) -> tuple[Params, State]:
         m = {k: (1.0 - gamma) * state["m"][k] + gamma * x for k, x in stream.items()}
         v = {k: (1.0 - sigma) * state["v"][k] + sigma * (x * x) for k, x in stream.items()}
-        xp = _array_module(stream)
+        xp = array_module(stream)
         if bias_correction:
             t = step_count(state) + 1
             c1, c2 = 1.0 - (1.0 - gamma) ** t, 1.0 - (1.0 - sigma) ** t
@@ -233,7 +237,7 @@ def flip(threshold: float = 0.0, tie: str = "keep") -> Transform:
         raise MinibnnError(f"flip threshold must be >= 0, got {threshold}")
 
     def update(stream: Params, state: State, params: Params) -> tuple[Params, State]:
-        xp = _array_module(params)
+        xp = array_module(params)
         new = {}
         for k, x in stream.items():
             b = params[k]
@@ -247,7 +251,3 @@ def flip(threshold: float = 0.0, tie: str = "keep") -> Transform:
     return Transform(lambda params: {}, update)
 
 
-def _array_module(tree: Params) -> Any:
-    from minibnn.backend import get_array_module
-
-    return get_array_module(*tree.values())

@@ -10,7 +10,9 @@ fixed because checkpoints depend on them):
     sgd, coupled   (A): weight_decay=..., momentum=..., lr=..., w=...
     adam:               like sgd with adam=scale_by_adam in place of momentum
     cema:               m=ema(gamma), v=ema(alpha), b=flip(0)
-    bop:                m=ema(gamma), b=flip(tau, "positive")     (= cema with gamma=1 at tau=0)
+    bop:                m=ema(gamma), b=flip(tau, "positive")
+                        (bop(0, r) = cema(alpha=r, gamma=1, tie="positive"): with gamma = 1,
+                        cema's m is g and its v is bop's m; the tie rules must agree too)
     bop2nd:             rms=normalize_by_rms(gamma, sigma), b=flip(tau, "positive")
     second_order:       v=iir2(a1, a2, c), b=flip(0)
 

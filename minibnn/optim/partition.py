@@ -7,7 +7,7 @@ every group's ``step`` (so each group takes its fused kernel where one is compil
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from minibnn.errors import MinibnnError
@@ -40,12 +40,16 @@ def _route(optimizers: Mapping[str, Transform], label_of: Callable[[str], str], 
     return new_params, new_state
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Partition(Transform):
-    """``partition``'s transform: ``step`` routes each group to its optimiser's ``step``."""
+    """``partition``'s transform: ``step`` routes each group to its optimiser's ``step``.
 
-    optimizers: Mapping[str, Transform] = field(default_factory=dict)
-    label_of: Callable[[str], str] = str
+    ``optimizers`` (label -> optimiser) and ``label_of`` (parameter name -> label) are
+    required keywords: ``partition(...)`` builds them.
+    """
+
+    optimizers: Mapping[str, Transform]
+    label_of: Callable[[str], str]
 
     def step(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
         return _route(self.optimizers, self.label_of, "step", grads, state, params)

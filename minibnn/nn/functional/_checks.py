@@ -2,7 +2,8 @@
 
 Each check is cheap (it looks at ``ndim``, ``shape`` and ``dtype``, never at the data, except
 where a range must be checked) and raises a one-line error from ``minibnn.errors`` that names the
-function, the argument, what was expected and what was given.
+function, the argument, what was expected and what was given. ``require_int`` and
+``conv_output_size`` are the kernels' own (``minibnn.kernels._common``), re-exported here.
 """
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from typing import Any
 import numpy as np
 
 from minibnn.errors import DTypeError, MinibnnError, ShapeError
+# One definition each, shared with the kernels: integer arguments and the output size of a
+# sliding window (OH = (H + 2 padding - kH) // stride + 1).
+from minibnn.kernels._common import conv_output_size, require_int  # noqa: F401
 
 #: Any NumPy or CuPy array (the functional layers are written once against ``xp``).
 Array = Any
@@ -66,13 +70,6 @@ def require_vector(fn: str, name: str, p: Any, size: int, why: str, ref_name: st
 def require_channel_vector(fn: str, name: str, p: Any, x: Any) -> None:
     """``p`` must be a per-channel float vector: shape ``(x.shape[1],)``, x's dtype."""
     require_vector(fn, name, p, x.shape[1], "to match x.shape[1] (channels)", "x", x)
-
-
-def require_int(fn: str, name: str, v: Any, minimum: int) -> int:
-    """``v`` must be an int (not a bool) with ``v >= minimum``; returns it as a Python int."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
-        raise MinibnnError(f"{fn}: {name} must be an int >= {minimum}, got {v!r}")
-    return int(v)
 
 
 def require_real(fn: str, name: str, v: Any, lo: float, hi: float, *,

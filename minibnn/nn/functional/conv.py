@@ -17,8 +17,8 @@ from minibnn import kernels
 from minibnn.backend import get_array_module
 from minibnn.errors import ShapeError
 from minibnn.nn.functional._checks import (
-    Array, require_float, require_grad, require_int, require_ndim, require_same_dtype,
-    require_vector, shape_str)
+    Array, conv_output_size, require_float, require_grad, require_int, require_ndim,
+    require_same_dtype, require_vector, shape_str)
 
 
 class Conv2dCache(NamedTuple):
@@ -28,19 +28,6 @@ class Conv2dCache(NamedTuple):
     stride: int
     padding: int
     has_bias: bool
-
-
-def conv_output_size(fn: str, x_shape: tuple[int, ...], kh: int, kw: int, stride: int,
-                     padding: int) -> tuple[int, int]:
-    """Output (OH, OW) of a kH x kW window sliding over the zero-padded H x W input.
-
-    Raises ShapeError when the window is larger than the padded input.
-    """
-    h, w = int(x_shape[2]) + 2 * padding, int(x_shape[3]) + 2 * padding
-    if kh > h or kw > w:
-        raise ShapeError(f"{fn}: kernel ({kh}, {kw}) is larger than the padded input ({h}, {w}) "
-                         f"(x of shape {shape_str(x_shape)}, padding {padding})")
-    return (h - kh) // stride + 1, (w - kw) // stride + 1
 
 
 def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: int = 1,
@@ -61,7 +48,7 @@ def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: int = 1,
     stride = require_int(fn, "stride", stride, 1)
     padding = require_int(fn, "padding", padding, 0)
     n = int(x.shape[0])
-    oh, ow = conv_output_size(fn, x.shape, kh, kw, stride, padding)
+    oh, ow = conv_output_size(fn, x.shape[2], x.shape[3], kh, kw, stride, padding)
     xp = get_array_module(x)
     cols = kernels.call("im2col", x, kh, kw, stride, padding)
     y2 = cols @ w.reshape(o, -1).T                 # (N*OH*OW, O): one GEMM
@@ -76,7 +63,8 @@ def conv2d_backward(dy: Array, cache: Conv2dCache) -> tuple[Array, Array, Array 
     x_shape, cols, w, stride, padding, has_bias = cache
     o, _, kh, kw = (int(s) for s in w.shape)
     n = x_shape[0]
-    oh, ow = conv_output_size("conv2d_backward", x_shape, kh, kw, stride, padding)
+    oh, ow = conv_output_size("conv2d_backward", x_shape[2], x_shape[3], kh, kw, stride,
+                              padding)
     require_grad("conv2d_backward", dy, (n, o, oh, ow), w.dtype)
     dy2 = dy.transpose(0, 2, 3, 1).reshape(-1, o)  # rows in im2col order, (N*OH*OW, O)
     dw = (dy2.T @ cols).reshape(w.shape)           # dL/dW = dY^T . cols

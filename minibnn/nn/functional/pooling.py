@@ -15,8 +15,7 @@ from minibnn import kernels
 from minibnn.backend import get_array_module
 from minibnn.errors import MinibnnError
 from minibnn.nn.functional._checks import (
-    Array, require_float, require_grad, require_int, require_ndim)
-from minibnn.nn.functional.conv import conv_output_size
+    Array, conv_output_size, require_float, require_grad, require_int, require_ndim)
 
 
 class MaxPool2dCache(NamedTuple):
@@ -52,7 +51,7 @@ def _pool_args(fn: str, x: Array, kernel: int, stride: int | None,
     if padding > kernel // 2:
         raise MinibnnError(f"{fn}: padding must be at most kernel // 2 = {kernel // 2}, "
                            f"got {padding}")
-    oh, ow = conv_output_size(fn, x.shape, kernel, kernel, stride, padding)
+    oh, ow = conv_output_size(fn, x.shape[2], x.shape[3], kernel, kernel, stride, padding)
     return kernel, stride, padding, oh, ow
 
 
@@ -74,7 +73,7 @@ def maxpool2d_backward(dy: Array, cache: MaxPool2dCache) -> Array:
     """Route each dy entry to the (first) arg-max of its window; overlapping windows add."""
     x_shape, dtype, argmax, k, s, p = cache
     n, c, h, w = x_shape
-    oh, ow = conv_output_size("maxpool2d_backward", x_shape, k, k, s, p)
+    oh, ow = conv_output_size("maxpool2d_backward", h, w, k, k, s, p)
     require_grad("maxpool2d_backward", dy, (n, c, oh, ow), dtype)
     return kernels.call("maxpool2d_backward", dy, argmax, x_shape, k, s, p)
 
@@ -98,7 +97,7 @@ def avgpool2d_backward(dy: Array, cache: AvgPool2dCache) -> Array:
     """Each window member receives dy / kernel**2; overlapping windows add."""
     x_shape, dtype, k, s, p = cache
     n, c, h, w = x_shape
-    oh, ow = conv_output_size("avgpool2d_backward", x_shape, k, k, s, p)
+    oh, ow = conv_output_size("avgpool2d_backward", h, w, k, k, s, p)
     require_grad("avgpool2d_backward", dy, (n, c, oh, ow), dtype)
     xp = get_array_module(dy)
     dcols = xp.broadcast_to((dy / (k * k)).reshape(-1, 1), (n * c * oh * ow, k * k))
