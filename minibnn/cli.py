@@ -214,7 +214,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from minibnn.packed import is_packed_file
+    from minibnn.io_packed import is_packed_file
     from minibnn.train import evaluate_run
 
     if args.packed or is_packed_file(args.run):
@@ -228,12 +228,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_packed(args: argparse.Namespace) -> int:
-    from minibnn.packed import evaluate_packed
+    from minibnn.inference import evaluate_packed
 
     if args.device != "cpu":
         raise MinibnnError("packed (XNOR-popcount) inference runs on the CPU; drop --device gpu")
-    with kernels.use_backend(args.backend or "auto"):     # exact whichever kernels run
-        result = evaluate_packed(args.run, check=args.check)
+    result = evaluate_packed(args.run, check=args.check, backend=args.backend)
     layers = result["binary_layers"]
     line = (f"{args.run}: epoch {result['epoch']}  test loss {result['test_loss']:.4f}  "
             f"test accuracy {result['test_acc']:.4f}  packed ({layers} binary "
@@ -248,7 +247,7 @@ def _eval_packed(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from minibnn.packed import export_packed
+    from minibnn.inference import export_packed
 
     if not args.packed:
         raise MinibnnError("only bit-packed export exists: use minibnn export RUN.h5 --packed")
@@ -272,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN.h5")
     p.add_argument("--device", default="cpu", choices=DEVICE_NAMES)
     p.add_argument("--backend", default=None, choices=BACKEND_NAMES,
-                   help="kernels (default: the run's own setting; see minibnn train --help)")
+                   help="kernels (default: the run's own setting, or auto when the run was "
+                   "trained on the other device; see minibnn train --help)")
     p.add_argument("--packed", action="store_true",
                    help="bit-packed XNOR-popcount inference (automatic for a .packed.h5 file)")
     p.add_argument("--check", action="store_true",

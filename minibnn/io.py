@@ -1,16 +1,19 @@
 """HDF5 run files: configuration, per-epoch metrics and a checkpoint, written atomically.
 
-Layout of ``RUN.h5``::
+Layout of ``RUN.h5`` (every group, dataset and attribute: docs/run-file.md)::
 
     /                 attrs: format="minibnn-run", version, config (JSON)
-    /metrics/<name>   float64 (epochs,) one value per finished epoch
+    /metrics/<metric> float64 (epochs,) one value per finished epoch
     /checkpoint       attrs: epoch, step, rng_state (JSON)
-        /params/<name>      /buffers/<name>      /opt_state/<group>/<stage>/<leaf>
+        /params/<param>      /buffers/<stat>     (model parameters, BatchNorm statistics)
+        /opt_state/<group>/<stage>/count           int64 step counter of a stage
+        /opt_state/<group>/<stage>/<slot>/<param>  a stage's buffer for one parameter
                             (e.g. opt_state/binary/m/s/fc2.w: CEMA's first EMA of fc2.w)
 
 A run file is never half-written: the new file goes to a temporary file beside the target, is
 flushed and closed, and then ``os.replace``-d over the old one (atomic on POSIX); see
-``atomic_h5``, which the packed export uses too.
+``atomic_h5``.  ``atomic_h5``, ``check_version`` and ``check_arrays`` are shared with the packed
+file format (``minibnn.io_packed``).
 """
 from __future__ import annotations
 
@@ -82,20 +85,41 @@ def _read_tree(group: Any) -> dict[str, Any]:
     return out
 
 
-def _check_version(stored: Any, path: str) -> None:
-    """This minibnn reads run files of format ``VERSION`` only, and says why it refuses others."""
+def check_version(stored: Any, path: str, what: str = "run file", supported: int = VERSION,
+                  older: str = "retrain, or use the minibnn that wrote it") -> None:
+    """A file of kind ``what`` must be of format version ``supported``; any other version is a
+    one-line ``DataFileError`` saying why, with ``older`` as the way out for an older file."""
     try:
         version = int(stored)
     except (TypeError, ValueError):
-        raise DataFileError(f"{path}: run file has no readable format version "
-                            f"(this minibnn reads version {VERSION})") from None
-    if version < VERSION:
-        raise DataFileError(f"{path}: run file format version {version} was written by an older "
-                            f"minibnn; this one reads version {VERSION} (retrain, or use the "
-                            f"minibnn that wrote it)")
-    if version > VERSION:
-        raise DataFileError(f"{path}: run file format version {version} was written by a newer "
-                            f"minibnn; this one reads version {VERSION} (upgrade minibnn)")
+        raise DataFileError(f"{path}: {what} has no readable format version "
+                            f"(this minibnn reads version {supported})") from None
+    if version < supported:
+        raise DataFileError(f"{path}: {what} format version {version} is not supported: it was "
+                            f"written by an older minibnn, this one reads version {supported} "
+                            f"({older})")
+    if version > supported:
+        raise DataFileError(f"{path}: {what} format version {version} is not supported: it was "
+                            f"written by a newer minibnn, this one reads version {supported} "
+                            "(upgrade minibnn)")
+
+
+def check_arrays(stored: dict[str, Any], expected: dict[str, Any], path: str, where: str,
+                 what: str, owner: str) -> None:
+    """The arrays read from ``where`` in ``path`` must be exactly those ``owner`` declares, with
+    the same shapes; the first difference is a one-line ``DataFileError`` naming the entry
+    (its path in the tree, e.g. ``binary/m/s/fc2.w``)."""
+    for name, value in expected.items():
+        if name not in stored:
+            raise DataFileError(f"{path}: {where} does not match {owner}: {what} {name!r} "
+                                "is missing")
+        if tuple(np.shape(stored[name])) != tuple(np.shape(value)):
+            raise DataFileError(f"{path}: {where} does not match {owner}: {what} {name!r} has "
+                                f"shape {np.shape(stored[name])}, expected {np.shape(value)}")
+    for name in stored:
+        if name not in expected:
+            raise DataFileError(f"{path}: {where} does not match {owner}: {what} {name!r} "
+                                "is not one it has")
 
 
 def check_writable(path: str) -> None:
@@ -173,7 +197,7 @@ def load_run(path: str) -> RunFile:
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != FORMAT:
                 raise DataFileError(f"{path} is not a minibnn run file (no format={FORMAT!r} tag)")
-            _check_version(f.attrs.get("version"), path)
+            check_version(f.attrs.get("version"), path)
             config_json = str(f.attrs["config"])
             metrics = {k: [float(v) for v in d[()]] for k, d in f["metrics"].items()}
             checkpoint = None

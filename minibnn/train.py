@@ -35,7 +35,8 @@ from minibnn.backend import (device_module, get_array_module, resolve_dtype, to_
                              to_numpy)
 from minibnn.config import LOCAL_FIELDS, TrainConfig, model_options
 from minibnn.errors import MinibnnError
-from minibnn.io import Checkpoint, RunFile, check_writable, load_run, save_run
+from minibnn.io import (Checkpoint, RunFile, check_arrays, check_writable, load_run,
+                        save_run)
 from minibnn.nn.functional import softmax_cross_entropy
 from minibnn.nn.models import Model, build_model
 from minibnn.optim.base import Transform
@@ -248,11 +249,19 @@ def _tree_to_numpy(tree: Any) -> Any:
 
 
 def _tree_to_device(tree: Any, device: str) -> Any:
+    """Every leaf of ``tree`` (NumPy or CuPy) on ``device``, except step counters."""
     if isinstance(tree, dict):
         return {k: _tree_to_device(v, device) for k, v in tree.items()}
-    if np.ndim(tree) == 0 and np.asarray(tree).dtype.kind in "iu":
-        return np.asarray(tree)      # step counters stay host scalars (schedules read them)
+    if _is_counter(tree):
+        return to_numpy(tree)      # step counters stay host scalars (schedules read them)
     return to_device(tree, device)
+
+
+def _is_counter(leaf: Any) -> bool:
+    """An integer scalar: a Python int or a 0-d integer array of either array module."""
+    if isinstance(leaf, (int, np.integer)) and not isinstance(leaf, bool):
+        return True
+    return getattr(leaf, "ndim", None) == 0 and leaf.dtype.kind in "iu"
 
 
 def check_checkpoint(ck: Checkpoint, params: Params, path: str, buffers: Params | None = None,
@@ -262,12 +271,14 @@ def check_checkpoint(ck: Checkpoint, params: Params, path: str, buffers: Params 
     Each mismatch is a one-line error naming the first entry that differs (its path in the
     tree, e.g. ``binary/m/s/fc2.w``).
     """
-    _check_tree(ck.params, params, path, "parameter", "the model in its config")
+    model = "the model in its config"
+    check_arrays(ck.params, params, path, "checkpoint", "parameter", model)
     if buffers is not None:
-        _check_tree(ck.buffers, buffers, path, "buffer", "the model in its config")
+        check_arrays(ck.buffers, buffers, path, "checkpoint", "buffer", model)
     if opt_state is not None:
-        _check_tree(_flatten(ck.opt_state), _flatten(opt_state), path, "optimiser state",
-                    f"optimizer {optimizer!r}" if optimizer else "the optimiser")
+        owner = f"optimizer {optimizer!r}" if optimizer else "the optimiser"
+        check_arrays(_flatten(ck.opt_state), _flatten(opt_state), path, "checkpoint",
+                     "optimiser state", owner)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -278,20 +289,6 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[prefix + key] = value
     return out
-
-
-def _check_tree(stored: Params, expected: Params, path: str, what: str, owner: str) -> None:
-    for name, value in expected.items():
-        if name not in stored:
-            raise MinibnnError(f"{path}: checkpoint does not match {owner}: {what} {name!r} "
-                               f"is missing")
-        if tuple(np.shape(stored[name])) != tuple(np.shape(value)):
-            raise MinibnnError(f"{path}: checkpoint does not match {owner}: {what} {name!r} has "
-                               f"shape {np.shape(stored[name])}, expected {np.shape(value)}")
-    for name in stored:
-        if name not in expected:
-            raise MinibnnError(f"{path}: checkpoint does not match {owner}: {what} {name!r} "
-                               f"is not one it has")
 
 
 def fit(config: TrainConfig | None, out_path: str, resume: bool = False, progress: bool = True,
@@ -399,20 +396,27 @@ def _rates_used(rates: Mapping[str, Any]) -> dict[str, float]:
     return used
 
 
+def eval_backend(config: TrainConfig, device: str, backend: str | None) -> str:
+    """The kernels an evaluation on ``device`` uses: ``backend`` when given, else the run's own
+    setting, or ``"auto"`` when the run was trained on the other device (its compiled backend
+    belongs there)."""
+    if backend is not None:
+        return backend
+    return config.backend if config.device == device else "auto"
+
+
 def evaluate_run(path: str, device: str = "cpu", backend: str | None = None
                  ) -> dict[str, float]:
     """Test loss and accuracy of the checkpoint in a run file.
 
-    Runs inside ``kernels.use_backend`` of ``backend`` (default: the run's own setting, or
-    ``"auto"`` when the run's compiled backend belongs to the other device).
+    Runs inside ``kernels.use_backend(eval_backend(config, device, backend))``.
     """
     run = load_run(path)
     if run.checkpoint is None:
         raise MinibnnError(f"{path} has no checkpoint to evaluate")
     config = TrainConfig.from_json(run.config_json)
-    if backend is None:
-        backend = config.backend if config.device == device else "auto"
-    config = dataclasses.replace(config, device=device, backend=backend).validate()
+    config = dataclasses.replace(config, device=device,
+                                 backend=eval_backend(config, device, backend)).validate()
     device_module(device)
     with kernels.use_backend(config.backend):
         ds = load_data(config)

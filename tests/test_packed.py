@@ -1,4 +1,5 @@
-"""Bit-packed inference (``minibnn.packed``): exactly the float path, ~32x smaller weights.
+"""Bit-packed inference (``minibnn.nn.packed``, ``minibnn.io_packed``, ``minibnn.inference``):
+exactly the float path, ~32x smaller weights.
 
 Logits must be bit-identical to the float forward pass without a weight scale (the float path
 sums +-1 products, exact integers), in float32 and float64, with BatchNorm + sign folded into
@@ -20,15 +21,18 @@ from hypothesis import strategies as st
 from minibnn import kernels
 from minibnn.cli import main
 from minibnn.config import TrainConfig
-from minibnn.errors import DataFileError, DTypeError, MinibnnError
+from minibnn.backend import gpu_available
+from minibnn.errors import DataFileError, DeviceError, DTypeError, MinibnnError
 from minibnn.io import Checkpoint, RunFile, load_run, save_run
 from minibnn.kernels.threshold import Threshold
 from minibnn.nn import functional as F
 from minibnn.nn.models import Model, binary_cnn, binary_mlp, birealnet
 from minibnn.nn.modules import BatchNorm, BinaryDense, Dense, Flatten, Sequential, Sign
-from minibnn.packed import (FORMAT, VERSION, PackedBinary, default_packed_path, evaluate_packed,
-                            export_packed, fold_batchnorm_sign, is_packed_file, load_packed,
-                            pack_model, pack_run)
+from minibnn.inference import (default_packed_path, evaluate_packed, export_packed, load_packed,
+                               pack_run)
+from minibnn.io_packed import FORMAT, VERSION, is_packed_file, save_packed
+from minibnn.nn.fold import fold_batchnorm_sign
+from minibnn.nn.packed import PackedBinary, pack_model
 
 MODELS = {
     # odd widths: K = 81, 70, 130 leave partial words
@@ -238,13 +242,16 @@ def test_damaged_packed_file_is_a_data_file_error(trained_run, tmp_path):
     out = str(tmp_path / "damaged.packed.h5")
     export_packed(trained_run, out)
     with h5py.File(out, "a") as f:
+        bits = f["packed/fc2.w/bits"][()]
         del f["packed/fc2.w/bits"]
         f["packed/fc2.w"].create_dataset("bits", data=np.zeros((64, 3), np.uint64))
-    with pytest.raises(DataFileError, match="bits must be uint64"):
+    with pytest.raises(DataFileError, match=r"bits must be uint64 \(64, 1\), got uint64 \(64, 3\)"):
         load_packed(out)
     with h5py.File(out, "a") as f:
+        del f["packed/fc2.w/bits"]
+        f["packed/fc2.w"].create_dataset("bits", data=bits)
         del f["real/head.w"]
-    with pytest.raises(DataFileError, match="real/"):
+    with pytest.raises(DataFileError, match="real/ does not match.*'head.w' is missing"):
         load_packed(out)
     with h5py.File(out, "a") as f:
         del f["packed"]
@@ -382,8 +389,6 @@ def _as_lookup(fold, channels):
 def test_lookup_channels_give_the_float_path_too(tmp_path):
     """Channels stored as lookup rows (the safety net for a sign table that is not a step)
     compute the same signs, inside a packed run and at its end, and survive the file."""
-    from minibnn.packed import save_packed
-
     model = binary_cnn((1, 28, 28), width=3)
     params, buffers, _ = _random_state(model, np.float64, affine=True)
     x = np.random.default_rng(4).normal(size=(6, 1, 28, 28))
@@ -415,7 +420,8 @@ def test_old_packed_file_version_is_one_line_error(trained_run, tmp_path, capsys
     export_packed(trained_run, out)
     with h5py.File(out, "a") as f:
         f.attrs["version"] = 1
-    with pytest.raises(DataFileError, match="format version 1 is not supported.*re-export"):
+    with pytest.raises(DataFileError, match="packed file format version 1 is not supported: "
+                                            "it was written by an older minibnn.*re-export"):
         load_packed(out)
     assert "version 1" in _one_line_error(["eval", out], capsys)
 
@@ -433,6 +439,56 @@ def test_damaged_thresholds_are_a_data_file_error(trained_run, tmp_path):
         f["packed/fc2.w"].attrs["fold"] = ""
     with pytest.raises(DataFileError, match="does not match the model"):
         load_packed(out)
+
+
+class _DeviceArray:
+    """Stands in for a CuPy array: shape and dtype, but not a NumPy array."""
+
+    __module__ = "cupy._core.core"
+
+    def __init__(self, a):
+        self.shape, self.dtype = a.shape, a.dtype
+
+
+def test_packed_model_refuses_device_arrays_in_one_line():
+    model = MODELS["mlp-latent"]()
+    params, buffers, x = _random_state(model, np.float32)
+    pm = pack_model(model, params, buffers)
+    with pytest.raises(DeviceError, match="runs on the CPU: x must be a NumPy array, got "
+                                          "cupy._DeviceArray"):
+        pm.forward(_DeviceArray(x))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="no CUDA GPU")
+def test_packed_model_refuses_a_cupy_array():
+    import cupy as cp
+
+    model = MODELS["cnn"]()
+    params, buffers, x = _random_state(model, np.float32)
+    with pytest.raises(DeviceError, match="x must be a NumPy array, got cupy.ndarray"):
+        pack_model(model, params, buffers).forward(cp.asarray(x))
+
+
+def test_packed_eval_uses_the_runs_own_backend_unless_told(trained_run, tmp_path, monkeypatch,
+                                                         capsys):
+    """``minibnn eval --packed`` without --backend runs the kernels the run was trained with."""
+    run = load_run(trained_run)
+    config = dataclasses.replace(TrainConfig.from_json(run.config_json), backend="numpy")
+    path = str(tmp_path / "numpy-run.h5")
+    save_run(path, dataclasses.replace(run, config_json=config.to_json()))
+    used, real = [], kernels.use_backend
+
+    def recording(name):
+        used.append(name)
+        return real(name)
+
+    monkeypatch.setattr(kernels, "use_backend", recording)
+    assert main(["eval", path, "--packed"]) == 0
+    assert main(["eval", path, "--packed", "--backend", "auto"]) == 0
+    evaluate_packed(trained_run)
+    assert used == ["numpy", "auto", "auto"]
+    assert capsys.readouterr().out.count("packed (1 binary layer") == 2
 
 
 def test_packed_model_wants_its_own_dtype():

@@ -230,10 +230,22 @@ def test_resolved_defaults_are_stored_in_the_run_file(tmp_path):
     assert stored["alpha"] is None and stored["lr"] is None       # cema's, sgd's: not bop's
 
 
-def test_old_config_with_numba_backend_is_accepted():
-    stored = json.loads(_config().validate().to_json())
-    stored["backend"] = "numba"
-    assert TrainConfig.from_json(json.dumps(stored)).backend == "numba"
+@pytest.mark.parametrize("backend,device", [("auto", "cpu"), ("numpy", "cpu"),
+                                            ("numba", "cpu"), ("auto", "gpu"), ("cuda", "gpu")])
+def test_stored_config_keeps_its_explicit_backend(backend, device):
+    stored = json.loads(_config(backend=backend, device=device).validate().to_json())
+    back = TrainConfig.from_json(json.dumps(stored))
+    assert (back.backend, back.device) == (backend, device)
+
+
+def test_evaluation_uses_the_runs_backend_on_its_own_device_only():
+    from minibnn.train import eval_backend
+
+    cpu, gpu = _config(backend="numpy").validate(), _config(backend="cuda", device="gpu")
+    assert eval_backend(cpu, "cpu", None) == "numpy"
+    assert eval_backend(gpu.validate(), "gpu", None) == "cuda"
+    assert eval_backend(gpu, "cpu", None) == "auto"       # cuda cannot run NumPy arrays
+    assert eval_backend(cpu, "gpu", "numpy") == "numpy"   # an explicit choice wins
 
 
 # --- run files and checkpoints ---------------------------------------------------------------
@@ -250,6 +262,32 @@ def test_bad_run_files_are_one_line_errors(tmp_path):
         f["x"] = 1
     with pytest.raises(DataFileError, match="not a minibnn run file"):
         load_run(str(tmp_path / "other.h5"))
+
+
+class _DeviceArray:
+    """Stands in for a CuPy array: ``get()`` copies to the host, NumPy cannot convert it."""
+
+    def __init__(self, a):
+        self.a = np.asarray(a)
+        self.ndim, self.dtype, self.shape = self.a.ndim, self.a.dtype, self.a.shape
+
+    def get(self):
+        return self.a.copy()
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed")
+
+
+def test_state_trees_with_device_leaves_move_to_the_host():
+    from minibnn.train import _tree_to_device
+
+    tree = {"m": {"count": _DeviceArray(np.int64(3)), "s": {"fc2.w": _DeviceArray(np.ones(4))}},
+            "adam": {"count": 7, "v": {"w": np.zeros(2, np.float32)}}}
+    host = _tree_to_device(tree, "cpu")
+    assert isinstance(host["m"]["count"], np.ndarray) and host["m"]["count"] == 3
+    assert host["m"]["count"].dtype == np.int64 and host["m"]["count"].ndim == 0
+    np.testing.assert_array_equal(host["m"]["s"]["fc2.w"], np.ones(4))
+    assert host["adam"]["count"] == 7 and host["adam"]["v"]["w"].dtype == np.float32
 
 
 def test_version_1_run_file_is_a_one_line_error(tmp_path):
@@ -379,8 +417,8 @@ def test_gpu_run_file_matches_the_cpu_run_file(tmp_path, optimizer):
     runs = {}
     for device in ("cpu", "gpu"):
         path = str(tmp_path / f"{device}.h5")
-        fit(_config(optimizer=optimizer, epochs=1, dtype="float64", shift=2, device=device),
-            path, progress=False, log=_quiet)
+        fit(_config(optimizer=optimizer, epochs=2, dtype="float64", shift=2, device=device),
+            path, progress=False, stop_after=1, log=_quiet)
         runs[device] = load_run(path)
     cpu, gpu = runs["cpu"], runs["gpu"]
     assert cpu.metrics.keys() == gpu.metrics.keys() and cpu.checkpoint.step == gpu.checkpoint.step
@@ -394,5 +432,174 @@ def test_gpu_run_file_matches_the_cpu_run_file(tmp_path, optimizer):
         np.testing.assert_allclose(gpu.checkpoint.params[name], value, rtol=1e-7, atol=1e-9,
                                    err_msg=name)
     assert gpu.metrics["train_loss"] == pytest.approx(cpu.metrics["train_loss"], rel=1e-9)
-    # a GPU run resumes on the CPU (device is machine-local) and evaluates on either
-    assert evaluate_run(str(tmp_path / "gpu.h5"), device="cpu")["epoch"] == 1
+    # a GPU run evaluates on either device, and resumes on the CPU (device is machine-local):
+    # its second epoch matches the CPU run's second epoch
+    on_cpu, on_gpu = (evaluate_run(str(tmp_path / "gpu.h5"), device=d) for d in ("cpu", "gpu"))
+    assert on_cpu["epoch"] == on_gpu["epoch"] == 1
+    assert on_cpu["test_acc"] == on_gpu["test_acc"]
+    for device in ("cpu", "gpu"):
+        fit(None, str(tmp_path / f"{device}.h5"), resume=True, progress=False, log=_quiet,
+            local={"device": "cpu"})
+    cpu, gpu = load_run(str(tmp_path / "cpu.h5")), load_run(str(tmp_path / "gpu.h5"))
+    assert json.loads(gpu.config_json)["device"] == "cpu"
+    assert gpu.checkpoint.epoch == cpu.checkpoint.epoch == 2
+    assert gpu.checkpoint.step == cpu.checkpoint.step
+    for name, value in cpu.checkpoint.params.items():
+        np.testing.assert_allclose(gpu.checkpoint.params[name], value, rtol=1e-7, atol=1e-9,
+                                   err_msg=name)
+    assert gpu.metrics["train_loss"] == pytest.approx(cpu.metrics["train_loss"], rel=1e-9)
+
+
+# --- docs/run-file.md lists every group, dataset and attribute the writers write -------------
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "run-file.md"
+
+
+def _doc_section(heading):
+    """The text under ``### heading`` up to the next heading."""
+    text = DOC.read_text()
+    start = text.index(f"\n### {heading}\n")
+    end = text.find("\n#", start + 1)
+    return text[start:end if end >= 0 else len(text)]
+
+
+def _doc_layout(heading):
+    """``{path pattern: (kind, attribute names, optional)}`` from the section's ``text`` block;
+    a line whose description says "(only ...)" is optional."""
+    block = _doc_section(heading).split("```text\n", 1)[1].split("```", 1)[0]
+    layout = {}
+    for line in block.strip().splitlines():
+        path, kind, *rest = re.split(r"\s{2,}", line.strip())
+        text = " ".join(rest)
+        attrs = set(text[len("attrs: "):].split(", ")) if text.startswith("attrs: ") else set()
+        layout[path] = (kind, attrs, "(only" in text)
+    return layout
+
+
+def _doc_table(heading):
+    """The rows of the section's first table, backticks dropped, header row skipped."""
+    rows = [line for line in _doc_section(heading).splitlines() if line.startswith("|")]
+    return [[cell.strip().replace("`", "") for cell in row.strip("|").split("|")]
+            for row in rows[2:]]
+
+
+def _pattern(path):
+    return re.compile("^" + re.sub(r"<[a-z_]+>", "[^/]+", path) + "$")
+
+
+def _objects(path):
+    """``(name, kind, attribute names)`` of every object in an HDF5 file, root included."""
+    import h5py
+
+    found = []
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            kind = "group" if isinstance(obj, h5py.Group) else "dataset"
+            found.append(("/" + name, kind, set(obj.attrs)))
+        found.append(("/", "group", set(f.attrs)))
+        f.visititems(visit)
+    return found
+
+
+def _check_layout(files, heading):
+    """Every object of ``files`` is a documented line of its kind with exactly its attributes;
+    every documented line not marked "(only ...)" occurs in some file."""
+    layout = _doc_layout(heading)
+    patterns = {p: _pattern(p) for p in layout}
+    seen = set()
+    for path in files:
+        for name, kind, attrs in _objects(path):
+            lines = [p for p in layout if patterns[p].match(name) and layout[p][0] == kind]
+            assert lines, f"{heading}: {kind} {name} of {path} is not in {DOC.name}"
+            assert any(layout[p][1] == attrs for p in lines), (name, attrs, lines)
+            seen.update(lines)
+    always = {p for p, (_, _, optional) in layout.items() if not optional}
+    assert always <= seen, f"documented but never written: {sorted(always - seen)}"
+
+
+def _generic(name, params):
+    """A path with every model parameter name replaced by ``<param>``."""
+    return "/".join("<param>" if part in params else part for part in name.split("/"))
+
+
+def _generic_metric(name, params):
+    """``flip_ratio:fc2.w`` -> ``flip_ratio:<param>``; other metric names unchanged."""
+    prefix, _, rest = name.partition(":")
+    return f"{prefix}:<param>" if rest in params else name
+
+
+def _for_optimizer(rows, optimizer, every):
+    return [row for row in rows if optimizer in row[0].split(", ") or row[0] == every]
+
+
+RUNS_FOR_THE_DOC = [("cema", {}), ("bop", {}), ("bop2nd", {}), ("bop2nd_corrected", {}),
+                    ("sgd", {"momentum": 0.9}), ("sgd", {"decoupled": True}),
+                    ("adam", {})]
+
+
+@pytest.fixture(scope="module")
+def doc_runs(tmp_path_factory):
+    """One freshly written run file per optimiser (sgd twice: with momentum, and without)."""
+    folder = tmp_path_factory.mktemp("doc")
+    runs = []
+    for i, (optimizer, options) in enumerate(RUNS_FOR_THE_DOC):
+        path = str(folder / f"{i}-{optimizer}.h5")
+        fit(_config(optimizer=optimizer, epochs=1, train_subset=200, hidden=[32, 32], **options),
+            path, progress=False, log=_quiet)
+        runs.append((optimizer, path))
+    return runs
+
+
+def test_run_file_doc_lists_every_group_dataset_and_attribute(doc_runs):
+    _check_layout([path for _, path in doc_runs], "Run file layout")
+    documented = {row[1] for row in _doc_table("Run file attributes") if row[0] == "/"}
+    documented_ck = {row[1] for row in _doc_table("Run file attributes")
+                     if row[0] == "/checkpoint"}
+    assert documented == _doc_layout("Run file layout")["/"][1]
+    assert documented_ck == _doc_layout("Run file layout")["/checkpoint"][1]
+
+
+def test_run_file_doc_lists_the_metrics_and_optimiser_stages(doc_runs):
+    import h5py
+
+    for optimizer, path in doc_runs:
+        with h5py.File(path, "r") as f:
+            params = set(f["checkpoint/params"])
+            metrics = {_generic_metric(name, params) for name in f["metrics"]}
+            state = f["checkpoint/opt_state"]
+            stages = {(g, s) for g in state for s in state[g]}
+            datasets = set()
+            state.visititems(lambda name, obj: datasets.add(_generic(name, params))
+                             if isinstance(obj, h5py.Dataset) else None)
+        rows = _doc_table("Metrics")
+        want = {row[0] for row in rows
+                if row[1].startswith("every run") or optimizer in row[1].split(", ")}
+        assert metrics == want, optimizer
+        rows = _for_optimizer(_doc_table("Optimiser state"), optimizer, "every optimiser")
+        assert stages == {(row[1], row[2]) for row in rows}, optimizer
+        allowed = {f"{row[1]}/{row[2]}/{item.strip()}" for row in rows
+                   for item in re.sub(r"\(.*?\)", "", row[3]).split(",") if item.strip()}
+        assert datasets <= allowed, (optimizer, sorted(datasets - allowed))
+    sgd_with_momentum = dict(doc_runs[4:5])["sgd"]
+    with h5py.File(sgd_with_momentum, "r") as f:
+        assert "m" in f["checkpoint/opt_state/binary/momentum"]   # the optional slot occurs
+
+
+def test_packed_file_doc_lists_every_group_dataset_and_attribute(doc_runs, tmp_path):
+    from minibnn.inference import export_packed
+    from minibnn.io import Checkpoint, RunFile
+
+    cema = str(tmp_path / "cema.packed.h5")
+    export_packed(dict(doc_runs)["cema"], cema)
+    config = _config(optimizer="sgd", scale=True, hidden=[32, 32]).validate()
+    model = models.binary_mlp((1, 28, 28), hidden=(32, 32), scale=True)
+    params, buffers = model.init(np.random.default_rng(0), np.float32)
+    scaled_run = str(tmp_path / "scaled.h5")
+    save_run(scaled_run, RunFile(config.to_json(), {}, Checkpoint(params, buffers, {}, {}, 1, 0)))
+    scaled = str(tmp_path / "scaled.packed.h5")
+    export_packed(scaled_run, scaled)
+    _check_layout([cema, scaled], "Packed file layout")
+    rows = _doc_table("Packed file attributes")
+    assert {r[1] for r in rows if r[0] == "/"} == _doc_layout("Packed file layout")["/"][1]
+    assert ({r[1] for r in rows if r[0] == "/packed/<param>"}
+            == _doc_layout("Packed file layout")["/packed/<param>"][1])

@@ -63,6 +63,36 @@ def test_p10_prints_a_minimal_counterexample_for_each_non_equivalence(p10):
     assert "minimal counterexamples" in report and "naive map for (A)" in report
 
 
+@pytest.mark.parametrize("pid", ["P1", "P2", "P3", "P4", "P5", "P6", "P7"])
+def test_engine_stage_reports_the_cases_it_ran(pid):
+    """P1-P7 say how many cases the engine ran; the number follows from the report itself."""
+    import re
+
+    result = PROPERTIES[pid](30)
+    found = re.search(r"engine: (\d+) cases", result.margin)
+    assert found and int(found.group(1)) > 0, result.margin
+
+
+def test_a_property_whose_engine_stage_runs_no_case_does_not_hold():
+    """A map that works on exact cases but gives no float rates leaves the engine unexercised:
+    P3 must fail instead of holding on the reference alone."""
+    def exact_only(lr, momentum, weight_decay):
+        return props.theory_p3_map(lr, momentum, weight_decay) if isinstance(lr, Q) else None
+
+    result = props.check_p3(examples=30, map_fn=exact_only)
+    assert not result.holds
+    assert "engine stage ran no case" in result.counterexample
+    assert "engine: 0 cases" in result.margin
+
+
+def test_coverage_counts_engine_cases_apart():
+    cov = engine.Coverage()
+    for ran in (True, False, True):
+        cov.count(ran)
+    assert (cov.cases, cov.not_applicable) == (2, 1)
+    assert cov.cases_text() == "engine: 2 cases (1 more drawn outside its rates, not counted)"
+
+
 def test_planted_error_naive_map_for_coupled_decay_is_caught():
     result = props.check_p3(examples=50, map_fn=props.naive_p3_map)
     assert not result.holds

@@ -182,9 +182,25 @@ class Coverage:
     chain_only: dict[str, None] = field(default_factory=dict)
     extra: list[str] = field(default_factory=list)
     reference: bool = True          # the reference recursions were checked too
+    cases: int = 0                  # engine-stage cases the engine actually ran
+    not_applicable: int = 0         # engine-stage cases it could not run (rates outside (0, 1])
 
     def add(self, impl: str) -> None:
         self.used[impl] = None
+
+    def count(self, ran: bool) -> None:
+        """One engine-stage case: run on the engine (True) or outside its domain (False)."""
+        if ran:
+            self.cases += 1
+        else:
+            self.not_applicable += 1
+
+    def cases_text(self) -> str:
+        """``engine: N cases`` (and how many drawn cases it could not run)."""
+        text = f"engine: {self.cases} cases"
+        if self.not_applicable:
+            text += f" ({self.not_applicable} more drawn outside its rates, not counted)"
+        return text
 
     def no_kernel(self, optimizer: str) -> None:
         """``optimizer`` has no fused step: only its chain was run."""

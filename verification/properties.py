@@ -78,6 +78,22 @@ def engine_examples(examples: int) -> int:
     return max(1, examples // 3)
 
 
+def engine_stage(strategy: Any, check: Callable[[Any], bool], cov: Coverage, examples: int
+                 ) -> Stage:
+    """A property's engine stage: ``check(case)`` says whether the engine ran the case, and
+    ``cov`` counts the cases it ran apart from those outside its domain."""
+    return strategy, lambda c: cov.count(check(c)), engine_examples(examples)
+
+
+def require_engine(cov: Coverage, cex: str | None) -> str | None:
+    """The counterexample, or a failure when the engine stage ran no case: a property cannot
+    hold on the engine without the engine exercised."""
+    if cex is None and cov.cases == 0:
+        return (f"the engine stage ran no case: all {cov.not_applicable} drawn cases were "
+                "outside what the engine can run")
+    return cex
+
+
 def _case_text(c: dict[str, Any], *keys: str) -> str:
     return describe(**{k: c[k] for k in keys})
 
@@ -132,11 +148,13 @@ def _first_order_property(pid: str, statement: str, momentum: bool, examples: in
         n, cex = run_stages(
             (cases, lambda c: _check_first_order(c, margin), examples),
             (_bitwise_case(momentum), _check_bitwise, examples // 2),
-            (_bitwise_case(momentum), lambda c: on_engine.check_first_order(c, cov),
-             engine_examples(examples)))
+            engine_stage(_bitwise_case(momentum), lambda c: on_engine.check_first_order(c, cov),
+                         cov, examples))
+    cex = require_engine(cov, cex)
     return PropertyResult(pid, statement, n, cex is None, cex,
                           "exact (Fraction) + float64 bitwise; engine: cema bitwise, "
-                          f"sgd signs (margin {FLOAT_MARGIN:g})", margin.text(), timer.seconds,
+                          f"sgd signs (margin {FLOAT_MARGIN:g})",
+                          f"{margin.text()}; {cov.cases_text()}", timer.seconds,
                           implementations=cov.text(), skipped=cov.skipped())
 
 
@@ -218,13 +236,15 @@ def check_p3(examples: int = 150, map_fn: MapFn | None = None) -> PropertyResult
         n, cex = run_stages(
             (S.p3_case(), lambda c: _check_p3_exact(c, map_fn, margin), examples),
             (_p3_float_case(), lambda c: _check_p3_float(c, map_fn, errors), examples // 2),
-            (_p3_float_case(), lambda c: on_engine.check_p3(c, map_fn, cov),
-             engine_examples(examples)))
+            engine_stage(_p3_float_case(), lambda c: on_engine.check_p3(c, map_fn, cov), cov,
+                         examples))
+    cex = require_engine(cov, cex)
     return PropertyResult(
         "P3", P3, n, cex is None, cex,
         f"exact (Fraction) + float64 (sign margin {FLOAT_MARGIN:g}); engine: cema, sgd(A) "
         "bitwise",
-        f"{margin.text()}; float64 max rel. error {max(errors):.2g}", timer.seconds,
+        f"{margin.text()}; float64 max rel. error {max(errors):.2g}; {cov.cases_text()}",
+        timer.seconds,
         implementations=cov.text(), skipped=cov.skipped())
 
 
@@ -275,12 +295,15 @@ def check_p4(examples: int = 150) -> PropertyResult:
     with Timer() as timer:
         n, cex = run_stages(
             (_p4_case(), lambda c: _check_p4(c, counts, margin), examples),
-            (_p4_float_case(), lambda c: on_engine.check_p4(c, cov), engine_examples(examples)))
+            engine_stage(_p4_float_case(), lambda c: on_engine.check_p4(c, cov), cov,
+                         examples))
+    cex = require_engine(cov, cex)
     return PropertyResult("P4", P4, n, cex is None, cex,
                           "exact (Fraction); engine float64: second_order, sgd(A) bitwise, "
                           "sgd(B) signs",
                           f"{counts['complex']} complex-pole and {counts['no cascade']} "
-                          f"no-cascade cases; {margin.text()}", timer.seconds,
+                          f"no-cascade cases; {margin.text()}; {cov.cases_text()}",
+                          timer.seconds,
                           implementations=cov.text(), skipped=cov.skipped())
 
 
@@ -318,11 +341,13 @@ def check_p5(examples: int = 150) -> PropertyResult:
     with Timer() as timer:
         n, cex = run_stages(
             (_p5_case(), _check_p5, examples),
-            (_p5_case(S.powers_of_two(-8, 8)).map(on_engine.float_case),
-             lambda c: on_engine.check_p5(c, cov), engine_examples(examples)))
+            engine_stage(_p5_case(S.powers_of_two(-8, 8)).map(on_engine.float_case),
+                         lambda c: on_engine.check_p5(c, cov), cov, examples))
+    cex = require_engine(cov, cex)
     return PropertyResult("P5", P5, n, cex is None, cex,
                           "exact (Fraction); engine float64 bitwise (c a power of two)",
-                          "w' == c w with ==", timer.seconds, implementations=cov.text(),
+                          f"w' == c w with ==; {cov.cases_text()}", timer.seconds,
+                          implementations=cov.text(),
                           skipped=cov.skipped())
 
 
@@ -403,13 +428,14 @@ def check_p6(examples: int = 150) -> PropertyResult:
         n, cex = run_stages(
             (_p6_case(), _check_forgetting, examples),
             (_p6_case(), lambda c: _check_zero_buffer_limit(c, ties), examples),
-            (_p6_case().map(on_engine.float_case),
-             lambda c: on_engine.check_p6(c, cov, engine_ties), engine_examples(examples)))
+            engine_stage(_p6_case().map(on_engine.float_case),
+                         lambda c: on_engine.check_p6(c, cov, engine_ties), cov, examples))
+    cex = require_engine(cov, cex)
     return PropertyResult("P6", P6, n, cex is None, cex,
                           "exact (Fraction); engine float64: zero-buffer cema bitwise, "
                           f"sgd from 2^-300 w0 signs (margin {FLOAT_MARGIN:g})",
                           f"{ties[0]} exact and {engine_ties[0]} engine tie steps (v = 0) "
-                          "excluded from the limit check", timer.seconds,
+                          f"excluded from the limit check; {cov.cases_text()}", timer.seconds,
                           implementations=cov.text(), skipped=cov.skipped())
 
 
@@ -455,12 +481,14 @@ def check_p7(examples: int = 150) -> PropertyResult:
     with Timer() as timer:
         n, cex = run_stages(
             (_p7_case(), _check_p7, examples),
-            (_p7_case().map(on_engine.float_case), lambda c: on_engine.check_p7(c, cov),
-             engine_examples(examples)))
+            engine_stage(_p7_case().map(on_engine.float_case),
+                         lambda c: on_engine.check_p7(c, cov), cov, examples))
+    cex = require_engine(cov, cex)
     return PropertyResult("P7", P7, n, cex is None, cex,
                           "exact (Fraction); engine float64: cema bitwise, signs vs sgd(B) "
                           "and reference (A, mu_t)",
-                          "v == -k w with ==; (A) constant mu: see P10", timer.seconds,
+                          f"v == -k w with ==; (A) constant mu: see P10; {cov.cases_text()}",
+                          timer.seconds,
                           implementations=cov.text(), skipped=cov.skipped())
 
 
