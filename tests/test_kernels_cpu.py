@@ -28,7 +28,7 @@ SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
 DTYPES = st.sampled_from([np.float32, np.float64])
 
 
-def numba(op: str) -> Callable[..., Any]:
+def numba_body(op: str) -> Callable[..., Any]:
     return kernels.get(op, "numba")
 
 
@@ -93,11 +93,11 @@ def test_im2col_col2im(case: tuple) -> None:
     cols = ref("im2col")(x, kh, kw, stride, padding)
     assert cols.shape == (n * ((h + 2 * padding - kh) // stride + 1)
                           * ((w + 2 * padding - kw) // stride + 1), c * kh * kw)
-    got = numba("im2col")(x, kh, kw, stride, padding)
+    got = numba_body("im2col")(x, kh, kw, stride, padding)
     assert got.dtype == dtype and np.array_equal(got, cols)
     dcols = randn(rng, cols.shape, dtype)
     expect = ref("col2im")(dcols, x.shape, kh, kw, stride, padding)
-    got = numba("col2im")(dcols, x.shape, kh, kw, stride, padding)
+    got = numba_body("col2im")(dcols, x.shape, kh, kw, stride, padding)
     assert got.shape == x.shape and got.dtype == dtype
     np.testing.assert_allclose(got, expect, rtol=rtol(dtype), atol=rtol(dtype))
 
@@ -110,18 +110,18 @@ def test_maxpool(case: tuple) -> None:
     rng = np.random.default_rng(seed)
     x = randn(rng, (n, c, h, w), dtype, zeros=0.3)       # zeros make ties inside windows
     y, arg = ref("maxpool2d_forward")(x, k, stride, padding)
-    y2, arg2 = numba("maxpool2d_forward")(x, k, stride, padding)
+    y2, arg2 = numba_body("maxpool2d_forward")(x, k, stride, padding)
     assert np.array_equal(y, y2) and np.array_equal(arg, arg2) and y2.dtype == dtype
     assert arg2.dtype == np.int64
     dy = randn(rng, y.shape, dtype)
-    np.testing.assert_allclose(numba("maxpool2d_backward")(dy, arg, x.shape, k, stride, padding),
+    np.testing.assert_allclose(numba_body("maxpool2d_backward")(dy, arg, x.shape, k, stride, padding),
                                ref("maxpool2d_backward")(dy, arg, x.shape, k, stride, padding),
                                rtol=rtol(dtype), atol=rtol(dtype))
 
 
 def test_maxpool_first_maximum_wins_and_padding_never_wins() -> None:
     x = np.array([[[[1.0, 3.0, 3.0], [-2.0, 3.0, 0.0], [-5.0, -4.0, -6.0]]]], np.float32)
-    for body in (ref("maxpool2d_forward"), numba("maxpool2d_forward")):
+    for body in (ref("maxpool2d_forward"), numba_body("maxpool2d_forward")):
         y, arg = body(x, 2, 1, 0)
         assert y.reshape(-1).tolist() == [3.0, 3.0, 3.0, 3.0]
         assert arg.tolist() == [1, 0, 1, 0]           # the first 3 in row-major order
@@ -141,13 +141,13 @@ def test_batchnorm_sign(n: int, c: int, hw: int, dtype: type, seed: int) -> None
     x = randn(rng, shape, dtype)
     mean, var = randn(rng, (c,), dtype), np.abs(randn(rng, (c,), dtype)) + 0.1
     gamma, beta = randn(rng, (c,), dtype), randn(rng, (c,), dtype)
-    s = numba("batchnorm_sign_eval")(x, mean, var, gamma, beta)
+    s = numba_body("batchnorm_sign_eval")(x, mean, var, gamma, beta)
     assert s.dtype == dtype and np.array_equal(
         s, ref("batchnorm_sign_eval")(x, mean, var, gamma, beta))
-    assert np.array_equal(numba("batchnorm_sign_eval")(x, mean, var),
+    assert np.array_equal(numba_body("batchnorm_sign_eval")(x, mean, var),
                           ref("batchnorm_sign_eval")(x, mean, var))
     assume(x.size // c >= 2)
-    got = numba("batchnorm_sign_train")(x, gamma, beta)
+    got = numba_body("batchnorm_sign_train")(x, gamma, beta)
     want = ref("batchnorm_sign_train")(x, gamma, beta)
     for name, a, b in zip(("s", "y", "xhat", "mean", "var", "inv_std"), got, want):
         assert a.shape == b.shape and a.dtype == dtype, name
@@ -163,9 +163,9 @@ def test_batchnorm_sign_equals_the_layers() -> None:
     gamma, beta = randn(rng, (3,), np.float32), randn(rng, (3,), np.float32)
     rm, rv = randn(rng, (3,), np.float32), np.abs(randn(rng, (3,), np.float32)) + 0.5
     y, _ = batchnorm_forward(x, gamma, beta, rm, rv, train=False)
-    assert np.array_equal(numba("batchnorm_sign_eval")(x, rm, rv, gamma, beta), sign_forward(y)[0])
+    assert np.array_equal(numba_body("batchnorm_sign_eval")(x, rm, rv, gamma, beta), sign_forward(y)[0])
     y, cache = batchnorm_forward(x, gamma, beta, None, None, train=True)
-    s, y2, xhat, _, _, inv_std = numba("batchnorm_sign_train")(x, gamma, beta)
+    s, y2, xhat, _, _, inv_std = numba_body("batchnorm_sign_train")(x, gamma, beta)
     assert np.array_equal(s, sign_forward(y)[0]) and np.array_equal(y2, y)
     assert np.array_equal(xhat, cache.xhat) and np.array_equal(inv_std, cache.inv_std)
 
@@ -196,7 +196,7 @@ def test_cema_bop(case: tuple) -> None:
     for _ in range(3):
         g = randn(rng, (size,), dtype, zeros=0.3)
         n_ref = ref("cema_update")(br, mr, vr, g, alpha, gamma, thr, tie)
-        n_numba = numba("cema_update")(bc, mc, vc, g, alpha, gamma, thr, tie)
+        n_numba = numba_body("cema_update")(bc, mc, vc, g, alpha, gamma, thr, tie)
         assert n_ref == n_numba and isinstance(n_numba, int)
         for a, c in ((br, bc), (mr, mc), (vr, vc)):
             assert np.array_equal(a, c)
@@ -204,7 +204,7 @@ def test_cema_bop(case: tuple) -> None:
     for _ in range(3):
         g = randn(rng, (size,), dtype, zeros=0.3)
         assert (ref("bop_update")(br, mr, g, gamma, thr, tie)
-                == numba("bop_update")(bc, mc, g, gamma, thr, tie))
+                == numba_body("bop_update")(bc, mc, g, gamma, thr, tie))
         assert np.array_equal(br, bc) and np.array_equal(mr, mc)
 
 
@@ -253,14 +253,14 @@ def test_sgd_adam(case: tuple, momentum: float, wd: float, decoupled: bool,
         kw = dict(momentum=momentum, weight_decay=wd, dampening=dampening, decoupled=decoupled,
                   first_step=t == 0)
         ref("sgd_update")(wr, mr, g, lr, **kw)
-        numba("sgd_update")(wc, mc, g, lr, **kw)
+        numba_body("sgd_update")(wc, mc, g, lr, **kw)
         assert np.array_equal(wr, wc) and np.array_equal(mr, mc)
     (wr, mr, vr), (wc, mc, vc) = _twins(randn(rng, (size,), dtype), np.zeros(size, dtype),
                                         np.zeros(size, dtype))
     for t in range(1, 4):
         g = randn(rng, (size,), dtype)
         ref("adam_update")(wr, mr, vr, g, lr, t, weight_decay=wd, decoupled=decoupled)
-        numba("adam_update")(wc, mc, vc, g, lr, t, weight_decay=wd, decoupled=decoupled)
+        numba_body("adam_update")(wc, mc, vc, g, lr, t, weight_decay=wd, decoupled=decoupled)
         for a, c in ((wr, wc), (mr, mc), (vr, vc)):
             assert np.array_equal(a, c)
 
@@ -326,10 +326,10 @@ def test_pack_unpack(dtype: type, shape: tuple[int, ...]) -> None:
     x = randn(rng, shape, dtype, zeros=0.2)                # sign(0) = +1, bit 1
     packed = ref("pack_signs")(x)
     assert packed.dtype == np.uint64 and packed.shape == shape[:-1] + (-(-shape[-1] // 64),)
-    assert np.array_equal(numba("pack_signs")(x), packed)
+    assert np.array_equal(numba_body("pack_signs")(x), packed)
     back = ref("unpack_signs")(packed, shape[-1], dtype)
     assert back.dtype == dtype and np.array_equal(back, np.where(x >= 0, 1.0, -1.0))
-    assert np.array_equal(numba("unpack_signs")(packed, shape[-1], dtype), back)
+    assert np.array_equal(numba_body("unpack_signs")(packed, shape[-1], dtype), back)
     if x.size:                                            # bit k % 64 of word k // 64
         flat = x.reshape(-1, shape[-1])[0]
         word0 = sum(1 << j for j in range(min(64, shape[-1])) if flat[j] >= 0)
@@ -342,7 +342,7 @@ def test_xnor_gemm(m: int, k: int, n: int) -> None:
     a, b = rng.standard_normal((m, k)), rng.standard_normal((n, k))
     pa, pb = ref("pack_signs")(a), ref("pack_signs")(b)
     want = (np.where(a >= 0, 1, -1) @ np.where(b >= 0, 1, -1).T).astype(np.int32)
-    for body in (ref("xnor_gemm"), numba("xnor_gemm")):
+    for body in (ref("xnor_gemm"), numba_body("xnor_gemm")):
         got = body(pa, pb, k)
         assert got.dtype == np.int32 and np.array_equal(got, want)
 
@@ -359,7 +359,7 @@ def test_binary_conv2d_and_its_packing(c: int, o: int, hw: int, k: int, stride: 
     x = randn(rng, (2, c, hw, hw), np.float32)
     w = randn(rng, (o, c, k, k), np.float32)
     xbits = ref("pack_conv_input")(x)
-    assert np.array_equal(numba("pack_conv_input")(x), xbits)
+    assert np.array_equal(numba_body("pack_conv_input")(x), xbits)
     wbits, wsum = ref("pack_conv_weights")(w)
     auto_bits, auto_sum = kernels.call("pack_conv_weights", w)   # numba pack_signs inside
     assert np.array_equal(auto_bits, wbits) and np.array_equal(auto_sum, wsum)
@@ -367,7 +367,7 @@ def test_binary_conv2d_and_its_packing(c: int, o: int, hw: int, k: int, stride: 
     sx, sw = np.where(x >= 0, 1.0, -1.0), np.where(w >= 0, 1.0, -1.0)
     y_float, _ = conv2d_forward(sx, sw, stride=stride, padding=padding)
     assert want.dtype == np.int32 and np.array_equal(want, y_float)
-    assert np.array_equal(numba("binary_conv2d")(xbits, wbits, wsum, c, k, k, stride, padding),
+    assert np.array_equal(numba_body("binary_conv2d")(xbits, wbits, wsum, c, k, k, stride, padding),
                           want)
 
 
@@ -432,10 +432,10 @@ def test_large_work_runs_parallel_path() -> None:
     rng = np.random.default_rng(4)
     x = randn(rng, (4, 8, 48, 48), np.float32)
     assert x.size >= cpu.PARALLEL_MIN_WORK
-    assert np.array_equal(numba("im2col")(x, 3, 3, 1, 1), ref("im2col")(x, 3, 3, 1, 1))
-    assert np.array_equal(numba("maxpool2d_forward")(x, 2)[0], ref("maxpool2d_forward")(x, 2)[0])
+    assert np.array_equal(numba_body("im2col")(x, 3, 3, 1, 1), ref("im2col")(x, 3, 3, 1, 1))
+    assert np.array_equal(numba_body("maxpool2d_forward")(x, 2)[0], ref("maxpool2d_forward")(x, 2)[0])
     gamma, beta = randn(rng, (8,), np.float32), randn(rng, (8,), np.float32)
-    for a, b in zip(numba("batchnorm_sign_train")(x, gamma, beta),
+    for a, b in zip(numba_body("batchnorm_sign_train")(x, gamma, beta),
                     ref("batchnorm_sign_train")(x, gamma, beta)):
         assert np.array_equal(a, b)
     n = cpu.PARALLEL_MIN_WORK * 2
@@ -443,5 +443,5 @@ def test_large_work_runs_parallel_path() -> None:
                                         np.zeros(n, np.float32))
     g = randn(rng, (n,), np.float32)
     ref("adam_update")(wr, mr, vr, g, 1e-3, 1)
-    numba("adam_update")(wc, mc, vc, g, 1e-3, 1)
+    numba_body("adam_update")(wc, mc, vc, g, 1e-3, 1)
     assert np.array_equal(wr, wc)
