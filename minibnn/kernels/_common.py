@@ -224,8 +224,11 @@ def check_directions(fn: str, direction: Any) -> None:
 
 
 def check_binary_conv(fn: str, xbits: Any, wbits: Any, wsum: Any, c: int, kh: int, kw: int,
-                      stride: int, padding: int, kind: str = "any") -> tuple[int, int]:
+                      stride: int, padding: int, kind: str = "any", layout: str = "nchw"
+                      ) -> tuple[int, int]:
     """Check the packed operands of ``binary_conv2d``; return (OH, OW)."""
+    if layout not in ("nchw", "nhwc"):
+        raise MinibnnError(f"{fn}: layout must be 'nchw' or 'nhwc', got {layout!r}")
     for name, arr in (("xbits", xbits), ("wbits", wbits), ("wsum", wsum)):
         require_array(fn, name, arr, kind)
     if xbits.dtype != np.uint64 or xbits.ndim != 4 or xbits.shape[3] != words_for(c):

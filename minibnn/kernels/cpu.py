@@ -617,10 +617,10 @@ def _bconv_pixel(xb, wt, ni, yo, xo, c, kh, kw, stride, padding, acc):  # type: 
 
 
 @njit(parallel=True, cache=True)
-def _binary_conv2d(xb, wt, c, kh, kw, stride, padding, out):  # type: ignore[no-untyped-def]
+def _binary_conv2d(xb, wt, c, kh, kw, stride, padding, nhwc, out):  # type: ignore[no-untyped-def]
     n, h, w, nw = xb.shape
     o = wt.shape[1]
-    oh, ow = out.shape[2], out.shape[3]
+    oh, ow = (out.shape[1], out.shape[2]) if nhwc else (out.shape[2], out.shape[3])
     for r in prange(n * oh):                      # one output row of one sample per task
         ni = r // oh
         yo = r - ni * oh
@@ -666,15 +666,22 @@ def _binary_conv2d(xb, wt, c, kh, kw, stride, padding, out):  # type: ignore[no-
                 xo += 1
         # Row-wise stores: scattering each pixel's O values at a stride of OH*OW int32 (4 KiB at
         # 32x32) maps them onto a few L1 sets and measured 3x slower.
-        for oc in range(o):
+        if nhwc:
             for xo in range(ow):
-                out[ni, oc, yo, xo] = row[oc, xo]
+                for oc in range(o):
+                    out[ni, yo, xo, oc] = row[oc, xo]
+        else:
+            for oc in range(o):
+                for xo in range(ow):
+                    out[ni, oc, yo, xo] = row[oc, xo]
 
 
 @register("binary_conv2d", "numba")
 def binary_conv2d(xbits: np.ndarray, wbits: np.ndarray, wsum: np.ndarray, c: int, kh: int,
-                  kw: int, stride: int = 1, padding: int = 0) -> np.ndarray:
-    """Exact binary convolution on packed operands -> int32 (N, O, OH, OW).
+                  kw: int, stride: int = 1, padding: int = 0, layout: str = "nchw"
+                  ) -> np.ndarray:
+    """Exact binary convolution on packed operands -> int32 (N, O, OH, OW), or (N, OH, OW, O)
+    with ``layout="nhwc"``.
 
     Same result as the reference, computed differently at the border: instead of packing
     padded taps as -1 and adding ``wsum`` back, this kernel skips them, so with ``valid``
@@ -684,9 +691,15 @@ def binary_conv2d(xbits: np.ndarray, wbits: np.ndarray, wsum: np.ndarray, c: int
     interior pixels go in fours that share the weight loads.
     """
     oh, ow = check_binary_conv("binary_conv2d", xbits, wbits, wsum, c, kh, kw, stride, padding,
-                               "numpy")
-    out = np.empty((xbits.shape[0], wbits.shape[0], oh, ow), dtype=np.int32)
+                               "numpy", layout)
+    n, o = xbits.shape[0], wbits.shape[0]
+    nhwc = layout == "nhwc"
+    out = np.empty((n, oh, ow, o) if nhwc else (n, o, oh, ow), dtype=np.int32)
     with _threads_for(out.size * wbits.shape[1]):
         _binary_conv2d(np.ascontiguousarray(xbits), np.ascontiguousarray(wbits.T), c, kh, kw,
-                       stride, padding, out)
+                       stride, padding, nhwc, out)
     return out
+
+
+# The channels-last training ops register their Numba bodies from their own module.
+import minibnn.kernels.cpu_channels_last  # noqa: E402,F401

@@ -400,8 +400,10 @@ def pack_conv_weights(w: Array) -> tuple[Array, Array]:
 
 @register("binary_conv2d", "numpy")
 def binary_conv2d(xbits: Array, wbits: Array, wsum: Array, c: int, kh: int, kw: int,
-                  stride: int = 1, padding: int = 0) -> Array:
+                  stride: int = 1, padding: int = 0, layout: str = "nchw") -> Array:
     """Binary convolution on packed operands -> int32 y (N, O, OH, OW), zero padding, exact.
+
+    ``layout="nhwc"`` returns the same counts as (N, OH, OW, O) (the channels-last CNN).
 
     Equal to ``conv2d_forward(sign(x), sign(w), stride=stride, padding=padding)``: zero padding
     is not a ±1 value, so padded taps are packed as all-zero words (= -1 in every channel) and
@@ -412,7 +414,8 @@ def binary_conv2d(xbits: Array, wbits: Array, wsum: Array, c: int, kh: int, kw: 
 
     (Channel pad bits are 0 in both operands and cancel in the XOR.)
     """
-    oh, ow = check_binary_conv("binary_conv2d", xbits, wbits, wsum, c, kh, kw, stride, padding)
+    oh, ow = check_binary_conv("binary_conv2d", xbits, wbits, wsum, c, kh, kw, stride, padding,
+                               layout=layout)
     xp = get_array_module(xbits)
     n, h, w, nw = (int(s) for s in xbits.shape)
     o = int(wbits.shape[0])
@@ -429,8 +432,8 @@ def binary_conv2d(xbits: Array, wbits: Array, wsum: Array, c: int, kh: int, kw: 
     wi = xp.arange(ow)[:, None] * stride + xp.arange(kw)[None, :] - p      # (OW, kW) input col
     outside = ((hi < 0) | (hi >= h))[:, None, :, None] | ((wi < 0) | (wi >= w))[None, :, None, :]
     corr = outside.reshape(oh * ow, kh * kw).astype(xp.int32) @ wsum.T     # (OH*OW, O)
-    y = acc.reshape(n, oh * ow, o) + corr[None]
-    return xp.ascontiguousarray(y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2))
+    y = (acc.reshape(n, oh * ow, o) + corr[None]).reshape(n, oh, ow, o)
+    return y if layout == "nhwc" else xp.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
 
 # --------------------------------------------------------------------------- thresholded packing
@@ -458,3 +461,7 @@ def threshold_pack(y: Array, threshold: Array, direction: Array) -> Array:
     check_directions(fn, direction)
     s = compare_thresholds(y, threshold, direction)
     return pack_bits(get_array_module(y).moveaxis(s, 1, -1))
+
+
+# The channels-last training ops register their reference bodies from their own module.
+import minibnn.kernels.channels_last  # noqa: E402,F401

@@ -1,0 +1,438 @@
+"""Numba bodies of the channels-last (NHWC) training ops; their oracle is ``kernels.channels_last``.
+
+Convolution (forward of a real layer, backward of every layer) is blocked im2col + GEMM: the
+output pixels are cut into blocks of whole samples (about ``BLOCK_ROWS`` rows each), and each of
+``numba.get_num_threads()`` Python threads takes a fixed, contiguous share of the blocks. Per
+block it gathers the block's columns (a few hundred KiB, cache-resident; never the whole
+(N*OH*OW, kH*kW*C) array the NCHW path builds) and runs single-threaded BLAS on them:
+
+    forward   y[blk]    = cols(x)[blk] @ wmat
+    backward  dwmat    += cols(x)[blk]^T @ dy[blk]           (one partial sum per thread)
+              dx[blk]   = col2im(dy[blk] @ wmat^T)           (blocks are whole samples: no races)
+
+A binary layer's cached input arrives as packed bits and is unpacked block by block. BLAS runs
+with one thread inside these calls (``threadpoolctl``): two OpenBLAS threads per GEMM on top of
+two Python threads oversubscribe the cores, and OpenBLAS's idle threads spin for ~0.1 s after a
+parallel GEMM, which measured 1.5-3x slower on the Numba kernels that followed
+(benchmarks/prototypes/cnn_step/README.md). The thread shares are fixed and summed in thread
+order, so results are identical from run to run with the same thread count.
+
+BatchNorm + sign: the float64 sums of the statistics are split into ``STAT_CHUNKS`` fixed row
+chunks (an order that does not depend on the thread count); float32 only (float64 arrays run
+the reference body), because the expressions must be evaluated in float32 exactly as NumPy
+does, and a Numba loop promotes int32 - float32 to float64 unless told otherwise.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import numba
+import numpy as np
+import threadpoolctl
+from numba import njit, prange
+
+from minibnn.errors import DTypeError, ShapeError
+from minibnn.kernels import channels_last as ref
+from minibnn.kernels._common import conv_output_size, require_float, words_for
+from minibnn.kernels.registry import register
+
+#: output pixels per block of the blocked convolution (a block is whole samples, at least one)
+BLOCK_ROWS = 1024
+#: fixed number of row chunks of the BatchNorm reductions
+STAT_CHUNKS = 16
+
+_BLAS = threadpoolctl.ThreadpoolController()
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS),
+                                       thread_name_prefix="minibnn-conv")
+        return _POOL
+
+
+def _shares(n: int, per: int) -> list[list[tuple[int, int]]]:
+    """Blocks [n0, n1) of ``per`` samples, cut into one contiguous share per thread."""
+    blocks = [(s, min(n, s + per)) for s in range(0, n, per)]
+    t = max(1, min(numba.get_num_threads(), len(blocks)))
+    cut = [len(blocks) * k // t for k in range(t + 1)]
+    return [blocks[cut[k]:cut[k + 1]] for k in range(t)]
+
+
+def _run_shares(work: Callable[[list[tuple[int, int]]], Any], shares: list[list[tuple[int, int]]]
+                ) -> list[Any]:
+    with _BLAS.limit(limits=1, user_api="blas"):
+        if len(shares) == 1:
+            return [work(shares[0])]
+        return list(_pool().map(work, shares))
+
+
+# --------------------------------------------------------------------------- gather / scatter
+
+
+@njit(nogil=True, cache=True)
+def _gather(src, n0, n1, kh, kw, stride, pad, oh, ow, cols):  # type: ignore[no-untyped-def]
+    """cols[r] = receptive field (tap-major, zeros outside) of output pixel r of samples
+    n0..n1 of src (N, H, W, C); src's sample axis is indexed from n0 - n0 of ``src``."""
+    h, w, c = src.shape[1], src.shape[2], src.shape[3]
+    r = 0
+    for ni in range(n0, n1):
+        for yo in range(oh):
+            for xo in range(ow):
+                for i in range(kh):
+                    hi = yo * stride + i - pad
+                    for j in range(kw):
+                        wi = xo * stride + j - pad
+                        k0 = (i * kw + j) * c
+                        if 0 <= hi < h and 0 <= wi < w:
+                            for ci in range(c):
+                                cols[r, k0 + ci] = src[ni, hi, wi, ci]
+                        else:
+                            for ci in range(c):
+                                cols[r, k0 + ci] = 0.0
+                r += 1
+
+
+@njit(nogil=True, cache=True)
+def _scatter_add(dcols, n0, n1, kh, kw, stride, pad, oh, ow, dx):  # type: ignore[no-untyped-def]
+    """dx[n0:n1] = col2im of dcols (rows of samples n0..n1), written from zero."""
+    h, w, c = dx.shape[1], dx.shape[2], dx.shape[3]
+    dx[n0:n1] = 0.0
+    r = 0
+    for ni in range(n0, n1):
+        for yo in range(oh):
+            for xo in range(ow):
+                for i in range(kh):
+                    hi = yo * stride + i - pad
+                    if hi < 0 or hi >= h:
+                        continue
+                    for j in range(kw):
+                        wi = xo * stride + j - pad
+                        if wi < 0 or wi >= w:
+                            continue
+                        k0 = (i * kw + j) * c
+                        for ci in range(c):
+                            dx[ni, hi, wi, ci] += dcols[r, k0 + ci]
+                r += 1
+
+
+#: byte -> its 8 signs (+1 for a set bit, -1 otherwise), least significant bit first
+_BYTE_SIGNS = np.where((np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1, 1.0, -1.0)
+
+
+@njit(nogil=True, cache=True)
+def _unpack(bits, c, n0, n1, lut, out):  # type: ignore[no-untyped-def]
+    """out[:n1-n0] (per, H, W, c) = the +-1 values of packed bits[n0:n1] (byte lookups)."""
+    h, w = bits.shape[1], bits.shape[2]
+    nbytes = (c + 7) // 8
+    for ni in range(n0, n1):
+        for yo in range(h):
+            for xo in range(w):
+                for bq in range(nbytes):
+                    word = bits[ni, yo, xo, bq >> 3]
+                    byte = (word >> np.uint64((bq & 7) * 8)) & np.uint64(255)
+                    for t in range(min(8, c - bq * 8)):
+                        out[ni - n0, yo, xo, bq * 8 + t] = lut[byte, t]
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+def _samples_per_block(oh: int, ow: int) -> int:
+    return max(1, BLOCK_ROWS // max(1, oh * ow))
+
+
+@register("conv2d_nhwc_forward", "numba")
+def conv2d_nhwc_forward(x: np.ndarray, wmat: np.ndarray, kh: int, kw: int, stride: int = 1,
+                        padding: int = 0) -> np.ndarray:
+    """Blocked ``cols(x) @ wmat`` (see the module docstring); same result as the reference
+    up to the GEMM's summation order."""
+    fn = "conv2d_nhwc_forward"
+    c = ref.check_wmat(fn, wmat, kh, kw, "numpy")
+    ref.check_conv_source(fn, x, c, "numpy")
+    if x.dtype == np.uint64:
+        raise DTypeError(f"{fn}: x must be float (packed signs go through binary_conv2d)")
+    if x.dtype != wmat.dtype:
+        raise DTypeError(f"{fn}: x is {x.dtype}, wmat is {wmat.dtype}")
+    x = np.ascontiguousarray(x)
+    wmat = np.ascontiguousarray(wmat)
+    n = x.shape[0]
+    oh, ow = conv_output_size(fn, x.shape[1], x.shape[2], kh, kw, stride, padding)
+    per = _samples_per_block(oh, ow)
+    y = np.empty((n, oh, ow, wmat.shape[1]), dtype=x.dtype)
+    y2 = y.reshape(-1, wmat.shape[1])
+
+    def work(blocks: list[tuple[int, int]]) -> None:
+        cols = np.empty((per * oh * ow, wmat.shape[0]), dtype=x.dtype)
+        for n0, n1 in blocks:
+            m, r0 = (n1 - n0) * oh * ow, n0 * oh * ow
+            _gather(x, n0, n1, kh, kw, stride, padding, oh, ow, cols)
+            np.matmul(cols[:m], wmat, out=y2[r0:r0 + m])
+
+    _run_shares(work, _shares(n, per))
+    return y
+
+
+@register("conv2d_nhwc_backward", "numba")
+def conv2d_nhwc_backward(dy: np.ndarray, x: np.ndarray, wmat: np.ndarray, kh: int, kw: int,
+                         stride: int = 1, padding: int = 0, need_dx: bool = True
+                         ) -> tuple[np.ndarray | None, np.ndarray]:
+    """Blocked gradients of the convolution (module docstring); x float or packed signs."""
+    fn = "conv2d_nhwc_backward"
+    c = ref.check_wmat(fn, wmat, kh, kw, "numpy")
+    packed = ref.check_conv_source(fn, x, c, "numpy")
+    n, h, w = x.shape[:3]
+    oh, ow = conv_output_size(fn, h, w, kh, kw, stride, padding)
+    require_float(fn, "dy", dy, "numpy")
+    o = wmat.shape[1]
+    if dy.shape != (n, oh, ow, o) or dy.dtype != wmat.dtype:
+        raise ShapeError(f"{fn}: dy must be {wmat.dtype} {(n, oh, ow, o)}, got {dy.dtype} "
+                         f"{dy.shape}")
+    dtype = wmat.dtype
+    x, wmat = np.ascontiguousarray(x), np.ascontiguousarray(wmat)
+    dy2 = np.ascontiguousarray(dy).reshape(n * oh * ow, o)
+    wmat_t = np.ascontiguousarray(wmat.T) if need_dx else None
+    dx = np.empty((n, h, w, c), dtype=dtype) if need_dx else None
+    per = _samples_per_block(oh, ow)
+    lut = _BYTE_SIGNS.astype(dtype)
+
+    def work(blocks: list[tuple[int, int]]) -> np.ndarray:
+        dw = np.zeros(wmat.shape, dtype=dtype)
+        part = np.empty(wmat.shape, dtype=dtype)
+        cols = np.empty((per * oh * ow, wmat.shape[0]), dtype=dtype)
+        dcols = np.empty_like(cols) if need_dx else None
+        signs = np.empty((per, h, w, c), dtype=dtype) if packed else None
+        for n0, n1 in blocks:
+            m, r0 = (n1 - n0) * oh * ow, n0 * oh * ow
+            if packed:
+                _unpack(x, c, n0, n1, lut, signs)
+                _gather(signs, 0, n1 - n0, kh, kw, stride, padding, oh, ow, cols)
+            else:
+                _gather(x, n0, n1, kh, kw, stride, padding, oh, ow, cols)
+            np.matmul(cols[:m].T, dy2[r0:r0 + m], out=part)
+            dw += part
+            if need_dx:
+                np.matmul(dy2[r0:r0 + m], wmat_t, out=dcols[:m])
+                _scatter_add(dcols, n0, n1, kh, kw, stride, padding, oh, ow, dx)
+        return dw
+
+    parts = _run_shares(work, _shares(n, per))
+    dwmat = parts[0]
+    for p in parts[1:]:
+        dwmat += p
+    return dx, dwmat
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+@njit(parallel=True, cache=True)
+def _maxpool_fwd(x, k, stride, y, arg):  # type: ignore[no-untyped-def]
+    n, oh, ow, c = y.shape
+    for r in prange(n * oh):
+        ni = r // oh
+        yo = r - ni * oh
+        for xo in range(ow):
+            for ci in range(c):
+                best = x[ni, yo * stride, xo * stride, ci]
+                bt = 0
+                for i in range(k):
+                    for j in range(k):
+                        v = x[ni, yo * stride + i, xo * stride + j, ci]
+                        if v > best:                  # strict: the first maximum wins
+                            best = v
+                            bt = i * k + j
+                y[ni, yo, xo, ci] = best
+                arg[ni, yo, xo, ci] = bt
+
+
+@njit(parallel=True, cache=True)
+def _maxpool_bwd(dy, arg, k, stride, dx):  # type: ignore[no-untyped-def]
+    n, oh, ow, c = dy.shape
+    for ni in prange(n):                              # one sample per task: no write races
+        dx[ni] = 0.0
+        for yo in range(oh):
+            for xo in range(ow):
+                for ci in range(c):
+                    t = arg[ni, yo, xo, ci]
+                    i = t // k
+                    dx[ni, yo * stride + i, xo * stride + t - i * k, ci] += dy[ni, yo, xo, ci]
+
+
+@register("maxpool2d_nhwc_forward", "numba")
+def maxpool2d_nhwc_forward(x: np.ndarray, kernel: int, stride: int
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    oh, ow = ref.check_pool("maxpool2d_nhwc_forward", x, kernel, stride, "numpy")
+    n, c = x.shape[0], x.shape[3]
+    y = np.empty((n, oh, ow, c), dtype=x.dtype)
+    arg = np.empty((n, oh, ow, c), dtype=np.uint8)
+    _maxpool_fwd(np.ascontiguousarray(x), kernel, stride, y, arg)
+    return y, arg
+
+
+@register("maxpool2d_nhwc_backward", "numba")
+def maxpool2d_nhwc_backward(dy: np.ndarray, argmax: np.ndarray,
+                            x_shape: tuple[int, int, int, int], kernel: int, stride: int
+                            ) -> np.ndarray:
+    fn = "maxpool2d_nhwc_backward"
+    require_float(fn, "dy", dy, "numpy")
+    n, h, w, c = x_shape
+    oh, ow = conv_output_size(fn, h, w, kernel, kernel, stride, 0)
+    if dy.shape != (n, oh, ow, c) or argmax.shape != (n, oh, ow, c):
+        raise ShapeError(f"{fn}: dy and argmax must be {(n, oh, ow, c)}, got {dy.shape} and "
+                         f"{argmax.shape}")
+    dx = np.empty((n, h, w, c), dtype=dy.dtype)
+    _maxpool_bwd(np.ascontiguousarray(dy), np.ascontiguousarray(argmax), kernel, stride, dx)
+    return dx
+
+
+# --------------------------------------------------------------------------- BatchNorm + sign
+# float32 throughout: every value is cast with np.float32 and every constant is a float32, so
+# each expression is the reference's, evaluated in NumPy's float32 arithmetic.
+
+
+@njit(parallel=True, cache=True)
+def _row_sums(z, chunks):  # type: ignore[no-untyped-def]
+    """float64 per-channel (sum z, sum z^2), ``chunks`` fixed row chunks added in order."""
+    m, c = z.shape
+    part = np.zeros((chunks, 2, c))
+    step = (m + chunks - 1) // chunks
+    for t in prange(chunks):
+        for r in range(t * step, min(m, (t + 1) * step)):
+            for ci in range(c):
+                v = np.float64(z[r, ci])
+                part[t, 0, ci] += v
+                part[t, 1, ci] += v * v
+    out = np.zeros((2, c))
+    for t in range(chunks):
+        out += part[t]
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _normalise_pack(z, mean, inv_std, gamma, beta, bits):  # type: ignore[no-untyped-def]
+    m, c = z.shape
+    nw = bits.shape[1]
+    for r in prange(m):
+        for q in range(nw):
+            word = np.uint64(0)
+            for j in range(min(64, c - q * 64)):
+                ci = q * 64 + j
+                y = (np.float32(z[r, ci]) - mean[ci]) * inv_std[ci] * gamma[ci] + beta[ci]
+                if y >= 0:
+                    word |= np.uint64(1) << np.uint64(j)
+            bits[r, q] = word
+
+
+@njit(cache=True)
+def _ste(y, code, beta):  # type: ignore[no-untyped-def]
+    """The STE factor of ``ref.STE_CODES[code]`` at float32 y (as ``ref.ste_factor``)."""
+    if code == 0:
+        return np.float32(1.0)
+    if code == 1:
+        return np.float32(1.0) if abs(y) <= np.float32(1.0) else np.float32(0.0)
+    if code == 2:
+        return max(np.float32(2.0) - np.float32(2.0) * abs(y), np.float32(0.0))
+    t = beta * y
+    e = np.exp(-abs(t))
+    den = np.float32(1.0) + e
+    return (np.float32(2.0) * beta) * e * (np.float32(2.0) - t * np.tanh(np.float32(0.5) * t)) \
+        / (den * den)
+
+
+@njit(parallel=True, cache=True)
+def _bn_sign_grad_sums(ds, z, mean, inv_std, gamma, beta, code, sbeta, chunks):  # type: ignore[no-untyped-def]
+    m, c = z.shape
+    part = np.zeros((chunks, 2, c))
+    step = (m + chunks - 1) // chunks
+    for t in prange(chunks):
+        for r in range(t * step, min(m, (t + 1) * step)):
+            for ci in range(c):
+                xh = (np.float32(z[r, ci]) - mean[ci]) * inv_std[ci]
+                d = ds[r, ci] * _ste(xh * gamma[ci] + beta[ci], code, sbeta)
+                part[t, 0, ci] += np.float64(d)
+                part[t, 1, ci] += np.float64(d * xh)
+    out = np.zeros((2, c))
+    for t in range(chunks):
+        out += part[t]
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _bn_sign_grad_apply(ds, z, mean, inv_std, gamma, beta, code, sbeta, mg, mgx, dz):  # type: ignore[no-untyped-def]
+    m, c = z.shape
+    for r in prange(m):
+        for ci in range(c):
+            xh = (np.float32(z[r, ci]) - mean[ci]) * inv_std[ci]
+            d = ds[r, ci] * _ste(xh * gamma[ci] + beta[ci], code, sbeta)
+            dz[r, ci] = gamma[ci] * inv_std[ci] * (d - mg[ci] - xh * mgx[ci])
+
+
+def _float32_rows(gamma: np.ndarray) -> bool:
+    return gamma.dtype == np.float32
+
+
+@register("batchnorm_sign_pack_train", "numba")
+def batchnorm_sign_pack_train(z: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                              eps: float = 1e-5
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Two passes: the float64 sums, then normalise + sign + pack (float32; see the header)."""
+    fn = "batchnorm_sign_pack_train"
+    ref.check_rows(fn, z, "numpy")
+    ref.check_affine(fn, z, gamma, beta, "numpy")
+    if not _float32_rows(gamma):
+        return ref.batchnorm_sign_pack_train(z, gamma, beta, eps)
+    z = np.ascontiguousarray(z)
+    m = z.shape[0]
+    sums = _row_sums(z, STAT_CHUNKS)
+    mean64 = sums[0] / m
+    mean = mean64.astype(np.float32)
+    var = np.maximum(sums[1] / m - mean64 * mean64, 0.0).astype(np.float32)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    bits = np.empty((m, words_for(z.shape[1])), dtype=np.uint64)
+    _normalise_pack(z, mean, inv_std, gamma, beta, bits)
+    return bits, mean, var, inv_std
+
+
+@register("batchnorm_sign_pack_eval", "numba")
+def batchnorm_sign_pack_eval(z: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray,
+                             beta: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    fn = "batchnorm_sign_pack_eval"
+    ref.check_affine(fn, z, gamma, beta, "numpy")
+    ref.check_affine(fn, z, mean, var, "numpy")
+    if not _float32_rows(gamma):
+        return ref.batchnorm_sign_pack_eval(z, mean, var, gamma, beta, eps)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    bits = np.empty((z.shape[0], words_for(z.shape[1])), dtype=np.uint64)
+    _normalise_pack(np.ascontiguousarray(z), mean, inv_std, gamma, beta, bits)
+    return bits
+
+
+@register("batchnorm_sign_pack_backward", "numba")
+def batchnorm_sign_pack_backward(ds: np.ndarray, z: np.ndarray, mean: np.ndarray,
+                                 inv_std: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                                 ste: str = "identity", ste_beta: float = 5.0
+                                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two passes: the float64 gradient sums, then dz (float32; see the header)."""
+    fn = "batchnorm_sign_pack_backward"
+    ref.check_rows(fn, z, "numpy")
+    ref.check_affine(fn, z, gamma, beta, "numpy")
+    code = ref.check_ste_code(fn, ste)
+    if ds.shape != z.shape or ds.dtype != gamma.dtype:
+        raise ShapeError(f"{fn}: ds must be {gamma.dtype} {z.shape}, got {ds.dtype} {ds.shape}")
+    if not _float32_rows(gamma):
+        return ref.batchnorm_sign_pack_backward(ds, z, mean, inv_std, gamma, beta, ste, ste_beta)
+    ds, z = np.ascontiguousarray(ds), np.ascontiguousarray(z)
+    m = z.shape[0]
+    sbeta = np.float32(ste_beta)
+    sums = _bn_sign_grad_sums(ds, z, mean, inv_std, gamma, beta, code, sbeta, STAT_CHUNKS)
+    mg, mgx = (sums[0] / m).astype(np.float32), (sums[1] / m).astype(np.float32)
+    dz = np.empty(z.shape, dtype=np.float32)
+    _bn_sign_grad_apply(ds, z, mean, inv_std, gamma, beta, code, sbeta, mg, mgx, dz)
+    return dz, sums[1].astype(np.float32), sums[0].astype(np.float32)

@@ -1,0 +1,226 @@
+"""Parity of the channels-last training kernels (``kernels.cpu_channels_last``) with their oracle.
+
+Each Numba body is compared with the reference body of its op (``kernels.channels_last``, run
+under ``use_backend("numpy")``), and the NHWC convolution oracle itself with the NCHW
+functional convolution the rest of minibnn uses (``conv2d_forward`` / ``conv2d_backward``).
+
+Tolerances: the blocked convolution adds in a different order than one big GEMM, so it is
+compared with rtol 2e-5 (float32) / 1e-12 (float64) and an atol of the same size relative
+to the largest entry. Max-pooling (values and argmax)
+and the BatchNorm statistics, bits, and running statistics are exact: the statistics are sums
+of float64 values in fixed chunks, exact integers for int32 counts. The BatchNorm backward
+applies the same float32 formula (exact for dz up to the summation order of its two sums):
+rtol 1e-5.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from minibnn import kernels
+from minibnn.errors import MinibnnError
+from minibnn.kernels.channels_last import STE_CODES
+from minibnn.nn.functional.conv import conv2d_backward, conv2d_forward
+from minibnn.nn.functional.pooling import maxpool2d_forward
+
+
+def ref(op: str) -> Callable[..., Any]:
+    body = kernels.get(op, "numpy")
+
+    def run(*args: Any, **kw: Any) -> Any:
+        with kernels.use_backend("numpy"):
+            return body(*args, **kw)
+    return run
+
+
+def fast(op: str) -> Callable[..., Any]:
+    return kernels.get(op, "numba")
+
+
+def close(actual: np.ndarray, desired: np.ndarray, dtype: Any) -> None:
+    """rtol, and atol relative to the largest entry: a sum of many terms loses absolute digits."""
+    t = 2e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(actual, desired, rtol=t,
+                               atol=t * max(1.0, float(np.abs(desired).max(initial=0.0))))
+
+
+def wmat_of(w: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]))
+
+
+CONV_CASES = [  # (n, h, c, o, k, stride, padding)
+    (3, 8, 5, 7, 3, 1, 1), (2, 9, 16, 8, 3, 2, 1), (2, 6, 3, 4, 1, 1, 0),
+    (9, 5, 64, 10, 3, 1, 1), (2, 7, 70, 6, 3, 2, 0), (40, 8, 8, 16, 3, 1, 1),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_oracle_equals_the_nchw_convolution(case: tuple, dtype: Any) -> None:
+    n, h, c, o, k, s, p = case
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, c, h, h)).astype(dtype)
+    w = rng.standard_normal((o, c, k, k)).astype(dtype)
+    y, cache = conv2d_forward(x, w, stride=s, padding=p)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, dw = conv2d_backward(dy, cache)[:2]
+    xl, dyl = x.transpose(0, 2, 3, 1).copy(), dy.transpose(0, 2, 3, 1).copy()
+    yl = ref("conv2d_nhwc_forward")(xl, wmat_of(w), k, k, s, p)
+    dxl, dwm = ref("conv2d_nhwc_backward")(dyl, xl, wmat_of(w), k, k, s, p)
+    close(yl.transpose(0, 3, 1, 2), y, dtype)
+    close(dxl.transpose(0, 3, 1, 2), dx, dtype)
+    close(dwm, wmat_of(dw), dtype)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("packed", [False, True])
+def test_conv_kernels(case: tuple, dtype: Any, packed: bool) -> None:
+    n, h, c, o, k, s, p = case
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, h, h, c)).astype(dtype)
+    wmat = rng.standard_normal((k * k * c, o)).astype(dtype)
+    if packed:
+        x = np.where(x >= 0, 1, -1).astype(dtype)
+    else:
+        close(fast("conv2d_nhwc_forward")(x, wmat, k, k, s, p),
+              ref("conv2d_nhwc_forward")(x, wmat, k, k, s, p), dtype)
+    source = kernels.call("pack_signs", x) if packed else x
+    oh = (h + 2 * p - k) // s + 1
+    dy = rng.standard_normal((n, oh, oh, o)).astype(dtype)
+    for need_dx in (True, False):
+        dx_f, dw_f = fast("conv2d_nhwc_backward")(dy, source, wmat, k, k, s, p, need_dx)
+        dx_r, dw_r = ref("conv2d_nhwc_backward")(dy, x, wmat, k, k, s, p, need_dx)
+        close(dw_f, dw_r, dtype)
+        assert dw_f.dtype == dtype
+        if need_dx:
+            close(dx_f, dx_r, dtype)
+        else:
+            assert dx_f is None and dx_r is None
+
+
+def test_conv_kernel_is_bit_identical_across_calls() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((64, 16, 16, 32)).astype(np.float32)
+    wmat = rng.standard_normal((9 * 32, 32)).astype(np.float32)
+    dy = rng.standard_normal((64, 16, 16, 32)).astype(np.float32)
+    runs = [fast("conv2d_nhwc_backward")(dy, x, wmat, 3, 3, 1, 1) for _ in range(2)]
+    assert np.array_equal(runs[0][0], runs[1][0]) and np.array_equal(runs[0][1], runs[1][1])
+
+
+@pytest.mark.parametrize("case", [(3, 8, 5, 2, 2), (2, 9, 7, 3, 2), (2, 6, 4, 3, 3), (1, 4, 1, 2, 1)])
+@pytest.mark.parametrize("dtype", [np.int32, np.float32, np.float64])
+def test_maxpool_kernels(case: tuple, dtype: Any) -> None:
+    n, h, c, k, s = case
+    rng = np.random.default_rng(3)
+    x = rng.integers(-3, 4, (n, h, h, c)).astype(dtype)      # many ties: the first max wins
+    y_f, a_f = fast("maxpool2d_nhwc_forward")(x, k, s)
+    y_r, a_r = ref("maxpool2d_nhwc_forward")(x, k, s)
+    assert np.array_equal(y_f, y_r) and np.array_equal(a_f, a_r) and a_f.dtype == np.uint8
+    # against the NCHW functional max-pool
+    y_nchw = maxpool2d_forward(x.transpose(0, 3, 1, 2).astype(np.float64), k, s)[0]
+    assert np.array_equal(y_r.transpose(0, 3, 1, 2), y_nchw)
+    fdt = np.float64 if dtype == np.float64 else np.float32
+    dy = rng.standard_normal(y_f.shape).astype(fdt)
+    np.testing.assert_allclose(fast("maxpool2d_nhwc_backward")(dy, a_f, x.shape, k, s),
+                               ref("maxpool2d_nhwc_backward")(dy, a_r, x.shape, k, s),
+                               rtol=1e-6, atol=1e-6)
+
+
+def bn_inputs(rng: np.random.Generator, m: int, c: int, dtype: Any, counts: bool
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    z = (rng.integers(-30, 31, (m, c)).astype(np.int32) if counts
+         else rng.standard_normal((m, c)).astype(dtype) * 3)
+    gamma = rng.standard_normal(c).astype(dtype)
+    beta = (rng.standard_normal(c) * 0.1).astype(dtype)
+    return z, gamma, beta
+
+
+@pytest.mark.parametrize("m,c", [(2, 1), (50, 7), (1000, 64), (4096, 130)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("counts", [True, False])
+@pytest.mark.parametrize("ste", STE_CODES)
+def test_batchnorm_sign_pack_kernels(m: int, c: int, dtype: Any, counts: bool, ste: str) -> None:
+    rng = np.random.default_rng(4)
+    z, gamma, beta = bn_inputs(rng, m, c, dtype, counts)
+    out_f = fast("batchnorm_sign_pack_train")(z, gamma, beta, 1e-5)
+    out_r = ref("batchnorm_sign_pack_train")(z, gamma, beta, 1e-5)
+    for a, b in zip(out_f, out_r):
+        assert a.dtype == b.dtype
+        if counts or a.dtype == np.uint64:
+            assert np.array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    bits, mean, var, inv_std = out_r
+    assert np.array_equal(fast("batchnorm_sign_pack_eval")(z, mean, var, gamma, beta, 1e-5),
+                          ref("batchnorm_sign_pack_eval")(z, mean, var, gamma, beta, 1e-5))
+    ds = rng.standard_normal((m, c)).astype(dtype)
+    grads_f = fast("batchnorm_sign_pack_backward")(ds, z, mean, inv_std, gamma, beta, ste, 5.0)
+    grads_r = ref("batchnorm_sign_pack_backward")(ds, z, mean, inv_std, gamma, beta, ste, 5.0)
+    for a, b in zip(grads_f, grads_r):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(b).max()))
+
+
+def test_batchnorm_sign_pack_equals_the_layers() -> None:
+    """The fused oracle is BatchNorm2d then sign (train mode), on NHWC rows."""
+    from minibnn.nn.functional.batchnorm import batchnorm_backward, batchnorm_forward
+    from minibnn.nn.functional.sign import sign_backward, sign_forward
+    rng = np.random.default_rng(5)
+    n, c, h = 4, 6, 5
+    z = rng.standard_normal((n, c, h, h)).astype(np.float64)
+    gamma, beta = rng.standard_normal(c), rng.standard_normal(c) * 0.1
+    y, cache = batchnorm_forward(z, gamma, beta, None, None, eps=1e-5)
+    s, scache = sign_forward(y, "approx")
+    rows = z.transpose(0, 2, 3, 1).reshape(-1, c)
+    bits, mean, var, inv_std = ref("batchnorm_sign_pack_train")(rows, gamma, beta, 1e-5)
+    unpacked = kernels.call("unpack_signs", bits, c, np.float64)
+    assert np.array_equal(unpacked, s.transpose(0, 2, 3, 1).reshape(-1, c))
+    ds = rng.standard_normal(s.shape)
+    dz, dgamma, dbeta = batchnorm_backward(sign_backward(ds, scache), cache)
+    got = ref("batchnorm_sign_pack_backward")(ds.transpose(0, 2, 3, 1).reshape(-1, c), rows, mean,
+                                              inv_std, gamma, beta, "approx", 5.0)
+    np.testing.assert_allclose(got[0], dz.transpose(0, 2, 3, 1).reshape(-1, c), atol=1e-10)
+    np.testing.assert_allclose(got[1], dgamma, atol=1e-10)
+    np.testing.assert_allclose(got[2], dbeta, atol=1e-10)
+
+
+@pytest.mark.parametrize("body", ["numpy", "numba"])
+def test_argument_errors(body: str) -> None:
+    conv = kernels.get("conv2d_nhwc_forward", body)
+    x = np.zeros((2, 4, 4, 3), np.float32)
+    with pytest.raises(MinibnnError, match="wmat"):
+        conv(x, np.zeros((10, 4), np.float32), 3, 3, 1, 1)
+    with pytest.raises(MinibnnError, match="channels"):
+        conv(x, np.zeros((9 * 5, 4), np.float32), 3, 3, 1, 1)
+    bn = kernels.get("batchnorm_sign_pack_train", body)
+    with pytest.raises(MinibnnError, match="at least 2 rows"):
+        bn(np.zeros((1, 3), np.float32), np.ones(3, np.float32), np.zeros(3, np.float32))
+    back = kernels.get("batchnorm_sign_pack_backward", body)
+    z = np.zeros((4, 3), np.float32)
+    with pytest.raises(MinibnnError, match="ste"):
+        back(z, z, z[0], z[0], z[0], z[0], "nope", 5.0)
+
+
+@pytest.mark.parametrize("body", ["numpy", "numba"])
+@pytest.mark.parametrize("c,k,stride,padding", [(5, 3, 1, 1), (70, 3, 2, 1), (8, 1, 1, 0)])
+def test_binary_conv2d_nhwc_layout_is_the_nchw_counts_transposed(body: str, c: int, k: int,
+                                                                  stride: int, padding: int
+                                                                  ) -> None:
+    rng = np.random.default_rng(6)
+    x = np.where(rng.random((3, 7, 7, c)) < 0.5, 1.0, -1.0).astype(np.float32)
+    w = rng.standard_normal((6, c, k, k)).astype(np.float32)
+    xbits = kernels.call("pack_signs", x)
+    wbits, wsum = kernels.call("pack_conv_weights", w)
+    conv = kernels.get("binary_conv2d", body)
+    with kernels.use_backend("numpy" if body == "numpy" else "auto"):
+        nchw = conv(xbits, wbits, wsum, c, k, k, stride, padding)
+        nhwc = conv(xbits, wbits, wsum, c, k, k, stride, padding, layout="nhwc")
+    assert nhwc.dtype == np.int32 and np.array_equal(nhwc, nchw.transpose(0, 2, 3, 1))
+    y = conv2d_forward(x.transpose(0, 3, 1, 2), np.where(w >= 0, 1.0, -1.0).astype(np.float32),
+                       stride=stride, padding=padding)[0]
+    assert np.array_equal(nchw, y.astype(np.int32))
+    with pytest.raises(MinibnnError, match="layout"):
+        conv(xbits, wbits, wsum, c, k, k, stride, padding, layout="hwcn")
