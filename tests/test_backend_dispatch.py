@@ -17,7 +17,8 @@ from minibnn.errors import MinibnnError
 from minibnn.kernels import BackendError
 from minibnn.nn import functional as F
 from minibnn.nn import models
-from minibnn.nn.modules import BatchNorm, BatchNormSign, Sequential, Sign
+from minibnn.nn.containers import Sequential, _fuse_batchnorm_sign
+from minibnn.nn.modules import BatchNorm, BatchNormSign, Sign
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
@@ -242,15 +243,33 @@ def _layer_by_layer(net, params, buffers, x, train, dy):
     return x, new_buffers, grads, dy
 
 
+def _run_steps(steps, params, buffers, x, train, dy):
+    """Run ``steps`` in order and back: output, buffers, grads, dx, caches."""
+    caches, new_buffers = [], {}
+    for step in steps:
+        x, updated, cache = step.forward(params, buffers, x, train)
+        new_buffers.update(updated)
+        caches.append(cache)
+    grads = {}
+    for step, cache in zip(reversed(steps), reversed(caches)):
+        dy, g = step.backward(dy, cache)
+        grads.update(g)
+    return x, new_buffers, grads, dy, caches
+
+
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("backend", ["numpy", "auto"])
 def test_sequential_fuses_batchnorm_sign_with_the_same_bits(train, backend):
     model = models.binary_cnn((2, 8, 8), width=4, num_classes=3, act_ste="approx")
     net = model.net
-    steps = net.steps()
+    # the fused NCHW steps (which the channels-last group then runs NHWC: see
+    # test_channels_last_model.py)
+    steps = _fuse_batchnorm_sign(net.layers)
     fused = [s for s in steps if isinstance(s, BatchNormSign)]
     assert len(fused) == 6 and len(steps) == len(net.layers) - 6    # every BN -> Sign pair
     assert all(s.name == s.bn.name for s in fused)
+    group = net.steps()[0].steps
+    assert [(type(a), a.name) for a in group] == [(type(a), a.name) for a in steps[:len(group)]]
     rng = np.random.default_rng(4)
     params, buffers = model.init(rng, np.float32)
     params = {k: v + 0.1 * rng.standard_normal(v.shape).astype(np.float32)
@@ -258,11 +277,13 @@ def test_sequential_fuses_batchnorm_sign_with_the_same_bits(train, backend):
     x = rng.standard_normal((3, 2, 8, 8)).astype(np.float32)
     dy = rng.standard_normal((3, 3)).astype(np.float32)
     with kernels.use_backend(backend):
-        y, new_buffers, cache = net.forward(params, buffers, x, train)
-        dx, grads = net.backward(dy, cache)
+        y, new_buffers, grads, dx, cache = _run_steps(steps, params, buffers, x, train, dy)
         y2, new_buffers2, grads2, dx2 = _layer_by_layer(net, params, buffers, x, train, dy)
+        _, _, net_cache = net.forward(params, buffers, x, train)
     # the steps are built once, and the cache has one entry per step (not per layer)
-    assert len(cache) == len(steps) and all(a is b for a, b in zip(net.steps(), steps))
+    assert len(net_cache) == len(net.steps()) and all(
+        a is b for a, b in zip(net.steps(), net.steps()))
+    assert len(net_cache[0]) == len(group)
     assert np.array_equal(y, y2) and np.array_equal(dx, dx2)
     assert set(new_buffers) == set(new_buffers2) and set(grads) == set(grads2) == set(params)
     for k in new_buffers:

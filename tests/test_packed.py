@@ -27,7 +27,8 @@ from minibnn.io import Checkpoint, RunFile, load_run, save_run
 from minibnn.kernels.threshold import Threshold
 from minibnn.nn import functional as F
 from minibnn.nn.models import Model, binary_cnn, binary_mlp, birealnet
-from minibnn.nn.modules import BatchNorm, BinaryDense, Dense, Flatten, Sequential, Sign
+from minibnn.nn.containers import Sequential
+from minibnn.nn.modules import BatchNorm, BinaryDense, Dense, Flatten, Sign
 from minibnn.inference import (default_packed_path, evaluate_packed, export_packed, load_packed,
                                pack_run)
 from minibnn.io_packed import FORMAT, VERSION, is_packed_file, save_packed

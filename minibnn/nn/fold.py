@@ -25,8 +25,8 @@ import numpy as np
 from minibnn.kernels.threshold import Threshold, fold_sign_table
 from minibnn.nn import functional as F
 from minibnn.nn.models import Model
-from minibnn.nn.modules import (BatchNorm, Module, Residual, Sequential, Stateless,
-                                _BinaryWeights, is_sign)
+from minibnn.nn.containers import Residual, Sequential
+from minibnn.nn.modules import BatchNorm, Module, Stateless, _BinaryWeights, is_sign
 
 #: elements of one block of the sign table built by ``fold_batchnorm_sign`` (bounds memory)
 TABLE_BLOCK = 1 << 22

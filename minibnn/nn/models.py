@@ -22,9 +22,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from minibnn.errors import MinibnnError, ShapeError
+from minibnn.nn.containers import Residual, Sequential
 from minibnn.nn.modules import (AvgPool2d, BatchNorm, BinaryConv2d, BinaryDense, Conv2d, Dense,
                                 Flatten, GlobalAvgPool, LearnableBias, MaxPool2d, Module,
-                                PReLU, Residual, Sequential, Sign)
+                                PReLU, Sign)
 
 Array = Any
 Params = dict[str, Array]
@@ -102,7 +103,8 @@ def binary_mlp(input_shape: Sequence[int] = (1, 28, 28), hidden: Sequence[int] =
                   num_classes=num_classes, binary_storage=binary_storage, scale=scale,
                   weight_ste=weight_ste, act_ste=act_ste, init_scale=init_scale,
                   real_first=real_first)
-    return Model("binary_mlp", Sequential(layers), tuple(input_shape), num_classes, config)
+    return Model("binary_mlp", Sequential(layers, input_grad=False), tuple(input_shape),
+                 num_classes, config)
 
 
 def binary_cnn(input_shape: Sequence[int] = (1, 28, 28), width: int = 32, num_classes: int = 10,
@@ -134,7 +136,7 @@ def binary_cnn(input_shape: Sequence[int] = (1, 28, 28), width: int = 32, num_cl
     config = dict(model="binary_cnn", input_shape=[c, h, w_in], width=width,
                   num_classes=num_classes, binary_storage=binary_storage, scale=scale,
                   weight_ste=weight_ste, act_ste=act_ste, init_scale=init_scale)
-    return Model("binary_cnn", Sequential(layers), (c, h, w_in), num_classes, config)
+    return Model("binary_cnn", Sequential(layers, input_grad=False), (c, h, w_in), num_classes, config)
 
 
 def _bireal_block(name: str, c_in: int, c_out: int, stride: int, act_ste: str,
@@ -185,7 +187,7 @@ def birealnet(input_shape: Sequence[int] = (3, 32, 32), width: int = 16,
                   blocks_per_stage=list(blocks_per_stage), num_classes=num_classes,
                   binary_storage=binary_storage, scale=scale, weight_ste=weight_ste,
                   act_ste=act_ste, init_scale=init_scale, prelu=prelu)
-    return Model("birealnet", Sequential(layers), (c, h, w_in), num_classes, config)
+    return Model("birealnet", Sequential(layers, input_grad=False), (c, h, w_in), num_classes, config)
 
 
 MODEL_BUILDERS = {"binary_mlp": binary_mlp, "binary_cnn": binary_cnn, "birealnet": birealnet}

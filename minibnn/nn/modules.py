@@ -13,13 +13,11 @@ each binary layer stores them either as latent reals (``storage="latent"``: the 
 uses ``sign(w)``) or as +-1 directly (``storage="binary"``: the forward pass uses ``b`` and the
 gradient is ``dL/db``).  The model never guesses which.
 
-``Sequential`` runs every affine ``BatchNorm`` directly followed by a ``Sign`` as one
-``BatchNormSign`` step (one fused kernel, the same bits, the same parameter names); its
-``layers`` list stays as built.
+The containers that chain modules (``Sequential``, ``Residual``) are in ``nn.containers``.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -379,112 +377,3 @@ class LearnableBias(Module):
     def backward(self, dy, cache):
         dx, db = F.bias_backward(dy, cache)
         return dx, {self.key("b"): db}
-
-
-class Sequential(Module):
-    """Modules applied in order; backward runs them in reverse.
-
-    What runs are the *steps* (``steps()``), fixed once here from ``layers``: the layers, with
-    each affine ``BatchNorm`` followed by the real ``Sign`` fused into one ``BatchNormSign``
-    (same bits, one kernel call). So the cache that ``forward`` returns holds one entry per
-    step, not per layer: with fused pairs it is shorter than ``layers`` and its i-th entry
-    belongs to ``steps()[i]``. ``layers`` is the model as declared (what ``init``,
-    ``binary_names`` and the packed-inference rewrite read); build a new Sequential rather
-    than editing it in place.
-    """
-
-    def __init__(self, layers: Sequence[Module], name: str = ""):
-        super().__init__(name)
-        self.layers = list(layers)
-        self._steps = _fuse_batchnorm_sign(self.layers)
-
-    @property
-    def binary_names(self) -> list[str]:
-        return [n for layer in self.layers for n in layer.binary_names]
-
-    def init(self, rng, dtype):
-        params: Params = {}
-        buffers: Params = {}
-        for layer in self.layers:
-            p, b = layer.init(rng, dtype)
-            duplicate = (set(p) | set(b)) & (set(params) | set(buffers))
-            if duplicate:
-                raise MinibnnError(f"duplicate parameter names in model: {sorted(duplicate)}")
-            params.update(p)
-            buffers.update(b)
-        return params, buffers
-
-    def steps(self) -> list[Module]:
-        """The layers as they run (one entry per cache entry of ``forward``)."""
-        return list(self._steps)
-
-    def forward(self, params, buffers, x, train):
-        caches, new_buffers = [], {}
-        for step in self._steps:
-            x, updated, cache = step.forward(params, buffers, x, train)
-            new_buffers.update(updated)
-            caches.append(cache)
-        return x, new_buffers, caches
-
-    def backward(self, dy, cache):
-        grads: Params = {}
-        for step, step_cache in zip(reversed(self._steps), reversed(cache)):
-            dy, step_grads = step.backward(dy, step_cache)
-            grads.update(step_grads)
-        return dy, grads
-
-
-def _fuse_batchnorm_sign(layers: Sequence[Module]) -> list[Module]:
-    """``layers`` with each affine BatchNorm + the real Sign after it as one BatchNormSign."""
-    steps: list[Module] = []
-    i = 0
-    while i < len(layers):
-        layer = layers[i]
-        nxt = layers[i + 1] if i + 1 < len(layers) else None
-        if isinstance(layer, BatchNorm) and layer.affine and nxt is not None and is_sign(nxt):
-            steps.append(BatchNormSign(layer, nxt))
-            i += 2
-        else:
-            steps.append(layer)
-            i += 1
-    return steps
-
-
-class Residual(Module):
-    """``y = body(x) + shortcut(x)``, the shortcut being the identity when None."""
-
-    def __init__(self, body: Module, shortcut: Module | None = None, name: str = ""):
-        super().__init__(name)
-        self.body, self.shortcut = body, shortcut
-
-    @property
-    def binary_names(self) -> list[str]:
-        extra = self.shortcut.binary_names if self.shortcut else []
-        return self.body.binary_names + extra
-
-    def init(self, rng, dtype):
-        params, buffers = self.body.init(rng, dtype)
-        if self.shortcut is not None:
-            p, b = self.shortcut.init(rng, dtype)
-            params.update(p)
-            buffers.update(b)
-        return params, buffers
-
-    def forward(self, params, buffers, x, train):
-        y_body, new_buffers, body_cache = self.body.forward(params, buffers, x, train)
-        short_cache = None
-        y_short = x
-        if self.shortcut is not None:
-            y_short, updated, short_cache = self.shortcut.forward(params, buffers, x, train)
-            new_buffers.update(updated)
-        y, add_cache = F.add_forward(y_body, y_short)
-        return y, new_buffers, (body_cache, short_cache, add_cache)
-
-    def backward(self, dy, cache):
-        body_cache, short_cache, add_cache = cache
-        d_body, d_short = F.add_backward(dy, add_cache)
-        dx, grads = self.body.backward(d_body, body_cache)
-        if self.shortcut is not None:
-            d_short, short_grads = self.shortcut.backward(d_short, short_cache)
-            grads.update(short_grads)
-        return dx + d_short, grads

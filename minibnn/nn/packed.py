@@ -44,8 +44,8 @@ from minibnn.kernels.bitpack import (PackedConv2d, PackedDense, count, pack_conv
 from minibnn.kernels.threshold import Threshold, threshold_signs
 from minibnn.nn.fold import Fold, fold_after, fold_batchnorm_sign, fold_sites, walk
 from minibnn.nn.models import Model
-from minibnn.nn.modules import (BinaryConv2d, BinaryDense, Module, Residual, Sequential,
-                                _BinaryWeights, is_sign)
+from minibnn.nn.containers import Residual, Sequential
+from minibnn.nn.modules import BinaryConv2d, BinaryDense, Module, _BinaryWeights, is_sign
 
 Params = dict[str, np.ndarray]
 

@@ -11,7 +11,7 @@ passes chained, because the kernel ops evaluate the layers' own expressions in t
     cache keeps only the inputs; a backward after an eval forward (rare: training runs in
     train mode) first rebuilds the two layers' caches.
 
-Affine BatchNorm only (gamma and beta given): ``minibnn.nn.modules.Sequential`` runs each
+Affine BatchNorm only (gamma and beta given): ``minibnn.nn.containers.Sequential`` runs each
 affine ``BatchNorm`` that is directly followed by a ``Sign`` through this pair.
 """
 from __future__ import annotations

@@ -1,0 +1,132 @@
+"""Containers: ``Sequential`` (modules in order) and ``Residual`` (``body(x) + shortcut(x)``).
+
+``Sequential`` fixes once, from its ``layers``, the *steps* that run:
+
+  1. every affine ``BatchNorm`` directly followed by the real ``Sign`` becomes one
+     ``BatchNormSign`` step (one fused kernel, the same bits, the same parameter names);
+  2. every run of convolutions, BatchNorm+sign steps and max-pools that feeds packed signs into
+     a binary convolution becomes one ``ChannelsLast`` step (``nn.channels_last``: NHWC inside,
+     packed activations, the XNOR-popcount forward).
+
+Its ``layers`` list stays as built (what ``init``, ``binary_names`` and the packed-inference
+rewrite read).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from minibnn.errors import MinibnnError
+from minibnn.nn import functional as F
+from minibnn.nn.channels_last import group_channels_last
+from minibnn.nn.modules import BatchNorm, BatchNormSign, Module, Params, is_sign
+
+
+class Sequential(Module):
+    """Modules applied in order; backward runs them in reverse.
+
+    What runs are the *steps* (``steps()``), fixed once here from ``layers`` (module header:
+    fused BatchNorm+sign pairs, channels-last groups). So the cache that ``forward`` returns
+    holds one entry per step, not per layer, and its i-th entry belongs to ``steps()[i]``.
+    ``layers`` is the model as declared; build a new Sequential rather than editing it in
+    place.
+
+    ``input_grad=False`` (a model's top level, whose backward ignores dx) lets the first step
+    skip its input gradient; ``backward`` may then return None for dx.
+    """
+
+    def __init__(self, layers: Sequence[Module], name: str = "", input_grad: bool = True):
+        super().__init__(name)
+        self.layers = list(layers)
+        self.input_grad = input_grad
+        self._steps = group_channels_last(_fuse_batchnorm_sign(self.layers), input_grad)
+
+    @property
+    def binary_names(self) -> list[str]:
+        return [n for layer in self.layers for n in layer.binary_names]
+
+    def init(self, rng, dtype):
+        params: Params = {}
+        buffers: Params = {}
+        for layer in self.layers:
+            p, b = layer.init(rng, dtype)
+            duplicate = (set(p) | set(b)) & (set(params) | set(buffers))
+            if duplicate:
+                raise MinibnnError(f"duplicate parameter names in model: {sorted(duplicate)}")
+            params.update(p)
+            buffers.update(b)
+        return params, buffers
+
+    def steps(self) -> list[Module]:
+        """The layers as they run (one entry per cache entry of ``forward``)."""
+        return list(self._steps)
+
+    def forward(self, params, buffers, x, train):
+        caches, new_buffers = [], {}
+        for step in self._steps:
+            x, updated, cache = step.forward(params, buffers, x, train)
+            new_buffers.update(updated)
+            caches.append(cache)
+        return x, new_buffers, caches
+
+    def backward(self, dy, cache):
+        grads: Params = {}
+        for step, step_cache in zip(reversed(self._steps), reversed(cache)):
+            dy, step_grads = step.backward(dy, step_cache)
+            grads.update(step_grads)
+        return dy, grads
+
+
+def _fuse_batchnorm_sign(layers: Sequence[Module]) -> list[Module]:
+    """``layers`` with each affine BatchNorm + the real Sign after it as one BatchNormSign."""
+    steps: list[Module] = []
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        if isinstance(layer, BatchNorm) and layer.affine and nxt is not None and is_sign(nxt):
+            steps.append(BatchNormSign(layer, nxt))
+            i += 2
+        else:
+            steps.append(layer)
+            i += 1
+    return steps
+
+
+class Residual(Module):
+    """``y = body(x) + shortcut(x)``, the shortcut being the identity when None."""
+
+    def __init__(self, body: Module, shortcut: Module | None = None, name: str = ""):
+        super().__init__(name)
+        self.body, self.shortcut = body, shortcut
+
+    @property
+    def binary_names(self) -> list[str]:
+        extra = self.shortcut.binary_names if self.shortcut else []
+        return self.body.binary_names + extra
+
+    def init(self, rng, dtype):
+        params, buffers = self.body.init(rng, dtype)
+        if self.shortcut is not None:
+            p, b = self.shortcut.init(rng, dtype)
+            params.update(p)
+            buffers.update(b)
+        return params, buffers
+
+    def forward(self, params, buffers, x, train):
+        y_body, new_buffers, body_cache = self.body.forward(params, buffers, x, train)
+        short_cache = None
+        y_short = x
+        if self.shortcut is not None:
+            y_short, updated, short_cache = self.shortcut.forward(params, buffers, x, train)
+            new_buffers.update(updated)
+        y, add_cache = F.add_forward(y_body, y_short)
+        return y, new_buffers, (body_cache, short_cache, add_cache)
+
+    def backward(self, dy, cache):
+        body_cache, short_cache, add_cache = cache
+        d_body, d_short = F.add_backward(dy, add_cache)
+        dx, grads = self.body.backward(d_body, body_cache)
+        if self.shortcut is not None:
+            d_short, short_grads = self.shortcut.backward(d_short, short_cache)
+            grads.update(short_grads)
+        return dx + d_short, grads
