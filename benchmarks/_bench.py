@@ -67,11 +67,31 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: in
     return best
 
 
+def blas_info() -> list[dict[str, Any]]:
+    """NumPy's BLAS libraries as threadpoolctl sees them (library, version, core type, threads)."""
+    import numpy  # noqa: F401  (loads the BLAS)
+    import threadpoolctl
+
+    return [{k: lib.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+            for lib in threadpoolctl.threadpool_info() if lib.get("user_api") == "blas"]
+
+
+def blas_line() -> str:
+    """One line naming the BLAS core type this run used, and the environment that forces it."""
+    libs = ", ".join(f"{b['internal_api']} {b['version']} core {b['architecture']}, "
+                     f"{b['num_threads']} threads" for b in blas_info()) or "no BLAS found"
+    forced = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+              if k in os.environ}
+    return f"BLAS: {libs}; forced by the environment: {forced or 'nothing'}"
+
+
 def machine_info(torch: Any | None = None) -> dict[str, Any]:
     import numba
     import numpy as np
 
-    info = {"python": platform.python_version(), "numpy": np.__version__,
+    info = {"blas": blas_info(), "blas_environment": {
+                k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
+            "python": platform.python_version(), "numpy": np.__version__,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "numba": numba.__version__, "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "numba_threads": numba.get_num_threads()}

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from numba import njit, prange
 
-from _bench import (machine_info, print_table, ratio, set_threads, time_interleaved,
+from _bench import (blas_line, machine_info, print_table, ratio, set_threads, time_interleaved,
                     try_import_torch, write_json)
 
 
@@ -69,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch = try_import_torch()
     threads = set_threads(torch)
+    print(blas_line())
     repeats = 1 if args.smoke else args.repeats
     n, c, o, h, w = (2, 4, 4, 6, 6) if args.smoke else (32, 64, 64, 32, 32)
     rng = np.random.default_rng(0)

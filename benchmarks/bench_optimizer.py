@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from _bench import (machine_info, print_table, ratio, set_threads, time_interleaved,
+from _bench import (blas_line, machine_info, print_table, ratio, set_threads, time_interleaved,
                     try_import_torch, write_json)
 
 
@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch = try_import_torch()
     threads = set_threads(torch)
+    print(blas_line())
     n = 100_000 if args.smoke else args.params
     repeats = 1 if args.smoke else args.repeats
     dtype = np.dtype(args.dtype)

@@ -2,7 +2,8 @@
 
 Models (batch 128, float32, random data of the dataset's shape):
   * binary_mlp on MNIST shapes (1x28x28) with the CLI's default widths;
-  * binary_cnn on CIFAR-10 shapes (3x32x32) with the CLI's default width;
+  * binary_cnn on CIFAR-10 shapes (3x32x32) with the CLI's default width (32) and at width 128
+    (the literature's VGG-small widths);
 both with the CLI's default activation STE (the table names widths and STE).
 minibnn runs ``minibnn.train.train_step`` with the CLI's default optimiser (CEMA on the ±1
 weights, Adam on the real ones, flips counted; no augmentation). The PyTorch twin is built
@@ -39,13 +40,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from _bench import (machine_info, print_table, set_threads, time_interleaved, try_import_torch,
+from _bench import (blas_line, machine_info, print_table, set_threads, time_interleaved, try_import_torch,
                     write_json)
 
 #: name -> (model, input shape, TrainConfig overrides); the smoke variants are tiny.
 MODELS = {
     "binary_mlp/MNIST": ("binary_mlp", (1, 28, 28), {}),
     "binary_cnn/CIFAR-10": ("binary_cnn", (3, 32, 32), {}),
+    "binary_cnn-w128/CIFAR-10": ("binary_cnn", (3, 32, 32), {"width": 128}),
 }
 SMOKE_MODELS = {
     "binary_mlp/MNIST": ("binary_mlp", (1, 28, 28), {"hidden": [64, 64]}),
@@ -268,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     p.add_argument("--memory-child", nargs=2, metavar=("FRAMEWORK", "MODEL"),
                    help=argparse.SUPPRESS)
+    p.add_argument("--only", default=None, metavar="NAMES",
+                   help="comma-separated model keys to run (default: all)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.batch is None:
@@ -277,12 +281,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     torch = try_import_torch()
     threads = set_threads(torch)
+    print(blas_line())
     repeats = 1 if args.smoke else args.repeats
     measure_memory = not (args.no_memory or args.smoke)
     if torch is None:
         print("torch not installed: the PyTorch columns read n/a")
     rows, records = [], {}
-    for key, (name, shape, over) in (SMOKE_MODELS if args.smoke else MODELS).items():
+    table = SMOKE_MODELS if args.smoke else MODELS
+    keys = list(table) if args.only is None else args.only.split(",")
+    unknown = [k for k in keys if k not in table]
+    if unknown:
+        p.error(f"unknown model key(s) {unknown}; choose from {list(table)}")
+    for key in keys:
+        name, shape, over = table[key]
         step, model, params = minibnn_step(name, shape, args.batch, over)
         fns = {"minibnn": step,
                "minibnn numpy": minibnn_step(name, shape, args.batch, over, "numpy")[0]}

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from _bench import (machine_info, print_table, ratio, set_threads, time_interleaved,
+from _bench import (blas_line, machine_info, print_table, ratio, set_threads, time_interleaved,
                     try_import_torch, write_json)
 
 GEMM_SHAPES = [(4096, 576, 64), (1024, 4608, 512), (128, 8192, 1024)]
@@ -116,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch = try_import_torch()
     threads = set_threads(torch)
+    print(blas_line())
     repeats = 1 if args.smoke else args.repeats
     rng = np.random.default_rng(0)
     if torch is None:

@@ -20,6 +20,8 @@ SCRIPTS = {
     "bench_kernels": "Numba kernel vs NumPy reference twin",
     "bench_train": "training step: minibnn vs PyTorch",
     "bench_startup": "start-up",
+    "bench_layers": "conv2d 3x3 forward+backward",
+    "bench_epoch": "CIFAR-10-shaped epoch",
 }
 
 
@@ -48,7 +50,7 @@ def test_smoke_without_torch(name: str, monkeypatch: pytest.MonkeyPatch,
     assert data["benchmark"] == name.removeprefix("bench_")
 
 
-@pytest.mark.parametrize("name", ["bench_xnor", "bench_train", "bench_optimizer"])
+@pytest.mark.parametrize("name", ["bench_xnor", "bench_train", "bench_optimizer", "bench_layers"])
 def test_smoke_with_torch(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("torch")
     module = load(name)
