@@ -16,7 +16,7 @@ import argparse
 import dataclasses
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from minibnn import __version__, kernels
 from minibnn.backend import device_module
@@ -75,6 +75,30 @@ def _defaults_help(text: str, field: str, options_of: dict[str, dict[str, object
     return f"{text} (default{'s' if len(by_value) > 1 else ''}: {listed})"
 
 
+def _add_model_arguments(g: Any, models: dict[str, dict[str, Any]],
+                         only: Sequence[str] | None = None) -> None:
+    """The model options, shared by ``train`` and ``summary`` (``only``: these fields)."""
+    def model_help(text: str, field: str) -> str:
+        return _defaults_help(text, field, models)
+
+    options: dict[str, dict[str, Any]] = {
+        "hidden": dict(type=_int_list, help=model_help(
+            "widths, comma-separated; the first layer is real-valued", "hidden")),
+        "width": dict(type=int, help=model_help("base width", "width")),
+        "act_ste": dict(choices=STE_NAMES, help=model_help(
+            "straight-through estimator of the activation sign", "act_ste")),
+        "weight_ste": dict(choices=STE_NAMES, help=model_help(
+            "STE of sign(w) for latent weights", "weight_ste")),
+        "scale": dict(action="store_true", help="XNOR-style per-channel mean|w| weight scale "
+                      "(latent optimisers only)"),
+        "init_scale": dict(type=float, help=model_help(
+            "multiplier on the latent weights' initial range", "init_scale")),
+    }
+    for field, kwargs in options.items():
+        if only is None or field in only:
+            g.add_argument("--" + field.replace("_", "-"), default=None, **kwargs)
+
+
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (defaults: binary MLP, MNIST, CEMA + Adam)",
                        description="Train a binary network.  With no flags: binary MLP on MNIST, "
@@ -99,20 +123,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--dataset", default=d.dataset, choices=DATASET_NAMES)
     g.add_argument("--data-dir", default=None, help="folder with dataset files you already have "
                    "(machine-local: --resume may change it)")
-    g.add_argument("--hidden", type=_int_list, default=None,
-                   help=model_help("widths, comma-separated; the first layer is real-valued",
-                                   "hidden"))
-    g.add_argument("--width", type=int, default=None, help=model_help("base width", "width"))
-    g.add_argument("--act-ste", default=None, choices=STE_NAMES,
-                   help=model_help("straight-through estimator of the activation sign",
-                                   "act_ste"))
-    g.add_argument("--weight-ste", default=None, choices=STE_NAMES,
-                   help=model_help("STE of sign(w) for latent weights", "weight_ste"))
-    g.add_argument("--scale", action="store_true", default=None,
-                   help="XNOR-style per-channel mean|w| weight scale (latent optimisers only)")
-    g.add_argument("--init-scale", type=float, default=None,
-                   help=model_help("multiplier on the latent weights' initial range",
-                                   "init_scale"))
+    _add_model_arguments(g, models)
     g = p.add_argument_group("binary-weight optimiser")
     g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZER_NAMES,
                    help="cema/bop/bop2nd/bop2nd_corrected act on +-1 weights; sgd/adam on "
@@ -261,6 +272,58 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+SUMMARY_MODEL_FLAGS = ("model", "hidden", "width", "act_ste", "weight_ste", "init_scale")
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from minibnn.data import image_shape
+    from minibnn.io import load_run
+    from minibnn.summary import format_summary
+    from minibnn.train import model_from_config
+
+    given = [f"--{k.replace('_', '-')}" for k in SUMMARY_MODEL_FLAGS + ("dataset",)
+             if getattr(args, k) is not None]
+    if args.run is not None and given:
+        raise MinibnnError(f"summary takes RUN.h5 or model options, not both: drop "
+                           f"{', '.join(given)} (the run file's config is used)")
+    params = buffers = None
+    if args.run is not None:
+        run = load_run(args.run)
+        config = TrainConfig.from_json(run.config_json)
+        if run.description is not None:
+            shape, classes = tuple(run.description["input_shape"]), run.description["num_classes"]
+        else:
+            shape, classes = image_shape(config.dataset)
+        if run.checkpoint is not None:
+            params, buffers = run.checkpoint.params, run.checkpoint.buffers
+    else:
+        values = {k: getattr(args, k) for k in SUMMARY_MODEL_FLAGS + ("dataset", "dtype")
+                  if getattr(args, k) is not None}
+        config = TrainConfig(**values).validate()
+        shape, classes = image_shape(config.dataset)
+    model = model_from_config(config, shape, classes)
+    print(format_summary(model, config.dtype, params, buffers))
+    return 0
+
+
+def _add_summary_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("summary", help="per-layer table of a model: shapes, parameters by bit "
+                       "width, memory, binary and float MACs",
+                       description="Summarise the model of RUN.h5, or the model the given "
+                       "options build (the options of minibnn train; input shape from "
+                       "--dataset, default mnist).", formatter_class=_HelpFormatter)
+    p.add_argument("run", metavar="RUN.h5", nargs="?", default=None)
+    g = p.add_argument_group("model (instead of RUN.h5)")
+    g.add_argument("--model", default=None, choices=MODEL_NAMES,
+                   help=f"(default: {DEFAULTS.model})")
+    g.add_argument("--dataset", default=None, choices=DATASET_NAMES,
+                   help=f"input shape and classes of this dataset (default: {DEFAULTS.dataset})")
+    g.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
+                   help=f"float width (default: {DEFAULTS.dtype})")
+    _add_model_arguments(g, {name: model_options(name) for name in MODEL_NAMES},
+                         only=SUMMARY_MODEL_FLAGS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minibnn", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -286,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kernels that pack the weights (the file is the same for every backend)")
     p.add_argument("--out", default=None, metavar="PATH",
                    help="packed file to write (default RUN.packed.h5)")
+    _add_summary_parser(sub)
     _add_optional_commands(sub)
     return parser
 
@@ -306,7 +370,8 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(handler=explain.run_verify)
 
 
-HANDLERS = {"train": _cmd_train, "eval": _cmd_eval, "export": _cmd_export}
+HANDLERS = {"train": _cmd_train, "eval": _cmd_eval, "export": _cmd_export,
+            "summary": _cmd_summary}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,7 +2,8 @@
 
 Layout of ``RUN.h5`` (every group, dataset and attribute: docs/run-file.md)::
 
-    /                 attrs: format="minibnn-run", version, config (JSON)
+    /                 attrs: format="minibnn-run", version, config (JSON), description (JSON:
+                      input_shape, num_classes, mean, std, minibnn_version)
     /metrics/<metric> float64 (epochs,) one value per finished epoch
     /checkpoint       attrs: epoch, step, rng_state (JSON)
         /params/<param>      /buffers/<stat>     (model parameters, BatchNorm statistics)
@@ -51,6 +52,10 @@ class RunFile:
     config_json: str
     metrics: dict[str, list[float]]
     checkpoint: Checkpoint | None
+    #: what the model was trained on, so a run file describes itself: input_shape (C, H, W),
+    #: num_classes, the normalisation mean/std per channel, minibnn_version. None in files
+    #: written before it was stored.
+    description: dict[str, Any] | None = None
 
 
 def _json(text: Any, path: str) -> Any:
@@ -58,6 +63,19 @@ def _json(text: Any, path: str) -> Any:
         return json.loads(str(text))
     except ValueError:
         raise DataFileError(f"{path}: checkpoint RNG state is not valid JSON") from None
+
+
+def _description(text: Any, path: str) -> dict[str, Any]:
+    """The stored model description: a JSON object with input_shape and num_classes."""
+    try:
+        d = json.loads(str(text))
+        shape, classes = [int(v) for v in d["input_shape"]], int(d["num_classes"])
+    except (ValueError, TypeError, KeyError):
+        raise DataFileError(f"{path}: the stored model description is corrupt") from None
+    if len(shape) != 3 or min(shape) < 1 or classes < 2:
+        raise DataFileError(f"{path}: the stored model description is corrupt "
+                            f"(input_shape {shape}, num_classes {classes})")
+    return dict(d, input_shape=shape, num_classes=classes)
 
 
 def _h5py() -> Any:
@@ -173,6 +191,8 @@ def save_run(path: str, run: RunFile) -> None:
         f.attrs["format"] = FORMAT
         f.attrs["version"] = VERSION
         f.attrs["config"] = run.config_json
+        if run.description is not None:
+            f.attrs["description"] = json.dumps(run.description)
         metrics = f.create_group("metrics")
         for name, values in run.metrics.items():
             metrics.create_dataset(name, data=np.asarray(values, dtype=np.float64))
@@ -199,6 +219,8 @@ def load_run(path: str) -> RunFile:
                 raise DataFileError(f"{path} is not a minibnn run file (no format={FORMAT!r} tag)")
             check_version(f.attrs.get("version"), path)
             config_json = str(f.attrs["config"])
+            description = (_description(f.attrs["description"], path)
+                           if "description" in f.attrs else None)
             metrics = {k: [float(v) for v in d[()]] for k, d in f["metrics"].items()}
             checkpoint = None
             if "checkpoint" in f:
@@ -213,4 +235,4 @@ def load_run(path: str) -> RunFile:
     except (OSError, KeyError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataFileError(f"{path} is corrupt or unreadable: {reason}") from None
-    return RunFile(config_json, metrics, checkpoint)
+    return RunFile(config_json, metrics, checkpoint, description)

@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from minibnn import kernels, optim
+from minibnn import __version__, kernels, optim
 from minibnn.augment import draw_offsets, shift_images
 from minibnn.backend import (device_module, get_array_module, resolve_dtype, to_device,
                              to_numpy)
@@ -202,6 +202,14 @@ def _progress(iterable: Any, enabled: bool, desc: str) -> Any:
     return tqdm(iterable, desc=desc, leave=False, unit="batch")
 
 
+def describe_data(ds: Any) -> dict[str, Any]:
+    """What a run file stores about its data so it describes itself (``RunFile.description``)."""
+    return {"input_shape": [int(v) for v in ds.x_train.shape[1:]],
+            "num_classes": int(ds.num_classes), "dataset": ds.name,
+            "mean": [float(v) for v in ds.mean], "std": [float(v) for v in ds.std],
+            "minibnn_version": __version__}
+
+
 def train_epoch(model: Model, optimizer: Transform, state: TrainState, x: Any, y: Any,
                 config: TrainConfig, progress: bool = False) -> dict[str, float]:
     """One pass over the shuffled training set; returns the epoch's training metrics."""
@@ -372,7 +380,8 @@ def _fit(config: TrainConfig, out_path: str, previous: RunFile | None, progress:
         done_now += 1
         for name, value in epoch_metrics.items():
             metrics.setdefault(name, []).append(float(value))
-        save_run(out_path, RunFile(config.to_json(), metrics, _checkpoint(state)))
+        save_run(out_path, RunFile(config.to_json(), metrics, _checkpoint(state),
+                                   describe_data(ds)))
         mean_flip = np.mean([v for k, v in epoch_metrics.items() if k.startswith("flip_ratio:")]
                             or [0.0])
         log(f"epoch {state.epoch:3d}/{config.epochs}  train loss {epoch_metrics['train_loss']:.4f}"

@@ -27,7 +27,7 @@ from minibnn.data.synthetic import synthetic_dataset, synthetic_uint8
 from minibnn.errors import MinibnnError
 
 __all__ = ["DATASET_NAMES", "Dataset", "NORMALISATION", "default_cache_dir", "from_uint8",
-           "load_dataset", "parse_idx", "read_idx", "standardise", "synthetic_dataset",
+           "image_shape", "load_dataset", "parse_idx", "read_idx", "standardise", "synthetic_dataset",
            "synthetic_uint8", "write_idx"]
 
 DATASET_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "synthetic")
@@ -43,6 +43,17 @@ def canonical_name(name: str) -> str:
     if key not in DATASET_NAMES:
         raise MinibnnError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
     return key
+
+
+def image_shape(name: str) -> tuple[tuple[int, int, int], int]:
+    """(C, H, W) and class count of a dataset, without loading it (synthetic: its defaults)."""
+    key = canonical_name(name)
+    if key == "synthetic":
+        sig = inspect.signature(synthetic_dataset).parameters
+        return tuple(sig["shape"].default), int(sig["num_classes"].default)  # type: ignore
+    if key == "cifar10":
+        return (3, 32, 32), 10
+    return (1, 28, 28), SPECS[key].num_classes
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None,

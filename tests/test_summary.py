@@ -1,0 +1,87 @@
+"""``minibnn summary`` and ``minibnn.summary``: counts checked against the models' own formulas."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from minibnn.cli import main
+from minibnn.io import load_run
+from minibnn.nn import models
+from minibnn.summary import format_summary, summarize
+
+
+def test_binary_cnn_counts() -> None:
+    w = 8
+    model = models.binary_cnn((3, 32, 32), width=w)
+    rows, t = summarize(model)
+    by_name = {r.name: r for r in rows}
+    chans = [w, w, 2 * w, 2 * w, 4 * w, 4 * w]
+    hw = [32, 32, 16, 16, 8, 8]            # output size of conv i (pooling comes after)
+    binary_params = sum(chans[i - 1] * chans[i] * 9 for i in range(1, 6))
+    assert t["binary_params"] == binary_params
+    for i in range(1, 6):
+        row = by_name[f"conv{i + 1}"]
+        assert row.input_bits == "1-bit" and row.float_macs == 0
+        assert row.binary_macs == chans[i] * hw[i] ** 2 * chans[i - 1] * 9
+        assert row.output_shape == (chans[i], hw[i], hw[i])
+    conv1, head = by_name["conv1"], by_name["head"]
+    assert conv1.input_bits == "32-bit" and conv1.float_macs == w * 32 * 32 * 27
+    assert head.input_bits == "1-bit" and head.float_macs == 4 * w * 16 * 10  # real weights
+    assert t["float_macs"] == conv1.float_macs + head.float_macs
+    float_params = sum(v.size for k, v in model.init(np.random.default_rng(0))[0].items()
+                       if k not in model.binary_names) + sum(
+        v.size for v in model.init(np.random.default_rng(0))[1].values())
+    assert t["float_params"] == float_params
+    assert t["memory_bytes"] == binary_params / 8 + float_params * 4
+    assert t["compression"] == pytest.approx((binary_params + float_params) * 4
+                                             / t["memory_bytes"])
+
+
+def test_mlp_and_birealnet_and_float64() -> None:
+    rows, t = summarize(models.binary_mlp((1, 28, 28), hidden=(64, 32)), np.float64)
+    fc2 = next(r for r in rows if r.name == "fc2")
+    assert fc2.binary_macs == 64 * 32 and fc2.input_bits == "1-bit"
+    assert t["float_bits"] == 64 and rows[0].input_bits == "64-bit"
+    text = format_summary(models.birealnet((3, 32, 32), width=8, blocks_per_stage=(1, 1)))
+    assert "add" in text and "64-bit" not in text and "% binary" in text
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_model_options_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "summary", "--model", "binary_cnn", "--dataset", "cifar10",
+                           "--width", "4")
+    assert code == 0 and out.startswith("binary_cnn: input 3x32x32, 10 classes")
+    assert "conv6" in out and "x smaller" in out
+    code, _, err = run_cli(capsys, "summary", "--model", "binary_cnn", "--hidden", "8,8")
+    assert code == 2 and err.count("\n") == 1 and "--hidden" in err
+    code, _, err = run_cli(capsys, "summary", "no/such.h5")
+    assert code == 2 and "not found" in err
+
+
+def test_cli_on_a_run_file_uses_its_stored_description(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    out_path = str(tmp_path / "run.h5")
+    assert main(["train", "--dataset", "synthetic", "--epochs", "1", "--hidden", "16,8",
+                 "--train-subset", "200", "--no-progress", "--out", out_path]) == 0
+    capsys.readouterr()
+    d = load_run(out_path).description
+    assert d is not None and d["input_shape"] == [1, 28, 28] and d["num_classes"] == 10
+    assert len(d["mean"]) == len(d["std"]) == 1 and d["minibnn_version"]
+    code, out, _ = run_cli(capsys, "summary", out_path)
+    assert code == 0 and "fc2" in out and "binary_mlp: input 1x28x28" in out
+    code, _, err = run_cli(capsys, "summary", out_path, "--width", "4")
+    assert code == 2 and "not both" in err
+    with h5py.File(out_path, "r+") as f:
+        f.attrs["description"] = json.dumps({"input_shape": [1, 28], "num_classes": 10})
+    code, _, err = run_cli(capsys, "summary", out_path)
+    assert code == 2 and "description is corrupt" in err
