@@ -5,4 +5,20 @@ of small gradient filters (``minibnn.optim``), and ``minibnn.theory`` maps laten
 hyperparameters to the two-stage EMA filter of Quist, Li & van Gemert (ICLR 2023).
 """
 
+from __future__ import annotations
+
 __version__ = "0.1.0"
+
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from minibnn.trained import TrainedModel
+
+
+def load(path: str) -> "TrainedModel":
+    """The trained model in a run file or packed file: ``.logits(x)``, ``.predict(x)``,
+    ``.summary()``, ``.params`` (``minibnn.trained``). Imports the engine on first call."""
+    from minibnn.trained import load as _load
+
+    return _load(path)

@@ -232,7 +232,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return _eval_packed(args)
     if args.check:
         raise MinibnnError("--check compares packed with float inference: add --packed")
-    result = evaluate_run(args.run, device=args.device, backend=args.backend)
+    result = evaluate_run(args.run, device=args.device, backend=args.backend,
+                          data_dir=args.data_dir)
     print(f"{args.run}: epoch {result['epoch']}  test loss {result['test_loss']:.4f}  "
           f"test accuracy {result['test_acc']:.4f}")
     return 0
@@ -243,7 +244,8 @@ def _eval_packed(args: argparse.Namespace) -> int:
 
     if args.device != "cpu":
         raise MinibnnError("packed (XNOR-popcount) inference runs on the CPU; drop --device gpu")
-    result = evaluate_packed(args.run, check=args.check, backend=args.backend)
+    result = evaluate_packed(args.run, check=args.check, backend=args.backend,
+                             data_dir=args.data_dir)
     layers = result["binary_layers"]
     line = (f"{args.run}: epoch {result['epoch']}  test loss {result['test_loss']:.4f}  "
             f"test accuracy {result['test_acc']:.4f}  packed ({layers} binary "
@@ -340,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bit-packed XNOR-popcount inference (automatic for a .packed.h5 file)")
     p.add_argument("--check", action="store_true",
                    help="with --packed: also run the float path and count differing predictions")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the dataset's files (default: the run's own setting)")
     p = sub.add_parser("export", help="write a run's checkpoint for inference "
                        "(--packed: binary weights as bits, ~32x smaller)")
     p.add_argument("run", metavar="RUN.h5")

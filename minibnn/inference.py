@@ -29,6 +29,7 @@ from minibnn.nn.fold import fold_sites
 from minibnn.nn.models import Model
 from minibnn.nn.packed import (PackedModel, binary_layers, layer_from_bits, layer_geometry,
                                pack_model)
+from minibnn.data import image_shape
 from minibnn.train import check_checkpoint, eval_backend, load_data, model_from_config
 
 #: whom the stored arrays are checked against
@@ -37,10 +38,10 @@ MODEL_IN_CONFIG = "the model in its config"
 
 def _model_for(config: TrainConfig, input_shape: tuple[int, ...] | None,
                num_classes: int | None) -> Model:
-    """The run's model; its input shape and class count come from the dataset unless given."""
+    """The run's model; its input shape and class count come from the dataset's name unless
+    given (no data is loaded)."""
     if input_shape is None or num_classes is None:
-        ds = load_data(config)
-        input_shape, num_classes = tuple(ds.x_train.shape[1:]), int(ds.num_classes)
+        input_shape, num_classes = image_shape(config.dataset)
     return model_from_config(config, tuple(input_shape), int(num_classes))
 
 
@@ -49,7 +50,7 @@ def pack_run(path: str, *, input_shape: tuple[int, ...] | None = None,
     """Pack the checkpoint of a run file in memory.
 
     The model is rebuilt from the run's config; its input shape and class count come from the
-    dataset unless given.
+    run's stored description (or its dataset's name) unless given.
     """
     return _pack_loaded_run(load_run(path), path, input_shape, num_classes)
 
@@ -58,6 +59,9 @@ def _pack_loaded_run(run: RunFile, path: str, input_shape: tuple[int, ...] | Non
                      num_classes: int | None) -> PackedModel:
     if run.checkpoint is None:
         raise MinibnnError(f"{path} has no checkpoint to pack")
+    if input_shape is None and run.description is not None:
+        input_shape = tuple(run.description["input_shape"])
+        num_classes = run.description["num_classes"]
     config = TrainConfig.from_json(run.config_json)
     model = _model_for(config, input_shape, num_classes)
     expected, expected_buffers = model.init(np.random.default_rng(0), np.dtype(config.dtype))
@@ -135,25 +139,25 @@ def export_packed(run_path: str, out_path: str | None = None) -> dict[str, Any]:
 
 
 def evaluate_packed(source: str | PackedModel, *, batch_size: int = 1000, check: bool = False,
-                    backend: str | None = None) -> dict[str, Any]:
+                    backend: str | None = None, data_dir: str | None = None
+                    ) -> dict[str, Any]:
     """Test loss and accuracy with the packed forward pass on the run's dataset.
 
     ``source``: a packed file, a run file (packed in memory from its checkpoint), or a
     PackedModel.  With ``check`` the float path runs too and the result holds ``differ`` (test
     predictions that disagree, 0 expected) and ``max_logit_diff`` (0.0 without scale).
-    The forward passes run under ``kernels.use_backend(eval_backend(config, "cpu", backend))``:
+    ``data_dir`` replaces the stored (machine-local) data folder. The forward passes run under ``kernels.use_backend(eval_backend(config, "cpu", backend))``:
     ``backend``, else the run's own setting (``"auto"`` for a GPU run).  The result is the
     same whichever kernels run.
     """
     if isinstance(source, PackedModel) or is_packed_file(source):
         pm = source if isinstance(source, PackedModel) else load_packed(source)
         config = TrainConfig.from_json(pm.config_json)
-        ds = load_data(config)
     else:
         run = load_run(source)
         config = TrainConfig.from_json(run.config_json)
-        ds = load_data(config)
-        pm = _pack_loaded_run(run, source, tuple(ds.x_train.shape[1:]), int(ds.num_classes))
+        pm = _pack_loaded_run(run, source, None, None)
+    ds = load_data(dataclasses.replace(config, data_dir=data_dir or config.data_dir))
     with kernels.use_backend(eval_backend(config, "cpu", backend)):
         return _evaluate(pm, ds.x_test, ds.y_test, batch_size, check)
 

@@ -202,6 +202,19 @@ def _progress(iterable: Any, enabled: bool, desc: str) -> Any:
     return tqdm(iterable, desc=desc, leave=False, unit="batch")
 
 
+def run_model(run: RunFile) -> tuple[TrainConfig, Model]:
+    """The config and model of a run file, with no data loaded: the input shape and class
+    count come from the run's stored description, or for older files from its dataset name."""
+    from minibnn.data import image_shape
+
+    config = TrainConfig.from_json(run.config_json)
+    if run.description is not None:
+        shape, classes = tuple(run.description["input_shape"]), run.description["num_classes"]
+    else:
+        shape, classes = image_shape(config.dataset)
+    return config, model_from_config(config, shape, classes)
+
+
 def describe_data(ds: Any) -> dict[str, Any]:
     """What a run file stores about its data so it describes itself (``RunFile.description``)."""
     return {"input_shape": [int(v) for v in ds.x_train.shape[1:]],
@@ -414,22 +427,23 @@ def eval_backend(config: TrainConfig, device: str, backend: str | None) -> str:
     return config.backend if config.device == device else "auto"
 
 
-def evaluate_run(path: str, device: str = "cpu", backend: str | None = None
-                 ) -> dict[str, float]:
+def evaluate_run(path: str, device: str = "cpu", backend: str | None = None,
+                 data_dir: str | None = None) -> dict[str, float]:
     """Test loss and accuracy of the checkpoint in a run file.
 
-    Runs inside ``kernels.use_backend(eval_backend(config, device, backend))``.
+    Runs inside ``kernels.use_backend(eval_backend(config, device, backend))``; ``data_dir``
+    replaces the stored (machine-local) data folder.
     """
     run = load_run(path)
     if run.checkpoint is None:
         raise MinibnnError(f"{path} has no checkpoint to evaluate")
-    config = TrainConfig.from_json(run.config_json)
+    config, model = run_model(run)
     config = dataclasses.replace(config, device=device,
-                                 backend=eval_backend(config, device, backend)).validate()
+                                 backend=eval_backend(config, device, backend),
+                                 data_dir=data_dir or config.data_dir).validate()
     device_module(device)
     with kernels.use_backend(config.backend):
         ds = load_data(config)
-        model = model_from_config(config, tuple(ds.x_train.shape[1:]), ds.num_classes)
         params, buffers = model.init(np.random.default_rng(0), resolve_dtype(config.dtype))
         check_checkpoint(run.checkpoint, params, path, buffers)
         loss, acc = evaluate(model, _tree_to_device(run.checkpoint.params, device),

@@ -1,0 +1,90 @@
+"""``minibnn.load``: trained models from run files and packed files, with no data set needed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minibnn
+from minibnn.cli import main
+from minibnn.config import TrainConfig
+from minibnn.data import load_dataset, synthetic_uint8
+from minibnn.errors import DTypeError, MinibnnError, ShapeError
+from minibnn.io import load_run
+from minibnn.train import fit, run_model
+
+
+@pytest.fixture(scope="module", params=["binary_mlp", "binary_cnn"])
+def run_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = str(tmp_path_factory.mktemp("runs") / f"{request.param}.h5")
+    options = {"hidden": [32, 16]} if request.param == "binary_mlp" else {"width": 4}
+    config = TrainConfig(model=request.param, dataset="synthetic", epochs=1, batch_size=50,
+                         train_subset=300, **options).validate()
+    fit(config, path, progress=False, log=lambda _: None)
+    return path
+
+
+def test_run_file_logits_equal_the_training_codes_eval_forward(run_path: str) -> None:
+    model = minibnn.load(run_path)
+    ds = load_dataset("synthetic")
+    run = load_run(run_path)
+    _, reference_model = run_model(run)
+    expected, _, _ = reference_model.forward(run.checkpoint.params, run.checkpoint.buffers,
+                                             ds.x_test, train=False)
+    got = model.logits(ds.x_test, batch_size=10_000)
+    assert got.shape == (len(ds.x_test), 10) and np.array_equal(got, expected)
+    assert np.array_equal(model.predict(ds.x_test, batch_size=10_000), expected.argmax(axis=1))
+    assert model.input_shape == (1, 28, 28) and model.num_classes == 10 and model.epoch == 1
+    for name in model.binary_names:
+        w = model.params[name]
+        assert w.dtype == np.int8 and set(np.unique(w)) <= {-1, 1}
+    assert "binary MACs" in model.summary() and "run file" in repr(model)
+
+
+def test_preprocess_is_the_training_standardisation(run_path: str) -> None:
+    model = minibnn.load(run_path)
+    _, _, x_test_u8, _ = synthetic_uint8()
+    np.testing.assert_array_equal(model.preprocess(x_test_u8), load_dataset("synthetic").x_test)
+    with pytest.raises(DTypeError, match="uint8"):
+        model.preprocess(x_test_u8.astype(np.float32))
+
+
+def test_bad_input_is_a_one_line_error(run_path: str) -> None:
+    model = minibnn.load(run_path)
+    with pytest.raises(ShapeError, match="input must have shape"):
+        model.logits(np.zeros((2, 1, 27, 28), np.float32))
+    with pytest.raises(DTypeError, match="float32"):
+        model.logits(np.zeros((2, 1, 28, 28), np.float64))
+    with pytest.raises(MinibnnError, match="not found"):
+        minibnn.load(run_path + ".missing")
+
+
+def test_packed_file_predicts_as_the_run_and_export_needs_no_data(
+        run_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import minibnn.inference
+    import minibnn.train
+
+    def no_data(*_: object, **__: object) -> None:
+        raise AssertionError("export must not load the data set")
+    monkeypatch.setattr(minibnn.train, "load_data", no_data)
+    monkeypatch.setattr(minibnn.inference, "load_data", no_data)
+    out = str(tmp_path / "model.packed.h5")
+    assert main(["export", run_path, "--packed", "--out", out]) == 0
+    capsys.readouterr()
+    packed = minibnn.load(out)
+    monkeypatch.undo()
+    ds = load_dataset("synthetic")
+    run = minibnn.load(run_path)
+    assert np.array_equal(packed.predict(ds.x_test), run.predict(ds.x_test))
+    np.testing.assert_allclose(packed.logits(ds.x_test), run.logits(ds.x_test), atol=1e-4)
+    for name in run.binary_names:
+        assert np.array_equal(packed.params[name], run.params[name])
+    assert "packed file" in repr(packed)
+
+
+def test_eval_takes_a_data_dir(run_path: str, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", run_path, "--data-dir", str(tmp_path)]) == 0
+    assert "test accuracy" in capsys.readouterr().out
