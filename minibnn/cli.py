@@ -160,6 +160,12 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--train-subset", type=int, default=None,
                    help="use only the first N training images")
     g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--val-split", type=int, default=d.val_split, metavar="N",
+                   help="hold out N training images (stratified by class, seeded) as a "
+                   "validation set, logged every epoch; the test set is then evaluated after "
+                   "the last epoch only")
+    g.add_argument("--test-every-epoch", action="store_true",
+                   help="with --val-split: evaluate the test set every epoch too")
     g.add_argument("--dtype", default=d.dtype, choices=DTYPE_NAMES)
     g.add_argument("--device", default=None, choices=DEVICE_NAMES,
                    help=f"where to train (default: {d.device}; machine-local: --resume may "
@@ -219,8 +225,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"training {config.model} on {config.dataset}: {config.optimizer} on {storage}, "
           f"Adam on real parameters -> {out}")
     metrics = fit(config, out, progress=not args.no_progress, stop_after=args.stop_after)
-    if metrics.get("test_acc"):
-        print(f"final test accuracy {metrics['test_acc'][-1]:.4f}; run file {out}")
+    final = metrics.get("test_acc", [float("nan")])[-1]
+    if final == final:                         # not NaN: the test set was evaluated last
+        print(f"final test accuracy {final:.4f}; run file {out}")
     return 0
 
 

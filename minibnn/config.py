@@ -113,6 +113,8 @@ class TrainConfig:
     shift: int = 2                    # random translation of training images by <= shift pixels
     seed: int = 0
     dtype: str = "float32"
+    val_split: int = 0                # hold out N training images (stratified, seeded) as val
+    test_every_epoch: bool = False    # with val_split: also evaluate the test set every epoch
     # machine-local (LOCAL_FIELDS)
     device: str = "cpu"
     backend: str = "auto"             # kernels: auto (numba on CPU, cuda on GPU) | numpy | ...
@@ -136,6 +138,8 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise MinibnnError("run file config is not a JSON object")
         known = {f.name for f in dataclasses.fields(cls)}
+        for name, absent_means in ADDED_FIELDS.items():
+            data.setdefault(name, absent_means)
         if set(data) != known:
             unknown, missing = sorted(set(data) - known), sorted(known - set(data))
             raise MinibnnError(f"run file config does not match this minibnn version "
@@ -221,11 +225,21 @@ class TrainConfig:
         if self.train_subset is not None and self.train_subset < 2:
             raise MinibnnError(f"--train-subset must be >= 2 (BatchNorm needs two samples), "
                                f"got {self.train_subset}")
+        if self.val_split < 0:
+            raise MinibnnError(f"--val-split must be >= 0 images, got {self.val_split}")
+        if self.test_every_epoch and not self.val_split:
+            raise MinibnnError("--test-every-epoch only applies with --val-split (without a "
+                               "validation split the test set is evaluated every epoch)")
         if self.init_scale is not None and self.init_scale <= 0:
             raise MinibnnError(f"--init-scale must be > 0, got {self.init_scale}")
         if self.scale and self.binary_storage == "binary":
             raise MinibnnError(f"--scale needs latent weights; optimizer {self.optimizer!r} "
                                "stores +-1 weights (use --optimizer sgd or adam)")
+
+
+#: fields added after run files were first written, and what their absence means: those runs
+#: could not use the feature, so this is their exact setting (not a new default)
+ADDED_FIELDS: dict[str, Any] = {"val_split": 0, "test_every_epoch": False}
 
 
 def _flag(field: str) -> str:

@@ -347,6 +347,14 @@ def _fit(config: TrainConfig, out_path: str, previous: RunFile | None, progress:
          stop_after: int | None, log: Callable[[str], None]) -> dict[str, list[float]]:
     dtype = resolve_dtype(config.dtype)
     ds = load_data(config)
+    val = None
+    if config.val_split:
+        from minibnn.data.split import validation_split
+
+        keep, held = validation_split(ds.y_train, config.val_split, config.seed)
+        val = (to_device(ds.x_train[held], config.device),
+               to_device(ds.y_train[held], config.device))
+        ds = dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep])
     x_train, y_train = to_device(ds.x_train, config.device), to_device(ds.y_train, config.device)
     x_test, y_test = to_device(ds.x_test, config.device), to_device(ds.y_test, config.device)
     model = model_from_config(config, tuple(ds.x_train.shape[1:]), ds.num_classes)
@@ -386,7 +394,17 @@ def _fit(config: TrainConfig, out_path: str, previous: RunFile | None, progress:
                 rate.take()            # forget values asked for outside the steps (checks)
         epoch_metrics = train_epoch(model, optimizer, state, x_train, y_train, config, progress)
         epoch_metrics.update(_rates_used(rates))
-        test_loss, test_acc = evaluate(model, state.params, state.buffers, x_test, y_test)
+        last = state.epoch + 1 == config.epochs
+        held_out = ""
+        if val is not None:
+            val_loss, val_acc = evaluate(model, state.params, state.buffers, *val)
+            epoch_metrics.update(val_loss=val_loss, val_acc=val_acc)
+            held_out = f"  val acc {val_acc:.4f}"
+        if val is None or config.test_every_epoch or last:
+            test_loss, test_acc = evaluate(model, state.params, state.buffers, x_test, y_test)
+            held_out += f"  test acc {test_acc:.4f}"
+        else:                                  # with a validation split: test at the end only
+            test_loss = test_acc = float("nan")
         epoch_metrics.update(test_loss=test_loss, test_acc=test_acc,
                              seconds=time.perf_counter() - start)
         state.epoch += 1
@@ -398,7 +416,7 @@ def _fit(config: TrainConfig, out_path: str, previous: RunFile | None, progress:
         mean_flip = np.mean([v for k, v in epoch_metrics.items() if k.startswith("flip_ratio:")]
                             or [0.0])
         log(f"epoch {state.epoch:3d}/{config.epochs}  train loss {epoch_metrics['train_loss']:.4f}"
-            f"  train acc {epoch_metrics['train_acc']:.4f}  test acc {test_acc:.4f}"
+            f"  train acc {epoch_metrics['train_acc']:.4f}{held_out}"
             f"  flip ratio {mean_flip:.2e}  {epoch_metrics['seconds']:.1f}s")
     return metrics
 

@@ -387,8 +387,10 @@ def test_numba_and_numpy_backends_train_identically(tmp_path, optimizer):
 # --- the README's Python snippet -------------------------------------------------------------
 
 def _readme_snippet() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) == 1, "README.md should hold exactly one ```python block"
+    """The README's training-loop block (the one that calls ``opt.step``)."""
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+              if "opt.step(" in b]
+    assert len(blocks) == 1, "README.md should hold exactly one ```python training loop"
     return blocks[0]
 
 

@@ -88,3 +88,22 @@ def test_eval_takes_a_data_dir(run_path: str, tmp_path: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", run_path, "--data-dir", str(tmp_path)]) == 0
     assert "test accuracy" in capsys.readouterr().out
+
+
+def test_readme_load_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's ``minibnn.load`` block, on a synthetic run at the quickstart's path (the
+    only change: "mnist" -> "synthetic", so no download is needed)."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+              if "minibnn.load(" in b]
+    assert len(blocks) == 1
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig(dataset="synthetic", epochs=1, hidden=[32, 16],
+                         train_subset=200).validate()
+    fit(config, "runs/binary_mlp-mnist-cema.h5", progress=False, log=lambda _: None)
+    exec(compile(blocks[0].replace('"mnist"', '"synthetic"'), "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "TrainedModel(binary_mlp" in out and "test accuracy" in out and "int8" in out
