@@ -315,6 +315,23 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_show(args: argparse.Namespace) -> int:
+    from minibnn.show import show
+
+    print(show(args.runs, args.plot))
+    if args.plot:
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _add_show_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("show", help="per-epoch metrics of one or more run files, side by side "
+                       "(--plot: PNG curves)")
+    p.add_argument("runs", metavar="RUN.h5", nargs="+")
+    p.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="draw loss, accuracy, flip ratio per binary layer and rates")
+
+
 def _add_summary_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("summary", help="per-layer table of a model: shapes, parameters by bit "
                        "width, memory, binary and float MACs",
@@ -361,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="PATH",
                    help="packed file to write (default RUN.packed.h5)")
     _add_summary_parser(sub)
+    _add_show_parser(sub)
     _add_optional_commands(sub)
     return parser
 
@@ -382,7 +400,7 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
 
 
 HANDLERS = {"train": _cmd_train, "eval": _cmd_eval, "export": _cmd_export,
-            "summary": _cmd_summary}
+            "summary": _cmd_summary, "show": _cmd_show}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
