@@ -267,12 +267,25 @@ def _eval_packed(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from minibnn.inference import export_packed
+    from minibnn.inference import default_packed_path, export_packed
 
-    if not args.packed:
-        raise MinibnnError("only bit-packed export exists: use minibnn export RUN.h5 --packed")
+    if args.packed and args.format != "packed":
+        raise MinibnnError(f"--packed means --format packed; drop one of --packed and "
+                           f"--format {args.format}")
+    if args.format == "onnx":
+        from minibnn.onnx_export import export_onnx
+
+        if args.out is None:
+            raise MinibnnError("--format onnx needs --out FILE.onnx")
+        s = export_onnx(args.run, args.out, overwrite=args.overwrite)
+        print(f"wrote {s['out']}: ONNX opset 17 graph of {s['model']}, {s['nodes']} nodes, "
+              f"{s['bytes']} B (binary weights as float32 +-1)")
+        return 0
+    out = args.out or default_packed_path(args.run)
+    if os.path.exists(out) and not args.overwrite:
+        raise MinibnnError(f"{out} exists; pass --overwrite to replace it")
     with kernels.use_backend(args.backend):
-        s = export_packed(args.run, args.out)
+        s = export_packed(args.run, out)
     plural = "s" if s["binary_layers"] != 1 else ""
     print(f"wrote {s['out']}: {s['binary_weights']} binary weights in {s['binary_layers']} "
           f"layer{plural}, float32 {s['float32_bytes']} B -> packed {s['packed_bytes']} B "
@@ -368,15 +381,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --packed: also run the float path and count differing predictions")
     p.add_argument("--data-dir", default=None,
                    help="folder with the dataset's files (default: the run's own setting)")
-    p = sub.add_parser("export", help="write a run's checkpoint for inference "
-                       "(--packed: binary weights as bits, ~32x smaller)")
+    p = sub.add_parser("export", help="write a run's checkpoint for inference: packed "
+                       "(binary weights as bits, ~32x smaller) or ONNX")
     p.add_argument("run", metavar="RUN.h5")
-    p.add_argument("--packed", action="store_true",
-                   help="store binary weights as packed uint64 bits (the only export format)")
+    p.add_argument("--format", default="packed", choices=("packed", "onnx"),
+                   help="packed: minibnn's HDF5 with binary weights as uint64 bits (~32x "
+                   "smaller); onnx: a standard ONNX graph for onnxruntime (needs the onnx extra)")
+    p.add_argument("--packed", action="store_true", help="the same as --format packed")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--backend", default="auto", choices=BACKEND_NAMES,
                    help="kernels that pack the weights (the file is the same for every backend)")
     p.add_argument("--out", default=None, metavar="PATH",
-                   help="packed file to write (default RUN.packed.h5)")
+                   help="file to write (default for packed: RUN.packed.h5; onnx needs it)")
     _add_summary_parser(sub)
     _add_show_parser(sub)
     _add_optional_commands(sub)

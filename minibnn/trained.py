@@ -57,6 +57,11 @@ class TrainedModel:
         return {k: np.where(v >= 0, 1, -1).astype(np.int8) if k in binary else v
                 for k, v in self._params.items()}
 
+    @property
+    def stored_params(self) -> dict[str, np.ndarray]:
+        """Parameters exactly as stored: binary weights as latent reals or float +-1."""
+        return dict(self._params)
+
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 images (N, C, H, W) -> ``(images / 255 - mean[c]) / std[c]`` in the model dtype,
         the standardisation the model was trained with."""
@@ -104,6 +109,13 @@ class TrainedModel:
         from minibnn.summary import format_summary
 
         return format_summary(self.model, self.dtype, self._params, self.buffers)
+
+    def export_onnx(self, out: str) -> None:
+        """Write this model as an ONNX graph (``minibnn.onnx_export``)."""
+        from minibnn.onnx_export import build_onnx
+
+        with open(out, "wb") as f:
+            f.write(build_onnx(self.model, self._params, self.buffers).SerializeToString())
 
     def __repr__(self) -> str:
         kind = "packed" if self._packed is not None else "run"

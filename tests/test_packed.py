@@ -221,7 +221,9 @@ def test_one_line_errors(trained_run, tmp_path, capsys):
     foreign = tmp_path / "foreign.h5"
     with h5py.File(foreign, "w") as f:
         f.attrs["format"] = "something-else"
-    assert "only bit-packed export" in _one_line_error(["export", trained_run], capsys)
+    assert "needs --out" in _one_line_error(["export", trained_run, "--format", "onnx"], capsys)
+    assert "--packed means --format packed" in _one_line_error(
+        ["export", trained_run, "--packed", "--format", "onnx", "--out", "x.onnx"], capsys)
     assert "add --packed" in _one_line_error(["eval", trained_run, "--check"], capsys)
     assert "run file not found" in _one_line_error(["eval", "/nonexistent.h5", "--packed"],
                                                    capsys)
@@ -497,3 +499,13 @@ def test_packed_model_wants_its_own_dtype():
     params, buffers, x = _random_state(model, np.float32)
     with pytest.raises(DTypeError, match="float32"):
         pack_model(model, params, buffers).forward(x.astype(np.float64))
+
+
+def test_export_never_replaces_a_file_without_overwrite(trained_run, tmp_path, capsys):
+    out = tmp_path / "other.h5"
+    out.write_bytes(b"someone else's file")
+    assert "exists; pass --overwrite" in _one_line_error(
+        ["export", trained_run, "--out", str(out)], capsys)
+    assert out.read_bytes() == b"someone else's file"
+    assert main(["export", trained_run, "--out", str(out), "--overwrite"]) == 0
+    assert is_packed_file(str(out))
