@@ -107,7 +107,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                        "optimiser options default to the chosen model's and optimiser's own "
                        "defaults, listed per choice; an option the choice does not take is "
                        "an error.",
-                       formatter_class=_HelpFormatter)
+                       formatter_class=_HelpFormatter, allow_abbrev=False)
     d = DEFAULTS
     models = {name: model_options(name) for name in MODEL_NAMES}
     opts = {name: optimizer_options(name) for name in OPTIMIZER_NAMES}
@@ -178,12 +178,18 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--out", default=None,
                    help="run file to write (default runs/<model>-<dataset>-<optimizer>.h5)")
     g.add_argument("--resume", metavar="RUN.h5", default=None,
-                   help="continue the run stored in RUN.h5 (its config is used)")
+                   help="continue the run stored in RUN.h5 (its config is used; only the "
+                   "machine-local options may be given)")
+    g.add_argument("--extend", action="store_true",
+                   help="with --resume and --epochs N: train the stored run to N epochs, "
+                   "finished or not, re-planning its schedules over N (recorded in the file)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace an existing run file instead of refusing")
     g.add_argument("--stop-after", type=int, default=None,
                    help="stop after N epochs in this invocation (resume later)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    TRAIN_OPTIONS.update({opt: action.dest for action in p._actions
+                          for opt in action.option_strings if opt.startswith("--")})
 
 
 def _config_fields() -> list[str]:
@@ -197,23 +203,45 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values).validate()
 
 
+#: option string -> destination of every ``minibnn train`` option (filled by its parser)
+TRAIN_OPTIONS: dict[str, str] = {}
+
+
+def given_options(options: dict[str, str], argv: Sequence[str]) -> set[str]:
+    """Destinations of the options that appear in ``argv`` (``--x v`` or ``--x=v``); the train
+    parser takes no abbreviations, so each token names its option exactly."""
+    return {options[tok.split("=", 1)[0]] for tok in argv
+            if tok.startswith("--") and tok.split("=", 1)[0] in options}
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from minibnn.train import fit
 
+    given = getattr(args, "given", set())
+    if args.extend and not args.resume:
+        raise MinibnnError("--extend re-plans a stored run: use it with --resume RUN.h5 "
+                           "--epochs N")
     if args.resume:
-        changed = [f"--{name.replace('_', '-')}" for name in _config_fields()
-                   if name not in LOCAL_FIELDS and getattr(args, name) != getattr(DEFAULTS, name)]
-        changed += [flag for flag, given in (("--out", args.out), ("--overwrite", args.overwrite))
-                    if given]
+        # every option given on the command line counts, whatever its value: a flag equal
+        # to its default is not silently dropped
+        allowed = set(LOCAL_FIELDS) | {"resume", "no_progress", "stop_after", "extend"}
+        if args.extend:
+            allowed.add("epochs")
+        changed = sorted(f"--{name.replace('_', '-')}" for name in given - allowed)
         if changed:
+            hint = (" (to train it longer or shorter: --resume RUN --epochs N --extend)"
+                    if "--epochs" in changed else "")
             raise MinibnnError(f"--resume continues the stored run with its own config; "
                                f"drop {', '.join(changed)} (only the machine-local "
                                f"{', '.join('--' + f.replace('_', '-') for f in LOCAL_FIELDS)} "
-                               f"may change)")
+                               f"may change){hint}")
+        if args.extend and "epochs" not in given:
+            raise MinibnnError("--extend needs the new total: --epochs N")
         local = {name: getattr(args, name) for name in LOCAL_FIELDS
                  if getattr(args, name) is not None}
         fit(None, args.resume, resume=True, progress=not args.no_progress,
-            stop_after=args.stop_after, local=local)
+            stop_after=args.stop_after, local=local,
+            extend_to=args.epochs if args.extend else None)
         return 0
     config = _config_from_args(args)
     device_module(config.device)          # fail now, before loading data, when there is no GPU
@@ -421,7 +449,10 @@ HANDLERS = {"train": _cmd_train, "eval": _cmd_eval, "export": _cmd_export,
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if args.command == "train":
+        args.given = given_options(TRAIN_OPTIONS, argv)
     if args.command is None:
         parser.print_help()
         return 0

@@ -22,6 +22,7 @@ import json
 import os
 import tempfile
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -56,6 +57,9 @@ class RunFile:
     #: num_classes, the normalisation mean/std per channel, minibnn_version. None in files
     #: written before it was stored.
     description: dict[str, Any] | None = None
+    #: each time ``--resume --extend`` changed the run's epochs: {"at_epoch", "epochs_before",
+    #: "epochs_after"} (the schedule was re-planned over the new epochs from there on)
+    replans: list[dict[str, int]] = dataclasses.field(default_factory=list)
 
 
 def _json(text: Any, path: str) -> Any:
@@ -76,6 +80,15 @@ def _description(text: Any, path: str) -> dict[str, Any]:
         raise DataFileError(f"{path}: the stored model description is corrupt "
                             f"(input_shape {shape}, num_classes {classes})")
     return dict(d, input_shape=shape, num_classes=classes)
+
+
+def _replans(text: Any, path: str) -> list[dict[str, int]]:
+    try:
+        items = json.loads(str(text))
+        return [{k: int(item[k]) for k in ("at_epoch", "epochs_before", "epochs_after")}
+                for item in items]
+    except (ValueError, TypeError, KeyError):
+        raise DataFileError(f"{path}: the stored schedule re-plans are corrupt") from None
 
 
 def _h5py() -> Any:
@@ -193,6 +206,8 @@ def save_run(path: str, run: RunFile) -> None:
         f.attrs["config"] = run.config_json
         if run.description is not None:
             f.attrs["description"] = json.dumps(run.description)
+        if run.replans:
+            f.attrs["replans"] = json.dumps(run.replans)
         metrics = f.create_group("metrics")
         for name, values in run.metrics.items():
             metrics.create_dataset(name, data=np.asarray(values, dtype=np.float64))
@@ -221,6 +236,7 @@ def load_run(path: str) -> RunFile:
             config_json = str(f.attrs["config"])
             description = (_description(f.attrs["description"], path)
                            if "description" in f.attrs else None)
+            replans = _replans(f.attrs["replans"], path) if "replans" in f.attrs else []
             metrics = {k: [float(v) for v in d[()]] for k, d in f["metrics"].items()}
             checkpoint = None
             if "checkpoint" in f:
@@ -235,4 +251,4 @@ def load_run(path: str) -> RunFile:
     except (OSError, KeyError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataFileError(f"{path} is corrupt or unreadable: {reason}") from None
-    return RunFile(config_json, metrics, checkpoint, description)
+    return RunFile(config_json, metrics, checkpoint, description, replans)

@@ -314,13 +314,17 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def fit(config: TrainConfig | None, out_path: str, resume: bool = False, progress: bool = True,
         stop_after: int | None = None, log: Callable[[str], None] = print,
-        local: Mapping[str, Any] | None = None) -> dict[str, list[float]]:
+        local: Mapping[str, Any] | None = None, extend_to: int | None = None
+        ) -> dict[str, list[float]]:
     """Train as configured, writing ``out_path`` after every epoch; return the metrics.
 
     ``resume=True`` continues the run stored in ``out_path`` with its stored config (``config``
     may then be None and is ignored); ``local`` may change its machine-local settings
     (``config.LOCAL_FIELDS``: device, backend, data_dir), e.g. ``{"backend": "numpy"}``.
     ``stop_after`` ends this invocation after that many epochs (the run stays resumable).
+    ``extend_to`` (with ``resume``) changes the run's epochs, finished or not: from the current
+    step on the schedules are those of an ``extend_to``-epoch run (linear decay: the rate goes
+    back up to ``init * (1 - e / extend_to)``), and the run file records it (``RunFile.replans``).
     """
     previous: RunFile | None = None
     if resume:
@@ -328,6 +332,18 @@ def fit(config: TrainConfig | None, out_path: str, resume: bool = False, progres
         config = TrainConfig.from_json(previous.config_json)
         if previous.checkpoint is None:
             raise MinibnnError(f"{out_path} has no checkpoint to resume from")
+        if extend_to is not None:
+            done = previous.checkpoint.epoch
+            if extend_to <= done:
+                raise MinibnnError(f"--extend --epochs {extend_to}: the run has already "
+                                   f"finished {done} epochs; give more than that")
+            previous.replans.append({"at_epoch": done, "epochs_before": config.epochs,
+                                     "epochs_after": extend_to})
+            config = dataclasses.replace(config, epochs=extend_to)
+            log(f"{out_path}: re-planning the schedule from epoch {done + 1} over "
+                f"{extend_to} epochs (was {previous.replans[-1]['epochs_before']})")
+    elif extend_to is not None:
+        raise MinibnnError("--extend re-plans a stored run: it needs --resume")
     if config is None:
         raise MinibnnError("fit needs a config unless it resumes a run file")
     unknown = sorted(set(local or {}) - set(LOCAL_FIELDS))
@@ -412,7 +428,8 @@ def _fit(config: TrainConfig, out_path: str, previous: RunFile | None, progress:
         for name, value in epoch_metrics.items():
             metrics.setdefault(name, []).append(float(value))
         save_run(out_path, RunFile(config.to_json(), metrics, _checkpoint(state),
-                                   describe_data(ds)))
+                                   describe_data(ds),
+                                   previous.replans if previous is not None else []))
         mean_flip = np.mean([v for k, v in epoch_metrics.items() if k.startswith("flip_ratio:")]
                             or [0.0])
         log(f"epoch {state.epoch:3d}/{config.epochs}  train loss {epoch_metrics['train_loss']:.4f}"
