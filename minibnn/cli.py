@@ -150,7 +150,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--real-weight-decay", type=float, default=None,
                    help=f"Adam's weight decay (default: {real['real_weight_decay']})")
     g.add_argument("--schedule", default=d.schedule, choices=SCHEDULE_NAMES,
-                   help="decay of alpha / lr / real-lr, stepped once per epoch")
+                   help="decay of alpha / lr of the binary weights, stepped once per epoch")
+    g.add_argument("--real-schedule", default=None, choices=SCHEDULE_NAMES,
+                   help="decay of --real-lr (default: the same as --schedule)")
     g = p.add_argument_group("loop")
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--batch-size", type=int, default=d.batch_size)

@@ -105,7 +105,8 @@ class TrainConfig:
     # real-valued parameters (first/last layer, BatchNorm): Adam, as in the paper's code
     real_lr: float | None = None
     real_weight_decay: float | None = None
-    schedule: str = "linear"         # applied to alpha / lr and to real_lr, once per epoch
+    schedule: str = "linear"         # applied to alpha / lr, once per epoch
+    real_schedule: str | None = None  # the real parameters' lr schedule (None: --schedule's)
     # loop
     epochs: int = 10
     batch_size: int = 100
@@ -155,6 +156,9 @@ class TrainConfig:
         _one_of("dataset", self.dataset, DATASET_NAMES)
         _one_of("optimizer", self.optimizer, OPTIMIZER_NAMES)
         _one_of("schedule", self.schedule, SCHEDULE_NAMES)
+        if self.real_schedule is None:
+            self.real_schedule = self.schedule
+        _one_of("real-schedule", self.real_schedule, SCHEDULE_NAMES)
         _one_of("dtype", self.dtype, DTYPE_NAMES)
         _one_of("device", self.device, DEVICE_NAMES)
         _one_of("backend", self.backend, BACKEND_NAMES)
@@ -239,7 +243,8 @@ class TrainConfig:
 
 #: fields added after run files were first written, and what their absence means: those runs
 #: could not use the feature, so this is their exact setting (not a new default)
-ADDED_FIELDS: dict[str, Any] = {"val_split": 0, "test_every_epoch": False}
+ADDED_FIELDS: dict[str, Any] = {"val_split": 0, "test_every_epoch": False,
+                                "real_schedule": None}   # None: the run's --schedule
 
 
 def _flag(field: str) -> str:

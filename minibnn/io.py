@@ -6,7 +6,8 @@ Layout of ``RUN.h5`` (every group, dataset and attribute: docs/run-file.md)::
                       input_shape, num_classes, mean, std, minibnn_version)
     /metrics/<metric> float64 (epochs,) one value per finished epoch
     /checkpoint       attrs: epoch, step, rng_state (JSON)
-        /params/<param>      /buffers/<stat>     (model parameters, BatchNorm statistics)
+        /params/<param>      /buffers/<stat>     (model parameters, BatchNorm statistics;
+                                                   +-1 binary weights as int8)
         /opt_state/<group>/<stage>/count           int64 step counter of a stage
         /opt_state/<group>/<stage>/<slot>/<param>  a stage's buffer for one parameter
                             (e.g. opt_state/binary/m/s/fc2.w: CEMA's first EMA of fc2.w)
@@ -46,6 +47,9 @@ class Checkpoint:
     rng_state: dict[str, Any]
     epoch: int        # epochs finished
     step: int         # optimiser updates made
+    #: parameters that are +-1 binary weights (filter optimisers): stored as int8, read back
+    #: in their float dtype (exactly: +-1 is exact in every float)
+    binary: tuple[str, ...] = ()
 
 
 @dataclass
@@ -104,6 +108,36 @@ def _write_tree(group: Any, tree: dict[str, Any]) -> None:
             _write_tree(group.create_group(key), value)
         else:
             group.create_dataset(key, data=to_numpy(value))
+
+
+def _write_params(group: Any, params: dict[str, Any], binary: tuple[str, ...]) -> None:
+    """Parameters as datasets; the +-1 ones in ``binary`` as int8 with attr ``float_dtype``."""
+    for key, value in params.items():
+        value = to_numpy(value)
+        if key in binary:
+            if not np.all(np.abs(value) == 1):
+                raise ValueError(f"binary parameter {key} holds values other than +-1")
+            ds = group.create_dataset(key, data=value.astype(np.int8))
+            ds.attrs["float_dtype"] = value.dtype.name
+        else:
+            group.create_dataset(key, data=value)
+
+
+def _read_params(group: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Inverse of ``_write_params``: every parameter in its float dtype, and the int8 names."""
+    params, binary = {}, []
+    for key, item in group.items():
+        value = np.asarray(item[()])
+        if "float_dtype" in item.attrs:
+            dtype = str(item.attrs["float_dtype"])
+            if (value.dtype != np.int8 or not np.all(np.abs(value) == 1)
+                    or dtype not in ("float32", "float64")):
+                raise DataFileError(f"params/{key} is marked binary but does not hold int8 "
+                                    f"+-1 of float32/float64 (got {value.dtype}, {dtype!r})")
+            value = value.astype(dtype)
+            binary.append(key)
+        params[key] = value
+    return params, tuple(sorted(binary))
 
 
 def _read_tree(group: Any) -> dict[str, Any]:
@@ -216,7 +250,8 @@ def save_run(path: str, run: RunFile) -> None:
             ck.attrs["epoch"] = run.checkpoint.epoch
             ck.attrs["step"] = run.checkpoint.step
             ck.attrs["rng_state"] = json.dumps(run.checkpoint.rng_state)
-            _write_tree(ck.create_group("params"), run.checkpoint.params)
+            _write_params(ck.create_group("params"), run.checkpoint.params,
+                          run.checkpoint.binary)
             _write_tree(ck.create_group("buffers"), run.checkpoint.buffers)
             _write_tree(ck.create_group("opt_state"), run.checkpoint.opt_state)
 
@@ -241,11 +276,12 @@ def load_run(path: str) -> RunFile:
             checkpoint = None
             if "checkpoint" in f:
                 ck = f["checkpoint"]
+                params, binary = _read_params(ck["params"])
                 checkpoint = Checkpoint(
-                    params=_read_tree(ck["params"]), buffers=_read_tree(ck["buffers"]),
+                    params=params, buffers=_read_tree(ck["buffers"]),
                     opt_state=_read_tree(ck["opt_state"]),
                     rng_state=_json(ck.attrs["rng_state"], path),
-                    epoch=int(ck.attrs["epoch"]), step=int(ck.attrs["step"]))
+                    epoch=int(ck.attrs["epoch"]), step=int(ck.attrs["step"]), binary=binary)
     except DataFileError:
         raise
     except (OSError, KeyError, ValueError) as exc:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -67,10 +67,13 @@ def batch_slices(n: int, batch_size: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(starts, starts[1:] + [n])]
 
 
-def _schedule(config: TrainConfig, init: float, steps_per_epoch: int) -> optim.schedules.Schedule:
-    """The configured schedule, advanced once per epoch (the paper's ``1 - e/E`` for linear)."""
+def _schedule(config: TrainConfig, init: float, steps_per_epoch: int, name: str | None = None
+              ) -> optim.schedules.Schedule:
+    """Schedule ``name`` (default ``config.schedule``), advanced once per epoch (the paper's
+    ``1 - e/E`` for linear)."""
     total = config.epochs * steps_per_epoch
-    return optim.schedules.by_name(config.schedule, init, total, per_epoch_steps=steps_per_epoch,
+    return optim.schedules.by_name(name or config.schedule, init, total,
+                                   per_epoch_steps=steps_per_epoch,
                                    step_size=max(1, config.epochs // 3) * steps_per_epoch)
 
 
@@ -106,7 +109,7 @@ def optimizer_rates(config: TrainConfig, steps_per_epoch: int) -> dict[str, Any]
         rates = {"gamma": config.gamma, "threshold": config.threshold}
     else:
         rates = {"lr": _schedule(config, config.lr, steps_per_epoch)}
-    rates["real_lr"] = _schedule(config, config.real_lr, steps_per_epoch)
+    rates["real_lr"] = _schedule(config, config.real_lr, steps_per_epoch, config.real_schedule)
     return rates
 
 
@@ -255,12 +258,13 @@ def train_epoch(model: Model, optimizer: Transform, state: TrainState, x: Any, y
     return metrics
 
 
-def _checkpoint(state: TrainState) -> Checkpoint:
+def _checkpoint(state: TrainState, binary: Sequence[str] = ()) -> Checkpoint:
+    """The state as a checkpoint; ``binary``: the +-1 weights (stored as int8)."""
     return Checkpoint(params={k: to_numpy(v) for k, v in state.params.items()},
                       buffers={k: to_numpy(v) for k, v in state.buffers.items()},
                       opt_state=_tree_to_numpy(state.opt_state),
                       rng_state=state.rng.bit_generator.state, epoch=state.epoch,
-                      step=state.step)
+                      step=state.step, binary=tuple(binary))
 
 
 def _tree_to_numpy(tree: Any) -> Any:
@@ -427,7 +431,8 @@ def _fit(config: TrainConfig, out_path: str, previous: RunFile | None, progress:
         done_now += 1
         for name, value in epoch_metrics.items():
             metrics.setdefault(name, []).append(float(value))
-        save_run(out_path, RunFile(config.to_json(), metrics, _checkpoint(state),
+        pm1 = model.binary_names if config.binary_storage == "binary" else ()
+        save_run(out_path, RunFile(config.to_json(), metrics, _checkpoint(state, pm1),
                                    describe_data(ds),
                                    previous.replans if previous is not None else []))
         mean_flip = np.mean([v for k, v in epoch_metrics.items() if k.startswith("flip_ratio:")]

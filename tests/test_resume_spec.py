@@ -64,3 +64,41 @@ def test_extend_errors(one_epoch_run: str, capsys: pytest.CaptureFixture[str]) -
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and text in err, err
+
+
+def test_binary_weights_are_stored_as_int8_and_resume_bit_identically(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import h5py
+
+    straight, split = str(tmp_path / "s.h5"), str(tmp_path / "p.h5")
+    assert main(["train", *BASE, "--epochs", "2", "--out", straight]) == 0
+    assert main(["train", *BASE, "--epochs", "2", "--stop-after", "1", "--out", split]) == 0
+    assert main(["train", "--resume", split, "--no-progress"]) == 0
+    capsys.readouterr()
+    with h5py.File(straight, "r") as f:
+        w = f["checkpoint/params/fc2.w"]
+        assert w.dtype == np.int8 and w.attrs["float_dtype"] == "float32"
+        assert f["checkpoint/params/fc1.w"].dtype == np.float32      # real weights stay float
+    a, b = load_run(straight).checkpoint, load_run(split).checkpoint
+    assert a.binary == ("fc2.w",) and a.params["fc2.w"].dtype == np.float32
+    for k in a.params:
+        assert np.array_equal(a.params[k], b.params[k]), k
+    with h5py.File(straight, "r+") as f:
+        f["checkpoint/params/fc2.w"][0, 0] = 3
+    assert main(["eval", straight]) == 2
+    assert "does not hold int8 +-1" in capsys.readouterr().err
+
+
+def test_real_parameters_have_their_own_schedule(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(tmp_path / "rs.h5")
+    assert main(["train", *BASE, "--epochs", "3", "--real-schedule", "constant",
+                 "--out", path]) == 0
+    capsys.readouterr()
+    m = load_run(path).metrics
+    assert m["real_lr"] == [1e-3] * 3                               # constant
+    np.testing.assert_allclose(m["alpha"], [1e-3, 1e-3 * 2 / 3, 1e-3 / 3])   # --schedule linear
+    path2 = str(tmp_path / "default.h5")
+    assert main(["train", *BASE, "--epochs", "3", "--out", path2]) == 0
+    capsys.readouterr()
+    np.testing.assert_allclose(load_run(path2).metrics["real_lr"], [1e-3, 1e-3 * 2 / 3, 1e-3 / 3])
