@@ -86,13 +86,13 @@ def _description(text: Any, path: str) -> dict[str, Any]:
     return dict(d, input_shape=shape, num_classes=classes)
 
 
-def _replans(text: Any, path: str) -> list[dict[str, int]]:
-    try:
-        items = json.loads(str(text))
-        return [{k: int(item[k]) for k in ("at_epoch", "epochs_before", "epochs_after")}
-                for item in items]
-    except (ValueError, TypeError, KeyError):
-        raise DataFileError(f"{path}: the stored schedule re-plans are corrupt") from None
+def _replans(rows: Any, path: str) -> list[dict[str, int]]:
+    """``/replans`` int64 (k, 3) rows (at_epoch, epochs_before, epochs_after) as dicts."""
+    rows = np.asarray(rows)
+    if rows.ndim != 2 or rows.shape[1] != 3 or rows.dtype.kind != "i":
+        raise DataFileError(f"{path}: the stored schedule re-plans are corrupt")
+    return [{"at_epoch": int(a), "epochs_before": int(b), "epochs_after": int(c)}
+            for a, b, c in rows]
 
 
 def _h5py() -> Any:
@@ -241,7 +241,9 @@ def save_run(path: str, run: RunFile) -> None:
         if run.description is not None:
             f.attrs["description"] = json.dumps(run.description)
         if run.replans:
-            f.attrs["replans"] = json.dumps(run.replans)
+            f.create_dataset("replans", data=np.array(
+                [[r["at_epoch"], r["epochs_before"], r["epochs_after"]] for r in run.replans],
+                dtype=np.int64))
         metrics = f.create_group("metrics")
         for name, values in run.metrics.items():
             metrics.create_dataset(name, data=np.asarray(values, dtype=np.float64))
@@ -271,7 +273,7 @@ def load_run(path: str) -> RunFile:
             config_json = str(f.attrs["config"])
             description = (_description(f.attrs["description"], path)
                            if "description" in f.attrs else None)
-            replans = _replans(f.attrs["replans"], path) if "replans" in f.attrs else []
+            replans = _replans(f["replans"][()], path) if "replans" in f else []
             metrics = {k: [float(v) for v in d[()]] for k, d in f["metrics"].items()}
             checkpoint = None
             if "checkpoint" in f:

@@ -136,8 +136,8 @@ def _schedule_recorder(monkeypatch):
     calls: dict[float, list[tuple[int, float]]] = {}
     real = train._schedule
 
-    def recording(config, init, steps_per_epoch):
-        schedule = real(config, init, steps_per_epoch)
+    def recording(config, init, steps_per_epoch, name=None):
+        schedule = real(config, init, steps_per_epoch, name)
         log = calls.setdefault(init, [])
 
         def traced(count):
@@ -473,7 +473,8 @@ def _doc_layout(heading):
     for line in block.strip().splitlines():
         path, kind, *rest = re.split(r"\s{2,}", line.strip())
         text = " ".join(rest)
-        attrs = set(text[len("attrs: "):].split(", ")) if text.startswith("attrs: ") else set()
+        listed = re.sub(r"\s*\(only.*", "", text)          # "(only ...)" is not an attribute
+        attrs = set(listed[len("attrs: "):].split(", ")) if text.startswith("attrs: ") else set()
         layout[path] = (kind, attrs, "(only" in text)
     return layout
 
