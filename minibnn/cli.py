@@ -330,6 +330,7 @@ SUMMARY_MODEL_FLAGS = ("model", "hidden", "width", "act_ste", "weight_ste", "ini
 def _cmd_summary(args: argparse.Namespace) -> int:
     from minibnn.data import image_shape
     from minibnn.io import load_run
+    from minibnn.io_packed import is_packed_file
     from minibnn.summary import format_summary
     from minibnn.train import model_from_config
 
@@ -339,6 +340,11 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         raise MinibnnError(f"summary takes RUN.h5 or model options, not both: drop "
                            f"{', '.join(given)} (the run file's config is used)")
     params = buffers = None
+    if args.run is not None and is_packed_file(args.run):
+        from minibnn.trained import load
+
+        print(load(args.run).summary())
+        return 0
     if args.run is not None:
         run = load_run(args.run)
         config = TrainConfig.from_json(run.config_json)

@@ -79,6 +79,11 @@ def test_cli_on_a_run_file_uses_its_stored_description(tmp_path: Path,
     assert len(d["mean"]) == len(d["std"]) == 1 and d["minibnn_version"]
     code, out, _ = run_cli(capsys, "summary", out_path)
     assert code == 0 and "fc2" in out and "binary_mlp: input 1x28x28" in out
+    packed = str(tmp_path / "run.packed.h5")
+    assert main(["export", out_path, "--out", packed]) == 0
+    capsys.readouterr()
+    code, out_packed, _ = run_cli(capsys, "summary", packed)
+    assert code == 0 and out_packed == out                 # the same model, the same table
     code, _, err = run_cli(capsys, "summary", out_path, "--width", "4")
     assert code == 2 and "not both" in err
     with h5py.File(out_path, "r+") as f:
