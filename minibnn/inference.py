@@ -157,7 +157,8 @@ def evaluate_packed(source: str | PackedModel, *, batch_size: int = 1000, check:
         run = load_run(source)
         config = TrainConfig.from_json(run.config_json)
         pm = _pack_loaded_run(run, source, None, None)
-    ds = load_data(dataclasses.replace(config, data_dir=data_dir or config.data_dir))
+    ds = load_data(dataclasses.replace(config, data_dir=data_dir or config.data_dir),
+                   test_only=True)
     with kernels.use_backend(eval_backend(config, "cpu", backend)):
         return _evaluate(pm, ds.x_test, ds.y_test, batch_size, check)
 

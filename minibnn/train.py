@@ -141,11 +141,13 @@ def optimizer_from_config(config: TrainConfig, model: Model, steps_per_epoch: in
     return optim.partition({"binary": binary, "real": real}, model.param_label)
 
 
-def load_data(config: TrainConfig) -> Any:
-    """The configured dataset, in the configured dtype (training subset applied)."""
+def load_data(config: TrainConfig, test_only: bool = False) -> Any:
+    """The configured dataset, in the configured dtype (training subset applied);
+    ``test_only``: only its test split (evaluation)."""
     from minibnn.data import load_dataset
 
-    ds = load_dataset(config.dataset, data_dir=config.data_dir, dtype=config.dtype)
+    ds = load_dataset(config.dataset, data_dir=config.data_dir, dtype=config.dtype,
+                      test_only=test_only)
     if config.train_subset is not None:
         n = config.train_subset
         ds = dataclasses.replace(ds, x_train=ds.x_train[:n], y_train=ds.y_train[:n])
@@ -483,7 +485,7 @@ def evaluate_run(path: str, device: str = "cpu", backend: str | None = None,
                                  data_dir=data_dir or config.data_dir).validate()
     device_module(device)
     with kernels.use_backend(config.backend):
-        ds = load_data(config)
+        ds = load_data(config, test_only=True)
         params, buffers = model.init(np.random.default_rng(0), resolve_dtype(config.dtype))
         check_checkpoint(run.checkpoint, params, path, buffers)
         loss, acc = evaluate(model, _tree_to_device(run.checkpoint.params, device),

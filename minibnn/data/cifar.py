@@ -134,14 +134,16 @@ def _locate(root: Path) -> list[tuple[str, Path]]:
 
 
 def load_cifar10_split(data_dir: str | os.PathLike | None = None,
-                       cache_dir: str | os.PathLike | None = None) -> tuple[Split, str]:
-    """uint8 CIFAR-10 split (images (N, 3, 32, 32)) and where it came from."""
+                       cache_dir: str | os.PathLike | None = None, test_only: bool = False
+                       ) -> tuple[Split, str]:
+    """uint8 CIFAR-10 split (images (N, 3, 32, 32)) and where it came from (``test_only``: from
+    the cache, read only the test arrays)."""
     cache = resolve_cache_dir(cache_dir)
     cache_path = cache / "cifar10.npz"
     if cache_path.is_file():
-        split = load_split(cache_path)
-        if split[0].shape[1:] != (3, 32, 32):
-            raise DataFileError(f"{cache_path}: cached images have shape {split[0].shape[1:]}, "
+        split = load_split(cache_path, test_only)
+        if split[2].shape[1:] != (3, 32, 32):
+            raise DataFileError(f"{cache_path}: cached images have shape {split[2].shape[1:]}, "
                                 "expected (3, 32, 32); delete it to rebuild the cache")
         return split, f"cache {cache_path}"
     looked: list[str] = [str(cache_path)]

@@ -335,12 +335,13 @@ def _from_dir(spec: IdxSpec, root: Path) -> tuple[Split, str] | None:
 
 def load_idx_dataset(name: str, data_dir: str | os.PathLike | None = None,
                      cache_dir: str | os.PathLike | None = None,
-                     download: bool = True) -> tuple[Split, str]:
-    """uint8 split and its source for "mnist" or "fashion-mnist", going down the route list."""
+                     download: bool = True, test_only: bool = False) -> tuple[Split, str]:
+    """uint8 split and its source for "mnist" or "fashion-mnist", going down the route list
+    (``test_only``: from the cache, read only the test arrays)."""
     spec = SPECS[name]
     cache_path = resolve_cache_dir(cache_dir) / f"{name}.npz"
     if cache_path.is_file():
-        split = load_split(cache_path)
+        split = load_split(cache_path, test_only)
         x_tr, y_tr, x_te, y_te = split
         if x_tr.shape[1:] != (1, *spec.image_hw) or x_te.shape[1:] != (1, *spec.image_hw):
             raise DataFileError(f"{cache_path}: cached images have shape {x_tr.shape[1:]}, "
