@@ -332,7 +332,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     from minibnn.io import load_run
     from minibnn.io_packed import is_packed_file
     from minibnn.summary import format_summary
-    from minibnn.train import model_from_config
+    from minibnn.train import model_from_config, run_model
 
     given = [f"--{k.replace('_', '-')}" for k in SUMMARY_MODEL_FLAGS + ("dataset",)
              if getattr(args, k) is not None]
@@ -347,19 +347,14 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         return 0
     if args.run is not None:
         run = load_run(args.run)
-        config = TrainConfig.from_json(run.config_json)
-        if run.description is not None:
-            shape, classes = tuple(run.description["input_shape"]), run.description["num_classes"]
-        else:
-            shape, classes = image_shape(config.dataset)
+        config, model = run_model(run)
         if run.checkpoint is not None:
             params, buffers = run.checkpoint.params, run.checkpoint.buffers
     else:
         values = {k: getattr(args, k) for k in SUMMARY_MODEL_FLAGS + ("dataset", "dtype")
                   if getattr(args, k) is not None}
         config = TrainConfig(**values).validate()
-        shape, classes = image_shape(config.dataset)
-    model = model_from_config(config, shape, classes)
+        model = model_from_config(config, *image_shape(config.dataset))
     print(format_summary(model, config.dtype, params, buffers))
     return 0
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from minibnn import theory
 from minibnn.errors import MinibnnError
+from minibnn.figures import save_figure
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -180,12 +181,7 @@ def plot_impulse_responses(eq: theory.FilterEquivalent, path: str | Path, steps:
     ax.set_title("impulse response: latent view vs filter view")
     ax.legend()
     fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=120)
-    except OSError as exc:
-        raise MinibnnError(f"cannot write plot {path}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def configure_verify_parser(parser: argparse.ArgumentParser) -> None:

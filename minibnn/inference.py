@@ -30,7 +30,8 @@ from minibnn.nn.models import Model
 from minibnn.nn.packed import (PackedModel, binary_layers, layer_from_bits, layer_geometry,
                                pack_model)
 from minibnn.data import image_shape
-from minibnn.train import check_checkpoint, eval_backend, load_data, model_from_config
+from minibnn.train import (check_checkpoint, eval_backend, load_data, model_from_config,
+                           run_model)
 
 #: whom the stored arrays are checked against
 MODEL_IN_CONFIG = "the model in its config"
@@ -59,11 +60,11 @@ def _pack_loaded_run(run: RunFile, path: str, input_shape: tuple[int, ...] | Non
                      num_classes: int | None) -> PackedModel:
     if run.checkpoint is None:
         raise MinibnnError(f"{path} has no checkpoint to pack")
-    if input_shape is None and run.description is not None:
-        input_shape = tuple(run.description["input_shape"])
-        num_classes = run.description["num_classes"]
-    config = TrainConfig.from_json(run.config_json)
-    model = _model_for(config, input_shape, num_classes)
+    if input_shape is None or num_classes is None:
+        config, model = run_model(run)
+    else:
+        config = TrainConfig.from_json(run.config_json)
+        model = _model_for(config, input_shape, num_classes)
     expected, expected_buffers = model.init(np.random.default_rng(0), np.dtype(config.dtype))
     check_checkpoint(run.checkpoint, expected, path, expected_buffers)
     return pack_model(model, run.checkpoint.params, run.checkpoint.buffers,

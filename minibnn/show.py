@@ -14,6 +14,7 @@ import os
 from typing import Any, Sequence
 
 from minibnn.errors import MinibnnError
+from minibnn.figures import save_figure
 
 #: spec fields that never label a run (machine-local or bookkeeping)
 UNLABELLED = {"device", "backend", "data_dir"}
@@ -126,12 +127,7 @@ def plot(runs: Sequence[tuple[str, dict[str, list[float]]]], out: str) -> None:
     fig.suptitle("\n".join(f"[{i + 1}] {label}" for i, (label, _) in enumerate(runs)),
                  fontsize=8)
     fig.tight_layout()
-    try:
-        fig.savefig(out, dpi=110)
-    except OSError as exc:
-        raise MinibnnError(f"cannot write {out}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
+    save_figure(fig, out, dpi=110)
 
 
 def show(paths: Sequence[str], plot_path: str | None = None) -> str:

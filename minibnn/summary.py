@@ -45,7 +45,7 @@ def _kind(module: Module) -> str:
     return type(module).__name__
 
 
-def _macs(module: Module, x: np.ndarray, y: np.ndarray) -> int:
+def _macs(module: Module, y: np.ndarray) -> int:
     """Multiply-accumulates of one image: output elements times the fan-in."""
     if isinstance(module, (Dense, BinaryDense)):
         w_shape = module.shape if isinstance(module, BinaryDense) else (
@@ -74,7 +74,7 @@ def _walk(module: Module, params: dict, buffers: dict, x: np.ndarray, binary: se
     p, b = module.init(np.random.default_rng(0), x.dtype)
     n_binary = sum(v.size for k, v in p.items() if k in binary)
     n_float = sum(v.size for k, v in p.items() if k not in binary) + sum(v.size for v in b.values())
-    macs = _macs(module, x, y)
+    macs = _macs(module, y)
     binary_input = _bits(x) == "1-bit"
     xnor = isinstance(module, _BinaryWeights) and binary_input
     prefix = getattr(module, "name", "")

@@ -86,18 +86,27 @@ def check_ste_code(fn: str, ste: str) -> int:
 # --------------------------------------------------------------------------- convolution
 
 
-def im2col_nhwc(x: Array, kh: int, kw: int, stride: int, padding: int) -> Array:
-    """Columns (N*OH*OW, kH*kW*C) of float NHWC x, in the tap-major order above."""
+def patches_nhwc(x: Array, kh: int, kw: int, stride: int, padding: int) -> Array:
+    """Read-only view (N, OH, OW, kH, kW, C) of the receptive fields of NHWC x, padded with
+    zeros (for packed signs a zero word means -1 in every channel: ``binary_conv2d`` corrects
+    for it)."""
     xp = get_array_module(x)
     n, h, w, c = (int(s) for s in x.shape)
-    oh, ow = conv_output_size("im2col_nhwc", h, w, kh, kw, stride, padding)
+    oh, ow = conv_output_size("patches_nhwc", h, w, kh, kw, stride, padding)
     p = padding
     xpad = xp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else xp.ascontiguousarray(x)
     s_n, s_h, s_w, s_c = xpad.strides
-    view = xp.lib.stride_tricks.as_strided(
+    return xp.lib.stride_tricks.as_strided(
         xpad, shape=(n, oh, ow, kh, kw, c),
         strides=(s_n, s_h * stride, s_w * stride, s_h, s_w, s_c))
-    return xp.ascontiguousarray(view).reshape(n * oh * ow, kh * kw * c)
+
+
+def im2col_nhwc(x: Array, kh: int, kw: int, stride: int, padding: int) -> Array:
+    """Columns (N*OH*OW, kH*kW*C) of float NHWC x, in the tap-major order above."""
+    xp = get_array_module(x)
+    view = patches_nhwc(x, kh, kw, stride, padding)
+    n, oh, ow = view.shape[:3]
+    return xp.ascontiguousarray(view).reshape(n * oh * ow, -1)
 
 
 def col2im_nhwc(dcols: Array, x_shape: tuple[int, int, int, int], kh: int, kw: int,

@@ -78,8 +78,8 @@ def _run_shares(work: Callable[[list[tuple[int, int]]], Any], shares: list[list[
 
 @njit(nogil=True, cache=True)
 def _gather(src, n0, n1, kh, kw, stride, pad, oh, ow, cols):  # type: ignore[no-untyped-def]
-    """cols[r] = receptive field (tap-major, zeros outside) of output pixel r of samples
-    n0..n1 of src (N, H, W, C); src's sample axis is indexed from n0 - n0 of ``src``."""
+    """cols[r] = receptive field (tap-major, zeros outside) of the r-th output pixel of
+    samples n0..n1 of src (N, H, W, C); row 0 is sample n0's first pixel."""
     h, w, c = src.shape[1], src.shape[2], src.shape[3]
     r = 0
     for ni in range(n0, n1):

@@ -37,6 +37,8 @@ from minibnn.kernels._common import (
     check_inplace, check_momentum_buffer, check_packed_pair, check_packed_signs, check_step,
     check_thresholds, check_tie, col2im_shape, conv_output_size, maxpool_backward_shape,
     require_array, require_float, require_ndim, words_for)
+# channels_last registers the channels-last training ops' reference bodies when imported
+from minibnn.kernels.channels_last import patches_nhwc
 from minibnn.kernels.registry import array_kind, call, register
 
 Array = Any      # a NumPy or CuPy array
@@ -420,11 +422,7 @@ def binary_conv2d(xbits: Array, wbits: Array, wsum: Array, c: int, kh: int, kw: 
     n, h, w, nw = (int(s) for s in xbits.shape)
     o = int(wbits.shape[0])
     p = padding
-    xpad = xp.pad(xbits, ((0, 0), (p, p), (p, p), (0, 0))) if p else xp.ascontiguousarray(xbits)
-    s_n, s_h, s_w, s_q = xpad.strides
-    cols = xp.lib.stride_tricks.as_strided(
-        xpad, shape=(n, oh, ow, kh, kw, nw),
-        strides=(s_n, s_h * stride, s_w * stride, s_h, s_w, s_q))
+    cols = patches_nhwc(xbits, kh, kw, stride, padding)
     acc = call("xnor_gemm", xp.ascontiguousarray(cols.reshape(n * oh * ow, kh * kw * nw)),
                xp.ascontiguousarray(wbits), kh * kw * c)
     # which taps of each output pixel fall on the zero padding: an (OH*OW, kH*kW) mask
@@ -462,6 +460,3 @@ def threshold_pack(y: Array, threshold: Array, direction: Array) -> Array:
     s = compare_thresholds(y, threshold, direction)
     return pack_bits(get_array_module(y).moveaxis(s, 1, -1))
 
-
-# The channels-last training ops register their reference bodies from their own module.
-import minibnn.kernels.channels_last  # noqa: E402,F401

@@ -112,7 +112,7 @@ class BatchNormSignNHWC:
     """``BatchNormSign`` on NHWC rows: statistics over (N, H, W), output packed signs."""
 
     def __init__(self, step: BatchNormSign):
-        self.step, self.bn = step, step.bn
+        self.bn = step.bn
         self.ste = step.sign.kwargs.get("ste", "identity")
         self.ste_beta = step.sign.kwargs.get("beta", 5.0)
 

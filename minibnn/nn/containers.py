@@ -30,8 +30,9 @@ class Sequential(Module):
     ``layers`` is the model as declared; build a new Sequential rather than editing it in
     place.
 
-    ``input_grad=False`` (a model's top level, whose backward ignores dx) lets the first step
-    skip its input gradient; ``backward`` may then return None for dx.
+    ``input_grad=False`` (a model's top level, whose backward ignores dx): a channels-last
+    group that is the first step skips its first convolution's input gradient, and
+    ``backward`` then returns None for dx (other first steps compute dx as usual).
     """
 
     def __init__(self, layers: Sequence[Module], name: str = "", input_grad: bool = True):
