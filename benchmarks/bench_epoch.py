@@ -24,16 +24,15 @@ CIFAR_TRAIN = 50_000
 
 
 def epoch_seconds(width: int, images: int, batch: int) -> float:
-    from minibnn.config import TrainConfig
-    from minibnn.train import (TrainState, model_from_config, optimizer_from_config,
-                               train_epoch, train_step)
+    from minibnn.spec import spec_from_options
+    from minibnn.train import (TrainState, model_from_spec, optimizer_from_spec, train_epoch,
+                               train_step)
 
-    config = TrainConfig(model="binary_cnn", dataset="synthetic", width=width, batch_size=batch,
-                         shift=0, epochs=1)
-    config.validate()
-    model = model_from_config(config, (3, 32, 32), 10)
+    spec = spec_from_options({"model": "binary_cnn", "dataset": "synthetic", "width": width,
+                              "batch_size": batch, "shift": 0, "epochs": 1})
+    model = model_from_spec(spec, (3, 32, 32), 10)
     steps = -(-images // batch)
-    optimizer = optimizer_from_config(config, model, steps_per_epoch=steps)
+    optimizer = optimizer_from_spec(spec, model, steps_per_epoch=steps)
     rng = np.random.default_rng(0)
     params, buffers = model.init(rng, np.float32)
     state = TrainState(dict(params), dict(buffers), optimizer.init(params), rng)
@@ -41,7 +40,7 @@ def epoch_seconds(width: int, images: int, batch: int) -> float:
     y = rng.integers(0, 10, images)
     train_step(model, optimizer, state, x[:batch], y[:batch])      # warm-up (compiles kernels)
     t0 = time.perf_counter()
-    train_epoch(model, optimizer, state, x, y, config)
+    train_epoch(model, optimizer, state, x, y, spec)
     return time.perf_counter() - t0
 
 

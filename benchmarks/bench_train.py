@@ -43,7 +43,7 @@ import numpy as np
 from _bench import (blas_line, machine_info, print_table, set_threads, time_interleaved, try_import_torch,
                     write_json)
 
-#: name -> (model, input shape, TrainConfig overrides); the smoke variants are tiny.
+#: name -> (model, input shape, spec option overrides); the smoke variants are tiny.
 MODELS = {
     "binary_mlp/MNIST": ("binary_mlp", (1, 28, 28), {}),
     "binary_cnn/CIFAR-10": ("binary_cnn", (3, 32, 32), {}),
@@ -64,14 +64,13 @@ def minibnn_step(model_name: str, input_shape: tuple[int, ...], batch: int,
     "numpy": the reference code); it is selected again before every step, so steps of both
     backends can be interleaved in one process.
     """
-    from minibnn.config import TrainConfig
-    from minibnn.train import TrainState, model_from_config, optimizer_from_config, train_step
+    from minibnn.spec import spec_from_options
+    from minibnn.train import TrainState, model_from_spec, optimizer_from_spec, train_step
 
-    config = TrainConfig(model=model_name, dataset="synthetic", batch_size=batch,
-                         backend=backend, **overrides)
-    config.validate()
-    model = model_from_config(config, input_shape, 10)
-    optimizer = optimizer_from_config(config, model, steps_per_epoch=100)
+    spec = spec_from_options({"model": model_name, "dataset": "synthetic", "batch_size": batch,
+                              **overrides})
+    model = model_from_spec(spec, input_shape, 10)
+    optimizer = optimizer_from_spec(spec, model, steps_per_epoch=100)
     rng = np.random.default_rng(0)
     params, buffers = model.init(rng, np.float32)
     state = TrainState(dict(params), dict(buffers), optimizer.init(params), rng)

@@ -13,21 +13,25 @@ Every user error is printed as one line ``minibnn: error: ...`` with exit status
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from typing import Any, Sequence
 
 from minibnn import __version__, kernels
 from minibnn.backend import device_module
-from minibnn.config import (BACKEND_NAMES, DATASET_NAMES, DEVICE_NAMES, DTYPE_NAMES,
-                            LOCAL_FIELDS, MODEL_NAMES, OPTIMIZER_NAMES, SCHEDULE_NAMES,
-                            STE_NAMES, TrainConfig, model_options, optimizer_options,
-                            real_options)
+from minibnn.data import DATASET_NAMES
 from minibnn.errors import MinibnnError
-from minibnn.io import check_writable
+from minibnn.io import check_output, check_writable
+from minibnn.nn.functional import STE_NAMES
+from minibnn.optim.schedules import SCHEDULE_NAMES
+from minibnn.spec import (BACKEND_NAMES, DEVICE_NAMES, DTYPE_NAMES, LOCAL_FIELDS,
+                          MODEL_NAMES, MODEL_VARIANTS, OPTION_SECTIONS, OPTIMIZER_NAMES,
+                          OPTIMIZER_VARIANTS, Local, RunSpec, spec_from_options,
+                          variant_options)
 
-DEFAULTS = TrainConfig()
+#: the spec every default builds, and the default machine-local settings (help texts)
+DEFAULTS = spec_from_options({}).options()
+LOCAL_DEFAULTS = Local()
 
 DESCRIPTION = """\
 minibnn trains binary neural networks (weights and activations in {-1, +1}) with explicit,
@@ -55,9 +59,20 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _show(value: object) -> str:
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
     return str(value)
+
+
+def _choice_defaults(section: str) -> dict[str, dict[str, object]]:
+    """choice -> its options with their defaults (the builders' and constructors' own)."""
+    variants = MODEL_VARIANTS if section == "model" else OPTIMIZER_VARIANTS
+    found = {}
+    for name, variant in variants.items():
+        spec = spec_from_options({"model" if section == "model" else "optimizer": name})
+        record = getattr(spec, section)
+        found[name] = {f: getattr(record, f) for f in variant_options(variant)}
+    return found
 
 
 def _defaults_help(text: str, field: str, options_of: dict[str, dict[str, object]]) -> str:
@@ -72,7 +87,7 @@ def _defaults_help(text: str, field: str, options_of: dict[str, dict[str, object
     if len(by_value) == 1 and len(next(iter(by_value.values()))) == len(options_of):
         return f"{text} (default: {next(iter(by_value))})"
     listed = ", ".join(f"{'/'.join(choices)} {value}" for value, choices in by_value.items())
-    return f"{text} (default{'s' if len(by_value) > 1 else ''}: {listed})"
+    return f"{text} (default{'s' if len(by_value) > 1 else ''}: {listed}; only those)"
 
 
 def _add_model_arguments(g: Any, models: dict[str, dict[str, Any]],
@@ -103,14 +118,14 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (defaults: binary MLP, MNIST, CEMA + Adam)",
                        description="Train a binary network.  With no flags: binary MLP on MNIST, "
                        "CEMA for binary weights, Adam for real ones.  Writes a run file "
-                       "(config, per-epoch metrics, checkpoint) after every epoch.  Model and "
+                       "(spec, per-epoch metrics, checkpoint) after every epoch.  Model and "
                        "optimiser options default to the chosen model's and optimiser's own "
                        "defaults, listed per choice; an option the choice does not take is "
                        "an error.",
                        formatter_class=_HelpFormatter, allow_abbrev=False)
     d = DEFAULTS
-    models = {name: model_options(name) for name in MODEL_NAMES}
-    opts = {name: optimizer_options(name) for name in OPTIMIZER_NAMES}
+    models = _choice_defaults("model")
+    opts = _choice_defaults("binary_optimizer")
 
     def model_help(text: str, field: str) -> str:
         return _defaults_help(text, field, models)
@@ -119,13 +134,14 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         return _defaults_help(text, field, opts)
 
     g = p.add_argument_group("what to train")
-    g.add_argument("--model", default=d.model, choices=MODEL_NAMES)
-    g.add_argument("--dataset", default=d.dataset, choices=DATASET_NAMES)
+    g.add_argument("--model", default=d["model"], choices=MODEL_NAMES, help="the network")
+    g.add_argument("--dataset", default=d["dataset"], choices=DATASET_NAMES,
+                   help="the data set (cached as uint8 after the first load)")
     g.add_argument("--data-dir", default=None, help="folder with dataset files you already have "
                    "(machine-local: --resume may change it)")
     _add_model_arguments(g, models)
     g = p.add_argument_group("binary-weight optimiser")
-    g.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZER_NAMES,
+    g.add_argument("--optimizer", default=d["optimizer"], choices=OPTIMIZER_NAMES,
                    help="cema/bop/bop2nd/bop2nd_corrected act on +-1 weights; sgd/adam on "
                    "latent real weights")
     g.add_argument("--alpha", type=float, default=None,
@@ -143,44 +159,48 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help=opt_help("weight decay", "weight_decay"))
     g.add_argument("--decoupled", action="store_true", default=None,
                    help="decoupled weight decay (SGDW/AdamW) instead of coupled L2 (sgd, adam)")
+    g.add_argument("--schedule", default=None, choices=SCHEDULE_NAMES,
+                   help=opt_help("decay of alpha (cema) / lr (sgd, adam) of the binary "
+                                 "weights, stepped once per epoch", "schedule"))
     g = p.add_argument_group("real-valued parameters (Adam)")
-    real = real_options()
-    g.add_argument("--real-lr", type=float, default=None,
-                   help=f"Adam's learning rate, decayed by --schedule (default: {real['real_lr']})")
-    g.add_argument("--real-weight-decay", type=float, default=None,
-                   help=f"Adam's weight decay (default: {real['real_weight_decay']})")
-    g.add_argument("--schedule", default=d.schedule, choices=SCHEDULE_NAMES,
-                   help="decay of alpha / lr of the binary weights, stepped once per epoch")
+    g.add_argument("--real-lr", type=float, default=d["real_lr"],
+                   help="Adam's learning rate, decayed by --real-schedule")
+    g.add_argument("--real-weight-decay", type=float, default=d["real_weight_decay"],
+                   help="Adam's weight decay")
     g.add_argument("--real-schedule", default=None, choices=SCHEDULE_NAMES,
-                   help="decay of --real-lr (default: the same as --schedule)")
+                   help="decay of --real-lr (default: the same as --schedule; linear with "
+                   "bop, bop2nd)")
     g = p.add_argument_group("loop")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    g.add_argument("--shift", type=int, default=d.shift,
+    g.add_argument("--epochs", type=int, default=d["epochs"], help="passes over the training set")
+    g.add_argument("--batch-size", type=int, default=d["batch_size"], help="images per step")
+    g.add_argument("--label-smoothing", type=float, default=d["label_smoothing"],
+                   help="mix the one-hot targets with the uniform distribution")
+    g.add_argument("--shift", type=int, default=d["shift"],
                    help="augment: translate training images by up to N pixels (0 = off)")
     g.add_argument("--train-subset", type=int, default=None,
                    help="use only the first N training images")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--val-split", type=int, default=d.val_split, metavar="N",
+    g.add_argument("--seed", type=int, default=d["seed"],
+                   help="seeds init, shuffling, shifts and the validation split")
+    g.add_argument("--val-split", type=int, default=d["val_split"], metavar="N",
                    help="hold out N training images (stratified by class, seeded) as a "
                    "validation set, logged every epoch; the test set is then evaluated after "
                    "the last epoch only")
     g.add_argument("--test-every-epoch", action="store_true",
                    help="with --val-split: evaluate the test set every epoch too")
-    g.add_argument("--dtype", default=d.dtype, choices=DTYPE_NAMES)
+    g.add_argument("--dtype", default=d["dtype"], choices=DTYPE_NAMES,
+                   help="float width of parameters and activations")
     g.add_argument("--device", default=None, choices=DEVICE_NAMES,
-                   help=f"where to train (default: {d.device}; machine-local: --resume may "
-                   "change it)")
+                   help=f"where to train (default: {LOCAL_DEFAULTS.device}; machine-local: "
+                   "--resume may change it)")
     g.add_argument("--backend", default=None, choices=BACKEND_NAMES,
-                   help=f"kernels (default: {d.backend}): auto = Numba on the CPU, CUDA on "
-                   "the GPU; numpy = the readable reference everywhere (same bits); numba / "
+                   help=f"kernels (default: {LOCAL_DEFAULTS.backend}): auto = Numba on the CPU, "
+                   "CUDA on the GPU; numpy = the readable reference everywhere (same bits); numba / "
                    "cuda insist on that one (machine-local: --resume may change it)")
     g = p.add_argument_group("run file")
     g.add_argument("--out", default=None,
                    help="run file to write (default runs/<model>-<dataset>-<optimizer>.h5)")
     g.add_argument("--resume", metavar="RUN.h5", default=None,
-                   help="continue the run stored in RUN.h5 (its config is used; only the "
+                   help="continue the run stored in RUN.h5 (its spec is used; only the "
                    "machine-local options may be given)")
     g.add_argument("--extend", action="store_true",
                    help="with --resume and --epochs N: train the stored run to N epochs, "
@@ -194,15 +214,17 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                           for opt in action.option_strings if opt.startswith("--")})
 
 
-def _config_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrainConfig)]
+def spec_from_args(args: argparse.Namespace) -> RunSpec:
+    """The spec of the options given on the command line (``args.given``); every other option
+    takes its default, and an option that does not apply to the chosen model or optimiser is
+    an error, whatever its value."""
+    return spec_from_options({name: getattr(args, name) for name in sorted(args.given)
+                              if name in OPTION_SECTIONS})
 
 
-def _config_from_args(args: argparse.Namespace) -> TrainConfig:
-    fields = set(_config_fields())
-    values = {k: v for k, v in vars(args).items()
-              if k in fields and not (k in LOCAL_FIELDS and v is None)}
-    return TrainConfig(**values).validate()
+def local_from_args(args: argparse.Namespace) -> Local:
+    return Local(**{name: getattr(args, name) for name in LOCAL_FIELDS
+                    if getattr(args, name) is not None})
 
 
 #: option string -> destination of every ``minibnn train`` option (filled by its parser)
@@ -233,7 +255,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if changed:
             hint = (" (to train it longer or shorter: --resume RUN --epochs N --extend)"
                     if "--epochs" in changed else "")
-            raise MinibnnError(f"--resume continues the stored run with its own config; "
+            raise MinibnnError(f"--resume continues the stored run with its own spec; "
                                f"drop {', '.join(changed)} (only the machine-local "
                                f"{', '.join('--' + f.replace('_', '-') for f in LOCAL_FIELDS)} "
                                f"may change){hint}")
@@ -245,16 +267,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
             stop_after=args.stop_after, local=local,
             extend_to=args.epochs if args.extend else None)
         return 0
-    config = _config_from_args(args)
-    device_module(config.device)          # fail now, before loading data, when there is no GPU
-    out = args.out or f"runs/{config.model}-{config.dataset}-{config.optimizer}.h5"
+    spec, local = spec_from_args(args), local_from_args(args)
+    device_module(local.device)          # fail now, before loading data, when there is no GPU
+    out = args.out or spec.default_out()
     check_writable(out)
     if os.path.exists(out) and not args.overwrite:
         raise MinibnnError(f"{out} exists: continue it with --resume {out}, or pass --overwrite")
-    storage = "+-1 weights" if config.binary_storage == "binary" else "latent real weights"
-    print(f"training {config.model} on {config.dataset}: {config.optimizer} on {storage}, "
-          f"Adam on real parameters -> {out}")
-    metrics = fit(config, out, progress=not args.no_progress, stop_after=args.stop_after)
+    storage = "+-1 weights" if spec.binary_storage == "binary" else "latent real weights"
+    print(f"training {spec.model.name} on {spec.data.name}: {spec.binary_optimizer.name} on "
+          f"{storage}, Adam on real parameters -> {out}")
+    metrics = fit(spec, out, progress=not args.no_progress, stop_after=args.stop_after,
+                  local=local)
     final = metrics.get("test_acc", [float("nan")])[-1]
     if final == final:                         # not NaN: the test set was evaluated last
         print(f"final test accuracy {final:.4f}; run file {out}")
@@ -307,14 +330,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
         if args.out is None:
             raise MinibnnError("--format onnx needs --out FILE.onnx")
+        if args.backend is not None:
+            raise MinibnnError("--backend picks the kernels that pack bits; an ONNX export "
+                               "packs nothing: drop it")
         s = export_onnx(args.run, args.out, overwrite=args.overwrite)
+        weights = ("float32 +-1 times each channel's scale" if s["scaled"]
+                   else "float32 +-1")
         print(f"wrote {s['out']}: ONNX opset 17 graph of {s['model']}, {s['nodes']} nodes, "
-              f"{s['bytes']} B (binary weights as float32 +-1)")
+              f"{s['bytes']} B (binary weights as {weights})")
         return 0
     out = args.out or default_packed_path(args.run)
-    if os.path.exists(out) and not args.overwrite:
-        raise MinibnnError(f"{out} exists; pass --overwrite to replace it")
-    with kernels.use_backend(args.backend):
+    check_output(out, args.overwrite, (args.run,))
+    with kernels.use_backend(args.backend or "auto"):
         s = export_packed(args.run, out)
     plural = "s" if s["binary_layers"] != 1 else ""
     print(f"wrote {s['out']}: {s['binary_weights']} binary weights in {s['binary_layers']} "
@@ -332,13 +359,13 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     from minibnn.io import load_run
     from minibnn.io_packed import is_packed_file
     from minibnn.summary import format_summary
-    from minibnn.train import model_from_config, run_model
+    from minibnn.train import model_from_spec, run_model
 
-    given = [f"--{k.replace('_', '-')}" for k in SUMMARY_MODEL_FLAGS + ("dataset",)
+    given = [f"--{k.replace('_', '-')}" for k in SUMMARY_MODEL_FLAGS + ("dataset", "dtype")
              if getattr(args, k) is not None]
     if args.run is not None and given:
         raise MinibnnError(f"summary takes RUN.h5 or model options, not both: drop "
-                           f"{', '.join(given)} (the run file's config is used)")
+                           f"{', '.join(given)} (the run file's spec is used)")
     params = buffers = None
     if args.run is not None and is_packed_file(args.run):
         from minibnn.trained import load
@@ -347,15 +374,15 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         return 0
     if args.run is not None:
         run = load_run(args.run)
-        config, model = run_model(run)
+        spec, _, model = run_model(run)
         if run.checkpoint is not None:
             params, buffers = run.checkpoint.params, run.checkpoint.buffers
     else:
         values = {k: getattr(args, k) for k in SUMMARY_MODEL_FLAGS + ("dataset", "dtype")
                   if getattr(args, k) is not None}
-        config = TrainConfig(**values).validate()
-        model = model_from_config(config, *image_shape(config.dataset))
-    print(format_summary(model, config.dtype, params, buffers))
+        spec = spec_from_options(values)
+        model = model_from_spec(spec, *image_shape(spec.data.name))
+    print(format_summary(model, spec.loop.dtype, params, buffers))
     return 0
 
 
@@ -385,13 +412,12 @@ def _add_summary_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN.h5", nargs="?", default=None)
     g = p.add_argument_group("model (instead of RUN.h5)")
     g.add_argument("--model", default=None, choices=MODEL_NAMES,
-                   help=f"(default: {DEFAULTS.model})")
+                   help=f"(default: {DEFAULTS['model']})")
     g.add_argument("--dataset", default=None, choices=DATASET_NAMES,
-                   help=f"input shape and classes of this dataset (default: {DEFAULTS.dataset})")
+                   help=f"input shape and classes of this dataset (default: {DEFAULTS['dataset']})")
     g.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
-                   help=f"float width (default: {DEFAULTS.dtype})")
-    _add_model_arguments(g, {name: model_options(name) for name in MODEL_NAMES},
-                         only=SUMMARY_MODEL_FLAGS)
+                   help=f"float width (default: {DEFAULTS['dtype']})")
+    _add_model_arguments(g, _choice_defaults("model"), only=SUMMARY_MODEL_FLAGS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -420,8 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "smaller); onnx: a standard ONNX graph for onnxruntime (needs the onnx extra)")
     p.add_argument("--packed", action="store_true", help="the same as --format packed")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--backend", default="auto", choices=BACKEND_NAMES,
-                   help="kernels that pack the weights (the file is the same for every backend)")
+    p.add_argument("--backend", default=None, choices=BACKEND_NAMES,
+                   help="kernels that pack the weights, --format packed only (default: auto; "
+                   "the file is the same for every backend)")
     p.add_argument("--out", default=None, metavar="PATH",
                    help="file to write (default for packed: RUN.packed.h5; onnx needs it)")
     _add_summary_parser(sub)

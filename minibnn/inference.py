@@ -5,7 +5,7 @@ the packed model (``minibnn.nn.packed``) and the packed file format (``minibnn.i
 
     pm = pack_run("runs/x.h5")                  # the run's checkpoint, packed in memory
     export_packed("runs/x.h5")                  # -> runs/x.packed.h5
-    pm = load_packed("runs/x.packed.h5")        # rebuilt and checked against its config's model
+    pm = load_packed("runs/x.packed.h5")        # rebuilt and checked against its spec's model
     evaluate_packed("runs/x.packed.h5", check=True)   # test accuracy, packed vs float
 
 ``minibnn eval --packed`` and ``minibnn export --packed`` call these.
@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from minibnn import kernels
-from minibnn.config import TrainConfig
 from minibnn.errors import DataFileError, MinibnnError
 from minibnn.io import RunFile, check_arrays, load_run
 from minibnn.io_packed import is_packed_file, read_packed, save_packed
@@ -30,27 +29,28 @@ from minibnn.nn.models import Model
 from minibnn.nn.packed import (PackedModel, binary_layers, layer_from_bits, layer_geometry,
                                pack_model)
 from minibnn.data import image_shape
-from minibnn.train import (check_checkpoint, eval_backend, load_data, model_from_config,
+from minibnn.spec import RunSpec, read_stored_config
+from minibnn.train import (check_checkpoint, eval_backend, load_data, model_from_spec,
                            run_model)
 
 #: whom the stored arrays are checked against
-MODEL_IN_CONFIG = "the model in its config"
+MODEL_IN_CONFIG = "the model in its spec"
 
 
-def _model_for(config: TrainConfig, input_shape: tuple[int, ...] | None,
+def _model_for(spec: RunSpec, input_shape: tuple[int, ...] | None,
                num_classes: int | None) -> Model:
     """The run's model; its input shape and class count come from the dataset's name unless
     given (no data is loaded)."""
     if input_shape is None or num_classes is None:
-        input_shape, num_classes = image_shape(config.dataset)
-    return model_from_config(config, tuple(input_shape), int(num_classes))
+        input_shape, num_classes = image_shape(spec.data.name)
+    return model_from_spec(spec, tuple(input_shape), int(num_classes))
 
 
 def pack_run(path: str, *, input_shape: tuple[int, ...] | None = None,
              num_classes: int | None = None) -> PackedModel:
     """Pack the checkpoint of a run file in memory.
 
-    The model is rebuilt from the run's config; its input shape and class count come from the
+    The model is rebuilt from the run's spec; its input shape and class count come from the
     run's stored description (or its dataset's name) unless given.
     """
     return _pack_loaded_run(load_run(path), path, input_shape, num_classes)
@@ -61,11 +61,11 @@ def _pack_loaded_run(run: RunFile, path: str, input_shape: tuple[int, ...] | Non
     if run.checkpoint is None:
         raise MinibnnError(f"{path} has no checkpoint to pack")
     if input_shape is None or num_classes is None:
-        config, model = run_model(run)
+        spec, _, model = run_model(run)
     else:
-        config = TrainConfig.from_json(run.config_json)
-        model = _model_for(config, input_shape, num_classes)
-    expected, expected_buffers = model.init(np.random.default_rng(0), np.dtype(config.dtype))
+        spec, _ = read_stored_config(run.config_json)
+        model = _model_for(spec, input_shape, num_classes)
+    expected, expected_buffers = model.init(np.random.default_rng(0), np.dtype(spec.loop.dtype))
     check_checkpoint(run.checkpoint, expected, path, expected_buffers)
     return pack_model(model, run.checkpoint.params, run.checkpoint.buffers,
                       config_json=run.config_json, epoch=run.checkpoint.epoch,
@@ -73,16 +73,16 @@ def _pack_loaded_run(run: RunFile, path: str, input_shape: tuple[int, ...] | Non
 
 
 def load_packed(path: str) -> PackedModel:
-    """Read a packed file and rebuild its model from the stored config; a file that does not
+    """Read a packed file and rebuild its model from the stored spec; a file that does not
     match that model (arrays, layer geometry, folds) is a one-line ``DataFileError``."""
     stored = read_packed(path)
     try:
-        config = TrainConfig.from_json(stored.config_json)
-        model = _model_for(config, stored.input_shape, stored.num_classes)
+        spec, _ = read_stored_config(stored.config_json)
+        model = _model_for(spec, stored.input_shape, stored.num_classes)
     except (MinibnnError, ValueError) as exc:
-        raise DataFileError(f"{path}: stored config does not build a model: "
+        raise DataFileError(f"{path}: stored spec does not build a model: "
                             f"{str(exc).splitlines()[0]}") from None
-    dtype = np.dtype(config.dtype)
+    dtype = np.dtype(spec.loop.dtype)
     expected_params, expected_buffers = model.init(np.random.default_rng(0), dtype)
     binary = {m.key("w"): m for m in binary_layers(model)}
     check_arrays(stored.real, {k: v for k, v in expected_params.items() if k not in binary},
@@ -102,7 +102,7 @@ def load_packed(path: str) -> PackedModel:
             raise DataFileError(f"{path}: packed/{name} (kind {st.kind}, shape {st.shape}, "
                                 f"stride {st.stride}, padding {st.padding}, scale "
                                 f"{st.scale is not None}, fold {st.fold!r}) does not match "
-                                "the model in its config")
+                                "the model in its spec")
         scale = None if st.scale is None else st.scale.astype(dtype)
         layer = layer_from_bits(name, st.kind, st.shape, st.stride, st.padding, st.bits, scale,
                                 dtype)
@@ -147,20 +147,20 @@ def evaluate_packed(source: str | PackedModel, *, batch_size: int = 1000, check:
     ``source``: a packed file, a run file (packed in memory from its checkpoint), or a
     PackedModel.  With ``check`` the float path runs too and the result holds ``differ`` (test
     predictions that disagree, 0 expected) and ``max_logit_diff`` (0.0 without scale).
-    ``data_dir`` replaces the stored (machine-local) data folder. The forward passes run under ``kernels.use_backend(eval_backend(config, "cpu", backend))``:
+    ``data_dir`` replaces the stored (machine-local) data folder.  The forward passes run
+    under ``kernels.use_backend(eval_backend(stored, "cpu", backend))``:
     ``backend``, else the run's own setting (``"auto"`` for a GPU run).  The result is the
     same whichever kernels run.
     """
     if isinstance(source, PackedModel) or is_packed_file(source):
         pm = source if isinstance(source, PackedModel) else load_packed(source)
-        config = TrainConfig.from_json(pm.config_json)
+        spec, stored = read_stored_config(pm.config_json)
     else:
         run = load_run(source)
-        config = TrainConfig.from_json(run.config_json)
+        spec, stored = read_stored_config(run.config_json)
         pm = _pack_loaded_run(run, source, None, None)
-    ds = load_data(dataclasses.replace(config, data_dir=data_dir or config.data_dir),
-                   test_only=True)
-    with kernels.use_backend(eval_backend(config, "cpu", backend)):
+    ds = load_data(spec, data_dir or stored.data_dir, test_only=True)
+    with kernels.use_backend(eval_backend(stored, "cpu", backend)):
         return _evaluate(pm, ds.x_test, ds.y_test, batch_size, check)
 
 

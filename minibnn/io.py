@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from minibnn.backend import to_numpy
-from minibnn.errors import DataFileError
+from minibnn.errors import DataFileError, MinibnnError
 
 FORMAT = "minibnn-run"
 #: 2: optimiser state keyed by stage names ("binary/m/s/fc2.w"); 1: by chain position ("0", "1")
@@ -116,7 +116,7 @@ def _write_params(group: Any, params: dict[str, Any], binary: tuple[str, ...]) -
         value = to_numpy(value)
         if key in binary:
             if not np.all(np.abs(value) == 1):
-                raise ValueError(f"binary parameter {key} holds values other than +-1")
+                raise MinibnnError(f"binary parameter {key} holds values other than +-1")
             ds = group.create_dataset(key, data=value.astype(np.int8))
             ds.attrs["float_dtype"] = value.dtype.name
         else:
@@ -201,6 +201,50 @@ def check_writable(path: str) -> None:
         raise DataFileError(f"cannot write run file {path}: {exc.strerror or exc}") from None
 
 
+def check_output(out: str, overwrite: bool, sources: tuple[str, ...] = ()) -> None:
+    """An export target must be a file (not a folder), not one of its own ``sources``, and
+    must not exist unless ``overwrite``; each problem is a one-line error."""
+    if os.path.isdir(out):
+        raise MinibnnError(f"--out {out} is a directory; give a file name")
+    for source in sources:
+        if os.path.exists(out) and os.path.exists(source) and os.path.samefile(out, source):
+            raise MinibnnError(f"--out {out} is the input file itself; give another name")
+    if os.path.exists(out) and not overwrite:
+        raise MinibnnError(f"{out} exists; pass --overwrite to replace it")
+    directory = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(directory):
+        raise MinibnnError(f"cannot write {out}: folder {directory} does not exist")
+
+
+def _umask_mode() -> int:
+    """The mode a new file gets under the process umask (``mkstemp`` makes 0600 files)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file beside it, fsync, rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
+                                   dir=directory)
+    except OSError as exc:
+        raise DataFileError(f"could not write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise DataFileError(f"could not write {path}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 @contextmanager
 def atomic_h5(path: str) -> Iterator[Any]:
     """Yield an open ``h5py.File`` on a temporary file that replaces ``path`` only on success.
@@ -219,6 +263,7 @@ def atomic_h5(path: str) -> Iterator[Any]:
             yield f
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
         dir_fd = os.open(directory, os.O_RDONLY)
         try:

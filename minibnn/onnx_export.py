@@ -19,7 +19,6 @@ with no ONNX form is a one-line error naming it. Needs the optional extra ``onnx
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ from minibnn.errors import MinibnnError
 from minibnn.nn import functional as F
 from minibnn.nn.containers import Residual, Sequential
 from minibnn.nn.models import Model
+from minibnn.nn.packed import binary_layers
 from minibnn.nn.modules import (BatchNorm, BinaryConv2d, BinaryDense, Conv2d, Dense,
                                 LearnableBias, Module, PReLU, Stateless, _BinaryWeights)
 
@@ -171,24 +171,13 @@ def build_onnx(model: Model, params: dict, buffers: dict) -> Any:
 
 def export_onnx(source: str, out: str, overwrite: bool = False) -> dict[str, Any]:
     """Write the trained model in ``source`` (run or packed file) to ``out`` atomically."""
+    from minibnn.io import atomic_bytes, check_output
     from minibnn.trained import load
 
-    if os.path.exists(out) and not overwrite:
-        raise MinibnnError(f"{out} exists; pass --overwrite to replace it")
+    check_output(out, overwrite, (source,))
     trained = load(source)
     proto = build_onnx(trained.model, trained.stored_params, trained.buffers)
-    directory = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(directory):
-        raise MinibnnError(f"cannot write {out}: folder {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(out) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_bytes(out, proto.SerializeToString())
+    scaled = any(getattr(m, "scale", False) for m in binary_layers(trained.model))
     return {"out": out, "nodes": len(proto.graph.node), "bytes": os.path.getsize(out),
-            "model": trained.model.name}
+            "model": trained.model.name, "scaled": scaled}

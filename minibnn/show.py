@@ -16,27 +16,26 @@ from typing import Any, Sequence
 from minibnn.errors import MinibnnError
 from minibnn.figures import save_figure
 
-#: spec fields that never label a run (machine-local or bookkeeping)
-UNLABELLED = {"device", "backend", "data_dir"}
 RATES = ("alpha", "lr", "real_lr", "gamma", "threshold")
 
 
-def run_labels(configs: Sequence[dict[str, Any]], paths: Sequence[str]) -> list[str]:
-    """A short label per run: the spec fields whose values differ between the runs."""
-    keys = sorted(k for k in set().union(*configs) if k not in UNLABELLED
-                  and len({json.dumps(c.get(k)) for c in configs}) > 1)
-    if not keys:
-        return [os.path.basename(p) for p in paths]
-    # a field a run's choice does not take is None there: it says nothing about that run
-    labels = [" ".join(f"{k}={_short(c.get(k))}" for k in keys if c.get(k) is not None)
-              for c in configs]
-    if len(set(labels)) < len(labels):                   # equal specs: add the file names
-        labels = [f"{lab} ({os.path.basename(p)})" for lab, p in zip(labels, paths)]
+def run_labels(options: Sequence[dict[str, Any]], paths: Sequence[str]) -> list[str]:
+    """A short label per run: the spec options (``RunSpec.options()``) whose values differ
+    between the runs; an option a run's model or optimiser does not take is absent there and
+    says nothing about that run."""
+    keys = sorted(k for k in set().union(*options)
+                  if len({json.dumps(c.get(k)) for c in options}) > 1)
+    labels = [" ".join(f"{k}={_short(c[k])}" for k in keys if c.get(k) is not None)
+              for c in options]
+    if not keys or len(set(labels)) < len(labels) or not all(labels):
+        # equal specs, or a run told apart only by options it lacks: add the file names
+        labels = [f"{lab} ({os.path.basename(p)})" if lab else os.path.basename(p)
+                  for lab, p in zip(labels, paths)]
     return labels
 
 
 def _short(v: Any) -> str:
-    if isinstance(v, list):
+    if isinstance(v, (list, tuple)):
         return ",".join(map(str, v))
     return f"{v:g}" if isinstance(v, float) else str(v)
 
@@ -133,10 +132,10 @@ def plot(runs: Sequence[tuple[str, dict[str, list[float]]]], out: str) -> None:
 def show(paths: Sequence[str], plot_path: str | None = None) -> str:
     """The table of the run files at ``paths`` (and the plot, with ``plot_path``)."""
     from minibnn.io import load_run
+    from minibnn.spec import read_stored_config
 
     loaded = [load_run(p) for p in paths]
-    configs = [json.loads(r.config_json) for r in loaded]
-    labels = run_labels(configs, paths)
+    labels = run_labels([read_stored_config(r.config_json)[0].options() for r in loaded], paths)
     runs = [(label, r.metrics) for label, r in zip(labels, loaded)]
     if not any(m.get("train_loss") for _, m in runs):
         raise MinibnnError("no finished epoch in " + ", ".join(paths))

@@ -10,13 +10,13 @@ One step, written out (``train_step``)::
 Binary weights go to the binary optimiser (CEMA by default, stored as +-1) and every other
 parameter to Adam, as in the paper's code.  ``optimizer.step`` runs each optimiser's fused
 one-pass kernel where one is compiled for the arrays at hand, else its filter chain (same
-bits); which kernels run is chosen by ``kernels.use_backend(config.backend)`` around the run.
+bits); which kernels run is chosen by ``kernels.use_backend(local.backend)`` around the run.
 
 One code path for NumPy and CuPy: data, parameters and optimiser state move to the device once;
 per step nothing is read back to the host (loss, correct predictions and flips accumulate as
 device scalars, read once per epoch; the progress bar reads the loss every ``LOSS_EVERY``
 steps).  All randomness (init, shuffling, shifts) comes from one ``numpy.random.Generator``
-seeded from the config; its state is checkpointed, so a resumed run is bit-identical to an
+seeded from the spec; its state is checkpointed, so a resumed run is bit-identical to an
 uninterrupted one.  Per epoch we log train loss/accuracy, test loss/accuracy, the mean per-step
 flip ratio of every binary layer, the rates the optimisers used and the seconds taken.
 """
@@ -33,7 +33,8 @@ from minibnn import __version__, kernels, optim
 from minibnn.augment import draw_offsets, shift_images
 from minibnn.backend import (device_module, get_array_module, resolve_dtype, to_device,
                              to_numpy)
-from minibnn.config import LOCAL_FIELDS, TrainConfig, model_options
+from minibnn.spec import (LOCAL_FIELDS, Adam, Bop, Bop2nd, Bop2ndCorrected, Cema, Local,
+                          RunSpec, Sgd, config_json, read_stored_config, variant_options)
 from minibnn.errors import MinibnnError
 from minibnn.io import (Checkpoint, RunFile, check_arrays, check_writable, load_run,
                         save_run)
@@ -46,12 +47,11 @@ Params = dict[str, Any]
 LOSS_EVERY = 50
 
 
-def model_from_config(config: TrainConfig, input_shape: tuple[int, ...], num_classes: int
-                      ) -> Model:
-    """Build the configured model (a validated config) for a dataset's shape and class count."""
-    options = {name: getattr(config, name) for name in model_options(config.model)}
-    return build_model(config.model, input_shape=input_shape, num_classes=num_classes,
-                       binary_storage=config.binary_storage, **options)
+def model_from_spec(spec: RunSpec, input_shape: tuple[int, ...], num_classes: int) -> Model:
+    """Build the spec's model for a dataset's shape and class count."""
+    options = {name: getattr(spec.model, name) for name in variant_options(type(spec.model))}
+    return build_model(spec.model.name, input_shape=input_shape, num_classes=num_classes,
+                       binary_storage=spec.binary_storage, **options)
 
 
 def batch_slices(n: int, batch_size: int) -> list[slice]:
@@ -67,14 +67,14 @@ def batch_slices(n: int, batch_size: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(starts, starts[1:] + [n])]
 
 
-def _schedule(config: TrainConfig, init: float, steps_per_epoch: int, name: str | None = None
+def _schedule(spec: RunSpec, init: float, steps_per_epoch: int, name: str
               ) -> optim.schedules.Schedule:
-    """Schedule ``name`` (default ``config.schedule``), advanced once per epoch (the paper's
-    ``1 - e/E`` for linear)."""
-    total = config.epochs * steps_per_epoch
-    return optim.schedules.by_name(name or config.schedule, init, total,
+    """Schedule ``name`` over the run, advanced once per epoch (the paper's ``1 - e/E`` for
+    linear)."""
+    epochs = spec.loop.epochs
+    return optim.schedules.by_name(name, init, epochs * steps_per_epoch,
                                    per_epoch_steps=steps_per_epoch,
-                                   step_size=max(1, config.epochs // 3) * steps_per_epoch)
+                                   step_size=max(1, epochs // 3) * steps_per_epoch)
 
 
 class RateLog:
@@ -96,60 +96,60 @@ class RateLog:
         return used
 
 
-def optimizer_rates(config: TrainConfig, steps_per_epoch: int) -> dict[str, Any]:
-    """The optimisers' rates by metric name: numbers, or schedules where ``--schedule`` acts.
+def optimizer_rates(spec: RunSpec, steps_per_epoch: int) -> dict[str, Any]:
+    """The optimisers' rates by metric name: numbers, or schedules where a schedule acts.
 
     cema: ``alpha`` (scheduled); bop, bop2nd: ``gamma``, ``threshold``; sgd, adam: ``lr``
     (scheduled); and always the real-parameter Adam's ``real_lr`` (scheduled).
     """
-    name = config.optimizer
-    if name == "cema":
-        rates = {"alpha": _schedule(config, config.alpha, steps_per_epoch)}
-    elif name in ("bop", "bop2nd", "bop2nd_corrected"):
-        rates = {"gamma": config.gamma, "threshold": config.threshold}
+    b = spec.binary_optimizer
+    if isinstance(b, Cema):
+        rates = {"alpha": _schedule(spec, b.alpha, steps_per_epoch, b.schedule)}
+    elif isinstance(b, (Bop, Bop2nd)):
+        rates = {"gamma": b.gamma, "threshold": b.threshold}
     else:
-        rates = {"lr": _schedule(config, config.lr, steps_per_epoch)}
-    rates["real_lr"] = _schedule(config, config.real_lr, steps_per_epoch, config.real_schedule)
+        rates = {"lr": _schedule(spec, b.lr, steps_per_epoch, b.schedule)}
+    real = spec.real_optimizer
+    rates["real_lr"] = _schedule(spec, real.lr, steps_per_epoch, real.schedule)
     return rates
 
 
-def optimizer_from_config(config: TrainConfig, model: Model, steps_per_epoch: int,
-                          rates: Mapping[str, Any] | None = None) -> Transform:
-    """Binary weights -> the configured binary optimiser; real parameters -> Adam.
+def optimizer_from_spec(spec: RunSpec, model: Model, steps_per_epoch: int,
+                        rates: Mapping[str, Any] | None = None) -> Transform:
+    """Binary weights -> the spec's binary optimiser; real parameters -> Adam.
 
-    ``rates`` (default ``optimizer_rates(config, steps_per_epoch)``) lets the trainer pass
-    logged schedules; every other hyperparameter comes from the (validated) config.
+    ``rates`` (default ``optimizer_rates(spec, steps_per_epoch)``) lets the trainer pass
+    logged schedules; every other hyperparameter comes from the spec.
     """
-    r = dict(rates if rates is not None else optimizer_rates(config, steps_per_epoch))
-    name = config.optimizer
-    if name == "cema":
-        binary = optim.cema(alpha=r["alpha"], gamma=config.gamma)
-    elif name == "bop":
+    r = dict(rates if rates is not None else optimizer_rates(spec, steps_per_epoch))
+    b = spec.binary_optimizer
+    if isinstance(b, Cema):
+        binary = optim.cema(alpha=r["alpha"], gamma=b.gamma)
+    elif isinstance(b, Bop2nd):
+        binary = optim.bop2nd(threshold=r["threshold"], gamma=r["gamma"], sigma=b.sigma,
+                              bias_correction=isinstance(b, Bop2ndCorrected))
+    elif isinstance(b, Bop):
         binary = optim.bop(threshold=r["threshold"], gamma=r["gamma"])
-    elif name in ("bop2nd", "bop2nd_corrected"):
-        binary = optim.bop2nd(threshold=r["threshold"], gamma=r["gamma"], sigma=config.sigma,
-                              bias_correction=name == "bop2nd_corrected")
-    elif name == "sgd":
-        binary = optim.sgd(lr=r["lr"], momentum=config.momentum,
-                           weight_decay=config.weight_decay, decoupled=config.decoupled)
-    elif name == "adam":
-        binary = optim.adam(lr=r["lr"], weight_decay=config.weight_decay,
-                            decoupled=config.decoupled)
+    elif isinstance(b, Sgd):
+        binary = optim.sgd(lr=r["lr"], momentum=b.momentum, weight_decay=b.weight_decay,
+                           decoupled=b.decoupled)
+    elif isinstance(b, Adam):
+        binary = optim.adam(lr=r["lr"], weight_decay=b.weight_decay, decoupled=b.decoupled)
     else:
-        raise MinibnnError(f"unknown optimizer {config.optimizer!r}")
-    real = optim.adam(lr=r["real_lr"], weight_decay=config.real_weight_decay)
+        raise MinibnnError(f"unknown binary optimizer {b!r}")
+    real = optim.adam(lr=r["real_lr"], weight_decay=spec.real_optimizer.weight_decay)
     return optim.partition({"binary": binary, "real": real}, model.param_label)
 
 
-def load_data(config: TrainConfig, test_only: bool = False) -> Any:
-    """The configured dataset, in the configured dtype (training subset applied);
-    ``test_only``: only its test split (evaluation)."""
+def load_data(spec: RunSpec, data_dir: str | None = None, test_only: bool = False) -> Any:
+    """The spec's dataset, in its dtype (training subset applied); ``data_dir``: where this
+    machine keeps the files; ``test_only``: only the test split (evaluation)."""
     from minibnn.data import load_dataset
 
-    ds = load_dataset(config.dataset, data_dir=config.data_dir, dtype=config.dtype,
+    ds = load_dataset(spec.data.name, data_dir=data_dir, dtype=spec.loop.dtype,
                       test_only=test_only)
-    if config.train_subset is not None:
-        n = config.train_subset
+    if spec.data.train_subset is not None:
+        n = spec.data.train_subset
         ds = dataclasses.replace(ds, x_train=ds.x_train[:n], y_train=ds.y_train[:n])
     return ds
 
@@ -207,17 +207,18 @@ def _progress(iterable: Any, enabled: bool, desc: str) -> Any:
     return tqdm(iterable, desc=desc, leave=False, unit="batch")
 
 
-def run_model(run: RunFile) -> tuple[TrainConfig, Model]:
-    """The config and model of a run file, with no data loaded: the input shape and class
-    count come from the run's stored description, or for older files from its dataset name."""
+def run_model(run: RunFile) -> tuple[RunSpec, Local, Model]:
+    """The spec, machine-local settings and model of a run file, with no data loaded: the
+    input shape and class count come from the stored description, or for older files from
+    the dataset's name."""
     from minibnn.data import image_shape
 
-    config = TrainConfig.from_json(run.config_json)
+    spec, local = read_stored_config(run.config_json)
     if run.description is not None:
         shape, classes = tuple(run.description["input_shape"]), run.description["num_classes"]
     else:
-        shape, classes = image_shape(config.dataset)
-    return config, model_from_config(config, shape, classes)
+        shape, classes = image_shape(spec.data.name)
+    return spec, local, model_from_spec(spec, shape, classes)
 
 
 def describe_data(ds: Any) -> dict[str, Any]:
@@ -229,24 +230,25 @@ def describe_data(ds: Any) -> dict[str, Any]:
 
 
 def train_epoch(model: Model, optimizer: Transform, state: TrainState, x: Any, y: Any,
-                config: TrainConfig, progress: bool = False) -> dict[str, float]:
+                spec: RunSpec, progress: bool = False) -> dict[str, float]:
     """One pass over the shuffled training set; returns the epoch's training metrics."""
     xp = get_array_module(x)
     n = len(x)
-    batches = batch_slices(n, config.batch_size)
+    batches = batch_slices(n, spec.loop.batch_size)
     # one host -> device copy per epoch: the order, and each image's shift (drawn in this order)
     order = xp.asarray(state.rng.permutation(n))
-    offsets = xp.asarray(draw_offsets(n, config.shift, state.rng)) if config.shift else None
+    shift = spec.data.shift
+    offsets = xp.asarray(draw_offsets(n, shift, state.rng)) if shift else None
     loss_sum, correct = xp.zeros((), xp.float64), xp.zeros((), xp.int64)
     flips = {name: xp.zeros((), xp.int64) for name in model.binary_names}
-    bar = _progress(batches, progress, f"epoch {state.epoch + 1}/{config.epochs}")
+    bar = _progress(batches, progress, f"epoch {state.epoch + 1}/{spec.loop.epochs}")
     for i, batch in enumerate(bar):
         idx = order[batch]
         xb = x[idx]
         if offsets is not None:
-            xb = shift_images(xb, offsets[:, batch], config.shift)
+            xb = shift_images(xb, offsets[:, batch], shift)
         loss, right, step_flips = train_step(model, optimizer, state, xb, y[idx],
-                                             config.label_smoothing)
+                                             spec.loop.label_smoothing)
         loss_sum = loss_sum + loss * (batch.stop - batch.start)
         correct = correct + right
         for name, count in step_flips.items():
@@ -298,7 +300,7 @@ def check_checkpoint(ck: Checkpoint, params: Params, path: str, buffers: Params 
     Each mismatch is a one-line error naming the first entry that differs (its path in the
     tree, e.g. ``binary/m/s/fc2.w``).
     """
-    model = "the model in its config"
+    model = "the model in its spec"
     check_arrays(ck.params, params, path, "checkpoint", "parameter", model)
     if buffers is not None:
         check_arrays(ck.buffers, buffers, path, "checkpoint", "buffer", model)
@@ -318,24 +320,28 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def fit(config: TrainConfig | None, out_path: str, resume: bool = False, progress: bool = True,
+def fit(spec: RunSpec | None, out_path: str, resume: bool = False, progress: bool = True,
         stop_after: int | None = None, log: Callable[[str], None] = print,
-        local: Mapping[str, Any] | None = None, extend_to: int | None = None
+        local: Local | Mapping[str, Any] | None = None, extend_to: int | None = None
         ) -> dict[str, list[float]]:
-    """Train as configured, writing ``out_path`` after every epoch; return the metrics.
+    """Train ``spec``, writing ``out_path`` after every epoch; return the metrics.
 
-    ``resume=True`` continues the run stored in ``out_path`` with its stored config (``config``
-    may then be None and is ignored); ``local`` may change its machine-local settings
-    (``config.LOCAL_FIELDS``: device, backend, data_dir), e.g. ``{"backend": "numpy"}``.
-    ``stop_after`` ends this invocation after that many epochs (the run stays resumable).
-    ``extend_to`` (with ``resume``) changes the run's epochs, finished or not: from the current
-    step on the schedules are those of an ``extend_to``-epoch run (linear decay: the rate goes
-    back up to ``init * (1 - e / extend_to)``), and the run file records it (``RunFile.replans``).
+    ``local``: where this machine computes the run (``Local``: device, backend, data_dir), or
+    a mapping of the settings to change.  ``resume=True`` continues the run stored in
+    ``out_path`` with its stored spec (``spec`` must then be None) and its stored machine-local
+    settings, updated by ``local``.  ``stop_after`` ends this invocation after that many epochs
+    (the run stays resumable).  ``extend_to`` (with ``resume``) changes the run's epochs,
+    finished or not: from the current step on the schedules are those of an ``extend_to``-epoch
+    run (linear decay: the rate goes back up to ``init * (1 - e / extend_to)``), and the run
+    file records it (``RunFile.replans``).
     """
     previous: RunFile | None = None
+    stored_local = Local()
     if resume:
+        if spec is not None:
+            raise MinibnnError("fit(resume=True) continues the stored spec: pass spec=None")
         previous = load_run(out_path)
-        config = TrainConfig.from_json(previous.config_json)
+        spec, stored_local = read_stored_config(previous.config_json)
         if previous.checkpoint is None:
             raise MinibnnError(f"{out_path} has no checkpoint to resume from")
         if extend_to is not None:
@@ -343,86 +349,90 @@ def fit(config: TrainConfig | None, out_path: str, resume: bool = False, progres
             if extend_to <= done:
                 raise MinibnnError(f"--extend --epochs {extend_to}: the run has already "
                                    f"finished {done} epochs; give more than that")
-            previous.replans.append({"at_epoch": done, "epochs_before": config.epochs,
+            previous.replans.append({"at_epoch": done, "epochs_before": spec.loop.epochs,
                                      "epochs_after": extend_to})
-            config = dataclasses.replace(config, epochs=extend_to)
+            spec = spec.replace(epochs=extend_to)
             log(f"{out_path}: re-planning the schedule from epoch {done + 1} over "
                 f"{extend_to} epochs (was {previous.replans[-1]['epochs_before']})")
     elif extend_to is not None:
         raise MinibnnError("--extend re-plans a stored run: it needs --resume")
-    if config is None:
-        raise MinibnnError("fit needs a config unless it resumes a run file")
-    unknown = sorted(set(local or {}) - set(LOCAL_FIELDS))
-    if unknown:
-        raise MinibnnError(f"only machine-local settings ({', '.join(LOCAL_FIELDS)}) can change "
-                           f"on resume, not {', '.join(unknown)}")
-    config = dataclasses.replace(config, **dict(local or {})).validate()
+    if spec is None:
+        raise MinibnnError("fit needs a spec unless it resumes a run file")
+    if not isinstance(local, Local):
+        changes = dict(local or {})
+        unknown = sorted(set(changes) - set(LOCAL_FIELDS))
+        if unknown:
+            raise MinibnnError(f"only machine-local settings ({', '.join(LOCAL_FIELDS)}) can "
+                               f"change on resume, not {', '.join(unknown)}")
+        local = dataclasses.replace(stored_local, **changes)
     if stop_after is not None and stop_after < 1:
         raise MinibnnError(f"--stop-after must be >= 1, got {stop_after}")
     check_writable(out_path)
-    device_module(config.device)          # one-line error now when there is no GPU
-    with kernels.use_backend(config.backend):
-        return _fit(config, out_path, previous, progress, stop_after, log)
+    device_module(local.device)          # one-line error now when there is no GPU
+    with kernels.use_backend(local.backend):
+        return _fit(spec, local, out_path, previous, progress, stop_after, log)
 
 
-def _fit(config: TrainConfig, out_path: str, previous: RunFile | None, progress: bool,
+def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, progress: bool,
          stop_after: int | None, log: Callable[[str], None]) -> dict[str, list[float]]:
-    dtype = resolve_dtype(config.dtype)
-    ds = load_data(config)
+    dtype = resolve_dtype(spec.loop.dtype)
+    device, epochs = local.device, spec.loop.epochs
+    ds = load_data(spec, local.data_dir)
     val = None
-    if config.val_split:
+    if spec.data.val_split:
         from minibnn.data.split import validation_split
 
-        keep, held = validation_split(ds.y_train, config.val_split, config.seed)
-        val = (to_device(ds.x_train[held], config.device),
-               to_device(ds.y_train[held], config.device))
+        keep, held = validation_split(ds.y_train, spec.data.val_split, spec.loop.seed)
+        val = (to_device(ds.x_train[held], device), to_device(ds.y_train[held], device))
         ds = dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep])
-    x_train, y_train = to_device(ds.x_train, config.device), to_device(ds.y_train, config.device)
-    x_test, y_test = to_device(ds.x_test, config.device), to_device(ds.y_test, config.device)
-    model = model_from_config(config, tuple(ds.x_train.shape[1:]), ds.num_classes)
-    steps_per_epoch = len(batch_slices(len(ds.x_train), config.batch_size))
+    x_train, y_train = to_device(ds.x_train, device), to_device(ds.y_train, device)
+    x_test, y_test = to_device(ds.x_test, device), to_device(ds.y_test, device)
+    model = model_from_spec(spec, tuple(ds.x_train.shape[1:]), ds.num_classes)
+    steps_per_epoch = len(batch_slices(len(ds.x_train), spec.loop.batch_size))
     rates = {k: RateLog(v) if callable(v) else v
-             for k, v in optimizer_rates(config, steps_per_epoch).items()}
-    optimizer = optimizer_from_config(config, model, steps_per_epoch, rates)
+             for k, v in optimizer_rates(spec, steps_per_epoch).items()}
+    optimizer = optimizer_from_spec(spec, model, steps_per_epoch, rates)
 
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(spec.loop.seed)
     params, buffers = model.init(rng, dtype)
-    state = TrainState(_tree_to_device(params, config.device),
-                       _tree_to_device(buffers, config.device), {}, rng)
+    state = TrainState(_tree_to_device(params, device), _tree_to_device(buffers, device), {},
+                       rng)
     state.opt_state = optimizer.init(state.params)
     metrics: dict[str, list[float]] = {}
     if previous is not None:
         ck = previous.checkpoint
-        check_checkpoint(ck, params, out_path, buffers, optimizer.init(params), config.optimizer)
-        state.params = _tree_to_device(ck.params, config.device)
-        state.buffers = _tree_to_device(ck.buffers, config.device)
-        state.opt_state = _tree_to_device(ck.opt_state, config.device)
+        check_checkpoint(ck, params, out_path, buffers, optimizer.init(params),
+                         spec.binary_optimizer.name)
+        state.params = _tree_to_device(ck.params, device)
+        state.buffers = _tree_to_device(ck.buffers, device)
+        state.opt_state = _tree_to_device(ck.opt_state, device)
         try:
             state.rng.bit_generator.state = ck.rng_state
         except (TypeError, ValueError, KeyError):
             raise MinibnnError(f"{out_path}: checkpoint RNG state is corrupt") from None
         state.epoch, state.step = ck.epoch, ck.step
         metrics = previous.metrics
-        if state.epoch >= config.epochs:
-            log(f"{out_path} already finished its {config.epochs} epochs; nothing to resume")
+        if state.epoch >= epochs:
+            log(f"{out_path} already finished its {epochs} epochs; nothing to resume")
         else:
-            log(f"resuming {out_path} at epoch {state.epoch + 1}/{config.epochs}")
+            log(f"resuming {out_path} at epoch {state.epoch + 1}/{epochs}")
 
+    stored = config_json(spec, local)
     done_now = 0
-    while state.epoch < config.epochs and (stop_after is None or done_now < stop_after):
+    while state.epoch < epochs and (stop_after is None or done_now < stop_after):
         start = time.perf_counter()
         for rate in rates.values():
             if isinstance(rate, RateLog):
                 rate.take()            # forget values asked for outside the steps (checks)
-        epoch_metrics = train_epoch(model, optimizer, state, x_train, y_train, config, progress)
+        epoch_metrics = train_epoch(model, optimizer, state, x_train, y_train, spec, progress)
         epoch_metrics.update(_rates_used(rates))
-        last = state.epoch + 1 == config.epochs
+        last = state.epoch + 1 == epochs
         held_out = ""
         if val is not None:
             val_loss, val_acc = evaluate(model, state.params, state.buffers, *val)
             epoch_metrics.update(val_loss=val_loss, val_acc=val_acc)
             held_out = f"  val acc {val_acc:.4f}"
-        if val is None or config.test_every_epoch or last:
+        if val is None or spec.loop.test_every_epoch or last:
             test_loss, test_acc = evaluate(model, state.params, state.buffers, x_test, y_test)
             held_out += f"  test acc {test_acc:.4f}"
         else:                                  # with a validation split: test at the end only
@@ -433,13 +443,12 @@ def _fit(config: TrainConfig, out_path: str, previous: RunFile | None, progress:
         done_now += 1
         for name, value in epoch_metrics.items():
             metrics.setdefault(name, []).append(float(value))
-        pm1 = model.binary_names if config.binary_storage == "binary" else ()
-        save_run(out_path, RunFile(config.to_json(), metrics, _checkpoint(state, pm1),
-                                   describe_data(ds),
+        pm1 = model.binary_names if spec.binary_storage == "binary" else ()
+        save_run(out_path, RunFile(stored, metrics, _checkpoint(state, pm1), describe_data(ds),
                                    previous.replans if previous is not None else []))
         mean_flip = np.mean([v for k, v in epoch_metrics.items() if k.startswith("flip_ratio:")]
                             or [0.0])
-        log(f"epoch {state.epoch:3d}/{config.epochs}  train loss {epoch_metrics['train_loss']:.4f}"
+        log(f"epoch {state.epoch:3d}/{epochs}  train loss {epoch_metrics['train_loss']:.4f}"
             f"  train acc {epoch_metrics['train_acc']:.4f}{held_out}"
             f"  flip ratio {mean_flip:.2e}  {epoch_metrics['seconds']:.1f}s")
     return metrics
@@ -460,33 +469,32 @@ def _rates_used(rates: Mapping[str, Any]) -> dict[str, float]:
     return used
 
 
-def eval_backend(config: TrainConfig, device: str, backend: str | None) -> str:
+def eval_backend(stored: Local, device: str, backend: str | None) -> str:
     """The kernels an evaluation on ``device`` uses: ``backend`` when given, else the run's own
     setting, or ``"auto"`` when the run was trained on the other device (its compiled backend
     belongs there)."""
     if backend is not None:
         return backend
-    return config.backend if config.device == device else "auto"
+    return stored.backend if stored.device == device else "auto"
 
 
 def evaluate_run(path: str, device: str = "cpu", backend: str | None = None,
                  data_dir: str | None = None) -> dict[str, float]:
     """Test loss and accuracy of the checkpoint in a run file.
 
-    Runs inside ``kernels.use_backend(eval_backend(config, device, backend))``; ``data_dir``
+    Runs inside ``kernels.use_backend(eval_backend(stored, device, backend))``; ``data_dir``
     replaces the stored (machine-local) data folder.
     """
     run = load_run(path)
     if run.checkpoint is None:
         raise MinibnnError(f"{path} has no checkpoint to evaluate")
-    config, model = run_model(run)
-    config = dataclasses.replace(config, device=device,
-                                 backend=eval_backend(config, device, backend),
-                                 data_dir=data_dir or config.data_dir).validate()
+    spec, stored, model = run_model(run)
+    local = Local(device=device, backend=eval_backend(stored, device, backend),
+                  data_dir=data_dir or stored.data_dir)
     device_module(device)
-    with kernels.use_backend(config.backend):
-        ds = load_data(config, test_only=True)
-        params, buffers = model.init(np.random.default_rng(0), resolve_dtype(config.dtype))
+    with kernels.use_backend(local.backend):
+        ds = load_data(spec, local.data_dir, test_only=True)
+        params, buffers = model.init(np.random.default_rng(0), resolve_dtype(spec.loop.dtype))
         check_checkpoint(run.checkpoint, params, path, buffers)
         loss, acc = evaluate(model, _tree_to_device(run.checkpoint.params, device),
                              _tree_to_device(run.checkpoint.buffers, device),

@@ -138,8 +138,8 @@ def load(path: str) -> TrainedModel:
     run = load_run(path)
     if run.checkpoint is None:
         raise MinibnnError(f"{path} has no checkpoint yet (no epoch has finished)")
-    config, model = run_model(run)
-    expected, expected_buffers = model.init(np.random.default_rng(0), np.dtype(config.dtype))
+    spec, _, model = run_model(run)
+    expected, expected_buffers = model.init(np.random.default_rng(0), np.dtype(spec.loop.dtype))
     check_checkpoint(run.checkpoint, expected, path, expected_buffers)
     d = run.description
     mean = tuple(d["mean"]) if d and d.get("mean") else _normalisation_of(run.config_json)[0]
@@ -151,10 +151,10 @@ def load(path: str) -> TrainedModel:
 def _normalisation_of(config_json: str) -> tuple[tuple[float, ...] | None,
                                                   tuple[float, ...] | None]:
     """The dataset's fixed standardisation constants (``data.NORMALISATION``) by name."""
-    from minibnn.config import TrainConfig
     from minibnn.data import NORMALISATION, canonical_name
+    from minibnn.spec import read_stored_config
 
-    name = canonical_name(TrainConfig.from_json(config_json).dataset)
+    name = canonical_name(read_stored_config(config_json)[0].data.name)
     if name not in NORMALISATION:
         return None, None
     mean, std = NORMALISATION[name]

@@ -43,7 +43,9 @@ def test_smoke_train_with_defaults_on_synthetic(tmp_path):
                  "--overwrite", "--no-progress"]) == 0
     run = load_run(out)
     stored = json.loads(run.config_json)
-    assert stored["act_ste"] == "approx" and stored["alpha"] == optim.defaults("cema")["alpha"]
+    spec = stored["spec"]
+    assert spec["model"]["act_ste"] == "approx"
+    assert spec["binary_optimizer"]["alpha"] == optim.defaults("cema")["alpha"]
     assert run.metrics["alpha"][1] == pytest.approx(run.metrics["alpha"][0] / 2, rel=1e-12)
 
 
@@ -51,10 +53,10 @@ def test_resume_may_change_the_machine_local_backend(tmp_path):
     out = str(tmp_path / "run.h5")
     assert main(["train", "--dataset", "synthetic", "--hidden", "32,32", "--epochs", "2",
                  "--stop-after", "1", "--out", out, "--no-progress"]) == 0
-    assert json.loads(load_run(out).config_json)["backend"] == "auto"
+    assert json.loads(load_run(out).config_json)["local"]["backend"] == "auto"
     assert main(["train", "--resume", out, "--backend", "numpy", "--no-progress"]) == 0
     run = load_run(out)
-    assert run.checkpoint.epoch == 2 and json.loads(run.config_json)["backend"] == "numpy"
+    assert run.checkpoint.epoch == 2 and json.loads(run.config_json)["local"]["backend"] == "numpy"
 
 
 def test_existing_run_file_is_not_overwritten_and_resume_takes_no_new_config(tmp_path):

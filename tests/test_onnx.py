@@ -14,7 +14,7 @@ import pytest
 
 import minibnn
 from minibnn.cli import main
-from minibnn.config import TrainConfig
+from minibnn.spec import spec_from_options
 from minibnn.data import load_dataset
 from minibnn.errors import MinibnnError
 from minibnn.nn import models
@@ -42,13 +42,13 @@ def test_onnxruntime_agrees_with_minibnn_on_the_test_set(
     import minibnn.train as train
 
     run = str(tmp_path / "run.h5")
-    config = TrainConfig(dataset="synthetic", epochs=1, batch_size=50, train_subset=200,
-                         **spec).validate()
+    config = spec_from_options(dict(dataset="synthetic", epochs=1, batch_size=50,
+                                    train_subset=200, **spec))
     ds = load_dataset("synthetic")
     if spec["model"] != "binary_mlp":       # the CNNs want 3x32x32: synthetic data of that shape
         ds = load_dataset("synthetic", shape=(3, 32, 32), n_train=200, n_test=300)
         with monkeypatch.context() as m:
-            m.setattr(train, "load_data", lambda cfg: ds)
+            m.setattr(train, "load_data", lambda spec, data_dir=None: ds)
             train.fit(config, run, progress=False, log=lambda _: None)
     else:
         train.fit(config, run, progress=False, log=lambda _: None)
@@ -65,6 +65,15 @@ def test_onnxruntime_agrees_with_minibnn_on_the_test_set(
     assert main(["export", run, "--format", "onnx", "--out", out]) == 2
     assert "exists" in capsys.readouterr().err
     assert main(["export", run, "--format", "onnx", "--out", out, "--overwrite"]) == 0
+    capsys.readouterr()
+    # not a folder, not the run file itself, and no packing-only options
+    for argv, message in ((["--out", str(tmp_path)], "is a directory"),
+                          (["--out", run], "is the input file itself"),
+                          (["--out", out, "--backend", "numpy"], "drop it")):
+        assert main(["export", run, "--format", "onnx", "--overwrite", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert minibnn.load(run).epoch == 1                  # the run file is untouched
 
 
 def test_sign_of_zero_is_plus_one_and_errors(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ agree and logits may differ in the last bits.  The threshold derivation is a pro
 over random BatchNorm parameters, dtypes and fan-ins.  Then the packed file (round trip,
 version, sizes, one-line errors) and the CLI end to end on trained runs.
 """
+import os
 import dataclasses
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 
 from minibnn import kernels
 from minibnn.cli import main
-from minibnn.config import TrainConfig
+from minibnn.spec import Local, config_json, read_stored_config, spec_from_options
 from minibnn.backend import gpu_available
 from minibnn.errors import DataFileError, DeviceError, DTypeError, MinibnnError
 from minibnn.io import Checkpoint, RunFile, load_run, save_run
@@ -130,7 +131,7 @@ def trained_run(tmp_path_factory):
     from minibnn.train import fit
 
     path = str(tmp_path_factory.mktemp("packed") / "run.h5")
-    fit(TrainConfig(dataset="synthetic", hidden=[64, 64], epochs=1, shift=0), path,
+    fit(spec_from_options(dict(dataset="synthetic", hidden=[64, 64], epochs=1, shift=0)), path,
         progress=False, log=lambda m: None)
     return path
 
@@ -164,12 +165,13 @@ def test_export_round_trip_and_sizes(trained_run, tmp_path):
 
 
 def test_conv_file_with_scale_round_trips(tmp_path):
-    config = TrainConfig(model="binary_cnn", dataset="synthetic", width=3, optimizer="sgd",
-                         scale=True, dtype="float64")
+    config = config_json(spec_from_options(dict(model="binary_cnn", dataset="synthetic", width=3,
+                                                optimizer="sgd", scale=True, dtype="float64")),
+                         Local())
     model = binary_cnn((1, 28, 28), width=3, scale=True)
     params, buffers, _ = _random_state(model, np.float64)
     run = str(tmp_path / "cnn.h5")
-    save_run(run, RunFile(config.to_json(), {}, Checkpoint(params, buffers, {}, {}, 3, 0)))
+    save_run(run, RunFile(config, {}, Checkpoint(params, buffers, {}, {}, 3, 0)))
     sizes = export_packed(run)
     out = default_packed_path(run)
     assert out.endswith("cnn.packed.h5") and sizes["binary_layers"] == 5
@@ -329,8 +331,8 @@ def _trained(tmp_path, model, dtype, **config):
     from minibnn.train import fit
 
     path = str(tmp_path / f"{model}-{dtype}.h5")
-    cfg = TrainConfig(model=model, dataset="synthetic", epochs=1, train_subset=300, shift=0,
-                      batch_size=100, dtype=dtype, **config)
+    cfg = spec_from_options(dict(model=model, dataset="synthetic", epochs=1, train_subset=300,
+                                 shift=0, batch_size=100, dtype=dtype, **config))
     fit(cfg, path, progress=False, log=lambda m: None)
     run = load_run(path)
     params = dict(run.checkpoint.params)
@@ -401,9 +403,9 @@ def test_lookup_channels_give_the_float_path_too(tmp_path):
     for name in ("conv2.w", "conv6.w"):
         layers[name] = dataclasses.replace(layers[name], fold=_as_lookup(layers[name].fold,
                                                                          [0, 2]))
-    config = TrainConfig(model="binary_cnn", dataset="synthetic", width=3, optimizer="sgd",
-                         dtype="float64")
-    looked_up = dataclasses.replace(pm, layers=layers, config_json=config.to_json())
+    config = config_json(spec_from_options(dict(model="binary_cnn", dataset="synthetic", width=3,
+                                                optimizer="sgd", dtype="float64")), Local())
+    looked_up = dataclasses.replace(pm, layers=layers, config_json=config)
     assert np.array_equal(looked_up.forward(x), ref)
     path = str(tmp_path / "lookup.packed.h5")
     save_packed(path, looked_up)
@@ -477,9 +479,9 @@ def test_packed_eval_uses_the_runs_own_backend_unless_told(trained_run, tmp_path
                                                          capsys):
     """``minibnn eval --packed`` without --backend runs the kernels the run was trained with."""
     run = load_run(trained_run)
-    config = dataclasses.replace(TrainConfig.from_json(run.config_json), backend="numpy")
+    spec, _ = read_stored_config(run.config_json)
     path = str(tmp_path / "numpy-run.h5")
-    save_run(path, dataclasses.replace(run, config_json=config.to_json()))
+    save_run(path, dataclasses.replace(run, config_json=config_json(spec, Local(backend="numpy"))))
     used, real = [], kernels.use_backend
 
     def recording(name):
@@ -509,3 +511,22 @@ def test_export_never_replaces_a_file_without_overwrite(trained_run, tmp_path, c
     assert out.read_bytes() == b"someone else's file"
     assert main(["export", trained_run, "--out", str(out), "--overwrite"]) == 0
     assert is_packed_file(str(out))
+
+
+def test_export_never_replaces_its_input_or_a_folder_and_honours_the_umask(trained_run, tmp_path,
+                                                                          capsys):
+    from minibnn.cli import main
+
+    for out, message in ((trained_run, "is the input file itself"),
+                         (str(tmp_path), "is a directory")):
+        assert main(["export", trained_run, "--out", out, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert load_run(trained_run).checkpoint is not None
+    old = os.umask(0o027)
+    try:
+        out = str(tmp_path / "m.packed.h5")
+        assert main(["export", trained_run, "--out", out]) == 0
+    finally:
+        os.umask(old)
+    assert os.stat(out).st_mode & 0o777 == 0o640

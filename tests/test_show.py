@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from minibnn.cli import main
-from minibnn.config import TrainConfig
+from minibnn.spec import spec_from_options
 from minibnn.show import run_labels
 from minibnn.train import fit
 
@@ -19,7 +19,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     paths = []
     for i, spec in enumerate(specs):
         path = str(d / f"run{i}.h5")
-        fit(TrainConfig(**base, **spec).validate(), path, progress=False, log=lambda _: None)
+        fit(spec_from_options({**base, **spec}), path, progress=False, log=lambda _: None)
         paths.append(path)
     return paths
 

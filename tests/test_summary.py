@@ -84,9 +84,32 @@ def test_cli_on_a_run_file_uses_its_stored_description(tmp_path: Path,
     capsys.readouterr()
     code, out_packed, _ = run_cli(capsys, "summary", packed)
     assert code == 0 and out_packed == out                 # the same model, the same table
-    code, _, err = run_cli(capsys, "summary", out_path, "--width", "4")
-    assert code == 2 and "not both" in err
+    for extra in (["--width", "4"], ["--dtype", "float64"]):
+        code, _, err = run_cli(capsys, "summary", out_path, *extra)
+        assert code == 2 and "not both" in err and extra[0] in err
     with h5py.File(out_path, "r+") as f:
         f.attrs["description"] = json.dumps({"input_shape": [1, 28], "num_classes": 10})
     code, _, err = run_cli(capsys, "summary", out_path)
     assert code == 2 and "description is corrupt" in err
+
+
+def test_a_run_files_own_shape_wins_over_its_datasets_name(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """A CNN trained on 3x32x32 synthetic images: the name "synthetic" alone says 1x28x28, so
+    only the stored description can give the table its input shape."""
+    import minibnn.train as train
+    from minibnn.data import image_shape, load_dataset
+    from minibnn.spec import spec_from_options
+
+    assert image_shape("synthetic")[0] == (1, 28, 28)
+    ds = load_dataset("synthetic", shape=(3, 32, 32), n_train=100, n_test=50)
+    out_path = str(tmp_path / "cnn.h5")
+    with monkeypatch.context() as m:
+        m.setattr(train, "load_data", lambda spec, data_dir=None: ds)
+        train.fit(spec_from_options(dict(model="binary_cnn", width=4, dataset="synthetic",
+                                         epochs=1, batch_size=50)), out_path,
+                  progress=False, log=lambda _: None)
+    code, out, _ = run_cli(capsys, "summary", out_path)
+    assert code == 0 and out.startswith("binary_cnn: input 3x32x32, 10 classes")

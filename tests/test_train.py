@@ -12,7 +12,7 @@ import pytest
 
 from minibnn import optim
 from minibnn.backend import gpu_available
-from minibnn.config import TrainConfig
+from minibnn.spec import Local, config_json, read_stored_config, spec_from_options
 from minibnn.errors import DataFileError, MinibnnError
 from minibnn.io import load_run, save_run
 from minibnn.nn import models
@@ -30,7 +30,7 @@ def _config(**kw):
     base = dict(dataset="synthetic", hidden=[128, 128], epochs=2, batch_size=50,
                 act_ste="clipped", shift=0)
     base.update(kw)
-    return TrainConfig(**base)
+    return spec_from_options({k: v for k, v in base.items() if v is not None})
 
 
 #: options that make each optimiser learn the synthetic set in two short epochs
@@ -62,7 +62,7 @@ def test_resume_is_bit_identical(tmp_path, optimizer):
     fit(_config(optimizer=optimizer, **options), split, progress=False, stop_after=1,
         log=_quiet)
     assert load_run(split).checkpoint.epoch == 1
-    fit(TrainConfig(), split, resume=True, progress=False, log=_quiet)
+    fit(None, split, resume=True, progress=False, log=_quiet)
     a, b = load_run(straight), load_run(split)
     assert b.checkpoint.epoch == 2 and b.checkpoint.step == a.checkpoint.step
     for name, value in a.checkpoint.params.items():
@@ -81,7 +81,7 @@ def test_resume_may_change_the_backend_only(tmp_path):
     fit(_config(alpha=1e-2), split, progress=False, stop_after=1, log=_quiet)
     fit(None, split, resume=True, progress=False, log=_quiet, local={"backend": "numpy"})
     a, b = load_run(straight), load_run(split)
-    assert json.loads(b.config_json)["backend"] == "numpy"
+    assert json.loads(b.config_json)["local"]["backend"] == "numpy"
     for name, value in a.checkpoint.params.items():
         np.testing.assert_array_equal(value, b.checkpoint.params[name])
     with pytest.raises(MinibnnError, match="only machine-local settings.*not epochs"):
@@ -184,7 +184,7 @@ def test_rates_used_are_recorded_per_epoch(tmp_path, optimizer, names):
     path = str(tmp_path / "run.h5")
     metrics = fit(_config(optimizer=optimizer, epochs=2, train_subset=200), path,
                   progress=False, log=_quiet)
-    stored = json.loads(load_run(path).config_json)
+    stored = read_stored_config(load_run(path).config_json)[0].options()
     for name in names:
         first = stored[name]
         assert metrics[name][0] == first
@@ -202,23 +202,32 @@ def test_rates_used_are_recorded_per_epoch(tmp_path, optimizer, names):
 @pytest.mark.parametrize("optimizer", ["cema", "bop", "bop2nd", "bop2nd_corrected", "sgd",
                                        "adam"])
 def test_optimizer_options_default_to_the_constructors_defaults(optimizer):
-    config = TrainConfig(optimizer=optimizer).validate()
+    spec = spec_from_options({"optimizer": optimizer})
     defaults = optim.defaults(optimizer)
-    for name in ("alpha", "gamma", "threshold", "sigma", "lr", "momentum", "weight_decay",
-                 "decoupled"):
-        assert getattr(config, name) == defaults.get(name), name
+    stored = spec.to_dict()["binary_optimizer"]
+    assert stored.pop("name") == optimizer
+    stored.pop("schedule", None)             # the trainer's, not the constructor's
+    assert stored == {k: defaults[k] for k in stored}
+    # every option the constructor takes is in the variant, except the internal ones
+    assert set(defaults) - set(stored) <= {"init_state", "tie", "eps", "bias_correction",
+                                          "dampening", "b1", "b2"}
     adam = optim.defaults("adam")
-    assert (config.real_lr, config.real_weight_decay) == (adam["lr"], adam["weight_decay"])
+    real = spec.real_optimizer
+    assert (real.lr, real.weight_decay) == (adam["lr"], adam["weight_decay"])
 
 
 @pytest.mark.parametrize("model", ["binary_mlp", "binary_cnn", "birealnet"])
 def test_model_options_default_to_the_builders_defaults(model):
-    config = TrainConfig(model=model).validate()
+    spec = spec_from_options({"model": model})
     defaults = models.defaults(model)
-    for name in ("hidden", "width", "act_ste", "weight_ste", "scale", "init_scale"):
-        expected = defaults.get(name)
-        expected = list(expected) if isinstance(expected, tuple) else expected
-        assert getattr(config, name) == expected, name
+    stored = spec.to_dict()["model"]
+    assert stored.pop("name") == model
+    assert stored == {k: list(v) if isinstance(v, tuple) else v
+                      for k, v in defaults.items() if k in stored}
+    # the builder's other keywords come from the data set or the optimiser, or are fixed
+    assert set(defaults) - set(stored) <= {"input_shape", "num_classes", "binary_storage",
+                                          "real_first", "in_features", "blocks_per_stage",
+                                          "prelu"}
 
 
 def test_resolved_defaults_are_stored_in_the_run_file(tmp_path):
@@ -226,24 +235,25 @@ def test_resolved_defaults_are_stored_in_the_run_file(tmp_path):
     fit(_config(optimizer="bop", epochs=1, train_subset=200), path, progress=False, log=_quiet)
     stored = json.loads(load_run(path).config_json)
     bop = optim.defaults("bop")
-    assert (stored["gamma"], stored["threshold"]) == (bop["gamma"], bop["threshold"])
-    assert stored["alpha"] is None and stored["lr"] is None       # cema's, sgd's: not bop's
+    assert stored["spec"]["binary_optimizer"] == {"name": "bop", "gamma": bop["gamma"],
+                                                  "threshold": bop["threshold"]}
+    assert stored["local"] == {"device": "cpu", "backend": "auto", "data_dir": None}
 
 
 @pytest.mark.parametrize("backend,device", [("auto", "cpu"), ("numpy", "cpu"),
                                             ("numba", "cpu"), ("auto", "gpu"), ("cuda", "gpu")])
 def test_stored_config_keeps_its_explicit_backend(backend, device):
-    stored = json.loads(_config(backend=backend, device=device).validate().to_json())
-    back = TrainConfig.from_json(json.dumps(stored))
-    assert (back.backend, back.device) == (backend, device)
+    text = config_json(_config(), Local(backend=backend, device=device))
+    spec, local = read_stored_config(text)
+    assert (local.backend, local.device) == (backend, device) and spec == _config()
 
 
 def test_evaluation_uses_the_runs_backend_on_its_own_device_only():
     from minibnn.train import eval_backend
 
-    cpu, gpu = _config(backend="numpy").validate(), _config(backend="cuda", device="gpu")
+    cpu, gpu = Local(backend="numpy"), Local(backend="cuda", device="gpu")
     assert eval_backend(cpu, "cpu", None) == "numpy"
-    assert eval_backend(gpu.validate(), "gpu", None) == "cuda"
+    assert eval_backend(gpu, "gpu", None) == "cuda"
     assert eval_backend(gpu, "cpu", None) == "auto"       # cuda cannot run NumPy arrays
     assert eval_backend(cpu, "gpu", "numpy") == "numpy"   # an explicit choice wins
 
@@ -315,7 +325,7 @@ def test_failed_write_leaves_previous_run_file_intact(tmp_path, monkeypatch):
         raise OSError("disk full")
     monkeypatch.setattr(io, "_write_tree", broken)
     with pytest.raises(DataFileError, match="could not write.*disk full"):
-        fit(TrainConfig(), path, resume=True, progress=False, log=_quiet)
+        fit(None, path, resume=True, progress=False, log=_quiet)
     after = load_run(path)
     assert after.checkpoint.epoch == before.checkpoint.epoch == 1
     assert [p for p in os.listdir(tmp_path) if ".tmp" in p] == []
@@ -345,7 +355,7 @@ def test_optimiser_state_mismatch_names_the_first_entry(tmp_path):
     fit(_config(epochs=2), path, progress=False, stop_after=1, log=_quiet)
     run = load_run(path)
     stored = json.loads(run.config_json)
-    stored.update(optimizer="bop", alpha=None, gamma=1e-4, threshold=1e-8)
+    stored["spec"]["binary_optimizer"] = {"name": "bop", "gamma": 1e-4, "threshold": 1e-8}
     save_run(path, dataclasses.replace(run, config_json=json.dumps(stored)))
     with pytest.raises(MinibnnError, match=r"optimizer 'bop': optimiser state 'binary/v/count'"):
         fit(None, path, resume=True, progress=False, log=_quiet)
@@ -362,12 +372,25 @@ def test_optimiser_state_mismatch_names_the_first_entry(tmp_path):
     (dict(dataset="imagenet"), "unknown dataset"),
     (dict(optimizer="lion"), "unknown optimizer"),
     (dict(scale=True), "needs latent weights"),
-    (dict(backend="cuda"), "--backend cuda runs on the GPU"),
-    (dict(backend="fortran"), "unknown backend"),
+    (dict(optimizer="bop", schedule="cosine"), "--schedule does not apply to --optimizer bop"),
+    (dict(epochs=2.5), "--epochs must be an integer"),
+    (dict(decoupled=True), "--decoupled does not apply to --optimizer cema"),
+    (dict(learning_rate=0.1), "unknown option --learning-rate"),
 ])
 def test_bad_config_is_one_line_error(kw, match):
     with pytest.raises(MinibnnError, match=re.escape(match) if "--" in match else match) as info:
-        _config(**kw).validate()
+        _config(**kw)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(backend="cuda"), "--backend cuda runs on the GPU"),
+    (dict(backend="fortran"), "unknown backend"),
+    (dict(device="tpu"), "unknown device"),
+])
+def test_bad_machine_local_settings_are_one_line_errors(kw, match):
+    with pytest.raises(MinibnnError, match=re.escape(match) if "--" in match else match) as info:
+        Local(**kw)
     assert "\n" not in str(info.value)
 
 
@@ -376,8 +399,8 @@ def test_numba_and_numpy_backends_train_identically(tmp_path, optimizer):
     runs = []
     for backend in ("numpy", "numba"):
         path = str(tmp_path / f"{backend}.h5")
-        fit(_config(optimizer=optimizer, epochs=1, backend=backend, shift=2), path,
-            progress=False, log=_quiet)
+        fit(_config(optimizer=optimizer, epochs=1, shift=2), path, progress=False, log=_quiet,
+            local={"backend": backend})
         runs.append(load_run(path))
     for name, value in runs[0].checkpoint.params.items():
         np.testing.assert_array_equal(value, runs[1].checkpoint.params[name])
@@ -400,7 +423,8 @@ def test_readme_snippet_trains_exactly_like_fit(tmp_path, capsys):
     exec(compile(_readme_snippet(), str(README), "exec"), namespace)
     accuracy = float(re.search(r"test accuracy ([0-9.]+)", capsys.readouterr().out).group(1))
     path = str(tmp_path / "run.h5")
-    metrics = fit(TrainConfig(dataset="synthetic", epochs=namespace["epochs"], shift=0), path,
+    metrics = fit(spec_from_options(dict(dataset="synthetic", epochs=namespace["epochs"],
+                                         shift=0)), path,
                   progress=False, log=_quiet)
     run = load_run(path)
     for name, value in run.checkpoint.params.items():
@@ -419,8 +443,8 @@ def test_gpu_run_file_matches_the_cpu_run_file(tmp_path, optimizer):
     runs = {}
     for device in ("cpu", "gpu"):
         path = str(tmp_path / f"{device}.h5")
-        fit(_config(optimizer=optimizer, epochs=2, dtype="float64", shift=2, device=device),
-            path, progress=False, stop_after=1, log=_quiet)
+        fit(_config(optimizer=optimizer, epochs=2, dtype="float64", shift=2), path,
+            progress=False, stop_after=1, log=_quiet, local={"device": device})
         runs[device] = load_run(path)
     cpu, gpu = runs["cpu"], runs["gpu"]
     assert cpu.metrics.keys() == gpu.metrics.keys() and cpu.checkpoint.step == gpu.checkpoint.step
@@ -443,7 +467,7 @@ def test_gpu_run_file_matches_the_cpu_run_file(tmp_path, optimizer):
         fit(None, str(tmp_path / f"{device}.h5"), resume=True, progress=False, log=_quiet,
             local={"device": "cpu"})
     cpu, gpu = load_run(str(tmp_path / "cpu.h5")), load_run(str(tmp_path / "gpu.h5"))
-    assert json.loads(gpu.config_json)["device"] == "cpu"
+    assert json.loads(gpu.config_json)["local"]["device"] == "cpu"
     assert gpu.checkpoint.epoch == cpu.checkpoint.epoch == 2
     assert gpu.checkpoint.step == cpu.checkpoint.step
     for name, value in cpu.checkpoint.params.items():
@@ -594,11 +618,11 @@ def test_packed_file_doc_lists_every_group_dataset_and_attribute(doc_runs, tmp_p
 
     cema = str(tmp_path / "cema.packed.h5")
     export_packed(dict(doc_runs)["cema"], cema)
-    config = _config(optimizer="sgd", scale=True, hidden=[32, 32]).validate()
+    config = config_json(_config(optimizer="sgd", scale=True, hidden=[32, 32]), Local())
     model = models.binary_mlp((1, 28, 28), hidden=(32, 32), scale=True)
     params, buffers = model.init(np.random.default_rng(0), np.float32)
     scaled_run = str(tmp_path / "scaled.h5")
-    save_run(scaled_run, RunFile(config.to_json(), {}, Checkpoint(params, buffers, {}, {}, 1, 0)))
+    save_run(scaled_run, RunFile(config, {}, Checkpoint(params, buffers, {}, {}, 1, 0)))
     scaled = str(tmp_path / "scaled.packed.h5")
     export_packed(scaled_run, scaled)
     _check_layout([cema, scaled], "Packed file layout")

@@ -8,7 +8,7 @@ import pytest
 
 import minibnn
 from minibnn.cli import main
-from minibnn.config import TrainConfig
+from minibnn.spec import spec_from_options
 from minibnn.data import load_dataset, synthetic_uint8
 from minibnn.errors import DTypeError, MinibnnError, ShapeError
 from minibnn.io import load_run
@@ -19,8 +19,8 @@ from minibnn.train import fit, run_model
 def run_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     path = str(tmp_path_factory.mktemp("runs") / f"{request.param}.h5")
     options = {"hidden": [32, 16]} if request.param == "binary_mlp" else {"width": 4}
-    config = TrainConfig(model=request.param, dataset="synthetic", epochs=1, batch_size=50,
-                         train_subset=300, **options).validate()
+    config = spec_from_options(dict(model=request.param, dataset="synthetic", epochs=1,
+                                    batch_size=50, train_subset=300, **options))
     fit(config, path, progress=False, log=lambda _: None)
     return path
 
@@ -29,7 +29,7 @@ def test_run_file_logits_equal_the_training_codes_eval_forward(run_path: str) ->
     model = minibnn.load(run_path)
     ds = load_dataset("synthetic")
     run = load_run(run_path)
-    _, reference_model = run_model(run)
+    _, _, reference_model = run_model(run)
     expected, _, _ = reference_model.forward(run.checkpoint.params, run.checkpoint.buffers,
                                              ds.x_test, train=False)
     got = model.logits(ds.x_test, batch_size=10_000)
@@ -85,9 +85,19 @@ def test_packed_file_predicts_as_the_run_and_export_needs_no_data(
 
 
 def test_eval_takes_a_data_dir(run_path: str, tmp_path: Path,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+                               capsys: pytest.CaptureFixture[str],
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import minibnn.data as data
+
+    asked, real = [], data.load_dataset
+
+    def spy(name: str, data_dir: object = None, **kw: object):
+        asked.append(data_dir)
+        return real(name, data_dir=data_dir, **kw)
+    monkeypatch.setattr(data, "load_dataset", spy)
     assert main(["eval", run_path, "--data-dir", str(tmp_path)]) == 0
     assert "test accuracy" in capsys.readouterr().out
+    assert asked == [str(tmp_path)]            # the flag, not the run's stored folder, is used
 
 
 def test_readme_load_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -101,8 +111,8 @@ def test_readme_load_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
               if "minibnn.load(" in b]
     assert len(blocks) == 1
     monkeypatch.chdir(tmp_path)
-    config = TrainConfig(dataset="synthetic", epochs=1, hidden=[32, 16],
-                         train_subset=200).validate()
+    config = spec_from_options(dict(dataset="synthetic", epochs=1, hidden=[32, 16],
+                                    train_subset=200))
     fit(config, "runs/binary_mlp-mnist-cema.h5", progress=False, log=lambda _: None)
     exec(compile(blocks[0].replace('"mnist"', '"synthetic"'), "README.md", "exec"), {})
     out = capsys.readouterr().out

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minibnn.cli import main
-from minibnn.config import TrainConfig
+from minibnn.spec import RunSpec, read_stored_config, spec_from_options
 from minibnn.data.split import validation_split
 from minibnn.errors import MinibnnError
 from minibnn.io import load_run
@@ -43,11 +43,11 @@ def test_split_depends_on_the_seed_and_rejects_bad_sizes() -> None:
             validation_split(y, n, 0)
 
 
-def config(**kw: object) -> TrainConfig:
+def config(**kw: object) -> RunSpec:
     base = dict(dataset="synthetic", hidden=[32, 16], epochs=3, batch_size=50, train_subset=600,
                 val_split=100)
     base.update(kw)
-    return TrainConfig(**base).validate()  # type: ignore[arg-type]
+    return spec_from_options(base)
 
 
 def test_training_logs_val_every_epoch_and_test_at_the_end(tmp_path: Path) -> None:
@@ -79,13 +79,25 @@ def test_resume_with_a_split_is_bit_identical(tmp_path: Path) -> None:
         assert np.array_equal(a.params[k], b.params[k]), k
 
 
+#: ``TrainConfig().validate().to_json()`` of the last flat-config version (6b48fd0)
+OLD_FLAT_CONFIG = {
+    "act_ste": "approx", "alpha": 0.001, "backend": "auto", "batch_size": 100, "data_dir": None,
+    "dataset": "mnist", "decoupled": None, "device": "cpu", "dtype": "float32", "epochs": 10,
+    "gamma": 0.1, "hidden": [1024, 1024], "init_scale": 1.0, "label_smoothing": 0.0, "lr": None,
+    "model": "binary_mlp", "momentum": None, "optimizer": "cema", "real_lr": 0.001,
+    "real_schedule": "linear", "real_weight_decay": 0.0, "scale": False, "schedule": "linear",
+    "seed": 0, "shift": 2, "sigma": None, "test_every_epoch": False, "threshold": None,
+    "train_subset": None, "val_split": 0, "weight_decay": None, "weight_ste": "identity",
+    "width": None}
+
+
 def test_cli_errors_and_old_configs_without_the_new_fields(tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]
                                                            ) -> None:
     assert main(["train", "--dataset", "synthetic", "--test-every-epoch", "--out",
                  str(tmp_path / "x.h5")]) == 2
     assert "--test-every-epoch only applies" in capsys.readouterr().err
-    old = json.loads(TrainConfig().validate().to_json())
+    old = dict(OLD_FLAT_CONFIG)          # as the flat config of earlier versions stored it
     del old["val_split"], old["test_every_epoch"]
-    restored = TrainConfig.from_json(json.dumps(old))
-    assert restored.val_split == 0 and restored.test_every_epoch is False
+    restored, _ = read_stored_config(json.dumps(old))
+    assert restored.data.val_split == 0 and restored.loop.test_every_epoch is False

@@ -13,9 +13,9 @@ by induction the runs stay identical; the check asserts that at every step.
 
 Each pair runs in every optimiser implementation (``engine``): the chains, and the fused steps
 forced on each kernel backend (``fused[cuda]`` moves the whole network to the GPU).  A last
-pair goes through the trainer itself: ``train.optimizer_from_config`` builds both optimisers
-from ``TrainConfig``s and ``train.train_step`` runs them (``optimizer.step``: the fused kernels
-of the default backend), with a per-epoch linear schedule.  In that pair two BatchNorm channels
+pair goes through the trainer itself: ``train.optimizer_from_spec`` builds both optimisers
+from run specs (``minibnn.spec``) and ``train.train_step`` runs them (``optimizer.step``: the
+fused kernels of the default backend), with a per-epoch linear schedule.  In that pair two BatchNorm channels
 after a binary layer have scale 0 and a shift outside the activation STE's support, so their
 weight rows get exactly zero gradients; those rows start at w0 = 0, hence v = m = 0 throughout:
 exact ties (CEMA keeps b = +1, the latent sign(0) = +1), counted in the report.
@@ -209,27 +209,27 @@ def default_runs(steps_mlp: int = 60, steps_cnn: int = 50,
 def trainer_pair(epochs: int = 3, steps_per_epoch: int = 10, batch: int = 16, seed: int = 3,
                  device_arrays: bool = False, tie_channels: tuple[int, ...] = TIE_CHANNELS
                  ) -> PairRun:
-    """Latent SGDW and CEMA configured by ``TrainConfig``, stepped by ``train.train_step``.
+    """Latent SGDW and CEMA given by run specs, stepped by ``train.train_step``.
 
-    Both optimisers come from ``train.optimizer_from_config`` (schedule: linear, per epoch,
+    Both optimisers come from ``train.optimizer_from_spec`` (schedule: linear, per epoch,
     for lr, alpha and the real Adam's lr); the CEMA state is then set to the matched state.
     Channels ``tie_channels`` of ``bn2`` get scale 0 and shift 5 (outside the ``approx``
     STE's support) on both sides, and the matching rows of ``fc2`` start at w0 = 0: their
     gradients are exactly 0, so v stays exactly 0 (ties).  ``device_arrays`` runs on CuPy.
     """
     from minibnn import kernels, train
-    from minibnn.config import TrainConfig
+    from minibnn.spec import spec_from_options
 
     lr, mu, lam = 0.5, 0.75, 2.0 ** -4          # alpha = lam lr and gamma = 1 - mu are exact
     common = dict(model="binary_mlp", hidden=[32, 32, 32], scale=False, weight_ste="identity",
                   init_scale=0.1, schedule="linear", epochs=epochs, batch_size=batch,
                   dtype="float64", seed=seed, real_lr=1e-3)
-    cfg_lat = TrainConfig(optimizer="sgd", lr=lr, momentum=mu, weight_decay=lam, decoupled=True,
-                          **common).validate()
-    cfg_bin = TrainConfig(optimizer="cema", alpha=lam * lr, gamma=1.0 - mu, **common).validate()
+    cfg_lat = spec_from_options(dict(optimizer="sgd", lr=lr, momentum=mu, weight_decay=lam,
+                                     decoupled=True, **common))
+    cfg_bin = spec_from_options(dict(optimizer="cema", alpha=lam * lr, gamma=1.0 - mu, **common))
     shape, classes = (24,), 4
-    latent_model = train.model_from_config(cfg_lat, shape, classes)
-    filter_model = train.model_from_config(cfg_bin, shape, classes)
+    latent_model = train.model_from_spec(cfg_lat, shape, classes)
+    filter_model = train.model_from_spec(cfg_bin, shape, classes)
     rng = np.random.default_rng(seed)
     p_lat, buf_lat = latent_model.init(rng, np.float64)
     binary = list(latent_model.binary_names)
@@ -238,8 +238,8 @@ def trainer_pair(epochs: int = 3, steps_per_epoch: int = 10, batch: int = 16, se
     p_lat["bn2.gamma"][rows], p_lat["bn2.beta"][rows] = 0.0, 5.0
     p_bin = {k: (np.where(v >= 0, 1.0, -1.0) if k in binary else v.copy())
              for k, v in p_lat.items()}
-    opt_lat = train.optimizer_from_config(cfg_lat, latent_model, steps_per_epoch)
-    opt_bin = train.optimizer_from_config(cfg_bin, filter_model, steps_per_epoch)
+    opt_lat = train.optimizer_from_spec(cfg_lat, latent_model, steps_per_epoch)
+    opt_bin = train.optimizer_from_spec(cfg_bin, filter_model, steps_per_epoch)
     dev = _Device("fused[cuda]" if device_arrays else engine.CHAIN)
     p_lat, p_bin = _tree(p_lat, dev.to_dev), _tree(p_bin, dev.to_dev)
     s_lat, s_bin = opt_lat.init(p_lat), opt_bin.init(p_bin)
