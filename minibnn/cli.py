@@ -175,6 +175,12 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch-size", type=int, default=d["batch_size"], help="images per step")
     g.add_argument("--label-smoothing", type=float, default=d["label_smoothing"],
                    help="mix the one-hot targets with the uniform distribution")
+    g.add_argument("--fill", default=d["fill"], choices=("min", "zero"),
+                   help="--shift's border: the batch minimum (the background of MNIST-like "
+                   "images) or zero padding of the standardised image (--shift 4 --fill zero "
+                   "--flip: the standard CIFAR-10 augmentation)")
+    g.add_argument("--flip", action="store_true",
+                   help="augment: mirror each training image left-right with probability 1/2")
     g.add_argument("--shift", type=int, default=d["shift"],
                    help="augment: translate training images by up to N pixels (0 = off)")
     g.add_argument("--train-subset", type=int, default=None,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Union
 
 from minibnn import kernels, optim
+from minibnn.augment import FILLS
 from minibnn.backend import FLOAT_DTYPES
 from minibnn.data import DATASET_NAMES
 from minibnn.errors import MinibnnError
@@ -273,12 +274,16 @@ class Data:
     """The data set and what is done to it: augmentation, held-out validation, subset."""
     name: str = "mnist"
     shift: int = 2                    # random translation of training images by <= shift pixels
+    fill: str = "min"                 # shift's border: the batch minimum, or 0 (zero padding)
+    flip: bool = False                # mirror each training image left-right with p = 1/2
     val_split: int = 0                # hold out N training images (stratified, seeded) as val
     train_subset: int | None = None   # use only the first N training images (quick runs)
 
     def __post_init__(self) -> None:
         one_of("dataset", self.name, DATASET_NAMES)
         _integer("shift", self.shift, 0)
+        one_of("fill", self.fill, FILLS)
+        _boolean("flip", self.flip)
         _integer("val_split", self.val_split, 0, " images")
         if self.train_subset is not None:
             _integer("train_subset", self.train_subset, 2, " (BatchNorm needs two samples)")
@@ -372,7 +377,8 @@ OPTION_SECTIONS: dict[str, tuple[str, str]] = {
                                             "schedule")},
     "real_lr": ("real_optimizer", "lr"), "real_weight_decay": ("real_optimizer", "weight_decay"),
     "real_schedule": ("real_optimizer", "schedule"),
-    "dataset": ("data", "name"), "shift": ("data", "shift"), "val_split": ("data", "val_split"),
+    "dataset": ("data", "name"), "shift": ("data", "shift"), "fill": ("data", "fill"),
+    "flip": ("data", "flip"), "val_split": ("data", "val_split"),
     "train_subset": ("data", "train_subset"),
     **{f: ("loop", f) for f in ("epochs", "batch_size", "seed", "dtype", "label_smoothing",
                                 "test_every_epoch")},

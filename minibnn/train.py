@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from minibnn import __version__, kernels, optim
-from minibnn.augment import draw_offsets, shift_images
+from minibnn.augment import draw_flips, draw_offsets, flip_images, shift_images
 from minibnn.backend import (device_module, get_array_module, resolve_dtype, to_device,
                              to_numpy)
 from minibnn.spec import (LOCAL_FIELDS, Adam, Bop, Bop2nd, Bop2ndCorrected, Cema, Local,
@@ -226,7 +226,7 @@ def describe_data(ds: Any) -> dict[str, Any]:
     return {"input_shape": [int(v) for v in ds.x_train.shape[1:]],
             "num_classes": int(ds.num_classes), "dataset": ds.name,
             "mean": [float(v) for v in ds.mean], "std": [float(v) for v in ds.std],
-            "minibnn_version": __version__}
+            "classes": list(ds.classes), "minibnn_version": __version__}
 
 
 def train_epoch(model: Model, optimizer: Transform, state: TrainState, x: Any, y: Any,
@@ -239,6 +239,7 @@ def train_epoch(model: Model, optimizer: Transform, state: TrainState, x: Any, y
     order = xp.asarray(state.rng.permutation(n))
     shift = spec.data.shift
     offsets = xp.asarray(draw_offsets(n, shift, state.rng)) if shift else None
+    mirror = xp.asarray(draw_flips(n, state.rng)) if spec.data.flip else None
     loss_sum, correct = xp.zeros((), xp.float64), xp.zeros((), xp.int64)
     flips = {name: xp.zeros((), xp.int64) for name in model.binary_names}
     bar = _progress(batches, progress, f"epoch {state.epoch + 1}/{spec.loop.epochs}")
@@ -246,7 +247,9 @@ def train_epoch(model: Model, optimizer: Transform, state: TrainState, x: Any, y
         idx = order[batch]
         xb = x[idx]
         if offsets is not None:
-            xb = shift_images(xb, offsets[:, batch], shift)
+            xb = shift_images(xb, offsets[:, batch], shift, spec.data.fill)
+        if mirror is not None:
+            xb = flip_images(xb, mirror[batch])
         loss, right, step_flips = train_step(model, optimizer, state, xb, y[idx],
                                              spec.loop.label_smoothing)
         loss_sum = loss_sum + loss * (batch.stop - batch.start)

@@ -31,8 +31,11 @@ class TrainedModel:
     def __init__(self, model: Model, params: dict[str, np.ndarray],
                  buffers: dict[str, np.ndarray], source: str, epoch: int,
                  mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
-                 packed: Any = None):
+                 packed: Any = None, classes: tuple[str, ...] | None = None):
         self.model, self.source, self.epoch = model, source, epoch
+        #: class names in label order (``predict`` returns indices into it)
+        self.classes = tuple(classes) if classes else tuple(
+            str(i) for i in range(model.num_classes))
         self._params, self.buffers = params, buffers
         self.mean, self.std = mean, std
         self._packed = packed
@@ -134,7 +137,7 @@ def load(path: str) -> TrainedModel:
         pm = load_packed(path)
         mean, std = _normalisation_of(pm.config_json)
         return TrainedModel(pm.model, pm.float_params(), pm.buffers, path, pm.epoch, mean, std,
-                            packed=pm)
+                            packed=pm, classes=_class_names_of(pm.config_json))
     run = load_run(path)
     if run.checkpoint is None:
         raise MinibnnError(f"{path} has no checkpoint yet (no epoch has finished)")
@@ -144,8 +147,17 @@ def load(path: str) -> TrainedModel:
     d = run.description
     mean = tuple(d["mean"]) if d and d.get("mean") else _normalisation_of(run.config_json)[0]
     std = tuple(d["std"]) if d and d.get("std") else _normalisation_of(run.config_json)[1]
+    classes = tuple(d["classes"]) if d and d.get("classes") else _class_names_of(run.config_json)
     return TrainedModel(model, run.checkpoint.params, run.checkpoint.buffers, path,
-                        run.checkpoint.epoch, mean, std)
+                        run.checkpoint.epoch, mean, std, classes=classes)
+
+
+def _class_names_of(config_json: str) -> tuple[str, ...] | None:
+    """Class names of the run's dataset by name (older run files did not store them)."""
+    from minibnn.data import CLASS_NAMES
+    from minibnn.spec import read_stored_config
+
+    return CLASS_NAMES.get(read_stored_config(config_json)[0].data.name)
 
 
 def _normalisation_of(config_json: str) -> tuple[tuple[float, ...] | None,

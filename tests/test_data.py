@@ -543,7 +543,7 @@ def test_synthetic_is_learnable_but_noisy():
 # --- names, cache, dtype --------------------------------------------------------------------------
 
 def test_names():
-    assert DATASET_NAMES == ("mnist", "fashion-mnist", "cifar10", "synthetic")
+    assert DATASET_NAMES == ("mnist", "fashion-mnist", "cifar10", "imagefolder", "synthetic")
     with pytest.raises(MinibnnError) as ei:
         load_dataset("imagenet")
     msg = one_line(ei.value)

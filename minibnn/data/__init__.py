@@ -1,14 +1,19 @@
-"""Dataset loading: MNIST, Fashion-MNIST, CIFAR-10 and a synthetic set, as NCHW float arrays.
+"""Dataset loading: MNIST, Fashion-MNIST, CIFAR-10, image folders and a synthetic set, as NCHW
+float arrays.
 
     from minibnn.data import load_dataset
     ds = load_dataset("mnist")    # x_train (60000, 1, 28, 28) float32, y_train int64, ...
-    ds = load_dataset("cifar10", data_dir="~/data")   # folder, its parent, or the .tar.gz
+    ds = load_dataset("cifar10", data_dir="~/data")   # batches folder, its parent, the .tar.gz,
+                                                      # or an image folder / archive of JPEGs
+    ds = load_dataset("imagefolder", data_dir="pets.tar.gz")   # train|test/<class>/<image>
     ds = load_dataset("synthetic", n_train=512, noise=1.0)
 
 Each loader produces uint8 images once, stores them in the cache (``<name>.npz`` under
 ``$MINIBNN_CACHE`` or ``~/.cache/minibnn``, see ``cache.py``), and ``base.from_uint8`` scales
-them to [0, 1] and standardises them with the fixed constants in ``base.NORMALISATION``.
-Where each dataset is looked for is described in ``mnist.py`` and ``cifar.py``; sources,
+them to [0, 1] and standardises them with the fixed constants in ``base.NORMALISATION`` (an
+image folder: its training images' own per-channel mean and std, stored in its cache).
+Where each dataset is looked for is described in ``mnist.py``, ``cifar.py`` and
+``imagefolder.py``; sources,
 licences and checksums are in datasets/README.md.  Every problem (missing or corrupt file,
 failed download, unknown name) is a one-line ``MinibnnError``/``DataFileError``.
 """
@@ -20,6 +25,7 @@ from typing import Any
 
 from minibnn.data.base import NORMALISATION, Dataset, from_uint8, standardise
 from minibnn.data.cache import default_cache_dir
+from minibnn.data.cifar import CLASSES as CIFAR10_CLASSES
 from minibnn.data.cifar import load_cifar10_split
 from minibnn.data.idx import parse_idx, read_idx, write_idx
 from minibnn.data.mnist import SPECS, load_idx_dataset
@@ -30,7 +36,15 @@ __all__ = ["DATASET_NAMES", "Dataset", "NORMALISATION", "default_cache_dir", "fr
            "image_shape", "load_dataset", "parse_idx", "read_idx", "standardise", "synthetic_dataset",
            "synthetic_uint8", "write_idx"]
 
-DATASET_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "synthetic")
+DATASET_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "imagefolder",
+                                  "synthetic")
+
+#: class names in label order, where the data set names them
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"),
+    "cifar10": CIFAR10_CLASSES,
+}
 
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
             "cifar-10": "cifar10", "cifar_10": "cifar10"}
@@ -48,6 +62,9 @@ def canonical_name(name: str) -> str:
 def image_shape(name: str) -> tuple[tuple[int, int, int], int]:
     """(C, H, W) and class count of a dataset, without loading it (synthetic: its defaults)."""
     key = canonical_name(name)
+    if key == "imagefolder":
+        raise MinibnnError("an image folder's input shape and classes are known only from its "
+                           "files (run files store them in their description)")
     if key == "synthetic":
         sig = inspect.signature(synthetic_dataset).parameters
         return tuple(sig["shape"].default), int(sig["num_classes"].default)  # type: ignore
@@ -80,17 +97,34 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
     if options:
         raise MinibnnError(f"dataset {key!r} takes no options (got {', '.join(sorted(options))}); "
                            "only 'synthetic' does")
-    if key == "cifar10":
+    normalisation = None
+    if key == "imagefolder":
+        split, info, source = _load_image_folder(data_dir, cache_dir, test_only)
+        num_classes, classes, normalisation = len(info.classes), info.classes, (info.mean,
+                                                                                info.std)
+    elif key == "cifar10":
         split, source = load_cifar10_split(data_dir, cache_dir, test_only=test_only)
-        num_classes = 10
+        num_classes, classes = 10, CIFAR10_CLASSES
     else:
         split, source = load_idx_dataset(key, data_dir, cache_dir, download=download,
                                          test_only=test_only)
-        num_classes = SPECS[key].num_classes
+        num_classes, classes = SPECS[key].num_classes, CLASS_NAMES.get(key)
     if test_only:          # a route that built the whole split (no cache yet): drop the train part
         x_te, y_te = split[2], split[3]
         split = (x_te[:0], y_te[:0], x_te, y_te)
-    return from_uint8(key, *split, num_classes=num_classes, dtype=dtype, source=source)
+    return from_uint8(key, *split, num_classes=num_classes, dtype=dtype, source=source,
+                      normalisation=normalisation, classes=classes)
+
+
+def _load_image_folder(data_dir: str | os.PathLike | None, cache_dir: str | os.PathLike | None,
+                       test_only: bool) -> tuple[Any, Any, str]:
+    """``--dataset imagefolder``: the folder or archive ``data_dir``, cached by its identity."""
+    from minibnn.data.cache import resolve_cache_dir
+    from minibnn.data.imagefolder import check_root, load_cached_or_decode, source_key
+
+    root = check_root(data_dir, "--dataset imagefolder")
+    cache_path = resolve_cache_dir(cache_dir) / f"{source_key(root)}.npz"
+    return load_cached_or_decode(root, cache_path, test_only)
 
 
 def _drop_train(ds: Dataset) -> Dataset:

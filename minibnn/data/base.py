@@ -54,6 +54,7 @@ class Dataset:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     source: str = ""
+    classes: tuple[str, ...] = ()     # class names in label order ("0".."9" when unnamed)
 
     def __repr__(self) -> str:
         return (f"Dataset(name={self.name!r}, train={self.x_train.shape}, "
@@ -89,7 +90,8 @@ def check_arrays(x: np.ndarray, y: np.ndarray, shape: tuple[int, int, int],
 
 def from_uint8(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
                y_test: np.ndarray, num_classes: int, dtype: str | np.dtype = "float32",
-               source: str = "", normalisation: tuple | None = None) -> Dataset:
+               source: str = "", normalisation: tuple | None = None,
+               classes: tuple[str, ...] | None = None) -> Dataset:
     """Build a Dataset from uint8 NCHW images and integer labels (checked, then standardised)."""
     shape = tuple(int(s) for s in x_train.shape[1:])
     check_arrays(x_train, y_train, shape, num_classes, f"{name} train split ({source})")
@@ -105,4 +107,5 @@ def from_uint8(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.n
         y_test=y_test.astype(np.int64),
         name=name, num_classes=num_classes, input_shape=shape,  # type: ignore[arg-type]
         mean=tuple(mean), std=tuple(std), source=source,
+        classes=tuple(classes) if classes else tuple(str(i) for i in range(num_classes)),
     )

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from minibnn.data.cache import load_split, resolve_cache_dir, save_split
+from minibnn.data.imagefolder import is_image_folder, load_cached_or_decode
 from minibnn.data.pickles import safe_loads
 from minibnn.errors import DataFileError
 
@@ -30,6 +31,9 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 NUM_CLASSES = 10
+#: CIFAR-10's class names in label order (which is also their order sorted by name)
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+           "truck")
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -137,35 +141,70 @@ def load_cifar10_split(data_dir: str | os.PathLike | None = None,
                        cache_dir: str | os.PathLike | None = None, test_only: bool = False
                        ) -> tuple[Split, str]:
     """uint8 CIFAR-10 split (images (N, 3, 32, 32)) and where it came from (``test_only``: from
-    the cache, read only the test arrays)."""
+    the cache, read only the test arrays).
+
+    ``data_dir`` may hold the official pickled batches (cached as ``cifar10.npz``) or an image
+    folder / archive of ``train|test/<class>/<image>`` files such as the JPEG copy (cached as
+    ``cifar10-jpeg.npz``: its pixels are not the canonical ones, so the two never mix).
+    Without ``data_dir``: the pickles' cache, then the JPEG copy's, then the cache folder.
+    """
     cache = resolve_cache_dir(cache_dir)
-    cache_path = cache / "cifar10.npz"
-    if cache_path.is_file():
-        split = load_split(cache_path, test_only)
-        if split[2].shape[1:] != (3, 32, 32):
-            raise DataFileError(f"{cache_path}: cached images have shape {split[2].shape[1:]}, "
-                                "expected (3, 32, 32); delete it to rebuild the cache")
-        return split, f"cache {cache_path}"
-    looked: list[str] = [str(cache_path)]
+    pickles_cache, images_cache = cache / "cifar10.npz", cache / "cifar10-jpeg.npz"
+    looked: list[str] = []
     roots: list[Path] = []
     if data_dir is not None:
         root = Path(data_dir).expanduser()
         if not root.exists():
             raise DataFileError(f"CIFAR-10: data dir {root} does not exist")
+        if is_image_folder(root):
+            return _from_images(root, images_cache, test_only)
         roots.append(root)
+    else:
+        for cached in (pickles_cache, images_cache):
+            if cached.is_file():
+                return _cached(cached, test_only), f"cache {cached}"
+            looked.append(str(cached))
     roots.append(cache)
     for root in roots:
         hits = _locate(root) if root.exists() else []
         if not hits:
             looked.append(str(root))
             continue
+        if pickles_cache.is_file():
+            return _cached(pickles_cache, test_only), f"cache {pickles_cache}"
         kind, path = hits[0]
         split = read_batches_tar(path) if kind == "tar" else read_batches_dir(path)
         try:
-            save_split(cache_path, *split)
+            save_split(pickles_cache, *split)
         except OSError as e:
-            warnings.warn(f"CIFAR-10: could not write cache {cache_path} ({e})", stacklevel=2)
+            warnings.warn(f"CIFAR-10: could not write cache {pickles_cache} ({e})", stacklevel=2)
         return split, str(path)
     raise DataFileError(f"CIFAR-10: no copy found (looked in {', '.join(looked)}); download "
                         f"{ARCHIVE} from {URL} and pass --data-dir with the archive, the "
-                        f"{FOLDER} folder or its parent")
+                        f"{FOLDER} folder or its parent (or a folder / archive of "
+                        "train|test/<class>/<image> files)")
+
+
+def _cached(path: Path, test_only: bool) -> Split:
+    split = load_split(path, test_only)
+    if split[2].shape[1:] != (3, 32, 32):
+        raise DataFileError(f"{path}: cached images have shape {split[2].shape[1:]}, "
+                            "expected (3, 32, 32); delete it to rebuild the cache")
+    return split
+
+
+def _from_images(root: Path, cache_path: Path, test_only: bool) -> tuple[Split, str]:
+    """CIFAR-10 from an image folder: its classes must be CIFAR-10's, in label order."""
+    if cache_path.is_file():
+        return _cached(cache_path, test_only), f"cache {cache_path}"
+    split, info, source = load_cached_or_decode(root, cache_path)
+    classes = info.classes
+    if classes != CLASSES:
+        cache_path.unlink(missing_ok=True)
+        raise DataFileError(f"{root}: classes {list(classes)} are not CIFAR-10's "
+                            f"{list(CLASSES)}; use --dataset imagefolder for other data")
+    if split[0].shape[1:] != (3, 32, 32):
+        cache_path.unlink(missing_ok=True)
+        raise DataFileError(f"{root}: images are {split[0].shape[1:]}, CIFAR-10's are "
+                            "(3, 32, 32)")
+    return split, f"{source} (image folder; JPEG pixels differ slightly from the canonical)"

@@ -1,0 +1,218 @@
+"""Image folders (torchvision's ``ImageFolder`` layout), decoded once into the uint8 cache.
+
+    root/train/<class>/<image>      root/test/<class>/<image>
+
+``root`` is a folder or a ``.tar`` / ``.tar.gz`` of one, read in place; one top-level folder
+above ``train/`` and ``test/`` is allowed (``cifar10-jpeg/train/...``).  Classes are the class
+folder names sorted by name (label i = the i-th name; train and test must have the same ones);
+images within a class are taken in file-name order, and the split interleaves the classes
+(image 0 of every class, then image 1, ...) so that every prefix is class-balanced.  Pillow decodes every image to uint8 NCHW:
+RGB, or one channel when every image is greyscale; all images must have one size.
+
+The decoded split is cached as ``<cache>/<name>.npz`` with the class names beside the arrays,
+so later loads read no image.  ``--dataset imagefolder --data-dir PATH`` caches under a name
+made from the source's absolute path, size and modification time, so a changed folder or
+archive is decoded again.  Every problem is a one-line ``DataFileError``.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from minibnn.data.cache import load_split, save_npz_atomic
+from minibnn.errors import DataFileError
+
+SPLITS = ("train", "test")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".webp", ".tif",
+                  ".tiff")
+
+#: (uint8 x_train, uint8 y_train, uint8 x_test, uint8 y_test)
+Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def is_image_folder(path: Path) -> bool:
+    """Whether ``path`` (folder or tar archive) holds ``train/<class>/`` image files."""
+    try:
+        return any(True for _ in _entries(path, limit=1))
+    except DataFileError:
+        return False
+
+
+def _split_and_class(parts: tuple[str, ...]) -> tuple[str, str] | None:
+    """``(split, class)`` of an image at relative path ``parts``: ``[top/]split/class/file``."""
+    if len(parts) == 4:
+        parts = parts[1:]
+    if len(parts) != 3 or parts[0] not in SPLITS or parts[2].startswith("."):
+        return None
+    if not parts[2].lower().endswith(IMAGE_SUFFIXES):
+        return None
+    return parts[0], parts[1]
+
+
+def _entries(root: Path, limit: int | None = None
+             ) -> Iterator[tuple[str, str, str, bytes | Path]]:
+    """``(split, class, file name, bytes or path)`` of every image under ``root``."""
+    count = 0
+    if root.is_dir():
+        for path in sorted(root.rglob("*")):
+            where = _split_and_class(path.relative_to(root).parts)
+            if where is not None and path.is_file():
+                yield where[0], where[1], path.name, path
+                count += 1
+                if limit is not None and count >= limit:
+                    return
+        return
+    try:
+        with tarfile.open(root, "r:*") as tar:
+            for member in tar:
+                where = _split_and_class(tuple(p for p in member.name.split("/") if p))
+                if where is None or not member.isfile():
+                    continue
+                f = tar.extractfile(member)
+                if f is None:
+                    continue
+                yield where[0], where[1], member.name.rsplit("/", 1)[-1], f.read()
+                count += 1
+                if limit is not None and count >= limit:
+                    return
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        msg = str(e).splitlines()[0] if str(e) else "truncated"
+        raise DataFileError(f"{root}: not a readable folder or tar archive of images "
+                            f"({type(e).__name__}: {msg})") from None
+
+
+def _decode(data: bytes | Path, what: str) -> np.ndarray:
+    """One image file -> uint8 (H, W) for greyscale or (H, W, 3)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(data if isinstance(data, Path) else io.BytesIO(data)) as image:
+            mode = "L" if image.mode in ("L", "1", "I;16", "I") else "RGB"
+            return np.asarray(image.convert(mode), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataFileError(f"{what}: not a readable image ({type(e).__name__})") from None
+
+
+def read_image_folder(root: Path) -> tuple[Split, tuple[str, ...]]:
+    """Decode every image under ``root``; returns the uint8 NCHW split and the class names."""
+    images: dict[str, dict[str, list[tuple[str, np.ndarray]]]] = {s: {} for s in SPLITS}
+    for split, cls, name, data in _entries(root):
+        images[split].setdefault(cls, []).append((name, _decode(data, f"{root}: {split}/{cls}/"
+                                                                     f"{name}")))
+    if not images["train"] or not images["test"]:
+        missing = [s for s in SPLITS if not images[s]]
+        raise DataFileError(f"{root}: no images in {' or '.join(missing)}/<class>/ (expected "
+                            "the layout train/<class>/<image> and test/<class>/<image>)")
+    classes = tuple(sorted(images["train"]))
+    if tuple(sorted(images["test"])) != classes:
+        raise DataFileError(f"{root}: train classes {list(classes)} differ from test classes "
+                            f"{sorted(images['test'])}")
+    if len(classes) > 256:
+        raise DataFileError(f"{root}: {len(classes)} classes; at most 256 are supported")
+    grey = all(a.ndim == 2 for split in images.values() for files in split.values()
+               for _, a in files)
+    arrays = []
+    for split in SPLITS:
+        # round robin over the classes (image 0 of every class, then image 1, ...), so
+        # that every prefix of the split is class-balanced (--train-subset takes a prefix)
+        per_class = [sorted(images[split][cls], key=lambda item: item[0]) for cls in classes]
+        order = sorted((i, label) for label, files in enumerate(per_class)
+                       for i in range(len(files)))
+        xs = [_channels_first(per_class[label][i][1], grey) for i, label in order]
+        ys = [label for _, label in order]
+        shapes = {x.shape for x in xs}
+        if len(shapes) != 1:
+            raise DataFileError(f"{root}: {split} images have different sizes "
+                                f"{sorted(s[1:] for s in shapes)[:3]}; resize them to one size")
+        arrays += [np.stack(xs), np.asarray(ys, dtype=np.uint8)]
+    if arrays[0].shape[1:] != arrays[2].shape[1:]:
+        raise DataFileError(f"{root}: train images are {arrays[0].shape[1:]}, test images "
+                            f"{arrays[2].shape[1:]}")
+    return (arrays[0], arrays[1], arrays[2], arrays[3]), classes
+
+
+def _channels_first(a: np.ndarray, grey: bool) -> np.ndarray:
+    if grey:
+        return a[None]
+    if a.ndim == 2:                     # a grey image among colour ones: repeat the channel
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+def source_key(root: Path) -> str:
+    """A cache name for ``root``: changes when its path, size or modification time does."""
+    st = root.stat()
+    text = f"{root.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return "imagefolder-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    """What a decoded image folder knows besides its arrays (stored in its cache file)."""
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]          # per channel, of the training images scaled to [0, 1]
+    std: tuple[float, ...]
+
+
+def channel_stats(x_train: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of uint8 images after ``/ 255`` (float64)."""
+    x = x_train.astype(np.float64) / 255.0
+    return (tuple(float(v) for v in x.mean(axis=(0, 2, 3))),
+            tuple(float(v) for v in x.std(axis=(0, 2, 3))))
+
+
+def load_cached_or_decode(root: Path, cache_path: Path, test_only: bool = False
+                          ) -> tuple[Split, FolderInfo, str]:
+    """The split of ``root`` and its ``FolderInfo``, from ``cache_path`` when it exists (then
+    only the test arrays with ``test_only``), else decoded and cached; and where they came
+    from."""
+    if cache_path.is_file():
+        return load_split(cache_path, test_only), load_info(cache_path), f"cache {cache_path}"
+    split, classes = read_image_folder(root)
+    mean, std = channel_stats(split[0])
+    if min(std) == 0:
+        raise DataFileError(f"{root}: a channel of the training images is constant (std 0)")
+    save_npz_atomic(cache_path, {
+        "x_train": split[0], "y_train": split[1], "x_test": split[2], "y_test": split[3],
+        "classes": np.array(classes, dtype=np.str_), "mean": np.array(mean),
+        "std": np.array(std), "format": np.array(_cache_format(), dtype=np.int64)})
+    return split, FolderInfo(classes, mean, std), str(root)
+
+
+def load_info(cache_path: Path) -> FolderInfo:
+    try:
+        with np.load(cache_path, allow_pickle=False) as z:
+            missing = [k for k in ("classes", "mean", "std") if k not in z.files]
+            if missing:
+                raise DataFileError(f"{cache_path}: cache file lacks {', '.join(missing)}; "
+                                    "delete it to rebuild the cache")
+            return FolderInfo(tuple(str(c) for c in z["classes"]),
+                              tuple(float(v) for v in z["mean"]),
+                              tuple(float(v) for v in z["std"]))
+    except (OSError, ValueError) as e:
+        raise DataFileError(f"{cache_path}: unreadable cache file ({e}); delete it to "
+                            "rebuild the cache") from None
+
+
+def _cache_format() -> int:
+    from minibnn.data.cache import FORMAT_VERSION
+
+    return FORMAT_VERSION
+
+
+def check_root(data_dir: str | os.PathLike | None, what: str) -> Path:
+    if data_dir is None:
+        raise DataFileError(f"{what} needs --data-dir: a folder or .tar/.tar.gz with "
+                            "train/<class>/<image> and test/<class>/<image>")
+    root = Path(data_dir).expanduser()
+    if not root.exists():
+        raise DataFileError(f"{what}: data dir {root} does not exist")
+    return root
