@@ -394,7 +394,18 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from minibnn.show import show
+    from minibnn.sweep_report import is_sweep_dir, show_sweep
 
+    sweeps = [p for p in args.runs if is_sweep_dir(p)]
+    if sweeps:
+        if len(args.runs) > 1:
+            raise MinibnnError(f"show takes one sweep folder or run files, not both: "
+                               f"{sweeps[0]} is a sweep folder")
+        print(show_sweep(sweeps[0], args.plot, args.metric, args.x, args.y))
+        return 0
+    given = [f"--{k}" for k in ("metric", "x", "y") if getattr(args, k) is not None]
+    if given:
+        raise MinibnnError(f"{', '.join(given)} apply to a sweep folder (minibnn show DIR)")
     print(show(args.runs, args.plot))
     if args.plot:
         print(f"wrote {args.plot}")
@@ -403,10 +414,45 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _add_show_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("show", help="per-epoch metrics of one or more run files, side by side "
-                       "(--plot: PNG curves)")
-    p.add_argument("runs", metavar="RUN.h5", nargs="+")
+                       "(--plot: PNG curves); or a sweep folder's table and heatmap")
+    p.add_argument("runs", metavar="RUN.h5|DIR", nargs="+")
     p.add_argument("--plot", metavar="FILE.png", default=None,
-                   help="draw loss, accuracy, flip ratio per binary layer and rates")
+                   help="draw loss, accuracy, flip ratio per binary layer and rates; for a "
+                   "sweep folder, a heatmap (two grid axes) or line (one) of --metric")
+    g = p.add_argument_group("sweep folder")
+    g.add_argument("--metric", default=None,
+                   help="val_acc (default when the runs have a validation split), test_acc, "
+                   "seconds or epochs")
+    g.add_argument("--x", default=None, help="grid axis across (default: the first that varies)")
+    g.add_argument("--y", default=None, help="grid axis up (default: the next that varies)")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from minibnn.sweep import run_cli
+
+    return run_cli(args.spec, args.out, args.workers, args.scheduler, args.data_dir,
+                   not args.no_progress)
+
+
+def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="train every point of a grid of runs (local processes or "
+                       "a Dask cluster); resumable",
+                       description="Run the Cartesian product of SPEC.toml's [grid] over its "
+                       "[base] options (minibnn train's long option names) into DIR: one run "
+                       "file per point in DIR/runs, DIR/summary.csv with one row per point. "
+                       "Running it again trains only what is unfinished. Exit status 1 when "
+                       "a point failed.", formatter_class=_HelpFormatter)
+    p.add_argument("spec", metavar="SPEC.toml")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder of the sweep's files")
+    p.add_argument("--workers", type=int, default=None,
+                   help=f"local worker processes, one BLAS/Numba thread each (default: the "
+                   f"number of cores, {os.cpu_count()} here)")
+    p.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                   help="run the points on this Dask distributed scheduler's workers (they "
+                   "must see DIR at the same path); needs the dist extra")
+    p.add_argument("--data-dir", default=None,
+                   help="dataset folder on the machines that train (overrides [base])")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_summary_parser(sub: argparse._SubParsersAction) -> None:
@@ -459,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file to write (default for packed: RUN.packed.h5; onnx needs it)")
     _add_summary_parser(sub)
     _add_show_parser(sub)
+    _add_sweep_parser(sub)
     _add_optional_commands(sub)
     return parser
 
@@ -480,7 +527,7 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
 
 
 HANDLERS = {"train": _cmd_train, "eval": _cmd_eval, "export": _cmd_export,
-            "summary": _cmd_summary, "show": _cmd_show}
+            "summary": _cmd_summary, "show": _cmd_show, "sweep": _cmd_sweep}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

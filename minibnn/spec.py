@@ -471,6 +471,8 @@ class Local:
     def __post_init__(self) -> None:
         one_of("device", self.device, DEVICE_NAMES)
         one_of("backend", self.backend, BACKEND_NAMES)
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise MinibnnError(f"--data-dir must be a path, got {self.data_dir!r}")
         wanted = BACKEND_DEVICE.get(self.backend, self.device)
         if wanted != self.device:
             raise MinibnnError(f"--backend {self.backend} runs on the {wanted.upper()}, not "

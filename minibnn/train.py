@@ -23,6 +23,7 @@ flip ratio of every binary layer, the rates the optimisers used and the seconds 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -428,6 +429,7 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
             if isinstance(rate, RateLog):
                 rate.take()            # forget values asked for outside the steps (checks)
         epoch_metrics = train_epoch(model, optimizer, state, x_train, y_train, spec, progress)
+        check_finite(state, epoch_metrics["train_loss"], out_path)
         epoch_metrics.update(_rates_used(rates))
         last = state.epoch + 1 == epochs
         held_out = ""
@@ -455,6 +457,20 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
             f"  train acc {epoch_metrics['train_acc']:.4f}{held_out}"
             f"  flip ratio {mean_flip:.2e}  {epoch_metrics['seconds']:.1f}s")
     return metrics
+
+
+def check_finite(state: TrainState, train_loss: float, out_path: str) -> None:
+    """A non-finite training loss or parameter ends the run with a one-line error naming the
+    epoch and the first non-finite parameter; the run file keeps the last good epoch."""
+    bad = next((name for name, value in state.params.items()
+                if not bool(get_array_module(value).isfinite(value).all())), None)
+    if math.isfinite(train_loss) and bad is None:
+        return
+    kept = (f"{out_path} keeps epoch {state.epoch}" if state.epoch
+            else f"nothing was written to {out_path}")
+    raise MinibnnError(f"training diverged in epoch {state.epoch + 1}: train loss "
+                       f"{train_loss:g}" + (f", parameter {bad} is not finite" if bad else "")
+                       + f" (lower the learning rates); {kept}")
 
 
 def _rates_used(rates: Mapping[str, Any]) -> dict[str, float]:

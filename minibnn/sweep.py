@@ -1,0 +1,290 @@
+"""``minibnn sweep SPEC.toml --out DIR``: run every point of a grid, locally or on Dask.
+
+    DIR/sweep.toml        the spec the last invocation ran (``minibnn show DIR`` reads it)
+    DIR/runs/<id>.h5      one ordinary run file per point (``<id>``: ``sweep_spec.spec_id``)
+    DIR/summary.csv       one row per point: its grid values, status (done / failed /
+                          pending), epochs, val_acc, test_acc, seconds, run_file, reason
+
+Each point is an ordinary ``fit`` writing its run file after every epoch, so running the same
+command again trains nothing that is finished and resumes unfinished points exactly where their
+run files stopped (Ctrl-C or kill -9 loses at most the epoch in flight of each point).  A point
+that fails is marked failed with its one-line reason and the others go on.  ``summary.csv`` is
+rewritten atomically after every point.  One sweep at a time may use ``DIR`` (an advisory lock,
+``DIR/.lock``, names the holder's pid).
+
+Execution: ``workers`` local processes (default: one per core), each pinned to one BLAS and
+one Numba thread; or, with ``scheduler`` (``tcp://HOST:PORT``), the tasks of a Dask
+distributed cluster (the optional extra ``dist``), whose workers must see ``DIR`` at the same
+path (a shared file system) and should run one thread each (``dask worker --nthreads 1``).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any, Callable, Iterator
+
+from minibnn.errors import MinibnnError
+from minibnn.sweep_spec import Point, Sweep, read_sweep
+
+RESULT_COLUMNS = ("status", "epochs", "val_acc", "test_acc", "seconds", "run_file", "reason")
+
+
+def run_point(task: dict[str, Any]) -> dict[str, Any]:
+    """Train (or finish, or just read) one point; never raises for a failing run.
+
+    ``task``: ``spec`` (``RunSpec.to_dict()``), ``run_file`` (path), ``local`` (machine-local
+    settings).  Runs with one BLAS and one Numba thread.  Returns the row's result columns.
+    """
+    import threadpoolctl
+
+    with threadpoolctl.threadpool_limits(1):
+        _pin_numba()
+        try:
+            return _train_point(task)
+        except KeyboardInterrupt:
+            raise
+        except MinibnnError as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        except Exception as exc:                    # a bug or resource error: keep the others
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return {**read_result(task["run_file"]), "status": "failed", "reason": reason}
+
+
+def _pin_numba() -> None:
+    try:
+        import numba
+
+        numba.set_num_threads(1)
+    except (ImportError, ValueError):
+        pass
+
+
+def _train_point(task: dict[str, Any]) -> dict[str, Any]:
+    from minibnn.io import load_run
+    from minibnn.spec import Local, spec_from_dict
+    from minibnn.train import fit
+
+    path, spec = task["run_file"], spec_from_dict(task["spec"])
+    local = Local(**task["local"])
+    quiet: Callable[[str], None] = lambda _: None       # noqa: E731
+    if os.path.exists(path):
+        run = load_run(path)
+        if run.checkpoint is None or run.checkpoint.epoch < spec.loop.epochs:
+            fit(None, path, resume=True, progress=False, log=quiet,
+                local={k: getattr(local, k) for k in ("device", "backend", "data_dir")})
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fit(spec, path, progress=False, log=quiet, local=local)
+    return read_result(path)
+
+
+def read_result(path: str) -> dict[str, Any]:
+    """The result columns of a run file: done when its last epoch is stored, else pending."""
+    from minibnn.io import load_run
+    from minibnn.spec import read_stored_config
+
+    empty = {"status": "pending", "epochs": 0, "val_acc": "", "test_acc": "", "seconds": "",
+             "run_file": path, "reason": ""}
+    if not os.path.exists(path):
+        return empty
+    try:
+        run = load_run(path)
+        spec, _ = read_stored_config(run.config_json)
+    except MinibnnError as exc:
+        return {**empty, "status": "failed", "reason": str(exc).splitlines()[0]}
+    done = run.checkpoint.epoch if run.checkpoint is not None else 0
+    m = run.metrics
+    last = lambda name: _number(m[name][-1]) if m.get(name) else ""     # noqa: E731
+    return {"status": "done" if done >= spec.loop.epochs else "pending", "epochs": done,
+            "val_acc": last("val_acc"), "test_acc": last("test_acc"),
+            "seconds": _number(sum(m.get("seconds", []))) if m.get("seconds") else "",
+            "run_file": path, "reason": ""}
+
+
+def _number(value: float) -> Any:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+# --- the summary file -------------------------------------------------------------------
+
+def summary_rows(sweep: Sweep, results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for point in sweep.points:
+        values = {name: _cell(v) for name, v in point.values.items()}
+        rows.append({**values, **results[point.id]})
+    return rows
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return value
+
+
+def write_summary(path: str, sweep: Sweep, results: dict[str, dict[str, Any]]) -> None:
+    from minibnn.io import atomic_bytes
+
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(sweep.axes) + list(RESULT_COLUMNS),
+                            lineterminator="\n")
+    writer.writeheader()
+    folder = os.path.dirname(os.path.abspath(path))
+    for row in summary_rows(sweep, results):       # run files relative to the sweep folder
+        writer.writerow({**row, "run_file": os.path.relpath(row["run_file"], folder)})
+    atomic_bytes(path, text.getvalue().encode())
+
+
+def read_summary(path: str) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except OSError as exc:
+        raise MinibnnError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+# --- running ----------------------------------------------------------------------------
+
+def sweep(spec_path: str, out_dir: str, workers: int | None = None,
+          scheduler: str | None = None, data_dir: str | None = None, progress: bool = True,
+          log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run the sweep in ``spec_path`` into ``out_dir``; returns the summary rows."""
+    from minibnn.io import atomic_bytes
+    from minibnn.lock import hold
+
+    parsed, text = read_sweep(spec_path)
+    if workers is not None and workers < 1:
+        raise MinibnnError(f"--workers must be >= 1, got {workers}")
+    if workers is not None and scheduler is not None:
+        raise MinibnnError("--workers sets local processes; with --scheduler the cluster's "
+                           "workers run the points: drop one")
+    runs = os.path.join(out_dir, "runs")
+    try:
+        os.makedirs(runs, exist_ok=True)
+    except OSError as exc:
+        raise MinibnnError(f"cannot create {runs}: {exc.strerror or exc}") from None
+    local = parsed.local if data_dir is None else _with_data_dir(parsed, data_dir)
+    with hold(os.path.join(out_dir, ".lock"), f"the sweep in {out_dir}"):
+        atomic_bytes(os.path.join(out_dir, "sweep.toml"), text.encode())
+        tasks = {p.id: _task(p, runs, local) for p in parsed.points}
+        results = {pid: read_result(t["run_file"]) for pid, t in tasks.items()}
+        summary = os.path.join(out_dir, "summary.csv")
+        write_summary(summary, parsed, results)
+        todo = [pid for pid, r in results.items() if r["status"] != "done"]
+        log(f"sweep {spec_path}: {len(parsed.points)} points, {len(parsed.points) - len(todo)} "
+            f"already done, {len(todo)} to run "
+            f"({'on ' + scheduler if scheduler else f'{_workers(workers)} local workers'})")
+        run_all = _run_dask if scheduler else _run_local
+        bar = _bar(len(parsed.points), len(parsed.points) - len(todo), progress)
+        try:
+            for pid, result in run_all([tasks[p] for p in todo], scheduler or workers):
+                results[pid] = result
+                write_summary(summary, parsed, results)
+                bar.update(1)
+                if result["status"] == "failed":
+                    log(f"point {_describe(parsed, pid)} failed: {result['reason']}")
+        finally:
+            bar.close()
+        failed = sum(r["status"] == "failed" for r in results.values())
+        log(f"{len(parsed.points) - failed} of {len(parsed.points)} points done"
+            f"{f', {failed} failed' if failed else ''}; summary {summary}")
+        return summary_rows(parsed, results)
+
+
+def _with_data_dir(parsed: Sweep, data_dir: str) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(parsed.local, data_dir=data_dir)
+
+
+def _task(point: Point, runs: str, local: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return {"id": point.id, "spec": point.spec.to_dict(),
+            "run_file": os.path.abspath(os.path.join(runs, f"{point.id}.h5")),
+            "local": dataclasses.asdict(local)}
+
+
+def _describe(parsed: Sweep, pid: str) -> str:
+    point = next(p for p in parsed.points if p.id == pid)
+    return " ".join(f"{k}={_cell(v)}" for k, v in point.values.items()) or pid
+
+
+def _workers(workers: int | None) -> int:
+    return workers or os.cpu_count() or 1
+
+
+def _bar(total: int, done: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    # disable=None: tqdm draws only on a terminal
+    return tqdm(total=total, initial=done, unit="point", desc="sweep",
+                disable=True if not enabled else None)
+
+
+def _run_local(tasks: list[dict[str, Any]], workers: int | None
+               ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each task in one of ``workers`` spawned processes; results as they finish."""
+    if not tasks:
+        return
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")     # no fork of a threaded parent
+    with ProcessPoolExecutor(max_workers=min(_workers(workers), len(tasks)),
+                             mp_context=context) as pool:
+        pending: dict[Future, str] = {pool.submit(run_point, t): t["id"] for t in tasks}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    pid = pending.pop(future)
+                    yield pid, _result_of(future, tasks, pid)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+
+def _result_of(future: Any, tasks: list[dict[str, Any]], pid: str) -> dict[str, Any]:
+    """A finished future's row; a worker that died (killed, out of memory) fails its point."""
+    try:
+        return future.result()
+    except Exception as exc:
+        path = next(t["run_file"] for t in tasks if t["id"] == pid)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return {**read_result(path), "status": "failed", "reason": f"worker lost: {reason}"}
+
+
+def _run_dask(tasks: list[dict[str, Any]], address: str
+              ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each task on the Dask cluster at ``address``; results as they finish."""
+    if not tasks:
+        return
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise MinibnnError("--scheduler needs Dask distributed: pip install "
+                           "'minibnn[dist]'") from None
+    try:
+        client = Client(address, timeout=10)
+    except (OSError, TimeoutError) as exc:
+        raise MinibnnError(f"cannot reach the Dask scheduler at {address} "
+                           f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                           ) from None
+    try:
+        futures = {client.submit(run_point, t, key=f"minibnn-{t['id']}", pure=False): t["id"]
+                   for t in tasks}
+        for future in as_completed(futures):
+            pid = futures[future]
+            yield pid, _result_of(future, tasks, pid)
+    finally:
+        client.close()
+
+
+def run_cli(spec_path: str, out_dir: str, workers: int | None, scheduler: str | None,
+            data_dir: str | None, progress: bool) -> int:
+    rows = sweep(spec_path, out_dir, workers, scheduler, data_dir, progress)
+    return 0 if all(r["status"] == "done" for r in rows) else 1
