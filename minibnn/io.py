@@ -223,44 +223,22 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file beside it, fsync, rename)."""
+@contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield the name of a temporary file that replaces ``path`` only when the block succeeds.
+
+    The temporary file is made beside ``path`` (same file system), flushed to disk, given the
+    umask's mode, renamed over ``path`` with ``os.replace`` (atomic on POSIX), and the folder is
+    synced so the rename itself survives a crash.  On any error ``path`` is untouched and the
+    temporary file is removed; an OSError becomes a one-line ``DataFileError``.
+    """
     directory = os.path.dirname(os.path.abspath(path))
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
                                    dir=directory)
-    except OSError as exc:
-        raise DataFileError(f"could not write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise DataFileError(f"could not write {path}: {exc.strerror or exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-@contextmanager
-def atomic_h5(path: str) -> Iterator[Any]:
-    """Yield an open ``h5py.File`` on a temporary file that replaces ``path`` only on success.
-
-    The temporary file is made beside ``path`` (same file system), flushed to disk, renamed over
-    ``path`` with ``os.replace`` (atomic on POSIX), and the folder is synced so the rename itself
-    survives a crash.  On any error ``path`` is untouched and the temporary file is removed.
-    """
-    h5py = _h5py()
-    check_writable(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            yield f
+        os.close(fd)
+        yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, _umask_mode())
@@ -273,8 +251,24 @@ def atomic_h5(path: str) -> Iterator[Any]:
     except OSError as exc:
         raise DataFileError(f"could not write {path}: {exc.strerror or exc}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (``atomic_path``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+@contextmanager
+def atomic_h5(path: str) -> Iterator[Any]:
+    """Yield an open ``h5py.File`` on a temporary file that replaces ``path`` only on success
+    (``atomic_path``)."""
+    h5py = _h5py()
+    check_writable(path)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        yield f
 
 
 def save_run(path: str, run: RunFile) -> None:

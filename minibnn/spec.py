@@ -130,9 +130,8 @@ class BinaryMlp:
 
 
 @dataclass(frozen=True)
-class BinaryCnn:
-    """``models.binary_cnn``: VGG-small-like, six convs (the first real), max-pools."""
-    name: ClassVar[str] = "binary_cnn"
+class _ConvNet:
+    """The options of the convolutional builders: a base width and the binary-layer options."""
     width: int
     act_ste: str
     weight_ste: str
@@ -145,18 +144,15 @@ class BinaryCnn:
 
 
 @dataclass(frozen=True)
-class BiRealNet:
+class BinaryCnn(_ConvNet):
+    """``models.binary_cnn``: VGG-small-like, six convs (the first real), max-pools."""
+    name: ClassVar[str] = "binary_cnn"
+
+
+@dataclass(frozen=True)
+class BiRealNet(_ConvNet):
     """``models.birealnet``: a small Bi-Real ResNet (real stem and head)."""
     name: ClassVar[str] = "birealnet"
-    width: int
-    act_ste: str
-    weight_ste: str
-    scale: bool
-    init_scale: float
-
-    def __post_init__(self) -> None:
-        _integer("width", self.width, 1)
-        _checked_fields(self, _COMMON_MODEL_CHECKS)
 
 
 ModelSpec = Union[BinaryMlp, BinaryCnn, BiRealNet]

@@ -64,7 +64,6 @@ def _pin_numba() -> None:
 
 
 def _train_point(task: dict[str, Any]) -> dict[str, Any]:
-    from minibnn.io import load_run
     from minibnn.spec import Local, spec_from_dict
     from minibnn.train import fit
 
@@ -72,10 +71,8 @@ def _train_point(task: dict[str, Any]) -> dict[str, Any]:
     local = Local(**task["local"])
     quiet: Callable[[str], None] = lambda _: None       # noqa: E731
     if os.path.exists(path):
-        run = load_run(path)
-        if run.checkpoint is None or run.checkpoint.epoch < spec.loop.epochs:
-            fit(None, path, resume=True, progress=False, log=quiet,
-                local={k: getattr(local, k) for k in ("device", "backend", "data_dir")})
+        if read_result(path)["status"] != "done":
+            fit(None, path, resume=True, progress=False, log=quiet, local=task["local"])
     else:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fit(spec, path, progress=False, log=quiet, local=local)

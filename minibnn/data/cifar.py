@@ -198,7 +198,7 @@ def _from_images(root: Path, cache_path: Path, test_only: bool) -> tuple[Split, 
     if cache_path.is_file():
         return _cached(cache_path, test_only), f"cache {cache_path}"
     split, info, source = load_cached_or_decode(root, cache_path)
-    classes = info.classes
+    classes = info.classes         # checked once, when decoded: the cache holds only good ones
     if classes != CLASSES:
         cache_path.unlink(missing_ok=True)
         raise DataFileError(f"{root}: classes {list(classes)} are not CIFAR-10's "

@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from minibnn.data.cache import load_split, save_npz_atomic
+from minibnn.data.cache import FORMAT_VERSION, load_split, save_npz_atomic
 from minibnn.errors import DataFileError
 
 SPLITS = ("train", "test")
@@ -183,7 +183,7 @@ def load_cached_or_decode(root: Path, cache_path: Path, test_only: bool = False
     save_npz_atomic(cache_path, {
         "x_train": split[0], "y_train": split[1], "x_test": split[2], "y_test": split[3],
         "classes": np.array(classes, dtype=np.str_), "mean": np.array(mean),
-        "std": np.array(std), "format": np.array(_cache_format(), dtype=np.int64)})
+        "std": np.array(std), "format": np.array(FORMAT_VERSION, dtype=np.int64)})
     return split, FolderInfo(classes, mean, std), str(root)
 
 
@@ -200,12 +200,6 @@ def load_info(cache_path: Path) -> FolderInfo:
     except (OSError, ValueError) as e:
         raise DataFileError(f"{cache_path}: unreadable cache file ({e}); delete it to "
                             "rebuild the cache") from None
-
-
-def _cache_format() -> int:
-    from minibnn.data.cache import FORMAT_VERSION
-
-    return FORMAT_VERSION
 
 
 def check_root(data_dir: str | os.PathLike | None, what: str) -> Path:
