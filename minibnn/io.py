@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from minibnn import integrity
 from minibnn.backend import to_numpy
 from minibnn.errors import DataFileError, MinibnnError
 
@@ -93,6 +94,20 @@ def _replans(rows: Any, path: str) -> list[dict[str, int]]:
         raise DataFileError(f"{path}: the stored schedule re-plans are corrupt")
     return [{"at_epoch": int(a), "epochs_before": int(b), "epochs_after": int(c)}
             for a, b, c in rows]
+
+
+def _metrics(group: Any, path: str) -> dict[str, list[float]]:
+    """``/metrics``: one float64 vector per metric, all of one length (epochs finished)."""
+    metrics = {}
+    for name, item in group.items():
+        values = np.asarray(item[()])
+        if values.ndim != 1 or values.dtype.kind != "f":
+            raise DataFileError(f"{path}: metrics/{name} is not a float vector (got "
+                                f"{values.dtype} of shape {values.shape})")
+        metrics[name] = [float(v) for v in values]
+    if len({len(v) for v in metrics.values()}) > 1:
+        raise DataFileError(f"{path}: the metrics have different lengths; the file is corrupt")
+    return metrics
 
 
 def _h5py() -> Any:
@@ -264,11 +279,12 @@ def atomic_bytes(path: str, data: bytes) -> None:
 @contextmanager
 def atomic_h5(path: str) -> Iterator[Any]:
     """Yield an open ``h5py.File`` on a temporary file that replaces ``path`` only on success
-    (``atomic_path``)."""
+    (``atomic_path``); the checksums are stored last (``minibnn.integrity.seal``)."""
     h5py = _h5py()
     check_writable(path)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=integrity.LIBVER) as f:
         yield f
+        integrity.seal(f)
 
 
 def save_run(path: str, run: RunFile) -> None:
@@ -297,35 +313,77 @@ def save_run(path: str, run: RunFile) -> None:
             _write_tree(ck.create_group("opt_state"), run.checkpoint.opt_state)
 
 
-def load_run(path: str) -> RunFile:
-    """Read a run file; a missing, foreign or corrupt file is a one-line ``DataFileError``."""
+#: what h5py and NumPy can raise while reading a damaged or foreign HDF5 file
+READ_ERRORS = (OSError, KeyError, IndexError, ValueError, TypeError, AttributeError,
+               RuntimeError, OverflowError, MemoryError)
+
+
+@contextmanager
+def open_h5(path: str, what: str) -> Iterator[Any]:
+    """Yield ``path`` opened read-only; anything a damaged file raises while the block reads it
+    becomes a one-line ``DataFileError`` (``what``: "run file", "packed file")."""
     h5py = _h5py()
     if not os.path.exists(path):
-        raise DataFileError(f"run file not found: {path}")
+        raise DataFileError(f"{what} not found: {path}")
     if not os.path.isfile(path):
         raise DataFileError(f"{path} is not a file")
     try:
         with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != FORMAT:
-                raise DataFileError(f"{path} is not a minibnn run file (no format={FORMAT!r} tag)")
-            check_version(f.attrs.get("version"), path)
-            config_json = str(f.attrs["config"])
-            description = (_description(f.attrs["description"], path)
-                           if "description" in f.attrs else None)
-            replans = _replans(f["replans"][()], path) if "replans" in f else []
-            metrics = {k: [float(v) for v in d[()]] for k, d in f["metrics"].items()}
-            checkpoint = None
-            if "checkpoint" in f:
-                ck = f["checkpoint"]
-                params, binary = _read_params(ck["params"])
-                checkpoint = Checkpoint(
-                    params=params, buffers=_read_tree(ck["buffers"]),
-                    opt_state=_read_tree(ck["opt_state"]),
-                    rng_state=_json(ck.attrs["rng_state"], path),
-                    epoch=int(ck.attrs["epoch"]), step=int(ck.attrs["step"]), binary=binary)
-    except DataFileError:
+            yield f
+    except MinibnnError:
         raise
-    except (OSError, KeyError, ValueError) as exc:
+    except READ_ERRORS as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataFileError(f"{path} is corrupt or unreadable: {reason}") from None
+
+
+def check_finite(arrays: dict[str, Any], path: str, where: str) -> None:
+    """Every floating array of a (nested) dict must be finite: a one-line ``DataFileError``
+    naming the first that is not (a checkpoint of a diverged run)."""
+    for key, value in arrays.items():
+        if isinstance(value, dict):
+            check_finite(value, path, f"{where}/{key}")
+        elif np.asarray(value).dtype.kind == "f" and not np.isfinite(value).all():
+            raise DataFileError(f"{path}: {where}/{key} holds NaN or infinite values (a "
+                                "diverged run?); it cannot be evaluated or resumed")
+
+
+def load_run(path: str) -> RunFile:
+    """Read a run file; a missing, foreign, damaged (checksum) or corrupt file, or a
+    checkpoint holding NaN/inf, is a one-line ``DataFileError``."""
+    from minibnn.io_packed import FORMAT as PACKED_FORMAT
+
+    h5py = _h5py()
+    with open_h5(path, "run file") as f:
+        tag = f.attrs.get("format")
+        if tag == PACKED_FORMAT:
+            raise DataFileError(f"{path} is a packed file (for inference only), not a run "
+                                "file: it cannot be resumed or trained further")
+        if tag != FORMAT:
+            raise DataFileError(f"{path} is not a minibnn run file (no format={FORMAT!r} tag)")
+        check_version(f.attrs.get("version"), path)
+        integrity.verify(f, path)
+        config_json = str(f.attrs["config"])
+        description = (_description(f.attrs["description"], path)
+                       if "description" in f.attrs else None)
+        replans = _replans(f["replans"][()], path) if "replans" in f else []
+        metrics = _metrics(f["metrics"], path)
+        checkpoint = None
+        if "checkpoint" in f:
+            ck = f["checkpoint"]
+            if not isinstance(ck, h5py.Group):
+                raise DataFileError(f"{path}: checkpoint is not a group")
+            params, binary = _read_params(ck["params"])
+            checkpoint = Checkpoint(
+                params=params, buffers=_read_tree(ck["buffers"]),
+                opt_state=_read_tree(ck["opt_state"]),
+                rng_state=_json(ck.attrs["rng_state"], path),
+                epoch=int(ck.attrs["epoch"]), step=int(ck.attrs["step"]), binary=binary)
+            for where, arrays in (("params", checkpoint.params),
+                                  ("buffers", checkpoint.buffers),
+                                  ("opt_state", checkpoint.opt_state)):
+                check_finite(arrays, path, f"checkpoint/{where}")
+        if checkpoint is not None and any(len(v) != checkpoint.epoch for v in metrics.values()):
+            raise DataFileError(f"{path}: the metrics do not hold one value per finished epoch "
+                                f"({checkpoint.epoch}); the file is corrupt")
     return RunFile(config_json, metrics, checkpoint, description, replans)

@@ -37,7 +37,8 @@ import numpy as np
 
 from minibnn.errors import DataFileError
 from minibnn.io import FORMAT as RUN_FORMAT
-from minibnn.io import atomic_h5, check_version
+from minibnn import integrity
+from minibnn.io import atomic_h5, check_finite, check_version, open_h5
 from minibnn.kernels._common import words_for
 from minibnn.kernels.threshold import Threshold
 from minibnn.nn.packed import PackedModel
@@ -132,34 +133,31 @@ def is_packed_file(path: str) -> bool:
 
 
 def read_packed(path: str) -> PackedFile:
-    """Read a packed file; a missing, foreign, old or corrupt file is a one-line
-    ``DataFileError``."""
-    import h5py
-
-    if not os.path.exists(path):
-        raise DataFileError(f"packed file not found: {path}")
-    try:
-        with h5py.File(path, "r") as f:
-            tag = f.attrs.get("format")
-            if tag == RUN_FORMAT:
-                raise DataFileError(f"{path} is a run file, not a packed file (use "
-                                    f"`minibnn eval {path} --packed`, or export it first)")
-            if tag != FORMAT:
-                raise DataFileError(f"{path} is not a minibnn packed file (no "
-                                    f"format={FORMAT!r} tag)")
-            check_version(f.attrs.get("version"), path, "packed file", VERSION, REEXPORT)
-            return PackedFile(
-                config_json=str(f.attrs["config"]), epoch=int(f.attrs["epoch"]),
-                source=str(f.attrs["source"]),
-                input_shape=tuple(int(s) for s in f.attrs["input_shape"]),
-                num_classes=int(f.attrs["num_classes"]),
-                real=_read_group(f["real"]), buffers=_read_group(f["buffers"]),
-                layers={name: _read_layer(path, name, g) for name, g in f["packed"].items()})
-    except DataFileError:
-        raise
-    except (OSError, KeyError, IndexError, ValueError, TypeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataFileError(f"{path} is corrupt or unreadable: {reason}") from None
+    """Read a packed file; a missing, foreign, old, damaged (checksum) or corrupt file, or
+    non-finite real parameters, is a one-line ``DataFileError``."""
+    with open_h5(path, "packed file") as f:
+        tag = f.attrs.get("format")
+        if tag == RUN_FORMAT:
+            raise DataFileError(f"{path} is a run file, not a packed file (use "
+                                f"`minibnn eval {path} --packed`, or export it first)")
+        if tag != FORMAT:
+            raise DataFileError(f"{path} is not a minibnn packed file (no "
+                                f"format={FORMAT!r} tag)")
+        check_version(f.attrs.get("version"), path, "packed file", VERSION, REEXPORT)
+        integrity.verify(f, path)
+        packed = PackedFile(
+            config_json=str(f.attrs["config"]), epoch=int(f.attrs["epoch"]),
+            source=str(f.attrs["source"]),
+            input_shape=tuple(int(s) for s in f.attrs["input_shape"]),
+            num_classes=int(f.attrs["num_classes"]),
+            real=_read_group(f["real"]), buffers=_read_group(f["buffers"]),
+            layers={name: _read_layer(path, name, g) for name, g in f["packed"].items()})
+    check_finite(packed.real, path, "real")
+    check_finite(packed.buffers, path, "buffers")
+    for name, layer in packed.layers.items():
+        if layer.scale is not None:
+            check_finite({"scale": layer.scale}, path, f"packed/{name}")
+    return packed
 
 
 def _read_group(group: Any) -> Params:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import h5py
+from h5edit import edited
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -246,19 +247,19 @@ def test_one_line_errors(trained_run, tmp_path, capsys):
 def test_damaged_packed_file_is_a_data_file_error(trained_run, tmp_path):
     out = str(tmp_path / "damaged.packed.h5")
     export_packed(trained_run, out)
-    with h5py.File(out, "a") as f:
+    with edited(out) as f:
         bits = f["packed/fc2.w/bits"][()]
         del f["packed/fc2.w/bits"]
         f["packed/fc2.w"].create_dataset("bits", data=np.zeros((64, 3), np.uint64))
     with pytest.raises(DataFileError, match=r"bits must be uint64 \(64, 1\), got uint64 \(64, 3\)"):
         load_packed(out)
-    with h5py.File(out, "a") as f:
+    with edited(out) as f:
         del f["packed/fc2.w/bits"]
         f["packed/fc2.w"].create_dataset("bits", data=bits)
         del f["real/head.w"]
     with pytest.raises(DataFileError, match="real/ does not match.*'head.w' is missing"):
         load_packed(out)
-    with h5py.File(out, "a") as f:
+    with edited(out) as f:
         del f["packed"]
     with pytest.raises(DataFileError, match="corrupt"):
         load_packed(out)
@@ -414,7 +415,7 @@ def test_lookup_channels_give_the_float_path_too(tmp_path):
     loaded = load_packed(path)
     assert np.array_equal(loaded.layers["conv6.w"].fold.lookup, layers["conv6.w"].fold.lookup)
     assert np.array_equal(loaded.forward(x), ref)
-    with h5py.File(path, "a") as f:
+    with edited(path) as f:
         del f["packed/conv2.w/lookup"]
     with pytest.raises(DataFileError, match="lookup must be uint8"):
         load_packed(path)
@@ -423,7 +424,7 @@ def test_lookup_channels_give_the_float_path_too(tmp_path):
 def test_old_packed_file_version_is_one_line_error(trained_run, tmp_path, capsys):
     out = str(tmp_path / "old.packed.h5")
     export_packed(trained_run, out)
-    with h5py.File(out, "a") as f:
+    with edited(out) as f:
         f.attrs["version"] = 1
     with pytest.raises(DataFileError, match="packed file format version 1 is not supported: "
                                             "it was written by an older minibnn.*re-export"):
@@ -434,13 +435,13 @@ def test_old_packed_file_version_is_one_line_error(trained_run, tmp_path, capsys
 def test_damaged_thresholds_are_a_data_file_error(trained_run, tmp_path):
     out = str(tmp_path / "thr.packed.h5")
     export_packed(trained_run, out)
-    with h5py.File(out, "a") as f:
+    with edited(out) as f:
         t = f["packed/fc2.w/threshold"][()]
         del f["packed/fc2.w/threshold"]
         f["packed/fc2.w"].create_dataset("threshold", data=t.astype(np.int64))
     with pytest.raises(DataFileError, match="threshold must be int32"):
         load_packed(out)
-    with h5py.File(out, "a") as f:
+    with edited(out) as f:
         f["packed/fc2.w"].attrs["fold"] = ""
     with pytest.raises(DataFileError, match="does not match the model"):
         load_packed(out)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from h5edit import edited
 
 from minibnn.cli import main
 from minibnn.io import load_run
@@ -83,7 +84,7 @@ def test_binary_weights_are_stored_as_int8_and_resume_bit_identically(
     assert a.binary == ("fc2.w",) and a.params["fc2.w"].dtype == np.float32
     for k in a.params:
         assert np.array_equal(a.params[k], b.params[k]), k
-    with h5py.File(straight, "r+") as f:
+    with edited(straight) as f:
         f["checkpoint/params/fc2.w"][0, 0] = 3
     assert main(["eval", straight]) == 2
     assert "does not hold int8 +-1" in capsys.readouterr().err

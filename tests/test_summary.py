@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import h5py
+from h5edit import edited
 import numpy as np
 import pytest
 
@@ -87,7 +88,7 @@ def test_cli_on_a_run_file_uses_its_stored_description(tmp_path: Path,
     for extra in (["--width", "4"], ["--dtype", "float64"]):
         code, _, err = run_cli(capsys, "summary", out_path, *extra)
         assert code == 2 and "not both" in err and extra[0] in err
-    with h5py.File(out_path, "r+") as f:
+    with edited(out_path) as f:
         f.attrs["description"] = json.dumps({"input_shape": [1, 28], "num_classes": 10})
     code, _, err = run_cli(capsys, "summary", out_path)
     assert code == 2 and "description is corrupt" in err
