@@ -18,7 +18,7 @@ from typing import Sequence
 from minibnn.errors import MinibnnError
 from minibnn.nn import functional as F
 from minibnn.nn.channels_last import group_channels_last
-from minibnn.nn.modules import BatchNorm, BatchNormSign, Module, Params, is_sign
+from minibnn.nn.modules import BatchNorm, BatchNormSign, Module, Params, is_sign, model_dtype
 
 
 class Sequential(Module):
@@ -46,6 +46,7 @@ class Sequential(Module):
         return [n for layer in self.layers for n in layer.binary_names]
 
     def init(self, rng, dtype):
+        dtype = model_dtype(dtype)
         params: Params = {}
         buffers: Params = {}
         for layer in self.layers:

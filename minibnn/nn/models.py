@@ -25,7 +25,7 @@ from minibnn.errors import MinibnnError, ShapeError
 from minibnn.nn.containers import Residual, Sequential
 from minibnn.nn.modules import (AvgPool2d, BatchNorm, BinaryConv2d, BinaryDense, Conv2d, Dense,
                                 Flatten, GlobalAvgPool, LearnableBias, MaxPool2d, Module,
-                                PReLU, Sign)
+                                PReLU, Sign, model_dtype)
 
 Array = Any
 Params = dict[str, Array]
@@ -49,7 +49,12 @@ class Model:
         return "binary" if name in set(self.binary_names) else "real"
 
     def init(self, rng: np.random.Generator, dtype: Any = np.float32) -> tuple[Params, Params]:
-        return self.net.init(rng, np.dtype(dtype))
+        """Fresh parameters and buffers in ``dtype`` (float32 or float64, else DTypeError)."""
+        dtype = model_dtype(dtype)
+        if not isinstance(rng, np.random.Generator):
+            raise MinibnnError(f"{self.name}: rng must be a numpy.random.Generator "
+                               f"(np.random.default_rng(seed)), got {type(rng).__name__}")
+        return self.net.init(rng, dtype)
 
     def forward(self, params: Params, buffers: Params, x: Array, train: bool = True
                 ) -> tuple[Array, Params, Any]:

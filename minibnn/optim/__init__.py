@@ -6,9 +6,11 @@
     params, state = opt.step(grads, state, params)    # the fused kernel where compiled
 
 See ``filters.py`` for the building blocks, ``optimizers.py`` for the chains, their fused steps
-and ``defaults(name)``, ``base.py`` for ``Transform`` and ``chain``.
+and ``defaults(name)``, ``base.py`` for ``Transform`` and ``chain``, ``checks.py`` for the
+argument checks every optimiser shares (finite, in-range hyperparameters; gradients and states
+that match the parameters' names, shapes and dtypes).
 """
-from minibnn.optim.base import FusedStep, Transform, chain
+from minibnn.optim.base import Chain, FusedStep, Transform, chain
 from minibnn.optim.filters import (add_decayed_weights, apply_updates, ema, flip, iir2,
                                    normalize_by_rms, scale_by_adam, scale_by_learning_rate,
                                    scale_by_schedule, trace)
@@ -17,8 +19,8 @@ from minibnn.optim.partition import Partition, partition
 from minibnn.optim.schedules import constant, cosine, linear, step_decay
 
 __all__ = [
-    "FusedStep", "Transform", "chain", "add_decayed_weights", "apply_updates", "ema", "flip",
-    "iir2", "normalize_by_rms", "scale_by_adam", "scale_by_learning_rate", "scale_by_schedule",
-    "trace", "adam", "bop", "bop2nd", "cema", "defaults", "second_order", "sgd", "Partition",
-    "partition", "constant", "cosine", "linear", "step_decay",
+    "Chain", "FusedStep", "Transform", "chain", "add_decayed_weights", "apply_updates", "ema",
+    "flip", "iir2", "normalize_by_rms", "scale_by_adam", "scale_by_learning_rate",
+    "scale_by_schedule", "trace", "adam", "bop", "bop2nd", "cema", "defaults", "second_order",
+    "sgd", "Partition", "partition", "constant", "cosine", "linear", "step_decay",
 ]

@@ -21,7 +21,9 @@ CUDA on CuPy arrays), else ``update``.  The fused step updates the state's buffe
 
 Parameters, gradients, streams and states are flat dicts ``name -> array`` (states nest one
 level per stage); everything is a plain array, so a state can be written to an HDF5 file and
-read back exactly.
+read back exactly.  A chain's ``update`` and a fused ``step`` check their arguments first
+(``checked``): gradients and state buffers with the parameters' names, shapes and dtypes,
+the state with the chain's stages (``minibnn.optim.checks``).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from typing import Any, Callable, NamedTuple
 from minibnn import kernels
 from minibnn.backend import get_array_module
 from minibnn.errors import MinibnnError
+from minibnn.optim.checks import check_like_params, check_state
 
 Params = dict[str, Any]
 State = dict[str, Any]
@@ -64,10 +67,30 @@ def uses_compiled(op: str, params: Params) -> bool:
     return bool(params) and kernels.has_compiled(op, next(iter(params.values())))
 
 
-def chain(**stages: Transform) -> Transform:
+@dataclass(frozen=True, kw_only=True)
+class Chain(Transform):
+    """``chain``'s transform; ``stages`` (a required keyword) names its state's keys in order."""
+
+    stages: tuple[str, ...]
+
+
+def checked(step: StepFn, stages: tuple[str, ...]) -> StepFn:
+    """``step`` behind the checks of its arguments: gradients (and the state's buffers) keyed,
+    shaped and typed like the parameters, the state holding exactly ``stages``."""
+
+    def run(grads: Params, state: State, params: Params) -> tuple[Params, State]:
+        check_like_params("gradients", grads, params)
+        check_state(state, stages, params)
+        return step(grads, state, params)
+
+    return run
+
+
+def chain(**stages: Transform) -> Chain:
     """Compose named transforms left to right; the state is ``{stage name: stage state}``."""
     if not stages:
         raise MinibnnError("chain needs at least one named stage")
+    names = tuple(stages)
 
     def init(params: Params) -> State:
         return {name: t.init(params) for name, t in stages.items()}
@@ -78,7 +101,7 @@ def chain(**stages: Transform) -> Transform:
             stream, new_state[name] = t.update(stream, state[name], params)
         return stream, new_state
 
-    return Transform(init, update)
+    return Chain(init, checked(update, names), stages=names)
 
 
 def array_module(tree: Params) -> Any:

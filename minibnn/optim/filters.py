@@ -26,11 +26,15 @@ import numpy as np
 
 from minibnn.errors import MinibnnError
 from minibnn.optim.base import Params, State, Transform, array_module, copy_tree, zeros_like_tree
+from minibnn.optim.checks import NONNEGATIVE, hyperparameter
 from minibnn.optim.schedules import Schedule, as_schedule
 
 
 def step_count(state: State) -> int:
     """Updates a filter has made so far (its schedules are evaluated at this count)."""
+    if "count" not in state:
+        raise MinibnnError(f"optimizer state has no step count: a stage's state has only "
+                           f"{sorted(state)} (pass the state from this optimizer's init)")
     return int(state["count"])
 
 
@@ -192,7 +196,7 @@ def normalize_by_rms(gamma: float, sigma: float, eps: float = 1e-10,
 
 def iir2(a1: float, a2: float, c: float, init: Params | None = None,
          init_previous: Params | None = None) -> Transform:
-    """General second-order filter ``v_t = a1 v_{t-1} + a2 v_{t-2} + c x_t`` (THEORY.md P4)."""
+    """General second-order filter ``v_t = a1 v_{t-1} + a2 v_{t-2} + c x_t`` (docs/theory.md P4)."""
 
     def init_fn(params: Params) -> State:
         return {"v1": _initial_buffer(params, init, "v_{t-1}"),
@@ -233,8 +237,7 @@ def flip(threshold: float = 0.0, tie: str = "keep") -> Transform:
     """
     if tie not in TIE_RULES:
         raise MinibnnError(f"unknown tie rule {tie!r}; expected one of {', '.join(TIE_RULES)}")
-    if threshold < 0:
-        raise MinibnnError(f"flip threshold must be >= 0, got {threshold}")
+    threshold = hyperparameter("flip", "threshold", threshold, NONNEGATIVE)
 
     def update(stream: Params, state: State, params: Params) -> tuple[Params, State]:
         xp = array_module(params)

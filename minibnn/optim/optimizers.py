@@ -2,7 +2,7 @@
 
 Latent-weight optimisers end in ``apply_updates`` (stage ``w``: they move real weights);
 filter optimisers end in ``flip`` (stage ``b``: they act on ``b in {-1, +1}`` directly).
-Reading the chains side by side shows THEORY.md's relations (stage names are the state keys,
+Reading the chains side by side shows docs/theory.md's relations (stage names are the state keys,
 fixed because checkpoints depend on them):
 
     sgd, decoupled (B): momentum=trace(mu), weight_decay=add_decayed_weights(lam),
@@ -32,33 +32,13 @@ from typing import Any, Callable
 
 from minibnn import kernels
 from minibnn.errors import MinibnnError
-from minibnn.optim.base import FusedStep, Params, State, StepFn, Transform, chain
+from minibnn.optim.base import Chain, FusedStep, Params, State, StepFn, Transform, chain, checked
+from minibnn.optim.checks import (FINITE, MOMENTUM, NONNEGATIVE, POSITIVE, RATE, UNIT,
+                                  hyperparameter)
 from minibnn.optim.filters import (add_decayed_weights, apply_updates, ema, flip, iir2,
                                    normalize_by_rms, scale_by_adam, scale_by_learning_rate,
                                    step_count, step_count_after, trace)
 from minibnn.optim.schedules import Schedule, as_schedule
-
-
-def _initial_value(value: float | Schedule) -> float:
-    return float(value(0)) if callable(value) else float(value)
-
-
-def _check_rate(name: str, value: float | Schedule) -> None:
-    """An EMA rate must lie in (0, 1]; a schedule is checked at its first value."""
-    v = _initial_value(value)
-    if not 0.0 < v <= 1.0:
-        raise MinibnnError(f"{name} must be in (0, 1], got {v}")
-
-
-def _check_nonnegative(name: str, value: float | Schedule) -> None:
-    v = _initial_value(value)
-    if v < 0.0:
-        raise MinibnnError(f"{name} must be >= 0, got {v}")
-
-
-def _check_momentum(name: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise MinibnnError(f"{name} must be in [0, 1), got {value}")
 
 
 def _bumped(state: State) -> State:
@@ -66,8 +46,9 @@ def _bumped(state: State) -> State:
     return {**state, "count": step_count_after(state)}
 
 
-def _with_fused(opt: Transform, op: str, step: StepFn) -> Transform:
-    return dataclasses.replace(opt, fused=FusedStep(op, step))
+def _with_fused(opt: Chain, op: str, step: StepFn) -> Chain:
+    """``opt`` with the fused ``step`` (behind the chain's argument checks) attached."""
+    return dataclasses.replace(opt, fused=FusedStep(op, checked(step, opt.stages)))
 
 
 def sgd(lr: float | Schedule = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
@@ -79,11 +60,10 @@ def sgd(lr: float | Schedule = 0.01, momentum: float = 0.0, weight_decay: float 
     (PyTorch's first buffer is ``m_1 = d_1``, undamped.)  Defaults: PyTorch's (momentum 0,
     no weight decay, coupled) with lr 0.01; ``minibnn train --optimizer sgd`` uses these too.
     """
-    _check_nonnegative("lr", lr)
-    _check_momentum("momentum", momentum)
-    _check_nonnegative("weight_decay", weight_decay)
-    if not 0.0 <= dampening <= 1.0:
-        raise MinibnnError(f"dampening must be in [0, 1], got {dampening}")
+    hyperparameter("sgd", "lr", lr, NONNEGATIVE)
+    momentum = hyperparameter("sgd", "momentum", momentum, MOMENTUM)
+    weight_decay = hyperparameter("sgd", "weight_decay", weight_decay, NONNEGATIVE)
+    dampening = hyperparameter("sgd", "dampening", dampening, UNIT)
     if decoupled:
         # w - eta (m + lam w) = (1 - eta lam) w - eta m
         opt = chain(momentum=trace(momentum, dampening),
@@ -119,10 +99,11 @@ def _sgd_step(lr: Schedule, momentum: float, weight_decay: float, decoupled: boo
 def adam(lr: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
          weight_decay: float = 0.0, decoupled: bool = False) -> Transform:
     """Adam (PyTorch's), with coupled L2 decay (``Adam``) or decoupled decay (``AdamW``)."""
-    _check_nonnegative("lr", lr)
-    _check_momentum("b1", b1)
-    _check_momentum("b2", b2)
-    _check_nonnegative("weight_decay", weight_decay)
+    hyperparameter("adam", "lr", lr, NONNEGATIVE)
+    b1 = hyperparameter("adam", "b1", b1, MOMENTUM)
+    b2 = hyperparameter("adam", "b2", b2, MOMENTUM)
+    eps = hyperparameter("adam", "eps", eps, NONNEGATIVE)
+    weight_decay = hyperparameter("adam", "weight_decay", weight_decay, NONNEGATIVE)
     if decoupled:
         opt = chain(adam=scale_by_adam(b1, b2, eps),
                     weight_decay=add_decayed_weights(weight_decay),
@@ -155,15 +136,15 @@ def _adam_step(lr: Schedule, b1: float, b2: float, eps: float, weight_decay: flo
 
 def cema(alpha: float | Schedule = 1e-3, gamma: float | Schedule = 0.1,
          init_state: dict[str, Params] | None = None, tie: str = "keep") -> Transform:
-    """The paper's filter optimiser (THEORY.md section 2) on binary weights ``b``.
+    """The paper's filter optimiser (docs/theory.md section 2) on binary weights ``b``.
 
     m_t = (1 - gamma_t) m_{t-1} + gamma_t g_t;  v_t = (1 - alpha_t) v_{t-1} + alpha_t m_t;
     flip b where v_t * b > 0 (``tie`` where v_t == 0: see ``flip``).  ``init_state =
     {"m": ..., "v": ...}`` sets the buffers (zero by default); see ``minibnn.theory`` for the
     state that matches a latent initialisation.  Defaults: the tuned MNIST values.
     """
-    _check_rate("alpha", alpha)
-    _check_rate("gamma", gamma)
+    hyperparameter("cema", "alpha", alpha, RATE)
+    hyperparameter("cema", "gamma", gamma, RATE)
     init_state = init_state or {}
     _check_state_keys(init_state, ("m", "v"))
     opt = chain(m=ema(gamma, init_state.get("m")), v=ema(alpha, init_state.get("v")),
@@ -192,10 +173,10 @@ def bop(threshold: float = 1e-8, gamma: float | Schedule = 1e-4) -> Transform:
     Ties ``m b == tau`` set ``b = +1``, larq's rule (``flip(tie="positive")``).  Defaults:
     larq's ``Bop(threshold=1e-8, gamma=1e-4)`` (``larq/optimizers.py``).
     """
-    _check_nonnegative("threshold", threshold)
-    _check_rate("gamma", gamma)
+    threshold = hyperparameter("bop", "threshold", threshold, NONNEGATIVE)
+    hyperparameter("bop", "gamma", gamma, RATE)
     opt = chain(m=ema(gamma), b=flip(threshold, tie="positive"))
-    return _with_fused(opt, "bop_update", _bop_step(float(threshold), as_schedule(gamma)))
+    return _with_fused(opt, "bop_update", _bop_step(threshold, as_schedule(gamma)))
 
 
 def _bop_step(threshold: float, gamma: Schedule) -> StepFn:
@@ -224,10 +205,10 @@ def bop2nd(threshold: float = 1e-6, gamma: float = 1e-6, sigma: float = 1e-2,
     sigma=1e-2)`` with eps 1e-10 (github.com/CuauSuarez/Bop2ndOrder,
     ``bnn_optimization/optimizers.py``).  No fused kernel: ``step`` runs the chain.
     """
-    _check_nonnegative("threshold", threshold)
-    _check_rate("gamma", gamma)
-    _check_rate("sigma", sigma)
-    _check_nonnegative("eps", eps)
+    threshold = hyperparameter("bop2nd", "threshold", threshold, NONNEGATIVE)
+    gamma = hyperparameter("bop2nd", "gamma", gamma, RATE)
+    sigma = hyperparameter("bop2nd", "sigma", sigma, RATE)
+    eps = hyperparameter("bop2nd", "eps", eps, NONNEGATIVE)
     return chain(rms=normalize_by_rms(gamma, sigma, eps, bias_correction),
                  b=flip(threshold, tie="positive"))
 
@@ -236,12 +217,13 @@ def second_order(a1: float, a2: float, c: float, init_state: dict[str, Params] |
                  ) -> Transform:
     """General second-order filter optimiser: ``v_t = a1 v_{t-1} + a2 v_{t-2} + c g_t``, flip on v.
 
-    Reproduces coupled SGD with momentum (A) for every ``(eta, mu, lam)`` (THEORY.md P4), with
+    Reproduces coupled SGD with momentum (A) for every ``(eta, mu, lam)`` (docs/theory.md P4), with
     ``a1 = 1 + mu - eta lam``, ``a2 = -mu``, ``c = eta lam``.  ``init_state = {"v1", "v2"}``.
     No fused kernel: ``step`` runs the chain.
     """
-    if c <= 0:
-        raise MinibnnError(f"c must be > 0, got {c}")
+    a1 = hyperparameter("second_order", "a1", a1, FINITE)
+    a2 = hyperparameter("second_order", "a2", a2, FINITE)
+    c = hyperparameter("second_order", "c", c, POSITIVE)
     init_state = init_state or {}
     _check_state_keys(init_state, ("v1", "v2"))
     return chain(v=iir2(a1, a2, c, init_state.get("v1"), init_state.get("v2")), b=flip(0.0))

@@ -12,6 +12,7 @@ from typing import Callable, Mapping
 
 from minibnn.errors import MinibnnError
 from minibnn.optim.base import Params, State, Transform
+from minibnn.optim.checks import check_keys, check_like_params
 
 
 def _split(optimizers: Mapping[str, Transform], label_of: Callable[[str], str],
@@ -29,6 +30,8 @@ def _split(optimizers: Mapping[str, Transform], label_of: Callable[[str], str],
 def _route(optimizers: Mapping[str, Transform], label_of: Callable[[str], str], method: str,
            grads: Params, state: State, params: Params) -> tuple[Params, State]:
     """Run ``getattr(opt, method)`` on each group and merge parameters and states."""
+    check_like_params("gradients", grads, params)
+    check_keys(state, list(optimizers), "groups")
     grad_groups = _split(optimizers, label_of, grads)
     param_groups = _split(optimizers, label_of, params)
     new_params: Params = {}
@@ -55,10 +58,21 @@ class Partition(Transform):
         return _route(self.optimizers, self.label_of, "step", grads, state, params)
 
 
+def _mapping_labels(labels: Mapping[str, str]) -> Callable[[str], str]:
+    """``labels[name]``, refusing a parameter the mapping does not label."""
+
+    def label_of(name: str) -> str:
+        if name not in labels:
+            raise MinibnnError(f"parameter {name!r} has no label (labelled: {sorted(labels)})")
+        return labels[name]
+
+    return label_of
+
+
 def partition(optimizers: Mapping[str, Transform],
               labels: Callable[[str], str] | Mapping[str, str]) -> Partition:
     """Apply ``optimizers[label(name)]`` to each parameter ``name``."""
-    label_of = labels.__getitem__ if isinstance(labels, Mapping) else labels
+    label_of = _mapping_labels(labels) if isinstance(labels, Mapping) else labels
     optimizers = dict(optimizers)
 
     def init(params: Params) -> State:

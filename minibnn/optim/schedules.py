@@ -11,6 +11,7 @@ import math
 from typing import Callable
 
 from minibnn.errors import MinibnnError
+from minibnn.optim.checks import hyperparameter
 
 Schedule = Callable[[int], float]
 
@@ -29,12 +30,14 @@ def _check_positive_int(name: str, value: int | None) -> None:
 
 def constant(value: float) -> Schedule:
     """``s(t) = value``."""
+    value = hyperparameter("constant", "value", value)
     return lambda count: value
 
 
 def linear(init: float, total_steps: int, end: float = 0.0,
            per_epoch_steps: int | None = None) -> Schedule:
     """Linear decay ``s(t) = init + (end - init) * min(t / total_steps, 1)``."""
+    init, end = hyperparameter("linear", "init", init), hyperparameter("linear", "end", end)
     _check_positive_int("total_steps", total_steps)
     _check_positive_int("per_epoch_steps", per_epoch_steps)
 
@@ -48,6 +51,7 @@ def linear(init: float, total_steps: int, end: float = 0.0,
 def cosine(init: float, total_steps: int, end: float = 0.0,
            per_epoch_steps: int | None = None) -> Schedule:
     """Cosine decay ``s(t) = end + (init - end) * (1 + cos(pi * min(t/T, 1))) / 2``."""
+    init, end = hyperparameter("cosine", "init", init), hyperparameter("cosine", "end", end)
     _check_positive_int("total_steps", total_steps)
     _check_positive_int("per_epoch_steps", per_epoch_steps)
 
@@ -61,6 +65,8 @@ def cosine(init: float, total_steps: int, end: float = 0.0,
 def step_decay(init: float, step_size: int, factor: float = 0.1,
                per_epoch_steps: int | None = None) -> Schedule:
     """Step decay ``s(t) = init * factor ** (t // step_size)`` (``step_size`` in steps)."""
+    init = hyperparameter("step_decay", "init", init)
+    factor = hyperparameter("step_decay", "factor", factor)
     _check_positive_int("step_size", step_size)
     _check_positive_int("per_epoch_steps", per_epoch_steps)
 
@@ -71,8 +77,11 @@ def step_decay(init: float, step_size: int, factor: float = 0.1,
 
 
 def as_schedule(value: float | Schedule) -> Schedule:
-    """Accept a number or a schedule and return a schedule."""
-    return value if callable(value) else constant(float(value))
+    """Accept a number or a schedule and return a schedule of Python floats (so a schedule
+    returning NumPy float64 scalars cannot promote float32 parameters)."""
+    if callable(value):
+        return lambda count: float(value(count))
+    return constant(float(value))
 
 
 SCHEDULE_NAMES = ("constant", "linear", "cosine", "step")
