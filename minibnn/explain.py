@@ -1,20 +1,28 @@
-"""``minibnn explain`` and ``minibnn verify``: the hyperparameter map of THEORY.md on the command line.
+"""``minibnn explain`` and ``minibnn verify``: the hyperparameter map of docs/theory.md.
 
     minibnn explain --lr 0.1 --momentum 0.9 --weight-decay 5e-4 [--decoupled] [--plot out.png]
     minibnn explain --alpha 1e-4 --gamma 1e-3 [--decoupled]        # the other direction
     minibnn verify [--examples N] [--only P3,P10]                  # from a checkout
 
 ``explain`` prints the CEMA rates (or the second-order filter when none exist), the poles and
-their memory in steps, the initial state matching a latent initialisation, and whether the
-textbook map ``alpha = lr*wd, gamma = 1 - momentum`` would be wrong; ``--plot`` draws both
-impulse responses overlaid (and the naive one when it differs).  ``verify`` runs the
-equivalence suite in ``verification/``, a folder of the source checkout that is not installed.
+what each one does (memory in steps, oscillation, integration or divergence), the initial
+state matching a latent initialisation, and whether the textbook map ``alpha = lr*wd,
+gamma = 1 - momentum`` would be wrong; ``--plot`` draws both impulse responses overlaid (and
+the naive one when it differs).  ``verify`` runs the equivalence suite in ``verification/``, a
+folder of the source checkout that is not installed.
+
+Every bad input (a non-finite or out-of-range number, an overflowing product, an unknown plot
+format, a missing output folder, a plot too large for this machine's memory) is refused up
+front, before anything is printed, with a one-line ``MinibnnError``.
 """
 from __future__ import annotations
 
 import argparse
+import cmath
 import importlib
 import math
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,45 +33,115 @@ from minibnn import theory
 from minibnn.errors import MinibnnError
 from minibnn.figures import save_figure
 
+#: where the properties cited in the output are stated and proved
+DOC = "docs/theory.md"
+
+#: bytes per step and per drawn line that matplotlib needs for a ``Line2D`` of float64 data: it
+#: keeps 32 (the (x, y) vertex array and the path made from it) and copies 16 more while
+#: building them; 48 is also the peak RSS per point and line measured with matplotlib 3.11
+#: saving PNG (PDF and SVG within 10%).
+MPL_BYTES_PER_POINT = 48
+
+#: bytes per step of the shared x axis (``t``, float64)
+AXIS_BYTES_PER_STEP = 8
+
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Options of ``minibnn explain``."""
     parser.description = ("Map latent-weight SGD hyperparameters to the equivalent gradient "
-                          "filter (CEMA alpha, gamma), or back with --alpha/--gamma (THEORY.md).")
+                          f"filter (CEMA alpha, gamma), or back with --alpha/--gamma ({DOC}).")
     parser.add_argument("--lr", type=float, default=None, help="latent SGD learning rate")
-    parser.add_argument("--momentum", type=float, default=0.0, help="latent SGD momentum mu")
-    parser.add_argument("--weight-decay", type=float, default=0.0, help="weight decay lambda")
+    parser.add_argument("--momentum", type=float, default=None,
+                        help="latent SGD momentum mu (default 0)")
+    parser.add_argument("--weight-decay", type=float, default=None,
+                        help="weight decay lambda (default 0)")
     parser.add_argument("--decoupled", action="store_true",
-                        help="decoupled weight decay (SGDW, THEORY (B)); default: PyTorch SGD's "
-                             "coupled L2 decay (THEORY (A))")
+                        help=f"decoupled weight decay (SGDW, {DOC} (B)); default: PyTorch SGD's "
+                             f"coupled L2 decay ({DOC} (A))")
     parser.add_argument("--alpha", type=float, default=None,
                         help="go the other way: CEMA's second rate (with --gamma)")
     parser.add_argument("--gamma", type=float, default=None, help="CEMA's first (momentum) rate")
     parser.add_argument("--plot", metavar="OUT.png", default=None,
-                        help="write both impulse responses, overlaid, to this PNG")
+                        help="write both impulse responses, overlaid, to this image (the "
+                             "format follows the extension: png, pdf, svg, ...)")
     parser.add_argument("--steps", type=int, default=None,
                         help="steps shown in the plot (default: 5 slow time constants)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the explanation for parsed ``args``; 0 on success (errors raise MinibnnError)."""
+    _check_finite_options(args)
     if args.alpha is not None or args.gamma is not None:
         if args.lr is not None:
             raise MinibnnError("give either --lr (latent -> filter) or --alpha/--gamma "
                                "(filter -> latent), not both")
         if args.alpha is None or args.gamma is None:
             raise MinibnnError("--alpha and --gamma go together")
+        latent_only = [opt for opt, value in (("--momentum", args.momentum),
+                                              ("--weight-decay", args.weight_decay),
+                                              ("--plot", args.plot), ("--steps", args.steps))
+                       if value is not None]
+        if latent_only:
+            verb, them = ("applies", "it") if len(latent_only) == 1 else ("apply", "them")
+            raise MinibnnError(f"{', '.join(latent_only)} only {verb} to a latent configuration "
+                               f"(--lr ...): drop {them} with --alpha/--gamma (the filter fixes "
+                               f"only momentum and lr*weight_decay, {DOC} P5)")
         print(explain_filter(args.alpha, args.gamma, args.decoupled))
         return 0
     if args.lr is None:
         raise MinibnnError("give --lr (with --momentum, --weight-decay), or --alpha and --gamma")
-    eq = theory.latent_to_filter(args.lr, args.momentum, args.weight_decay, args.decoupled)
-    print(explain_latent(eq))
+    if args.steps is not None and not args.plot:
+        raise MinibnnError("--steps sets the length of the plot: add --plot OUT.png")
+    momentum = 0.0 if args.momentum is None else args.momentum
+    weight_decay = 0.0 if args.weight_decay is None else args.weight_decay
+    _check_latent_options(args.lr, momentum, weight_decay)
     if args.plot:
-        steps = _plot_steps(eq, args.steps)
-        plot_impulse_responses(eq, args.plot, steps)
-        print(f"impulse responses ({steps} steps) written to {args.plot}")
+        check_plot_path(args.plot)
+    eq = theory.latent_to_filter(args.lr, momentum, weight_decay, args.decoupled)
+    if not args.plot:
+        print(explain_latent(eq))
+        return 0
+    steps = _plot_steps(eq, args.steps)
+    check_plot_memory(steps, _plot_lines(eq))
+    try:
+        responses = impulse_responses(eq, steps)  # refused here if one overflows
+        text = explain_latent(eq)
+        print(text)
+        plot_impulse_responses(eq, args.plot, steps, responses)
+    except MemoryError:
+        raise MinibnnError(f"out of memory computing or drawing {steps} steps (~"
+                           f"{_gib(plot_bytes(steps, _plot_lines(eq)))} GiB needed): pass a "
+                           "smaller --steps") from None
+    print(f"impulse responses ({steps} steps) written to {args.plot}")
     return 0
+
+
+def _check_finite_options(args: argparse.Namespace) -> None:
+    """argparse's ``float`` accepts ``inf`` and ``nan``: refuse them, naming the option."""
+    for opt, value in (("--lr", args.lr), ("--momentum", args.momentum),
+                       ("--weight-decay", args.weight_decay), ("--alpha", args.alpha),
+                       ("--gamma", args.gamma)):
+        if value is not None and not math.isfinite(value):
+            raise MinibnnError(f"{opt} must be a finite number, got {value}")
+
+
+def _check_latent_options(lr: float, momentum: float, weight_decay: float) -> None:
+    """Ranges and the product lr*weight_decay, in the options' own names."""
+    if lr <= 0:
+        raise MinibnnError(f"--lr must be > 0, got {_g(lr)}")
+    if not 0 <= momentum < 1:
+        raise MinibnnError(f"--momentum must be in [0, 1), got {_g(momentum)}")
+    if weight_decay < 0:
+        raise MinibnnError(f"--weight-decay must be >= 0, got {_g(weight_decay)}")
+    el = lr * weight_decay
+    if not math.isfinite(el):
+        raise MinibnnError(f"--lr {_g(lr)} times --weight-decay {_g(weight_decay)} overflows: "
+                           f"lr*weight_decay = {el} is not a finite number (only the product "
+                           f"matters, {DOC} P5: use values whose product is finite)")
+    if weight_decay > 0 and el == 0:
+        raise MinibnnError(f"--lr {_g(lr)} times --weight-decay {_g(weight_decay)} underflows "
+                           "to 0: alpha = lr*weight_decay would be 0 (use --weight-decay 0 for "
+                           "no decay, or a larger product)")
 
 
 def _g(x: Any) -> str:
@@ -76,14 +154,45 @@ def _pole_text(p: Any) -> str:
     return _g(p)
 
 
-def _memory(tau: float) -> str:
-    return "forever (integrator)" if math.isinf(tau) else f"{tau:.4g} steps"
+def pole_memory(pole: Any, tau: float | None = None) -> str:
+    """What a pole does to a gradient, in words: its memory, oscillation, or divergence.
+
+    ``tau`` is the pole's time constant in steps (``theory.time_constant(pole)`` when None;
+    ``FilterEquivalent.time_constants`` computes it from the rate, which is more accurate for a
+    pole that rounds to 1).  The categories:
+
+    * ``|p| > 1``: unstable, the response grows without bound;
+    * ``|p| < 1``: memory of ``tau`` steps; a negative pole alternates in sign every step, a
+      complex one oscillates with period ``2 pi / |arg p|`` steps; ``p = 0`` keeps nothing;
+    * ``p == 1``: an integrator, nothing is ever forgotten (weight decay 0);
+    * ``|p| == 1`` otherwise (e.g. ``p = -1``): oscillates forever without decaying.
+    """
+    p = complex(pole)
+    r = abs(p)
+    if not math.isfinite(r):
+        raise MinibnnError(f"the pole {pole} is not a finite number")
+    if r > 1:
+        return "unstable: |pole| > 1, the filter diverges"
+    if tau is None:
+        tau = theory.time_constant(pole)
+    if math.isfinite(tau):
+        if r == 0:
+            return "memory 0 steps (pole 0 keeps nothing)"
+        text = f"memory {tau:.4g} steps"
+        if p.imag != 0:
+            return text + f", oscillating with period {2 * math.pi / abs(cmath.phase(p)):.4g} steps"
+        if p.real < 0:
+            return text + ", alternating in sign every step"
+        return text
+    if p == 1:
+        return "memory forever (integrator: pole 1, nothing is forgotten)"
+    return "no decay: |pole| = 1 but pole != 1, the filter oscillates forever without decaying"
 
 
 def explain_latent(eq: theory.FilterEquivalent) -> str:
     """The human-readable explanation of a latent configuration."""
-    view = ("decoupled weight decay (SGDW, THEORY (B))" if eq.decoupled
-            else "coupled weight decay (PyTorch SGD, THEORY (A))")
+    view = (f"decoupled weight decay (SGDW, {DOC} (B))" if eq.decoupled
+            else f"coupled weight decay (PyTorch SGD, {DOC} (A))")
     lines = [f"latent SGD: lr={_g(eq.lr)}, momentum={_g(eq.momentum)}, "
              f"weight_decay={_g(eq.weight_decay)}, {view}"]
     if eq.exact:
@@ -93,23 +202,33 @@ def explain_latent(eq: theory.FilterEquivalent) -> str:
     lines.append(f"  why: {eq.reason}")
     lines.append(f"second-order form: v_t = {_g(eq.a1)} v_(t-1) {_signed(eq.a2)} v_(t-2) + "
                  f"{_g(eq.c)} g_t, with v = -{_g(eq.v_scale)} * w (reproduces it exactly)")
-    taus = eq.time_constants
-    lines.append(f"poles: {_pole_text(eq.poles[0])}, {_pole_text(eq.poles[1])}; memory "
-                 f"{_memory(taus[0])} and {_memory(taus[1])}")
+    texts = [_pole_text(p) for p in eq.poles]
+    lines.append(f"poles: {texts[0]}, {texts[1]}")
+    for text, pole, tau in zip(texts, eq.poles, eq.time_constants):
+        lines.append(f"  {text}: {pole_memory(pole, tau)}")
     if eq.exact:
         state = ("m0 = 0, v0 = -{k} * w0" if (eq.decoupled or eq.momentum == 0)
                  else "m0 = v0 = -{k} * w0")
         lines.append("initial state matching a latent init w0: " + state.format(k=_g(eq.v_scale)))
-        lines.append("lr schedule: " + ("exact as the same schedule on alpha (THEORY P7)"
+        lines.append("lr schedule: " + (f"exact as the same schedule on alpha ({DOC} P7)"
                                         if eq.schedule_exact else
                                         "only approximate as an alpha schedule under coupled "
-                                        "decay with constant momentum (THEORY P7)"))
+                                        f"decay with constant momentum ({DOC} P7)"))
     lines.append(_naive_text(eq))
     if eq.weight_decay > 0:
-        lines.append(f"only lr*weight_decay = {_g(eq.lr * eq.weight_decay)} and w0/lr matter "
-                     f"(THEORY P5): lr={_g(eq.lr * 10)}, weight_decay="
-                     f"{_g(eq.weight_decay / 10)} with w0 scaled by 10 flips the same weights")
+        lines.append(_scale_text(eq))
     return "\n".join(lines)
+
+
+def _scale_text(eq: theory.FilterEquivalent) -> str:
+    """P5: ``(lr, wd, w0) -> (c lr, wd / c, c w0)`` flips the same weights (c = 10, or 1/10)."""
+    head = f"only lr*weight_decay = {_g(eq.lr * eq.weight_decay)} and w0/lr matter ({DOC} P5)"
+    lr, wd = float(eq.lr), float(eq.weight_decay)
+    for c, scaled in ((10, "scaled by 10"), (0.1, "divided by 10")):
+        if math.isfinite(lr * c) and lr * c > 0 and math.isfinite(wd / c) and wd / c > 0:
+            return (f"{head}: lr={_g(lr * c)}, weight_decay={_g(wd / c)} with w0 {scaled} "
+                    "flips the same weights")
+    return head
 
 
 def _signed(x: Any) -> str:
@@ -131,7 +250,13 @@ def _naive_text(eq: theory.FilterEquivalent) -> str:
 
 def explain_filter(alpha: float, gamma: float, decoupled: bool) -> str:
     """The latent configurations equivalent to CEMA ``(alpha, gamma)``."""
+    for opt, value in (("--alpha", alpha), ("--gamma", gamma)):
+        if not (math.isfinite(value) and 0 < value <= 1):
+            raise MinibnnError(f"{opt} must be in (0, 1], got {_g(value)}")
     back = theory.filter_to_latent(alpha, gamma, decoupled=decoupled)
+    if back.lr_times_weight_decay == 0:
+        raise MinibnnError(f"--alpha {_g(alpha)} times --gamma {_g(gamma)} underflows to 0: "
+                           "lr*weight_decay would be 0 (no decay); use larger rates")
     view = "SGDW (decoupled)" if decoupled else "PyTorch SGD (coupled)"
     lines = [f"CEMA alpha = {_g(alpha)}, gamma = {_g(gamma)} equals {view} with "
              f"momentum = {_g(back.momentum)} and lr * weight_decay = "
@@ -140,8 +265,89 @@ def explain_filter(alpha: float, gamma: float, decoupled: bool) -> str:
     for lr in (1.0, 0.1, 0.01):
         lines.append(f"  e.g. lr = {_g(lr)}, weight_decay = {_g(back.lr_times_weight_decay / lr)}")
     if not decoupled:
-        lines.append("  (coupled: exact for a constant lr only, THEORY P7)")
+        lines.append(f"  (coupled: exact for a constant lr only, {DOC} P7)")
     return "\n".join(lines)
+
+
+def supported_plot_formats() -> dict[str, str]:
+    """Extensions matplotlib can save (``{ext: description}``), from its own canvas."""
+    from matplotlib.figure import Figure
+
+    return dict(Figure().canvas.get_supported_filetypes())
+
+
+def check_plot_path(path: str | Path) -> Path:
+    """Refuse, before any work, a plot path matplotlib cannot write: unknown or missing
+    extension, a folder, a missing or read-only folder, pgf without its TeX program."""
+    p = Path(path)
+    formats = supported_plot_formats()
+    listed = ", ".join(sorted(formats))
+    ext = p.suffix[1:].lower()
+    if not ext:
+        raise MinibnnError(f"--plot {path} has no extension to pick the image format from: "
+                           f"add one of {listed}")
+    if ext not in formats:
+        raise MinibnnError(f"--plot {path}: unknown image format .{ext}; supported: {listed}")
+    if p.is_dir():
+        raise MinibnnError(f"--plot {path} is a folder: give a file name, e.g. "
+                           f"{p / ('impulse.' + ext)}")
+    folder = p.parent
+    if not folder.exists():
+        raise MinibnnError(f"--plot {path}: the folder {folder} does not exist")
+    if not folder.is_dir():
+        raise MinibnnError(f"--plot {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise MinibnnError(f"--plot {path}: the folder {folder} is not writable")
+    if ext == "pgf":
+        import matplotlib
+
+        tex = matplotlib.rcParams["pgf.texsystem"]
+        if shutil.which(tex) is None:
+            raise MinibnnError(f"--plot {path}: .pgf needs {tex} (LaTeX), which is not "
+                               "installed; pick another format, e.g. .pdf or .svg")
+    return p
+
+
+def _plot_lines(eq: theory.FilterEquivalent) -> int:
+    """Lines the plot draws: latent, its filter, and the naive CEMA when it differs."""
+    return 2 + _draws_naive(eq)
+
+
+def _draws_naive(eq: theory.FilterEquivalent) -> bool:
+    alpha, gamma = eq.naive
+    return not eq.naive_is_exact and 0 < alpha <= 1 and 0 < gamma <= 1
+
+
+def plot_bytes(steps: int, lines: int) -> int:
+    """Peak bytes ``plot_impulse_responses`` needs for ``steps`` steps and ``lines`` lines.
+
+    Per step: the x axis (float64), and per line its response (``theory``'s float64 output,
+    ``theory.RESPONSE_BYTES_PER_STEP``) plus what matplotlib holds to draw and save it.
+    """
+    per_line = theory.RESPONSE_BYTES_PER_STEP + MPL_BYTES_PER_POINT
+    return steps * (AXIS_BYTES_PER_STEP + lines * per_line)
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _gib(n: float) -> str:
+    g = n / 2 ** 30
+    return f"{g:.0f}" if g >= 10 else f"{g:.2g}"
+
+
+def check_plot_memory(steps: int, lines: int) -> None:
+    """Refuse ``--steps`` whose responses and plot cannot fit in this machine's memory."""
+    need, have = plot_bytes(steps, lines), physical_memory()
+    if have is not None and need > have:
+        raise MinibnnError(f"--steps {steps} needs ~{_gib(need)} GiB of memory for the "
+                           f"responses and their plot (this machine has {_gib(have)} GiB): "
+                           f"pass at most --steps {max(have // plot_bytes(1, lines), 2)}")
 
 
 def _plot_steps(eq: theory.FilterEquivalent, steps: int | None) -> int:
@@ -153,45 +359,81 @@ def _plot_steps(eq: theory.FilterEquivalent, steps: int | None) -> int:
     return int(min(max(5 * slow, 50), 5000)) if math.isfinite(slow) else 500
 
 
-def plot_impulse_responses(eq: theory.FilterEquivalent, path: str | Path, steps: int) -> None:
-    """Both views' responses to one unit gradient (and the naive CEMA's, if it differs)."""
+def _check_response(name: str, response: np.ndarray, eq: theory.FilterEquivalent) -> None:
+    """An unstable filter's response overflows float64: say after how many steps."""
+    finite = np.isfinite(response)
+    if not finite.all():
+        k = int(np.argmin(finite))  # steps 1..k are finite
+        r = max(abs(complex(p)) for p in eq.poles)
+        fix = (f"pass --steps {k} or fewer" if k >= 2 else "it cannot be drawn")
+        raise MinibnnError(f"the {name} impulse response overflows float64 after {k} steps "
+                           f"(unstable: |pole| = {r:.4g} > 1): {fix}")
+
+
+def impulse_responses(eq: theory.FilterEquivalent, steps: int) -> list[tuple[np.ndarray, dict]]:
+    """The plotted responses with their line styles: latent SGD, its exact filter (CEMA or
+    second order) and the naive CEMA when it differs; an overflowing one is refused."""
+    latent = theory.latent_impulse_response(eq.lr, eq.momentum, eq.weight_decay, eq.decoupled,
+                                            steps)
+    _check_response("latent", latent, eq)
+    out = [(latent, dict(lw=3, alpha=0.5, label=f"latent SGD, -{_g(eq.v_scale)} w_t"))]
+    if eq.exact:
+        filt = theory.filter_impulse_response(eq.alpha, eq.gamma, steps)
+        label = f"CEMA alpha={_g(eq.alpha)}, gamma={_g(eq.gamma)}"
+    else:
+        filt = theory.second_order_impulse_response(eq.a1, eq.a2, eq.c, steps)
+        label = "second-order filter"
+    _check_response("filter", filt, eq)
+    out.append((filt, dict(fmt="k--", lw=1, label=label)))
+    if _draws_naive(eq):
+        # Every CEMA has unit DC gain, as does the latent response: the shapes compare directly.
+        naive = theory.filter_impulse_response(*eq.naive, steps)
+        out.append((naive, dict(fmt=":", color="tab:red", label="naive CEMA (lr*wd, 1-momentum)")))
+    return out
+
+
+def plot_impulse_responses(eq: theory.FilterEquivalent, path: str | Path, steps: int,
+                           responses: list[tuple[np.ndarray, dict]] | None = None) -> None:
+    """Both views' responses to one unit gradient (and the naive CEMA's, if it differs).
+
+    ``responses`` are ``impulse_responses(eq, steps)``, computed here when None.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t = np.arange(1, steps + 1)
-    latent = theory.latent_impulse_response(eq.lr, eq.momentum, eq.weight_decay, eq.decoupled,
-                                            steps)
+    if responses is None:
+        responses = impulse_responses(eq, steps)
+    t = np.arange(1, steps + 1, dtype=np.float64)  # float: matplotlib then keeps no x copy
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(t, latent, lw=3, alpha=0.5, label=f"latent SGD, -{_g(eq.v_scale)} w_t")
-    if eq.exact:
-        ax.plot(t, theory.filter_impulse_response(eq.alpha, eq.gamma, steps), "k--", lw=1,
-                label=f"CEMA alpha={_g(eq.alpha)}, gamma={_g(eq.gamma)}")
-    else:
-        ax.plot(t, theory.second_order_impulse_response(eq.a1, eq.a2, eq.c, steps), "k--", lw=1,
-                label="second-order filter")
-    alpha, gamma = eq.naive
-    if not eq.naive_is_exact and 0 < alpha <= 1 and 0 < gamma <= 1:
-        naive = theory.filter_impulse_response(alpha, gamma, steps)
-        # Every CEMA has unit DC gain, as does the latent response: the shapes compare directly.
-        ax.plot(t, naive, ":", color="tab:red", label="naive CEMA (lr*wd, 1-momentum)")
-    ax.set_xlabel("steps after a unit gradient")
-    ax.set_ylabel("filter state v (sign decides b = -sign v)")
-    ax.set_title("impulse response: latent view vs filter view")
-    ax.legend()
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
+    try:
+        for y, style in responses:
+            style = dict(style)
+            ax.plot(t, y, *([style.pop("fmt")] if "fmt" in style else []), **style)
+        ax.set_xlabel("steps after a unit gradient")
+        ax.set_ylabel("filter state v (sign decides b = -sign v)")
+        ax.set_title("impulse response: latent view vs filter view")
+        ax.legend(loc="upper right")  # "best" scans every point: slow for a long plot
+        fig.tight_layout()
+    except BaseException:
+        plt.close(fig)
+        raise
+    try:
+        save_figure(fig, path, dpi=120)
+    except (RuntimeError, ValueError) as exc:  # e.g. a format's external program failed
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise MinibnnError(f"cannot write plot {path}: {first}") from None
 
 
 def configure_verify_parser(parser: argparse.ArgumentParser) -> None:
     """Options of ``minibnn verify`` (the same as ``python -m verification``)."""
-    parser.description = ("Run the equivalence suite of THEORY.md (P1-P10) from the verification/ "
+    parser.description = (f"Run the equivalence suite of {DOC} (P1-P10) from the verification/ "
                           "folder of a minibnn checkout.")
     parser.add_argument("--examples", type=int, default=None, metavar="N",
                         help="hypothesis examples per property (default: each property's own)")
     parser.add_argument("--only", default=None, metavar="P3[,P10]",
-                        help="comma-separated property ids to check")
+                        help="comma-separated property ids to check (P1 ... P10)")
     parser.add_argument("--random", action="store_true",
                         help="draw fresh random examples (default: derandomised, reproducible)")
 
@@ -211,5 +453,9 @@ def _import_verification() -> Any:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    """Run the suite; exit status 0 if every property holds, 1 otherwise."""
+    """Run the suite; exit status 0 if every property holds, 1 otherwise.
+
+    Bad options (an empty or unknown ``--only``, ``--examples`` < 1) raise ``MinibnnError``
+    from ``verification.runner``, which ``minibnn``'s main prints as one line (exit 2).
+    """
     return _import_verification().run_from_args(args)

@@ -1,4 +1,4 @@
-"""The latent <-> filter hyperparameter map of THEORY.md (Quist, Li & van Gemert, ICLR 2023).
+"""The latent <-> filter hyperparameter map of docs/theory.md (Quist, Li & van Gemert, 2023).
 
 A binary weight only sees ``sign(w)`` of its latent weight, so latent SGD matters only through
 the linear filter it applies to the gradient stream.  Written with ``v = -k w`` (``k > 0``):
@@ -44,9 +44,9 @@ class FilterEquivalent:
     ``alpha``/``gamma`` are set (and ``exact`` is True) when a CEMA reproduces every sign of
     the latent run; otherwise they are None and ``reason`` says why.  The second-order filter
     ``v_t = a1 v_{t-1} + a2 v_{t-2} + c g_t`` with ``v = -v_scale * w`` reproduces the latent
-    run for every constant learning rate (THEORY P4); ``poles`` are its two poles (complex when
-    no real cascade exists).  ``schedule_exact`` says whether decaying ``lr`` is exactly the
-    same as decaying ``alpha`` by the same factor (THEORY P7).
+    run for every constant learning rate (docs/theory.md P4); ``poles`` are its two poles
+    (complex when no real cascade exists).  ``schedule_exact`` says whether decaying ``lr`` is
+    exactly the same as decaying ``alpha`` by the same factor (docs/theory.md P7).
     """
 
     lr: Number
@@ -66,7 +66,14 @@ class FilterEquivalent:
 
     @property
     def time_constants(self) -> tuple[float, float]:
-        """Memory of each pole in steps, ``-1 / ln|p|`` (0 for p = 0, inf for |p| >= 1)."""
+        """Memory of each pole in steps, ``-1 / ln|p|`` (0 for p = 0, inf for |p| >= 1).
+
+        When a CEMA exists the poles are ``1 - alpha`` and ``1 - gamma``: the memory is then
+        computed from the rates (``-1 / log1p(-rate)``), which stays accurate for a rate so
+        small that ``1 - rate`` rounds to 1 (the pole would read as an integrator).
+        """
+        if self.exact:
+            return _rate_time_constant(self.alpha), _rate_time_constant(self.gamma)
         return time_constant(self.poles[0]), time_constant(self.poles[1])
 
     @property
@@ -85,7 +92,7 @@ class LatentEquivalent:
     """Latent-SGD hyperparameters reproducing a CEMA ``(alpha, gamma)``.
 
     Only the product ``lr * weight_decay`` is identified by the filter: one of ``lr`` and
-    ``weight_decay`` is free (THEORY P5), so both are None unless one was given.
+    ``weight_decay`` is free (docs/theory.md P5), so both are None unless one was given.
     """
 
     alpha: Number
@@ -102,7 +109,7 @@ def _check_real(name: str, value: Any) -> Number:
     """A finite real number (bool, complex, NaN, inf and schedules are refused)."""
     if callable(value):
         raise MinibnnError(f"{name} must be a number, not a schedule: pass its initial value "
-                           f"(under P1/P2 alpha follows the same schedule, THEORY P7)")
+                           f"(under P1/P2 alpha follows the same schedule, docs/theory.md P7)")
     if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
         raise MinibnnError(f"{name} must be a real number, got {value!r}")
     if isinstance(value, (float, np.floating)) and not math.isfinite(value):
@@ -150,6 +157,47 @@ def time_constant(pole: Any) -> float:
     return -1.0 / math.log(r)
 
 
+def _rate_time_constant(rate: Number) -> float:
+    """``time_constant(1 - rate)`` for a rate in (0, 1], without rounding ``1 - rate``."""
+    rate = float(rate)
+    return 0.0 if rate >= 1 else -1.0 / math.log1p(-rate)
+
+
+def _finite(x: Any) -> bool:
+    """False for a float (or complex) inf or NaN; Fractions and ints are always finite."""
+    if isinstance(x, complex):
+        return math.isfinite(x.real) and math.isfinite(x.imag)
+    if isinstance(x, (float, np.floating)):
+        return math.isfinite(x)
+    return True
+
+
+def _check_product(lr: Number, lam: Number) -> Number:
+    """``lr * weight_decay``, refused when a float product over- or underflows."""
+    el = lr * lam
+    if not _finite(el):
+        raise MinibnnError(f"lr*weight_decay = {float(lr):g} * {float(lam):g} overflows to "
+                           f"{el}: no filter with a finite rate exists (only the product "
+                           "matters, docs/theory.md P5)")
+    if lam > 0 and el == 0:
+        raise MinibnnError(f"lr*weight_decay = {float(lr):g} * {float(lam):g} underflows to 0: "
+                           "the rate alpha would be 0 (pass weight_decay = 0 for no decay)")
+    return el
+
+
+def _check_finite_filter(eq: FilterEquivalent) -> FilterEquivalent:
+    """Last line of defence: every number of the result is finite (no inf, no NaN)."""
+    fields = dict(alpha=eq.alpha, gamma=eq.gamma, a1=eq.a1, a2=eq.a2, c=eq.c,
+                  v_scale=eq.v_scale, pole=eq.poles[0], other_pole=eq.poles[1])
+    bad = [k for k, v in fields.items() if v is not None and not _finite(v)]
+    if bad:
+        raise MinibnnError(f"lr = {float(eq.lr):g}, momentum = {float(eq.momentum):g}, "
+                           f"weight_decay = {float(eq.weight_decay):g} give a filter that is "
+                           f"not finite in float64 "
+                           f"({', '.join(f'{k} = {fields[k]}' for k in bad)})")
+    return eq
+
+
 def naive_map(lr: Number, momentum: Number, weight_decay: Number) -> tuple[Number, Number]:
     """``alpha = lr*weight_decay``, ``gamma = 1 - momentum`` (exact only for (B) or mu = 0)."""
     lr, momentum, weight_decay = _check_latent(lr, momentum, weight_decay)
@@ -160,23 +208,24 @@ def latent_to_filter(lr: Number, momentum: Number = 0.0, weight_decay: Number = 
                      decoupled: bool = False) -> FilterEquivalent:
     """The CEMA ``(alpha, gamma)`` (or second-order filter) equivalent to latent SGD.
 
-    ``decoupled=False`` is PyTorch's ``SGD`` (THEORY (A)), ``True`` is SGDW (THEORY (B)).
+    ``decoupled=False`` is PyTorch's ``SGD`` (docs/theory.md (A)), ``True`` is SGDW
+    (docs/theory.md (B)).
     """
     lr, mu, lam = _check_latent(lr, momentum, weight_decay)
-    el = lr * lam
+    el = _check_product(lr, lam)
     common = dict(lr=lr, momentum=mu, weight_decay=lam, decoupled=bool(decoupled))
     if lam == 0:
         # w_t = w_0 - eta * sum(m): an integrator (pole 1) behind the momentum pole; v = -w.
-        # Coupled and decoupled coincide.  No EMA rate alpha > 0 exists (THEORY P6).
+        # Coupled and decoupled coincide.  No EMA rate alpha > 0 exists (docs/theory.md P6).
         return FilterEquivalent(
             **common, alpha=None, gamma=None, exact=False,
             reason=("weight_decay = 0: alpha = lr*weight_decay = 0, the latent weight is an "
-                    "integrator and w0/lr acts as a per-weight flip threshold (THEORY P6); "
-                    "the second-order filter (pole 1) reproduces it"),
+                    "integrator and w0/lr acts as a per-weight flip threshold "
+                    "(docs/theory.md P6); the second-order filter (pole 1) reproduces it"),
             a1=1 + mu, a2=-mu, c=lr, v_scale=1, poles=(1, mu), schedule_exact=True)
     if decoupled or mu == 0:
-        return _first_order_cascade(el, mu, lam, common)
-    return _coupled_momentum(el, mu, lam, common)
+        return _check_finite_filter(_first_order_cascade(el, mu, lam, common))
+    return _check_finite_filter(_coupled_momentum(el, mu, lam, common))
 
 
 def _first_order_cascade(el: Number, mu: Number, lam: Number, common: dict) -> FilterEquivalent:
@@ -212,15 +261,30 @@ def _coupled_momentum(el: Number, mu: Number, lam: Number, common: dict) -> Filt
         return FilterEquivalent(
             **common, **second, alpha=alpha, gamma=gamma, exact=True, poles=(1 - alpha, 1 - gamma),
             reason=("P3 (coupled, real poles): exact for a constant lr with m0 = v0 = "
-                    "-weight_decay*w0; an lr schedule is only approximate (THEORY P7)"))
+                    "-weight_decay*w0; an lr schedule is only approximate (docs/theory.md P7)"))
     if disc < 0:
         root = cmath.sqrt(-disc) * 1j
         poles = ((second["a1"] + root) / 2, (second["a1"] - root) / 2)
         why = (f"complex poles (lr*weight_decay = {float(el):g} > (1 - sqrt(momentum))^2 = "
-               f"{(1 - math.sqrt(mu)) ** 2:g}): no cascade of two real EMAs exists (THEORY P4)")
+               f"{(1 - math.sqrt(mu)) ** 2:g}): no cascade of two real EMAs exists "
+               "(docs/theory.md P4)")
     else:
-        root = math.sqrt(disc)
-        poles = ((second["a1"] + root) / 2, (second["a1"] - root) / 2)
+        # Both poles negative (a1 < 0).  For a huge el, s*s overflows: then scale by |a1|.
+        # The large pole is a1/2 - root/2 (no cancellation, no overflow); the small one is
+        # mu / large (the product of the poles is mu > 0), not (a1 + root)/2, which cancels.
+        try:
+            a1 = float(second["a1"])
+        except OverflowError:  # a Fraction beyond float range
+            raise MinibnnError("lr*weight_decay is beyond float64 range (about 1.8e308): the "
+                               "poles are not representable") from None
+        try:
+            root = math.sqrt(disc)
+        except OverflowError:
+            root = math.inf
+        if not _finite(root):
+            root = abs(a1) * math.sqrt(max(0.0, 1 - 4 * (float(mu) / a1) / a1))
+        large = a1 / 2 - root / 2
+        poles = (float(mu) / large, large)
         why = (f"negative real poles (lr*weight_decay = {float(el):g} >= (1 + sqrt(momentum))^2):"
                " EMA rates would exceed 1")
     return FilterEquivalent(**common, **second, alpha=None, gamma=None, exact=False, poles=poles,
@@ -239,7 +303,7 @@ def filter_to_latent(alpha: Number, gamma: Number, decoupled: bool = True, lr: N
         mu, el = 1 - gamma, alpha
     else:
         mu, el = (1 - alpha) * (1 - gamma), alpha * gamma
-    free = "only lr*weight_decay is identified by the filter (THEORY P5)"
+    free = "only lr*weight_decay is identified by the filter (docs/theory.md P5)"
     if lr is not None and weight_decay is not None:
         raise MinibnnError(f"give lr or weight_decay, not both: {free}")
     if lr is not None:
@@ -295,12 +359,16 @@ def matched_second_order_state(w0: Any, lr: Number, momentum: Number, weight_dec
     return v0, (decay - eq.a1) * v0 / eq.a2
 
 
-def _impulse(n: int) -> np.ndarray:
-    if not isinstance(n, (int, np.integer)) or n < 1:
+def _steps(n: int) -> int:
+    """A validated response length (the impulse ``g = (1, 0, 0, ...)`` is never stored)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise MinibnnError(f"n must be a positive integer, got {n!r}")
-    g = np.zeros(int(n))
-    g[0] = 1.0
-    return g
+    return int(n)
+
+
+#: bytes one impulse response needs per step: its float64 output array (the input impulse is
+#: not stored and the recursions keep O(1) state), see ``explain`` for the plot's total.
+RESPONSE_BYTES_PER_STEP = 8
 
 
 def latent_impulse_response(lr: Number, momentum: Number, weight_decay: Number, decoupled: bool,
@@ -308,40 +376,47 @@ def latent_impulse_response(lr: Number, momentum: Number, weight_decay: Number, 
     """``-v_scale * w_t``, t = 1..n, of latent SGD from zero state after a unit gradient at t = 1."""
     eq = latent_to_filter(lr, momentum, weight_decay, decoupled)
     lr, mu, lam = float(eq.lr), float(eq.momentum), float(eq.weight_decay)
+    scale = -float(eq.v_scale)
+    out = np.empty(_steps(n))
     w = m = 0.0
-    out = []
-    for g in _impulse(n):
+    g = 1.0
+    for t in range(out.size):
         if decoupled:
             m = mu * m + g
             w = (1 - lr * lam) * w - lr * m
         else:
             m = mu * m + g + lam * w
             w = w - lr * m
-        out.append(-float(eq.v_scale) * w)
-    return np.array(out)
+        out[t] = scale * w
+        g = 0.0
+    return out
 
 
 def filter_impulse_response(alpha: Number, gamma: Number, n: int) -> np.ndarray:
     """CEMA ``v_t``, t = 1..n, from zero buffers after a unit gradient at t = 1."""
     alpha, gamma = float(_check_rate("alpha", alpha)), float(_check_rate("gamma", gamma))
+    out = np.empty(_steps(n))
     m = v = 0.0
-    out = []
-    for g in _impulse(n):
+    g = 1.0
+    for t in range(out.size):
         m = (1 - gamma) * m + gamma * g
         v = (1 - alpha) * v + alpha * m
-        out.append(v)
-    return np.array(out)
+        out[t] = v
+        g = 0.0
+    return out
 
 
 def second_order_impulse_response(a1: Number, a2: Number, c: Number, n: int) -> np.ndarray:
     """``v_t = a1 v_{t-1} + a2 v_{t-2} + c g_t``, t = 1..n, after a unit gradient at t = 1."""
     a1, a2, c = (float(_check_real(k, x)) for k, x in (("a1", a1), ("a2", a2), ("c", c)))
+    out = np.empty(_steps(n))
     v1 = v2 = 0.0
-    out = []
-    for g in _impulse(n):
+    g = 1.0
+    for t in range(out.size):
         v1, v2 = a1 * v1 + a2 * v2 + c * g, v1
-        out.append(v1)
-    return np.array(out)
+        out[t] = v1
+        g = 0.0
+    return out
 
 
 def _unit_circle(freqs: Sequence[float] | np.ndarray) -> np.ndarray:

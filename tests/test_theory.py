@@ -84,6 +84,41 @@ def test_time_constants():
     assert tau_fast == 0.0 and tau_slow == pytest.approx(1 / 0.001, rel=1e-3)
 
 
+def test_time_constant_of_a_rate_whose_pole_rounds_to_one():
+    eq = theory.latent_to_filter(1e-17, 0.9, 1.0, decoupled=True)
+    assert eq.poles[0] == 1.0  # 1 - 1e-17 in float64, but weight decay is on: not an integrator
+    assert eq.time_constants[0] == pytest.approx(1e17, rel=1e-12)
+    assert theory.time_constant(-1.593) == math.inf and theory.time_constant(0) == 0.0
+
+
+def test_product_overflow_and_underflow_are_refused():
+    with pytest.raises(MinibnnError, match="overflows"):
+        theory.latent_to_filter(1e308, 0.5, 1e308)
+    with pytest.raises(MinibnnError, match="underflows"):
+        theory.latent_to_filter(1e-300, 0.5, 1e-300, decoupled=True)
+
+
+def test_negative_poles_stay_finite_and_accurate():
+    eq = theory.latent_to_filter(1e200, 0.5, 1e100)  # s*s would overflow
+    small, large = eq.poles
+    assert large == pytest.approx(-1e300) and small * large == pytest.approx(0.5)
+    eq = theory.latent_to_filter(3, 0.5, 1.0)  # the pole -1 lands exactly
+    assert eq.poles == (-0.5, -1.0)
+    eq = theory.latent_to_filter(3, Q(1, 4), 1)
+    assert eq.poles[0] * eq.poles[1] == pytest.approx(0.25)
+    assert eq.poles[1] == pytest.approx(-1.5930703308172536)
+
+
+def test_impulse_responses_are_float64_arrays_of_n():
+    for r in (theory.latent_impulse_response(0.1, 0.9, 0.5, False, 7),
+              theory.filter_impulse_response(0.5, 0.5, 7),
+              theory.second_order_impulse_response(0.5, -0.1, 1.0, 7)):
+        assert r.dtype == np.float64 and r.shape == (7,)
+    np.testing.assert_array_equal(theory.filter_impulse_response(1, 1, 3), [1, 0, 0])
+    with pytest.raises(MinibnnError):
+        theory.filter_impulse_response(0.5, 0.5, True)
+
+
 @given(rates, rates, st.fractions(0, 10, max_denominator=16).filter(lambda x: x > 0))
 def test_round_trip_decoupled(alpha, gamma, lr):
     back = theory.filter_to_latent(alpha, gamma, decoupled=True, lr=lr)
@@ -230,7 +265,8 @@ def test_explain_prints_map_poles_and_naive_verdict(capsys, tmp_path):
     assert explain.run(args) == 0
     out = capsys.readouterr().out
     assert "alpha = 0.000502272" in out and "gamma = 0.0995477" in out
-    assert "poles: 0.999498, 0.900452" in out and "steps" in out
+    assert "poles: 0.999498, 0.900452" in out and "0.999498: memory 1990 steps" in out
+    assert "docs/theory.md P7" in out and "THEORY" not in out
     assert "naive map" in out and "WRONG" in out
     assert (tmp_path / "ir.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -250,7 +286,9 @@ def test_explain_decoupled_and_reverse(capsys):
                                                             "--gamma", "0.1"),
                                   ("--lr", "0.1", "--momentum", "1.0"),
                                   ("--lr", "0.1", "--weight-decay", "0.1", "--plot",
-                                   "/nonexistent-dir/x.png")])
+                                   "/nonexistent-dir/x.png"),
+                                  ("--lr", "0.1", "--weight-decay", "0.1", "--plot", "x.xyz"),
+                                  ("--lr", "1e308", "--weight-decay", "1e308")])
 def test_explain_errors_are_one_line(argv):
     explain, args = _explain_args(*argv)
     with pytest.raises(MinibnnError) as info:

@@ -132,7 +132,30 @@ def test_runner_cli(capsys):
     out = capsys.readouterr().out
     assert "P5" in out and "holds" in out and "statement" in out
     assert main(["--only", "P42"]) == 2
+    assert "python -m verification: error: unknown property P42" in capsys.readouterr().err
     assert main(["--examples", "0"]) == 2
+    assert main(["--only", ""]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(x.startswith("python -m verification: error: ") for x in err)
+    assert "selects no property" in err[1] and "P1, P2" in err[1]
+
+
+@pytest.mark.parametrize("only", ["", ",", [], [" "]])
+def test_select_refuses_an_empty_selection(only):
+    from minibnn.errors import MinibnnError
+    from verification.runner import select
+
+    with pytest.raises(MinibnnError, match="selects no property"):
+        select(only)
+
+
+def test_select_lists_the_valid_ids_and_keeps_each_once():
+    from minibnn.errors import MinibnnError
+    from verification.runner import select
+
+    with pytest.raises(MinibnnError, match="P1, P2, P3, P4, P5, P6, P7, P8, P9, P10"):
+        select("P3,P11")
+    assert select("p3, P1,P3") == ["P3", "P1"]
 
 
 def test_runner_exits_nonzero_on_failure(monkeypatch, capsys):

@@ -1,4 +1,4 @@
-"""The equivalence suite of THEORY.md: properties P1-P10, exact and float, printed as a report.
+"""The equivalence suite of docs/theory.md: properties P1-P10, exact and float, as a report.
 
     python -m verification [--examples N] [--only P3,P10]
 

@@ -1,4 +1,4 @@
-"""P10: the non-equivalences of THEORY.md, each shown by a minimal counterexample.
+"""P10: the non-equivalences of docs/theory.md, each shown by a minimal counterexample.
 
 For each one, ``hypothesis.find`` searches simple cases (small integers, a handful of simple
 hyperparameters, short streams) for one where the latent run and the filter that would be its
@@ -246,7 +246,7 @@ def _naive_a(c: dict[str, Any]) -> str | None:
 
 
 def findings(budget: int = FIND_BUDGET) -> list[Finding]:
-    """Search every non-equivalence of THEORY P10."""
+    """Search every non-equivalence of docs/theory.md P10."""
     # Poles > 0: with momentum 0 PyTorch ignores dampening, so mu = p1 p2 must be positive.
     damp = {"tau": st.sampled_from([Q(1, 2), Q(1, 4), Q(9, 10)]), "p1": _POSITIVE_POLE,
             "p2": _POSITIVE_POLE}

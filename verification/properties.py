@@ -1,4 +1,4 @@
-"""Properties P1-P8 of THEORY.md, one function each, each returning a ``PropertyResult``.
+"""Properties P1-P8 of docs/theory.md, one function each, returning a ``PropertyResult``.
 
 P1-P7 are checked on the reference recursions of ``reference.py``: exactly over Fractions
 (``v_t == -k w_t`` with ``==``, and identical binary weights), and where stated also in
@@ -476,7 +476,7 @@ def _check_p7(c: dict[str, Any]) -> None:
 
 
 def check_p7(examples: int = 150) -> PropertyResult:
-    """P7: decaying lr is decaying alpha, exactly, in the cases THEORY names."""
+    """P7: decaying lr is decaying alpha, exactly, in the cases docs/theory.md names."""
     cov = Coverage()
     with Timer() as timer:
         n, cex = run_stages(

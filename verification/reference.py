@@ -1,4 +1,4 @@
-"""Reference recursions of THEORY.md, written once and run in two arithmetics.
+"""Reference recursions of docs/theory.md, written once and run in two arithmetics.
 
 Every function below is plain arithmetic on its inputs: called with ``fractions.Fraction``
 values it is exact (the strongest form of P1-P7, compared with ``==``); called with Python
@@ -6,7 +6,8 @@ floats it is the float64 twin with *the same expression order* (Python's ``float
 binary64).  Hyperparameters may be numbers or per-step sequences (``x[t-1]`` is used at step
 ``t``, so a schedule's first value drives the first update, as in ``minibnn.optim``).
 
-Tie rule, shared by both views of CEMA and latent SGD (THEORY section 2): the binary weight is
+Tie rule, shared by both views of CEMA and latent SGD (docs/theory.md, "Ties"): the binary
+weight is
 
     latent:  b_t = sign(w_t) where w_t != 0, else b_{t-1}
     filter:  b_t = -sign(v_t) where v_t != 0, else b_{t-1}   (i.e. flip where v_t b_{t-1} > 0)
@@ -64,7 +65,8 @@ def latent_sgd(grads: Stream, lr: Number | Stream, momentum: Number | Stream,
                weight_decay: Number, decoupled: bool, w0: Number, b0: int = 1,
                dampening: Number = 0, clip: Number | None = None,
                ste_mask: Number | None = None) -> Run:
-    """PyTorch SGD on one latent weight; ``decoupled`` picks THEORY (B) (SGDW) over (A).
+    """PyTorch SGD on one latent weight; ``decoupled`` picks (B) (SGDW) over (A) of
+    docs/theory.md.
 
     (A): d = g + lam w;  m = mu m + (1 - dampening) d;  w = w - eta m
     (B): m = mu m + (1 - dampening) g;  w = (1 - eta lam) w - eta m

@@ -6,6 +6,7 @@ import sys
 import textwrap
 from typing import Callable, Iterable, Sequence, TextIO
 
+from minibnn.errors import MinibnnError
 from verification.closed_loop import check_p9
 from verification.core import PropertyResult, set_derandomize
 from verification.counterexamples import check_p10
@@ -18,16 +19,29 @@ PROPERTIES: dict[str, Callable[..., PropertyResult]] = {
 }
 
 
+#: where the properties are stated and proved
+DOC = "docs/theory.md"
+
+
 def select(only: str | Iterable[str] | None) -> list[str]:
-    """Property ids from ``"P3"``, ``"p3,P10"`` or a list; all of them for None."""
+    """Property ids from ``"P3"``, ``"p3,P10"`` or a list; all of them for None.
+
+    An empty selection (``""``, ``","``, ``[]``) or an unknown id raises ``MinibnnError``
+    naming the valid ids: checking nothing would report "all properties hold".
+    """
     if only is None:
         return list(PROPERTIES)
+    valid = ", ".join(PROPERTIES)
     items = only.split(",") if isinstance(only, str) else list(only)
-    ids = [x.strip().upper() for x in items if x.strip()]
+    ids = [str(x).strip().upper() for x in items if str(x).strip()]
+    if not ids:
+        raise MinibnnError(f"--only {only!r} selects no property; give one or more of {valid} "
+                           f"(comma-separated, {DOC})")
     unknown = [x for x in ids if x not in PROPERTIES]
     if unknown:
-        raise ValueError(f"unknown property {', '.join(unknown)}; expected P1..P10")
-    return ids
+        raise MinibnnError(f"unknown property {', '.join(unknown)} in --only; valid: {valid} "
+                           f"({DOC})")
+    return list(dict.fromkeys(ids))  # each property once, in the order given
 
 
 def run(examples: int | None = None, only: str | Iterable[str] | None = None,
@@ -97,7 +111,7 @@ def format_report(results: Sequence[PropertyResult]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m verification",
-        description="Prove the latent <-> filter equivalences of THEORY.md (P1-P10).")
+        description=f"Prove the latent <-> filter equivalences of {DOC} (P1-P10).")
     configure_parser(parser)
     return parser
 
@@ -107,27 +121,37 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--examples", type=int, default=None, metavar="N",
                         help="hypothesis examples per property (default: each property's own)")
     parser.add_argument("--only", default=None, metavar="P3[,P10]",
-                        help="comma-separated property ids to check")
+                        help="comma-separated property ids to check (P1 ... P10)")
     parser.add_argument("--random", action="store_true",
                         help="draw fresh random examples (default: derandomised, reproducible)")
 
 
 def run_from_args(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Run with parsed options, print the report, return the exit status."""
+    """Run with parsed options, print the report, return the exit status (0 all hold, 1 not).
+
+    Bad options raise ``MinibnnError`` (one line): ``minibnn verify`` prints it as
+    ``minibnn: error: ...``, ``main`` below as ``python -m verification: error: ...``; both
+    exit with status 2.
+    """
     out = out or sys.stdout
     if args.examples is not None and args.examples < 1:
-        print("error: --examples must be a positive integer", file=sys.stderr)
-        return 2
-    try:
-        ids = select(args.only)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise MinibnnError(f"--examples must be a positive integer, got {args.examples}")
+    ids = select(args.only)
     results = run(args.examples, ids, derandomize=not args.random)
     print(format_report(results), file=out)
     return 0 if all(r.holds for r in results) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m verification``: 0 when every property holds, 1 otherwise, 2 on bad usage."""
-    return run_from_args(build_parser().parse_args(argv))
+    """``python -m verification``: 0 when every property holds, 1 otherwise, 2 on bad usage.
+
+    A bad option is one line on stderr, ``python -m verification: error: <message>``, the
+    form argparse uses for its own errors (and ``minibnn verify`` for the same ones).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run_from_args(args)
+    except MinibnnError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
