@@ -1,7 +1,7 @@
 """E1c: one diagonal of E1a's grid is one run, and CEMA is that run again.
 
 Along ``lr * wd = const`` with the initial scale matched, ``(lr, wd, w0) -> (c lr, wd / c, c w0)``
-scales every latent weight by ``c`` (THEORY P5), so with power-of-two ``c`` in float64 the binary
+scales every latent weight by ``c`` (docs/theory.md P5), so with power-of-two ``c`` in float64 the binary
 weights, losses and accuracies are bit-identical.  CEMA at the mapped ``alpha = lr wd``,
 ``gamma = 1 - momentum``, started from the matched state (``theory.matched_initial_state``) of the
 same initial weights, trains the same binary network step for step (P9).  This script trains the

@@ -21,13 +21,14 @@ from minibnn import __version__, kernels
 from minibnn.backend import device_module
 from minibnn.data import DATASET_NAMES
 from minibnn.errors import MinibnnError
-from minibnn.io import check_output, check_writable
+from minibnn.io import check_output, check_writable, load_run, one_writer
+from minibnn.nn.modules import physical_memory
 from minibnn.nn.functional import STE_NAMES
 from minibnn.optim.schedules import SCHEDULE_NAMES
 from minibnn.spec import (BACKEND_NAMES, DEVICE_NAMES, DTYPE_NAMES, LOCAL_FIELDS,
                           MODEL_NAMES, MODEL_VARIANTS, OPTION_SECTIONS, OPTIMIZER_NAMES,
-                          OPTIMIZER_VARIANTS, Local, RunSpec, spec_from_options,
-                          variant_options)
+                          OPTIMIZER_VARIANTS, Local, RunSpec, read_stored_config,
+                          spec_from_options, variant_options)
 
 #: the spec every default builds, and the default machine-local settings (help texts)
 DEFAULTS = spec_from_options({}).options()
@@ -269,25 +270,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise MinibnnError("--extend needs the new total: --epochs N")
         local = {name: getattr(args, name) for name in LOCAL_FIELDS
                  if getattr(args, name) is not None}
-        fit(None, args.resume, resume=True, progress=not args.no_progress,
-            stop_after=args.stop_after, local=local,
-            extend_to=args.epochs if args.extend else None)
+        metrics = fit(None, args.resume, resume=True, progress=not args.no_progress,
+                      stop_after=args.stop_after, local=local,
+                      extend_to=args.epochs if args.extend else None)
+        stored, _ = read_stored_config(load_run(args.resume).config_json)   # after --extend
+        _report_end(metrics, stored.loop.epochs, args.resume)
         return 0
     spec, local = spec_from_args(args), local_from_args(args)
     device_module(local.device)          # fail now, before loading data, when there is no GPU
+    if args.out == "":
+        raise MinibnnError("--out is empty; give a file name (or leave --out out for "
+                           f"{spec.default_out()})")
     out = args.out or spec.default_out()
     check_writable(out)
     if os.path.exists(out) and not args.overwrite:
         raise MinibnnError(f"{out} exists: continue it with --resume {out}, or pass --overwrite")
-    storage = "+-1 weights" if spec.binary_storage == "binary" else "latent real weights"
-    print(f"training {spec.model.name} on {spec.data.name}: {spec.binary_optimizer.name} on "
-          f"{storage}, Adam on real parameters -> {out}")
     metrics = fit(spec, out, progress=not args.no_progress, stop_after=args.stop_after,
                   local=local)
+    _report_end(metrics, spec.loop.epochs, out)
+    return 0
+
+
+def _report_end(metrics: dict[str, list[float]], epochs: int, out: str) -> None:
+    """The last line of a training: the final test accuracy, or where to continue."""
+    done = len(metrics.get("train_loss", []))
+    if done < epochs:
+        print(f"stopped after epoch {done} of {epochs}; continue with --resume {out}")
+        return
     final = metrics.get("test_acc", [float("nan")])[-1]
     if final == final:                         # not NaN: the test set was evaluated last
         print(f"final test accuracy {final:.4f}; run file {out}")
-    return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -339,7 +351,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if args.backend is not None:
             raise MinibnnError("--backend picks the kernels that pack bits; an ONNX export "
                                "packs nothing: drop it")
-        s = export_onnx(args.run, args.out, overwrite=args.overwrite)
+        with one_writer(args.out, "output"):
+            s = export_onnx(args.run, args.out, overwrite=args.overwrite)
         weights = ("float32 +-1 times each channel's scale" if s["scaled"]
                    else "float32 +-1")
         print(f"wrote {s['out']}: ONNX opset 17 graph of {s['model']}, {s['nodes']} nodes, "
@@ -347,7 +360,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return 0
     out = args.out or default_packed_path(args.run)
     check_output(out, args.overwrite, (args.run,))
-    with kernels.use_backend(args.backend or "auto"):
+    with one_writer(out, "output"), kernels.use_backend(args.backend or "auto"):
         s = export_packed(args.run, out)
     plural = "s" if s["binary_layers"] != 1 else ""
     print(f"wrote {s['out']}: {s['binary_weights']} binary weights in {s['binary_layers']} "
@@ -521,7 +534,7 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     explain.configure_parser(p)
     p.set_defaults(handler=explain.run)
     if hasattr(explain, "configure_verify_parser"):
-        p = sub.add_parser("verify", help="run the equivalence suite (THEORY.md P1-P10)")
+        p = sub.add_parser("verify", help="run the equivalence suite (docs/theory.md P1-P10)")
         explain.configure_verify_parser(p)
         p.set_defaults(handler=explain.run_verify)
 
@@ -545,9 +558,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MinibnnError as exc:
         print(f"minibnn: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("minibnn: interrupted (the last finished epoch is in the run file)", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        where = f" ({exc})" if str(exc) else ""
+        print(f"minibnn: interrupted{where}", file=sys.stderr)
         return 130
+    except MemoryError as exc:
+        # the last resort behind the up-front checks; NumPy names the array it could not
+        # allocate ("Unable to allocate 292. GiB for an array with shape ...")
+        need = str(exc).splitlines()[0] if str(exc) else "an allocation failed"
+        print(f"minibnn: error: out of memory: {need} (this machine has "
+              f"{physical_memory() / 2 ** 30:.0f} GiB); make the model or batch smaller",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

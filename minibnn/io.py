@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 import dataclasses
@@ -32,6 +34,7 @@ import numpy as np
 from minibnn import integrity
 from minibnn.backend import to_numpy
 from minibnn.errors import DataFileError, MinibnnError
+from minibnn.lock import hold
 
 FORMAT = "minibnn-run"
 #: 2: optimiser state keyed by stage names ("binary/m/s/fc2.w"); 1: by chain position ("0", "1")
@@ -231,6 +234,59 @@ def check_output(out: str, overwrite: bool, sources: tuple[str, ...] = ()) -> No
         raise MinibnnError(f"cannot write {out}: folder {directory} does not exist")
 
 
+#: the name ``atomic_path`` gives a temporary file of ``PATH``: PATH.<8 mkstemp characters>.tmp
+def _temporary_pattern(path: str) -> "re.Pattern[str]":
+    return re.compile(re.escape(os.path.basename(path)) + r"\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temporaries(path: str) -> list[str]:
+    """Remove the temporary files a killed write of ``path`` left behind (only names of
+    ``atomic_path``'s own pattern for ``path``); call it holding ``path``'s writer lock, so no
+    live writer owns them.  Returns the names removed."""
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern, removed = _temporary_pattern(path), []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in sorted(names):
+        if pattern.fullmatch(name):
+            try:
+                os.remove(os.path.join(directory, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
+@contextmanager
+def one_writer(path: str, what: str = "run file") -> Iterator[None]:
+    """Hold ``path``'s writer lock (an fcntl lock on the sidecar ``PATH.lock``) for the block
+    and first clear its stale temporaries: a second writer, or a ``--resume`` of a file being
+    written, is a one-line error naming the holder's pid."""
+    with hold(path + ".lock", f"{what} {path}"):
+        remove_stale_temporaries(path)
+        yield
+
+
+def check_free_space(path: str, needed: int) -> None:
+    """Fail now, in one line, when the folder of ``path`` has less than ``needed`` bytes free
+    (a new run file is written beside the old one before it replaces it)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise DataFileError(f"not enough disk space for {path}: it needs ~{_size(needed)}, "
+                            f"{_size(free)} free in {directory}")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
 def _umask_mode() -> int:
     """The mode a new file gets under the process umask (``mkstemp`` makes 0600 files)."""
     mask = os.umask(0)
@@ -264,7 +320,8 @@ def atomic_path(path: str) -> Iterator[str]:
         finally:
             os.close(dir_fd)
     except OSError as exc:
-        raise DataFileError(f"could not write {path}: {exc.strerror or exc}") from None
+        reason = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DataFileError(f"could not write {path}: {reason}") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)

@@ -306,6 +306,28 @@ class Loop:
         _boolean("test_every_epoch", self.test_every_epoch)
 
 
+def _fits_dtype(record: Any, section: str, dtype: str) -> None:
+    """Every real-valued option of ``record`` must survive the cast to the run's ``dtype``
+    (NumPy casts a Python float to the arrays' dtype): 1e308 overflows float32 to inf, 1e-50
+    underflows it to 0."""
+    import numpy as np
+
+    for field in dataclasses.fields(record):
+        value = getattr(record, field.name)
+        if isinstance(value, bool) or not isinstance(value, float) or value == 0:
+            continue
+        with np.errstate(over="ignore", under="ignore"):
+            cast = float(np.asarray(value, dtype=dtype))
+        prefix = "real_" if section == "real_optimizer" else ""
+        if not math.isfinite(cast):
+            raise MinibnnError(f"{flag(prefix + field.name)} {value:g} overflows {dtype} "
+                               f"(largest {float(np.finfo(dtype).max):.3g}); use a smaller "
+                               "value or --dtype float64")
+        if cast == 0:
+            raise MinibnnError(f"{flag(prefix + field.name)} {value:g} underflows {dtype} to "
+                               f"0; use a larger value or --dtype float64")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything a run's result depends on (and nothing machine-local)."""
@@ -323,6 +345,8 @@ class RunSpec:
         if self.loop.test_every_epoch and not self.data.val_split:
             raise MinibnnError("--test-every-epoch only applies with --val-split (without a "
                                "validation split the test set is evaluated every epoch)")
+        for section in ("model", "binary_optimizer", "real_optimizer"):
+            _fits_dtype(getattr(self, section), section, self.loop.dtype)
 
     @property
     def binary_storage(self) -> str:

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -36,9 +38,9 @@ from minibnn.backend import (device_module, get_array_module, resolve_dtype, to_
                              to_numpy)
 from minibnn.spec import (LOCAL_FIELDS, Adam, Bop, Bop2nd, Bop2ndCorrected, Cema, Local,
                           RunSpec, Sgd, config_json, read_stored_config, variant_options)
-from minibnn.errors import MinibnnError
-from minibnn.io import (Checkpoint, RunFile, check_arrays, check_writable, load_run,
-                        save_run)
+from minibnn.errors import DataFileError, MinibnnError
+from minibnn.io import (Checkpoint, RunFile, check_arrays, check_free_space, check_writable,
+                        load_run, one_writer, save_run)
 from minibnn.nn.functional import softmax_cross_entropy
 from minibnn.nn.models import Model, build_model
 from minibnn.optim.base import Transform
@@ -165,6 +167,9 @@ class TrainState:
     rng: np.random.Generator
     epoch: int = 0
     step: int = 0
+    #: the first optimiser step (1-based, counted over the run) whose loss was not finite, as
+    #: found by the last ``train_epoch``; None while every loss is finite
+    diverged_at: int | None = None
 
 
 def train_step(model: Model, optimizer: Transform, state: TrainState, x: Any, y: Any,
@@ -201,7 +206,11 @@ def evaluate(model: Model, params: Params, buffers: Params, x: Any, y: Any,
 
 
 def _progress(iterable: Any, enabled: bool, desc: str) -> Any:
-    if not enabled:
+    """A tqdm bar over ``iterable`` when ``enabled`` and stderr is a terminal (in a log file
+    the per-epoch lines stand alone, without progress frames)."""
+    import sys
+
+    if not enabled or not sys.stderr.isatty():
         return iterable
     from tqdm import tqdm
 
@@ -244,6 +253,8 @@ def train_epoch(model: Model, optimizer: Transform, state: TrainState, x: Any, y
     loss_sum, correct = xp.zeros((), xp.float64), xp.zeros((), xp.int64)
     flips = {name: xp.zeros((), xp.int64) for name in model.binary_names}
     bar = _progress(batches, progress, f"epoch {state.epoch + 1}/{spec.loop.epochs}")
+    # the first batch whose loss is not finite, kept on the device (no per-step read)
+    first_bad = xp.full((), -1, dtype=xp.int64)
     for i, batch in enumerate(bar):
         idx = order[batch]
         xb = x[idx]
@@ -253,6 +264,7 @@ def train_epoch(model: Model, optimizer: Transform, state: TrainState, x: Any, y
             xb = flip_images(xb, mirror[batch])
         loss, right, step_flips = train_step(model, optimizer, state, xb, y[idx],
                                              spec.loop.label_smoothing)
+        first_bad = xp.where((first_bad < 0) & ~xp.isfinite(loss), i, first_bad)
         loss_sum = loss_sum + loss * (batch.stop - batch.start)
         correct = correct + right
         for name, count in step_flips.items():
@@ -260,6 +272,8 @@ def train_epoch(model: Model, optimizer: Transform, state: TrainState, x: Any, y
         if bar is not batches and i % LOSS_EVERY == 0:
             bar.set_postfix(loss=f"{float(loss):.4f}")
     metrics = {"train_loss": float(loss_sum) / n, "train_acc": int(correct) / n}
+    bad = int(first_bad)
+    state.diverged_at = state.step - len(batches) + bad + 1 if bad >= 0 else None
     for name, count in flips.items():
         # mean per-step flip ratio: flipped weights / (weights * steps), as the paper logs it
         metrics[f"flip_ratio:{name}"] = int(count) / (state.params[name].size * len(batches))
@@ -338,7 +352,23 @@ def fit(spec: RunSpec | None, out_path: str, resume: bool = False, progress: boo
     finished or not: from the current step on the schedules are those of an ``extend_to``-epoch
     run (linear decay: the rate goes back up to ``init * (1 - e / extend_to)``), and the run
     file records it (``RunFile.replans``).
+
+    One process at a time writes ``out_path`` (``io.one_writer``: a second one, or a resume of
+    a file being trained, is a one-line error naming the holder's pid).  Ctrl-C raises
+    ``KeyboardInterrupt`` whose message says which epoch the run file keeps.
     """
+    if resume and not os.path.exists(out_path):
+        raise DataFileError(f"run file not found: {out_path}")
+    check_writable(out_path)             # makes the folder the lock file goes in
+    with one_writer(out_path):
+        return _fit_locked(spec, out_path, resume, progress, stop_after, log, local, extend_to)
+
+
+def _fit_locked(spec: RunSpec | None, out_path: str, resume: bool, progress: bool,
+                stop_after: int | None, log: Callable[[str], None],
+                local: Local | Mapping[str, Any] | None, extend_to: int | None
+                ) -> dict[str, list[float]]:
+    """``fit`` holding the run file's writer lock."""
     previous: RunFile | None = None
     stored_local = Local()
     if resume:
@@ -391,6 +421,7 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
         ds = dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep])
     x_train, y_train = to_device(ds.x_train, device), to_device(ds.y_train, device)
     x_test, y_test = to_device(ds.x_test, device), to_device(ds.y_test, device)
+    check_shift(spec, tuple(ds.x_train.shape[1:]))
     model = model_from_spec(spec, tuple(ds.x_train.shape[1:]), ds.num_classes)
     steps_per_epoch = len(batch_slices(len(ds.x_train), spec.loop.batch_size))
     rates = {k: RateLog(v) if callable(v) else v
@@ -402,7 +433,12 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
     state = TrainState(_tree_to_device(params, device), _tree_to_device(buffers, device), {},
                        rng)
     state.opt_state = optimizer.init(state.params)
+    check_free_space(out_path, _run_file_bytes(state))
     metrics: dict[str, list[float]] = {}
+    if previous is None:
+        storage = "+-1 weights" if spec.binary_storage == "binary" else "latent real weights"
+        log(f"training {spec.model.name} on {spec.data.name}: {spec.binary_optimizer.name} on "
+            f"{storage}, Adam on real parameters -> {out_path}")
     if previous is not None:
         ck = previous.checkpoint
         check_checkpoint(ck, params, out_path, buffers, optimizer.init(params),
@@ -422,55 +458,109 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
             log(f"resuming {out_path} at epoch {state.epoch + 1}/{epochs}")
 
     stored = config_json(spec, local)
-    done_now = 0
-    while state.epoch < epochs and (stop_after is None or done_now < stop_after):
-        start = time.perf_counter()
-        for rate in rates.values():
-            if isinstance(rate, RateLog):
-                rate.take()            # forget values asked for outside the steps (checks)
-        epoch_metrics = train_epoch(model, optimizer, state, x_train, y_train, spec, progress)
-        check_finite(state, epoch_metrics["train_loss"], out_path)
-        epoch_metrics.update(_rates_used(rates))
-        last = state.epoch + 1 == epochs
-        held_out = ""
-        if val is not None:
-            val_loss, val_acc = evaluate(model, state.params, state.buffers, *val)
-            epoch_metrics.update(val_loss=val_loss, val_acc=val_acc)
-            held_out = f"  val acc {val_acc:.4f}"
-        if val is None or spec.loop.test_every_epoch or last:
-            test_loss, test_acc = evaluate(model, state.params, state.buffers, x_test, y_test)
-            held_out += f"  test acc {test_acc:.4f}"
-        else:                                  # with a validation split: test at the end only
-            test_loss = test_acc = float("nan")
-        epoch_metrics.update(test_loss=test_loss, test_acc=test_acc,
-                             seconds=time.perf_counter() - start)
-        state.epoch += 1
-        done_now += 1
-        for name, value in epoch_metrics.items():
-            metrics.setdefault(name, []).append(float(value))
-        pm1 = model.binary_names if spec.binary_storage == "binary" else ()
-        save_run(out_path, RunFile(stored, metrics, _checkpoint(state, pm1), describe_data(ds),
-                                   previous.replans if previous is not None else []))
-        mean_flip = np.mean([v for k, v in epoch_metrics.items() if k.startswith("flip_ratio:")]
-                            or [0.0])
-        log(f"epoch {state.epoch:3d}/{epochs}  train loss {epoch_metrics['train_loss']:.4f}"
-            f"  train acc {epoch_metrics['train_acc']:.4f}{held_out}"
-            f"  flip ratio {mean_flip:.2e}  {epoch_metrics['seconds']:.1f}s")
+    saved, done_now = {"epoch": state.epoch}, 0    # the epoch the run file holds
+    # overflow in a diverging run is reported by check_divergence, not as NumPy warnings
+    interrupted = _interrupt_says_what_is_kept(out_path, saved)
+    with np.errstate(over="ignore", invalid="ignore"), interrupted:
+        while state.epoch < epochs and (stop_after is None or done_now < stop_after):
+            start = time.perf_counter()
+            for rate in rates.values():
+                if isinstance(rate, RateLog):
+                    rate.take()            # forget values asked for outside the steps (checks)
+            epoch_metrics = train_epoch(model, optimizer, state, x_train, y_train, spec, progress)
+            check_divergence(state, epoch_metrics, out_path, ds.num_classes)
+            epoch_metrics.update(_rates_used(rates))
+            last = state.epoch + 1 == epochs
+            held_out = ""
+            if val is not None:
+                val_loss, val_acc = evaluate(model, state.params, state.buffers, *val)
+                epoch_metrics.update(val_loss=val_loss, val_acc=val_acc)
+                held_out = f"  val acc {val_acc:.4f}"
+            if val is None or spec.loop.test_every_epoch or last:
+                test_loss, test_acc = evaluate(model, state.params, state.buffers, x_test, y_test)
+                held_out += f"  test acc {test_acc:.4f}"
+            else:                                  # with a validation split: test at the end only
+                test_loss = test_acc = float("nan")
+            epoch_metrics.update(test_loss=test_loss, test_acc=test_acc,
+                                 seconds=time.perf_counter() - start)
+            state.epoch += 1
+            done_now += 1
+            for name, value in epoch_metrics.items():
+                metrics.setdefault(name, []).append(float(value))
+            pm1 = model.binary_names if spec.binary_storage == "binary" else ()
+            save_run(out_path, RunFile(stored, metrics, _checkpoint(state, pm1), describe_data(ds),
+                                       previous.replans if previous is not None else []))
+            saved["epoch"] = state.epoch
+            mean_flip = np.mean([v for k, v in epoch_metrics.items() if k.startswith("flip_ratio:")]
+                                or [0.0])
+            log(f"epoch {state.epoch:3d}/{epochs}  train loss {epoch_metrics['train_loss']:.4f}"
+                f"  train acc {epoch_metrics['train_acc']:.4f}{held_out}"
+                f"  flip ratio {mean_flip:.2e}  {epoch_metrics['seconds']:.1f}s")
     return metrics
 
 
-def check_finite(state: TrainState, train_loss: float, out_path: str) -> None:
-    """A non-finite training loss or parameter ends the run with a one-line error naming the
-    epoch and the first non-finite parameter; the run file keeps the last good epoch."""
+@contextmanager
+def _interrupt_says_what_is_kept(out_path: str, saved: Mapping[str, int]) -> Iterator[None]:
+    """Ctrl-C in the block re-raises ``KeyboardInterrupt`` with what the run file keeps
+    (``saved["epoch"]``, updated by the loop after each write)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        kept = saved["epoch"]
+        raise KeyboardInterrupt(f"{out_path} keeps epoch {kept}; continue with --resume "
+                                f"{out_path}" if kept else
+                                f"no epoch had finished: nothing was written to {out_path}"
+                                ) from None
+
+
+#: an epoch's mean training loss above this many times ln(classes) (the loss of a uniform
+#: guess) counts as diverged although finite: logits of that size mean the real weights blew up
+DIVERGED_LOSS_FACTOR = 1000.0
+
+
+def check_divergence(state: TrainState, epoch_metrics: Mapping[str, float], out_path: str,
+                     num_classes: int) -> None:
+    """A non-finite training loss or parameter, or a loss beyond ``DIVERGED_LOSS_FACTOR`` *
+    ln(classes), ends the run with a one-line error naming the step and the first non-finite
+    parameter; the run file keeps the last good epoch (nothing of this epoch is written)."""
+    train_loss = epoch_metrics["train_loss"]
     bad = next((name for name, value in state.params.items()
                 if not bool(get_array_module(value).isfinite(value).all())), None)
-    if math.isfinite(train_loss) and bad is None:
+    ceiling = DIVERGED_LOSS_FACTOR * math.log(num_classes)
+    if math.isfinite(train_loss) and train_loss <= ceiling and bad is None:
         return
     kept = (f"{out_path} keeps epoch {state.epoch}" if state.epoch
             else f"nothing was written to {out_path}")
-    raise MinibnnError(f"training diverged in epoch {state.epoch + 1}: train loss "
-                       f"{train_loss:g}" + (f", parameter {bad} is not finite" if bad else "")
+    if state.diverged_at is not None:
+        what = f"at step {state.diverged_at} (epoch {state.epoch + 1}) the loss is not finite"
+    elif not math.isfinite(train_loss) or bad is not None:
+        what = f"in epoch {state.epoch + 1} the train loss is {train_loss:g}"
+    else:
+        what = (f"in epoch {state.epoch + 1} the train loss is {train_loss:g}, over "
+                f"{DIVERGED_LOSS_FACTOR:g} x ln({num_classes}) = {ceiling:g}")
+    raise MinibnnError(f"training diverged: {what}"
+                       + (f"; first non-finite parameter: {bad}" if bad else "")
                        + f" (lower the learning rates); {kept}")
+
+
+def check_shift(spec: RunSpec, input_shape: tuple[int, ...]) -> None:
+    """``--shift`` must be smaller than the images (a larger shift moves every image out of
+    its own frame)."""
+    shift, (height, width) = spec.data.shift, input_shape[-2:]
+    if shift >= min(height, width):
+        raise MinibnnError(f"--shift {shift} is not smaller than the {height}x{width} images "
+                           f"of {spec.data.name}; use at most {min(height, width) - 1}")
+
+
+def _run_file_bytes(state: TrainState) -> int:
+    """About how many bytes a run file of ``state`` takes: its arrays plus 1 MiB for the
+    metrics, attributes and HDF5's own structures."""
+    def nbytes(tree: Any) -> int:
+        if isinstance(tree, dict):
+            return sum(nbytes(v) for v in tree.values())
+        return int(getattr(tree, "nbytes", 8))
+
+    return nbytes(state.params) + nbytes(state.buffers) + nbytes(state.opt_state) + 2 ** 20
 
 
 def _rates_used(rates: Mapping[str, Any]) -> dict[str, float]:

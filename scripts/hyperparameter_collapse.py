@@ -1,4 +1,4 @@
-"""Hyperparameter collapse (THEORY.md P2, P5, P7): many latent configurations, one filter.
+"""Hyperparameter collapse (docs/theory.md P2, P5, P7): many latent configurations, one filter.
 
 Trains a small binary MLP (784-64-64-64-10, two binary layers, float64) on the synthetic
 dataset with several latent-weight SGD configurations.  Those that map to the same CEMA

@@ -21,7 +21,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from minibnn.errors import MinibnnError
+from minibnn.backend import FLOAT_DTYPES
+from minibnn.errors import DTypeError, MinibnnError
 from minibnn.nn import functional as F
 from minibnn.nn.functional import sign as _sign
 
@@ -29,6 +30,19 @@ Array = Any
 Params = dict[str, Array]
 
 BINARY_STORAGES = ("latent", "binary")
+
+
+def model_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` as a NumPy dtype if it is float32 or float64 (what models are built in),
+    else DTypeError ("model dtype must be float32 or float64, got float16")."""
+    try:
+        dt = None if dtype is None else np.dtype(dtype)   # np.dtype(None) would be float64
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in FLOAT_DTYPES:
+        shown = dt.name if dt is not None else repr(dtype)
+        raise DTypeError(f"model dtype must be {' or '.join(FLOAT_DTYPES)}, got {shown}")
+    return dt
 
 
 class Module:
@@ -105,8 +119,32 @@ def GlobalAvgPool() -> Stateless:
 def _uniform(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, dtype: Any,
              scale: float = 1.0) -> Array:
     """PyTorch's default init for dense/conv weights: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
+    check_fits_in_memory(shape, dtype)
     bound = scale / np.sqrt(fan_in)
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+#: arrays of a weight's size that training holds at once: the weight, its float64 draw at
+#: init, its gradient and up to two optimiser buffers
+TRAINING_COPIES = 5
+
+
+def physical_memory() -> int:
+    """Bytes of RAM on this machine."""
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits_in_memory(shape: tuple[int, ...], dtype: Any) -> None:
+    """Refuse, before allocating, a weight that cannot be trained in this machine's memory
+    (``TRAINING_COPIES`` arrays of its size), with the estimate in the message."""
+    need = float(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize * TRAINING_COPIES
+    have = physical_memory()
+    if need > have:
+        raise MinibnnError(f"a weight of shape {tuple(shape)} needs ~{need / 2 ** 30:.0f} GiB "
+                           f"to train ({TRAINING_COPIES} arrays of its size), this machine has "
+                           f"{have / 2 ** 30:.0f} GiB: make the model smaller")
 
 
 class Dense(Module):
