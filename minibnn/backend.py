@@ -87,3 +87,20 @@ def resolve_dtype(name: str | np.dtype | type) -> np.dtype:
     if key not in FLOAT_DTYPES:
         raise DTypeError(f"unsupported dtype {key!r}; expected one of {sorted(FLOAT_DTYPES)}")
     return np.dtype(FLOAT_DTYPES[key])
+
+
+def first_nonfinite(tree: Any, prefix: str = "") -> str | None:
+    """The path ("params/fc2.w") of the first floating array in a nested dict that holds a NaN
+    or an infinity, on either device; None when every one is finite."""
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            found = first_nonfinite(value, path + "/")
+            if found is not None:
+                return found
+            continue
+        xp = get_array_module(value)
+        array = xp.asarray(value)
+        if array.dtype.kind in "fc" and not bool(xp.isfinite(array).all()):
+            return path
+    return None

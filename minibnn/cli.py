@@ -21,8 +21,8 @@ from minibnn import __version__, kernels
 from minibnn.backend import device_module
 from minibnn.data import DATASET_NAMES
 from minibnn.errors import MinibnnError
-from minibnn.io import check_output, check_writable, load_run, one_writer
-from minibnn.nn.modules import physical_memory
+from minibnn.io import check_output, check_writable, load_run
+from minibnn.resources import format_bytes, physical_memory
 from minibnn.nn.functional import STE_NAMES
 from minibnn.optim.schedules import SCHEDULE_NAMES
 from minibnn.spec import (BACKEND_NAMES, DEVICE_NAMES, DTYPE_NAMES, LOCAL_FIELDS,
@@ -245,8 +245,22 @@ def given_options(options: dict[str, str], argv: Sequence[str]) -> set[str]:
             if tok.startswith("--") and tok.split("=", 1)[0] in options}
 
 
+def check_data_dir(data_dir: str | None, dataset: str | None = None) -> None:
+    """An explicit ``--data-dir`` must exist (a cached dataset would otherwise hide a typo),
+    and the synthetic set reads no files.  CIFAR-10 and image folders check theirs with a
+    message of their own (what the folder should hold)."""
+    if data_dir is None or dataset in ("cifar10", "imagefolder"):
+        return
+    if dataset == "synthetic":
+        raise MinibnnError("--data-dir: the synthetic set is generated and reads no files; "
+                           "drop --data-dir")
+    if not os.path.exists(os.path.expanduser(data_dir)):
+        raise MinibnnError(f"--data-dir {data_dir} does not exist")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from minibnn.train import fit
+
 
     given = getattr(args, "given", set())
     if args.extend and not args.resume:
@@ -268,6 +282,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                f"may change){hint}")
         if args.extend and "epochs" not in given:
             raise MinibnnError("--extend needs the new total: --epochs N")
+        check_data_dir(args.data_dir)
         local = {name: getattr(args, name) for name in LOCAL_FIELDS
                  if getattr(args, name) is not None}
         metrics = fit(None, args.resume, resume=True, progress=not args.no_progress,
@@ -277,10 +292,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         _report_end(metrics, stored.loop.epochs, args.resume)
         return 0
     spec, local = spec_from_args(args), local_from_args(args)
+    check_data_dir(args.data_dir, spec.data.name)
     device_module(local.device)          # fail now, before loading data, when there is no GPU
     if args.out == "":
-        raise MinibnnError("--out is empty; give a file name (or leave --out out for "
-                           f"{spec.default_out()})")
+        raise MinibnnError("--out is empty; give a file name (without --out the run goes "
+                           f"to {spec.default_out()})")
     out = args.out or spec.default_out()
     check_writable(out)
     if os.path.exists(out) and not args.overwrite:
@@ -306,6 +322,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from minibnn.io_packed import is_packed_file
     from minibnn.train import evaluate_run
 
+    check_data_dir(args.data_dir)
     if args.packed or is_packed_file(args.run):
         return _eval_packed(args)
     if args.check:
@@ -351,8 +368,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if args.backend is not None:
             raise MinibnnError("--backend picks the kernels that pack bits; an ONNX export "
                                "packs nothing: drop it")
-        with one_writer(args.out, "output"):
-            s = export_onnx(args.run, args.out, overwrite=args.overwrite)
+        s = export_onnx(args.run, args.out, overwrite=args.overwrite)
         weights = ("float32 +-1 times each channel's scale" if s["scaled"]
                    else "float32 +-1")
         print(f"wrote {s['out']}: ONNX opset 17 graph of {s['model']}, {s['nodes']} nodes, "
@@ -360,7 +376,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return 0
     out = args.out or default_packed_path(args.run)
     check_output(out, args.overwrite, (args.run,))
-    with one_writer(out, "output"), kernels.use_backend(args.backend or "auto"):
+    with kernels.use_backend(args.backend or "auto"):
         s = export_packed(args.run, out)
     plural = "s" if s["binary_layers"] != 1 else ""
     print(f"wrote {s['out']}: {s['binary_weights']} binary weights in {s['binary_layers']} "
@@ -443,6 +459,7 @@ def _add_show_parser(sub: argparse._SubParsersAction) -> None:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from minibnn.sweep import run_cli
 
+    check_data_dir(args.data_dir)
     return run_cli(args.spec, args.out, args.workers, args.scheduler, args.data_dir,
                    not args.no_progress)
 
@@ -566,9 +583,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the last resort behind the up-front checks; NumPy names the array it could not
         # allocate ("Unable to allocate 292. GiB for an array with shape ...")
         need = str(exc).splitlines()[0] if str(exc) else "an allocation failed"
-        print(f"minibnn: error: out of memory: {need} (this machine has "
-              f"{physical_memory() / 2 ** 30:.0f} GiB); make the model or batch smaller",
-              file=sys.stderr)
+        have = physical_memory()
+        machine = f" (this machine has {format_bytes(have)})" if have else ""
+        print(f"minibnn: error: out of memory: {need}{machine}; make the model or batch "
+              "smaller", file=sys.stderr)
         return 2
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from minibnn import theory
 from minibnn.errors import MinibnnError
 from minibnn.figures import save_figure
+from minibnn.resources import check_memory, format_bytes, physical_memory
 
 #: where the properties cited in the output are stated and proved
 DOC = "docs/theory.md"
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         plot_impulse_responses(eq, args.plot, steps, responses)
     except MemoryError:
         raise MinibnnError(f"out of memory computing or drawing {steps} steps (~"
-                           f"{_gib(plot_bytes(steps, _plot_lines(eq)))} GiB needed): pass a "
+                           f"{format_bytes(plot_bytes(steps, _plot_lines(eq)))} needed): pass a "
                            "smaller --steps") from None
     print(f"impulse responses ({steps} steps) written to {args.plot}")
     return 0
@@ -328,26 +329,12 @@ def plot_bytes(steps: int, lines: int) -> int:
     return steps * (AXIS_BYTES_PER_STEP + lines * per_line)
 
 
-def physical_memory() -> int | None:
-    """This machine's physical memory in bytes, or None where the OS does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _gib(n: float) -> str:
-    g = n / 2 ** 30
-    return f"{g:.0f}" if g >= 10 else f"{g:.2g}"
-
-
 def check_plot_memory(steps: int, lines: int) -> None:
     """Refuse ``--steps`` whose responses and plot cannot fit in this machine's memory."""
-    need, have = plot_bytes(steps, lines), physical_memory()
-    if have is not None and need > have:
-        raise MinibnnError(f"--steps {steps} needs ~{_gib(need)} GiB of memory for the "
-                           f"responses and their plot (this machine has {_gib(have)} GiB): "
-                           f"pass at most --steps {max(have // plot_bytes(1, lines), 2)}")
+    have = physical_memory()
+    most = max(have // plot_bytes(1, lines), 2) if have else steps
+    check_memory(plot_bytes(steps, lines), f"--steps {steps} (the responses and their plot)",
+                 f"pass at most --steps {most}", have)
 
 
 def _plot_steps(eq: theory.FilterEquivalent, steps: int | None) -> int:

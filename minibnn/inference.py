@@ -23,6 +23,7 @@ from minibnn import kernels
 from minibnn.errors import DataFileError, MinibnnError
 from minibnn.io import RunFile, check_arrays, load_run
 from minibnn.io_packed import is_packed_file, read_packed, save_packed
+from minibnn.lock import one_writer
 from minibnn.nn import functional as F
 from minibnn.nn.fold import fold_sites
 from minibnn.nn.models import Model
@@ -132,7 +133,8 @@ def export_packed(run_path: str, out_path: str | None = None) -> dict[str, Any]:
     if os.path.abspath(out) == os.path.abspath(run_path):
         raise MinibnnError(f"--out {out} would overwrite the run file")
     pm = pack_run(run_path)
-    save_packed(out, pm)
+    with one_writer(out, "output"):
+        save_packed(out, pm)
     sizes: dict[str, Any] = pm.sizes()
     sizes.update(out=out, run_file_bytes=os.path.getsize(run_path),
                  packed_file_bytes=os.path.getsize(out))

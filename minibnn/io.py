@@ -14,15 +14,16 @@ Layout of ``RUN.h5`` (every group, dataset and attribute: docs/run-file.md)::
 
 A run file is never half-written: the new file goes to a temporary file beside the target, is
 flushed and closed, and then ``os.replace``-d over the old one (atomic on POSIX); see
-``atomic_h5``.  ``atomic_h5``, ``check_version`` and ``check_arrays`` are shared with the packed
-file format (``minibnn.io_packed``).
+``atomic_h5``; it is sealed with checksums as its last step and verified on load
+(``minibnn.integrity``).  ``atomic_h5``, ``open_h5``, ``check_version``, ``check_arrays`` and
+``check_finite`` are shared with the packed file format (``minibnn.io_packed``).  Who may write
+a file (one writer, stale temporaries) is ``minibnn.lock``; disk space is ``minibnn.resources``.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import shutil
 import tempfile
 from contextlib import contextmanager
 import dataclasses
@@ -32,9 +33,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from minibnn import integrity
-from minibnn.backend import to_numpy
+from minibnn.backend import first_nonfinite, to_numpy
 from minibnn.errors import DataFileError, MinibnnError
-from minibnn.lock import hold
 
 FORMAT = "minibnn-run"
 #: 2: optimiser state keyed by stage names ("binary/m/s/fc2.w"); 1: by chain position ("0", "1")
@@ -234,57 +234,10 @@ def check_output(out: str, overwrite: bool, sources: tuple[str, ...] = ()) -> No
         raise MinibnnError(f"cannot write {out}: folder {directory} does not exist")
 
 
-#: the name ``atomic_path`` gives a temporary file of ``PATH``: PATH.<8 mkstemp characters>.tmp
-def _temporary_pattern(path: str) -> "re.Pattern[str]":
+def temporary_pattern(path: str) -> "re.Pattern[str]":
+    """The names ``atomic_path`` gives temporary files of ``path``: PATH.<8 mkstemp
+    characters>.tmp (``minibnn.lock.one_writer`` removes stale ones)."""
     return re.compile(re.escape(os.path.basename(path)) + r"\.[a-z0-9_]{8}\.tmp")
-
-
-def remove_stale_temporaries(path: str) -> list[str]:
-    """Remove the temporary files a killed write of ``path`` left behind (only names of
-    ``atomic_path``'s own pattern for ``path``); call it holding ``path``'s writer lock, so no
-    live writer owns them.  Returns the names removed."""
-    directory = os.path.dirname(os.path.abspath(path))
-    pattern, removed = _temporary_pattern(path), []
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return removed
-    for name in sorted(names):
-        if pattern.fullmatch(name):
-            try:
-                os.remove(os.path.join(directory, name))
-                removed.append(name)
-            except OSError:
-                pass
-    return removed
-
-
-@contextmanager
-def one_writer(path: str, what: str = "run file") -> Iterator[None]:
-    """Hold ``path``'s writer lock (an fcntl lock on the sidecar ``PATH.lock``) for the block
-    and first clear its stale temporaries: a second writer, or a ``--resume`` of a file being
-    written, is a one-line error naming the holder's pid."""
-    with hold(path + ".lock", f"{what} {path}"):
-        remove_stale_temporaries(path)
-        yield
-
-
-def check_free_space(path: str, needed: int) -> None:
-    """Fail now, in one line, when the folder of ``path`` has less than ``needed`` bytes free
-    (a new run file is written beside the old one before it replaces it)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    free = shutil.disk_usage(directory).free
-    if free < needed:
-        raise DataFileError(f"not enough disk space for {path}: it needs ~{_size(needed)}, "
-                            f"{_size(free)} free in {directory}")
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def _umask_mode() -> int:
@@ -397,12 +350,10 @@ def open_h5(path: str, what: str) -> Iterator[Any]:
 def check_finite(arrays: dict[str, Any], path: str, where: str) -> None:
     """Every floating array of a (nested) dict must be finite: a one-line ``DataFileError``
     naming the first that is not (a checkpoint of a diverged run)."""
-    for key, value in arrays.items():
-        if isinstance(value, dict):
-            check_finite(value, path, f"{where}/{key}")
-        elif np.asarray(value).dtype.kind == "f" and not np.isfinite(value).all():
-            raise DataFileError(f"{path}: {where}/{key} holds NaN or infinite values (a "
-                                "diverged run?); it cannot be evaluated or resumed")
+    bad = first_nonfinite(arrays, where + "/")
+    if bad is not None:
+        raise DataFileError(f"{path}: {bad} holds NaN or infinite values (a diverged run?); "
+                            "it cannot be evaluated or resumed")
 
 
 def load_run(path: str) -> RunFile:

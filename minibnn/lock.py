@@ -2,18 +2,27 @@
 
     with hold("runs/sweep/.lock", "the sweep in runs/sweep"):
         ...                      # a second process gets a one-line error naming our pid
+    with one_writer("runs/x.h5"):   # the lock of a run file: runs/x.h5.lock
+        ...
 
 The lock is released when the block ends or the process dies (the kernel drops it, even after
-kill -9), so a stale lock file never blocks anyone.  POSIX only (``fcntl``).
+kill -9), so a stale lock file never blocks anyone.  POSIX only (``fcntl``).  On a file system
+without locks (NFS without lockd, Lustre without ``-o flock``) the block runs unlocked after a
+one-line warning.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import sys
 from contextlib import contextmanager
 from typing import Iterator
 
 from minibnn.errors import MinibnnError
+
+#: what flock says on a file system that has no locks
+NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
 
 
 @contextmanager
@@ -30,8 +39,49 @@ def hold(path: str, what: str) -> Iterator[None]:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise MinibnnError(f"{what} is in use by process {holder} (one writer at a "
                                "time; wait for it or stop it)") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            if exc.errno not in NO_LOCKS:
+                raise MinibnnError(f"cannot lock {what} ({path}: {exc.strerror or exc})"
+                                   ) from None
+            print(f"minibnn: warning: the file system of {path} has no locks; writing {what} "
+                  "unlocked (do not start a second writer)", file=sys.stderr)
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+def remove_stale_temporaries(path: str) -> list[str]:
+    """Remove the temporary files a killed write of ``path`` left behind (only names of
+    ``io.atomic_path``'s own pattern for ``path``); call it holding ``path``'s writer lock,
+    so no live writer owns them.  Returns the names removed."""
+    from minibnn.io import temporary_pattern
+
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern, removed = temporary_pattern(path), []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in sorted(names):
+        if pattern.fullmatch(name):
+            try:
+                os.remove(os.path.join(directory, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
+@contextmanager
+def one_writer(path: str, what: str = "run file") -> Iterator[None]:
+    """Hold ``path``'s writer lock (the sidecar ``PATH.lock``) for the block, first clearing
+    its stale temporaries: a second writer, or a ``--resume`` of a file being written, is a
+    one-line error naming the holder's pid.  ``path`` must name a file."""
+    if not path or path.endswith(os.sep) or os.path.isdir(path):
+        raise MinibnnError(f"cannot write {what} {path!r}: give a file name")
+    with hold(path + ".lock", f"{what} {path}"):
+        remove_stale_temporaries(path)
+        yield

@@ -172,12 +172,14 @@ def build_onnx(model: Model, params: dict, buffers: dict) -> Any:
 def export_onnx(source: str, out: str, overwrite: bool = False) -> dict[str, Any]:
     """Write the trained model in ``source`` (run or packed file) to ``out`` atomically."""
     from minibnn.io import atomic_bytes, check_output
+    from minibnn.lock import one_writer
     from minibnn.trained import load
 
     check_output(out, overwrite, (source,))
     trained = load(source)
     proto = build_onnx(trained.model, trained.stored_params, trained.buffers)
-    atomic_bytes(out, proto.SerializeToString())
+    with one_writer(out, "output"):
+        atomic_bytes(out, proto.SerializeToString())
     scaled = any(getattr(m, "scale", False) for m in binary_layers(trained.model))
     return {"out": out, "nodes": len(proto.graph.node), "bytes": os.path.getsize(out),
             "model": trained.model.name, "scaled": scaled}

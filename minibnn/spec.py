@@ -314,8 +314,8 @@ def _fits_dtype(record: Any, section: str, dtype: str) -> None:
 
     for field in dataclasses.fields(record):
         value = getattr(record, field.name)
-        if isinstance(value, bool) or not isinstance(value, float) or value == 0:
-            continue
+        if field.type not in ("float", float) or isinstance(value, bool) or value == 0:
+            continue                  # only real-valued options (an int from TOML included)
         with np.errstate(over="ignore", under="ignore"):
             cast = float(np.asarray(value, dtype=dtype))
         prefix = "real_" if section == "real_optimizer" else ""

@@ -34,13 +34,15 @@ import numpy as np
 
 from minibnn import __version__, kernels, optim
 from minibnn.augment import draw_flips, draw_offsets, flip_images, shift_images
-from minibnn.backend import (device_module, get_array_module, resolve_dtype, to_device,
-                             to_numpy)
+from minibnn.backend import (device_module, first_nonfinite, get_array_module, resolve_dtype,
+                             to_device, to_numpy)
 from minibnn.spec import (LOCAL_FIELDS, Adam, Bop, Bop2nd, Bop2ndCorrected, Cema, Local,
                           RunSpec, Sgd, config_json, read_stored_config, variant_options)
 from minibnn.errors import DataFileError, MinibnnError
-from minibnn.io import (Checkpoint, RunFile, check_arrays, check_free_space, check_writable,
-                        load_run, one_writer, save_run)
+from minibnn.io import (Checkpoint, RunFile, check_arrays, check_writable, load_run,
+                        save_run)
+from minibnn.lock import one_writer
+from minibnn.resources import check_free_space
 from minibnn.nn.functional import softmax_cross_entropy
 from minibnn.nn.models import Model, build_model
 from minibnn.optim.base import Transform
@@ -353,7 +355,7 @@ def fit(spec: RunSpec | None, out_path: str, resume: bool = False, progress: boo
     run (linear decay: the rate goes back up to ``init * (1 - e / extend_to)``), and the run
     file records it (``RunFile.replans``).
 
-    One process at a time writes ``out_path`` (``io.one_writer``: a second one, or a resume of
+    One process at a time writes ``out_path`` (``lock.one_writer``: a second one, or a resume of
     a file being trained, is a one-line error naming the holder's pid).  Ctrl-C raises
     ``KeyboardInterrupt`` whose message says which epoch the run file keeps.
     """
@@ -401,7 +403,6 @@ def _fit_locked(spec: RunSpec | None, out_path: str, resume: bool, progress: boo
         local = dataclasses.replace(stored_local, **changes)
     if stop_after is not None and stop_after < 1:
         raise MinibnnError(f"--stop-after must be >= 1, got {stop_after}")
-    check_writable(out_path)
     device_module(local.device)          # one-line error now when there is no GPU
     with kernels.use_backend(local.backend):
         return _fit(spec, local, out_path, previous, progress, stop_after, log)
@@ -520,12 +521,12 @@ DIVERGED_LOSS_FACTOR = 1000.0
 
 def check_divergence(state: TrainState, epoch_metrics: Mapping[str, float], out_path: str,
                      num_classes: int) -> None:
-    """A non-finite training loss or parameter, or a loss beyond ``DIVERGED_LOSS_FACTOR`` *
-    ln(classes), ends the run with a one-line error naming the step and the first non-finite
-    parameter; the run file keeps the last good epoch (nothing of this epoch is written)."""
+    """A non-finite training loss, parameter, BatchNorm statistic or optimiser buffer, or a
+    loss beyond ``DIVERGED_LOSS_FACTOR`` * ln(classes), ends the run with a one-line error
+    naming the step and the first non-finite array; the run file keeps the last good epoch (nothing of this epoch is written)."""
     train_loss = epoch_metrics["train_loss"]
-    bad = next((name for name, value in state.params.items()
-                if not bool(get_array_module(value).isfinite(value).all())), None)
+    bad = first_nonfinite({"params": state.params, "buffers": state.buffers,
+                           "opt_state": state.opt_state})
     ceiling = DIVERGED_LOSS_FACTOR * math.log(num_classes)
     if math.isfinite(train_loss) and train_loss <= ceiling and bad is None:
         return
@@ -539,7 +540,7 @@ def check_divergence(state: TrainState, epoch_metrics: Mapping[str, float], out_
         what = (f"in epoch {state.epoch + 1} the train loss is {train_loss:g}, over "
                 f"{DIVERGED_LOSS_FACTOR:g} x ln({num_classes}) = {ceiling:g}")
     raise MinibnnError(f"training diverged: {what}"
-                       + (f"; first non-finite parameter: {bad}" if bad else "")
+                       + (f"; first non-finite array: {bad}" if bad else "")
                        + f" (lower the learning rates); {kept}")
 
 

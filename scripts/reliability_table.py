@@ -70,7 +70,8 @@ def main() -> None:
             ("checkpoint holding NaN: eval", "eval nan.h5"),
             ("checkpoint holding NaN: resume", "train --resume nan.h5"),
             ("--hidden 100000000,10", f"train {SMALL} --hidden 100000000,10 --out m.h5"),
-            ("--width 100000", f"train {SMALL} --model binary_cnn --width 100000 --out m.h5"),
+            ("--width 100000", "train --dataset synthetic --model binary_cnn --width 100000 "
+             "--out m.h5"),
             ("explain --steps 1000000000", "explain --lr 0.1 --weight-decay 1e-4 --plot x.png "
              "--steps 1000000000"),
             ("explain --plot x.xyz", "explain --lr 0.1 --weight-decay 1e-4 --plot x.xyz"),

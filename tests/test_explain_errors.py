@@ -90,8 +90,8 @@ def test_pgf_without_latex_is_refused(capsys, tmp_path):
 def test_steps_that_cannot_fit_are_refused_with_an_estimate(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(explain, "physical_memory", lambda: 24 * GIB, raising=False)
     msg, out = _error(capsys, *LATENT, "--plot", tmp_path / "x.png", "--steps", 10 ** 15)
-    assert f"--steps {10 ** 15} needs ~" in msg and "GiB of memory" in msg
-    assert "(this machine has 24 GiB)" in msg and out == ""
+    assert f"--steps {10 ** 15} (the responses and their plot) needs ~" in msg
+    assert "this machine has 24.0 GiB: pass at most --steps" in msg and out == ""
     assert not (tmp_path / "x.png").exists()
 
 
@@ -102,10 +102,10 @@ def test_memory_estimate_counts_the_arrays(monkeypatch):
     assert explain.plot_bytes(10 ** 9, 3) == 10 ** 9 * per_step
     with pytest.raises(explain.MinibnnError) as info:
         explain.check_plot_memory(10 ** 9, 3)
-    gib = round(10 ** 9 * per_step / GIB)
-    assert str(info.value).startswith(f"--steps 1000000000 needs ~{gib} GiB of memory for the "
-                                      "responses")
-    assert "(this machine has 24 GiB)" in str(info.value)
+    gib = 10 ** 9 * per_step / GIB
+    assert str(info.value).startswith(f"--steps 1000000000 (the responses and their plot) "
+                                      f"needs ~{gib:.1f} GiB")
+    assert "this machine has 24.0 GiB" in str(info.value)
     explain.check_plot_memory(10 ** 6, 3)  # 176 MB fits
 
 

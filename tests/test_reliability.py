@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from minibnn import io as run_io
+from minibnn import resources
 from minibnn import train as train_module
 from minibnn.cli import main
 from minibnn.errors import MinibnnError
@@ -51,12 +52,16 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path, capsys):
     try:
         _wait_for(lambda: os.path.exists(out))      # an epoch is on disk, the lock is held
         pid = str(proc.pid)
+        source = str(tmp_path / "source.h5")
+        assert main(["train", *SMALL, "--epochs", "1", "--out", source]) == 0
+        capsys.readouterr()
         for argv in (["train", *SMALL, "--out", out, "--overwrite"],
                      ["train", "--resume", out],
-                     ["export", str(tmp_path / "other.h5"), "--out", out, "--overwrite"]):
+                     ["export", source, "--out", out, "--overwrite"],
+                     ["export", source, "--format", "onnx", "--out", out, "--overwrite"]):
             assert main(argv) == 2, argv
             line = _one_line_error(capsys)
-            assert f"in use by process {pid}" in line or "not found" in line, line
+            assert f"in use by process {pid}" in line, line
         assert main(["eval", out]) == 0               # readers are never blocked
     finally:
         proc.kill()
@@ -91,13 +96,13 @@ def test_kill_9_during_writes_then_eval_and_resume(tmp_path, capsys):
     assert main(["train", "--resume", out, "--stop-after", "1", "--no-progress"]) == 0
     assert load_run(out).checkpoint.epoch == before + 1
     assert not stale.exists() and foreign.exists()
-    assert not [p for p in os.listdir(tmp_path) if run_io._temporary_pattern(out).fullmatch(p)]
+    assert not [p for p in os.listdir(tmp_path) if run_io.temporary_pattern(out).fullmatch(p)]
 
 
 def test_not_enough_disk_space_is_refused_before_training(tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "run.h5")
     real = shutil.disk_usage
-    monkeypatch.setattr(run_io.shutil, "disk_usage",
+    monkeypatch.setattr(resources.shutil, "disk_usage",
                         lambda p: real(p)._replace(free=1000))
     trained = []
     monkeypatch.setattr(train_module, "train_epoch",
@@ -158,7 +163,7 @@ def test_divergence_names_the_step_and_keeps_the_last_good_epoch(tmp_path, capsy
     assert main(["train", *SMALL, "--real-lr", "1e37", "--epochs", "2", "--out", out]) == 2
     line = _one_line_error(capsys)
     assert "training diverged: at step 2 (epoch 1) the loss is not finite" in line
-    assert "first non-finite parameter: head.w" in line
+    assert "first non-finite array: params/head.w" in line
     assert "nothing was written" in line and not os.path.exists(out)
 
 
@@ -181,7 +186,7 @@ def test_a_finite_but_exploding_loss_counts_as_divergence(tmp_path, capsys):
     (["--init-scale", "1e300", "--optimizer", "sgd"], "--init-scale 1e+300 overflows float32"),
     (["--real-lr", "1e-60"], "--real-lr 1e-60 underflows float32 to 0"),
     (["--shift", "40"], "--shift 40 is not smaller than the 28x28 images"),
-    (["--data-dir", "/nonexistent/data"], "--data-dir /nonexistent/data does not exist"),
+    (["--data-dir", "."], "the synthetic set is generated and reads no files"),
     (["--out", ""], "--out is empty"),
 ])
 def test_bad_options_are_refused_before_training(tmp_path, capsys, monkeypatch, argv, words):
@@ -194,8 +199,12 @@ def test_bad_options_are_refused_before_training(tmp_path, capsys, monkeypatch, 
     assert not trained and not [p for p in Path(".").rglob("*.h5")]
 
 
-def test_a_missing_data_dir_is_refused_for_mnist(capsys):
+def test_a_missing_data_dir_is_refused_even_when_the_data_is_cached(tmp_path, capsys):
+    """A typo in an explicit --data-dir is not hidden by the cache; a run whose stored
+    data_dir is gone still evaluates from the cache."""
     assert main(["train", "--dataset", "mnist", "--data-dir", "/nonexistent/mnist"]) == 2
+    assert "--data-dir /nonexistent/mnist does not exist" in _one_line_error(capsys)
+    assert main(["eval", str(tmp_path / "r.h5"), "--data-dir", "/nonexistent/mnist"]) == 2
     assert "--data-dir /nonexistent/mnist does not exist" in _one_line_error(capsys)
 
 

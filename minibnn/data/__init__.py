@@ -30,7 +30,7 @@ from minibnn.data.cifar import load_cifar10_split
 from minibnn.data.idx import parse_idx, read_idx, write_idx
 from minibnn.data.mnist import SPECS, load_idx_dataset
 from minibnn.data.synthetic import synthetic_dataset, synthetic_uint8
-from minibnn.errors import DataFileError, MinibnnError
+from minibnn.errors import MinibnnError
 
 __all__ = ["DATASET_NAMES", "Dataset", "NORMALISATION", "default_cache_dir", "from_uint8",
            "image_shape", "load_dataset", "parse_idx", "read_idx", "standardise", "synthetic_dataset",
@@ -86,9 +86,6 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
     from the cache only the test arrays are read), for evaluation.
     """
     key = canonical_name(name)
-    if (data_dir is not None and key not in ("cifar10", "imagefolder")   # (their own message)
-            and not os.path.exists(os.path.expanduser(data_dir))):
-        raise DataFileError(f"--data-dir {data_dir} does not exist")
     if key == "synthetic":
         allowed = set(inspect.signature(synthetic_dataset).parameters) - {"dtype"}
         unknown = sorted(set(options) - allowed)

@@ -25,6 +25,7 @@ from minibnn.backend import FLOAT_DTYPES
 from minibnn.errors import DTypeError, MinibnnError
 from minibnn.nn import functional as F
 from minibnn.nn.functional import sign as _sign
+from minibnn.resources import check_weight_fits
 
 Array = Any
 Params = dict[str, Array]
@@ -119,32 +120,9 @@ def GlobalAvgPool() -> Stateless:
 def _uniform(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, dtype: Any,
              scale: float = 1.0) -> Array:
     """PyTorch's default init for dense/conv weights: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
-    check_fits_in_memory(shape, dtype)
+    check_weight_fits(shape, dtype)
     bound = scale / np.sqrt(fan_in)
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
-
-
-#: arrays of a weight's size that training holds at once: the weight, its float64 draw at
-#: init, its gradient and up to two optimiser buffers
-TRAINING_COPIES = 5
-
-
-def physical_memory() -> int:
-    """Bytes of RAM on this machine."""
-    import os
-
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def check_fits_in_memory(shape: tuple[int, ...], dtype: Any) -> None:
-    """Refuse, before allocating, a weight that cannot be trained in this machine's memory
-    (``TRAINING_COPIES`` arrays of its size), with the estimate in the message."""
-    need = float(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize * TRAINING_COPIES
-    have = physical_memory()
-    if need > have:
-        raise MinibnnError(f"a weight of shape {tuple(shape)} needs ~{need / 2 ** 30:.0f} GiB "
-                           f"to train ({TRAINING_COPIES} arrays of its size), this machine has "
-                           f"{have / 2 ** 30:.0f} GiB: make the model smaller")
 
 
 class Dense(Module):
