@@ -4,6 +4,9 @@
 
 E1: val_acc of the latent SGDW grid over (lr, weight decay) with the iso-lines lr * wd = const
 (anti-diagonals of the power-of-two grid) drawn in, beside the CEMA grid over (alpha, gamma).
+E2: the four final CIFAR-10 runs: val accuracy and training loss per epoch, and the mean flip
+ratio of each binary layer.  E3: the Fashion-MNIST run's accuracies per epoch.  A figure whose
+sweep folders are missing is skipped.
 """
 from __future__ import annotations
 
@@ -17,7 +20,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from minibnn.figures import save_figure  # noqa: E402
+from minibnn.io import load_run  # noqa: E402
 from minibnn.sweep_report import grid_means, load_sweep_dir  # noqa: E402
+
+#: E2's final runs: (sweep folder under --runs, label)
+E2_FINAL = [("e2_final_cema", "CEMA"), ("e2_final_adam", "latent Adam"),
+            ("e2_final_sgd", "latent SGD"), ("e2_final_bop", "Bop")]
 
 
 def heatmap(ax, folder: str, x: str, y: str, metric: str = "val_acc") -> tuple[list, list]:
@@ -38,13 +46,65 @@ def heatmap(ax, folder: str, x: str, y: str, metric: str = "val_acc") -> tuple[l
     return image, xs
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default="experiments/out")
-    parser.add_argument("--out", default="docs/figures")
-    args = parser.parse_args()
+def _single_run(folder: str) -> dict[str, list[float]] | None:
+    """The metrics of the one run of a finished one-point sweep folder, else None."""
+    runs = os.path.join(folder, "runs")
+    names = sorted(os.listdir(runs)) if os.path.isdir(runs) else []
+    names = [n for n in names if n.endswith(".h5")]
+    return load_run(os.path.join(runs, names[0])).metrics if len(names) == 1 else None
+
+
+def e2_figure(runs: str, out: str) -> str | None:
+    found = [(label, _single_run(os.path.join(runs, folder))) for folder, label in E2_FINAL]
+    found = [(label, m) for label, m in found if m is not None]
+    if not found:
+        return None
+    fig, (acc, loss, flips) = plt.subplots(1, 3, figsize=(14, 4.2))
+    for label, m in found:
+        epochs = range(1, len(m["train_loss"]) + 1)
+        acc.plot(epochs, m["val_acc"], marker=".", label=label)
+        loss.plot(epochs, m["train_loss"], marker=".", label=label)
+        layers = sorted(k for k in m if k.startswith("flip_ratio:"))
+        flips.plot([k.split(":", 1)[1] for k in layers],
+                   [sum(m[k]) / len(m[k]) for k in layers], marker="o", label=label)
+    acc.set(xlabel="epoch", ylabel="val acc (5,000 held-out images)", title="validation accuracy")
+    loss.set(xlabel="epoch", ylabel="train loss", title="training loss")
+    flips.set(ylabel="mean flip ratio per step", yscale="log",
+              title="flip ratio per binary layer")
+    for ax in (acc, loss, flips):
+        ax.grid(alpha=0.3)
+    acc.legend(fontsize=8)
+    fig.suptitle("E2: binary_cnn (width 16) on CIFAR-10 (JPEG copy), tuned settings", fontsize=10)
+    path = os.path.join(out, "e2-cifar10.png")
+    save_figure(fig, path, dpi=110)
+    return path
+
+
+def e3_figure(runs: str, out: str) -> str | None:
+    m = _single_run(os.path.join(runs, "e3_fashion"))
+    if m is None:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = range(1, len(m["train_loss"]) + 1)
+    ax.plot(epochs, m["train_acc"], marker=".", label="train acc (augmented)")
+    ax.plot(epochs, m["val_acc"], marker=".", label="val acc (5,000 held out)")
+    ax.axhline(m["test_acc"][-1], color="k", lw=0.8, ls="--",
+               label=f"test acc after the last epoch: {m['test_acc'][-1]:.4f}")
+    ax.axhline(0.90, color="r", lw=0.6, ls=":", label="90 %")
+    ax.set(xlabel="epoch", ylabel="accuracy", title="E3: binary_cnn (width 32) + CEMA on "
+           "Fashion-MNIST")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = os.path.join(out, "e3-fashion.png")
+    save_figure(fig, path, dpi=110)
+    return path
+
+
+def e1_figure(runs: str, out: str) -> str | None:
+    if not os.path.isdir(os.path.join(runs, "e1_latent")):
+        return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6))
-    image, xs = heatmap(left, os.path.join(args.runs, "e1_latent"), "lr", "weight-decay")
+    image, xs = heatmap(left, os.path.join(runs, "e1_latent"), "lr", "weight-decay")
     n = len(xs)
     for k in range(-n + 1, n):        # iso-lines lr * wd = const: i + j = const on this grid
         left.plot([k - 0.5 + n, -0.5], [-0.5, k - 0.5 + n], color="white", lw=0.6, alpha=0.5)
@@ -52,14 +112,24 @@ def main() -> None:
     left.set_ylim(-0.5, n - 0.5)
     left.set_title("latent SGDW, momentum 0.75: val acc\n(white lines: lr x wd = const)",
                    fontsize=9)
-    heatmap(right, os.path.join(args.runs, "e1_cema"), "alpha", "gamma")
+    heatmap(right, os.path.join(runs, "e1_cema"), "alpha", "gamma")
     right.set_title("CEMA: val acc over (alpha, gamma)\n(gamma 2^-2 = E1a's momentum 0.75)",
                     fontsize=9)
     fig.colorbar(image, ax=[left, right], label="val acc (5,000 held-out MNIST images)")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "e1-collapse.png")
+    path = os.path.join(out, "e1-collapse.png")
     save_figure(fig, path, dpi=110)
-    print(f"wrote {path}")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="experiments/out")
+    parser.add_argument("--out", default="docs/figures")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    for figure in (e1_figure, e2_figure, e3_figure):
+        path = figure(args.runs, args.out)
+        print(f"wrote {path}" if path else f"{figure.__name__}: its sweeps are not there; skipped")
 
 
 if __name__ == "__main__":
