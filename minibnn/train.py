@@ -468,7 +468,8 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
             for rate in rates.values():
                 if isinstance(rate, RateLog):
                     rate.take()            # forget values asked for outside the steps (checks)
-            epoch_metrics = train_epoch(model, optimizer, state, x_train, y_train, spec, progress)
+            epoch_metrics = train_epoch(model, optimizer, state, x_train, y_train, spec,
+                                        progress)
             check_divergence(state, epoch_metrics, out_path, ds.num_classes)
             epoch_metrics.update(_rates_used(rates))
             last = state.epoch + 1 == epochs
@@ -478,7 +479,8 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
                 epoch_metrics.update(val_loss=val_loss, val_acc=val_acc)
                 held_out = f"  val acc {val_acc:.4f}"
             if val is None or spec.loop.test_every_epoch or last:
-                test_loss, test_acc = evaluate(model, state.params, state.buffers, x_test, y_test)
+                test_loss, test_acc = evaluate(model, state.params, state.buffers, x_test,
+                                               y_test)
                 held_out += f"  test acc {test_acc:.4f}"
             else:                                  # with a validation split: test at the end only
                 test_loss = test_acc = float("nan")
@@ -489,11 +491,12 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
             for name, value in epoch_metrics.items():
                 metrics.setdefault(name, []).append(float(value))
             pm1 = model.binary_names if spec.binary_storage == "binary" else ()
-            save_run(out_path, RunFile(stored, metrics, _checkpoint(state, pm1), describe_data(ds),
+            save_run(out_path, RunFile(stored, metrics, _checkpoint(state, pm1),
+                                       describe_data(ds),
                                        previous.replans if previous is not None else []))
             saved["epoch"] = state.epoch
-            mean_flip = np.mean([v for k, v in epoch_metrics.items() if k.startswith("flip_ratio:")]
-                                or [0.0])
+            mean_flip = np.mean([v for k, v in epoch_metrics.items()
+                                 if k.startswith("flip_ratio:")] or [0.0])
             log(f"epoch {state.epoch:3d}/{epochs}  train loss {epoch_metrics['train_loss']:.4f}"
                 f"  train acc {epoch_metrics['train_acc']:.4f}{held_out}"
                 f"  flip ratio {mean_flip:.2e}  {epoch_metrics['seconds']:.1f}s")
@@ -523,7 +526,8 @@ def check_divergence(state: TrainState, epoch_metrics: Mapping[str, float], out_
                      num_classes: int) -> None:
     """A non-finite training loss, parameter, BatchNorm statistic or optimiser buffer, or a
     loss beyond ``DIVERGED_LOSS_FACTOR`` * ln(classes), ends the run with a one-line error
-    naming the step and the first non-finite array; the run file keeps the last good epoch (nothing of this epoch is written)."""
+    naming the step and the first non-finite array; the run file keeps the last good epoch
+    (nothing of this epoch is written)."""
     train_loss = epoch_metrics["train_loss"]
     bad = first_nonfinite({"params": state.params, "buffers": state.buffers,
                            "opt_state": state.opt_state})
