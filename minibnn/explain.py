@@ -33,6 +33,7 @@ from minibnn import theory
 from minibnn.errors import MinibnnError
 from minibnn.figures import save_figure
 from minibnn.resources import check_memory, format_bytes, physical_memory
+from minibnn.spec import flag
 
 #: where the properties cited in the output are stated and proved
 DOC = "docs/theory.md"
@@ -95,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         raise MinibnnError("--steps sets the length of the plot: add --plot OUT.png")
     momentum = 0.0 if args.momentum is None else args.momentum
     weight_decay = 0.0 if args.weight_decay is None else args.weight_decay
-    _check_latent_options(args.lr, momentum, weight_decay)
+    theory.check_latent(args.lr, momentum, weight_decay, name=flag)
+    theory.check_product(args.lr, weight_decay, name=flag)
     if args.plot:
         check_plot_path(args.plot)
     eq = theory.latent_to_filter(args.lr, momentum, weight_decay, args.decoupled)
@@ -124,25 +126,6 @@ def _check_finite_options(args: argparse.Namespace) -> None:
                        ("--gamma", args.gamma)):
         if value is not None and not math.isfinite(value):
             raise MinibnnError(f"{opt} must be a finite number, got {value}")
-
-
-def _check_latent_options(lr: float, momentum: float, weight_decay: float) -> None:
-    """Ranges and the product lr*weight_decay, in the options' own names."""
-    if lr <= 0:
-        raise MinibnnError(f"--lr must be > 0, got {_g(lr)}")
-    if not 0 <= momentum < 1:
-        raise MinibnnError(f"--momentum must be in [0, 1), got {_g(momentum)}")
-    if weight_decay < 0:
-        raise MinibnnError(f"--weight-decay must be >= 0, got {_g(weight_decay)}")
-    el = lr * weight_decay
-    if not math.isfinite(el):
-        raise MinibnnError(f"--lr {_g(lr)} times --weight-decay {_g(weight_decay)} overflows: "
-                           f"lr*weight_decay = {el} is not a finite number (only the product "
-                           f"matters, {DOC} P5: use values whose product is finite)")
-    if weight_decay > 0 and el == 0:
-        raise MinibnnError(f"--lr {_g(lr)} times --weight-decay {_g(weight_decay)} underflows "
-                           "to 0: alpha = lr*weight_decay would be 0 (use --weight-decay 0 for "
-                           "no decay, or a larger product)")
 
 
 def _g(x: Any) -> str:
@@ -251,9 +234,8 @@ def _naive_text(eq: theory.FilterEquivalent) -> str:
 
 def explain_filter(alpha: float, gamma: float, decoupled: bool) -> str:
     """The latent configurations equivalent to CEMA ``(alpha, gamma)``."""
-    for opt, value in (("--alpha", alpha), ("--gamma", gamma)):
-        if not (math.isfinite(value) and 0 < value <= 1):
-            raise MinibnnError(f"{opt} must be in (0, 1], got {_g(value)}")
+    theory.check_rate(flag("alpha"), alpha)
+    theory.check_rate(flag("gamma"), gamma)
     back = theory.filter_to_latent(alpha, gamma, decoupled=decoupled)
     if back.lr_times_weight_decay == 0:
         raise MinibnnError(f"--alpha {_g(alpha)} times --gamma {_g(gamma)} underflows to 0: "

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from numbers import Real
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -117,20 +117,28 @@ def _check_real(name: str, value: Any) -> Number:
     return value.item() if isinstance(value, (np.floating, np.integer)) else value
 
 
-def _check_latent(lr: Any, momentum: Any, weight_decay: Any) -> tuple[Number, Number, Number]:
-    lr = _check_real("lr", lr)
-    momentum = _check_real("momentum", momentum)
-    weight_decay = _check_real("weight_decay", weight_decay)
+def _as_is(name: str) -> str:
+    return name
+
+
+def check_latent(lr: Any, momentum: Any, weight_decay: Any,
+                 name: Callable[[str], str] = _as_is) -> tuple[Number, Number, Number]:
+    """Latent SGD's options as numbers in range; ``name`` shows an option in messages (the
+    CLI passes ``spec.flag``: ``weight_decay`` -> ``--weight-decay``)."""
+    lr = _check_real(name("lr"), lr)
+    momentum = _check_real(name("momentum"), momentum)
+    weight_decay = _check_real(name("weight_decay"), weight_decay)
     if lr <= 0:
-        raise MinibnnError(f"lr must be > 0, got {lr}")
+        raise MinibnnError(f"{name('lr')} must be > 0, got {lr}")
     if not 0 <= momentum < 1:
-        raise MinibnnError(f"momentum must be in [0, 1), got {momentum}")
+        raise MinibnnError(f"{name('momentum')} must be in [0, 1), got {momentum}")
     if weight_decay < 0:
-        raise MinibnnError(f"weight_decay must be >= 0, got {weight_decay}")
+        raise MinibnnError(f"{name('weight_decay')} must be >= 0, got {weight_decay}")
     return lr, momentum, weight_decay
 
 
-def _check_rate(name: str, value: Any) -> Number:
+def check_rate(name: str, value: Any) -> Number:
+    """An EMA rate: a finite real number in (0, 1] (``name`` as shown in the message)."""
     value = _check_real(name, value)
     if not 0 < value <= 1:
         raise MinibnnError(f"{name} must be in (0, 1], got {value}")
@@ -172,16 +180,18 @@ def _finite(x: Any) -> bool:
     return True
 
 
-def _check_product(lr: Number, lam: Number) -> Number:
-    """``lr * weight_decay``, refused when a float product over- or underflows."""
+def check_product(lr: Number, lam: Number, name: Callable[[str], str] = _as_is) -> Number:
+    """``lr * weight_decay``, refused when a float product over- or underflows (``name`` as in
+    ``check_latent``)."""
     el = lr * lam
+    given = f"{name('lr')} {float(lr):g} times {name('weight_decay')} {float(lam):g}"
     if not _finite(el):
-        raise MinibnnError(f"lr*weight_decay = {float(lr):g} * {float(lam):g} overflows to "
-                           f"{el}: no filter with a finite rate exists (only the product "
-                           "matters, docs/theory.md P5)")
+        raise MinibnnError(f"{given} overflows: lr*weight_decay = {el} is not a finite number, "
+                           "so no filter with a finite rate exists (only the product matters, "
+                           "docs/theory.md P5: use values whose product is finite)")
     if lam > 0 and el == 0:
-        raise MinibnnError(f"lr*weight_decay = {float(lr):g} * {float(lam):g} underflows to 0: "
-                           "the rate alpha would be 0 (pass weight_decay = 0 for no decay)")
+        raise MinibnnError(f"{given} underflows to 0: the rate alpha = lr*weight_decay would "
+                           "be 0 (pass weight_decay = 0 for no decay, or a larger product)")
     return el
 
 
@@ -200,7 +210,7 @@ def _check_finite_filter(eq: FilterEquivalent) -> FilterEquivalent:
 
 def naive_map(lr: Number, momentum: Number, weight_decay: Number) -> tuple[Number, Number]:
     """``alpha = lr*weight_decay``, ``gamma = 1 - momentum`` (exact only for (B) or mu = 0)."""
-    lr, momentum, weight_decay = _check_latent(lr, momentum, weight_decay)
+    lr, momentum, weight_decay = check_latent(lr, momentum, weight_decay)
     return lr * weight_decay, 1 - momentum
 
 
@@ -211,8 +221,8 @@ def latent_to_filter(lr: Number, momentum: Number = 0.0, weight_decay: Number = 
     ``decoupled=False`` is PyTorch's ``SGD`` (docs/theory.md (A)), ``True`` is SGDW
     (docs/theory.md (B)).
     """
-    lr, mu, lam = _check_latent(lr, momentum, weight_decay)
-    el = _check_product(lr, lam)
+    lr, mu, lam = check_latent(lr, momentum, weight_decay)
+    el = check_product(lr, lam)
     common = dict(lr=lr, momentum=mu, weight_decay=lam, decoupled=bool(decoupled))
     if lam == 0:
         # w_t = w_0 - eta * sum(m): an integrator (pole 1) behind the momentum pole; v = -w.
@@ -298,7 +308,7 @@ def filter_to_latent(alpha: Number, gamma: Number, decoupled: bool = True, lr: N
     decoupled (P2): momentum = 1 - gamma, lr*weight_decay = alpha (alpha may follow a schedule).
     coupled (P3):   momentum = (1-alpha)(1-gamma), lr*weight_decay = alpha*gamma (constant lr).
     """
-    alpha, gamma = _check_rate("alpha", alpha), _check_rate("gamma", gamma)
+    alpha, gamma = check_rate("alpha", alpha), check_rate("gamma", gamma)
     if decoupled:
         mu, el = 1 - gamma, alpha
     else:
@@ -394,7 +404,7 @@ def latent_impulse_response(lr: Number, momentum: Number, weight_decay: Number, 
 
 def filter_impulse_response(alpha: Number, gamma: Number, n: int) -> np.ndarray:
     """CEMA ``v_t``, t = 1..n, from zero buffers after a unit gradient at t = 1."""
-    alpha, gamma = float(_check_rate("alpha", alpha)), float(_check_rate("gamma", gamma))
+    alpha, gamma = float(check_rate("alpha", alpha)), float(check_rate("gamma", gamma))
     out = np.empty(_steps(n))
     m = v = 0.0
     g = 1.0
@@ -441,6 +451,6 @@ def latent_frequency_response(lr: Number, momentum: Number, weight_decay: Number
 def filter_frequency_response(alpha: Number, gamma: Number,
                               freqs: Sequence[float] | np.ndarray) -> np.ndarray:
     """Gain of CEMA, ``alpha gamma / ((1 - (1-alpha) z^-1)(1 - (1-gamma) z^-1))``."""
-    alpha, gamma = float(_check_rate("alpha", alpha)), float(_check_rate("gamma", gamma))
+    alpha, gamma = float(check_rate("alpha", alpha)), float(check_rate("gamma", gamma))
     zi = _unit_circle(freqs)
     return np.abs(alpha * gamma / ((1 - (1 - alpha) * zi) * (1 - (1 - gamma) * zi)))

@@ -560,12 +560,9 @@ def check_shift(spec: RunSpec, input_shape: tuple[int, ...]) -> None:
 def _run_file_bytes(state: TrainState) -> int:
     """About how many bytes a run file of ``state`` takes: its arrays plus 1 MiB for the
     metrics, attributes and HDF5's own structures."""
-    def nbytes(tree: Any) -> int:
-        if isinstance(tree, dict):
-            return sum(nbytes(v) for v in tree.values())
-        return int(getattr(tree, "nbytes", 8))
-
-    return nbytes(state.params) + nbytes(state.buffers) + nbytes(state.opt_state) + 2 ** 20
+    arrays = _flatten({"params": state.params, "buffers": state.buffers,
+                       "opt_state": state.opt_state})
+    return sum(int(getattr(v, "nbytes", 8)) for v in arrays.values()) + 2 ** 20
 
 
 def _rates_used(rates: Mapping[str, Any]) -> dict[str, float]:
