@@ -31,6 +31,7 @@ from minibnn import kernels, optim
 from minibnn.augment import FILLS
 from minibnn.backend import FLOAT_DTYPES
 from minibnn.data import DATASET_NAMES
+from minibnn.kernels.threads import check_threads
 from minibnn.errors import MinibnnError
 from minibnn.nn import models
 from minibnn.nn.functional import STE_NAMES
@@ -487,9 +488,12 @@ class Local:
     device: str = "cpu"
     backend: str = "auto"             # kernels: auto (numba on CPU, cuda on GPU) | numpy | ...
     data_dir: str | None = None
+    threads: int | None = None        # None: the machine's cores (results do not depend on it)
 
     def __post_init__(self) -> None:
         one_of("device", self.device, DEVICE_NAMES)
+        if self.threads is not None:
+            check_threads(self.threads)
         one_of("backend", self.backend, BACKEND_NAMES)
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise MinibnnError(f"--data-dir must be a path, got {self.data_dir!r}")

@@ -36,12 +36,12 @@ def run_point(task: dict[str, Any]) -> dict[str, Any]:
     """Train (or finish, or just read) one point; never raises for a failing run.
 
     ``task``: ``spec`` (``RunSpec.to_dict()``), ``run_file`` (path), ``local`` (machine-local
-    settings).  Runs with one BLAS and one Numba thread.  Returns the row's result columns.
+    settings).  Runs on one thread (``local["threads"]``, set by ``_task``: a worker per core).
+    Returns the row's result columns.
     """
-    import threadpoolctl
+    from minibnn.kernels.threads import using_threads
 
-    with threadpoolctl.threadpool_limits(1):
-        _pin_numba()
+    with using_threads(task["local"].get("threads")):
         try:
             return _train_point(task)
         except KeyboardInterrupt:
@@ -52,15 +52,6 @@ def run_point(task: dict[str, Any]) -> dict[str, Any]:
             first = str(exc).splitlines()[0] if str(exc) else ""
             reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     return {**read_result(task["run_file"]), "status": "failed", "reason": reason}
-
-
-def _pin_numba() -> None:
-    try:
-        import numba
-
-        numba.set_num_threads(1)
-    except (ImportError, ValueError):
-        pass
 
 
 def _train_point(task: dict[str, Any]) -> dict[str, Any]:
@@ -202,7 +193,7 @@ def _task(point: Point, runs: str, local: Any) -> dict[str, Any]:
 
     return {"id": point.id, "spec": point.spec.to_dict(),
             "run_file": os.path.abspath(os.path.join(runs, f"{point.id}.h5")),
-            "local": dataclasses.asdict(local)}
+            "local": dataclasses.asdict(dataclasses.replace(local, threads=1))}
 
 
 def _describe(parsed: Sweep, pid: str) -> str:

@@ -5,10 +5,10 @@ One step, written out (``train_step``)::
     logits, buffers, cache = model.forward(params, buffers, x, train=True)
     loss, dlogits          = softmax_cross_entropy(logits, y, label_smoothing)
     grads                  = model.backward(dlogits, cache)
-    params, opt_state      = optimizer.step(grads, opt_state, params)
+    params                 = optimizer.step_in_place(grads, opt_state, params)
 
 Binary weights go to the binary optimiser (CEMA by default, stored as +-1) and every other
-parameter to Adam, as in the paper's code.  ``optimizer.step`` runs each optimiser's fused
+parameter to Adam, as in the paper's code.  ``optimizer.step_in_place`` runs each optimiser's fused
 one-pass kernel where one is compiled for the arrays at hand, else its filter chain (same
 bits); which kernels run is chosen by ``kernels.use_backend(local.backend)`` around the run.
 
@@ -32,7 +32,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from minibnn import __version__, kernels, optim
+from minibnn import kernels, optim
+from minibnn._version import __version__
 from minibnn.augment import draw_flips, draw_offsets, flip_images, shift_images
 from minibnn.backend import (device_module, first_nonfinite, get_array_module, resolve_dtype,
                              to_device, to_numpy)
@@ -41,6 +42,7 @@ from minibnn.spec import (LOCAL_FIELDS, Adam, Bop, Bop2nd, Bop2ndCorrected, Cema
 from minibnn.errors import DataFileError, MinibnnError
 from minibnn.io import (Checkpoint, RunFile, check_arrays, check_writable, load_run,
                         save_run)
+from minibnn.kernels.threads import get_threads, using_threads
 from minibnn.lock import one_writer
 from minibnn.resources import check_free_space
 from minibnn.nn.functional import softmax_cross_entropy
@@ -184,7 +186,7 @@ def train_step(model: Model, optimizer: Transform, state: TrainState, x: Any, y:
     logits, new_buffers, cache = model.forward(state.params, state.buffers, x, train=True)
     loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing=label_smoothing)
     grads = model.backward(dlogits, cache)
-    new_params, state.opt_state = optimizer.step(grads, state.opt_state, state.params)
+    new_params = optimizer.step_in_place(grads, state.opt_state, state.params)
     flips = {name: ((state.params[name] >= 0) != (new_params[name] >= 0)).sum()
              for name in model.binary_names}
     state.params, state.step = new_params, state.step + 1
@@ -378,6 +380,8 @@ def _fit_locked(spec: RunSpec | None, out_path: str, resume: bool, progress: boo
             raise MinibnnError("fit(resume=True) continues the stored spec: pass spec=None")
         previous = load_run(out_path)
         spec, stored_local = read_stored_config(previous.config_json)
+        # the thread count is this machine's, never inherited: the bits do not depend on it
+        stored_local = dataclasses.replace(stored_local, threads=None)
         if previous.checkpoint is None:
             raise MinibnnError(f"{out_path} has no checkpoint to resume from")
         if extend_to is not None:
@@ -404,7 +408,7 @@ def _fit_locked(spec: RunSpec | None, out_path: str, resume: bool, progress: boo
     if stop_after is not None and stop_after < 1:
         raise MinibnnError(f"--stop-after must be >= 1, got {stop_after}")
     device_module(local.device)          # one-line error now when there is no GPU
-    with kernels.use_backend(local.backend):
+    with kernels.use_backend(local.backend), using_threads(local.threads):
         return _fit(spec, local, out_path, previous, progress, stop_after, log)
 
 
@@ -439,7 +443,8 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
     if previous is None:
         storage = "+-1 weights" if spec.binary_storage == "binary" else "latent real weights"
         log(f"training {spec.model.name} on {spec.data.name}: {spec.binary_optimizer.name} on "
-            f"{storage}, Adam on real parameters -> {out_path}")
+            f"{storage}, Adam on real parameters, "
+            f"{get_threads()} thread{'s' if get_threads() > 1 else ''} -> {out_path}")
     if previous is not None:
         ck = previous.checkpoint
         check_checkpoint(ck, params, out_path, buffers, optimizer.init(params),

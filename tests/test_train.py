@@ -238,7 +238,8 @@ def test_resolved_defaults_are_stored_in_the_run_file(tmp_path):
     bop = optim.defaults("bop")
     assert stored["spec"]["binary_optimizer"] == {"name": "bop", "gamma": bop["gamma"],
                                                   "threshold": bop["threshold"]}
-    assert stored["local"] == {"device": "cpu", "backend": "auto", "data_dir": None}
+    assert stored["local"] == {"device": "cpu", "backend": "auto", "data_dir": None,
+                               "threads": None}
 
 
 @pytest.mark.parametrize("backend,device", [("auto", "cpu"), ("numpy", "cpu"),
@@ -411,9 +412,9 @@ def test_numba_and_numpy_backends_train_identically(tmp_path, optimizer):
 # --- the README's Python snippet -------------------------------------------------------------
 
 def _readme_snippet() -> str:
-    """The README's training-loop block (the one that calls ``opt.step``)."""
+    """The README's training-loop block (the one that calls ``opt.step_in_place``)."""
     blocks = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-              if "opt.step(" in b]
+              if "opt.step_in_place(" in b]
     assert len(blocks) == 1, "README.md should hold exactly one ```python training loop"
     return blocks[0]
 

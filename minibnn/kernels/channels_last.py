@@ -28,6 +28,7 @@ from minibnn.errors import DTypeError, MinibnnError, ShapeError
 from minibnn.kernels._common import (conv_output_size, require_array, require_float,
                                      require_ndim, words_for)
 from minibnn.kernels.registry import call, register
+from minibnn.kernels.threads import matmul
 
 Array = Any
 
@@ -142,7 +143,7 @@ def conv2d_nhwc_forward(x: Array, wmat: Array, kh: int, kw: int, stride: int = 1
         raise DTypeError(f"{fn}: x must be float (packed signs go through binary_conv2d)")
     n = int(x.shape[0])
     oh, ow = conv_output_size(fn, x.shape[1], x.shape[2], kh, kw, stride, padding)
-    return (im2col_nhwc(x, kh, kw, stride, padding) @ wmat).reshape(n, oh, ow, -1)
+    return matmul(im2col_nhwc(x, kh, kw, stride, padding), wmat).reshape(n, oh, ow, -1)
 
 
 @register("conv2d_nhwc_backward", "numpy")
@@ -164,8 +165,8 @@ def conv2d_nhwc_backward(dy: Array, x: Array, wmat: Array, kh: int, kw: int, str
                          f"{dy.dtype} {tuple(dy.shape)}")
     dy2 = dy.reshape(n * oh * ow, -1)
     cols = im2col_nhwc(float_source(x, c, wmat.dtype), kh, kw, stride, padding)
-    dwmat = cols.T @ dy2
-    dx = col2im_nhwc(dy2 @ wmat.T, (n, h, w, c), kh, kw, stride, padding) if need_dx else None
+    dwmat = matmul(cols.T, dy2)
+    dx = col2im_nhwc(matmul(dy2, wmat.T), (n, h, w, c), kh, kw, stride, padding) if need_dx else None
     return dx, dwmat
 
 

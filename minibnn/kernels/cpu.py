@@ -26,13 +26,9 @@ the CPU has AVX-512 VPOPCNTDQ, into vector popcounts.
 """
 from __future__ import annotations
 
-import os
+from minibnn.kernels.threads import import_numba
 
-# GNU OpenMP's default wait policy spins between parallel regions; on a machine whose cores are
-# shared with other processes that made every parallel region cost milliseconds (measured:
-# ~8 ms for a 16-row pack, 0.01 ms with "passive"). Set before libgomp loads; a user's own
-# OMP_WAIT_POLICY wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+import_numba()      # the one environment setting minibnn makes: see kernels/threads.py
 
 from contextlib import contextmanager  # noqa: E402
 from typing import Iterator  # noqa: E402

@@ -1,21 +1,19 @@
 """Numba bodies of the channels-last (NHWC) training ops; their oracle is ``kernels.channels_last``.
 
 Convolution (forward of a real layer, backward of every layer) is blocked im2col + GEMM: the
-output pixels are cut into blocks of whole samples (about ``BLOCK_ROWS`` rows each), and each of
-``numba.get_num_threads()`` Python threads takes a fixed, contiguous share of the blocks. Per
-block it gathers the block's columns (a few hundred KiB, cache-resident; never the whole
-(N*OH*OW, kH*kW*C) array the NCHW path builds) and runs single-threaded BLAS on them:
+output pixels are cut into blocks of whole samples (about ``BLOCK_ROWS`` rows each), spread over
+the thread pool of ``kernels.threads``. Per block it gathers the block's columns (a few hundred
+KiB, cache-resident; never the whole (N*OH*OW, kH*kW*C) array the NCHW path builds) and runs
+one-threaded BLAS on them:
 
     forward   y[blk]    = cols(x)[blk] @ wmat
-    backward  dwmat    += cols(x)[blk]^T @ dy[blk]           (one partial sum per thread)
+    backward  dwmat     = sum over blk of cols(x)[blk]^T @ dy[blk]   (threads.reduce_blocks:
+                          fixed groups of blocks, added in a fixed order)
               dx[blk]   = col2im(dy[blk] @ wmat^T)           (blocks are whole samples: no races)
 
-A binary layer's cached input arrives as packed bits and is unpacked block by block. BLAS runs
-with one thread inside these calls (``threadpoolctl``): two OpenBLAS threads per GEMM on top of
-two Python threads oversubscribe the cores, and OpenBLAS's idle threads spin for ~0.1 s after a
-parallel GEMM, which measured 1.5-3x slower on the Numba kernels that followed
-(benchmarks/prototypes/cnn_step/README.md). The thread shares are fixed and summed in thread
-order, so results are identical from run to run with the same thread count.
+A binary layer's cached input arrives as packed bits and is unpacked block by block. The
+blocks depend only on the shapes, and every sum is taken in an order fixed by the blocks, so
+the results are the same bits with any number of threads (``kernels.threads``).
 
 BatchNorm + sign: the float64 sums of the statistics are split into ``STAT_CHUNKS`` fixed row
 chunks (an order that does not depend on the thread count); float32 only (float64 arrays run
@@ -24,53 +22,25 @@ does, and a Numba loop promotes int32 - float32 to float64 unless told otherwise
 """
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
-
-import numba
 import numpy as np
-import threadpoolctl
 from numba import njit, prange
 
 from minibnn.errors import DTypeError, ShapeError
 from minibnn.kernels import channels_last as ref
 from minibnn.kernels._common import conv_output_size, require_float, words_for
 from minibnn.kernels.registry import register
+from minibnn.kernels.threads import one_blas_thread, reduce_blocks, run_blocks
 
 #: output pixels per block of the blocked convolution (a block is whole samples, at least one)
 BLOCK_ROWS = 1024
 #: fixed number of row chunks of the BatchNorm reductions
 STAT_CHUNKS = 16
 
-_BLAS = threadpoolctl.ThreadpoolController()
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
 
 
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS),
-                                       thread_name_prefix="minibnn-conv")
-        return _POOL
-
-
-def _shares(n: int, per: int) -> list[list[tuple[int, int]]]:
-    """Blocks [n0, n1) of ``per`` samples, cut into one contiguous share per thread."""
-    blocks = [(s, min(n, s + per)) for s in range(0, n, per)]
-    t = max(1, min(numba.get_num_threads(), len(blocks)))
-    cut = [len(blocks) * k // t for k in range(t + 1)]
-    return [blocks[cut[k]:cut[k + 1]] for k in range(t)]
-
-
-def _run_shares(work: Callable[[list[tuple[int, int]]], Any], shares: list[list[tuple[int, int]]]
-                ) -> list[Any]:
-    with _BLAS.limit(limits=1, user_api="blas"):
-        if len(shares) == 1:
-            return [work(shares[0])]
-        return list(_pool().map(work, shares))
+def _blocks(n: int, per: int) -> list[tuple[int, int]]:
+    """Blocks [n0, n1) of ``per`` samples: a function of the shapes only."""
+    return [(s, min(n, s + per)) for s in range(0, n, per)]
 
 
 # --------------------------------------------------------------------------- gather / scatter
@@ -168,14 +138,15 @@ def conv2d_nhwc_forward(x: np.ndarray, wmat: np.ndarray, kh: int, kw: int, strid
     y = np.empty((n, oh, ow, wmat.shape[1]), dtype=x.dtype)
     y2 = y.reshape(-1, wmat.shape[1])
 
-    def work(blocks: list[tuple[int, int]]) -> None:
-        cols = np.empty((per * oh * ow, wmat.shape[0]), dtype=x.dtype)
-        for n0, n1 in blocks:
-            m, r0 = (n1 - n0) * oh * ow, n0 * oh * ow
-            _gather(x, n0, n1, kh, kw, stride, padding, oh, ow, cols)
-            np.matmul(cols[:m], wmat, out=y2[r0:r0 + m])
+    def work(block: tuple[int, int]) -> None:
+        n0, n1 = block
+        m, r0 = (n1 - n0) * oh * ow, n0 * oh * ow
+        cols = np.empty((m, wmat.shape[0]), dtype=x.dtype)
+        _gather(x, n0, n1, kh, kw, stride, padding, oh, ow, cols)
+        np.matmul(cols, wmat, out=y2[r0:r0 + m])
 
-    _run_shares(work, _shares(n, per))
+    with one_blas_thread():
+        run_blocks(work, _blocks(n, per))
     return y
 
 
@@ -202,30 +173,24 @@ def conv2d_nhwc_backward(dy: np.ndarray, x: np.ndarray, wmat: np.ndarray, kh: in
     per = _samples_per_block(oh, ow)
     lut = _BYTE_SIGNS.astype(dtype)
 
-    def work(blocks: list[tuple[int, int]]) -> np.ndarray:
-        dw = np.zeros(wmat.shape, dtype=dtype)
-        part = np.empty(wmat.shape, dtype=dtype)
-        cols = np.empty((per * oh * ow, wmat.shape[0]), dtype=dtype)
-        dcols = np.empty_like(cols) if need_dx else None
-        signs = np.empty((per, h, w, c), dtype=dtype) if packed else None
-        for n0, n1 in blocks:
-            m, r0 = (n1 - n0) * oh * ow, n0 * oh * ow
-            if packed:
-                _unpack(x, c, n0, n1, lut, signs)
-                _gather(signs, 0, n1 - n0, kh, kw, stride, padding, oh, ow, cols)
-            else:
-                _gather(x, n0, n1, kh, kw, stride, padding, oh, ow, cols)
-            np.matmul(cols[:m].T, dy2[r0:r0 + m], out=part)
-            dw += part
-            if need_dx:
-                np.matmul(dy2[r0:r0 + m], wmat_t, out=dcols[:m])
-                _scatter_add(dcols, n0, n1, kh, kw, stride, padding, oh, ow, dx)
-        return dw
+    def partial(block: tuple[int, int]) -> np.ndarray:
+        """This block's share of dwmat (and its rows of dx, written in place)."""
+        n0, n1 = block
+        m, r0 = (n1 - n0) * oh * ow, n0 * oh * ow
+        cols = np.empty((m, wmat.shape[0]), dtype=dtype)
+        if packed:
+            signs = np.empty((n1 - n0, h, w, c), dtype=dtype)
+            _unpack(x, c, n0, n1, lut, signs)
+            _gather(signs, 0, n1 - n0, kh, kw, stride, padding, oh, ow, cols)
+        else:
+            _gather(x, n0, n1, kh, kw, stride, padding, oh, ow, cols)
+        if need_dx:
+            dcols = np.matmul(dy2[r0:r0 + m], wmat_t)
+            _scatter_add(dcols, n0, n1, kh, kw, stride, padding, oh, ow, dx)
+        return np.matmul(cols.T, dy2[r0:r0 + m])
 
-    parts = _run_shares(work, _shares(n, per))
-    dwmat = parts[0]
-    for p in parts[1:]:
-        dwmat += p
+    with one_blas_thread():
+        dwmat = reduce_blocks(partial, _blocks(n, per))
     return dx, dwmat
 
 

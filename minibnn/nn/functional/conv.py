@@ -7,7 +7,8 @@ The unfolding is the kernel op ``im2col`` (its adjoint ``col2im``), run through
 ``minibnn.kernels.call``: the Numba body on NumPy arrays, the reference (``kernels.reference``,
 where the column layout is documented) on CuPy arrays or under ``use_backend("numpy")``.
 ``cols`` has shape ``(N*OH*OW, C*kH*kW)`` with the column order of ``w.reshape(O, -1)``, so the
-convolution is ``cols @ w.reshape(O, -1).T``.
+convolution is ``cols @ w.reshape(O, -1).T`` (``kernels.threads.matmul``: the same bits on any
+number of threads).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import NamedTuple
 from minibnn import kernels
 from minibnn.backend import get_array_module
 from minibnn.errors import ShapeError
+from minibnn.kernels.threads import matmul
 from minibnn.nn.functional._checks import (
     Array, conv_output_size, require_float, require_grad, require_int, require_ndim,
     require_same_dtype, require_vector, shape_str)
@@ -51,7 +53,7 @@ def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: int = 1,
     oh, ow = conv_output_size(fn, x.shape[2], x.shape[3], kh, kw, stride, padding)
     xp = get_array_module(x)
     cols = kernels.call("im2col", x, kh, kw, stride, padding)
-    y2 = cols @ w.reshape(o, -1).T                 # (N*OH*OW, O): one GEMM
+    y2 = matmul(cols, w.reshape(o, -1).T)          # cols @ W^T, (N*OH*OW, O): one GEMM
     if b is not None:
         y2 += b
     y = xp.ascontiguousarray(y2.reshape(n, oh, ow, o).transpose(0, 3, 1, 2))
@@ -67,8 +69,8 @@ def conv2d_backward(dy: Array, cache: Conv2dCache) -> tuple[Array, Array, Array 
                               padding)
     require_grad("conv2d_backward", dy, (n, o, oh, ow), w.dtype)
     dy2 = dy.transpose(0, 2, 3, 1).reshape(-1, o)  # rows in im2col order, (N*OH*OW, O)
-    dw = (dy2.T @ cols).reshape(w.shape)           # dL/dW = dY^T . cols
-    dcols = dy2 @ w.reshape(o, -1)                 # dL/dcols = dY . W
+    dw = matmul(dy2.T, cols).reshape(w.shape)      # dL/dW = dY^T . cols
+    dcols = matmul(dy2, w.reshape(o, -1))          # dL/dcols = dY . W
     dx = kernels.call("col2im", dcols, x_shape, kh, kw, stride, padding)
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, db

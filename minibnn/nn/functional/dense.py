@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from minibnn.errors import ShapeError
+from minibnn.kernels.threads import matmul
 from minibnn.nn.functional._checks import (
     Array, require_float, require_grad, require_ndim, require_same_dtype, require_vector,
     shape_str)
@@ -31,7 +32,7 @@ def dense_forward(x: Array, w: Array, b: Array | None = None) -> tuple[Array, De
                          f"{x.shape[1]}, got w of shape {shape_str(w.shape)}")
     if b is not None:
         require_vector(fn, "b", b, w.shape[0], "to match w.shape[0] (output features)", "x", x)
-    y = x @ w.T
+    y = matmul(x, w.T)      # x @ W.T, in a fixed summation order (kernels/threads.py)
     if b is not None:
         y += b
     return y, DenseCache(x, w, b is not None)
@@ -41,7 +42,7 @@ def dense_backward(dy: Array, cache: DenseCache) -> tuple[Array, Array, Array | 
     """Return ``dx, dw, db`` (``db`` is None when the forward had no bias)."""
     x, w, has_bias = cache
     require_grad("dense_backward", dy, (x.shape[0], w.shape[0]), x.dtype)
-    dx = dy @ w             # dL/dx = dL/dy . W
-    dw = dy.T @ x           # dL/dW = dL/dy^T . x
+    dx = matmul(dy, w)      # dL/dx = dL/dy . W
+    dw = matmul(dy.T, x)    # dL/dW = dL/dy^T . x
     db = dy.sum(axis=0) if has_bias else None
     return dx, dw, db
