@@ -77,12 +77,37 @@ def blas_info() -> list[dict[str, Any]]:
 
 
 def blas_line() -> str:
-    """One line naming the BLAS core type this run used, and the environment that forces it."""
+    """The machine line, then one naming the BLAS core type this run used and the environment
+    that forces it."""
     libs = ", ".join(f"{b['internal_api']} {b['version']} core {b['architecture']}, "
                      f"{b['num_threads']} threads" for b in blas_info()) or "no BLAS found"
     forced = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
               if k in os.environ}
-    return f"BLAS: {libs}; forced by the environment: {forced or 'nothing'}"
+    return f"{machine_line()}\nBLAS: {libs}; forced by the environment: {forced or 'nothing'}"
+
+
+#: CPU flags that change which kernels BLAS and LLVM pick
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vpopcntdq")
+
+
+def cpu_features() -> list[str]:
+    """The vector features of ``VECTOR_FLAGS`` this CPU has (Linux /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [v for v in VECTOR_FLAGS if v in flags]
+    except OSError:
+        pass
+    return []
+
+
+def machine_line() -> str:
+    """One line: the CPU's vector features, its cores and the load average now."""
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return (f"CPU vector features: {' '.join(cpu_features()) or 'unknown'}; "
+            f"{os.cpu_count()} cores; load average {load}")
 
 
 def machine_info(torch: Any | None = None) -> dict[str, Any]:
@@ -94,7 +119,8 @@ def machine_info(torch: Any | None = None) -> dict[str, Any]:
             "python": platform.python_version(), "numpy": np.__version__,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "numba": numba.__version__, "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(), "numba_threads": numba.get_num_threads()}
+            "cores": os.cpu_count(), "numba_threads": numba.get_num_threads(),
+            "vector_features": cpu_features(), "load_average": list(os.getloadavg())}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -7,7 +7,7 @@ hyperparameters to the two-stage EMA filter of Quist, Li & van Gemert (ICLR 2023
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from minibnn._version import __version__  # noqa: F401  (minibnn.__version__)
 
 
 from typing import TYPE_CHECKING

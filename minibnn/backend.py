@@ -14,8 +14,9 @@ import numpy as np
 
 from minibnn.errors import DeviceError, DTypeError
 
-#: dtypes minibnn trains in; float32 is the default, float64 is used by the verification suite.
-FLOAT_DTYPES = {"float32": np.float32, "float64": np.float64}
+#: The one list of dtypes minibnn trains in (name -> dtype); float32 is the default, float64 is
+#: used by the verification suite. Layers, kernels, models and the CLI all read this.
+FLOAT_DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
 
 def _cupy() -> Any | None:

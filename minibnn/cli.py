@@ -17,10 +17,11 @@ import os
 import sys
 from typing import Any, Sequence
 
-from minibnn import __version__, kernels
+from minibnn import kernels
+from minibnn._version import __version__
 from minibnn.backend import device_module
 from minibnn.data import DATASET_NAMES
-from minibnn.errors import MinibnnError
+from minibnn.errors import MinibnnError, closed_pipe_exit
 from minibnn.io import check_output, check_writable, load_run
 from minibnn.resources import format_bytes, physical_memory
 from minibnn.nn.functional import STE_NAMES
@@ -203,6 +204,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"kernels (default: {LOCAL_DEFAULTS.backend}): auto = Numba on the CPU, "
                    "CUDA on the GPU; numpy = the readable reference everywhere (same bits); numba / "
                    "cuda insist on that one (machine-local: --resume may change it)")
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for the kernels and GEMMs (default: this machine's cores; "
+                   "machine-local). The run's bits are the same for every N")
     g = p.add_argument_group("run file")
     g.add_argument("--out", default=None,
                    help="run file to write (default runs/<model>-<dataset>-<optimizer>.h5)")
@@ -361,7 +365,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise MinibnnError(f"--packed means --format packed; drop one of --packed and "
                            f"--format {args.format}")
     if args.format == "onnx":
-        from minibnn.onnx_export import export_onnx
+        from minibnn.trained import export_onnx
 
         if args.out is None:
             raise MinibnnError("--format onnx needs --out FILE.onnx")
@@ -475,7 +479,7 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", metavar="SPEC.toml")
     p.add_argument("--out", required=True, metavar="DIR", help="folder of the sweep's files")
     p.add_argument("--workers", type=int, default=None,
-                   help=f"local worker processes, one BLAS/Numba thread each (default: the "
+                   help=f"local worker processes, one thread each (default: the "
                    f"number of cores, {os.cpu_count()} here)")
     p.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                    help="run the points on this Dask distributed scheduler's workers (they "
@@ -571,7 +575,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     handler = getattr(args, "handler", None) or HANDLERS[args.command]
     try:
-        return int(handler(args) or 0)
+        code = int(handler(args) or 0)
+        sys.stdout.flush()          # a closed pipe shows here, inside the try
+        return code
+    except BrokenPipeError:
+        return closed_pipe_exit()
     except MinibnnError as exc:
         print(f"minibnn: error: {exc}", file=sys.stderr)
         return 2

@@ -24,3 +24,23 @@ class DataFileError(MinibnnError):
 
 class DeviceError(MinibnnError):
     """The requested device (GPU) is not available."""
+
+
+def closed_pipe_exit() -> int:
+    """What a command returns when its reader went away (``minibnn show ... | head``).
+
+    The rest of the output has nowhere to go: point stdout at /dev/null so the interpreter's
+    final flush does not raise again, and exit 1 quietly, as Python's documentation advises
+    for a ``BrokenPipeError`` (no traceback, no message: the reader asked for no more).
+    """
+    import os
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)
+    return 1

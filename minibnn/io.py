@@ -37,6 +37,9 @@ from minibnn.backend import first_nonfinite, to_numpy
 from minibnn.errors import DataFileError, MinibnnError
 
 FORMAT = "minibnn-run"
+#: the tag of a packed (inference-only) file, ``minibnn.io_packed``'s format; named here so that
+#: a run-file read can say what it was given
+PACKED_FORMAT = "minibnn-packed"
 #: 2: optimiser state keyed by stage names ("binary/m/s/fc2.w"); 1: by chain position ("0", "1")
 VERSION = 2
 
@@ -359,8 +362,6 @@ def check_finite(arrays: dict[str, Any], path: str, where: str) -> None:
 def load_run(path: str) -> RunFile:
     """Read a run file; a missing, foreign, damaged (checksum) or corrupt file, or a
     checkpoint holding NaN/inf, is a one-line ``DataFileError``."""
-    from minibnn.io_packed import FORMAT as PACKED_FORMAT
-
     h5py = _h5py()
     with open_h5(path, "run file") as f:
         tag = f.attrs.get("format")

@@ -37,13 +37,14 @@ import numpy as np
 
 from minibnn.errors import DataFileError
 from minibnn.io import FORMAT as RUN_FORMAT
+from minibnn.io import PACKED_FORMAT
 from minibnn import integrity
 from minibnn.io import atomic_h5, check_finite, check_version, open_h5
 from minibnn.kernels._common import words_for
 from minibnn.kernels.threshold import Threshold
 from minibnn.nn.packed import PackedModel
 
-FORMAT = "minibnn-packed"
+FORMAT = PACKED_FORMAT
 VERSION = 2
 #: what an older packed file's reader is told to do
 REEXPORT = "re-export it from its run file with `minibnn export RUN.h5 --packed`"

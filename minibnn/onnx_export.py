@@ -18,7 +18,6 @@ with no ONNX form is a one-line error naming it. Needs the optional extra ``onnx
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,6 @@ from minibnn.errors import MinibnnError
 from minibnn.nn import functional as F
 from minibnn.nn.containers import Residual, Sequential
 from minibnn.nn.models import Model
-from minibnn.nn.packed import binary_layers
 from minibnn.nn.modules import (BatchNorm, BinaryConv2d, BinaryDense, Conv2d, Dense,
                                 LearnableBias, Module, PReLU, Stateless, _BinaryWeights)
 
@@ -167,19 +165,3 @@ def build_onnx(model: Model, params: dict, buffers: dict) -> Any:
                                    opset_imports=[onnx.helper.make_opsetid("", OPSET)])
     onnx.checker.check_model(proto)
     return proto
-
-
-def export_onnx(source: str, out: str, overwrite: bool = False) -> dict[str, Any]:
-    """Write the trained model in ``source`` (run or packed file) to ``out`` atomically."""
-    from minibnn.io import atomic_bytes, check_output
-    from minibnn.lock import one_writer
-    from minibnn.trained import load
-
-    check_output(out, overwrite, (source,))
-    trained = load(source)
-    proto = build_onnx(trained.model, trained.stored_params, trained.buffers)
-    with one_writer(out, "output"):
-        atomic_bytes(out, proto.SerializeToString())
-    scaled = any(getattr(m, "scale", False) for m in binary_layers(trained.model))
-    return {"out": out, "nodes": len(proto.graph.node), "bytes": os.path.getsize(out),
-            "model": trained.model.name, "scaled": scaled}

@@ -15,6 +15,7 @@ and normalisation come from the file.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -171,3 +172,20 @@ def _normalisation_of(config_json: str) -> tuple[tuple[float, ...] | None,
         return None, None
     mean, std = NORMALISATION[name]
     return tuple(mean), tuple(std)
+
+
+def export_onnx(source: str, out: str, overwrite: bool = False) -> dict[str, Any]:
+    """Write the trained model in ``source`` (run or packed file) to ``out`` atomically."""
+    from minibnn.io import atomic_bytes, check_output
+    from minibnn.lock import one_writer
+    from minibnn.nn.packed import binary_layers
+    from minibnn.onnx_export import build_onnx
+
+    check_output(out, overwrite, (source,))
+    trained = load(source)
+    proto = build_onnx(trained.model, trained.stored_params, trained.buffers)
+    with one_writer(out, "output"):
+        atomic_bytes(out, proto.SerializeToString())
+    scaled = any(getattr(m, "scale", False) for m in binary_layers(trained.model))
+    return {"out": out, "nodes": len(proto.graph.node), "bytes": os.path.getsize(out),
+            "model": trained.model.name, "scaled": scaled}

@@ -140,10 +140,15 @@ def _grads(dtype=np.float32):
     return {k: rng.normal(size=v.shape).astype(dtype) for k, v in _params().items()}
 
 
-#: the ways to run one update: the readable chain, and ``step`` on each CPU backend
+def _in_place(opt):
+    """``step_in_place`` in ``update``'s shape: (new params, the state it updated)."""
+    return lambda grads, state, params: (opt.step_in_place(grads, state, params), state)
+
+
+#: the ways to run one update: the readable chain, and ``step_in_place`` on each CPU backend
 CALLS = {"update": (lambda opt: opt.update, "numpy"),
-         "step[numpy]": (lambda opt: opt.step, "numpy"),
-         "step[numba]": (lambda opt: opt.step, "numba")}
+         "step[numpy]": (_in_place, "numpy"),
+         "step[numba]": (_in_place, "numba")}
 
 
 def _call(how, opt, grads, state, params):
@@ -354,6 +359,6 @@ def test_model_gradients_feed_the_trainers_optimizer_in_the_models_dtype():
     x = np.random.default_rng(1).normal(size=(5, 1, 6, 6)).astype(np.float32)
     logits, _, cache = model.forward(params, buffers, x, train=True)
     _, dlogits = softmax_cross_entropy(logits, np.array([0, 1, 2, 0, 1]))
-    new, _ = opt.step(model.backward(dlogits, cache), opt.init(params), params)
+    new = opt.step_in_place(model.backward(dlogits, cache), opt.init(params), params)
     assert {k: (v.shape, v.dtype) for k, v in new.items()} == \
         {k: (v.shape, v.dtype) for k, v in params.items()}

@@ -139,21 +139,25 @@ def test_cupy_arrays_choose_cuda_or_the_reference_and_refuse_numba():
     assert kernels.backend_for("cema_update", np.zeros(3), v) == "cuda"   # any CuPy argument
 
 
-def test_without_numba_auto_runs_the_reference_and_forcing_numba_fails():
+def test_without_numba_auto_is_a_loud_error_and_the_reference_still_runs():
     out = _in_fresh_interpreter(
         "import sys; sys.modules['numba'] = None\n"
         "import numpy as np\n"
         "from minibnn import kernels\n"
         "x = np.ones((1, 1, 3, 3), np.float32)\n"
-        "print(kernels.backend_for('im2col', x), kernels.call('im2col', x, 3, 3).shape)\n"
-        "with kernels.use_backend('numba'):\n"
-        "    try:\n"
-        "        kernels.call('im2col', x, 3, 3)\n"
-        "    except kernels.BackendError as e:\n"
-        "        print(e)\n")
-    first, error = out.strip().splitlines()
+        "with kernels.use_backend('numpy'):\n"
+        "    print(kernels.backend_for('im2col', x), kernels.call('im2col', x, 3, 3).shape)\n"
+        "for backend in ('auto', 'numba'):\n"
+        "    with kernels.use_backend(backend):\n"
+        "        try:\n"
+        "            kernels.call('im2col', x, 3, 3)\n"
+        "        except kernels.BackendError as e:\n"
+        "            print(e)\n")
+    first, *errors = out.strip().splitlines()
     assert first == "numpy (1, 9)"
-    assert "'numba' is not available" in error and "Numba did not import" in error
+    assert len(errors) == 2
+    for error in errors:
+        assert "'numba' did not import" in error and "--backend numpy" in error
 
 
 # =========================================================================== layers: numpy vs auto

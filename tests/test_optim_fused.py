@@ -3,7 +3,8 @@
 The fused step (``opt.fused.step``) is run directly under ``kernels.use_backend(backend)``:
 "numpy" runs it on the reference kernel bodies, "numba" on the compiled CPU ones, "cuda" on
 CuPy arrays (skipped, with the reason, where no GPU is usable).  The chain (``opt.update``)
-runs on NumPy arrays and is the oracle.  Streams include exact ties: a weight row whose
+runs on NumPy arrays and is the oracle.  One parameter is large enough for the compiled
+kernels' parallel path (``BIG``).  Streams include exact ties: a weight row whose
 gradient is always 0 (so m == v == 0) and, for Bop, statistics landing exactly on the threshold.
 """
 import numba  # noqa: F401  (a hard dependency: a missing or broken Numba fails this file)
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from minibnn import kernels, optim
+from minibnn.kernels.cpu import PARALLEL_MIN_WORK
 
 STEPS = 6
 
@@ -43,9 +45,14 @@ def _backend_arrays(backend):
     return cp.asarray, cp.asnumpy
 
 
+#: a parameter large enough for the kernels' parallel (prange) path, which updates every real
+#: layer of a model; the small ones run on one thread
+BIG = (PARALLEL_MIN_WORK // 256 + 1, 256)
+
+
 def _params(binary, dtype, rng):
     out = {}
-    for name, shape in {"a.w": (7, 5), "b.w": (3,)}.items():
+    for name, shape in {"a.w": (7, 5), "b.w": (3,), "c.w": BIG}.items():
         w = rng.normal(size=shape).astype(dtype)
         out[name] = np.where(w >= 0, 1, -1).astype(dtype) if binary else w
     return out
@@ -98,6 +105,7 @@ def test_fused_step_equals_chain_bitwise(name, dtype, backend):
     grads = _grads(name, params, dtype, rng)
     want, want_state = _run(make(), params, grads, lambda o: o.update)
     assert make().fused is not None
+    assert params["c.w"].size >= PARALLEL_MIN_WORK > params["a.w"].size
     with kernels.use_backend(backend):
         got, got_state = _run(make(), params, grads, lambda o: o.fused.step, to_dev, to_host)
     for t, (w, g) in enumerate(zip(want, got)):

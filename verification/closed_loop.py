@@ -14,7 +14,7 @@ by induction the runs stay identical; the check asserts that at every step.
 Each pair runs in every optimiser implementation (``engine``): the chains, and the fused steps
 forced on each kernel backend (``fused[cuda]`` moves the whole network to the GPU).  A last
 pair goes through the trainer itself: ``train.optimizer_from_spec`` builds both optimisers
-from run specs (``minibnn.spec``) and ``train.train_step`` runs them (``optimizer.step``: the
+from run specs (``minibnn.spec``) and ``train.train_step`` runs them (``optimizer.step_in_place``: the
 fused kernels of the default backend), with a per-epoch linear schedule.  In that pair two BatchNorm channels
 after a binary layer have scale 0 and a shift outside the activation STE's support, so their
 weight rows get exactly zero gradients; those rows start at w0 = 0, hence v = m = 0 throughout:

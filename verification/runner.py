@@ -6,7 +6,7 @@ import sys
 import textwrap
 from typing import Callable, Iterable, Sequence, TextIO
 
-from minibnn.errors import MinibnnError
+from minibnn.errors import MinibnnError, closed_pipe_exit
 from verification.closed_loop import check_p9
 from verification.core import PropertyResult, set_derandomize
 from verification.counterexamples import check_p10
@@ -151,7 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return run_from_args(args)
+        code = run_from_args(args)
+        sys.stdout.flush()          # a closed pipe shows here, inside the try
+        return code
+    except BrokenPipeError:
+        return closed_pipe_exit()
     except MinibnnError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -16,10 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from minibnn.backend import get_array_module
+from minibnn.backend import FLOAT_DTYPES, get_array_module
 from minibnn.errors import DTypeError, MinibnnError, ShapeError
-
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 #: Bits per packed word (bit-packed binary inference stores signs in uint64 words).
 WORD_BITS = 64
@@ -71,7 +69,7 @@ def require_array(fn: str, name: str, x: Any, kind: str = "any") -> None:
 def require_float(fn: str, name: str, x: Any, kind: str = "any") -> None:
     """``x`` must be a float32 or float64 array of ``kind`` (see ``require_array``)."""
     require_array(fn, name, x, kind)
-    if x.dtype not in FLOAT_DTYPES:
+    if np.dtype(x.dtype).name not in FLOAT_DTYPES:
         raise DTypeError(f"{fn}: {name} must have dtype float32 or float64, got {x.dtype}")
 
 

@@ -9,15 +9,16 @@ Each op (``"im2col"``, ``"cema_update"``, ``"xnor_gemm"``, ...) has
 
 ``call(op, *args)`` picks the body from the type of the array arguments::
 
-    NumPy arrays  ->  "numba" if registered (and Numba imports), else "numpy"
+    NumPy arrays  ->  "numba" if registered, else "numpy"
     CuPy arrays   ->  "cuda"  if registered, else "numpy" (the reference on CuPy arrays)
 
 ``use_backend(name)`` (a context manager, nestable) overrides that choice: ``"numpy"`` forces
 the reference everywhere (``minibnn train --backend numpy``), ``"numba"``/``"cuda"`` insist on
 that compiled backend, ``"auto"`` restores the default.  Insisting means: the backend must be
-importable and able to run the arrays given (Numba on CuPy arrays, CUDA on NumPy arrays, or a
-backend whose module does not import, is a one-line ``BackendError`` naming both); an op with
-no body of that backend runs its reference, as it does under ``"auto"``.
+able to run the arrays given (Numba on CuPy arrays or CUDA on NumPy arrays is a one-line
+``BackendError`` naming both); an op with no body of that backend runs its reference, as it
+does under ``"auto"``. A compiled backend whose module does not import is a one-line
+``BackendError`` whenever it would run, under ``"auto"`` too: never a silent fallback.
 
 Bodies register themselves with ``@register(op, backend)`` when their module is imported;
 the registry imports the reference module (``REFERENCE_MODULE``) on first use and the
@@ -55,7 +56,8 @@ class BackendError(MinibnnError):
 _IMPLS: dict[str, dict[str, Callable[..., Any]]] = {}
 _FORCED: contextvars.ContextVar[str] = contextvars.ContextVar("minibnn_kernel_backend",
                                                                default="auto")
-_LOADED: dict[str, bool] = {}       # compiled backend -> did its module import?
+_LOADED: dict[str, bool] = {}       # backend -> its module has been imported
+_FAILED: dict[str, str] = {}        # compiled backend -> why its module did not import
 
 
 def register(op: str, backend: str) -> Callable[[F], F]:
@@ -70,15 +72,23 @@ def register(op: str, backend: str) -> Callable[[F], F]:
     return decorate
 
 
-def _load(backend: str) -> bool:
-    """Import a compiled backend's module once; False when it cannot be imported."""
-    if backend not in _LOADED:
+def _load(backend: str) -> None:
+    """Import a compiled backend's module once; a one-line BackendError when it cannot be.
+
+    Never a silent fallback to the reference: a broken install (say, a Numba that does not
+    import) would otherwise train 1.2-4x slower with no word. ``--backend numpy`` runs the
+    reference on purpose and never imports a compiled module.
+    """
+    if backend not in _LOADED and backend not in _FAILED:
         try:
             importlib.import_module(COMPILED_MODULES[backend])
             _LOADED[backend] = True
-        except ImportError:
-            _LOADED[backend] = False
-    return _LOADED[backend]
+        except ImportError as exc:
+            _FAILED[backend] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if backend in _FAILED:
+        raise BackendError(f"kernel backend {backend!r} did not import ({_MODULE_NEEDS[backend]}: "
+                           f"{_FAILED[backend]}); reinstall it, or run the readable reference "
+                           f"with --backend numpy")
 
 
 def _reference_loaded() -> None:
@@ -131,11 +141,8 @@ def backend_for(op: str, *arrays: Any) -> str:
     if forced != "auto" and _ARRAY_KIND[forced] != kind:
         raise BackendError(f"kernel backend {forced!r} cannot run {kind} arrays "
                            f"(op {op!r}; {forced} runs {_ARRAY_KIND[forced]} arrays)")
-    loaded = _load(compiled)
-    if forced != "auto" and not loaded:
-        raise BackendError(f"kernel backend {forced!r} is not available for op {op!r} "
-                           f"({_MODULE_NEEDS[forced]} did not import)")
-    return compiled if loaded and compiled in impls else "numpy"
+    _load(compiled)
+    return compiled if compiled in impls else "numpy"
 
 
 def get(op: str, backend: str) -> Callable[..., Any]:

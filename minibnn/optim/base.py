@@ -4,20 +4,22 @@ A ``Transform`` is a pair of pure functions, plus an optional fused step::
 
     state = t.init(params)
     stream, state = t.update(stream, state, params)      # the readable chain (pure)
-    params, state = t.step(grads, state, params)         # what the trainer calls
+    params = t.step_in_place(grads, state, params)       # what the trainer calls: state is
+                                                         # updated in place
 
 Transforms are chained by name, optax style: ``chain(m=ema(gamma), v=ema(alpha), b=flip())``
 feeds the gradients to ``m``, its output to ``v`` and so on; the state is a dict keyed by the
 stage names (``{"m": {...}, "v": {...}, "b": {}}``), so checkpoints name what they hold.  The
 last link of a complete optimiser is a *terminal* whose output stream is the new parameters
 (``apply_updates`` for latent weights, ``flip`` for binary weights), so ``update`` returns new
-parameters directly, as DESIGN.md asks.
+parameters directly (optax returns updates to add instead).
 
 ``fused`` is a ``FusedStep(op, step)``: one in-place kernel pass (``minibnn.kernels`` op
-``op``) computing exactly the chain's bits and state.  ``step`` runs it where
+``op``) computing exactly the chain's bits and state.  ``step_in_place`` runs it where
 ``kernels.has_compiled(op, p)`` for a parameter array ``p`` at hand (Numba on NumPy arrays,
-CUDA on CuPy arrays), else ``update``.  The fused step updates the state's buffers in place
-(the state passed in must not be used again) and returns new parameter arrays.
+CUDA on CuPy arrays), else ``update``; either way it returns new parameter arrays and leaves
+the new state in the dict it was given (the fused kernel overwrites the state's buffers, so a
+caller who needs the old state keeps a copy, or calls the pure ``update``).
 
 Parameters, gradients, streams and states are flat dicts ``name -> array`` (states nest one
 level per stage); everything is a plain array, so a state can be written to an HDF5 file and
@@ -55,8 +57,18 @@ class Transform:
     update: StepFn
     fused: FusedStep | None = None
 
-    def step(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
-        """The fused step where its kernel op is compiled for these arrays, else ``update``."""
+    def step_in_place(self, grads: Params, state: State, params: Params) -> Params:
+        """New parameters; ``state`` becomes the new state (in place). The fused kernel where
+        it is compiled for these arrays, else ``update``: the same bits either way."""
+        new_params, new_state = self._fused_or_update(grads, state, params)
+        if new_state is not state:
+            state.clear()
+            state.update(new_state)
+        return new_params
+
+    def _fused_or_update(self, grads: Params, state: State, params: Params
+                         ) -> tuple[Params, State]:
+        """The fused step (which overwrites ``state``'s buffers) where compiled, else ``update``."""
         if self.fused is not None and uses_compiled(self.fused.op, params):
             return self.fused.step(grads, state, params)
         return self.update(grads, state, params)

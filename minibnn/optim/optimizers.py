@@ -19,7 +19,7 @@ fixed because checkpoints depend on them):
 ``cema``, ``bop``, ``sgd`` and ``adam`` also carry a fused step (``Transform.fused``): one
 in-place kernel per parameter (``kernels.call("cema_update", ...)`` etc.) that follows the
 chain's operation order, so it gives the chain's bits and the chain's state (counts bumped as
-the chain's filters bump them).  ``opt.step`` uses it where the kernel is compiled.
+the chain's filters bump them).  ``opt.step_in_place`` uses it where the kernel is compiled.
 
 The keyword defaults of these constructors are minibnn's defaults; ``defaults(name)`` reads
 them for the trainer's optimiser names (the config and CLI take theirs from there).

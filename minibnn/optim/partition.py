@@ -2,8 +2,8 @@
 
 ``partition({"binary": cema(...), "real": adam(...)}, label_fn)`` splits params, gradients and
 state by ``label_fn(name)``, runs each optimiser on its own group and merges the results; the
-state is ``{label: that optimiser's state}``.  ``update`` runs every group's chain, ``step``
-every group's ``step`` (so each group takes its fused kernel where one is compiled).
+state is ``{label: that optimiser's state}``.  ``update`` runs every group's chain,
+``step_in_place`` every group's fused step where one is compiled.
 """
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ def _route(optimizers: Mapping[str, Transform], label_of: Callable[[str], str], 
 
 @dataclass(frozen=True, kw_only=True)
 class Partition(Transform):
-    """``partition``'s transform: ``step`` routes each group to its optimiser's ``step``.
+    """``partition``'s transform: ``step_in_place`` routes each group to its optimiser's fused
+    step (or chain).
 
     ``optimizers`` (label -> optimiser) and ``label_of`` (parameter name -> label) are
     required keywords: ``partition(...)`` builds them.
@@ -54,8 +55,9 @@ class Partition(Transform):
     optimizers: Mapping[str, Transform]
     label_of: Callable[[str], str]
 
-    def step(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
-        return _route(self.optimizers, self.label_of, "step", grads, state, params)
+    def _fused_or_update(self, grads: Params, state: State, params: Params
+                         ) -> tuple[Params, State]:
+        return _route(self.optimizers, self.label_of, "_fused_or_update", grads, state, params)
 
 
 def _mapping_labels(labels: Mapping[str, str]) -> Callable[[str], str]:

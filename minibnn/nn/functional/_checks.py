@@ -2,8 +2,9 @@
 
 Each check is cheap (it looks at ``ndim``, ``shape`` and ``dtype``, never at the data, except
 where a range must be checked) and raises a one-line error from ``minibnn.errors`` that names the
-function, the argument, what was expected and what was given. ``require_int`` and
-``conv_output_size`` are the kernels' own (``minibnn.kernels._common``), re-exported here.
+function, the argument, what was expected and what was given. ``require_array``,
+``require_float``, ``require_int`` and ``conv_output_size`` are the kernels' own
+(``minibnn.kernels._common``), re-exported here.
 """
 from __future__ import annotations
 
@@ -13,32 +14,18 @@ from typing import Any
 import numpy as np
 
 from minibnn.errors import DTypeError, MinibnnError, ShapeError
-# One definition each, shared with the kernels: integer arguments and the output size of a
-# sliding window (OH = (H + 2 padding - kH) // stride + 1).
-from minibnn.kernels._common import conv_output_size, require_int  # noqa: F401
+# One definition each, shared with the kernels: arrays, float arrays, integer arguments and
+# the output size of a sliding window (OH = (H + 2 padding - kH) // stride + 1).
+from minibnn.kernels._common import (  # noqa: F401
+    conv_output_size, require_array, require_float, require_int)
 
 #: Any NumPy or CuPy array (the functional layers are written once against ``xp``).
 Array = Any
-
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def shape_str(shape: Any) -> str:
     """Format a shape as a tuple of plain ints, e.g. ``(3, 3)``."""
     return str(tuple(int(s) for s in shape))
-
-
-def require_array(fn: str, name: str, x: Any) -> None:
-    """``x`` must be an array (NumPy or CuPy): anything with ``ndim``, ``shape`` and ``dtype``."""
-    if not (hasattr(x, "ndim") and hasattr(x, "shape") and hasattr(x, "dtype")):
-        raise DTypeError(f"{fn}: {name} must be a NumPy or CuPy array, got {type(x).__name__}")
-
-
-def require_float(fn: str, name: str, x: Any) -> None:
-    """``x`` must be a float32 or float64 array."""
-    require_array(fn, name, x)
-    if np.dtype(x.dtype) not in FLOAT_DTYPES:
-        raise DTypeError(f"{fn}: {name} must have dtype float32 or float64, got {x.dtype}")
 
 
 def require_ndim(fn: str, name: str, x: Any, ndim: int, layout: str) -> None:
