@@ -21,6 +21,7 @@ from minibnn import kernels
 from minibnn._version import __version__
 from minibnn.backend import device_module
 from minibnn.data import DATASET_NAMES
+from minibnn.nn.containers import LAYOUTS
 from minibnn.errors import MinibnnError, closed_pipe_exit
 from minibnn.io import check_output, check_writable, load_run
 from minibnn.resources import format_bytes, physical_memory
@@ -110,6 +111,10 @@ def _add_model_arguments(g: Any, models: dict[str, dict[str, Any]],
                       "(latent optimisers only)"),
         "init_scale": dict(type=float, help=model_help(
             "multiplier on the latent weights' initial range", "init_scale")),
+        "layout": dict(choices=LAYOUTS, help=model_help(
+            "nhwc = the fast engine (channels-last groups with packed activations, fused "
+            "BatchNorm+sign); nchw = the layers as written in nn/functional, one call each "
+            "(with --backend numpy: the code the README teaches)", "layout")),
     }
     for field, kwargs in options.items():
         if only is None or field in only:

@@ -31,6 +31,7 @@ from minibnn import kernels, optim
 from minibnn.augment import FILLS
 from minibnn.backend import FLOAT_DTYPES
 from minibnn.data import DATASET_NAMES
+from minibnn.nn.containers import LAYOUTS
 from minibnn.kernels.threads import check_threads
 from minibnn.errors import MinibnnError
 from minibnn.nn import models
@@ -106,8 +107,12 @@ def _init_scale(name: str, value: Any) -> None:
         raise MinibnnError(f"{flag(name)} must be > 0, got {value}")
 
 
+def _layout(name: str, value: Any) -> None:
+    one_of(name, value, LAYOUTS)
+
+
 _COMMON_MODEL_CHECKS = {"act_ste": _ste, "weight_ste": _ste, "scale": _boolean,
-                        "init_scale": _init_scale}
+                        "init_scale": _init_scale, "layout": _layout}
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,7 @@ class BinaryMlp:
     weight_ste: str
     scale: bool
     init_scale: float
+    layout: str
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(self.hidden))
@@ -138,6 +144,7 @@ class _ConvNet:
     weight_ste: str
     scale: bool
     init_scale: float
+    layout: str
 
     def __post_init__(self) -> None:
         _integer("width", self.width, 1)
@@ -392,6 +399,7 @@ OPTION_SECTIONS: dict[str, tuple[str, str]] = {
     "model": ("model", "name"), "hidden": ("model", "hidden"), "width": ("model", "width"),
     "act_ste": ("model", "act_ste"), "weight_ste": ("model", "weight_ste"),
     "scale": ("model", "scale"), "init_scale": ("model", "init_scale"),
+    "layout": ("model", "layout"),
     "optimizer": ("binary_optimizer", "name"),
     **{f: ("binary_optimizer", f) for f in ("alpha", "gamma", "threshold", "sigma", "lr",
                                             "momentum", "weight_decay", "decoupled",
@@ -469,6 +477,9 @@ def spec_from_dict(data: Any) -> RunSpec:
     if not isinstance(data, dict) or set(data) != set(SECTIONS) \
             or not all(isinstance(data[s], dict) for s in SECTIONS):
         raise MinibnnError(f"stored spec must have exactly the sections {', '.join(SECTIONS)}")
+    if "layout" not in data["model"]:
+        # written before the layout was a choice: those runs trained on the nhwc engine
+        data = {**data, "model": {**data["model"], "layout": "nhwc"}}
     options = {OPTION_OF[(s, k)]: v for s in SECTIONS for k, v in data[s].items()
                if (s, k) in OPTION_OF}
     unknown = sorted(f"{s}.{k}" for s in SECTIONS for k in data[s] if (s, k) not in OPTION_OF)

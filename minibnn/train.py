@@ -443,7 +443,7 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
     if previous is None:
         storage = "+-1 weights" if spec.binary_storage == "binary" else "latent real weights"
         log(f"training {spec.model.name} on {spec.data.name}: {spec.binary_optimizer.name} on "
-            f"{storage}, Adam on real parameters, "
+            f"{storage}, Adam on real parameters; layout {spec.model.layout}, "
             f"{get_threads()} thread{'s' if get_threads() > 1 else ''} -> {out_path}")
     if previous is not None:
         ck = previous.checkpoint

@@ -298,13 +298,14 @@ def test_sequential_fuses_batchnorm_sign_with_the_same_bits(train, backend):
 
 def test_fusion_only_for_affine_batchnorm_followed_by_the_real_sign():
     bn, sign = BatchNorm("bn", 3), Sign("approx")
-    assert isinstance(Sequential([bn, sign]).steps()[0], BatchNormSign)
+    assert isinstance(Sequential([bn, sign], layout="nhwc").steps()[0], BatchNormSign)
     no_affine = BatchNorm("bn", 3, affine=False)
-    assert Sequential([no_affine, sign]).steps() == [no_affine, sign]
-    assert Sequential([sign, bn]).steps() == [sign, bn]
+    assert Sequential([no_affine, sign], layout="nhwc").steps() == [no_affine, sign]
+    assert Sequential([sign, bn], layout="nhwc").steps() == [sign, bn]
+    assert Sequential([bn, sign]).steps() == [bn, sign]              # nchw: as written
     other = Sign()
     other.forward_fn = lambda x, ste="identity": (x, None)          # a replaced sign
-    assert Sequential([bn, other]).steps() == [bn, other]
+    assert Sequential([bn, other], layout="nhwc").steps() == [bn, other]
     with pytest.raises(MinibnnError, match="needs an affine BatchNorm and a Sign"):
         BatchNormSign(no_affine, sign)
     params, buffers = Sequential([bn, sign]).init(np.random.default_rng(0), np.float32)

@@ -104,7 +104,8 @@ def test_birealnet_and_mlp_have_no_group_and_a_run_without_a_binary_conv_is_not_
     for model in (models.birealnet((3, 16, 16), width=8, blocks_per_stage=(1, 1)),
                   models.binary_mlp((1, 6, 6), hidden=(16, 8))):
         assert not any(isinstance(s, ChannelsLast) for s in model.net.steps())
-    real = Sequential([Conv2d("c", 3, 4), BatchNorm("bn", 4), Sign(), Conv2d("d", 4, 4)])
+    real = Sequential([Conv2d("c", 3, 4), BatchNorm("bn", 4), Sign(), Conv2d("d", 4, 4)],
+                      layout="nhwc")
     assert not any(isinstance(s, ChannelsLast) for s in real.steps())
     assert isinstance(real.steps()[1], BatchNormSign)
 
@@ -116,7 +117,7 @@ def scaled_net(dtype: Any, input_grad: bool) -> Any:
               BinaryConv2d("c2", 70, 70, scale=True), BatchNorm("bn2", 70), Sign("approx"),
               BinaryConv2d("c3", 70, 8, stride=2, scale=True, weight_ste="clipped"),
               BatchNorm("bn3", 8), Sign("swish"), Flatten(), Dense("head", 8 * 16, 3)]
-    net = Sequential(layers, input_grad=input_grad)
+    net = Sequential(layers, input_grad=input_grad, layout="nhwc")
     return models.Model("scaled", net, (2, 8, 8), 3, {})
 
 
@@ -135,7 +136,7 @@ def test_a_pool_after_a_float_conv_and_a_group_later_in_the_net_keeps_its_input_
 ) -> None:
     net = Sequential([Sign(), Conv2d("c1", 3, 8), MaxPool2d(2), BatchNorm("bn1", 8), Sign(),
                       BinaryConv2d("c2", 8, 8), BatchNorm("bn2", 8), Sign(), Flatten(),
-                      Dense("head", 8 * 16, 2)], input_grad=False)
+                      Dense("head", 8 * 16, 2)], input_grad=False, layout="nhwc")
     steps = net.steps()
     assert type(steps[1]) is ChannelsLast and steps[1].input_grad      # a Sign runs first
     model = models.Model("m", net, (3, 8, 8), 2, {})

@@ -132,14 +132,14 @@ DOCUMENTED_DEFAULTS = {
     "binary_mlp": {"input_shape": (1, 28, 28), "hidden": (1024, 1024), "num_classes": 10,
                    "binary_storage": "latent", "scale": False, "weight_ste": "identity",
                    "act_ste": "approx", "init_scale": 1.0, "real_first": True,
-                   "in_features": None},
+                   "in_features": None, "layout": "nhwc"},
     "binary_cnn": {"input_shape": (1, 28, 28), "width": 32, "num_classes": 10,
                    "binary_storage": "latent", "scale": False, "weight_ste": "identity",
-                   "act_ste": "approx", "init_scale": 1.0},
+                   "act_ste": "approx", "init_scale": 1.0, "layout": "nhwc"},
     "birealnet": {"input_shape": (3, 32, 32), "width": 16, "blocks_per_stage": (2, 2, 2),
                   "num_classes": 10, "binary_storage": "latent", "scale": False,
                   "weight_ste": "identity", "act_ste": "approx", "init_scale": 1.0,
-                  "prelu": True},
+                  "prelu": True, "layout": "nhwc"},
 }
 
 

@@ -29,12 +29,13 @@ from minibnn.kernels._common import (conv_output_size, require_array, require_fl
                                      require_ndim, words_for)
 from minibnn.kernels.registry import call, register
 from minibnn.kernels.threads import matmul
+from minibnn.ops.sign import STE_NAMES, ste_grad
 
 Array = Any
 
-#: STE names of the fused BatchNorm + sign backward, in the order of their integer codes
-#: (the Numba bodies take the code); the definitions are ``minibnn.nn.functional.sign``'s.
-STE_CODES = ("identity", "clipped", "approx", "swish")
+#: STE names of the fused BatchNorm + sign backward, in the order of their integer codes (the
+#: Numba bodies take the code): the one table, ``minibnn/ops/sign.py``.
+STE_CODES = STE_NAMES
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -276,20 +277,6 @@ def batchnorm_sign_pack_eval(z: Array, mean: Array, var: Array, gamma: Array, be
     return call("pack_signs", y)
 
 
-def ste_factor(y: Array, ste: str, beta: float) -> Array:
-    """d sign / dy under the STE ``ste``: the definitions of ``nn.functional.sign``."""
-    xp = get_array_module(y)
-    if ste == "identity":
-        return xp.ones_like(y)
-    if ste == "clipped":
-        return (xp.abs(y) <= 1).astype(y.dtype)
-    if ste == "approx":
-        return xp.maximum(2.0 - 2.0 * xp.abs(y), 0.0).astype(y.dtype)
-    t = beta * y
-    e = xp.exp(-xp.abs(t))
-    return ((2.0 * beta) * e * (2.0 - t * xp.tanh(0.5 * t)) / (1.0 + e) ** 2).astype(y.dtype)
-
-
 @register("batchnorm_sign_pack_backward", "numpy")
 def batchnorm_sign_pack_backward(ds: Array, z: Array, mean: Array, inv_std: Array, gamma: Array,
                                  beta: Array, ste: str = "identity", ste_beta: float = 5.0
@@ -312,7 +299,7 @@ def batchnorm_sign_pack_backward(ds: Array, z: Array, mean: Array, inv_std: Arra
     m = z.shape[0]
     xhat = (z.astype(gamma.dtype) - mean) * inv_std
     y = xhat * gamma + beta
-    d = ds * ste_factor(y, ste, ste_beta)
+    d = ds * ste_grad(y, ste, ste_beta)                 # the sign's backward (ops/sign.py)
     s1 = d.astype(xp.float64).sum(axis=0)
     s2 = (d * xhat).astype(xp.float64).sum(axis=0)
     dt = gamma.dtype

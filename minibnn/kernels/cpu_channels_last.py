@@ -297,7 +297,9 @@ def _normalise_pack(z, mean, inv_std, gamma, beta, bits):  # type: ignore[no-unt
 
 @njit(cache=True)
 def _ste(y, code, beta):  # type: ignore[no-untyped-def]
-    """The STE factor of ``ref.STE_CODES[code]`` at float32 y (as ``ref.ste_factor``)."""
+    """``ops.sign.ste_grad(y, STE_NAMES[code], beta)`` for one float32 y: the one STE table,
+    compiled (each line is that table's formula, in float32; tests/test_ste_table.py checks
+    it value for value)."""
     if code == 0:
         return np.float32(1.0)
     if code == 1:

@@ -149,13 +149,27 @@ def _mark_pool_thread() -> None:
 def run_blocks(work: Callable[[T], Any], blocks: Sequence[T]) -> list[Any]:
     """``[work(b) for b in blocks]``, spread over ``get_threads()`` threads, in block order.
 
-    Each block's result must not depend on which thread runs it (the callers' work is one-
-    threaded BLAS and nogil Numba loops). Called from a pool thread, it runs inline.
+    The blocks are cut into one contiguous share per thread; the calling thread runs the first
+    share and the pool the others (one task per thread, not per block: a pool task costs tens
+    of microseconds). Each block's result must not depend on which thread runs it (the callers'
+    work is one-threaded BLAS and nogil Numba loops), so neither does the list returned.
+    Called from a pool thread, it runs inline.
     """
     n = min(get_threads(), len(blocks))
     if n <= 1 or getattr(_in_pool, "active", False):
         return [work(b) for b in blocks]
-    return list(_get_pool(n).map(work, blocks))
+    cut = [len(blocks) * i // n for i in range(n + 1)]
+    shares = [blocks[cut[i]:cut[i + 1]] for i in range(n)]
+
+    def run_share(share: Sequence[T]) -> list[Any]:
+        return [work(b) for b in share]
+
+    pool = _get_pool(n - 1)
+    futures = [pool.submit(run_share, share) for share in shares[1:]]
+    results = run_share(shares[0])
+    for f in futures:
+        results.extend(f.result())
+    return results
 
 
 def reduce_blocks(partial: Callable[[T], Any], blocks: Sequence[T]) -> Any:

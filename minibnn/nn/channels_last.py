@@ -1,8 +1,9 @@
 """The channels-last (NHWC) twin of a run of CNN steps, with the binary activations kept packed.
 
-``Sequential`` replaces every maximal run of convolutions, fused BatchNorm+sign steps and
-max-pools that holds a binary convolution fed by a BatchNorm+sign with one ``ChannelsLast``
-step (``group_channels_last``). Inside it:
+A ``Sequential`` built with ``layout="nhwc"`` (the model builders' default) replaces every
+maximal run of convolutions, fused BatchNorm+sign steps and max-pools that holds a binary
+convolution fed by a BatchNorm+sign with one ``ChannelsLast`` step (``group_channels_last``).
+Inside it:
 
   * activations are NHWC (``kernels.channels_last``): no transposes between layers, and a
     convolution's receptive field is kH*kW contiguous runs of C values;

@@ -1,15 +1,20 @@
 """Containers: ``Sequential`` (modules in order) and ``Residual`` (``body(x) + shortcut(x)``).
 
-``Sequential`` fixes once, from its ``layers``, the *steps* that run:
+A ``Sequential`` runs its ``layers`` the way its ``layout`` says, chosen when it is built and
+never behind the caller's back (``LAYOUTS``):
 
-  1. every affine ``BatchNorm`` directly followed by the real ``Sign`` becomes one
-     ``BatchNormSign`` step (one fused kernel, the same bits, the same parameter names);
-  2. every run of convolutions, BatchNorm+sign steps and max-pools that feeds packed signs into
-     a binary convolution becomes one ``ChannelsLast`` step (``nn.channels_last``: NHWC inside,
-     packed activations, the XNOR-popcount forward).
+  * ``"nchw"`` (the default of a hand-built Sequential): the layers as written, one call each:
+    ``nn/functional``'s conv, sign and batchnorm, the code the README teaches;
+  * ``"nhwc"`` (the model builders' default, the fast engine; ``--layout``):
+      1. every affine ``BatchNorm`` directly followed by the real ``Sign`` becomes one
+         ``BatchNormSign`` step (one fused kernel, the same bits, the same parameter names);
+      2. every run of convolutions, BatchNorm+sign steps and max-pools that feeds packed signs
+         into a binary convolution becomes one ``ChannelsLast`` step (``nn.channels_last``:
+         NHWC inside, packed activations, the XNOR-popcount forward).
 
-Its ``layers`` list stays as built (what ``init``, ``binary_names`` and the packed-inference
-rewrite read).
+Either way the parameters, buffers and gradients are the layers' own, under their names, and
+``layers`` stays as built (what ``init``, ``binary_names`` and the packed-inference rewrite
+read); ``steps()`` lists what runs.
 """
 from __future__ import annotations
 
@@ -20,26 +25,41 @@ from minibnn.nn import functional as F
 from minibnn.nn.channels_last import group_channels_last
 from minibnn.nn.modules import BatchNorm, BatchNormSign, Module, Params, is_sign, model_dtype
 
+#: how a Sequential runs its layers: "nhwc" the fast engine, "nchw" the layers as written
+LAYOUTS = ("nhwc", "nchw")
+
+
+def check_layout(layout: str) -> str:
+    """``layout`` if it is one of ``LAYOUTS``, else a one-line error naming ``--layout``."""
+    if layout not in LAYOUTS:
+        raise MinibnnError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    return layout
+
 
 class Sequential(Module):
     """Modules applied in order; backward runs them in reverse.
 
-    What runs are the *steps* (``steps()``), fixed once here from ``layers`` (module header:
-    fused BatchNorm+sign pairs, channels-last groups). So the cache that ``forward`` returns
-    holds one entry per step, not per layer, and its i-th entry belongs to ``steps()[i]``.
-    ``layers`` is the model as declared; build a new Sequential rather than editing it in
-    place.
+    What runs are the *steps* (``steps()``), fixed once here from ``layers`` and ``layout``
+    (module header: the layers themselves, or fused BatchNorm+sign pairs and channels-last
+    groups). So the cache that ``forward`` returns holds one entry per step, not per layer,
+    and its i-th entry belongs to ``steps()[i]``. ``layers`` is the model as declared; build a
+    new Sequential rather than editing it in place.
 
     ``input_grad=False`` (a model's top level, whose backward ignores dx): a channels-last
     group that is the first step skips its first convolution's input gradient, and
     ``backward`` then returns None for dx (other first steps compute dx as usual).
     """
 
-    def __init__(self, layers: Sequence[Module], name: str = "", input_grad: bool = True):
+    def __init__(self, layers: Sequence[Module], name: str = "", input_grad: bool = True,
+                 layout: str = "nchw"):
         super().__init__(name)
         self.layers = list(layers)
         self.input_grad = input_grad
-        self._steps = group_channels_last(_fuse_batchnorm_sign(self.layers), input_grad)
+        self.layout = check_layout(layout)
+        if layout == "nhwc":
+            self._steps = group_channels_last(_fuse_batchnorm_sign(self.layers), input_grad)
+        else:
+            self._steps = list(self.layers)
 
     @property
     def binary_names(self) -> list[str]:

@@ -7,8 +7,10 @@ layer is binary, with binary activations in front of it:
     binary_cnn:  conv -> BN -> [sign -> bconv -> (maxpool) -> BN]*5 -> sign -> flatten -> dense
     birealnet:   conv -> BN -> stages of Bi-Real blocks  x + BN(bconv(sign(x)))  -> GAP -> dense
 
-A ``Model`` is a ``Sequential`` plus what the trainer needs to know (input shape, classes, which
-parameters are binary):
+Every builder takes ``layout`` (``nn.containers.LAYOUTS``): ``"nhwc"`` (the default) runs the
+fast engine, ``"nchw"`` the layers as written in ``nn/functional`` (the same parameters and, in
+float64, the same binary weights; ``tests/test_layout.py``). A ``Model`` is a ``Sequential``
+plus what the trainer needs to know (input shape, classes, which parameters are binary):
 
     params, buffers = model.init(rng, dtype)
     logits, new_buffers, cache = model.forward(params, buffers, x, train=True)
@@ -22,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from minibnn.errors import MinibnnError, ShapeError
-from minibnn.nn.containers import Residual, Sequential
+from minibnn.nn.containers import Residual, Sequential, check_layout
 from minibnn.nn.modules import (AvgPool2d, BatchNorm, BinaryConv2d, BinaryDense, Conv2d, Dense,
                                 Flatten, GlobalAvgPool, LearnableBias, MaxPool2d, Module,
                                 PReLU, Sign, model_dtype)
@@ -77,8 +79,8 @@ def _binary_kwargs(binary_storage: str, scale: bool, weight_ste: str, init_scale
 def binary_mlp(input_shape: Sequence[int] = (1, 28, 28), hidden: Sequence[int] = (1024, 1024),
                num_classes: int = 10, binary_storage: str = "latent", scale: bool = False,
                weight_ste: str = "identity", act_ste: str = "approx",
-               init_scale: float = 1.0, real_first: bool = True, in_features: int | None = None
-               ) -> Model:
+               init_scale: float = 1.0, real_first: bool = True, in_features: int | None = None,
+               layout: str = "nhwc") -> Model:
     """Binary MLP: a real first layer, ``len(hidden) - 1`` binary hidden layers, a real last layer.
 
     The activation STE defaults to Bi-Real's polynomial ``approx`` (the identity STE stalls
@@ -107,15 +109,15 @@ def binary_mlp(input_shape: Sequence[int] = (1, 28, 28), hidden: Sequence[int] =
     config = dict(model="binary_mlp", input_shape=list(input_shape), hidden=hidden,
                   num_classes=num_classes, binary_storage=binary_storage, scale=scale,
                   weight_ste=weight_ste, act_ste=act_ste, init_scale=init_scale,
-                  real_first=real_first)
-    return Model("binary_mlp", Sequential(layers, input_grad=False), tuple(input_shape),
-                 num_classes, config)
+                  real_first=real_first, layout=check_layout(layout))
+    return Model("binary_mlp", Sequential(layers, input_grad=False, layout=layout),
+                 tuple(input_shape), num_classes, config)
 
 
 def binary_cnn(input_shape: Sequence[int] = (1, 28, 28), width: int = 32, num_classes: int = 10,
                binary_storage: str = "latent", scale: bool = False,
                weight_ste: str = "identity", act_ste: str = "approx",
-               init_scale: float = 1.0) -> Model:
+               init_scale: float = 1.0, layout: str = "nhwc") -> Model:
     """VGG-small-like binary CNN for 28x28 or 32x32 inputs.
 
     Channels (w, w, 2w, 2w, 4w, 4w) with 3x3 convolutions; 2x2 max pooling after the 2nd, 4th
@@ -140,12 +142,14 @@ def binary_cnn(input_shape: Sequence[int] = (1, 28, 28), width: int = 32, num_cl
     layers += [Sign(act_ste), Flatten(), Dense("head", chans[-1] * out_hw, num_classes)]
     config = dict(model="binary_cnn", input_shape=[c, h, w_in], width=width,
                   num_classes=num_classes, binary_storage=binary_storage, scale=scale,
-                  weight_ste=weight_ste, act_ste=act_ste, init_scale=init_scale)
-    return Model("binary_cnn", Sequential(layers, input_grad=False), (c, h, w_in), num_classes, config)
+                  weight_ste=weight_ste, act_ste=act_ste, init_scale=init_scale,
+                  layout=check_layout(layout))
+    return Model("binary_cnn", Sequential(layers, input_grad=False, layout=layout), (c, h, w_in),
+                 num_classes, config)
 
 
 def _bireal_block(name: str, c_in: int, c_out: int, stride: int, act_ste: str,
-                  bkw: dict[str, Any], prelu: bool) -> list[Module]:
+                  bkw: dict[str, Any], prelu: bool, layout: str) -> list[Module]:
     """Bi-Real block: ``y = BN(bconv(sign(x + shift))) + shortcut(x)`` (real shortcut).
 
     When the block downsamples or widens, the shortcut is AvgPool(2) -> real 1x1 conv -> BN
@@ -153,12 +157,12 @@ def _bireal_block(name: str, c_in: int, c_out: int, stride: int, act_ste: str,
     """
     body = Sequential([LearnableBias(f"{name}.move", c_in), Sign(act_ste),
                        BinaryConv2d(f"{name}.conv", c_in, c_out, 3, stride, 1, **bkw),
-                       BatchNorm(f"{name}.bn", c_out)])
+                       BatchNorm(f"{name}.bn", c_out)], layout=layout)
     shortcut = None
     if stride != 1 or c_in != c_out:
         pool = [AvgPool2d(stride)] if stride != 1 else []
         shortcut = Sequential(pool + [Conv2d(f"{name}.down", c_in, c_out, 1, 1, 0),
-                                      BatchNorm(f"{name}.down_bn", c_out)])
+                                      BatchNorm(f"{name}.down_bn", c_out)], layout=layout)
     block: list[Module] = [Residual(body, shortcut)]
     if prelu:
         block.append(PReLU(f"{name}.prelu", c_out))
@@ -169,7 +173,7 @@ def birealnet(input_shape: Sequence[int] = (3, 32, 32), width: int = 16,
               blocks_per_stage: Sequence[int] = (2, 2, 2), num_classes: int = 10,
               binary_storage: str = "latent", scale: bool = False,
               weight_ste: str = "identity", act_ste: str = "approx", init_scale: float = 1.0,
-              prelu: bool = True) -> Model:
+              prelu: bool = True, layout: str = "nhwc") -> Model:
     """Bi-Real-style small ResNet for 32x32 inputs: a shortcut around every binary convolution.
 
     Stages of widths (w, 2w, 4w); each later stage starts with a stride-2 block.  The stem
@@ -185,14 +189,15 @@ def birealnet(input_shape: Sequence[int] = (3, 32, 32), width: int = 16,
         for j in range(n_blocks):
             stride = 2 if (s > 0 and j == 0) else 1
             layers += _bireal_block(f"s{s + 1}b{j + 1}", c_prev, c_out, stride, act_ste, bkw,
-                                    prelu)
+                                    prelu, check_layout(layout))
             c_prev = c_out
     layers += [GlobalAvgPool(), Dense("head", c_prev, num_classes)]
     config = dict(model="birealnet", input_shape=[c, h, w_in], width=width,
                   blocks_per_stage=list(blocks_per_stage), num_classes=num_classes,
                   binary_storage=binary_storage, scale=scale, weight_ste=weight_ste,
-                  act_ste=act_ste, init_scale=init_scale, prelu=prelu)
-    return Model("birealnet", Sequential(layers, input_grad=False), (c, h, w_in), num_classes, config)
+                  act_ste=act_ste, init_scale=init_scale, prelu=prelu, layout=layout)
+    return Model("birealnet", Sequential(layers, input_grad=False, layout=layout), (c, h, w_in),
+                 num_classes, config)
 
 
 MODEL_BUILDERS = {"binary_mlp": binary_mlp, "binary_cnn": binary_cnn, "birealnet": birealnet}

@@ -1,26 +1,18 @@
-"""Binarisation ``sign`` and its straight-through estimators (STEs).
+"""The sign layer: ``sign_forward`` / ``sign_backward`` around *the* sign and STE table.
 
-Forward: ``y = +1 where x >= 0 else -1``, in x's dtype. ``sign(0) := +1``, larq's convention
-(``numpy.sign(0) == 0`` would leave a third value in a binary network).
-
-The true derivative of sign is zero almost everywhere, so the backward pass is *defined*, not
-derived: ``dx = dy * ste_grad(x, ste)`` with one of
-    "identity"  1                                   (plain STE, Hinton's lecture / BinaryConnect)
-    "clipped"   1 if |x| <= 1 else 0                (derivative of hardtanh, Hubara et al. 2016)
-    "approx"    max(0, 2 - 2|x|)                    (Bi-Real Net's piecewise polynomial)
-    "swish"     derivative of SignSwish (BNN+, Darabi et al. 2018), see ``_swish_grad``.
-``ste_grad`` is public so that the weight STE of binary layers uses the same definitions.
+``sign`` (``sign(0) = +1``) and the STE table (``"identity"``, ``"clipped"``, ``"approx"``,
+``"swish"``) are defined once, in ``minibnn/ops/sign.py``; this layer keeps the input for the
+backward pass, ``dx = dy * ste_grad(x, ste, beta)``. ``ste_grad`` is re-exported here, so that
+the weight STE of binary layers uses the same definitions.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from minibnn.backend import get_array_module
-from minibnn.errors import MinibnnError
-from minibnn.nn.functional._checks import Array, require_float, require_grad, require_real
+from minibnn.nn.functional._checks import Array, require_float, require_grad
+from minibnn.ops.sign import STE_NAMES, check_ste, sign, ste_grad
 
-#: The STE names ``sign_forward`` and ``ste_grad`` accept.
-STE_NAMES: tuple[str, ...] = ("identity", "clipped", "approx", "swish")
+__all__ = ["STE_NAMES", "SignCache", "check_ste", "sign_backward", "sign_forward", "ste_grad"]
 
 
 class SignCache(NamedTuple):
@@ -29,53 +21,12 @@ class SignCache(NamedTuple):
     beta: float
 
 
-def check_ste(fn: str, ste: str, beta: float) -> float:
-    """``ste`` must be one of STE_NAMES and ``beta`` > 0; returns beta as a float."""
-    if not isinstance(ste, str) or ste not in STE_NAMES:
-        raise MinibnnError(f"{fn}: ste must be one of {STE_NAMES}, got {ste!r}")
-    return require_real(fn, "beta", beta, 0.0, float("inf"), lo_open=True, hi_open=True)
-
-
-def _swish_grad(x: Array, beta: float) -> Array:
-    """Derivative of SignSwish ``2*sigmoid(b*x)*(1 + b*x*(1 - sigmoid(b*x))) - 1``.
-
-    BNN+ writes it as ``b*(2 - b*x*tanh(b*x/2)) / (1 + cosh(b*x))``. Since
-    ``1 + cosh(t) = 2*cosh(t/2)^2`` and ``sech(t/2)^2 = 4*e^-|t| / (1 + e^-|t|)^2``, the same
-    value is ``2*b*e^-|t| * (2 - t*tanh(t/2)) / (1 + e^-|t|)^2`` with ``t = b*x``, which never
-    overflows (cosh does for |t| > ~710).
-    """
-    xp = get_array_module(x)
-    t = beta * x
-    e = xp.exp(-xp.abs(t))
-    return (2.0 * beta) * e * (2.0 - t * xp.tanh(0.5 * t)) / (1.0 + e) ** 2
-
-
-def ste_grad(x: Array, ste: str, beta: float = 5.0) -> Array:
-    """The STE derivative factor d sign(x)/dx as defined by ``ste`` (same shape/dtype as x).
-
-    ``beta`` is only used by "swish" (its sharpness; BNN+ uses 5).
-    """
-    fn = "ste_grad"
-    require_float(fn, "x", x)
-    beta = check_ste(fn, ste, beta)
-    xp = get_array_module(x)
-    if ste == "identity":
-        return xp.ones_like(x)
-    if ste == "clipped":
-        return (xp.abs(x) <= 1).astype(x.dtype)
-    if ste == "approx":
-        return xp.maximum(2.0 - 2.0 * xp.abs(x), 0.0).astype(x.dtype, copy=False)
-    return _swish_grad(x, beta).astype(x.dtype, copy=False)
-
-
 def sign_forward(x: Array, ste: str = "identity", beta: float = 5.0) -> tuple[Array, SignCache]:
     """``y = where(x >= 0, 1, -1)`` in x's dtype, so ``sign(0) == +1`` (larq's convention)."""
     fn = "sign_forward"
     require_float(fn, "x", x)
     beta = check_ste(fn, ste, beta)
-    xp = get_array_module(x)
-    one = xp.ones((), dtype=x.dtype)
-    return xp.where(x >= 0, one, -one), SignCache(x, ste, beta)
+    return sign(x), SignCache(x, ste, beta)
 
 
 def sign_backward(dy: Array, cache: SignCache) -> Array:
