@@ -21,7 +21,7 @@ from minibnn.ops import sign as ops_sign
 
 VALUES = np.concatenate([
     np.array([0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 1e-30, -1e-30, 1.0000001, -0.9999999, 20.0, -20.0,
-              89.0, -89.0, 3e38, -3e38], np.float32),
+              89.0, -89.0, 1e30, -1e30], np.float32),
     np.random.default_rng(0).normal(scale=1.5, size=200).astype(np.float32)])
 
 
@@ -34,8 +34,7 @@ def test_the_layers_and_the_kernels_use_the_one_table() -> None:
 @pytest.mark.parametrize("code, ste", list(enumerate(ops_sign.STE_NAMES)))
 @pytest.mark.parametrize("beta", [5.0, 0.5])
 def test_the_numba_body_is_the_table_value_for_value(code: int, ste: str, beta: float) -> None:
-    with np.errstate(over="ignore"):
-        want = ops_sign.ste_grad(VALUES, ste, beta)
+    want = ops_sign.ste_grad(VALUES, ste, beta)
     got = np.array([_ste(np.float32(v), code, np.float32(beta)) for v in VALUES], np.float32)
     if ste == "swish":
         np.testing.assert_allclose(got, want, rtol=0, atol=4 * np.spacing(np.float32(beta)))
