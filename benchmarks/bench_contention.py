@@ -63,7 +63,7 @@ def _child(framework: str, key: str, steps: int, start_at: float, smoke: bool) -
 
 def _run(framework: str, key: str, steps: int, copies: int, smoke: bool) -> list[float]:
     """Wall times of ``copies`` child processes started together."""
-    start_at = time.time() + (8.0 if smoke else 25.0)     # after imports, build and warm-up
+    start_at = time.time() + (8.0 if smoke else 20.0)     # after imports, build and warm-up
     cmd = [sys.executable, __file__, "--child", framework, key, str(steps), str(start_at)]
     if smoke:
         cmd.append("--smoke")

@@ -1,6 +1,6 @@
 """Wall time of one CIFAR-10-shaped training epoch of binary_cnn (the trainer's own loop).
 
-Runs ``minibnn.train.train_epoch`` (shuffling, batching, the default optimisers: CEMA on the
+Runs ``minibnn.run.train.train_epoch`` (shuffling, batching, the default optimisers: CEMA on the
 +-1 weights, Adam on the real ones, flip counts) over random float32 images of CIFAR-10's
 shape (3x32x32, 10 classes) at batch 128 and the CLI's default STE, after one warm-up step.
 With ``--images N`` below 50,000 it times N images and scales to the 50,000 of a CIFAR-10
@@ -24,8 +24,8 @@ CIFAR_TRAIN = 50_000
 
 
 def epoch_seconds(width: int, images: int, batch: int) -> float:
-    from minibnn.spec import spec_from_options
-    from minibnn.train import (TrainState, model_from_spec, optimizer_from_spec, train_epoch,
+    from minibnn.run.spec import spec_from_options
+    from minibnn.run.train import (TrainState, model_from_spec, optimizer_from_spec, train_epoch,
                                train_step)
 
     spec = spec_from_options({"model": "binary_cnn", "dataset": "synthetic", "width": width,

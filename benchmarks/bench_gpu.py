@@ -8,7 +8,7 @@ JSON file only):
    ``binary_cnn`` (VGG-small shape, ``--width``) on CIFAR-shaped input (3x32x32, 10 classes) at
    batch 128 and 1024. minibnn: binary weights stored as ±1 and trained by CEMA, real parameters
    by Adam (the trainer's default), updated by ``optimizer.step_in_place`` (the fused CUDA kernels, the
-   path ``minibnn.train.train_step`` takes): forward, loss, backward and that step, without the
+   path ``minibnn.run.train.train_step`` takes): forward, loss, backward and that step, without the
    trainer's accuracy/flip counts. A second column times ``train_step`` itself, the same step
    plus those counts, to show what they cost. PyTorch peer: the same network (±1 weights, sign
    activations with the identity STE, BatchNorm, same layers), Adam on real parameters and the
@@ -115,7 +115,7 @@ def minibnn_step(cp: Any, name: str, batch: int, hidden: tuple[int, ...], width:
     from minibnn.backend import to_device
     from minibnn.nn.functional import softmax_cross_entropy
     from minibnn.nn.models import binary_cnn, binary_mlp
-    from minibnn.train import TrainState, train_step
+    from minibnn.run.train import TrainState, train_step
 
     if name == "binary_mlp":
         model = binary_mlp(INPUT_SHAPE, hidden=hidden, num_classes=NUM_CLASSES,

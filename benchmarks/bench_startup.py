@@ -7,7 +7,7 @@ cache), the second the warm start (the compiled code is loaded from the cache).
 
     import        python -c "import minibnn"                     (baseline: no compilation)
     kernels       every Numba body (kernels.get(op, "numba")) called once on tiny inputs
-    cli train     python -m minibnn.cli train on 256 synthetic images, one epoch, tiny MLP
+    cli train     python -m minibnn.commands.cli train on 256 synthetic images, one epoch, tiny MLP
 
 Start-up times are wall-clock seconds of the whole process (they have no peer to divide by);
 ``cold / warm`` is the ratio the cache buys. Rows whose command is missing (e.g. no CLI yet)
@@ -54,7 +54,7 @@ k("binary_conv2d")(k("pack_conv_input")(x), wb, ws, 3, 3, 3, 1, 1)
 
 def _cli_available() -> bool:
     try:
-        import minibnn.cli  # noqa: F401
+        import minibnn.commands.cli  # noqa: F401
     except Exception:
         return False
     return True
@@ -80,11 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows_spec["kernels"] = [py, "-c", KERNELS_SCRIPT]
         if _cli_available():
             rows_spec["cli train"] = [
-                py, "-m", "minibnn.cli", "train", "--dataset", "synthetic", "--epochs", "1",
+                py, "-m", "minibnn.commands.cli", "train", "--dataset", "synthetic", "--epochs", "1",
                 "--train-subset", "256", "--hidden", "64,64", "--batch-size", "64",
                 "--no-progress", "--out", "run.h5"]
         else:
-            print("minibnn.cli is missing: the 'cli train' row is skipped")
+            print("minibnn.commands.cli is missing: the 'cli train' row is skipped")
     rows, records = [], {}
     for name, cmd in rows_spec.items():
         with tempfile.TemporaryDirectory(prefix="minibnn-startup-") as tmp:

@@ -5,7 +5,7 @@ Models (batch 128, float32, random data of the dataset's shape):
   * binary_cnn on CIFAR-10 shapes (3x32x32) with the CLI's default width (32) and at width 128
     (the literature's VGG-small widths);
 both with the CLI's default activation STE (the table names widths and STE).
-minibnn runs ``minibnn.train.train_step`` with the CLI's default optimiser (CEMA on the ±1
+minibnn runs ``minibnn.run.train.train_step`` with the CLI's default optimiser (CEMA on the ±1
 weights, Adam on the real ones, flips counted; no augmentation). The PyTorch twin is built
 layer by layer from the minibnn model and starts from the same weights: ``nn.Linear``/
 ``nn.Conv2d``, ``F.batch_norm``, ``nn.MaxPool2d``, ±1 weights used directly, ``sign`` with the
@@ -64,8 +64,8 @@ def minibnn_step(model_name: str, input_shape: tuple[int, ...], batch: int,
     "numpy": the reference code); it is selected again before every step, so steps of both
     backends can be interleaved in one process.
     """
-    from minibnn.spec import spec_from_options
-    from minibnn.train import TrainState, model_from_spec, optimizer_from_spec, train_step
+    from minibnn.run.spec import spec_from_options
+    from minibnn.run.train import TrainState, model_from_spec, optimizer_from_spec, train_step
 
     spec = spec_from_options({"model": model_name, "dataset": "synthetic", "batch_size": batch,
                               **overrides})

@@ -5,7 +5,7 @@ scales every latent weight by ``c`` (docs/theory.md P5), so with power-of-two ``
 weights, losses and accuracies are bit-identical.  CEMA at the mapped ``alpha = lr wd``,
 ``gamma = 1 - momentum``, started from the matched state (``theory.matched_initial_state``) of the
 same initial weights, trains the same binary network step for step (P9).  This script trains the
-three latent runs with ``minibnn.train.fit`` and the CEMA run with the trainer's own
+three latent runs with ``minibnn.run.train.fit`` and the CEMA run with the trainer's own
 ``train_epoch`` (fit cannot start CEMA from a matched state), then compares them.
 
     python experiments/e1_diagonal.py --out experiments/out/e1_diagonal [--epochs 3]
@@ -20,9 +20,9 @@ import time
 import numpy as np
 
 from minibnn import theory
-from minibnn.io import load_run
-from minibnn.spec import spec_from_options
-from minibnn.train import (TrainState, evaluate, fit, load_data, model_from_spec,
+from minibnn.run.files import load_run
+from minibnn.run.spec import spec_from_options
+from minibnn.run.train import (TrainState, evaluate, fit, load_data, model_from_spec,
                            optimizer_from_spec, train_epoch)
 
 LR, WD, MOMENTUM, INIT_SCALE = 0.25, 2.0 ** -6, 0.75, 1.0       # alpha = 2^-8, gamma = 0.25

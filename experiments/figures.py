@@ -19,9 +19,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from minibnn.figures import save_figure  # noqa: E402
-from minibnn.io import load_run  # noqa: E402
-from minibnn.sweep_report import grid_means, load_sweep_dir  # noqa: E402
+from minibnn.commands.figures import save_figure  # noqa: E402
+from minibnn.run.files import load_run  # noqa: E402
+from minibnn.commands.sweep_report import grid_means, load_sweep_dir  # noqa: E402
 
 #: E2's final runs: (sweep folder under --runs, label)
 E2_FINAL = [("e2_final_cema", "CEMA"), ("e2_final_adam", "latent Adam"),

@@ -13,12 +13,12 @@ from minibnn._version import __version__  # noqa: F401  (minibnn.__version__)
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from minibnn.trained import TrainedModel
+    from minibnn.deploy.trained import TrainedModel
 
 
 def load(path: str) -> "TrainedModel":
     """The trained model in a run file or packed file: ``.logits(x)``, ``.predict(x)``,
-    ``.summary()``, ``.params`` (``minibnn.trained``). Imports the engine on first call."""
-    from minibnn.trained import load as _load
+    ``.summary()``, ``.params`` (``minibnn.deploy.trained``). Imports the engine on first call."""
+    from minibnn.deploy.trained import load as _load
 
     return _load(path)

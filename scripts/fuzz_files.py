@@ -20,9 +20,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from test_integrity import READERS, _same  # noqa: E402
 
 from minibnn.errors import DataFileError  # noqa: E402
-from minibnn.inference import export_packed  # noqa: E402
-from minibnn.spec import spec_from_options  # noqa: E402
-from minibnn.train import fit  # noqa: E402
+from minibnn.deploy.inference import export_packed  # noqa: E402
+from minibnn.run.spec import spec_from_options  # noqa: E402
+from minibnn.run.train import fit  # noqa: E402
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ def main() -> None:
         shutil.copy(os.path.join(d, "run.h5"), os.path.join(d, "nan.h5"))
         with h5py.File(os.path.join(d, "nan.h5"), "a") as f:
             f["checkpoint/params/fc1.w"][0, 0] = float("nan")
-            from minibnn import integrity
+            from minibnn.run import integrity
             integrity.seal(f)
         cases = [
             ("export over an existing file", "export run.h5 --out flip.h5"),

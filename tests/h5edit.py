@@ -5,7 +5,7 @@ from typing import Any, Iterator
 
 import h5py
 
-from minibnn import integrity
+from minibnn.run import integrity
 
 
 @contextmanager

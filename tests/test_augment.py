@@ -1,7 +1,7 @@
 """Random-shift augmentation: each image is a translated copy of itself, drawn reproducibly."""
 import numpy as np
 
-from minibnn.augment import random_shift
+from minibnn.data.augment import random_shift
 
 
 def test_each_image_is_a_translation_filled_with_the_minimum():

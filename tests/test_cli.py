@@ -7,12 +7,12 @@ import sys
 import pytest
 
 from minibnn import optim
-from minibnn.cli import main
-from minibnn.io import load_run
+from minibnn.commands.cli import main
+from minibnn.run.files import load_run
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "minibnn.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "minibnn.commands.cli", *args], capture_output=True,
                           text=True, timeout=300)
 
 

@@ -8,7 +8,9 @@ import shutil
 
 import pytest
 
-from minibnn import cli, explain, theory
+from minibnn import theory
+from minibnn.commands import cli
+from minibnn.commands import explain
 
 GIB = 2 ** 30
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minibnn.augment import draw_offsets, flip_images, shift_images
-from minibnn.cli import main
+from minibnn.data.augment import draw_offsets, flip_images, shift_images
+from minibnn.commands.cli import main
 from minibnn.data import load_dataset
 from minibnn.data import imagefolder
 from minibnn.errors import DataFileError

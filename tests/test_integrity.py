@@ -17,14 +17,14 @@ from h5edit import edited
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minibnn import integrity
-from minibnn.cli import main
+from minibnn.run import integrity
+from minibnn.commands.cli import main
 from minibnn.errors import DataFileError
-from minibnn.inference import export_packed
-from minibnn.io import load_run
-from minibnn.io_packed import read_packed
-from minibnn.spec import spec_from_options
-from minibnn.train import fit
+from minibnn.deploy.inference import export_packed
+from minibnn.run.files import load_run
+from minibnn.deploy.packed_file import read_packed
+from minibnn.run.spec import spec_from_options
+from minibnn.run.train import fit
 
 
 @pytest.fixture(scope="module")

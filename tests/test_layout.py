@@ -19,12 +19,12 @@ import pytest
 
 from minibnn import kernels
 from minibnn.errors import MinibnnError
-from minibnn.io import load_run
+from minibnn.run.files import load_run
 from minibnn.nn.channels_last import ChannelsLast
 from minibnn.nn.containers import Sequential
 from minibnn.nn.modules import BatchNormSign
-from minibnn.spec import spec_from_options
-from minibnn.train import (TrainState, fit, model_from_spec, optimizer_from_spec,
+from minibnn.run.spec import spec_from_options
+from minibnn.run.train import (TrainState, fit, model_from_spec, optimizer_from_spec,
                            train_step)
 
 SHAPE = (3, 16, 16)

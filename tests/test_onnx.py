@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import minibnn
-from minibnn.cli import main
-from minibnn.spec import spec_from_options
+from minibnn.commands.cli import main
+from minibnn.run.spec import spec_from_options
 from minibnn.data import load_dataset
 from minibnn.errors import MinibnnError
 from minibnn.nn import models
@@ -39,7 +39,7 @@ def ort_logits(path: str | bytes, x: np.ndarray) -> np.ndarray:
 def test_onnxruntime_agrees_with_minibnn_on_the_test_set(
         spec: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import minibnn.train as train
+    import minibnn.run.train as train
 
     run = str(tmp_path / "run.h5")
     config = spec_from_options(dict(dataset="synthetic", epochs=1, batch_size=50,
@@ -77,7 +77,7 @@ def test_onnxruntime_agrees_with_minibnn_on_the_test_set(
 
 
 def test_sign_of_zero_is_plus_one_and_errors(tmp_path: Path) -> None:
-    from minibnn.onnx_export import build_onnx
+    from minibnn.deploy.onnx_export import build_onnx
 
     sign_net = Sequential([Flatten(), models.Sign(), Dense("head", 4, 2)])
     model = models.Model("m", sign_net, (1, 2, 2), 2, {})

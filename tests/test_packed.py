@@ -1,4 +1,4 @@
-"""Bit-packed inference (``minibnn.nn.packed``, ``minibnn.io_packed``, ``minibnn.inference``):
+"""Bit-packed inference (``minibnn.nn.packed``, ``minibnn.deploy.packed_file``, ``minibnn.deploy.inference``):
 exactly the float path, ~32x smaller weights.
 
 Logits must be bit-identical to the float forward pass without a weight scale (the float path
@@ -21,19 +21,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minibnn import kernels
-from minibnn.cli import main
-from minibnn.spec import Local, config_json, read_stored_config, spec_from_options
+from minibnn.commands.cli import main
+from minibnn.run.spec import Local, config_json, read_stored_config, spec_from_options
 from minibnn.backend import gpu_available
 from minibnn.errors import DataFileError, DeviceError, DTypeError, MinibnnError
-from minibnn.io import Checkpoint, RunFile, load_run, save_run
+from minibnn.run.files import Checkpoint, RunFile, load_run, save_run
 from minibnn.kernels.threshold import Threshold
 from minibnn.nn import functional as F
 from minibnn.nn.models import Model, binary_cnn, binary_mlp, birealnet
 from minibnn.nn.containers import Sequential
 from minibnn.nn.modules import BatchNorm, BinaryDense, Dense, Flatten, Sign
-from minibnn.inference import (default_packed_path, evaluate_packed, export_packed, load_packed,
+from minibnn.deploy.inference import (default_packed_path, evaluate_packed, export_packed, load_packed,
                                pack_run)
-from minibnn.io_packed import FORMAT, VERSION, is_packed_file, save_packed
+from minibnn.deploy.packed_file import FORMAT, VERSION, is_packed_file, save_packed
 from minibnn.nn.fold import fold_batchnorm_sign
 from minibnn.nn.packed import PackedBinary, pack_model
 
@@ -129,7 +129,7 @@ def test_packed_weights_are_32x_smaller_and_bits_are_the_signs():
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A real run file: binary MLP trained one epoch on the synthetic set (CEMA, +-1 weights)."""
-    from minibnn.train import fit
+    from minibnn.run.train import fit
 
     path = str(tmp_path_factory.mktemp("packed") / "run.h5")
     fit(spec_from_options(dict(dataset="synthetic", hidden=[64, 64], epochs=1, shift=0)), path,
@@ -188,7 +188,7 @@ def test_conv_file_with_scale_round_trips(tmp_path):
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "minibnn.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "minibnn.commands.cli", *args], capture_output=True,
                           text=True, timeout=300)
 
 
@@ -329,7 +329,7 @@ def test_thresholds_equal_the_float_sign_for_every_count(case):
 def _trained(tmp_path, model, dtype, **config):
     """A run of ``model`` trained a few steps on synthetic data, then BatchNorm channels set by
     hand: negative gamma, gamma == 0 with beta > 0, < 0 and == 0."""
-    from minibnn.train import fit
+    from minibnn.run.train import fit
 
     path = str(tmp_path / f"{model}-{dtype}.h5")
     cfg = spec_from_options(dict(model=model, dataset="synthetic", epochs=1, train_subset=300,
@@ -516,7 +516,7 @@ def test_export_never_replaces_a_file_without_overwrite(trained_run, tmp_path, c
 
 def test_export_never_replaces_its_input_or_a_folder_and_honours_the_umask(trained_run, tmp_path,
                                                                           capsys):
-    from minibnn.cli import main
+    from minibnn.commands.cli import main
 
     for out, message in ((trained_run, "is the input file itself"),
                          (str(tmp_path), "is a directory")):

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minibnn import io as run_io
-from minibnn import resources
-from minibnn import train as train_module
-from minibnn.cli import main
+from minibnn.run import files as run_io
+from minibnn.run import resources
+from minibnn.run import train as train_module
+from minibnn.commands.cli import main
 from minibnn.errors import MinibnnError
-from minibnn.io import load_run
+from minibnn.run.files import load_run
 
 #: a small, quick training on the synthetic set
 SMALL = ["--dataset", "synthetic", "--shift", "0", "--hidden", "32,32", "--train-subset", "500",
@@ -275,7 +275,7 @@ def test_memory_impossible_sizes_are_one_line(tmp_path, capsys, size):
 
 
 def test_the_api_refuses_what_the_cli_refuses():
-    from minibnn.spec import spec_from_options
+    from minibnn.run.spec import spec_from_options
 
     with pytest.raises(MinibnnError, match="overflows float32"):
         spec_from_options({"optimizer": "sgd", "lr": 1e300})

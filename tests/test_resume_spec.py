@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from h5edit import edited
 
-from minibnn.cli import main
-from minibnn.io import load_run
+from minibnn.commands.cli import main
+from minibnn.run.files import load_run
 
 BASE = ["--dataset", "synthetic", "--hidden", "16,8", "--train-subset", "300", "--no-progress"]
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from minibnn.cli import main
-from minibnn.spec import spec_from_options
-from minibnn.show import run_labels
-from minibnn.train import fit
+from minibnn.commands.cli import main
+from minibnn.run.spec import spec_from_options
+from minibnn.commands.show import run_labels
+from minibnn.run.train import fit
 
 
 @pytest.fixture(scope="module")

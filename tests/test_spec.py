@@ -7,10 +7,10 @@ import json
 import pytest
 
 from minibnn import optim
-from minibnn.cli import main
+from minibnn.commands.cli import main
 from minibnn.errors import MinibnnError
 from minibnn.nn import models
-from minibnn.spec import (MODEL_VARIANTS, OPTIMIZER_VARIANTS, OPTION_SECTIONS, Local, RunSpec,
+from minibnn.run.spec import (MODEL_VARIANTS, OPTIMIZER_VARIANTS, OPTION_SECTIONS, Local, RunSpec,
                           config_json, flag, read_stored_config, spec_from_dict,
                           spec_from_options, variant_options)
 
@@ -148,7 +148,7 @@ def test_machine_local_settings_are_not_part_of_the_spec(tmp_path) -> None:
     assert main(["train", "--dataset", "synthetic", "--hidden", "16,16", "--epochs", "1",
                  "--train-subset", "100", "--backend", "numpy", "--out", out,
                  "--no-progress"]) == 0
-    from minibnn.io import load_run
+    from minibnn.run.files import load_run
 
     stored = json.loads(load_run(out).config_json)
     assert set(stored) == {"spec", "local"} and stored["local"]["backend"] == "numpy"

@@ -1,4 +1,4 @@
-"""``minibnn summary`` and ``minibnn.summary``: counts checked against the models' own formulas."""
+"""``minibnn summary`` and ``minibnn.commands.summary``: counts checked against the models' own formulas."""
 from __future__ import annotations
 
 import json
@@ -9,10 +9,10 @@ from h5edit import edited
 import numpy as np
 import pytest
 
-from minibnn.cli import main
-from minibnn.io import load_run
+from minibnn.commands.cli import main
+from minibnn.run.files import load_run
 from minibnn.nn import models
-from minibnn.summary import format_summary, summarize
+from minibnn.commands.summary import format_summary, summarize
 
 
 def test_binary_cnn_counts() -> None:
@@ -100,9 +100,9 @@ def test_a_run_files_own_shape_wins_over_its_datasets_name(tmp_path: Path,
                                                           ) -> None:
     """A CNN trained on 3x32x32 synthetic images: the name "synthetic" alone says 1x28x28, so
     only the stored description can give the table its input shape."""
-    import minibnn.train as train
+    import minibnn.run.train as train
     from minibnn.data import image_shape, load_dataset
-    from minibnn.spec import spec_from_options
+    from minibnn.run.spec import spec_from_options
 
     assert image_shape("synthetic")[0] == (1, 28, 28)
     ds = load_dataset("synthetic", shape=(3, 32, 32), n_train=100, n_test=50)

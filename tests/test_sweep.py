@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minibnn.cli import main
+from minibnn.commands.cli import main
 from minibnn.errors import MinibnnError
-from minibnn.io import load_run
-from minibnn.sweep import sweep
-from minibnn.sweep_spec import parse_sweep, spec_id
-from minibnn.train import fit
+from minibnn.run.files import load_run
+from minibnn.commands.sweep import sweep
+from minibnn.commands.sweep_spec import parse_sweep, spec_id
+from minibnn.run.train import fit
 
 BASE = """
 [base]
@@ -148,7 +148,7 @@ def test_a_failing_point_is_marked_and_the_others_go_on(tmp_path: Path, capsys) 
 
 
 def test_one_sweep_per_folder(tmp_path: Path) -> None:
-    from minibnn.lock import hold
+    from minibnn.run.lock import hold
 
     out = tmp_path / "out"
     out.mkdir()

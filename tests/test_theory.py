@@ -252,7 +252,7 @@ def test_bad_input_is_one_line(call):
 def _explain_args(*argv):
     import argparse
 
-    from minibnn import explain
+    from minibnn.commands import explain
 
     parser = argparse.ArgumentParser()
     explain.configure_parser(parser)
@@ -299,7 +299,7 @@ def test_explain_errors_are_one_line(argv):
 def test_verify_runs_the_checkout_suite(capsys):
     import argparse
 
-    from minibnn import explain
+    from minibnn.commands import explain
 
     parser = argparse.ArgumentParser()
     explain.configure_verify_parser(parser)

@@ -11,10 +11,10 @@ import pytest
 
 from minibnn import kernels
 from minibnn.errors import MinibnnError
-from minibnn.io import load_run
+from minibnn.run.files import load_run
 from minibnn.kernels import threads
-from minibnn.spec import spec_from_options
-from minibnn.train import fit
+from minibnn.run.spec import spec_from_options
+from minibnn.run.train import fit
 
 THREADS = (1, 2, 4)
 

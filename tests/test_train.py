@@ -13,11 +13,11 @@ from h5edit import edited
 
 from minibnn import optim
 from minibnn.backend import gpu_available
-from minibnn.spec import Local, config_json, read_stored_config, spec_from_options
+from minibnn.run.spec import Local, config_json, read_stored_config, spec_from_options
 from minibnn.errors import DataFileError, MinibnnError
-from minibnn.io import load_run, save_run
+from minibnn.run.files import load_run, save_run
 from minibnn.nn import models
-from minibnn.train import batch_slices, evaluate_run, fit
+from minibnn.run.train import batch_slices, evaluate_run, fit
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 GPU = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="no CUDA GPU")]
@@ -132,7 +132,7 @@ def test_batch_slices_cover_every_sample_once(n, batch, sizes):
 
 def _schedule_recorder(monkeypatch):
     """Record (count, value) of every call the optimisers make to the trainer's schedules."""
-    import minibnn.train as train
+    import minibnn.run.train as train
 
     calls: dict[float, list[tuple[int, float]]] = {}
     real = train._schedule
@@ -251,7 +251,7 @@ def test_stored_config_keeps_its_explicit_backend(backend, device):
 
 
 def test_evaluation_uses_the_runs_backend_on_its_own_device_only():
-    from minibnn.train import eval_backend
+    from minibnn.run.train import eval_backend
 
     cpu, gpu = Local(backend="numpy"), Local(backend="cuda", device="gpu")
     assert eval_backend(cpu, "cpu", None) == "numpy"
@@ -291,7 +291,7 @@ class _DeviceArray:
 
 
 def test_state_trees_with_device_leaves_move_to_the_host():
-    from minibnn.train import _tree_to_device
+    from minibnn.run.train import _tree_to_device
 
     tree = {"m": {"count": _DeviceArray(np.int64(3)), "s": {"fc2.w": _DeviceArray(np.ones(4))}},
             "adam": {"count": 7, "v": {"w": np.zeros(2, np.float32)}}}
@@ -321,7 +321,7 @@ def test_failed_write_leaves_previous_run_file_intact(tmp_path, monkeypatch):
     path = str(tmp_path / "run.h5")
     fit(_config(epochs=2), path, progress=False, stop_after=1, log=_quiet)
     before = load_run(path)
-    import minibnn.io as io
+    import minibnn.run.files as io
 
     def broken(group, tree):
         raise OSError("disk full")
@@ -450,7 +450,7 @@ def test_gpu_run_file_matches_the_cpu_run_file(tmp_path, optimizer):
         runs[device] = load_run(path)
     cpu, gpu = runs["cpu"], runs["gpu"]
     assert cpu.metrics.keys() == gpu.metrics.keys() and cpu.checkpoint.step == gpu.checkpoint.step
-    from minibnn.train import _flatten
+    from minibnn.run.train import _flatten
     for part in ("params", "buffers", "opt_state"):
         a, b = _flatten(getattr(cpu.checkpoint, part)), _flatten(getattr(gpu.checkpoint, part))
         assert list(a) == list(b), part              # same entries, same order
@@ -616,8 +616,8 @@ def test_run_file_doc_lists_the_metrics_and_optimiser_stages(doc_runs):
 
 
 def test_packed_file_doc_lists_every_group_dataset_and_attribute(doc_runs, tmp_path):
-    from minibnn.inference import export_packed
-    from minibnn.io import Checkpoint, RunFile
+    from minibnn.deploy.inference import export_packed
+    from minibnn.run.files import Checkpoint, RunFile
 
     cema = str(tmp_path / "cema.packed.h5")
     export_packed(dict(doc_runs)["cema"], cema)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 import minibnn
-from minibnn.cli import main
-from minibnn.spec import spec_from_options
+from minibnn.commands.cli import main
+from minibnn.run.spec import spec_from_options
 from minibnn.data import load_dataset, synthetic_uint8
 from minibnn.errors import DTypeError, MinibnnError, ShapeError
-from minibnn.io import load_run
-from minibnn.train import fit, run_model
+from minibnn.run.files import load_run
+from minibnn.run.train import fit, run_model
 
 
 @pytest.fixture(scope="module", params=["binary_mlp", "binary_cnn"])
@@ -63,13 +63,13 @@ def test_bad_input_is_a_one_line_error(run_path: str) -> None:
 def test_packed_file_predicts_as_the_run_and_export_needs_no_data(
         run_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    import minibnn.inference
-    import minibnn.train
+    import minibnn.deploy.inference
+    import minibnn.run.train
 
     def no_data(*_: object, **__: object) -> None:
         raise AssertionError("export must not load the data set")
-    monkeypatch.setattr(minibnn.train, "load_data", no_data)
-    monkeypatch.setattr(minibnn.inference, "load_data", no_data)
+    monkeypatch.setattr(minibnn.run.train, "load_data", no_data)
+    monkeypatch.setattr(minibnn.deploy.inference, "load_data", no_data)
     out = str(tmp_path / "model.packed.h5")
     assert main(["export", run_path, "--packed", "--out", out]) == 0
     capsys.readouterr()

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minibnn.cli import main
-from minibnn.spec import RunSpec, read_stored_config, spec_from_options
+from minibnn.commands.cli import main
+from minibnn.run.spec import RunSpec, read_stored_config, spec_from_options
 from minibnn.data.split import validation_split
 from minibnn.errors import MinibnnError
-from minibnn.io import load_run
-from minibnn.train import fit
+from minibnn.run.files import load_run
+from minibnn.run.train import fit
 
 
 @settings(max_examples=60, deadline=None)

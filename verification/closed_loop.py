@@ -14,7 +14,7 @@ by induction the runs stay identical; the check asserts that at every step.
 Each pair runs in every optimiser implementation (``engine``): the chains, and the fused steps
 forced on each kernel backend (``fused[cuda]`` moves the whole network to the GPU).  A last
 pair goes through the trainer itself: ``train.optimizer_from_spec`` builds both optimisers
-from run specs (``minibnn.spec``) and ``train.train_step`` runs them (``optimizer.step_in_place``: the
+from run specs (``minibnn.run.spec``) and ``train.train_step`` runs them (``optimizer.step_in_place``: the
 fused kernels of the default backend), with a per-epoch linear schedule.  In that pair two BatchNorm channels
 after a binary layer have scale 0 and a shift outside the activation STE's support, so their
 weight rows get exactly zero gradients; those rows start at w0 = 0, hence v = m = 0 throughout:
@@ -217,8 +217,9 @@ def trainer_pair(epochs: int = 3, steps_per_epoch: int = 10, batch: int = 16, se
     STE's support) on both sides, and the matching rows of ``fc2`` start at w0 = 0: their
     gradients are exactly 0, so v stays exactly 0 (ties).  ``device_arrays`` runs on CuPy.
     """
-    from minibnn import kernels, train
-    from minibnn.spec import spec_from_options
+    from minibnn import kernels
+    from minibnn.run import train
+    from minibnn.run.spec import spec_from_options
 
     lr, mu, lam = 0.5, 0.75, 2.0 ** -4          # alpha = lam lr and gamma = 1 - mu are exact
     common = dict(model="binary_mlp", hidden=[32, 32, 32], scale=False, weight_ste="identity",

@@ -206,7 +206,7 @@ MODEL_BUILDERS = {"binary_mlp": binary_mlp, "binary_cnn": binary_cnn, "birealnet
 def defaults(name: str) -> dict[str, Any]:
     """The keyword defaults of builder ``name``: the one source of every model default.
 
-    ``minibnn.spec`` and the CLI read their model defaults from here, so they cannot drift
+    ``minibnn.run.spec`` and the CLI read their model defaults from here, so they cannot drift
     from the builders (``defaults("birealnet")["width"] == 16``).
     """
     if name not in MODEL_BUILDERS:

@@ -25,7 +25,7 @@ from minibnn.backend import FLOAT_DTYPES
 from minibnn.errors import DTypeError, MinibnnError
 from minibnn.nn import functional as F
 from minibnn.nn.functional import sign as _sign
-from minibnn.resources import check_weight_fits
+from minibnn.run.resources import check_weight_fits
 
 Array = Any
 Params = dict[str, Array]

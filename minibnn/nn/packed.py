@@ -26,8 +26,8 @@ are bit-identical in float32 and float64.  With ``scale`` the float path sums K 
 predictions are equal unless a BatchNorm output lands within those bits of 0
 (``evaluate_packed(check=True)`` counts them).
 
-The packed file format is ``minibnn.io_packed``; packing a run file, exporting and evaluating
-it is ``minibnn.inference``.
+The packed file format is ``minibnn.deploy.packed_file``; packing a run file, exporting and evaluating
+it is ``minibnn.deploy.inference``.
 """
 from __future__ import annotations
 
@@ -225,7 +225,7 @@ def layer_from_bits(name: str, kind: str, shape: tuple[int, ...], stride: int, p
                     bits: np.ndarray, scale: np.ndarray | None, dtype: np.dtype
                     ) -> PackedLayer:
     """Rebuild a PackedLayer (with its kernel layout) from stored bits: uint64
-    (O, ``words_for(K)``), as ``minibnn.io_packed`` checks them on reading."""
+    (O, ``words_for(K)``), as ``minibnn.deploy.packed_file`` checks them on reading."""
     k = int(np.prod(shape[1:]))
     sign_w = kernels.call("unpack_signs", bits, k, dtype).reshape(shape)
     return PackedLayer(name, kind, shape, stride, padding, bits, scale,

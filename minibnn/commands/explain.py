@@ -31,9 +31,9 @@ import numpy as np
 
 from minibnn import theory
 from minibnn.errors import MinibnnError
-from minibnn.figures import save_figure
-from minibnn.resources import check_memory, format_bytes, physical_memory
-from minibnn.spec import flag
+from minibnn.commands.figures import save_figure
+from minibnn.run.resources import check_memory, format_bytes, physical_memory
+from minibnn.run.spec import flag
 
 #: where the properties cited in the output are stated and proved
 DOC = "docs/theory.md"

@@ -34,17 +34,17 @@ import numpy as np
 
 from minibnn import kernels, optim
 from minibnn._version import __version__
-from minibnn.augment import draw_flips, draw_offsets, flip_images, shift_images
+from minibnn.data.augment import draw_flips, draw_offsets, flip_images, shift_images
 from minibnn.backend import (device_module, first_nonfinite, get_array_module, resolve_dtype,
                              to_device, to_numpy)
-from minibnn.spec import (LOCAL_FIELDS, Adam, Bop, Bop2nd, Bop2ndCorrected, Cema, Local,
+from minibnn.run.spec import (LOCAL_FIELDS, Adam, Bop, Bop2nd, Bop2ndCorrected, Cema, Local,
                           RunSpec, Sgd, config_json, read_stored_config, variant_options)
 from minibnn.errors import DataFileError, MinibnnError
-from minibnn.io import (Checkpoint, RunFile, check_arrays, check_writable, load_run,
+from minibnn.run.files import (Checkpoint, RunFile, check_arrays, check_writable, load_run,
                         save_run)
 from minibnn.kernels.threads import get_threads, using_threads
-from minibnn.lock import one_writer
-from minibnn.resources import check_free_space
+from minibnn.run.lock import one_writer
+from minibnn.run.resources import check_free_space
 from minibnn.nn.functional import softmax_cross_entropy
 from minibnn.nn.models import Model, build_model
 from minibnn.optim.base import Transform

@@ -15,9 +15,9 @@ Layout of ``RUN.h5`` (every group, dataset and attribute: docs/run-file.md)::
 A run file is never half-written: the new file goes to a temporary file beside the target, is
 flushed and closed, and then ``os.replace``-d over the old one (atomic on POSIX); see
 ``atomic_h5``; it is sealed with checksums as its last step and verified on load
-(``minibnn.integrity``).  ``atomic_h5``, ``open_h5``, ``check_version``, ``check_arrays`` and
-``check_finite`` are shared with the packed file format (``minibnn.io_packed``).  Who may write
-a file (one writer, stale temporaries) is ``minibnn.lock``; disk space is ``minibnn.resources``.
+(``minibnn.run.integrity``).  ``atomic_h5``, ``open_h5``, ``check_version``, ``check_arrays`` and
+``check_finite`` are shared with the packed file format (``minibnn.deploy.packed_file``).  Who may write
+a file (one writer, stale temporaries) is ``minibnn.run.lock``; disk space is ``minibnn.run.resources``.
 """
 from __future__ import annotations
 
@@ -32,12 +32,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from minibnn import integrity
+from minibnn.run import integrity
 from minibnn.backend import first_nonfinite, to_numpy
 from minibnn.errors import DataFileError, MinibnnError
 
 FORMAT = "minibnn-run"
-#: the tag of a packed (inference-only) file, ``minibnn.io_packed``'s format; named here so that
+#: the tag of a packed (inference-only) file, ``minibnn.deploy.packed_file``'s format; named here so that
 #: a run-file read can say what it was given
 PACKED_FORMAT = "minibnn-packed"
 #: 2: optimiser state keyed by stage names ("binary/m/s/fc2.w"); 1: by chain position ("0", "1")
@@ -239,7 +239,7 @@ def check_output(out: str, overwrite: bool, sources: tuple[str, ...] = ()) -> No
 
 def temporary_pattern(path: str) -> "re.Pattern[str]":
     """The names ``atomic_path`` gives temporary files of ``path``: PATH.<8 mkstemp
-    characters>.tmp (``minibnn.lock.one_writer`` removes stale ones)."""
+    characters>.tmp (``minibnn.run.lock.one_writer`` removes stale ones)."""
     return re.compile(re.escape(os.path.basename(path)) + r"\.[a-z0-9_]{8}\.tmp")
 
 
@@ -292,7 +292,7 @@ def atomic_bytes(path: str, data: bytes) -> None:
 @contextmanager
 def atomic_h5(path: str) -> Iterator[Any]:
     """Yield an open ``h5py.File`` on a temporary file that replaces ``path`` only on success
-    (``atomic_path``); the checksums are stored last (``minibnn.integrity.seal``)."""
+    (``atomic_path``); the checksums are stored last (``minibnn.run.integrity.seal``)."""
     h5py = _h5py()
     check_writable(path)
     with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=integrity.LIBVER) as f:

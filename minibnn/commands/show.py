@@ -14,7 +14,7 @@ import os
 from typing import Any, Sequence
 
 from minibnn.errors import MinibnnError
-from minibnn.figures import save_figure
+from minibnn.commands.figures import save_figure
 
 RATES = ("alpha", "lr", "real_lr", "gamma", "threshold")
 
@@ -131,8 +131,8 @@ def plot(runs: Sequence[tuple[str, dict[str, list[float]]]], out: str) -> None:
 
 def show(paths: Sequence[str], plot_path: str | None = None) -> str:
     """The table of the run files at ``paths`` (and the plot, with ``plot_path``)."""
-    from minibnn.io import load_run
-    from minibnn.spec import read_stored_config
+    from minibnn.run.files import load_run
+    from minibnn.run.spec import read_stored_config
 
     loaded = [load_run(p) for p in paths]
     labels = run_labels([read_stored_config(r.config_json)[0].options() for r in loaded], paths)

@@ -27,7 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from typing import Any, Callable, Iterator
 
 from minibnn.errors import MinibnnError
-from minibnn.sweep_spec import Point, Sweep, read_sweep
+from minibnn.commands.sweep_spec import Point, Sweep, read_sweep
 
 RESULT_COLUMNS = ("status", "epochs", "val_acc", "test_acc", "seconds", "run_file", "reason")
 
@@ -55,8 +55,8 @@ def run_point(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train_point(task: dict[str, Any]) -> dict[str, Any]:
-    from minibnn.spec import Local, spec_from_dict
-    from minibnn.train import fit
+    from minibnn.run.spec import Local, spec_from_dict
+    from minibnn.run.train import fit
 
     path, spec = task["run_file"], spec_from_dict(task["spec"])
     local = Local(**task["local"])
@@ -72,8 +72,8 @@ def _train_point(task: dict[str, Any]) -> dict[str, Any]:
 
 def read_result(path: str) -> dict[str, Any]:
     """The result columns of a run file: done when its last epoch is stored, else pending."""
-    from minibnn.io import load_run
-    from minibnn.spec import read_stored_config
+    from minibnn.run.files import load_run
+    from minibnn.run.spec import read_stored_config
 
     empty = {"status": "pending", "epochs": 0, "val_acc": "", "test_acc": "", "seconds": "",
              "run_file": path, "reason": ""}
@@ -114,7 +114,7 @@ def _cell(value: Any) -> Any:
 
 
 def write_summary(path: str, sweep: Sweep, results: dict[str, dict[str, Any]]) -> None:
-    from minibnn.io import atomic_bytes
+    from minibnn.run.files import atomic_bytes
 
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(sweep.axes) + list(RESULT_COLUMNS),
@@ -140,8 +140,8 @@ def sweep(spec_path: str, out_dir: str, workers: int | None = None,
           scheduler: str | None = None, data_dir: str | None = None, progress: bool = True,
           log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Run the sweep in ``spec_path`` into ``out_dir``; returns the summary rows."""
-    from minibnn.io import atomic_bytes
-    from minibnn.lock import hold
+    from minibnn.run.files import atomic_bytes
+    from minibnn.run.lock import hold
 
     parsed, text = read_sweep(spec_path)
     if workers is not None and workers < 1:

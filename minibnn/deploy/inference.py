@@ -1,7 +1,7 @@
 """Bit-packed inference of a training run: pack its checkpoint, export it, load it, evaluate it.
 
-The glue between run files (``minibnn.io``), the trainer's model and data (``minibnn.train``),
-the packed model (``minibnn.nn.packed``) and the packed file format (``minibnn.io_packed``)::
+The glue between run files (``minibnn.run.files``), the trainer's model and data (``minibnn.run.train``),
+the packed model (``minibnn.nn.packed``) and the packed file format (``minibnn.deploy.packed_file``)::
 
     pm = pack_run("runs/x.h5")                  # the run's checkpoint, packed in memory
     export_packed("runs/x.h5")                  # -> runs/x.packed.h5
@@ -21,17 +21,17 @@ import numpy as np
 
 from minibnn import kernels
 from minibnn.errors import DataFileError, MinibnnError
-from minibnn.io import RunFile, check_arrays, load_run
-from minibnn.io_packed import is_packed_file, read_packed, save_packed
-from minibnn.lock import one_writer
+from minibnn.run.files import RunFile, check_arrays, load_run
+from minibnn.deploy.packed_file import is_packed_file, read_packed, save_packed
+from minibnn.run.lock import one_writer
 from minibnn.nn import functional as F
 from minibnn.nn.fold import fold_sites
 from minibnn.nn.models import Model
 from minibnn.nn.packed import (PackedModel, binary_layers, layer_from_bits, layer_geometry,
                                pack_model)
 from minibnn.data import image_shape
-from minibnn.spec import RunSpec, read_stored_config
-from minibnn.train import (check_checkpoint, eval_backend, load_data, model_from_spec,
+from minibnn.run.spec import RunSpec, read_stored_config
+from minibnn.run.train import (check_checkpoint, eval_backend, load_data, model_from_spec,
                            run_model)
 
 #: whom the stored arrays are checked against

@@ -13,7 +13,7 @@ import os
 from typing import Any, Sequence
 
 from minibnn.errors import MinibnnError
-from minibnn.figures import save_figure
+from minibnn.commands.figures import save_figure
 
 METRICS = ("val_acc", "test_acc", "seconds", "epochs")
 
@@ -24,8 +24,8 @@ def is_sweep_dir(path: str) -> bool:
 
 def load_sweep_dir(path: str) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
     """The grid axes (from ``DIR/sweep.toml``) and the rows of ``DIR/summary.csv``."""
-    from minibnn.sweep import read_summary
-    from minibnn.sweep_spec import read_sweep
+    from minibnn.commands.sweep import read_summary
+    from minibnn.commands.sweep_spec import read_sweep
 
     spec_path = os.path.join(path, "sweep.toml")
     if not os.path.isfile(spec_path):

@@ -23,11 +23,11 @@ from minibnn.backend import device_module
 from minibnn.data import DATASET_NAMES
 from minibnn.nn.containers import LAYOUTS
 from minibnn.errors import MinibnnError, closed_pipe_exit
-from minibnn.io import check_output, check_writable, load_run
-from minibnn.resources import format_bytes, physical_memory
+from minibnn.run.files import check_output, check_writable, load_run
+from minibnn.run.resources import format_bytes, physical_memory
 from minibnn.nn.functional import STE_NAMES
 from minibnn.optim.schedules import SCHEDULE_NAMES
-from minibnn.spec import (BACKEND_NAMES, DEVICE_NAMES, DTYPE_NAMES, LOCAL_FIELDS,
+from minibnn.run.spec import (BACKEND_NAMES, DEVICE_NAMES, DTYPE_NAMES, LOCAL_FIELDS,
                           MODEL_NAMES, MODEL_VARIANTS, OPTION_SECTIONS, OPTIMIZER_NAMES,
                           OPTIMIZER_VARIANTS, Local, RunSpec, read_stored_config,
                           spec_from_options, variant_options)
@@ -268,7 +268,7 @@ def check_data_dir(data_dir: str | None, dataset: str | None = None) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from minibnn.train import fit
+    from minibnn.run.train import fit
 
 
     given = getattr(args, "given", set())
@@ -328,8 +328,8 @@ def _report_end(metrics: dict[str, list[float]], epochs: int, out: str) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from minibnn.io_packed import is_packed_file
-    from minibnn.train import evaluate_run
+    from minibnn.deploy.packed_file import is_packed_file
+    from minibnn.run.train import evaluate_run
 
     check_data_dir(args.data_dir)
     if args.packed or is_packed_file(args.run):
@@ -344,7 +344,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_packed(args: argparse.Namespace) -> int:
-    from minibnn.inference import evaluate_packed
+    from minibnn.deploy.inference import evaluate_packed
 
     if args.device != "cpu":
         raise MinibnnError("packed (XNOR-popcount) inference runs on the CPU; drop --device gpu")
@@ -364,13 +364,13 @@ def _eval_packed(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from minibnn.inference import default_packed_path, export_packed
+    from minibnn.deploy.inference import default_packed_path, export_packed
 
     if args.packed and args.format != "packed":
         raise MinibnnError(f"--packed means --format packed; drop one of --packed and "
                            f"--format {args.format}")
     if args.format == "onnx":
-        from minibnn.trained import export_onnx
+        from minibnn.deploy.trained import export_onnx
 
         if args.out is None:
             raise MinibnnError("--format onnx needs --out FILE.onnx")
@@ -400,10 +400,10 @@ SUMMARY_MODEL_FLAGS = ("model", "hidden", "width", "act_ste", "weight_ste", "ini
 
 def _cmd_summary(args: argparse.Namespace) -> int:
     from minibnn.data import image_shape
-    from minibnn.io import load_run
-    from minibnn.io_packed import is_packed_file
-    from minibnn.summary import format_summary
-    from minibnn.train import model_from_spec, run_model
+    from minibnn.run.files import load_run
+    from minibnn.deploy.packed_file import is_packed_file
+    from minibnn.commands.summary import format_summary
+    from minibnn.run.train import model_from_spec, run_model
 
     given = [f"--{k.replace('_', '-')}" for k in SUMMARY_MODEL_FLAGS + ("dataset", "dtype")
              if getattr(args, k) is not None]
@@ -412,7 +412,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
                            f"{', '.join(given)} (the run file's spec is used)")
     params = buffers = None
     if args.run is not None and is_packed_file(args.run):
-        from minibnn.trained import load
+        from minibnn.deploy.trained import load
 
         print(load(args.run).summary())
         return 0
@@ -431,8 +431,8 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from minibnn.show import show
-    from minibnn.sweep_report import is_sweep_dir, show_sweep
+    from minibnn.commands.show import show
+    from minibnn.commands.sweep_report import is_sweep_dir, show_sweep
 
     sweeps = [p for p in args.runs if is_sweep_dir(p)]
     if sweeps:
@@ -466,7 +466,7 @@ def _add_show_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from minibnn.sweep import run_cli
+    from minibnn.commands.sweep import run_cli
 
     check_data_dir(args.data_dir)
     return run_cli(args.spec, args.out, args.workers, args.scheduler, args.data_dir,
@@ -552,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     """Commands whose modules live beside the engine (theory explanation, verification)."""
     try:
-        from minibnn import explain
+        from minibnn.commands import explain
     except ImportError:
         return
     p = sub.add_parser("explain", help="map latent hyperparameters (lr, momentum, weight "

@@ -57,7 +57,7 @@ def remove_stale_temporaries(path: str) -> list[str]:
     """Remove the temporary files a killed write of ``path`` left behind (only names of
     ``io.atomic_path``'s own pattern for ``path``); call it holding ``path``'s writer lock,
     so no live writer owns them.  Returns the names removed."""
-    from minibnn.io import temporary_pattern
+    from minibnn.run.files import temporary_pattern
 
     directory = os.path.dirname(os.path.abspath(path))
     pattern, removed = temporary_pattern(path), []

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Union
 
 from minibnn import kernels, optim
-from minibnn.augment import FILLS
+from minibnn.data.augment import FILLS
 from minibnn.backend import FLOAT_DTYPES
 from minibnn.data import DATASET_NAMES
 from minibnn.nn.containers import LAYOUTS

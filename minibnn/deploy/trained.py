@@ -110,13 +110,13 @@ class TrainedModel:
 
     def summary(self) -> str:
         """The ``minibnn summary`` table of this model."""
-        from minibnn.summary import format_summary
+        from minibnn.commands.summary import format_summary
 
         return format_summary(self.model, self.dtype, self._params, self.buffers)
 
     def export_onnx(self, out: str) -> None:
-        """Write this model as an ONNX graph (``minibnn.onnx_export``)."""
-        from minibnn.onnx_export import build_onnx
+        """Write this model as an ONNX graph (``minibnn.deploy.onnx_export``)."""
+        from minibnn.deploy.onnx_export import build_onnx
 
         with open(out, "wb") as f:
             f.write(build_onnx(self.model, self._params, self.buffers).SerializeToString())
@@ -129,10 +129,10 @@ class TrainedModel:
 
 def load(path: str) -> TrainedModel:
     """The trained model stored in ``path``: a run file (its checkpoint) or a packed file."""
-    from minibnn.inference import load_packed
-    from minibnn.io import load_run
-    from minibnn.io_packed import is_packed_file
-    from minibnn.train import check_checkpoint, run_model
+    from minibnn.deploy.inference import load_packed
+    from minibnn.run.files import load_run
+    from minibnn.deploy.packed_file import is_packed_file
+    from minibnn.run.train import check_checkpoint, run_model
 
     if is_packed_file(path):
         pm = load_packed(path)
@@ -156,7 +156,7 @@ def load(path: str) -> TrainedModel:
 def _class_names_of(config_json: str) -> tuple[str, ...] | None:
     """Class names of the run's dataset by name (older run files did not store them)."""
     from minibnn.data import CLASS_NAMES
-    from minibnn.spec import read_stored_config
+    from minibnn.run.spec import read_stored_config
 
     return CLASS_NAMES.get(read_stored_config(config_json)[0].data.name)
 
@@ -165,7 +165,7 @@ def _normalisation_of(config_json: str) -> tuple[tuple[float, ...] | None,
                                                   tuple[float, ...] | None]:
     """The dataset's fixed standardisation constants (``data.NORMALISATION``) by name."""
     from minibnn.data import NORMALISATION, canonical_name
-    from minibnn.spec import read_stored_config
+    from minibnn.run.spec import read_stored_config
 
     name = canonical_name(read_stored_config(config_json)[0].data.name)
     if name not in NORMALISATION:
@@ -176,10 +176,10 @@ def _normalisation_of(config_json: str) -> tuple[tuple[float, ...] | None,
 
 def export_onnx(source: str, out: str, overwrite: bool = False) -> dict[str, Any]:
     """Write the trained model in ``source`` (run or packed file) to ``out`` atomically."""
-    from minibnn.io import atomic_bytes, check_output
-    from minibnn.lock import one_writer
+    from minibnn.run.files import atomic_bytes, check_output
+    from minibnn.run.lock import one_writer
     from minibnn.nn.packed import binary_layers
-    from minibnn.onnx_export import build_onnx
+    from minibnn.deploy.onnx_export import build_onnx
 
     check_output(out, overwrite, (source,))
     trained = load(source)

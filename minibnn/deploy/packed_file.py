@@ -25,7 +25,7 @@ float32 whatever the channel count.
 
 ``read_packed`` checks the file against itself (tags, version, dtypes and shapes implied by
 each layer's own attributes) and returns its contents; checking them against the model the
-stored config builds is ``minibnn.inference.load_packed``.
+stored config builds is ``minibnn.deploy.inference.load_packed``.
 """
 from __future__ import annotations
 
@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 
 from minibnn.errors import DataFileError
-from minibnn.io import FORMAT as RUN_FORMAT
-from minibnn.io import PACKED_FORMAT
-from minibnn import integrity
-from minibnn.io import atomic_h5, check_finite, check_version, open_h5
+from minibnn.run.files import FORMAT as RUN_FORMAT
+from minibnn.run.files import PACKED_FORMAT
+from minibnn.run import integrity
+from minibnn.run.files import atomic_h5, check_finite, check_version, open_h5
 from minibnn.kernels._common import words_for
 from minibnn.kernels.threshold import Threshold
 from minibnn.nn.packed import PackedModel
@@ -81,7 +81,7 @@ class PackedFile:
 
 
 def save_packed(path: str, pm: PackedModel) -> None:
-    """Write a packed model to ``path`` atomically (``minibnn.io.atomic_h5``)."""
+    """Write a packed model to ``path`` atomically (``minibnn.run.files.atomic_h5``)."""
     with atomic_h5(path) as f:
         f.attrs["format"] = FORMAT
         f.attrs["version"] = VERSION

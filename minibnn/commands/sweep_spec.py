@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from minibnn.errors import MinibnnError
-from minibnn.spec import LOCAL_FIELDS, OPTION_NAMES, Local, RunSpec, flag, spec_from_options
+from minibnn.run.spec import LOCAL_FIELDS, OPTION_NAMES, Local, RunSpec, flag, spec_from_options
 
 TABLES = ("base", "grid")
 
