@@ -311,3 +311,35 @@ def test_fusion_only_for_affine_batchnorm_followed_by_the_real_sign():
     params, buffers = Sequential([bn, sign]).init(np.random.default_rng(0), np.float32)
     assert set(params) == {"bn.gamma", "bn.beta"}
     assert set(buffers) == {"bn.running_mean", "bn.running_var"}
+
+
+def test_every_op_is_a_function_object_declared_by_its_reference_body():
+    """Layers call ops as functions (``kernels.im2col(...)``); each op carries its reference
+    body, and compiled bodies are registered for the op object itself."""
+    import ast
+    import inspect
+    from pathlib import Path
+
+    from minibnn.kernels import cpu, reference
+
+    table = kernels.registered()
+    assert sorted(kernels.OPS) == sorted(table)
+    for name in kernels.OPS:
+        op = getattr(kernels, name)
+        assert op.op_name == name and op.__name__ == name
+        assert op.reference is kernels.get(name, "numpy") is kernels.get(op, "numpy")
+        assert inspect.signature(op) == inspect.signature(op.reference)
+    assert kernels.get(kernels.im2col, "numba") is cpu.im2col
+    assert reference.im2col is kernels.im2col
+    x = np.random.default_rng(0).normal(size=(2, 3, 5, 5)).astype(np.float32)
+    np.testing.assert_array_equal(kernels.im2col(x, 3, 3, 1, 1),
+                                  kernels.call("im2col", x, 3, 3, 1, 1))
+    # no string-keyed dispatch left in the package outside the registry
+    root = Path(kernels.__file__).resolve().parent.parent
+    for path in root.rglob("*.py"):
+        if path.name == "registry.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "call" \
+                    and node.args and isinstance(node.args[0], ast.Constant):
+                raise AssertionError(f"{path}: dispatch by name {node.args[0].value!r}")

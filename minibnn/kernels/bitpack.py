@@ -17,8 +17,8 @@ Padding, twice over:
     ``-sum_c sign(w[o, c, i, j])`` per padded tap; ``pack_conv2d`` keeps those per-tap sums
     (``wsum``) and the kernel adds them back. (Padding with +1 instead would be wrong.)
 
-Every kernel runs through ``kernels.call`` (``registry.call``: Numba where it imports, else
-the NumPy reference; ``kernels.use_backend("numpy")`` forces the reference).  A layer is used
+Every kernel is an op of ``kernels.reference`` (``ops.pack_signs`` ...: each picks its body,
+Numba on NumPy arrays; ``kernels.use_backend("numpy")`` forces the reference).  A layer is used
 either in one call on float x (``binary_dense`` / ``binary_conv2d``: pack x, then count) or,
 in a run of binary layers whose activations stay packed, as ``pack_input`` once and ``count``
 per layer (the thresholded signs of one layer, op ``threshold_pack`` with the thresholds of
@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minibnn.errors import ShapeError
-from minibnn.kernels import registry
+from minibnn.kernels import reference as ops
 from minibnn.kernels._common import require_float, require_ndim
 
 
@@ -58,12 +58,12 @@ def pack_dense(w: np.ndarray) -> PackedDense:
     """Pack sign(w) of dense weights (O, I) once, ahead of inference."""
     require_float("pack_dense", "w", w)
     require_ndim("pack_dense", "w", w, (2,), "2-D (out, in)")
-    return PackedDense(registry.call("pack_signs", w), int(w.shape[1]))
+    return PackedDense(ops.pack_signs(w), int(w.shape[1]))
 
 
 def pack_conv2d(w: np.ndarray, stride: int = 1, padding: int = 0) -> PackedConv2d:
     """Pack sign(w) of conv weights (O, C, kH, kW) once, with the layer's stride and padding."""
-    wbits, wsum = registry.call("pack_conv_weights", w)
+    wbits, wsum = ops.pack_conv_weights(w)
     _, c, kh, kw = w.shape
     return PackedConv2d(wbits, wsum, int(c), int(kh), int(kw), int(stride), int(padding))
 
@@ -77,13 +77,13 @@ def pack_input(x: np.ndarray, packed: PackedDense | PackedConv2d) -> np.ndarray:
         if x.shape[1] != packed.in_features:
             raise ShapeError(f"binary_dense: x has {x.shape[1]} features, the layer "
                              f"{packed.in_features}")
-        return registry.call("pack_signs", x)
+        return ops.pack_signs(x)
     require_float("binary_conv2d", "x", x)
     require_ndim("binary_conv2d", "x", x, (4,), "4-D (N, C, H, W)")
     if x.shape[1] != packed.in_channels:
         raise ShapeError(f"binary_conv2d: x has {x.shape[1]} channels, the layer "
                          f"{packed.in_channels}")
-    return registry.call("pack_conv_input", x)
+    return ops.pack_conv_input(x)
 
 
 def count(xbits: np.ndarray, packed: PackedDense | PackedConv2d) -> np.ndarray:
@@ -93,9 +93,9 @@ def count(xbits: np.ndarray, packed: PackedDense | PackedConv2d) -> np.ndarray:
     padding (N, O, OH, OW).
     """
     if isinstance(packed, PackedDense):
-        return registry.call("xnor_gemm", xbits, packed.wbits, packed.in_features)
-    return registry.call("binary_conv2d", xbits, packed.wbits, packed.wsum, packed.in_channels,
-                         packed.kh, packed.kw, packed.stride, packed.padding)
+        return ops.xnor_gemm(xbits, packed.wbits, packed.in_features)
+    return ops.binary_conv2d(xbits, packed.wbits, packed.wsum, packed.in_channels,
+                             packed.kh, packed.kw, packed.stride, packed.padding)
 
 
 def binary_dense(x: np.ndarray, packed: PackedDense) -> np.ndarray:

@@ -4,7 +4,8 @@ The binary CNN trains channels-last inside (``minibnn.nn.channels_last``): activ
 (N, H, W, C), so the C values of a pixel are contiguous, a convolution's receptive field is
 kH*kW contiguous runs of C, and the +-1 activations a binary layer keeps for its backward pass
 are packed bits (N, H, W, ceil(C/64)) uint64, ``pack_signs``'s layout along C. These bodies
-are written against ``xp`` (NumPy or CuPy) and registered as backend ``"numpy"``.
+are written against ``xp`` (NumPy or CuPy) and declare their ops (``@op``, as in
+``kernels.reference``).
 
 Conventions:
   * conv weights as a matrix ``wmat`` (kH*kW*C, O), tap-major: row ``(i*kW + j)*C + c`` holds
@@ -26,8 +27,9 @@ import numpy as np
 from minibnn.backend import get_array_module
 from minibnn.errors import DTypeError, MinibnnError, ShapeError
 from minibnn.kernels._common import (conv_output_size, require_array, require_float,
-                                     require_ndim, words_for)
-from minibnn.kernels.registry import call, register
+                                     words_for)
+from minibnn.kernels.reference import pack_signs, patches_nhwc, unpack_signs
+from minibnn.kernels.registry import op
 from minibnn.kernels.threads import matmul
 from minibnn.ops.sign import STE_NAMES, ste_grad
 
@@ -88,21 +90,6 @@ def check_ste_code(fn: str, ste: str) -> int:
 # --------------------------------------------------------------------------- convolution
 
 
-def patches_nhwc(x: Array, kh: int, kw: int, stride: int, padding: int) -> Array:
-    """Read-only view (N, OH, OW, kH, kW, C) of the receptive fields of NHWC x, padded with
-    zeros (for packed signs a zero word means -1 in every channel: ``binary_conv2d`` corrects
-    for it)."""
-    xp = get_array_module(x)
-    n, h, w, c = (int(s) for s in x.shape)
-    oh, ow = conv_output_size("patches_nhwc", h, w, kh, kw, stride, padding)
-    p = padding
-    xpad = xp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else xp.ascontiguousarray(x)
-    s_n, s_h, s_w, s_c = xpad.strides
-    return xp.lib.stride_tricks.as_strided(
-        xpad, shape=(n, oh, ow, kh, kw, c),
-        strides=(s_n, s_h * stride, s_w * stride, s_h, s_w, s_c))
-
-
 def im2col_nhwc(x: Array, kh: int, kw: int, stride: int, padding: int) -> Array:
     """Columns (N*OH*OW, kH*kW*C) of float NHWC x, in the tap-major order above."""
     xp = get_array_module(x)
@@ -129,11 +116,11 @@ def col2im_nhwc(dcols: Array, x_shape: tuple[int, int, int, int], kh: int, kw: i
 def float_source(x: Array, c: int, dtype: Any) -> Array:
     """x as float NHWC: packed signs are unpacked to +-1 in ``dtype``."""
     if x.dtype == np.uint64:
-        return call("unpack_signs", x, c, dtype)
+        return unpack_signs(x, c, dtype)
     return x
 
 
-@register("conv2d_nhwc_forward", "numpy")
+@op
 def conv2d_nhwc_forward(x: Array, wmat: Array, kh: int, kw: int, stride: int = 1,
                         padding: int = 0) -> Array:
     """``y = cols(x) @ wmat``: float NHWC x (N, H, W, C) -> y (N, OH, OW, O), zero padding."""
@@ -147,7 +134,7 @@ def conv2d_nhwc_forward(x: Array, wmat: Array, kh: int, kw: int, stride: int = 1
     return matmul(im2col_nhwc(x, kh, kw, stride, padding), wmat).reshape(n, oh, ow, -1)
 
 
-@register("conv2d_nhwc_backward", "numpy")
+@op
 def conv2d_nhwc_backward(dy: Array, x: Array, wmat: Array, kh: int, kw: int, stride: int = 1,
                          padding: int = 0, need_dx: bool = True) -> tuple[Array | None, Array]:
     """Gradients of ``conv2d_nhwc_forward``: ``dx`` (N, H, W, C) or None, ``dwmat`` (kH*kW*C, O).
@@ -183,7 +170,7 @@ def check_pool(fn: str, x: Any, kernel: int, stride: int, kind: str = "any") -> 
     return conv_output_size(fn, x.shape[1], x.shape[2], kernel, kernel, stride, 0)
 
 
-@register("maxpool2d_nhwc_forward", "numpy")
+@op
 def maxpool2d_nhwc_forward(x: Array, kernel: int, stride: int) -> tuple[Array, Array]:
     """Max over kernel x kernel windows of NHWC x (no padding) -> y, argmax (both N, OH, OW, C).
 
@@ -204,7 +191,7 @@ def maxpool2d_nhwc_forward(x: Array, kernel: int, stride: int) -> tuple[Array, A
     return xp.ascontiguousarray(y), arg.astype(xp.uint8)
 
 
-@register("maxpool2d_nhwc_backward", "numpy")
+@op
 def maxpool2d_nhwc_backward(dy: Array, argmax: Array, x_shape: tuple[int, int, int, int],
                             kernel: int, stride: int) -> Array:
     """Route dy[n, oh, ow, c] to the argmax of its window; overlapping windows add."""
@@ -246,7 +233,7 @@ def check_affine(fn: str, z: Any, gamma: Any, beta: Any, kind: str = "any") -> N
                              f"{tuple(p.shape)}")
 
 
-@register("batchnorm_sign_pack_train", "numpy")
+@op
 def batchnorm_sign_pack_train(z: Array, gamma: Array, beta: Array, eps: float = 1e-5
                               ) -> tuple[Array, Array, Array, Array]:
     """Train-mode BatchNorm of rows z (M, C), then sign, packed: ``(bits, mean, var, inv_std)``.
@@ -261,10 +248,10 @@ def batchnorm_sign_pack_train(z: Array, gamma: Array, beta: Array, eps: float = 
     mean, var = batch_statistics_rows(z, gamma.dtype)
     inv_std = 1.0 / xp.sqrt(var + eps)
     y = (z.astype(gamma.dtype) - mean) * inv_std * gamma + beta
-    return call("pack_signs", y), mean, var, inv_std
+    return pack_signs(y), mean, var, inv_std
 
 
-@register("batchnorm_sign_pack_eval", "numpy")
+@op
 def batchnorm_sign_pack_eval(z: Array, mean: Array, var: Array, gamma: Array, beta: Array,
                              eps: float = 1e-5) -> Array:
     """Eval-mode twin: the running statistics instead of the batch's; returns the bits."""
@@ -274,10 +261,10 @@ def batchnorm_sign_pack_eval(z: Array, mean: Array, var: Array, gamma: Array, be
     check_affine(fn, z, mean, var)
     inv_std = 1.0 / get_array_module(z).sqrt(var + eps)
     y = (z.astype(gamma.dtype) - mean) * inv_std * gamma + beta
-    return call("pack_signs", y)
+    return pack_signs(y)
 
 
-@register("batchnorm_sign_pack_backward", "numpy")
+@op
 def batchnorm_sign_pack_backward(ds: Array, z: Array, mean: Array, inv_std: Array, gamma: Array,
                                  beta: Array, ste: str = "identity", ste_beta: float = 5.0
                                  ) -> tuple[Array, Array, Array]:

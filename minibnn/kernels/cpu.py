@@ -44,6 +44,7 @@ from minibnn.kernels._common import (  # noqa: E402
     check_inplace, check_momentum_buffer, check_packed_pair, check_packed_signs, check_step,
     check_thresholds, check_tie, col2im_shape, conv_output_size, maxpool_backward_shape,
     require_array, require_float, require_ndim, words_for)
+from minibnn.kernels import reference as ref  # noqa: E402
 from minibnn.kernels.reference import batch_statistics  # noqa: E402
 from minibnn.kernels.registry import register  # noqa: E402
 
@@ -101,7 +102,7 @@ def _im2col(x, kh, kw, stride, padding, oh, ow, cols):  # type: ignore[no-untype
                             cols[row, base + j] = 0
 
 
-@register("im2col", "numba")
+@register(ref.im2col, "numba")
 def im2col(x: np.ndarray, kh: int, kw: int, stride: int = 1, padding: int = 0) -> np.ndarray:
     """x (N, C, H, W) -> cols (N*OH*OW, C*kH*kW); layout of ``reference.im2col``."""
     require_float("im2col", "x", x, "numpy")
@@ -133,7 +134,7 @@ def _col2im(cols, kh, kw, stride, padding, oh, ow, out):  # type: ignore[no-unty
                                 out[ni, ci, hi, wi] += cols[row, base + j]
 
 
-@register("col2im", "numba")
+@register(ref.col2im, "numba")
 def col2im(cols: np.ndarray, x_shape: tuple[int, int, int, int], kh: int, kw: int,
            stride: int = 1, padding: int = 0) -> np.ndarray:
     """Adjoint of ``im2col``: cols (N*OH*OW, C*kH*kW) -> dx of shape ``x_shape``."""
@@ -174,7 +175,7 @@ def _maxpool_fwd(x, k, stride, padding, y, arg):  # type: ignore[no-untyped-def]
                 arg[(plane * oh + yo) * ow + xo] = best_t
 
 
-@register("maxpool2d_forward", "numba")
+@register(ref.maxpool2d_forward, "numba")
 def maxpool2d_forward(x: np.ndarray, kernel: int, stride: int | None = None,
                       padding: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """y (N, C, OH, OW) and argmax (N*C*OH*OW,) int64 (position i*kernel + j in the window)."""
@@ -206,7 +207,7 @@ def _maxpool_bwd(dy, arg, k, stride, padding, dx):  # type: ignore[no-untyped-de
                     dx[ni, ci, hi, wi] += dy[ni, ci, yo, xo]
 
 
-@register("maxpool2d_backward", "numba")
+@register(ref.maxpool2d_backward, "numba")
 def maxpool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape: tuple[int, int, int, int],
                        kernel: int, stride: int | None = None, padding: int = 0) -> np.ndarray:
     """Route dy to the arg-max of each window; overlapping windows add. Returns dx (x_shape)."""
@@ -239,7 +240,7 @@ def _bn_sign_apply(x3, mean, inv_std, gamma, beta, s, y, xhat, keep):  # type: i
                 xhat[ni, ci, j] = xh
 
 
-@register("batchnorm_sign_eval", "numba")
+@register(ref.batchnorm_sign_eval, "numba")
 def batchnorm_sign_eval(x: np.ndarray, mean: np.ndarray, var: np.ndarray,
                         gamma: np.ndarray | None = None, beta: np.ndarray | None = None,
                         eps: float = 1e-5) -> np.ndarray:
@@ -259,7 +260,7 @@ def batchnorm_sign_eval(x: np.ndarray, mean: np.ndarray, var: np.ndarray,
     return s.reshape(x.shape)
 
 
-@register("batchnorm_sign_train", "numba")
+@register(ref.batchnorm_sign_train, "numba")
 def batchnorm_sign_train(x: np.ndarray, gamma: np.ndarray | None = None,
                          beta: np.ndarray | None = None, eps: float = 1e-5
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
@@ -309,7 +310,7 @@ def _cema(b, m, v, g, c_m, c_g, c_v, c_a, thr, tie_positive):  # type: ignore[no
     return flips
 
 
-@register("cema_update", "numba")
+@register(ref.cema_update, "numba")
 def cema_update(b: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, alpha: float,
                 gamma: float, threshold: float = 0.0, tie: str = "keep") -> int:
     """Fused CEMA step, in place; returns the number of flips (see ``reference.cema_update``)."""
@@ -335,7 +336,7 @@ def _bop(b, m, g, c_m, c_g, thr, tie_positive):  # type: ignore[no-untyped-def]
     return flips
 
 
-@register("bop_update", "numba")
+@register(ref.bop_update, "numba")
 def bop_update(b: np.ndarray, m: np.ndarray, g: np.ndarray, gamma: float, threshold: float,
                tie: str = "keep") -> int:
     """Fused Bop step, in place; returns the number of flips (see ``reference.bop_update``)."""
@@ -367,7 +368,7 @@ def _sgd(w, m, g, lam, mu, c_d, neg_lr, coupled_decay, decoupled_decay, use_mome
         w[i] = wi + neg_lr * d
 
 
-@register("sgd_update", "numba")
+@register(ref.sgd_update, "numba")
 def sgd_update(w: np.ndarray, m: np.ndarray | None, g: np.ndarray, lr: float,
                momentum: float = 0.0, weight_decay: float = 0.0, dampening: float = 0.0,
                decoupled: bool = False, first_step: bool = False) -> None:
@@ -402,7 +403,7 @@ def _adam(w, m, v, g, lam, c_b1, c_1b1, c_b2, c_1b2, bc1, bc2, c_eps, neg_lr, co
         w[i] = wi + neg_lr * u
 
 
-@register("adam_update", "numba")
+@register(ref.adam_update, "numba")
 def adam_update(w: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, lr: float,
                 step: int, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                 weight_decay: float = 0.0, decoupled: bool = False) -> None:
@@ -440,7 +441,7 @@ def _pack_rows(x2, out):  # type: ignore[no-untyped-def]
             out[r, q] = word
 
 
-@register("pack_signs", "numba")
+@register(ref.pack_signs, "numba")
 def pack_signs(x: np.ndarray) -> np.ndarray:
     """Pack sign(x) along the last axis: (..., K) float -> (..., ceil(K/64)) uint64."""
     require_float("pack_signs", "x", x, "numpy")
@@ -462,7 +463,7 @@ def _unpack_rows(p2, k, out):  # type: ignore[no-untyped-def]
             out[r, kk] = 1.0 if bit else -1.0
 
 
-@register("unpack_signs", "numba")
+@register(ref.unpack_signs, "numba")
 def unpack_signs(p: np.ndarray, k: int, dtype: type | np.dtype = np.float32) -> np.ndarray:
     """Inverse of ``pack_signs``: (..., W) uint64 -> (..., k) array of ±1 in ``dtype``."""
     check_packed_signs("unpack_signs", p, k, "numpy")
@@ -491,7 +492,7 @@ def _threshold_pack(y3, t, d, out):  # type: ignore[no-untyped-def]
             out[r, q] = word
 
 
-@register("threshold_pack", "numba")
+@register(ref.threshold_pack, "numba")
 def threshold_pack(y: np.ndarray, threshold: np.ndarray, direction: np.ndarray) -> np.ndarray:
     """Compare int32 counts with per-channel thresholds and pack the signs, in one pass.
 
@@ -541,7 +542,7 @@ def _xnor_gemm(a, b, k, out):  # type: ignore[no-untyped-def]
                     out[i, j] = k - 2 * c0
 
 
-@register("xnor_gemm", "numba")
+@register(ref.xnor_gemm, "numba")
 def xnor_gemm(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
     """``C = A @ B.T`` (int32, exact) from packed ±1 rows a (M, W), b (N, W); k = true length."""
     check_packed_pair("xnor_gemm", a, b, k, "numpy")
@@ -576,7 +577,7 @@ def _pack_nchw(x, out):  # type: ignore[no-untyped-def]
                 out[ni, yi, xi, ci >> 6] |= np.uint64(x[ni, ci, yi, xi] >= 0) << sh
 
 
-@register("pack_conv_input", "numba")
+@register(ref.pack_conv_input, "numba")
 def pack_conv_input(x: np.ndarray) -> np.ndarray:
     """Pack sign(x) of NCHW activations along channels: (N, C, H, W) -> (N, H, W, ceil(C/64))."""
     require_float("pack_conv_input", "x", x, "numpy")
@@ -672,7 +673,7 @@ def _binary_conv2d(xb, wt, c, kh, kw, stride, padding, nhwc, out):  # type: igno
                     out[ni, oc, yo, xo] = row[oc, xo]
 
 
-@register("binary_conv2d", "numba")
+@register(ref.binary_conv2d, "numba")
 def binary_conv2d(xbits: np.ndarray, wbits: np.ndarray, wsum: np.ndarray, c: int, kh: int,
                   kw: int, stride: int = 1, padding: int = 0, layout: str = "nchw"
                   ) -> np.ndarray:

@@ -118,7 +118,7 @@ def _samples_per_block(oh: int, ow: int) -> int:
     return max(1, BLOCK_ROWS // max(1, oh * ow))
 
 
-@register("conv2d_nhwc_forward", "numba")
+@register(ref.conv2d_nhwc_forward, "numba")
 def conv2d_nhwc_forward(x: np.ndarray, wmat: np.ndarray, kh: int, kw: int, stride: int = 1,
                         padding: int = 0) -> np.ndarray:
     """Blocked ``cols(x) @ wmat`` (see the module docstring); same result as the reference
@@ -150,7 +150,7 @@ def conv2d_nhwc_forward(x: np.ndarray, wmat: np.ndarray, kh: int, kw: int, strid
     return y
 
 
-@register("conv2d_nhwc_backward", "numba")
+@register(ref.conv2d_nhwc_backward, "numba")
 def conv2d_nhwc_backward(dy: np.ndarray, x: np.ndarray, wmat: np.ndarray, kh: int, kw: int,
                          stride: int = 1, padding: int = 0, need_dx: bool = True
                          ) -> tuple[np.ndarray | None, np.ndarray]:
@@ -230,7 +230,7 @@ def _maxpool_bwd(dy, arg, k, stride, dx):  # type: ignore[no-untyped-def]
                     dx[ni, yo * stride + i, xo * stride + t - i * k, ci] += dy[ni, yo, xo, ci]
 
 
-@register("maxpool2d_nhwc_forward", "numba")
+@register(ref.maxpool2d_nhwc_forward, "numba")
 def maxpool2d_nhwc_forward(x: np.ndarray, kernel: int, stride: int
                            ) -> tuple[np.ndarray, np.ndarray]:
     oh, ow = ref.check_pool("maxpool2d_nhwc_forward", x, kernel, stride, "numpy")
@@ -241,7 +241,7 @@ def maxpool2d_nhwc_forward(x: np.ndarray, kernel: int, stride: int
     return y, arg
 
 
-@register("maxpool2d_nhwc_backward", "numba")
+@register(ref.maxpool2d_nhwc_backward, "numba")
 def maxpool2d_nhwc_backward(dy: np.ndarray, argmax: np.ndarray,
                             x_shape: tuple[int, int, int, int], kernel: int, stride: int
                             ) -> np.ndarray:
@@ -345,7 +345,7 @@ def _float32_rows(gamma: np.ndarray) -> bool:
     return gamma.dtype == np.float32
 
 
-@register("batchnorm_sign_pack_train", "numba")
+@register(ref.batchnorm_sign_pack_train, "numba")
 def batchnorm_sign_pack_train(z: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                               eps: float = 1e-5
                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -354,7 +354,7 @@ def batchnorm_sign_pack_train(z: np.ndarray, gamma: np.ndarray, beta: np.ndarray
     ref.check_rows(fn, z, "numpy")
     ref.check_affine(fn, z, gamma, beta, "numpy")
     if not _float32_rows(gamma):
-        return ref.batchnorm_sign_pack_train(z, gamma, beta, eps)
+        return ref.batchnorm_sign_pack_train.reference(z, gamma, beta, eps)
     z = np.ascontiguousarray(z)
     m = z.shape[0]
     sums = _row_sums(z, STAT_CHUNKS)
@@ -367,21 +367,21 @@ def batchnorm_sign_pack_train(z: np.ndarray, gamma: np.ndarray, beta: np.ndarray
     return bits, mean, var, inv_std
 
 
-@register("batchnorm_sign_pack_eval", "numba")
+@register(ref.batchnorm_sign_pack_eval, "numba")
 def batchnorm_sign_pack_eval(z: np.ndarray, mean: np.ndarray, var: np.ndarray, gamma: np.ndarray,
                              beta: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     fn = "batchnorm_sign_pack_eval"
     ref.check_affine(fn, z, gamma, beta, "numpy")
     ref.check_affine(fn, z, mean, var, "numpy")
     if not _float32_rows(gamma):
-        return ref.batchnorm_sign_pack_eval(z, mean, var, gamma, beta, eps)
+        return ref.batchnorm_sign_pack_eval.reference(z, mean, var, gamma, beta, eps)
     inv_std = 1.0 / np.sqrt(var + eps)
     bits = np.empty((z.shape[0], words_for(z.shape[1])), dtype=np.uint64)
     _normalise_pack(np.ascontiguousarray(z), mean, inv_std, gamma, beta, bits)
     return bits
 
 
-@register("batchnorm_sign_pack_backward", "numba")
+@register(ref.batchnorm_sign_pack_backward, "numba")
 def batchnorm_sign_pack_backward(ds: np.ndarray, z: np.ndarray, mean: np.ndarray,
                                  inv_std: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                                  ste: str = "identity", ste_beta: float = 5.0
@@ -394,7 +394,7 @@ def batchnorm_sign_pack_backward(ds: np.ndarray, z: np.ndarray, mean: np.ndarray
     if ds.shape != z.shape or ds.dtype != gamma.dtype:
         raise ShapeError(f"{fn}: ds must be {gamma.dtype} {z.shape}, got {ds.dtype} {ds.shape}")
     if not _float32_rows(gamma):
-        return ref.batchnorm_sign_pack_backward(ds, z, mean, inv_std, gamma, beta, ste, ste_beta)
+        return ref.batchnorm_sign_pack_backward.reference(ds, z, mean, inv_std, gamma, beta, ste, ste_beta)
     ds, z = np.ascontiguousarray(ds), np.ascontiguousarray(z)
     m = z.shape[0]
     sbeta = np.float32(ste_beta)

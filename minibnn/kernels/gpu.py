@@ -48,6 +48,7 @@ from minibnn.errors import DeviceError, ShapeError
 from minibnn.kernels._common import (
     as_scalars, channel_vector, channel_view, check_inplace, check_momentum_buffer,
     check_packed_pair, check_packed_signs, check_step, check_tie, require_float, words_for)
+from minibnn.kernels import reference as ref
 from minibnn.kernels.reference import batch_statistics
 from minibnn.kernels.registry import register
 
@@ -120,7 +121,7 @@ _BN_SIGN_TRAIN = _Elementwise("minibnn_bn_sign_train", _BN_PARAMS, "T s, T y, T 
 """)
 
 
-@register("batchnorm_sign_eval", "cuda")
+@register(ref.batchnorm_sign_eval, "cuda")
 def batchnorm_sign_eval(x: Array, mean: Array, var: Array, gamma: Array | None = None,
                         beta: Array | None = None, eps: float = 1e-5) -> Array:
     """``sign(gamma * (x - mean) / sqrt(var + eps) + beta)`` per channel (axis 1), one launch.
@@ -143,7 +144,7 @@ def batchnorm_sign_eval(x: Array, mean: Array, var: Array, gamma: Array | None =
     return s.reshape(x.shape)
 
 
-@register("batchnorm_sign_train", "cuda")
+@register(ref.batchnorm_sign_train, "cuda")
 def batchnorm_sign_train(x: Array, gamma: Array | None = None, beta: Array | None = None,
                          eps: float = 1e-5) -> tuple[Array, Array, Array, Array, Array, Array]:
     """Batch-statistics BatchNorm + sign: ``(s, y, xhat, mean, var, inv_std)`` as the reference.
@@ -277,7 +278,7 @@ _ADAM = _Elementwise(
 """)
 
 
-@register("cema_update", "cuda")
+@register(ref.cema_update, "cuda")
 def cema_update(b: Array, m: Array, v: Array, g: Array, alpha: float, gamma: float,
                 threshold: float = 0.0, tie: str = "keep") -> Array:
     """One CEMA step on binary weights b (±1), in place, in one launch.
@@ -297,7 +298,7 @@ def cema_update(b: Array, m: Array, v: Array, g: Array, alpha: float, gamma: flo
     return flips[0]
 
 
-@register("bop_update", "cuda")
+@register(ref.bop_update, "cuda")
 def bop_update(b: Array, m: Array, g: Array, gamma: float, threshold: float,
                tie: str = "keep") -> Array:
     """One Bop step in place, one launch; returns the flip count as a 0-d uint64 CuPy array.
@@ -315,7 +316,7 @@ def bop_update(b: Array, m: Array, g: Array, gamma: float, threshold: float,
     return flips[0]
 
 
-@register("sgd_update", "cuda")
+@register(ref.sgd_update, "cuda")
 def sgd_update(w: Array, m: Array | None, g: Array, lr: float, momentum: float = 0.0,
                weight_decay: float = 0.0, dampening: float = 0.0, decoupled: bool = False,
                first_step: bool = False) -> None:
@@ -340,7 +341,7 @@ def sgd_update(w: Array, m: Array | None, g: Array, lr: float, momentum: float =
         _elementwise(_SGD_PLAIN)(g, lam, neg_lr, coupled, dec, w, block_size=_OPT_BLOCK)
 
 
-@register("adam_update", "cuda")
+@register(ref.adam_update, "cuda")
 def adam_update(w: Array, m: Array, v: Array, g: Array, lr: float, step: int, b1: float = 0.9,
                 b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
                 decoupled: bool = False) -> None:
@@ -400,7 +401,7 @@ def _pack_kernel(dtype_name: str) -> Any:
                                        options=_NVRTC_OPTIONS)
 
 
-@register("pack_signs", "cuda")
+@register(ref.pack_signs, "cuda")
 def pack_signs(x: Array) -> Array:
     """Pack sign(x) along the last axis: (..., K) float -> (..., ceil(K/64)) uint64."""
     cp = _cp("pack_signs")
@@ -434,7 +435,7 @@ _UNPACK = _Elementwise(
 """)
 
 
-@register("unpack_signs", "cuda")
+@register(ref.unpack_signs, "cuda")
 def unpack_signs(p: Array, k: int, dtype: type | np.dtype = np.float32) -> Array:
     """Inverse of ``pack_signs``: (..., W) uint64 -> (..., k) array of ±1 in ``dtype``."""
     cp = _cp("unpack_signs")
@@ -521,7 +522,7 @@ def _xnor_kernel() -> Any:
     return _cp("xnor_gemm").RawKernel(_XNOR_SOURCE, "minibnn_xnor_gemm", options=_NVRTC_OPTIONS)
 
 
-@register("xnor_gemm", "cuda")
+@register(ref.xnor_gemm, "cuda")
 def xnor_gemm(a: Array, b: Array, k: int) -> Array:
     """``C = A @ B.T`` for ±1 matrices A (M, k), B (N, k) given packed: (M, W), (N, W) -> int32.
 

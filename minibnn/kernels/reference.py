@@ -1,8 +1,9 @@
 """Reference bodies of every kernel op: readable array code, the oracle of the compiled bodies.
 
-Each function is the ``"numpy"`` body of the op of the same name (``@register(op, "numpy")``)
-and is written against ``xp`` (``numpy`` or ``cupy``, from the arguments), so it also runs on
-CuPy arrays: that is what ``kernels.call`` runs on the GPU for an op without a CUDA body. The
+Each ``@op`` function declares an op by its reference body (``kernels.registry.op``: calling
+it runs the body the registry picks; ``.reference`` is this body). The bodies are written
+against ``xp`` (``numpy`` or ``cupy``, from the arguments), so they also run on CuPy arrays:
+that is what an op runs on the GPU where it has no CUDA body. The
 Numba bodies (``kernels.cpu``) and CUDA bodies (``kernels.gpu``) have the same names and
 signatures, and the tests compare them with these (exactly where the arithmetic allows it, see
 each docstring). Shapes follow PyTorch: activations NCHW, conv weights OIHW.
@@ -17,9 +18,9 @@ Groups:
     ``pack_conv_input``, ``pack_conv_weights``, ``binary_conv2d``, and ``threshold_pack``
     (BatchNorm + sign folded into integer thresholds, see ``kernels.threshold``).
 
-The bit-packed composites (``pack_conv_input``, ``pack_conv_weights``, ``binary_conv2d``) run
-their inner op through ``call`` (``pack_signs``, ``xnor_gemm``), so on CuPy arrays the CUDA
-body of the inner op does the work; under ``use_backend("numpy")`` everything is reference.
+The bit-packed composites (``pack_conv_input``, ``pack_conv_weights``, ``binary_conv2d``) call
+their inner op (``pack_signs``, ``xnor_gemm``), which picks its own body, so on CuPy arrays the
+CUDA body of the inner op does the work; under ``use_backend("numpy")`` everything is reference.
 
 Sign convention everywhere: ``sign(x) = +1 if x >= 0 else -1`` (so sign(0) = +1), and a packed
 bit is 1 for +1 and 0 for -1.
@@ -37,9 +38,7 @@ from minibnn.kernels._common import (
     check_inplace, check_momentum_buffer, check_packed_pair, check_packed_signs, check_step,
     check_thresholds, check_tie, col2im_shape, conv_output_size, maxpool_backward_shape,
     require_array, require_float, require_ndim, words_for)
-# channels_last registers the channels-last training ops' reference bodies when imported
-from minibnn.kernels.channels_last import patches_nhwc
-from minibnn.kernels.registry import array_kind, call, register
+from minibnn.kernels.registry import array_kind, op
 
 Array = Any      # a NumPy or CuPy array
 
@@ -60,7 +59,7 @@ def pad_spatial(x: Array, padding: int, value: float = 0.0) -> Array:
                                    constant_values=value)
 
 
-@register("im2col", "numpy")
+@op
 def im2col(x: Array, kh: int, kw: int, stride: int = 1, padding: int = 0) -> Array:
     """Unfold x (N, C, H, W) into cols (N*OH*OW, C*kH*kW); layout above.
 
@@ -79,7 +78,7 @@ def im2col(x: Array, kh: int, kw: int, stride: int = 1, padding: int = 0) -> Arr
     return view.reshape(n * oh * ow, c * kh * kw)
 
 
-@register("col2im", "numpy")
+@op
 def col2im(cols: Array, x_shape: tuple[int, int, int, int], kh: int, kw: int,
            stride: int = 1, padding: int = 0) -> Array:
     """Adjoint of ``im2col``: add every entry of cols back onto the input pixel it came from.
@@ -105,7 +104,7 @@ def col2im(cols: Array, x_shape: tuple[int, int, int, int], kh: int, kw: int,
 # --------------------------------------------------------------------------- pooling
 
 
-@register("maxpool2d_forward", "numpy")
+@op
 def maxpool2d_forward(x: Array, kernel: int, stride: int | None = None,
                       padding: int = 0) -> tuple[Array, Array]:
     """Max over kernel x kernel windows: returns y (N, C, OH, OW) and argmax (N*C*OH*OW,) int64.
@@ -129,7 +128,7 @@ def maxpool2d_forward(x: Array, kernel: int, stride: int | None = None,
     return y, argmax.astype(np.int64)
 
 
-@register("maxpool2d_backward", "numpy")
+@op
 def maxpool2d_backward(dy: Array, argmax: Array, x_shape: tuple[int, int, int, int],
                        kernel: int, stride: int | None = None, padding: int = 0) -> Array:
     """Route dy[n, c, oh, ow] to the arg-max of its window; overlapping windows add."""
@@ -165,7 +164,7 @@ def batch_statistics(x: Array) -> tuple[Array, Array]:
     return x3.mean(axis=(0, 2)), x3.var(axis=(0, 2))
 
 
-@register("batchnorm_sign_eval", "numpy")
+@op
 def batchnorm_sign_eval(x: Array, mean: Array, var: Array, gamma: Array | None = None,
                         beta: Array | None = None, eps: float = 1e-5) -> Array:
     """``sign(gamma * (x - mean) / sqrt(var + eps) + beta)`` per channel (axis 1), in x's dtype.
@@ -184,7 +183,7 @@ def batchnorm_sign_eval(x: Array, mean: Array, var: Array, gamma: Array | None =
     return _sign(y).reshape(x.shape)
 
 
-@register("batchnorm_sign_train", "numpy")
+@op
 def batchnorm_sign_train(x: Array, gamma: Array | None = None, beta: Array | None = None,
                          eps: float = 1e-5) -> tuple[Array, Array, Array, Array, Array, Array]:
     """Train-mode BatchNorm (batch statistics) followed by sign, in one call.
@@ -228,7 +227,7 @@ def _flip(b: Array, stat: Array, thr: np.generic, tie_positive: bool) -> int:
     return int(get_array_module(b).count_nonzero(flip))
 
 
-@register("cema_update", "numpy")
+@op
 def cema_update(b: Array, m: Array, v: Array, g: Array, alpha: float, gamma: float,
                 threshold: float = 0.0, tie: str = "keep") -> int:
     """One CEMA step on binary weights b (±1), in place; returns the number of flips.
@@ -245,7 +244,7 @@ def cema_update(b: Array, m: Array, v: Array, g: Array, alpha: float, gamma: flo
     return _flip(b, v, thr, tie_positive)
 
 
-@register("bop_update", "numpy")
+@op
 def bop_update(b: Array, m: Array, g: Array, gamma: float, threshold: float,
                tie: str = "keep") -> int:
     """One Bop step (Helwegen et al. 2019) in place; returns the number of flips.
@@ -261,7 +260,7 @@ def bop_update(b: Array, m: Array, g: Array, gamma: float, threshold: float,
     return _flip(b, m, thr, tie_positive)
 
 
-@register("sgd_update", "numpy")
+@op
 def sgd_update(w: Array, m: Array | None, g: Array, lr: float, momentum: float = 0.0,
                weight_decay: float = 0.0, dampening: float = 0.0, decoupled: bool = False,
                first_step: bool = False) -> None:
@@ -286,7 +285,7 @@ def sgd_update(w: Array, m: Array | None, g: Array, lr: float, momentum: float =
     w += neg_lr * d
 
 
-@register("adam_update", "numpy")
+@op
 def adam_update(w: Array, m: Array, v: Array, g: Array, lr: float, step: int, b1: float = 0.9,
                 b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
                 decoupled: bool = False) -> None:
@@ -331,7 +330,7 @@ def pack_bits(bits: Array) -> Array:
     return xp.packbits(padded.reshape(-1), bitorder="little").view(xp.uint64).reshape(shape)
 
 
-@register("pack_signs", "numpy")
+@op
 def pack_signs(x: Array) -> Array:
     """Pack sign(x) along the last axis: (..., K) float -> (..., ceil(K/64)) uint64."""
     require_float("pack_signs", "x", x)
@@ -340,7 +339,7 @@ def pack_signs(x: Array) -> Array:
     return pack_bits(x >= 0)
 
 
-@register("unpack_signs", "numpy")
+@op
 def unpack_signs(p: Array, k: int, dtype: type | np.dtype = np.float32) -> Array:
     """Inverse of ``pack_signs``: (..., W) uint64 -> (..., k) array of ±1 in ``dtype``."""
     check_packed_signs("unpack_signs", p, k)
@@ -355,7 +354,7 @@ def unpack_signs(p: Array, k: int, dtype: type | np.dtype = np.float32) -> Array
     return xp.where(bits == 1, one, -one).reshape(shape)
 
 
-@register("xnor_gemm", "numpy")
+@op
 def xnor_gemm(a: Array, b: Array, k: int) -> Array:
     """``C = A @ B.T`` for ±1 matrices A (M, k), B (N, k) given packed: (M, W), (N, W) -> int32.
 
@@ -374,15 +373,15 @@ def xnor_gemm(a: Array, b: Array, k: int) -> Array:
     return out
 
 
-@register("pack_conv_input", "numpy")
+@op
 def pack_conv_input(x: Array) -> Array:
     """Pack sign(x) of NCHW activations along channels: (N, C, H, W) -> (N, H, W, ceil(C/64))."""
     require_float("pack_conv_input", "x", x)
     require_ndim("pack_conv_input", "x", x, (4,), "4-D (N, C, H, W)")
-    return call("pack_signs", get_array_module(x).ascontiguousarray(x.transpose(0, 2, 3, 1)))
+    return pack_signs(get_array_module(x).ascontiguousarray(x.transpose(0, 2, 3, 1)))
 
 
-@register("pack_conv_weights", "numpy")
+@op
 def pack_conv_weights(w: Array) -> tuple[Array, Array]:
     """Pack sign(w) of OIHW weights for ``binary_conv2d``; done once ahead of inference.
 
@@ -395,12 +394,27 @@ def pack_conv_weights(w: Array) -> tuple[Array, Array]:
     xp = get_array_module(w)
     o, c, kh, kw = (int(s) for s in w.shape)
     wt = xp.ascontiguousarray(w.transpose(0, 2, 3, 1))          # (O, kH, kW, C)
-    wbits = call("pack_signs", wt).reshape(o, kh * kw * words_for(c))
+    wbits = pack_signs(wt).reshape(o, kh * kw * words_for(c))
     wsum = xp.where(wt >= 0, 1, -1).sum(axis=-1, dtype=xp.int64).reshape(o, kh * kw)
     return wbits, wsum.astype(xp.int32)
 
 
-@register("binary_conv2d", "numpy")
+def patches_nhwc(x: Array, kh: int, kw: int, stride: int, padding: int) -> Array:
+    """Read-only view (N, OH, OW, kH, kW, C) of the receptive fields of NHWC x, padded with
+    zeros (for packed signs a zero word means -1 in every channel: ``binary_conv2d`` corrects
+    for it)."""
+    xp = get_array_module(x)
+    n, h, w, c = (int(s) for s in x.shape)
+    oh, ow = conv_output_size("patches_nhwc", h, w, kh, kw, stride, padding)
+    p = padding
+    xpad = xp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else xp.ascontiguousarray(x)
+    s_n, s_h, s_w, s_c = xpad.strides
+    return xp.lib.stride_tricks.as_strided(
+        xpad, shape=(n, oh, ow, kh, kw, c),
+        strides=(s_n, s_h * stride, s_w * stride, s_h, s_w, s_c))
+
+
+@op
 def binary_conv2d(xbits: Array, wbits: Array, wsum: Array, c: int, kh: int, kw: int,
                   stride: int = 1, padding: int = 0, layout: str = "nchw") -> Array:
     """Binary convolution on packed operands -> int32 y (N, O, OH, OW), zero padding, exact.
@@ -423,7 +437,7 @@ def binary_conv2d(xbits: Array, wbits: Array, wsum: Array, c: int, kh: int, kw: 
     o = int(wbits.shape[0])
     p = padding
     cols = patches_nhwc(xbits, kh, kw, stride, padding)
-    acc = call("xnor_gemm", xp.ascontiguousarray(cols.reshape(n * oh * ow, kh * kw * nw)),
+    acc = xnor_gemm(xp.ascontiguousarray(cols.reshape(n * oh * ow, kh * kw * nw)),
                xp.ascontiguousarray(wbits), kh * kw * c)
     # which taps of each output pixel fall on the zero padding: an (OH*OW, kH*kW) mask
     hi = xp.arange(oh)[:, None] * stride + xp.arange(kh)[None, :] - p      # (OH, kH) input row
@@ -447,7 +461,7 @@ def compare_thresholds(y: Array, threshold: Array, direction: Array) -> Array:
     return get_array_module(y).where(d > 0, y >= t, y <= t)
 
 
-@register("threshold_pack", "numpy")
+@op
 def threshold_pack(y: Array, threshold: Array, direction: Array) -> Array:
     """Thresholded signs of int32 counts, packed along channels (the next layer's input).
 

@@ -1,13 +1,26 @@
-"""The kernel registry: every hot op by name, its implementations by backend, one entry point.
+"""The kernel registry: every hot op, its implementations by backend, one dispatch path.
 
-Each op (``"im2col"``, ``"cema_update"``, ``"xnor_gemm"``, ...) has
+An op is declared by its reference body, and the declaration returns the op itself::
+
+    @op                                   # kernels/reference.py
+    def im2col(x, kh, kw, stride, padding):
+        <readable array code: the oracle and the documentation>
+
+    @register(reference.im2col, "numba")  # kernels/cpu.py: a compiled body of that op
+    def im2col(x, kh, kw, stride, padding): ...
+
+    cols = kernels.im2col(x, 3, 3, 1, 1)  # a layer: runs the body chosen below
+
+So a reader, or an editor's go-to-definition, follows a layer's call to the op's definition,
+and from there (``register(reference.im2col``) to its compiled bodies. Each op has
 
   * a reference body (backend ``"numpy"``): readable array code, the oracle and the
     documentation of the arithmetic.  Written against ``xp`` where the op allows it, so the
     same body also runs on CuPy arrays;
   * optional compiled bodies: ``"numba"`` (NumPy arrays, CPU) and ``"cuda"`` (CuPy arrays).
 
-``call(op, *args)`` picks the body from the type of the array arguments::
+Calling the op (or ``call(name, *args)``, the same by name) picks the body from the type of the
+array arguments::
 
     NumPy arrays  ->  "numba" if registered, else "numpy"
     CuPy arrays   ->  "cuda"  if registered, else "numpy" (the reference on CuPy arrays)
@@ -20,16 +33,17 @@ able to run the arrays given (Numba on CuPy arrays or CUDA on NumPy arrays is a 
 does under ``"auto"``. A compiled backend whose module does not import is a one-line
 ``BackendError`` whenever it would run, under ``"auto"`` too: never a silent fallback.
 
-Bodies register themselves with ``@register(op, backend)`` when their module is imported;
-the registry imports the reference module (``REFERENCE_MODULE``) on first use and the
-compiled modules lazily (``kernels.cpu`` on the first NumPy call, ``kernels.gpu`` on the first
-CuPy call), so importing minibnn needs neither Numba nor CuPy.
+Compiled bodies register themselves with ``@register(op, backend)`` when their module is
+imported; the registry imports the compiled modules lazily (``kernels.cpu`` on the first NumPy
+call, ``kernels.gpu`` on the first CuPy call), so importing minibnn needs neither Numba nor
+CuPy.
 Nothing here imports ``minibnn.nn``.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -37,9 +51,9 @@ from minibnn.errors import MinibnnError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: the module that defines every op (its reference body), imported on the first use of the
-#: registry
-REFERENCE_MODULE = "minibnn.kernels.reference"
+#: the modules that declare the ops (their reference bodies), imported on the first use of the
+#: registry by name
+REFERENCE_MODULES = ("minibnn.kernels.reference", "minibnn.kernels.channels_last")
 #: compiled backends and the module that registers each one's bodies
 COMPILED_MODULES = {"numba": "minibnn.kernels.cpu", "cuda": "minibnn.kernels.gpu"}
 #: every backend name a caller may force; "auto" means "choose by array type"
@@ -60,16 +74,41 @@ _LOADED: dict[str, bool] = {}       # backend -> its module has been imported
 _FAILED: dict[str, str] = {}        # compiled backend -> why its module did not import
 
 
-def register(op: str, backend: str) -> Callable[[F], F]:
-    """Decorator: ``fn`` is the ``backend`` body of ``op`` (``"numpy"`` = the reference)."""
+def op_name(op: str | Callable[..., Any]) -> str:
+    """The name of an op given as its name or as the op itself (what ``op`` returned)."""
+    return op if isinstance(op, str) else getattr(op, "op_name")
+
+
+def register(op: str | Callable[..., Any], backend: str) -> Callable[[F], F]:
+    """Decorator: ``fn`` is the ``backend`` body of ``op`` (the op, or its name)."""
+    name = op_name(op)
     if backend not in ("numpy",) + tuple(COMPILED_MODULES):
-        raise BackendError(f"cannot register {op!r} under unknown backend {backend!r}")
+        raise BackendError(f"cannot register {name!r} under unknown backend {backend!r}")
 
     def decorate(fn: F) -> F:
-        _IMPLS.setdefault(op, {})[backend] = fn
+        _IMPLS.setdefault(name, {})[backend] = fn
         return fn
 
     return decorate
+
+
+def op(reference_body: F) -> F:
+    """Declare an op by its reference body (the module docstring); returns the op.
+
+    The op has the body's name, signature and docstring; calling it runs the body the registry
+    picks for its arguments. ``op.reference`` is the reference body itself (what a compiled body
+    falls back to for arrays it does not handle: calling the op there would pick it again).
+    """
+    name = reference_body.__name__
+    register(name, "numpy")(reference_body)
+
+    @functools.wraps(reference_body)
+    def dispatch(*args: Any, **kwargs: Any) -> Any:
+        return call(name, *args, **kwargs)
+
+    dispatch.reference = reference_body          # type: ignore[attr-defined]
+    dispatch.op_name = name                      # type: ignore[attr-defined]
+    return dispatch                              # type: ignore[return-value]
 
 
 def _load(backend: str) -> None:
@@ -93,7 +132,8 @@ def _load(backend: str) -> None:
 
 def _reference_loaded() -> None:
     if "numpy" not in _LOADED:
-        importlib.import_module(REFERENCE_MODULE)
+        for module in REFERENCE_MODULES:
+            importlib.import_module(module)
         _LOADED["numpy"] = True
 
 
@@ -123,15 +163,17 @@ def use_backend(name: str) -> Iterator[None]:
         _FORCED.reset(token)
 
 
-def _ops(op: str) -> dict[str, Callable[..., Any]]:
+def _ops(op: str | Callable[..., Any]) -> dict[str, Callable[..., Any]]:
     _reference_loaded()
+    op = op_name(op)
     if op not in _IMPLS:
         raise BackendError(f"unknown kernel op {op!r}; known: {', '.join(sorted(_IMPLS))}")
     return _IMPLS[op]
 
 
-def backend_for(op: str, *arrays: Any) -> str:
+def backend_for(op: str | Callable[..., Any], *arrays: Any) -> str:
     """The backend ``call(op, *arrays)`` would use, under the current ``use_backend``."""
+    op = op_name(op)
     impls = _ops(op)
     kind = array_kind(*arrays)
     compiled = "cuda" if kind == "cupy" else "numba"
@@ -145,8 +187,9 @@ def backend_for(op: str, *arrays: Any) -> str:
     return compiled if compiled in impls else "numpy"
 
 
-def get(op: str, backend: str) -> Callable[..., Any]:
+def get(op: str | Callable[..., Any], backend: str) -> Callable[..., Any]:
     """One specific body of ``op`` (parity tests compare these); BackendError if missing."""
+    op = op_name(op)
     impls = _ops(op)
     if backend in COMPILED_MODULES:
         _load(backend)
@@ -156,13 +199,14 @@ def get(op: str, backend: str) -> Callable[..., Any]:
     return impls[backend]
 
 
-def has_compiled(op: str, *arrays: Any) -> bool:
+def has_compiled(op: str | Callable[..., Any], *arrays: Any) -> bool:
     """True when ``call(op, *arrays)`` would run a compiled body (not the reference)."""
     return backend_for(op, *arrays) != "numpy"
 
 
-def call(op: str, *args: Any, **kwargs: Any) -> Any:
-    """Run ``op`` on the backend chosen from its array arguments (see the module docstring)."""
+def call(op: str | Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``op`` (the op, or its name) on the backend chosen from its array arguments."""
+    op = op_name(op)
     return _ops(op)[backend_for(op, *args, *kwargs.values())](*args, **kwargs)
 
 

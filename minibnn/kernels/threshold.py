@@ -19,7 +19,7 @@ row ``lookup[j, y + K]`` (1 = +1).
 
 Here (plain NumPy, no kernel op): ``Threshold``, ``fold_sign_table`` and ``threshold_signs``
 (bool signs, lookup channels included).  The kernel op that applies the thresholds and packs
-the signs for the next binary layer, ``kernels.call("threshold_pack", y, threshold,
+the signs for the next binary layer, ``kernels.threshold_pack(y, threshold,
 direction)``, has its reference body in ``kernels.reference`` and its Numba body in
 ``kernels.cpu``, like every other op.
 """

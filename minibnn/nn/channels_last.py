@@ -47,7 +47,7 @@ class Packed(NamedTuple):
 def as_float(x: Array | Packed, dtype: Any) -> Array:
     """An NHWC activation as a ``dtype`` array: packed signs unpacked, int32 counts converted."""
     if isinstance(x, Packed):
-        return kernels.call("unpack_signs", x.bits, x.channels, dtype)
+        return kernels.unpack_signs(x.bits, x.channels, dtype)
     return x if x.dtype == dtype else x.astype(dtype)
 
 
@@ -83,13 +83,13 @@ class ConvNHWC:
         wmat = weight_matrix(w)
         if self.binary and isinstance(x, Packed):
             # exact: counts[n, oh, ow, o] = sum over taps and channels of sign(x) * sign(w)
-            wbits, wsum = kernels.call("pack_conv_weights", w)
-            y = kernels.call("binary_conv2d", x.bits, wbits, wsum, x.channels, k, k, s, p,
+            wbits, wsum = kernels.pack_conv_weights(w)
+            y = kernels.binary_conv2d(x.bits, wbits, wsum, x.channels, k, k, s, p,
                              layout="nhwc")
             if wcache is not None and wcache.scale is not None:
                 y = y.astype(w.dtype) * wcache.scale.reshape(-1)   # W_eff = a * sign(w)
         else:
-            y = kernels.call("conv2d_nhwc_forward", as_float(x, w.dtype), wmat, k, k, s, p)
+            y = kernels.conv2d_nhwc_forward(as_float(x, w.dtype), wmat, k, k, s, p)
             if not self.binary and layer.bias:
                 y = y + params[layer.key("b")]
         return y, {}, (x, wmat, wcache)
@@ -98,7 +98,7 @@ class ConvNHWC:
         x, wmat, wcache = cache
         layer, k = self.layer, self.k
         source = x.bits if isinstance(x, Packed) else as_float(x, wmat.dtype)
-        dx, dwmat = kernels.call("conv2d_nhwc_backward", dy, source, wmat, k, k, layer.stride,
+        dx, dwmat = kernels.conv2d_nhwc_backward(dy, source, wmat, k, k, layer.stride,
                                  layer.padding, self.need_dx)
         dw = weight_from_matrix(dwmat, layer.shape)
         if self.binary:
@@ -126,11 +126,11 @@ class BatchNormSignNHWC:
         n, h, w, c = (int(v) for v in z.shape)
         rows = z.reshape(n * h * w, c)
         if train:
-            bits, mean, var, inv_std = kernels.call("batchnorm_sign_pack_train", rows, gamma, beta,
+            bits, mean, var, inv_std = kernels.batchnorm_sign_pack_train(rows, gamma, beta,
                                                     bn.eps)
             rm, rv = update_running_statistics(rm, rv, mean, var, rows.shape[0], bn.momentum)
         else:
-            bits = kernels.call("batchnorm_sign_pack_eval", rows, rm, rv, gamma, beta, bn.eps)
+            bits = kernels.batchnorm_sign_pack_eval(rows, rm, rv, gamma, beta, bn.eps)
             mean, inv_std = rm, 1.0 / get_array_module(rv).sqrt(rv + bn.eps)
         new_buffers = {bn.key("running_mean"): rm, bn.key("running_var"): rv}
         out = Packed(bits.reshape(n, h, w, -1), c, gamma.dtype)
@@ -140,7 +140,7 @@ class BatchNormSignNHWC:
         rows, mean, inv_std, gamma, beta, train, shape = cache
         ds_rows = ds.reshape(rows.shape)
         if train:
-            dz, dgamma, dbeta = kernels.call("batchnorm_sign_pack_backward", ds_rows, rows, mean,
+            dz, dgamma, dbeta = kernels.batchnorm_sign_pack_backward(ds_rows, rows, mean,
                                              inv_std, gamma, beta, self.ste, self.ste_beta)
         else:
             # eval mode: mean and inv_std are constants, so dz = gamma * inv_std * d with
@@ -163,12 +163,12 @@ class MaxPoolNHWC:
                 ) -> tuple[Array, Params, Any]:
         if isinstance(x, Packed):
             x = as_float(x, x.dtype)
-        y, argmax = kernels.call("maxpool2d_nhwc_forward", x, self.kernel, self.stride)
+        y, argmax = kernels.maxpool2d_nhwc_forward(x, self.kernel, self.stride)
         return y, {}, (argmax, tuple(int(v) for v in x.shape))
 
     def backward(self, dy: Array, cache: Any) -> tuple[Array, Params]:
         argmax, x_shape = cache
-        return kernels.call("maxpool2d_nhwc_backward", dy, argmax, x_shape, self.kernel,
+        return kernels.maxpool2d_nhwc_backward(dy, argmax, x_shape, self.kernel,
                             self.stride), {}
 
 

@@ -98,9 +98,9 @@ def _maxpool_counts(y: np.ndarray, kernel: int, stride: int, padding: int) -> np
 def _packed_signs(y: np.ndarray, fold: Threshold) -> np.ndarray:
     """Thresholded signs of counts y, packed along channels: the next binary layer's input."""
     if fold.lookup is None:
-        return kernels.call("threshold_pack", y, fold.threshold, fold.direction)
+        return kernels.threshold_pack(y, fold.threshold, fold.direction)
     s = np.moveaxis(threshold_signs(y, fold), 1, -1)
-    return kernels.call("pack_signs", np.where(s, np.float32(1), np.float32(-1)))
+    return kernels.pack_signs(np.where(s, np.float32(1), np.float32(-1)))
 
 
 class PackedBinary(Module):
@@ -127,7 +127,7 @@ class PackedBinary(Module):
                 y = _maxpool_counts(y, *layer.pool)
             bits = _packed_signs(y, layer.fold)
         # the last layer's signs as +-1 floats: (N, [H, W,] C) -> (N, C[, H, W])
-        signs = kernels.call("unpack_signs", bits, y.shape[1], x.dtype)
+        signs = kernels.unpack_signs(bits, y.shape[1], x.dtype)
         return np.ascontiguousarray(np.moveaxis(signs, -1, 1)), {}, None
 
     @staticmethod
@@ -209,7 +209,7 @@ def pack_layer(module: _BinaryWeights, params: Params) -> PackedLayer:
     if wcache is not None and wcache.scale is not None:
         scale = np.ascontiguousarray(wcache.scale.reshape(-1))
     # bit = (w >= 0) = (sign(w) == +1): for +-1 storage w is its own sign
-    bits = kernels.call("pack_signs", np.ascontiguousarray(w).reshape(w.shape[0], -1))
+    bits = kernels.pack_signs(np.ascontiguousarray(w).reshape(w.shape[0], -1))
     return PackedLayer(name, kind, tuple(int(s) for s in w.shape), stride, padding, bits, scale,
                        _kernel(kind, w, stride, padding))
 
@@ -227,7 +227,7 @@ def layer_from_bits(name: str, kind: str, shape: tuple[int, ...], stride: int, p
     """Rebuild a PackedLayer (with its kernel layout) from stored bits: uint64
     (O, ``words_for(K)``), as ``minibnn.deploy.packed_file`` checks them on reading."""
     k = int(np.prod(shape[1:]))
-    sign_w = kernels.call("unpack_signs", bits, k, dtype).reshape(shape)
+    sign_w = kernels.unpack_signs(bits, k, dtype).reshape(shape)
     return PackedLayer(name, kind, shape, stride, padding, bits, scale,
                        _kernel(kind, sign_w, stride, padding))
 
@@ -286,7 +286,7 @@ class PackedModel:
             return self.source_params
         params = dict(self.params)
         for name, layer in self.layers.items():
-            w = kernels.call("unpack_signs", layer.bits, layer.k, self.dtype)
+            w = kernels.unpack_signs(layer.bits, layer.k, self.dtype)
             if layer.scale is not None:
                 w = w * layer.scale.reshape(-1, 1)
             params[name] = w.reshape(layer.shape)

@@ -17,7 +17,7 @@ fixed because checkpoints depend on them):
     second_order:       v=iir2(a1, a2, c), b=flip(0)
 
 ``cema``, ``bop``, ``sgd`` and ``adam`` also carry a fused step (``Transform.fused``): one
-in-place kernel per parameter (``kernels.call("cema_update", ...)`` etc.) that follows the
+in-place kernel per parameter (``kernels.cema_update(...)`` etc.) that follows the
 chain's operation order, so it gives the chain's bits and the chain's state (counts bumped as
 the chain's filters bump them).  ``opt.step_in_place`` uses it where the kernel is compiled.
 
@@ -88,7 +88,7 @@ def _sgd_step(lr: Schedule, momentum: float, weight_decay: float, decoupled: boo
         for name, g in grads.items():
             new[name] = params[name].copy()
             m = state["momentum"]["m"][name] if momentum != 0.0 else None
-            kernels.call("sgd_update", new[name], m, g, eta, momentum, weight_decay, dampening,
+            kernels.sgd_update(new[name], m, g, eta, momentum, weight_decay, dampening,
                          decoupled, first)
         return new, {**state, "momentum": _bumped(state["momentum"]),
                      "lr": _bumped(state["lr"])}
@@ -127,7 +127,7 @@ def _adam_step(lr: Schedule, b1: float, b2: float, eps: float, weight_decay: flo
         new = {}
         for name, g in grads.items():
             new[name] = params[name].copy()
-            kernels.call("adam_update", new[name], moments["m"][name], moments["v"][name], g,
+            kernels.adam_update(new[name], moments["m"][name], moments["v"][name], g,
                          eta, t, b1, b2, eps, weight_decay, decoupled)
         return new, {**state, "adam": _bumped(moments), "lr": _bumped(state["lr"])}
 
@@ -160,7 +160,7 @@ def _cema_step(alpha: Schedule, gamma: Schedule, tie: str) -> StepFn:
         new = {}
         for name, g in grads.items():
             new[name] = params[name].copy()
-            kernels.call("cema_update", new[name], state["m"]["s"][name],
+            kernels.cema_update(new[name], state["m"]["s"][name],
                          state["v"]["s"][name], g, a, r, 0.0, tie)
         return new, {**state, "m": _bumped(state["m"]), "v": _bumped(state["v"])}
 
@@ -187,7 +187,7 @@ def _bop_step(threshold: float, gamma: Schedule) -> StepFn:
         new = {}
         for name, g in grads.items():
             new[name] = params[name].copy()
-            kernels.call("bop_update", new[name], state["m"]["s"][name], g, r, threshold,
+            kernels.bop_update(new[name], state["m"]["s"][name], g, r, threshold,
                          "positive")
         return new, {**state, "m": _bumped(state["m"])}
 

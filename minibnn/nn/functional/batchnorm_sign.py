@@ -3,11 +3,11 @@
 Equal, bit for bit, to ``sign_forward(batchnorm_forward(x, ...)[0])`` and to the two backward
 passes chained, because the kernel ops evaluate the layers' own expressions in their order:
 
-  * train mode: ``kernels.call("batchnorm_sign_train")`` takes the batch statistics from the
+  * train mode: ``kernels.batchnorm_sign_train`` takes the batch statistics from the
     same reductions as ``batchnorm_forward`` (``kernels.reference.batch_statistics``) and makes
     s, y = xhat * gamma + beta and xhat in one pass (three separate passes and their
     temporaries otherwise); the caches are the two layers' own;
-  * eval mode: ``kernels.call("batchnorm_sign_eval")`` makes s alone in one pass over x. The
+  * eval mode: ``kernels.batchnorm_sign_eval`` makes s alone in one pass over x. The
     cache keeps only the inputs; a backward after an eval forward (rare: training runs in
     train mode) first rebuilds the two layers' caches.
 
@@ -65,11 +65,11 @@ def batchnorm_sign_forward(x: Array, gamma: Array, beta: Array, running_mean: Ar
                                             train, momentum, eps)
     ste_beta = check_ste(fn, ste, ste_beta)
     if not train:
-        s = kernels.call("batchnorm_sign_eval", x, running_mean, running_var, gamma, beta, eps)
+        s = kernels.batchnorm_sign_eval(x, running_mean, running_var, gamma, beta, eps)
         inputs = BatchNormSignInputs(x, gamma, beta, running_mean, running_var, eps, ste,
                                      ste_beta)
         return s, BatchNormSignCache(None, None, inputs, running_mean, running_var)
-    s, y, xhat, mean, var, inv_std = kernels.call("batchnorm_sign_train", x, gamma, beta, eps)
+    s, y, xhat, mean, var, inv_std = kernels.batchnorm_sign_train(x, gamma, beta, eps)
     new_mean, new_var = update_running_statistics(running_mean, running_var, mean, var, m,
                                                   momentum)
     bn = BatchNormCache(xhat, inv_std, gamma, True, True, new_mean, new_var)

@@ -52,7 +52,7 @@ def conv2d_forward(x: Array, w: Array, b: Array | None = None, stride: int = 1,
     n = int(x.shape[0])
     oh, ow = conv_output_size(fn, x.shape[2], x.shape[3], kh, kw, stride, padding)
     xp = get_array_module(x)
-    cols = kernels.call("im2col", x, kh, kw, stride, padding)
+    cols = kernels.im2col(x, kh, kw, stride, padding)
     y2 = matmul(cols, w.reshape(o, -1).T)          # cols @ W^T, (N*OH*OW, O): one GEMM
     if b is not None:
         y2 += b
@@ -71,6 +71,6 @@ def conv2d_backward(dy: Array, cache: Conv2dCache) -> tuple[Array, Array, Array 
     dy2 = dy.transpose(0, 2, 3, 1).reshape(-1, o)  # rows in im2col order, (N*OH*OW, O)
     dw = matmul(dy2.T, cols).reshape(w.shape)      # dL/dW = dY^T . cols
     dcols = matmul(dy2, w.reshape(o, -1))          # dL/dcols = dY . W
-    dx = kernels.call("col2im", dcols, x_shape, kh, kw, stride, padding)
+    dx = kernels.col2im(dcols, x_shape, kh, kw, stride, padding)
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, db

@@ -64,7 +64,7 @@ def maxpool2d_forward(x: Array, kernel: int = 2, stride: int | None = None,
     """
     fn = "maxpool2d_forward"
     kernel, stride, padding, _, _ = _pool_args(fn, x, kernel, stride, padding)
-    y, argmax = kernels.call("maxpool2d_forward", x, kernel, stride, padding)
+    y, argmax = kernels.maxpool2d_forward(x, kernel, stride, padding)
     return y, MaxPool2dCache(tuple(int(s) for s in x.shape), x.dtype, argmax, kernel, stride,
                              padding)
 
@@ -75,7 +75,7 @@ def maxpool2d_backward(dy: Array, cache: MaxPool2dCache) -> Array:
     n, c, h, w = x_shape
     oh, ow = conv_output_size("maxpool2d_backward", h, w, k, k, s, p)
     require_grad("maxpool2d_backward", dy, (n, c, oh, ow), dtype)
-    return kernels.call("maxpool2d_backward", dy, argmax, x_shape, k, s, p)
+    return kernels.maxpool2d_backward(dy, argmax, x_shape, k, s, p)
 
 
 def avgpool2d_forward(x: Array, kernel: int = 2, stride: int | None = None,
@@ -88,7 +88,7 @@ def avgpool2d_forward(x: Array, kernel: int = 2, stride: int | None = None,
     fn = "avgpool2d_forward"
     kernel, stride, padding, oh, ow = _pool_args(fn, x, kernel, stride, padding)
     n, c, h, w = (int(s) for s in x.shape)
-    cols = kernels.call("im2col", x.reshape(n * c, 1, h, w), kernel, kernel, stride, padding)
+    cols = kernels.im2col(x.reshape(n * c, 1, h, w), kernel, kernel, stride, padding)
     y = cols.mean(axis=1).reshape(n, c, oh, ow)
     return y, AvgPool2dCache((n, c, h, w), x.dtype, kernel, stride, padding)
 
@@ -101,7 +101,7 @@ def avgpool2d_backward(dy: Array, cache: AvgPool2dCache) -> Array:
     require_grad("avgpool2d_backward", dy, (n, c, oh, ow), dtype)
     xp = get_array_module(dy)
     dcols = xp.broadcast_to((dy / (k * k)).reshape(-1, 1), (n * c * oh * ow, k * k))
-    return kernels.call("col2im", dcols, (n * c, 1, h, w), k, k, s, p).reshape(x_shape)
+    return kernels.col2im(dcols, (n * c, 1, h, w), k, k, s, p).reshape(x_shape)
 
 
 def global_avgpool_forward(x: Array) -> tuple[Array, GlobalAvgPoolCache]:
