@@ -26,7 +26,7 @@ CIFAR_TRAIN = 50_000
 def epoch_seconds(width: int, images: int, batch: int) -> float:
     from minibnn.run.spec import spec_from_options
     from minibnn.run.train import (TrainState, model_from_spec, optimizer_from_spec, train_epoch,
-                               train_step)
+                                   train_step)
 
     spec = spec_from_options({"model": "binary_cnn", "dataset": "synthetic", "width": width,
                               "batch_size": batch, "shift": 0, "epochs": 1})

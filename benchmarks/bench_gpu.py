@@ -7,8 +7,8 @@ JSON file only):
 1. Training step (forward, loss, backward, update) of ``binary_mlp`` (hidden 2048, 2048) and
    ``binary_cnn`` (VGG-small shape, ``--width``) on CIFAR-shaped input (3x32x32, 10 classes) at
    batch 128 and 1024. minibnn: binary weights stored as ±1 and trained by CEMA, real parameters
-   by Adam (the trainer's default), updated by ``optimizer.step_in_place`` (the fused CUDA kernels, the
-   path ``minibnn.run.train.train_step`` takes): forward, loss, backward and that step, without the
+   by Adam (the trainer's default), updated by ``optimizer.step_in_place`` (the fused CUDA kernels,
+   the path ``minibnn.run.train.train_step`` takes): forward, loss, backward and that step, without the
    trainer's accuracy/flip counts. A second column times ``train_step`` itself, the same step
    plus those counts, to show what they cost. PyTorch peer: the same network (±1 weights, sign
    activations with the identity STE, BatchNorm, same layers), Adam on real parameters and the
@@ -110,7 +110,8 @@ def time_wall(sync: Callable[[], None], fns: dict[str, Callable[[], Any]], repea
 def minibnn_step(cp: Any, name: str, batch: int, hidden: tuple[int, ...], width: int,
                  rng: np.random.Generator) -> dict[str, Callable[[], Any]]:
     """The minibnn training step on the GPU ("minibnn") and ``train_step`` ("minibnn+metrics"):
-    the same forward, backward and ``optimizer.step_in_place``, the second with the trainer's counts.
+    the same forward, backward and ``optimizer.step_in_place``, the second with the trainer's
+    counts.
     Each returns the loss as a Python float (one device sync per step, as torch's)."""
     from minibnn.backend import to_device
     from minibnn.nn.functional import softmax_cross_entropy

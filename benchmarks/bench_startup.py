@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows_spec["kernels"] = [py, "-c", KERNELS_SCRIPT]
         if _cli_available():
             rows_spec["cli train"] = [
-                py, "-m", "minibnn.commands.cli", "train", "--dataset", "synthetic", "--epochs", "1",
+                py, "-m", "minibnn", "train", "--dataset", "synthetic", "--epochs", "1",
                 "--train-subset", "256", "--hidden", "64,64", "--batch-size", "64",
                 "--no-progress", "--out", "run.h5"]
         else:

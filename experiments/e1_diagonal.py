@@ -23,7 +23,7 @@ from minibnn import theory
 from minibnn.run.files import load_run
 from minibnn.run.spec import spec_from_options
 from minibnn.run.train import (TrainState, evaluate, fit, load_data, model_from_spec,
-                           optimizer_from_spec, train_epoch)
+                               optimizer_from_spec, train_epoch)
 
 LR, WD, MOMENTUM, INIT_SCALE = 0.25, 2.0 ** -6, 0.75, 1.0       # alpha = 2^-8, gamma = 0.25
 SCALES = (0.25, 1.0, 4.0)

@@ -12,7 +12,7 @@ from minibnn.run.files import load_run
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "minibnn.commands.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "minibnn", *args], capture_output=True,
                           text=True, timeout=300)
 
 

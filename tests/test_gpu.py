@@ -152,7 +152,7 @@ def test_cli_train_on_gpu_without_gpu_exits_2_with_one_line(tmp_path):
                "import sys, runpy; sys.modules['cupy'] = None; sys.argv[0] = 'minibnn'; "
                "runpy.run_module('minibnn.commands.cli', run_name='__main__')", *args]
     else:
-        cmd = [sys.executable, "-m", "minibnn.commands.cli", *args]
+        cmd = [sys.executable, "-m", "minibnn", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

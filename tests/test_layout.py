@@ -25,7 +25,7 @@ from minibnn.nn.containers import Sequential
 from minibnn.nn.modules import BatchNormSign
 from minibnn.run.spec import spec_from_options
 from minibnn.run.train import (TrainState, fit, model_from_spec, optimizer_from_spec,
-                           train_step)
+                               train_step)
 
 SHAPE = (3, 16, 16)
 MODELS = {"binary_cnn": {"width": 8}, "birealnet": {"width": 8}, "binary_mlp": {}}

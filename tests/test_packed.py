@@ -1,4 +1,5 @@
-"""Bit-packed inference (``minibnn.nn.packed``, ``minibnn.deploy.packed_file``, ``minibnn.deploy.inference``):
+"""Bit-packed inference (``minibnn.nn.packed``, ``minibnn.deploy.packed_file``,
+``minibnn.deploy.inference``):
 exactly the float path, ~32x smaller weights.
 
 Logits must be bit-identical to the float forward pass without a weight scale (the float path
@@ -31,8 +32,8 @@ from minibnn.nn import functional as F
 from minibnn.nn.models import Model, binary_cnn, binary_mlp, birealnet
 from minibnn.nn.containers import Sequential
 from minibnn.nn.modules import BatchNorm, BinaryDense, Dense, Flatten, Sign
-from minibnn.deploy.inference import (default_packed_path, evaluate_packed, export_packed, load_packed,
-                               pack_run)
+from minibnn.deploy.inference import (default_packed_path, evaluate_packed, export_packed,
+                                      load_packed, pack_run)
 from minibnn.deploy.packed_file import FORMAT, VERSION, is_packed_file, save_packed
 from minibnn.nn.fold import fold_batchnorm_sign
 from minibnn.nn.packed import PackedBinary, pack_model
@@ -188,7 +189,7 @@ def test_conv_file_with_scale_round_trips(tmp_path):
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "minibnn.commands.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "minibnn", *args], capture_output=True,
                           text=True, timeout=300)
 
 

@@ -11,8 +11,8 @@ from minibnn.commands.cli import main
 from minibnn.errors import MinibnnError
 from minibnn.nn import models
 from minibnn.run.spec import (MODEL_VARIANTS, OPTIMIZER_VARIANTS, OPTION_SECTIONS, Local, RunSpec,
-                          config_json, flag, read_stored_config, spec_from_dict,
-                          spec_from_options, variant_options)
+                              config_json, flag, read_stored_config, spec_from_dict,
+                              spec_from_options, variant_options)
 
 #: a valid value of every model / binary-optimiser option (as the CLI spells it)
 SAMPLE = {"hidden": "64,64", "width": "8", "act_ste": "clipped", "weight_ste": "clipped",

@@ -1,4 +1,5 @@
-"""``minibnn summary`` and ``minibnn.commands.summary``: counts checked against the models' own formulas."""
+"""``minibnn summary`` and ``minibnn.commands.summary``: counts checked against the models' own
+formulas."""
 from __future__ import annotations
 
 import json

@@ -5,8 +5,8 @@
 
 ``"chain"`` runs ``opt.update`` (the readable filters).  ``"fused[B]"`` runs the optimiser's
 fused kernel step (``opt.fused.step``) under ``kernels.use_backend(B)``, forced even where
-``opt.step_in_place`` would pick the chain: B = ``numpy`` (the reference kernel bodies), ``numba`` (the
-compiled CPU bodies) and ``cuda`` (CuPy arrays; results copied back to NumPy).  A backend that
+``opt.step_in_place`` would pick the chain: B = ``numpy`` (the reference kernel bodies), ``numba``
+(the compiled CPU bodies) and ``cuda`` (CuPy arrays; results copied back to NumPy).  A backend that
 cannot run on this machine is skipped, with the reason (``skipped_backends``).  ``Coverage``
 records which implementations a property actually checked: the report's column.
 

@@ -28,9 +28,9 @@ from minibnn.run.resources import format_bytes, physical_memory
 from minibnn.nn.functional import STE_NAMES
 from minibnn.optim.schedules import SCHEDULE_NAMES
 from minibnn.run.spec import (BACKEND_NAMES, DEVICE_NAMES, DTYPE_NAMES, LOCAL_FIELDS,
-                          MODEL_NAMES, MODEL_VARIANTS, OPTION_SECTIONS, OPTIMIZER_NAMES,
-                          OPTIMIZER_VARIANTS, Local, RunSpec, read_stored_config,
-                          spec_from_options, variant_options)
+                              MODEL_NAMES, MODEL_VARIANTS, OPTION_SECTIONS, OPTIMIZER_NAMES,
+                              OPTIMIZER_VARIANTS, Local, RunSpec, read_stored_config,
+                              spec_from_options, variant_options)
 
 #: the spec every default builds, and the default machine-local settings (help texts)
 DEFAULTS = spec_from_options({}).options()

@@ -12,10 +12,11 @@ that fails is marked failed with its one-line reason and the others go on.  ``su
 rewritten atomically after every point.  One sweep at a time may use ``DIR`` (an advisory lock,
 ``DIR/.lock``, names the holder's pid).
 
-Execution: ``workers`` local processes (default: one per core), each pinned to one BLAS and
-one Numba thread; or, with ``scheduler`` (``tcp://HOST:PORT``), the tasks of a Dask
-distributed cluster (the optional extra ``dist``), whose workers must see ``DIR`` at the same
-path (a shared file system) and should run one thread each (``dask worker --nthreads 1``).
+Execution: ``workers`` local processes (default: one per core), each on one thread
+(``--threads 1``: the same bits as any other thread count, ``kernels.threads``); or, with
+``scheduler`` (``tcp://HOST:PORT``), the tasks of a Dask distributed cluster (the optional
+extra ``dist``), whose workers must see ``DIR`` at the same path (a shared file system) and
+should run one thread each (``dask worker --nthreads 1``).
 """
 from __future__ import annotations
 

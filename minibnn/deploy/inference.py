@@ -1,7 +1,8 @@
 """Bit-packed inference of a training run: pack its checkpoint, export it, load it, evaluate it.
 
-The glue between run files (``minibnn.run.files``), the trainer's model and data (``minibnn.run.train``),
-the packed model (``minibnn.nn.packed``) and the packed file format (``minibnn.deploy.packed_file``)::
+The glue between run files (``minibnn.run.files``), the trainer's model and data
+(``minibnn.run.train``), the packed model (``minibnn.nn.packed``) and the packed file format
+(``minibnn.deploy.packed_file``)::
 
     pm = pack_run("runs/x.h5")                  # the run's checkpoint, packed in memory
     export_packed("runs/x.h5")                  # -> runs/x.packed.h5
@@ -32,7 +33,7 @@ from minibnn.nn.packed import (PackedModel, binary_layers, layer_from_bits, laye
 from minibnn.data import image_shape
 from minibnn.run.spec import RunSpec, read_stored_config
 from minibnn.run.train import (check_checkpoint, eval_backend, load_data, model_from_spec,
-                           run_model)
+                               run_model)
 
 #: whom the stored arrays are checked against
 MODEL_IN_CONFIG = "the model in its spec"

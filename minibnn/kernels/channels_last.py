@@ -154,7 +154,8 @@ def conv2d_nhwc_backward(dy: Array, x: Array, wmat: Array, kh: int, kw: int, str
     dy2 = dy.reshape(n * oh * ow, -1)
     cols = im2col_nhwc(float_source(x, c, wmat.dtype), kh, kw, stride, padding)
     dwmat = matmul(cols.T, dy2)
-    dx = col2im_nhwc(matmul(dy2, wmat.T), (n, h, w, c), kh, kw, stride, padding) if need_dx else None
+    dx = (col2im_nhwc(matmul(dy2, wmat.T), (n, h, w, c), kh, kw, stride, padding) if need_dx
+          else None)
     return dx, dwmat
 
 

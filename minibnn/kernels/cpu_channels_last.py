@@ -394,7 +394,8 @@ def batchnorm_sign_pack_backward(ds: np.ndarray, z: np.ndarray, mean: np.ndarray
     if ds.shape != z.shape or ds.dtype != gamma.dtype:
         raise ShapeError(f"{fn}: ds must be {gamma.dtype} {z.shape}, got {ds.dtype} {ds.shape}")
     if not _float32_rows(gamma):
-        return ref.batchnorm_sign_pack_backward.reference(ds, z, mean, inv_std, gamma, beta, ste, ste_beta)
+        return ref.batchnorm_sign_pack_backward.reference(ds, z, mean, inv_std, gamma, beta,
+                                                          ste, ste_beta)
     ds, z = np.ascontiguousarray(ds), np.ascontiguousarray(z)
     m = z.shape[0]
     sbeta = np.float32(ste_beta)

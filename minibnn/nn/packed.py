@@ -26,8 +26,8 @@ are bit-identical in float32 and float64.  With ``scale`` the float path sums K 
 predictions are equal unless a BatchNorm output lands within those bits of 0
 (``evaluate_packed(check=True)`` counts them).
 
-The packed file format is ``minibnn.deploy.packed_file``; packing a run file, exporting and evaluating
-it is ``minibnn.deploy.inference``.
+The packed file format is ``minibnn.deploy.packed_file``; packing a run file, exporting and
+evaluating it is ``minibnn.deploy.inference``.
 """
 from __future__ import annotations
 

@@ -16,8 +16,9 @@ A run file is never half-written: the new file goes to a temporary file beside t
 flushed and closed, and then ``os.replace``-d over the old one (atomic on POSIX); see
 ``atomic_h5``; it is sealed with checksums as its last step and verified on load
 (``minibnn.run.integrity``).  ``atomic_h5``, ``open_h5``, ``check_version``, ``check_arrays`` and
-``check_finite`` are shared with the packed file format (``minibnn.deploy.packed_file``).  Who may write
-a file (one writer, stale temporaries) is ``minibnn.run.lock``; disk space is ``minibnn.run.resources``.
+``check_finite`` are shared with the packed file format (``minibnn.deploy.packed_file``).  Who may
+write a file (one writer, stale temporaries) is ``minibnn.run.lock``; disk space is
+``minibnn.run.resources``.
 """
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ from minibnn.backend import first_nonfinite, to_numpy
 from minibnn.errors import DataFileError, MinibnnError
 
 FORMAT = "minibnn-run"
-#: the tag of a packed (inference-only) file, ``minibnn.deploy.packed_file``'s format; named here so that
-#: a run-file read can say what it was given
+#: the tag of a packed (inference-only) file, ``minibnn.deploy.packed_file``'s format; named
+#: here so that a run-file read can say what it was given
 PACKED_FORMAT = "minibnn-packed"
 #: 2: optimiser state keyed by stage names ("binary/m/s/fc2.w"); 1: by chain position ("0", "1")
 VERSION = 2

@@ -38,10 +38,10 @@ from minibnn.data.augment import draw_flips, draw_offsets, flip_images, shift_im
 from minibnn.backend import (device_module, first_nonfinite, get_array_module, resolve_dtype,
                              to_device, to_numpy)
 from minibnn.run.spec import (LOCAL_FIELDS, Adam, Bop, Bop2nd, Bop2ndCorrected, Cema, Local,
-                          RunSpec, Sgd, config_json, read_stored_config, variant_options)
+                              RunSpec, Sgd, config_json, read_stored_config, variant_options)
 from minibnn.errors import DataFileError, MinibnnError
 from minibnn.run.files import (Checkpoint, RunFile, check_arrays, check_writable, load_run,
-                        save_run)
+                               save_run)
 from minibnn.kernels.threads import get_threads, using_threads
 from minibnn.run.lock import one_writer
 from minibnn.run.resources import check_free_space
