@@ -61,17 +61,17 @@ def minibnn_conv(x: np.ndarray, w: np.ndarray, stride: int, binary: bool
     n, c, h, _ = x.shape
     xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     wmat = weight_matrix(w)
-    bits = kernels.call("pack_signs", xl)
+    bits = kernels.pack_signs(xl)
     oh = (h + 2 - 3) // stride + 1
     dy = np.random.default_rng(1).standard_normal((n, oh, oh, w.shape[0])).astype(np.float32)
 
     def run() -> Any:
         if binary:
-            wbits, wsum = kernels.call("pack_conv_weights", w)
-            kernels.call("binary_conv2d", bits, wbits, wsum, c, 3, 3, stride, 1, layout="nhwc")
-            return kernels.call("conv2d_nhwc_backward", dy, bits, wmat, 3, 3, stride, 1, True)
-        kernels.call("conv2d_nhwc_forward", xl, wmat, 3, 3, stride, 1)
-        return kernels.call("conv2d_nhwc_backward", dy, xl, wmat, 3, 3, stride, 1, False)
+            wbits, wsum = kernels.pack_conv_weights(w)
+            kernels.binary_conv2d(bits, wbits, wsum, c, 3, 3, stride, 1, layout="nhwc")
+            return kernels.conv2d_nhwc_backward(dy, bits, wmat, 3, 3, stride, 1, True)
+        kernels.conv2d_nhwc_forward(xl, wmat, 3, 3, stride, 1)
+        return kernels.conv2d_nhwc_backward(dy, xl, wmat, 3, 3, stride, 1, False)
     return run
 
 
@@ -106,8 +106,8 @@ def pool_candidates(torch: Any, n: int, c: int, h: int) -> dict[str, Callable[[]
     dy = rng.standard_normal((n, h // 2, h // 2, c)).astype(np.float32)
 
     def mb() -> Any:
-        _, arg = kernels.call("maxpool2d_nhwc_forward", counts, 2, 2)
-        return kernels.call("maxpool2d_nhwc_backward", dy, arg, counts.shape, 2, 2)
+        _, arg = kernels.maxpool2d_nhwc_forward(counts, 2, 2)
+        return kernels.maxpool2d_nhwc_backward(dy, arg, counts.shape, 2, 2)
     fns: dict[str, Callable[[], Any]] = {"minibnn": mb}
     if torch is not None:
         xt = torch.from_numpy(counts.transpose(0, 3, 1, 2).astype(np.float32)).requires_grad_()
@@ -131,8 +131,8 @@ def bn_candidates(torch: Any, n: int, c: int, h: int) -> dict[str, Callable[[], 
     ds = rng.standard_normal((n * h * h, c)).astype(np.float32)
 
     def mb() -> Any:
-        _, mean, _, inv_std = kernels.call("batchnorm_sign_pack_train", counts, gamma, beta, 1e-5)
-        return kernels.call("batchnorm_sign_pack_backward", ds, counts, mean, inv_std, gamma,
+        _, mean, _, inv_std = kernels.batchnorm_sign_pack_train(counts, gamma, beta, 1e-5)
+        return kernels.batchnorm_sign_pack_backward(ds, counts, mean, inv_std, gamma,
                             beta, "approx", 5.0)
     fns: dict[str, Callable[[], Any]] = {"minibnn": mb}
     if torch is not None:

@@ -47,7 +47,7 @@ k("adam_update")(v.copy(), v.copy(), v.copy(), v, 0.1, 1)
 p = k("pack_signs")(x.reshape(2, -1))
 k("unpack_signs")(p, 75)
 k("xnor_gemm")(p, p, 75)
-wb, ws = kernels.call("pack_conv_weights", np.ones((4, 3, 3, 3), np.float32))
+wb, ws = kernels.pack_conv_weights(np.ones((4, 3, 3, 3), np.float32))
 k("binary_conv2d")(k("pack_conv_input")(x), wb, ws, 3, 3, 3, 1, 1)
 """
 

@@ -3,8 +3,8 @@
 Layer code is written once against ``xp`` (``numpy`` or ``cupy``); ``get_array_module(x)``
 picks it at module boundaries.  CuPy is optional: importing minibnn never requires it, and
 asking for the GPU where there is none is a one-line ``DeviceError``.  Which kernel body runs
-on those arrays (reference, Numba, CUDA) is chosen by ``minibnn.kernels`` (``kernels.call``,
-``kernels.use_backend``), never by a setting here.
+on those arrays (reference, Numba, CUDA) is chosen by ``minibnn.kernels`` (each op picks its
+body; ``kernels.use_backend``), never by a setting here.
 """
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ SCRIPTS = {
     "bench_startup": "start-up",
     "bench_layers": "conv2d 3x3 forward+backward",
     "bench_epoch": "CIFAR-10-shaped epoch",
+    "bench_contention": "two concurrent trainings vs one alone",
 }
 
 
@@ -50,10 +51,12 @@ def test_smoke_without_torch(name: str, monkeypatch: pytest.MonkeyPatch,
     assert data["benchmark"] == name.removeprefix("bench_")
 
 
-@pytest.mark.parametrize("name", ["bench_xnor", "bench_train", "bench_optimizer", "bench_layers"])
+@pytest.mark.parametrize("name", ["bench_xnor", "bench_train", "bench_optimizer", "bench_layers",
+                                  "bench_interference"])
 def test_smoke_with_torch(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("torch")
     module = load(name)
     assert module.main(["--smoke"]) == 0
     out = capsys.readouterr().out
-    assert SCRIPTS[name] in out and "torch not installed" not in out
+    title = SCRIPTS.get(name, "PyTorch step alone and interleaved with minibnn steps")
+    assert title in out and "torch not installed" not in out

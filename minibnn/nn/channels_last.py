@@ -19,8 +19,9 @@ in PyTorch's NCHW/OIHW conventions: only the arrays flowing *inside* the group a
 group converts its NCHW input once on entry and its output back to NCHW float on exit
 (``steps`` keeps the NCHW steps: the oracle ``tests/test_channels_last_model.py`` runs).
 
-Every array op goes through the kernel registry (``kernels.call``): Numba bodies for NumPy
-arrays, the reference bodies under ``use_backend("numpy")`` and for CuPy arrays.
+Every array op is a kernel op (``kernels.conv2d_nhwc_forward`` ..., declared by its reference
+body in ``kernels/channels_last.py``): Numba bodies for NumPy arrays, the reference bodies under
+``use_backend("numpy")`` and for CuPy arrays.
 """
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ class Transform:
 
 
 def uses_compiled(op: str, params: Params) -> bool:
-    """Would ``kernels.call(op, ...)`` on these parameters run a compiled body?"""
+    """Would kernel op ``op`` (its name) run a compiled body on these parameters?"""
     return bool(params) and kernels.has_compiled(op, next(iter(params.values())))
 
 

@@ -3,8 +3,8 @@
 Every forward validates its inputs and returns ``(y, cache)`` with ``cache`` a small named tuple;
 every backward takes ``(dy, cache)``. Arrays are NCHW, conv weights OIHW, dense weights (out, in)
 as in PyTorch. The code is written once against ``xp`` (NumPy or CuPy); the hot spots
-(im2col/col2im, max pooling, fused BatchNorm + sign) are kernel ops run through
-``minibnn.kernels.call``.
+(im2col/col2im, max pooling, fused BatchNorm + sign) are kernel ops (``kernels.im2col`` ...: go
+to an op's definition to read its reference body).
 """
 from minibnn.nn.functional.activations import (
     BiasCache, HardtanhCache, PReluCache, ReluCache, bias_backward, bias_forward,

@@ -3,9 +3,9 @@
 Shapes: x (N, C, H, W), w (O, C, kH, kW), b (O,), y (N, O, OH, OW) with
 ``OH = (H + 2*padding - kH) // stride + 1`` (likewise OW). Zero padding on all four sides.
 
-The unfolding is the kernel op ``im2col`` (its adjoint ``col2im``), run through
-``minibnn.kernels.call``: the Numba body on NumPy arrays, the reference (``kernels.reference``,
-where the column layout is documented) on CuPy arrays or under ``use_backend("numpy")``.
+The unfolding is the kernel op ``kernels.im2col`` (its adjoint ``col2im``): the Numba body on
+NumPy arrays, the reference (``kernels.reference``, where the column layout is documented) on
+CuPy arrays or under ``use_backend("numpy")``.
 ``cols`` has shape ``(N*OH*OW, C*kH*kW)`` with the column order of ``w.reshape(O, -1)``, so the
 convolution is ``cols @ w.reshape(O, -1).T`` (``kernels.threads.matmul``: the same bits on any
 number of threads).

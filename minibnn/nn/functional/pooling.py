@@ -1,7 +1,7 @@
 """Pooling over NCHW tensors: max, average (both square windows) and global average.
 
-Max pooling is the kernel op pair ``maxpool2d_forward`` / ``maxpool2d_backward`` (through
-``minibnn.kernels.call``; the reference documents the argmax convention). Average pooling
+Max pooling is the kernel op pair ``kernels.maxpool2d_forward`` / ``maxpool2d_backward`` (its
+reference body documents the argmax convention). Average pooling
 unfolds windows with the ``im2col`` op applied to x viewed as (N*C, 1, H, W), so each row of
 the columns is one window of one channel and the pooled value is a row mean; the backward
 scatters back with ``col2im``. Output size: ``OH = (H + 2*padding - kernel) // stride + 1``
