@@ -105,3 +105,21 @@ def first_nonfinite(tree: Any, prefix: str = "") -> str | None:
         if array.dtype.kind in "fc" and not bool(xp.isfinite(array).all()):
             return path
     return None
+
+
+def check_finite_input(who: str, x: Any) -> None:
+    """A one-line error when the input ``x`` of a trained model holds NaN or infinite values,
+    naming how many and where the first is.
+
+    Not allowed on purpose either: BatchNorm and sign turn NaN into a confident class (sign(NaN)
+    reads as -1), so such an input would get an answer it does not deserve. Replace the values
+    first if that is what you mean (``np.nan_to_num(x)``).
+    """
+    xp = get_array_module(x)
+    bad = ~xp.isfinite(x)
+    count = int(bad.sum())
+    if count:
+        first = tuple(int(i) for i in np.unravel_index(int(bad.argmax()), x.shape))
+        raise DTypeError(f"{who}: x holds {count} NaN or infinite value{'s' if count > 1 else ''}"
+                         f" (the first at index {first}, sample {first[0]}); a model cannot "
+                         f"answer for them: replace them first (np.nan_to_num)")

@@ -89,11 +89,54 @@ def test_folder_and_archives_decode_exactly(tmp_path: Path, packed: str, grey: b
     assert len(only_test.x_train) == 0 and len(only_test.x_test) == len(x_test)
 
 
-def test_a_changed_source_is_decoded_again(tmp_path: Path) -> None:
-    make_folder(tmp_path / "d")
-    key = imagefolder.source_key(tmp_path / "d")
-    os.utime(tmp_path / "d", ns=(0, 10**9))
-    assert imagefolder.source_key(tmp_path / "d") != key
+def test_a_changed_source_is_decoded_again(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The cache is keyed by the folder's content: a class added deep inside it (which leaves
+    the folder's own modification time alone) or an image touched gives a new key, and the
+    next load decodes again, saying so."""
+    root, cache = tmp_path / "d", tmp_path / "c"
+    make_folder(root)
+    key = imagefolder.source_key(root)
+    assert len(load_dataset("imagefolder", data_dir=root, cache_dir=cache).classes) == 3
+    assert "decoding" in capsys.readouterr().err
+    load_dataset("imagefolder", data_dir=root, cache_dir=cache)          # from the cache
+    assert capsys.readouterr().err == ""
+    before = os.stat(root).st_mtime_ns
+    for split, n in (("train", 2), ("test", 2)):
+        (root / split / "zebra").mkdir()
+        for i in range(n):
+            Image.fromarray(_images(np.random.default_rng(i), 1, False)[0]).save(
+                root / split / "zebra" / f"{i:03d}.png")
+    assert os.stat(root).st_mtime_ns == before
+    assert imagefolder.source_key(root) != key
+    ds = load_dataset("imagefolder", data_dir=root, cache_dir=cache)
+    assert len(ds.classes) == 4
+    assert "it changed since it was cached" in capsys.readouterr().err
+    key = imagefolder.source_key(root)
+    os.utime(root / "train" / "zebra" / "000.png", ns=(0, 10**9))
+    assert imagefolder.source_key(root) != key
+
+
+def test_a_bomb_image_is_refused_from_its_header(tmp_path: Path) -> None:
+    """A 30000 x 30000 PNG (a few hundred KB of zeros) is refused in one line, before decoding
+    and before PIL's own DecompressionBombError."""
+    root = tmp_path / "d"
+    make_folder(root)
+    Image.new("L", (30000, 30000)).save(root / "train" / CLASSES[0] / "bomb.png")
+    with pytest.raises(DataFileError) as info:
+        load_dataset("imagefolder", data_dir=root, cache_dir=tmp_path / "c")
+    assert "bomb.png" in str(info.value) and "\n" not in str(info.value)
+    Image.new("L", (5000, 5000)).save(root / "train" / CLASSES[0] / "bomb.png")
+    with pytest.raises(DataFileError, match="image is 5000x5000, more than the 16,777,216"):
+        load_dataset("imagefolder", data_dir=root, cache_dir=tmp_path / "c")
+
+
+def test_a_folder_where_the_cache_file_goes_is_a_one_line_error(tmp_path: Path) -> None:
+    root, cache = tmp_path / "d", tmp_path / "c"
+    make_folder(root)
+    (cache / f"{imagefolder.source_key(root)}.npz").mkdir(parents=True)
+    with pytest.raises(DataFileError, match="the cache file's place is taken by a folder"):
+        load_dataset("imagefolder", data_dir=root, cache_dir=cache)
 
 
 def test_every_prefix_is_class_balanced(tmp_path: Path) -> None:

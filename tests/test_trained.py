@@ -148,3 +148,23 @@ def test_eval_loads_only_the_test_split(run_path: str, tmp_path: Path,
     x_tr, y_tr, x_te, y_te = load_split(path, test_only=True)
     assert x_tr.shape == (0, 1, 4, 4) and y_tr.shape == (0,)
     assert np.array_equal(x_te, x[5:]) and np.array_equal(y_te, y[5:])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_input_is_refused_by_run_and_packed_models(run_path: str, tmp_path: Path,
+                                                              bad: float) -> None:
+    """NaN or infinite pixels are a one-line error naming how many and where, never a class."""
+    from minibnn.deploy.inference import pack_run
+
+    x = load_dataset("synthetic").x_test[:5].copy()
+    x[3, 0, 2, 7] = bad
+    x[4, 0, 0, 0] = bad
+    for who, forward in (("logits", minibnn.load(run_path).predict),
+                         ("(packed)", pack_run(run_path).forward)):
+        with pytest.raises(DTypeError) as info:
+            forward(x)
+        message = str(info.value)
+        assert "\n" not in message and who in message
+        assert "x holds 2 NaN or infinite values (the first at index (3, 0, 2, 7), sample 3)" \
+            in message
+    assert minibnn.load(run_path).predict(np.nan_to_num(x)).shape == (5,)   # the way out

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from typing import Any, Sequence
 
 from minibnn import kernels
@@ -364,6 +366,15 @@ def _eval_packed(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    try:
+        return _export(args)
+    except KeyboardInterrupt:
+        out = args.out or "the packed file"
+        raise KeyboardInterrupt(f"{out} was not written (exports replace their file only when "
+                                f"complete): run the export again") from None
+
+
+def _export(args: argparse.Namespace) -> int:
     from minibnn.deploy.inference import default_packed_path, export_packed
 
     if args.packed and args.format != "packed":
@@ -579,6 +590,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     handler = getattr(args, "handler", None) or HANDLERS[args.command]
+    terminated: list[int] = []
+    previous = _sigterm_as_interrupt(terminated)
     try:
         code = int(handler(args) or 0)
         sys.stdout.flush()          # a closed pipe shows here, inside the try
@@ -590,8 +603,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         where = f" ({exc})" if str(exc) else ""
-        print(f"minibnn: interrupted{where}", file=sys.stderr)
-        return 130
+        word, status = ("terminated", 143) if terminated else ("interrupted", 130)
+        print(f"minibnn: {word}{where}", file=sys.stderr)
+        return status
     except MemoryError as exc:
         # the last resort behind the up-front checks; NumPy names the array it could not
         # allocate ("Unable to allocate 292. GiB for an array with shape ...")
@@ -601,6 +615,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"minibnn: error: out of memory: {need}{machine}; make the model or batch "
               "smaller", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_as_interrupt(terminated: list[int]) -> Any:
+    """SIGTERM behaves like Ctrl-C (the run file says what it keeps), then exits 143: the
+    handler raises KeyboardInterrupt in the main thread and notes the signal in ``terminated``.
+    Returns the previous handler (None where handlers cannot be set: not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handle(signum: int, frame: Any) -> None:
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handle)
 
 
 if __name__ == "__main__":

@@ -150,6 +150,8 @@ def sweep(spec_path: str, out_dir: str, workers: int | None = None,
     if workers is not None and scheduler is not None:
         raise MinibnnError("--workers sets local processes; with --scheduler the cluster's "
                            "workers run the points: drop one")
+    if scheduler is not None:
+        check_scheduler(scheduler)
     runs = os.path.join(out_dir, "runs")
     try:
         os.makedirs(runs, exist_ok=True)
@@ -232,8 +234,12 @@ def _run_local(tasks: list[dict[str, Any]], workers: int | None
                     pid = pending.pop(future)
                     yield pid, _result_of(future, tasks, pid)
         except BaseException:
+            # Ctrl-C or SIGTERM (minibnn.commands.cli): the workers go with the sweep; their run
+            # files keep every finished epoch, and a re-run resumes them
             for future in pending:
                 future.cancel()
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
             raise
 
 
@@ -245,6 +251,23 @@ def _result_of(future: Any, tasks: list[dict[str, Any]], pid: str) -> dict[str, 
         path = next(t["run_file"] for t in tasks if t["id"] == pid)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return {**read_result(path), "status": "failed", "reason": f"worker lost: {reason}"}
+
+
+def check_scheduler(address: str) -> str:
+    """``address`` if it is a Dask scheduler address ``tcp://HOST:PORT`` (or ``tls://``), else a
+    one-line error: checked before anything runs, never a traceback from Dask."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(address)
+        port = parts.port
+    except ValueError:
+        port, parts = None, None
+    if parts is None or parts.scheme not in ("tcp", "tls") or not parts.hostname \
+            or port is None or parts.path not in ("", "/"):
+        raise MinibnnError(f"--scheduler must be a Dask scheduler address tcp://HOST:PORT (or "
+                           f"tls://HOST:PORT), got {address!r}")
+    return address
 
 
 def _run_dask(tasks: list[dict[str, Any]], address: str
@@ -259,7 +282,7 @@ def _run_dask(tasks: list[dict[str, Any]], address: str
                            "'minibnn[dist]'") from None
     try:
         client = Client(address, timeout=10)
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:
         raise MinibnnError(f"cannot reach the Dask scheduler at {address} "
                            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
                            ) from None

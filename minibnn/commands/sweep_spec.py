@@ -82,12 +82,18 @@ def parse_sweep(text: str, source: str = "sweep spec") -> Sweep:
     for name, table in (("base", base_table), ("grid", grid_table)):
         if not isinstance(table, dict):
             raise MinibnnError(f"{source}: [{name}] must be a table")
+    if not base_table and not grid_table:
+        raise MinibnnError(f"{source}: the spec is empty; give the options of its runs in "
+                           "[base] and the values to try in [grid]")
     base: dict[str, Any] = {}
     for name, value in base_table.items():
         key = _option(name, f"{source} [base]")
         if key in base:
             raise MinibnnError(f"{source} [base]: {name!r} is given twice")
         base[key] = value
+    if "threads" in base:
+        raise MinibnnError(f"{source} [base]: threads is not a sweep setting: each worker runs "
+                           "one thread (choose how many workers with --workers)")
     local = {k: base.pop(k) for k in LOCAL_FIELDS if k in base}
     try:
         machine = Local(**local)

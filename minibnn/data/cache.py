@@ -33,9 +33,17 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
 
 
 def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
-    """Write ``arrays`` to ``path`` (compressed .npz) via a temp file + ``os.replace``."""
+    """Write ``arrays`` to ``path`` (compressed .npz) via a temp file + ``os.replace``; a
+    folder at ``path`` or where the cache folder should be is a one-line DataFileError."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise DataFileError(f"{path}: the cache file's place is taken by a folder; move it "
+                            "away or choose another cache (MINIBNN_CACHE)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataFileError(f"cannot create the cache folder {path.parent}: "
+                            f"{exc.strerror or exc}") from None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -11,14 +11,18 @@ RGB, or one channel when every image is greyscale; all images must have one size
 
 The decoded split is cached as ``<cache>/<name>.npz`` with the class names beside the arrays,
 so later loads read no image.  ``--dataset imagefolder --data-dir PATH`` caches under a name
-made from the source's absolute path, size and modification time, so a changed folder or
-archive is decoded again.  Every problem is a one-line ``DataFileError``.
+made from the source's content: for a folder, the path, size and modification time of every
+file in it; for an archive, its own. So a folder that gains, loses or changes an image (or a
+class) is decoded again, and a line on stderr says so.  An image larger than ``MAX_PIXELS`` is
+refused from its header, before it is decoded.  Every problem is a one-line
+``DataFileError``.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import sys
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -33,6 +37,10 @@ from minibnn.errors import DataFileError
 SPLITS = ("train", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".webp", ".tif",
                   ".tiff")
+
+#: the most pixels (width x height) an image may have: refused from its header above this,
+#: before decoding (PIL's own bomb limit is 89 million; minibnn's networks take small images)
+MAX_PIXELS = 4096 * 4096
 
 #: (uint8 x_train, uint8 y_train, uint8 x_test, uint8 y_test)
 Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -91,12 +99,26 @@ def _entries(root: Path, limit: int | None = None
 
 def _decode(data: bytes | Path, what: str) -> np.ndarray:
     """One image file -> uint8 (H, W) for greyscale or (H, W, 3)."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(data if isinstance(data, Path) else io.BytesIO(data)) as image:
+        with warnings.catch_warnings():             # PIL's bomb warning: MAX_PIXELS decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(data if isinstance(data, Path) else io.BytesIO(data))
+        with image:
+            width, height = image.size              # from the header: nothing decoded yet
+            if width * height > MAX_PIXELS:
+                raise DataFileError(f"{what}: image is {width}x{height}, more than the "
+                                    f"{MAX_PIXELS:,} pixels minibnn decodes")
             mode = "L" if image.mode in ("L", "1", "I;16", "I") else "RGB"
             return np.asarray(image.convert(mode), dtype=np.uint8)
+    except DataFileError:
+        raise
+    except Image.DecompressionBombError:
+        raise DataFileError(f"{what}: image is larger than the {MAX_PIXELS:,} pixels minibnn "
+                            "decodes (a decompression bomb?)") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataFileError(f"{what}: not a readable image ({type(e).__name__})") from None
 
@@ -148,10 +170,24 @@ def _channels_first(a: np.ndarray, grey: bool) -> np.ndarray:
 
 
 def source_key(root: Path) -> str:
-    """A cache name for ``root``: changes when its path, size or modification time does."""
-    st = root.stat()
-    text = f"{root.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    return "imagefolder-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    """A cache name for ``root``: ``imagefolder-<path hash>-<content hash>``. The content is
+    the (relative path, size, modification time) of every file under a folder, or the size and
+    modification time of an archive, so any change to the images gives a new name."""
+    resolved = root.resolve()
+    content = hashlib.sha256()
+    if resolved.is_dir():
+        for folder, dirs, files in os.walk(resolved):
+            dirs.sort()
+            for name in sorted(files):
+                path = Path(folder, name)
+                st = path.stat()
+                content.update(f"{path.relative_to(resolved)}|{st.st_size}|"
+                               f"{st.st_mtime_ns}\n".encode())
+    else:
+        st = resolved.stat()
+        content.update(f"{st.st_size}|{st.st_mtime_ns}".encode())
+    where = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]
+    return f"imagefolder-{where}-{content.hexdigest()[:16]}"
 
 
 @dataclass(frozen=True)
@@ -174,8 +210,15 @@ def load_cached_or_decode(root: Path, cache_path: Path, test_only: bool = False
     """The split of ``root`` and its ``FolderInfo``, from ``cache_path`` when it exists (then
     only the test arrays with ``test_only``), else decoded and cached; and where they came
     from."""
+    if cache_path.exists() and not cache_path.is_file():
+        raise DataFileError(f"{cache_path}: the cache file's place is taken by a folder; move "
+                            "it away or choose another cache (MINIBNN_CACHE)")
     if cache_path.is_file():
         return load_split(cache_path, test_only), load_info(cache_path), f"cache {cache_path}"
+    stale = [p for p in cache_path.parent.glob(cache_path.name.rsplit("-", 1)[0] + "-*.npz")
+             if p != cache_path] if cache_path.name.startswith("imagefolder-") else []
+    print(f"minibnn: decoding {root} into the cache"
+          + (" (it changed since it was cached)" if stale else ""), file=sys.stderr)
     split, classes = read_image_folder(root)
     mean, std = channel_stats(split[0])
     if min(std) == 0:

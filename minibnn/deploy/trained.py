@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from minibnn.backend import check_finite_input
 from minibnn.errors import DTypeError, MinibnnError, ShapeError
 from minibnn.nn.models import Model
 
@@ -86,13 +87,17 @@ class TrainedModel:
                              f"{', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}")
 
     def logits(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-        """(N, classes) logits of standardised x (N, C, H, W), eval mode, in batches."""
+        """(N, classes) logits of standardised x (N, C, H, W), eval mode, in batches.
+
+        x must be finite: NaN or infinite values are a one-line error
+        (``backend.check_finite_input``), never a confident class."""
         if not isinstance(x, np.ndarray):
             raise DTypeError(f"logits: x must be a NumPy array, got {type(x).__name__}")
         self._check_shape(x)
         if x.dtype != self.dtype:
             raise DTypeError(f"logits: the model is {self.dtype.name}, got x {x.dtype} "
                              f"(convert it: x.astype(np.{self.dtype.name}))")
+        check_finite_input("logits", x)           # NaN/inf: a one-line error, never a class
         out = []
         for start in range(0, len(x), batch_size):
             xb = x[start:start + batch_size]

@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from minibnn import kernels
+from minibnn.backend import check_finite_input
 from minibnn.errors import DeviceError, DTypeError, MinibnnError, ShapeError
 from minibnn.kernels.bitpack import (PackedConv2d, PackedDense, count, pack_conv2d, pack_dense,
                                      pack_input)
@@ -257,7 +258,8 @@ class PackedModel:
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Logits (N, classes) of x (N, *input_shape) in the model dtype, BatchNorm in eval mode.
 
-        x must be a NumPy array: the packed kernels and the integer max-pool run on the host.
+        x must be a finite NumPy array: the packed kernels and the integer max-pool run on the
+        host, and NaN or infinite values are a one-line error (``backend.check_finite_input``).
         """
         if not isinstance(x, np.ndarray):
             kind = f"{type(x).__module__.split('.')[0]}.{type(x).__name__}"
@@ -270,6 +272,7 @@ class PackedModel:
         if x.dtype != self.dtype:
             raise DTypeError(f"{self.model.name}: the packed model is {self.dtype.name} (its "
                              f"thresholds fold {self.dtype.name} BatchNorm), got x {x.dtype}")
+        check_finite_input(f"{self.model.name} (packed)", x)
         logits, _, _ = self.net.forward(self.params, self.buffers, x, False)
         return logits
 
