@@ -34,10 +34,14 @@ def try_import_torch() -> Any | None:
 
 
 def set_threads(torch: Any | None) -> int:
-    """Give PyTorch the thread count Numba uses (NumPy's OpenBLAS uses every core too)."""
+    """One thread count for every peer: Numba's (``NUMBA_NUM_THREADS``, default the cores) for
+    minibnn (``minibnn.kernels.threads``: its GEMM blocks and Numba kernels) and PyTorch."""
     import numba
 
+    from minibnn.kernels import threads
+
     n = numba.get_num_threads()
+    threads.set_threads(n)
     if torch is not None:
         torch.set_num_threads(n)
     return n

@@ -123,3 +123,28 @@ def check_finite_input(who: str, x: Any) -> None:
         raise DTypeError(f"{who}: x holds {count} NaN or infinite value{'s' if count > 1 else ''}"
                          f" (the first at index {first}, sample {first[0]}); a model cannot "
                          f"answer for them: replace them first (np.nan_to_num)")
+
+
+# --- the array checks every layer, op and kernel body shares ------------------------------
+
+#: what each array kind accepts, for the error message
+_KIND_NAMES = {"numpy": "a NumPy array", "cupy": "a CuPy array on the GPU",
+               "any": "a NumPy or CuPy array"}
+
+
+def require_array(fn: str, name: str, x: Any, kind: str = "any") -> None:
+    """``x`` must be an array of ``kind``: "numpy", "cupy" or "any" (either)."""
+    is_cupy = type(x).__module__.startswith("cupy")
+    ok = {"numpy": isinstance(x, np.ndarray), "cupy": is_cupy,
+          "any": isinstance(x, np.ndarray) or is_cupy}[kind]
+    if not ok:
+        hint = " (move it with minibnn.backend.to_device(x, 'gpu'))" if kind == "cupy" else ""
+        raise DTypeError(f"{fn}: {name} must be {_KIND_NAMES[kind]}, got "
+                         f"{type(x).__name__}{hint}")
+
+
+def require_float(fn: str, name: str, x: Any, kind: str = "any") -> None:
+    """``x`` must be a float32 or float64 array of ``kind`` (see ``require_array``)."""
+    require_array(fn, name, x, kind)
+    if np.dtype(x.dtype).name not in FLOAT_DTYPES:
+        raise DTypeError(f"{fn}: {name} must have dtype float32 or float64, got {x.dtype}")

@@ -2,8 +2,11 @@
 
 Every ``import`` and ``from ... import`` statement anywhere in a module (top level, inside a
 function, under ``TYPE_CHECKING``) is an edge from that module to the module it names; a
-``from package import name`` where ``name`` is a submodule is an edge to the submodule. A cycle
-means two modules need each other, which a function-level import only hides.
+``from package import name`` where ``name`` is a submodule is an edge to the submodule. An import
+of ``minibnn.a.b`` is also an edge to the package ``minibnn.a`` (its ``__init__`` runs first),
+except the root package's, whose ``minibnn.load`` imports the engine lazily on purpose. A cycle
+means two modules need each other, which a function-level import only hides. A second test
+imports every module first, in a fresh interpreter state, as a user's script would.
 """
 from __future__ import annotations
 
@@ -45,6 +48,13 @@ def import_graph() -> dict[str, set[str]]:
                     t = t.rpartition(".")[0]
                 if t and t != name:
                     graph[name].add(t)
+                # importing minibnn.a.b first runs the package minibnn.a (its __init__); the
+                # root package's __init__ (minibnn.load, lazy by design) is left out
+                parent = t.rpartition(".")[0]
+                while parent and parent != "minibnn":
+                    if parent != name and not name.startswith(parent + "."):  # not our own
+                        graph[name].add(parent)
+                    parent = parent.rpartition(".")[0]
     return graph
 
 
@@ -85,3 +95,28 @@ def test_the_graph_reads_function_level_imports() -> None:
 def test_the_package_has_no_import_cycle() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_every_module_imports_first() -> None:
+    """Each module as the first minibnn import of a process (a partially initialised module
+    shows up here as an ImportError, whatever the static graph says)."""
+    import subprocess
+    import sys
+
+    names = sorted(m for m in _modules() if not m.endswith("__main__"))   # those run commands
+    script = (
+        "import importlib, sys\n"
+        f"names = {names!r}\n"
+        "failed = []\n"
+        "for name in names:\n"
+        "    for loaded in [m for m in sys.modules if m == 'minibnn' or m.startswith('minibnn.')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as exc:\n"
+        "        failed.append(f'{name}: {type(exc).__name__}: {exc}')\n"
+        "print('\\n'.join(failed))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=PACKAGE.parent, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", out.stdout

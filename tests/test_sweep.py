@@ -183,3 +183,11 @@ def test_a_sweep_on_a_real_dask_scheduler_with_two_workers(tmp_path: Path) -> No
 def test_spec_ids_are_stable() -> None:
     point = parse_sweep(BASE + "[grid]\nlr = [0.1]\n").points[0]
     assert spec_id(point.spec) == point.id and len(point.id) == 12
+    # the ids of sweep folders made before the layout was a choice (commit f088428): a re-run
+    # still finds their run files; the nchw layout is another run, with another id
+    from minibnn.run.spec import spec_from_options
+
+    assert spec_id(spec_from_options({})) == "617313ed1919"
+    assert spec_id(spec_from_options({"model": "binary_cnn", "dataset": "synthetic",
+                                      "width": 8})) == "dfcb9d161691"
+    assert spec_id(spec_from_options({"layout": "nchw"})) != "617313ed1919"

@@ -133,3 +133,32 @@ def test_resuming_on_another_thread_count_has_the_same_bits(model: str, tmp_path
 def test_a_bad_thread_count_is_a_one_line_error(bad: object) -> None:
     with pytest.raises(MinibnnError, match="--threads must be a positive integer"):
         threads.set_threads(bad)  # type: ignore[arg-type]
+
+
+def test_gemms_from_several_threads_at_once_keep_their_bits() -> None:
+    """minibnn.load(...).predict from several threads (or a Dask worker with threads): GEMMs of
+    different shapes at the same time share the pool, and each keeps its one-thread bits."""
+    import threading
+
+    rng = np.random.default_rng(4)
+    cases = [(rng.standard_normal((m, k)).astype(np.float32),
+              rng.standard_normal((k, n)).astype(np.float32))
+             for m, k, n in ((300, 200, 700), (1024, 100, 300), (130, 400, 129))]
+    with threads.using_threads(1):
+        want = [threads.matmul(a, b) for a, b in cases]
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(30):
+                np.testing.assert_array_equal(threads.matmul(*cases[i]), want[i])
+        except BaseException as exc:                      # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    with threads.using_threads(4):
+        workers = [threading.Thread(target=work, args=(i % 3,)) for i in range(6)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    assert not errors, errors[0]

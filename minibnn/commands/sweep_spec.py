@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import tomllib
 from dataclasses import dataclass
 from typing import Any
@@ -53,8 +54,15 @@ class Sweep:
 
 
 def spec_id(spec: RunSpec) -> str:
-    """12 hex digits of the SHA-256 of the spec's JSON: equal specs, equal ids."""
-    return hashlib.sha256(spec.to_json().encode()).hexdigest()[:12]
+    """12 hex digits of the SHA-256 of the spec's JSON: equal specs, equal ids.
+
+    ``model.layout`` enters only when it is not ``"nhwc"``, the engine every spec ran on before
+    the layout was a choice: so sweep folders made before then keep their ids, and a re-run
+    still finds their run files."""
+    data = spec.to_dict()
+    if data["model"].get("layout") == "nhwc":
+        data = {**data, "model": {k: v for k, v in data["model"].items() if k != "layout"}}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _option(name: Any, where: str) -> str:

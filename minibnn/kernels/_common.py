@@ -16,15 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from minibnn.backend import FLOAT_DTYPES, get_array_module
+from minibnn.backend import (  # noqa: F401  (require_*: shared with the layers and ops)
+    get_array_module, require_array, require_float)
 from minibnn.errors import DTypeError, MinibnnError, ShapeError
 
 #: Bits per packed word (bit-packed binary inference stores signs in uint64 words).
 WORD_BITS = 64
-
-#: what each array kind accepts, for the error message
-_KIND_NAMES = {"numpy": "a NumPy array", "cupy": "a CuPy array on the GPU",
-               "any": "a NumPy or CuPy array"}
 
 
 def words_for(k: int) -> int:
@@ -53,24 +50,6 @@ def conv_output_size(fn: str, h: int, w: int, kh: int, kw: int, stride: int,
         raise ShapeError(f"{fn}: kernel ({kh}, {kw}) is larger than the padded input ({hp}, {wp}) "
                          f"(input ({int(h)}, {int(w)}), padding {padding})")
     return (hp - kh) // stride + 1, (wp - kw) // stride + 1
-
-
-def require_array(fn: str, name: str, x: Any, kind: str = "any") -> None:
-    """``x`` must be an array of ``kind``: "numpy", "cupy" or "any" (either)."""
-    is_cupy = type(x).__module__.startswith("cupy")
-    ok = {"numpy": isinstance(x, np.ndarray), "cupy": is_cupy,
-          "any": isinstance(x, np.ndarray) or is_cupy}[kind]
-    if not ok:
-        hint = " (move it with minibnn.backend.to_device(x, 'gpu'))" if kind == "cupy" else ""
-        raise DTypeError(f"{fn}: {name} must be {_KIND_NAMES[kind]}, got "
-                         f"{type(x).__name__}{hint}")
-
-
-def require_float(fn: str, name: str, x: Any, kind: str = "any") -> None:
-    """``x`` must be a float32 or float64 array of ``kind`` (see ``require_array``)."""
-    require_array(fn, name, x, kind)
-    if np.dtype(x.dtype).name not in FLOAT_DTYPES:
-        raise DTypeError(f"{fn}: {name} must have dtype float32 or float64, got {x.dtype}")
 
 
 def require_ndim(fn: str, name: str, x: Any, ndims: tuple[int, ...], layout: str) -> None:

@@ -1,12 +1,13 @@
-"""Numba CPU bodies of the kernel ops (``@register(op, "numba")``), for NumPy arrays.
+"""Numba CPU bodies of the kernel ops (``@register(ref.<op>, "numba")``), for NumPy arrays.
 
 Each public function has the name and signature of its reference body in ``kernels.reference``
 (the oracle), checks its arguments in Python with the same helpers (``_common``),
 allocates the outputs with NumPy (whose allocator asks for huge pages: a 75 MB im2col output
 allocated inside ``@njit`` spent more time in page faults than in copying) and calls one
-``@njit(cache=True)`` loop. ``parallel=True`` + ``prange`` splits the outermost loop over the
-cores; calls with less than ``PARALLEL_MIN_WORK`` elements of work run on one thread, where
-waking the others costs more than it saves.
+``@njit(cache=True)`` loop. ``parallel=True`` + ``prange`` splits the outermost loop over
+Numba's threads (``--threads``, ``kernels.threads``); calls with less than ``PARALLEL_MIN_WORK``
+elements of work run on one thread, where waking the others costs more than it saves. No
+``prange`` loop here adds across iterations, so the results do not depend on the thread count.
 
 ``fastmath`` is off, and floating-point kernels evaluate the same expressions in the same order
 as the reference, so elementwise kernels (im2col, max-pooling forward, BatchNorm+sign, the
@@ -16,8 +17,9 @@ batch statistics are the reference's own NumPy reductions (``reference.batch_sta
 train-mode BatchNorm+sign is exact too. Ops without a body here (``pack_conv_weights``, done
 once ahead of inference) run their reference.
 
-The convolution itself stays ``im2col`` + one BLAS GEMM (``cols @ w.reshape(O, -1).T``): a
-direct Numba convolution measured about ten times slower than that on a CIFAR-size layer
+The convolution itself stays ``im2col`` + a BLAS GEMM (``cols @ w.reshape(O, -1).T``, through
+``kernels.threads.matmul``: one-threaded BLAS on fixed blocks, the same bits on any thread
+count): a direct Numba convolution measured about ten times slower than that on a CIFAR-size layer
 (``benchmarks/bench_kernels.py`` shows both).
 
 Bit-packed kernels use LLVM's ``ctpop`` through a Numba intrinsic, because

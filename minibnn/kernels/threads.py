@@ -1,9 +1,12 @@
 """Threads: how many minibnn uses, and the GEMM whose bits do not depend on them.
 
-One place sets every thread count minibnn uses (``set_threads``, the CLI's ``--threads``):
+One place sets every thread count minibnn uses (``set_threads``, the CLI's ``--threads``; a
+process-wide setting):
 
   * the pool of Python threads that runs blocks of GEMMs and convolutions (``run_blocks``);
-  * Numba's threads for the ``prange`` kernels (at most ``numba.config.NUMBA_NUM_THREADS``);
+  * Numba's threads for the ``prange`` kernels (at most ``numba.config.NUMBA_NUM_THREADS``;
+    Numba keeps this count per calling thread: it is set for the thread that calls
+    ``set_threads`` and when Numba is first imported);
   * BLAS: always **one** thread inside minibnn's GEMMs (``one_blas_thread``).
 
 Why BLAS runs one-threaded: a threaded OpenBLAS GEMM may split the summation over k between
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
@@ -49,8 +53,7 @@ REDUCE_GROUPS = 8
 
 _lock = threading.Lock()
 _threads: int | None = None                 # None: the machine's cores
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
+_pools: dict[int, ThreadPoolExecutor] = {}  # size -> pool; never shut down (a caller may hold it)
 _in_pool = threading.local()                # set in pool threads: nested blocks run inline
 _blas = threadpoolctl.ThreadpoolController()
 _blas_depth = 0
@@ -78,24 +81,29 @@ def get_threads() -> int:
 
 
 def import_numba() -> ModuleType:
-    """Import Numba after making the one environment setting minibnn makes (module docstring)."""
+    """Import Numba after making the one environment setting minibnn makes (module docstring),
+    and give it the thread count now in force."""
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     import numba
 
+    _numba_threads(numba)
     return numba
 
 
+def _numba_threads(numba: ModuleType) -> None:
+    numba.set_num_threads(max(1, min(get_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
 def set_threads(n: int | None) -> None:
-    """Use ``n`` threads from now on (None: the cores). Results do not depend on it."""
+    """Use ``n`` threads from now on (None: the cores), process-wide. Results do not depend on
+    it. Numba, if already imported, gets the count now; else when it is imported (so the
+    reference backend, ``--backend numpy``, never imports it)."""
     global _threads
     n = None if n is None else check_threads(n)
     with _lock:
         _threads = n
-    try:
-        numba = import_numba()
-    except ImportError:         # the registry says so, loudly, if a Numba kernel is needed
-        return
-    numba.set_num_threads(max(1, min(get_threads(), numba.config.NUMBA_NUM_THREADS)))
+    if "numba" in sys.modules and sys.modules["numba"] is not None:
+        _numba_threads(sys.modules["numba"])
 
 
 @contextlib.contextmanager
@@ -131,15 +139,14 @@ def one_blas_thread() -> Iterator[None]:
 
 
 def _get_pool(n: int) -> ThreadPoolExecutor:
-    global _pool, _pool_size
+    """The pool of ``n`` worker threads: one per thread count, made once and kept (idle pool
+    threads wait on a queue and cost nothing; shutting one down could fail a caller that
+    fetched it a moment before)."""
     with _lock:
-        if _pool is None or _pool_size != n:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(n, thread_name_prefix="minibnn",
-                                       initializer=_mark_pool_thread)
-            _pool_size = n
-        return _pool
+        if n not in _pools:
+            _pools[n] = ThreadPoolExecutor(n, thread_name_prefix="minibnn",
+                                           initializer=_mark_pool_thread)
+        return _pools[n]
 
 
 def _mark_pool_thread() -> None:
@@ -164,7 +171,7 @@ def run_blocks(work: Callable[[T], Any], blocks: Sequence[T]) -> list[Any]:
     def run_share(share: Sequence[T]) -> list[Any]:
         return [work(b) for b in share]
 
-    pool = _get_pool(n - 1)
+    pool = _get_pool(get_threads() - 1)        # one pool per thread count, whatever n is
     futures = [pool.submit(run_share, share) for share in shares[1:]]
     results = run_share(shares[0])
     for f in futures:

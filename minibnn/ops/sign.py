@@ -22,9 +22,8 @@ import math
 import numbers
 from typing import Any
 
-from minibnn.backend import get_array_module
+from minibnn.backend import get_array_module, require_float
 from minibnn.errors import MinibnnError
-from minibnn.kernels._common import require_float
 
 Array = Any
 

@@ -3,8 +3,8 @@
 Each check is cheap (it looks at ``ndim``, ``shape`` and ``dtype``, never at the data, except
 where a range must be checked) and raises a one-line error from ``minibnn.errors`` that names the
 function, the argument, what was expected and what was given. ``require_array``,
-``require_float``, ``require_int`` and ``conv_output_size`` are the kernels' own
-(``minibnn.kernels._common``), re-exported here.
+``require_float`` (``minibnn.backend``), ``require_int`` and ``conv_output_size`` (the kernels'
+own, ``minibnn.kernels._common``) are re-exported here.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import numpy as np
 from minibnn.errors import DTypeError, MinibnnError, ShapeError
 # One definition each, shared with the kernels: arrays, float arrays, integer arguments and
 # the output size of a sliding window (OH = (H + 2 padding - kH) // stride + 1).
-from minibnn.kernels._common import (  # noqa: F401
-    conv_output_size, require_array, require_float, require_int)
+from minibnn.backend import require_array, require_float  # noqa: F401
+from minibnn.kernels._common import conv_output_size, require_int  # noqa: F401
 
 #: Any NumPy or CuPy array (the functional layers are written once against ``xp``).
 Array = Any
