@@ -83,3 +83,54 @@ def test_sigterm_ends_a_sweep_and_its_workers(tmp_path: Path) -> None:
     assert proc.returncode == 143, err
     assert "minibnn: terminated" in err and "Traceback" not in err
     _wait_for(lambda: not any(_alive(w) for w in workers), timeout=10)
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_sweep_takes_its_workers_and_a_rerun_resumes(tmp_path: Path) -> None:
+    spec = tmp_path / "s.toml"
+    spec.write_text('[base]\ndataset = "synthetic"\nepochs = 3\ntrain-subset = 3000\n'
+                    'hidden = [64, 64]\n[grid]\nseed = [0, 1]\n')
+    out = tmp_path / "sweep"
+    proc = _start(["sweep", str(spec), "--out", str(out), "--workers", "2", "--no-progress"])
+    runs = out / "runs"
+    _wait_for(lambda: runs.exists() and any(runs.glob("*.h5")))
+    workers = _children(proc.pid)
+    assert workers
+    proc.kill()
+    proc.communicate(timeout=60)
+    _wait_for(lambda: not any(_alive(w) for w in workers), timeout=10)
+    rerun = subprocess.run([sys.executable, "-m", "minibnn", "sweep", str(spec), "--out",
+                            str(out), "--workers", "2", "--no-progress"], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "in use" not in rerun.stderr
+    straight = tmp_path / "straight"
+    again = subprocess.run([sys.executable, "-m", "minibnn", "sweep", str(spec), "--out",
+                            str(straight), "--workers", "2", "--no-progress"], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    for path in sorted(runs.glob("*.h5")):
+        a, b = load_run(str(path)), load_run(str(straight / "runs" / path.name))
+        assert a.checkpoint.epoch == b.checkpoint.epoch == 3
+        for name, value in a.checkpoint.params.items():
+            assert (value == b.checkpoint.params[name]).all(), name
+
+
+def test_an_interrupt_between_a_write_and_its_note_names_the_epoch_on_disk(tmp_path: Path
+                                                                           ) -> None:
+    """The window the signal tests can hit: the run file was replaced (a new inode) by the
+    write of epoch 2, but the loop had not noted it yet."""
+    from minibnn.run.train import _inode, _interrupt_says_what_is_kept
+
+    path = tmp_path / "run.h5"
+    path.write_bytes(b"epoch 1")
+    saved = {"epoch": 1, "pending": 2, "inode": _inode(str(path))}
+    with pytest.raises(KeyboardInterrupt, match="keeps epoch 1;"):
+        with _interrupt_says_what_is_kept(str(path), saved):     # write not done yet
+            raise KeyboardInterrupt
+    replacement = tmp_path / "new"
+    replacement.write_bytes(b"epoch 2")
+    os.replace(replacement, path)                                # the write is done
+    with pytest.raises(KeyboardInterrupt, match="keeps epoch 2;"):
+        with _interrupt_says_what_is_kept(str(path), saved):
+            raise KeyboardInterrupt

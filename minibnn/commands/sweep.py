@@ -225,7 +225,8 @@ def _run_local(tasks: list[dict[str, Any]], workers: int | None
 
     context = multiprocessing.get_context("spawn")     # no fork of a threaded parent
     with ProcessPoolExecutor(max_workers=min(_workers(workers), len(tasks)),
-                             mp_context=context) as pool:
+                             mp_context=context, initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         pending: dict[Future, str] = {pool.submit(run_point, t): t["id"] for t in tasks}
         try:
             while pending:
@@ -241,6 +242,26 @@ def _run_local(tasks: list[dict[str, Any]], workers: int | None
             for process in list(getattr(pool, "_processes", {}).values()):
                 process.terminate()
             raise
+
+
+def die_with_parent(parent: int) -> None:
+    """A worker's first act: ask the kernel to send it SIGTERM when the sweep process dies,
+    however it dies (kill -9 included), so no worker trains on as an orphan (Linux
+    ``prctl(PR_SET_PDEATHSIG)``; elsewhere nothing is set). Its run file keeps every finished
+    epoch, and the next ``minibnn sweep`` resumes it."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)                   # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:                          # the parent died before prctl ran
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _result_of(future: Any, tasks: list[dict[str, Any]], pid: str) -> dict[str, Any]:

@@ -464,7 +464,10 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
             log(f"resuming {out_path} at epoch {state.epoch + 1}/{epochs}")
 
     stored = config_json(spec, local)
-    saved, done_now = {"epoch": state.epoch}, 0    # the epoch the run file holds
+    # the epoch the run file holds; "pending"/"inode" close the window between a write and
+    # this note (os.replace gives the file a new inode: see _interrupt_says_what_is_kept)
+    saved: dict[str, Any] = {"epoch": state.epoch, "pending": None, "inode": _inode(out_path)}
+    done_now = 0
     # overflow in a diverging run is reported by check_divergence, not as NumPy warnings
     interrupted = _interrupt_says_what_is_kept(out_path, saved)
     with np.errstate(over="ignore", invalid="ignore"), interrupted:
@@ -496,10 +499,11 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
             for name, value in epoch_metrics.items():
                 metrics.setdefault(name, []).append(float(value))
             pm1 = model.binary_names if spec.binary_storage == "binary" else ()
+            saved["pending"] = state.epoch
             save_run(out_path, RunFile(stored, metrics, _checkpoint(state, pm1),
                                        describe_data(ds),
                                        previous.replans if previous is not None else []))
-            saved["epoch"] = state.epoch
+            saved.update(epoch=state.epoch, pending=None, inode=_inode(out_path))
             mean_flip = np.mean([v for k, v in epoch_metrics.items()
                                  if k.startswith("flip_ratio:")] or [0.0])
             log(f"epoch {state.epoch:3d}/{epochs}  train loss {epoch_metrics['train_loss']:.4f}"
@@ -508,14 +512,24 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
     return metrics
 
 
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
 @contextmanager
-def _interrupt_says_what_is_kept(out_path: str, saved: Mapping[str, int]) -> Iterator[None]:
-    """Ctrl-C in the block re-raises ``KeyboardInterrupt`` with what the run file keeps
-    (``saved["epoch"]``, updated by the loop after each write)."""
+def _interrupt_says_what_is_kept(out_path: str, saved: Mapping[str, Any]) -> Iterator[None]:
+    """Ctrl-C in the block re-raises ``KeyboardInterrupt`` with what the run file keeps:
+    ``saved["epoch"]``, or the epoch being written (``saved["pending"]``) if the interrupt came
+    after its write replaced the file (a new inode) but before the loop noted it."""
     try:
         yield
     except KeyboardInterrupt:
         kept = saved["epoch"]
+        if saved["pending"] is not None and _inode(out_path) not in (None, saved["inode"]):
+            kept = saved["pending"]
         raise KeyboardInterrupt(f"{out_path} keeps epoch {kept}; continue with --resume "
                                 f"{out_path}" if kept else
                                 f"no epoch had finished: nothing was written to {out_path}"
