@@ -60,7 +60,13 @@ def main() -> None:
             f["checkpoint/params/fc1.w"][0, 0] = float("nan")
             from minibnn.run import integrity
             integrity.seal(f)
+        open(os.path.join(d, "empty.toml"), "w").close()
+        with open(os.path.join(d, "grid.toml"), "w") as f:
+            f.write('[base]\ndataset = "synthetic"\n[grid]\nseed = [0]\n')
         cases = [
+            ("sweep of an empty spec", "sweep empty.toml --out sw"),
+            ("sweep --scheduler tcp://nonsense", "sweep grid.toml --out sw --scheduler "
+             "tcp://nonsense"),
             ("export over an existing file", "export run.h5 --out flip.h5"),
             ("export onto its own input", "export run.h5 --out run.h5 --overwrite"),
             ("run file with one flipped bit (head.w)", "eval flip.h5"),
@@ -114,6 +120,15 @@ def main() -> None:
                                                                        d))))
         proc.kill()
         proc.wait()
+        # SIGTERM during a training: like Ctrl-C, then exit 143
+        proc = subprocess.Popen([sys.executable, "-m", "minibnn", "train", *SMALL.split(),
+                                 "--epochs", "400", "--out", "term.h5"], cwd=d,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        while not os.path.exists(os.path.join(d, "term.h5")):
+            time.sleep(0.1)
+        proc.terminate()
+        _, err = proc.communicate()
+        rows.append(("SIGTERM during a training", err.strip().splitlines()[0], proc.returncode))
         print("| case | message (first stderr line) | exit |")
         print("|---|---|---|")
         for name, line, code in rows:

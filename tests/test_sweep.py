@@ -191,3 +191,42 @@ def test_spec_ids_are_stable() -> None:
     assert spec_id(spec_from_options({"model": "binary_cnn", "dataset": "synthetic",
                                       "width": 8})) == "dfcb9d161691"
     assert spec_id(spec_from_options({"layout": "nchw"})) != "617313ed1919"
+
+
+def test_a_grid_too_large_is_refused_before_it_is_built() -> None:
+    values = ", ".join(str(i) for i in range(400))
+    text = BASE + f"[grid]\nseed = [{values}]\nlr = [{values}]\n"
+    with pytest.raises(MinibnnError, match="the grid has 160,000 points .* more than the "
+                                           "100,000"):
+        parse_sweep(text)
+
+
+def test_empty_spec_and_list_options_in_the_clis_spelling() -> None:
+    with pytest.raises(MinibnnError, match="the spec is empty"):
+        parse_sweep("")
+    point = parse_sweep(BASE.replace("hidden = [16, 16]", 'hidden = "16,16"')).points[0]
+    assert point.spec.model.hidden == (16, 16)
+    with pytest.raises(MinibnnError, match="threads is not a sweep setting"):
+        parse_sweep(BASE + "threads = 2\n")
+
+
+def test_another_sweep_in_the_folder_is_refused_unless_replaced(tmp_path: Path) -> None:
+    out = str(tmp_path / "out")
+    first = BASE + "[grid]\nlr = [0.1]\n"
+    sweep(_write(tmp_path, first), out, workers=1, progress=False, log=_quiet)
+    sweep(_write(tmp_path, first + "\n# a comment\n"), out, workers=1, progress=False,
+          log=_quiet)                                       # the same points: fine
+    other = BASE + "[grid]\nlr = [0.1, 0.2]\n"
+    with pytest.raises(MinibnnError, match="holds another sweep .*--replace-spec"):
+        sweep(_write(tmp_path, other), out, workers=1, progress=False, log=_quiet)
+    rows = sweep(_write(tmp_path, other), out, workers=1, progress=False, log=_quiet,
+                 replace_spec=True)
+    assert [r["status"] for r in rows] == ["done", "done"]
+
+
+@pytest.mark.parametrize("address", ["tcp://nonsense", "http://host:8786", "tcp://h:99999"])
+def test_a_malformed_scheduler_address_is_a_one_line_error(tmp_path: Path,
+                                                          address: str) -> None:
+    with pytest.raises(MinibnnError, match="--scheduler must be a Dask scheduler address"):
+        sweep(_write(tmp_path, GRID), str(tmp_path / "o"), scheduler=address, progress=False,
+              log=_quiet)

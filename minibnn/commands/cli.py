@@ -481,7 +481,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     check_data_dir(args.data_dir)
     return run_cli(args.spec, args.out, args.workers, args.scheduler, args.data_dir,
-                   not args.no_progress)
+                   not args.no_progress, args.replace_spec)
 
 
 def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
@@ -502,6 +502,9 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
                    "must see DIR at the same path); needs the dist extra")
     p.add_argument("--data-dir", default=None,
                    help="dataset folder on the machines that train (overrides [base])")
+    p.add_argument("--replace-spec", action="store_true",
+                   help="DIR holds another sweep (other points): make it this one (its run "
+                   "files stay; summary.csv and sweep.toml are replaced)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -9,8 +9,10 @@ Each point is an ordinary ``fit`` writing its run file after every epoch, so run
 command again trains nothing that is finished and resumes unfinished points exactly where their
 run files stopped (Ctrl-C or kill -9 loses at most the epoch in flight of each point).  A point
 that fails is marked failed with its one-line reason and the others go on.  ``summary.csv`` is
-rewritten atomically after every point.  One sweep at a time may use ``DIR`` (an advisory lock,
-``DIR/.lock``, names the holder's pid).
+rewritten atomically at most every ``SUMMARY_EVERY_S`` seconds and at the end (a kill leaves a
+whole, earlier table; the run files are the truth, and a re-run rebuilds it).  A folder
+holding another sweep is refused unless ``replace_spec``.  One sweep at a time may use ``DIR``
+(an advisory lock, ``DIR/.lock``, names the holder's pid).
 
 Execution: ``workers`` local processes (default: one per core), each on one thread
 (``--threads 1``: the same bits as any other thread count, ``kernels.threads``); or, with
@@ -24,6 +26,7 @@ import csv
 import io
 import math
 import os
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterator
 
@@ -137,10 +140,18 @@ def read_summary(path: str) -> list[dict[str, str]]:
 
 # --- running ----------------------------------------------------------------------------
 
+#: summary.csv is rewritten at most this often while points finish (and always at the end)
+SUMMARY_EVERY_S = 5.0
+
+
 def sweep(spec_path: str, out_dir: str, workers: int | None = None,
           scheduler: str | None = None, data_dir: str | None = None, progress: bool = True,
-          log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run the sweep in ``spec_path`` into ``out_dir``; returns the summary rows."""
+          log: Callable[[str], None] = print, replace_spec: bool = False
+          ) -> list[dict[str, Any]]:
+    """Run the sweep in ``spec_path`` into ``out_dir``; returns the summary rows.
+
+    ``out_dir`` holding another sweep (a ``sweep.toml`` with other points) is refused unless
+    ``replace_spec``: its run files stay, its summary.csv and sweep.toml become this sweep's."""
     from minibnn.run.files import atomic_bytes
     from minibnn.run.lock import hold
 
@@ -159,6 +170,8 @@ def sweep(spec_path: str, out_dir: str, workers: int | None = None,
         raise MinibnnError(f"cannot create {runs}: {exc.strerror or exc}") from None
     local = parsed.local if data_dir is None else _with_data_dir(parsed, data_dir)
     with hold(os.path.join(out_dir, ".lock"), f"the sweep in {out_dir}"):
+        if not replace_spec:
+            _check_same_sweep(os.path.join(out_dir, "sweep.toml"), parsed)
         atomic_bytes(os.path.join(out_dir, "sweep.toml"), text.encode())
         tasks = {p.id: _task(p, runs, local) for p in parsed.points}
         results = {pid: read_result(t["run_file"]) for pid, t in tasks.items()}
@@ -170,19 +183,40 @@ def sweep(spec_path: str, out_dir: str, workers: int | None = None,
             f"({'on ' + scheduler if scheduler else f'{_workers(workers)} local workers'})")
         run_all = _run_dask if scheduler else _run_local
         bar = _bar(len(parsed.points), len(parsed.points) - len(todo), progress)
+        written = time.monotonic()
         try:
             for pid, result in run_all([tasks[p] for p in todo], scheduler or workers):
                 results[pid] = result
-                write_summary(summary, parsed, results)
+                if time.monotonic() - written >= SUMMARY_EVERY_S:   # atomic, so a kill
+                    write_summary(summary, parsed, results)         # leaves a whole file
+                    written = time.monotonic()
                 bar.update(1)
                 if result["status"] == "failed":
                     log(f"point {_describe(parsed, pid)} failed: {result['reason']}")
         finally:
             bar.close()
+            write_summary(summary, parsed, results)
         failed = sum(r["status"] == "failed" for r in results.values())
         log(f"{len(parsed.points) - failed} of {len(parsed.points)} points done"
             f"{f', {failed} failed' if failed else ''}; summary {summary}")
         return summary_rows(parsed, results)
+
+
+def _check_same_sweep(path: str, parsed: Sweep) -> None:
+    """A one-line error when the folder's ``sweep.toml`` is another sweep (other points)."""
+    if not os.path.exists(path):
+        return
+    try:
+        stored, _ = read_sweep(path)
+    except MinibnnError:
+        return                      # unreadable: nothing to protect, it will be replaced
+    old, new = {p.id for p in stored.points}, {p.id for p in parsed.points}
+    if old != new:
+        folder = os.path.dirname(path) or "."
+        raise MinibnnError(f"{folder} holds another sweep ({len(old)} points, {len(old & new)} "
+                           f"of them in this one): use another --out, or --replace-spec to "
+                           f"make it this sweep (run files stay; summary.csv and sweep.toml "
+                           f"are replaced)")
 
 
 def _with_data_dir(parsed: Sweep, data_dir: str) -> Any:
@@ -318,6 +352,7 @@ def _run_dask(tasks: list[dict[str, Any]], address: str
 
 
 def run_cli(spec_path: str, out_dir: str, workers: int | None, scheduler: str | None,
-            data_dir: str | None, progress: bool) -> int:
-    rows = sweep(spec_path, out_dir, workers, scheduler, data_dir, progress)
+            data_dir: str | None, progress: bool, replace_spec: bool = False) -> int:
+    rows = sweep(spec_path, out_dir, workers, scheduler, data_dir, progress,
+                 replace_spec=replace_spec)
     return 0 if all(r["status"] == "done" for r in rows) else 1

@@ -32,6 +32,8 @@ from minibnn.errors import MinibnnError
 from minibnn.run.spec import LOCAL_FIELDS, OPTION_NAMES, Local, RunSpec, flag, spec_from_options
 
 TABLES = ("base", "grid")
+#: the most points a sweep may have: checked from the grid's lengths, before any is built
+MAX_POINTS = 100_000
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,13 @@ def parse_sweep(text: str, source: str = "sweep spec") -> Sweep:
             raise MinibnnError(f"{source} [grid]: {name} must be a non-empty list of values, "
                                f"got {values!r}")
         axes.append((name, key, values))
+    size = 1
+    for _, _, values in axes:
+        size *= len(values)
+    if size > MAX_POINTS:
+        shape = " x ".join(f"{len(values)} {name}" for name, _, values in axes)
+        raise MinibnnError(f"{source}: the grid has {size:,} points ({shape}), more than the "
+                           f"{MAX_POINTS:,} a sweep may have; split it into several sweeps")
     points = []
     for combo in itertools.product(*(values for _, _, values in axes)):
         values = {name: value for (name, _, _), value in zip(axes, combo)}
