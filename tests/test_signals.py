@@ -134,3 +134,30 @@ def test_an_interrupt_between_a_write_and_its_note_names_the_epoch_on_disk(tmp_p
     with pytest.raises(KeyboardInterrupt, match="keeps epoch 2;"):
         with _interrupt_says_what_is_kept(str(path), saved):
             raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_only_its_own_point(tmp_path: Path) -> None:
+    import csv
+
+    spec = tmp_path / "s.toml"
+    spec.write_text('[base]\ndataset = "synthetic"\nepochs = 4\ntrain-subset = 3000\n'
+                    'hidden = [64, 64]\n[grid]\nseed = [0, 1, 2]\n')
+    out = tmp_path / "sweep"
+    proc = _start(["sweep", str(spec), "--out", str(out), "--workers", "2", "--no-progress"])
+    runs = out / "runs"
+    _wait_for(lambda: runs.exists() and any(runs.glob("*.h5")))
+    workers = [c for c in _children(proc.pid)
+               if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err                   # one point failed
+    with open(out / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["reason"] == "worker lost (killed by signal 9)"
+    assert sum(r["status"] == "done" for r in rows) == 2
+    rerun = subprocess.run([sys.executable, "-m", "minibnn", "sweep", str(spec), "--out",
+                            str(out), "--workers", "2", "--no-progress"], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr

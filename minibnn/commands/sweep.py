@@ -27,7 +27,6 @@ import io
 import math
 import os
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterator
 
 from minibnn.errors import MinibnnError
@@ -252,30 +251,94 @@ def _bar(total: int, done: int, enabled: bool) -> Any:
 
 def _run_local(tasks: list[dict[str, Any]], workers: int | None
                ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Each task in one of ``workers`` spawned processes; results as they finish."""
+    """Each task in one of ``workers`` spawned processes; results as they finish.
+
+    The sweep hands each worker one task at a time over its own pipe, so it always knows which
+    point a worker holds: a worker that dies (killed, out of memory) fails only that point, a
+    new worker takes its place, and the other points go on. When the sweep ends for any reason
+    (Ctrl-C, SIGTERM, an error) it terminates its workers; if it is killed outright they get
+    SIGTERM from the kernel (``die_with_parent``).
+    """
     if not tasks:
         return
     import multiprocessing
+    from collections import deque
+    from multiprocessing.connection import wait as wait_any
 
     context = multiprocessing.get_context("spawn")     # no fork of a threaded parent
-    with ProcessPoolExecutor(max_workers=min(_workers(workers), len(tasks)),
-                             mp_context=context, initializer=die_with_parent,
-                             initargs=(os.getpid(),)) as pool:
-        pending: dict[Future, str] = {pool.submit(run_point, t): t["id"] for t in tasks}
+    queue = deque(tasks)
+    by_id = {t["id"]: t for t in tasks}
+    pipes: dict[Any, Any] = {}                         # pipe -> its worker process
+    holds: dict[Any, str] = {}                         # pipe -> the point its worker runs
+
+    def give_next(pipe: Any) -> None:
+        task = queue.popleft() if queue else None       # None: no more points, it exits
         try:
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    pid = pending.pop(future)
-                    yield pid, _result_of(future, tasks, pid)
-        except BaseException:
-            # Ctrl-C or SIGTERM (minibnn.commands.cli): the workers go with the sweep; their run
-            # files keep every finished epoch, and a re-run resumes them
-            for future in pending:
-                future.cancel()
-            for process in list(getattr(pool, "_processes", {}).values()):
+            pipe.send(task)
+        except OSError:                                 # it died: its sentinel says so next
+            if task is not None:
+                queue.appendleft(task)
+            return
+        if task is not None:
+            holds[pipe] = task["id"]
+
+    def start_worker() -> None:
+        ours, theirs = context.Pipe()
+        process = context.Process(target=_worker, args=(theirs, os.getpid()), daemon=True)
+        process.start()
+        theirs.close()
+        pipes[ours] = process
+        give_next(ours)
+
+    try:
+        for _ in range(min(_workers(workers), len(tasks))):
+            start_worker()
+        while holds:
+            sentinels = {process.sentinel: pipe for pipe, process in pipes.items()}
+            for ready in wait_any(list(holds) + list(sentinels)):
+                pipe = sentinels.get(ready, ready)
+                if pipe not in pipes:
+                    continue                            # handled this round already
+                try:
+                    pid, result = pipe.recv() if ready is pipe else (None, None)
+                except (EOFError, OSError):
+                    pid = None
+                if pid is not None:                     # a point finished
+                    del holds[pipe]
+                    yield pid, result
+                    give_next(pipe)
+                    continue
+                process = pipes.pop(pipe)               # the worker is gone
+                process.join()
+                pipe.close()
+                lost = holds.pop(pipe, None)
+                if lost is not None:
+                    code = process.exitcode
+                    how = f"killed by signal {-code}" if code and code < 0 else f"exit {code}"
+                    yield lost, {**read_result(by_id[lost]["run_file"]), "status": "failed",
+                                 "reason": f"worker lost ({how})"}
+                    if queue:
+                        start_worker()
+    finally:
+        for pipe, process in pipes.items():
+            if process.is_alive():
                 process.terminate()
-            raise
+            process.join()
+            pipe.close()
+
+
+def _worker(pipe: Any, parent: int) -> None:
+    """A local sweep worker: run the points the sweep sends, one at a time, until ``None``.
+    Ctrl-C is the sweep's to handle (it terminates its workers), so a worker ignores SIGINT."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent)
+    while True:
+        task = pipe.recv()
+        if task is None:
+            return
+        pipe.send((task["id"], run_point(task)))
 
 
 def die_with_parent(parent: int) -> None:
