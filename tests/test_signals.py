@@ -43,6 +43,27 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _worker_running_a_point(sweep_pid: int, runs: Path) -> int:
+    """A worker of the sweep that holds a run file's writer lock (it is mid-point), found
+    through /proc/PID/fd; waits until there is one."""
+    found: list[int] = []
+
+    def look() -> bool:
+        for pid in _children(sweep_pid):
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+                targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds]
+            except OSError:                              # it exited meanwhile
+                continue
+            if any(t.startswith(str(runs)) and t.endswith(".h5.lock") for t in targets):
+                found.append(pid)
+                return True
+        return False
+
+    _wait_for(look)
+    return found[0]
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -147,9 +168,8 @@ def test_a_killed_worker_fails_only_its_own_point(tmp_path: Path) -> None:
     proc = _start(["sweep", str(spec), "--out", str(out), "--workers", "2", "--no-progress"])
     runs = out / "runs"
     _wait_for(lambda: runs.exists() and any(runs.glob("*.h5")))
-    workers = [c for c in _children(proc.pid)
-               if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
-    os.kill(workers[0], signal.SIGKILL)
+    victim = _worker_running_a_point(proc.pid, runs)
+    os.kill(victim, signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err                   # one point failed
     with open(out / "summary.csv", newline="") as f:

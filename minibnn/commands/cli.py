@@ -594,7 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     handler = getattr(args, "handler", None) or HANDLERS[args.command]
     terminated: list[int] = []
-    previous = _sigterm_as_interrupt(terminated)
+    installed, previous = _sigterm_as_interrupt(terminated)
     try:
         code = int(handler(args) or 0)
         sys.stdout.flush()          # a closed pipe shows here, inside the try
@@ -619,22 +619,22 @@ def main(argv: Sequence[str] | None = None) -> int:
               "smaller", file=sys.stderr)
         return 2
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if installed:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
-def _sigterm_as_interrupt(terminated: list[int]) -> Any:
+def _sigterm_as_interrupt(terminated: list[int]) -> tuple[bool, Any]:
     """SIGTERM behaves like Ctrl-C (the run file says what it keeps), then exits 143: the
     handler raises KeyboardInterrupt in the main thread and notes the signal in ``terminated``.
-    Returns the previous handler (None where handlers cannot be set: not the main thread)."""
+    Returns (installed, the previous handler); nothing is installed outside the main thread."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return False, None
 
     def handle(signum: int, frame: Any) -> None:
         terminated.append(signum)
         raise KeyboardInterrupt
 
-    return signal.signal(signal.SIGTERM, handle)
+    return True, signal.signal(signal.SIGTERM, handle)
 
 
 if __name__ == "__main__":

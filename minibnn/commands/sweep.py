@@ -196,7 +196,8 @@ def sweep(spec_path: str, out_dir: str, workers: int | None = None,
             bar.close()
             write_summary(summary, parsed, results)
         failed = sum(r["status"] == "failed" for r in results.values())
-        log(f"{len(parsed.points) - failed} of {len(parsed.points)} points done"
+        done = sum(r["status"] == "done" for r in results.values())
+        log(f"{done} of {len(parsed.points)} points done"
             f"{f', {failed} failed' if failed else ''}; summary {summary}")
         return summary_rows(parsed, results)
 
@@ -265,11 +266,15 @@ def _run_local(tasks: list[dict[str, Any]], workers: int | None
     from collections import deque
     from multiprocessing.connection import wait as wait_any
 
+    import signal
+
     context = multiprocessing.get_context("spawn")     # no fork of a threaded parent
     queue = deque(tasks)
     by_id = {t["id"]: t for t in tasks}
     pipes: dict[Any, Any] = {}                         # pipe -> its worker process
     holds: dict[Any, str] = {}                         # pipe -> the point its worker runs
+    target = min(_workers(workers), len(tasks))
+    spare_starts = 4 * target                          # workers that die before any point
 
     def give_next(pipe: Any) -> None:
         task = queue.popleft() if queue else None       # None: no more points, it exits
@@ -285,15 +290,27 @@ def _run_local(tasks: list[dict[str, Any]], workers: int | None
     def start_worker() -> None:
         ours, theirs = context.Pipe()
         process = context.Process(target=_worker, args=(theirs, os.getpid()), daemon=True)
-        process.start()
+        pipes[ours] = process                           # tracked before it can run
+        # the child inherits SIG_IGN for SIGINT from its first instruction: Ctrl-C is the
+        # sweep's to handle, never a traceback from a worker still starting up
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            process.start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
         theirs.close()
-        pipes[ours] = process
         give_next(ours)
 
     try:
-        for _ in range(min(_workers(workers), len(tasks))):
+        for _ in range(target):
             start_worker()
-        while holds:
+        while holds or queue:
+            if not pipes:                               # workers keep dying before a point
+                while queue:
+                    task = queue.popleft()
+                    yield task["id"], {**_row_or_pending(task["run_file"]), "status": "failed",
+                                       "reason": "worker lost before it started the point"}
+                break
             sentinels = {process.sentinel: pipe for pipe, process in pipes.items()}
             for ready in wait_any(list(holds) + list(sentinels)):
                 pipe = sentinels.get(ready, ready)
@@ -308,23 +325,36 @@ def _run_local(tasks: list[dict[str, Any]], workers: int | None
                     yield pid, result
                     give_next(pipe)
                     continue
-                process = pipes.pop(pipe)               # the worker is gone
+                process = pipes.pop(pipe)               # the worker is gone (or its pipe)
+                if process.is_alive():
+                    process.terminate()
                 process.join()
                 pipe.close()
                 lost = holds.pop(pipe, None)
                 if lost is not None:
                     code = process.exitcode
                     how = f"killed by signal {-code}" if code and code < 0 else f"exit {code}"
-                    yield lost, {**read_result(by_id[lost]["run_file"]), "status": "failed",
-                                 "reason": f"worker lost ({how})"}
-                    if queue:
-                        start_worker()
+                    yield lost, {**_row_or_pending(by_id[lost]["run_file"]),
+                                 "status": "failed", "reason": f"worker lost ({how})"}
+                elif queue:
+                    spare_starts -= 1                   # died between points, or at start
+                if queue and len(pipes) < target and spare_starts > 0:
+                    start_worker()
     finally:
         for pipe, process in pipes.items():
             if process.is_alive():
                 process.terminate()
             process.join()
             pipe.close()
+
+
+def _row_or_pending(path: str) -> dict[str, Any]:
+    """``read_result``, or a pending row where even that fails (the sweep must go on)."""
+    try:
+        return read_result(path)
+    except Exception:                                   # noqa: BLE001  (any: keep the others)
+        return {"status": "pending", "epochs": 0, "val_acc": "", "test_acc": "",
+                "seconds": "", "run_file": path, "reason": ""}
 
 
 def _worker(pipe: Any, parent: int) -> None:
@@ -335,7 +365,10 @@ def _worker(pipe: Any, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(parent)
     while True:
-        task = pipe.recv()
+        try:
+            task = pipe.recv()
+        except EOFError:                                # the sweep is gone
+            return
         if task is None:
             return
         pipe.send((task["id"], run_point(task)))

@@ -171,18 +171,23 @@ def _channels_first(a: np.ndarray, grey: bool) -> np.ndarray:
 
 def source_key(root: Path) -> str:
     """A cache name for ``root``: ``imagefolder-<path hash>-<content hash>``. The content is
-    the (relative path, size, modification time) of every file under a folder, or the size and
-    modification time of an archive, so any change to the images gives a new name."""
+    the (relative path, size, modification time) of every image file the folder's layout
+    holds (what ``_entries`` reads), or the size and modification time of an archive, so any
+    change to the images gives a new name."""
     resolved = root.resolve()
     content = hashlib.sha256()
     if resolved.is_dir():
-        for folder, dirs, files in os.walk(resolved):
-            dirs.sort()
-            for name in sorted(files):
-                path = Path(folder, name)
+        for path in sorted(resolved.rglob("*")):   # the files _entries reads, no others
+            if _split_and_class(path.relative_to(resolved).parts) is None:
+                continue
+            if not path.is_file():                  # as _entries: folders, dangling links
+                continue
+            try:
                 st = path.stat()
-                content.update(f"{path.relative_to(resolved)}|{st.st_size}|"
-                               f"{st.st_mtime_ns}\n".encode())
+            except OSError as exc:                  # vanished since the listing
+                raise DataFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+            content.update(f"{path.relative_to(resolved)}|{st.st_size}|"
+                           f"{st.st_mtime_ns}\n".encode())
     else:
         st = resolved.stat()
         content.update(f"{st.st_size}|{st.st_mtime_ns}".encode())
