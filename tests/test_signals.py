@@ -21,6 +21,25 @@ def _start(args: list[str]) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def _start_sweep(tmp_path: Path, base: str, seeds: str) -> tuple[subprocess.Popen[str], Path,
+                                                                 Path]:
+    """A two-worker sweep of synthetic points (``base`` [base] lines, ``seeds`` the grid) in
+    the background, once its first run file exists: (process, spec file, sweep folder)."""
+    spec = tmp_path / "s.toml"
+    spec.write_text(f'[base]\ndataset = "synthetic"\n{base}[grid]\nseed = [{seeds}]\n')
+    out = tmp_path / "sweep"
+    proc = _start(["sweep", str(spec), "--out", str(out), "--workers", "2", "--no-progress"])
+    _wait_for(lambda: (out / "runs").exists() and any((out / "runs").glob("*.h5")))
+    return proc, spec, out
+
+
+def _sweep(spec: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    """The same sweep run to its end in the foreground."""
+    return subprocess.run([sys.executable, "-m", "minibnn", "sweep", str(spec), "--out",
+                           str(out), "--workers", "2", "--no-progress"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
 def _wait_for(predicate, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.time() + timeout
     while not predicate():
@@ -90,13 +109,7 @@ def test_sigterm_during_train_says_what_the_file_keeps(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_sigterm_ends_a_sweep_and_its_workers(tmp_path: Path) -> None:
-    spec = tmp_path / "s.toml"
-    spec.write_text('[base]\ndataset = "synthetic"\nepochs = 200\ntrain-subset = 500\n'
-                    '[grid]\nseed = [0, 1]\n')
-    out = tmp_path / "sweep"
-    proc = _start(["sweep", str(spec), "--out", str(out), "--workers", "2", "--no-progress"])
-    runs = out / "runs"
-    _wait_for(lambda: runs.exists() and any(runs.glob("*.h5")))
+    proc, _, _ = _start_sweep(tmp_path, "epochs = 200\ntrain-subset = 500\n", "0, 1")
     workers = _children(proc.pid)
     assert workers, "the sweep started no worker process"
     proc.send_signal(signal.SIGTERM)
@@ -108,29 +121,20 @@ def test_sigterm_ends_a_sweep_and_its_workers(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_kill_9_of_a_sweep_takes_its_workers_and_a_rerun_resumes(tmp_path: Path) -> None:
-    spec = tmp_path / "s.toml"
-    spec.write_text('[base]\ndataset = "synthetic"\nepochs = 3\ntrain-subset = 3000\n'
-                    'hidden = [64, 64]\n[grid]\nseed = [0, 1]\n')
-    out = tmp_path / "sweep"
-    proc = _start(["sweep", str(spec), "--out", str(out), "--workers", "2", "--no-progress"])
-    runs = out / "runs"
-    _wait_for(lambda: runs.exists() and any(runs.glob("*.h5")))
+    proc, spec, out = _start_sweep(
+        tmp_path, "epochs = 3\ntrain-subset = 3000\nhidden = [64, 64]\n", "0, 1")
     workers = _children(proc.pid)
     assert workers
     proc.kill()
     proc.communicate(timeout=60)
     _wait_for(lambda: not any(_alive(w) for w in workers), timeout=10)
-    rerun = subprocess.run([sys.executable, "-m", "minibnn", "sweep", str(spec), "--out",
-                            str(out), "--workers", "2", "--no-progress"], cwd=REPO,
-                           capture_output=True, text=True, timeout=300)
+    rerun = _sweep(spec, out)
     assert rerun.returncode == 0, rerun.stderr
     assert "in use" not in rerun.stderr
     straight = tmp_path / "straight"
-    again = subprocess.run([sys.executable, "-m", "minibnn", "sweep", str(spec), "--out",
-                            str(straight), "--workers", "2", "--no-progress"], cwd=REPO,
-                           capture_output=True, text=True, timeout=300)
+    again = _sweep(spec, straight)
     assert again.returncode == 0, again.stderr
-    for path in sorted(runs.glob("*.h5")):
+    for path in sorted((out / "runs").glob("*.h5")):
         a, b = load_run(str(path)), load_run(str(straight / "runs" / path.name))
         assert a.checkpoint.epoch == b.checkpoint.epoch == 3
         for name, value in a.checkpoint.params.items():
@@ -161,14 +165,9 @@ def test_an_interrupt_between_a_write_and_its_note_names_the_epoch_on_disk(tmp_p
 def test_a_killed_worker_fails_only_its_own_point(tmp_path: Path) -> None:
     import csv
 
-    spec = tmp_path / "s.toml"
-    spec.write_text('[base]\ndataset = "synthetic"\nepochs = 4\ntrain-subset = 3000\n'
-                    'hidden = [64, 64]\n[grid]\nseed = [0, 1, 2]\n')
-    out = tmp_path / "sweep"
-    proc = _start(["sweep", str(spec), "--out", str(out), "--workers", "2", "--no-progress"])
-    runs = out / "runs"
-    _wait_for(lambda: runs.exists() and any(runs.glob("*.h5")))
-    victim = _worker_running_a_point(proc.pid, runs)
+    proc, spec, out = _start_sweep(
+        tmp_path, "epochs = 4\ntrain-subset = 3000\nhidden = [64, 64]\n", "0, 1, 2")
+    victim = _worker_running_a_point(proc.pid, out / "runs")
     os.kill(victim, signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err                   # one point failed
@@ -177,7 +176,5 @@ def test_a_killed_worker_fails_only_its_own_point(tmp_path: Path) -> None:
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["reason"] == "worker lost (killed by signal 9)"
     assert sum(r["status"] == "done" for r in rows) == 2
-    rerun = subprocess.run([sys.executable, "-m", "minibnn", "sweep", str(spec), "--out",
-                            str(out), "--workers", "2", "--no-progress"], cwd=REPO,
-                           capture_output=True, text=True, timeout=300)
+    rerun = _sweep(spec, out)
     assert rerun.returncode == 0, rerun.stderr

@@ -31,7 +31,7 @@ from minibnn.nn.functional import STE_NAMES
 from minibnn.optim.schedules import SCHEDULE_NAMES
 from minibnn.run.spec import (BACKEND_NAMES, DEVICE_NAMES, DTYPE_NAMES, LOCAL_FIELDS,
                               MODEL_NAMES, MODEL_VARIANTS, OPTION_SECTIONS, OPTIMIZER_NAMES,
-                              OPTIMIZER_VARIANTS, Local, RunSpec, read_stored_config,
+                              OPTIMIZER_VARIANTS, Local, RunSpec, int_list, read_stored_config,
                               spec_from_options, variant_options)
 
 #: the spec every default builds, and the default machine-local settings (help texts)
@@ -48,9 +48,10 @@ Everything else (first/last layer, BatchNorm) is trained with Adam.
 
 
 def _int_list(text: str) -> list[int]:
+    """``--hidden 64,64``: the spec's parser (``run.spec.int_list``), in argparse's error form."""
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
+        return list(int_list("hidden", text))
+    except MinibnnError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 

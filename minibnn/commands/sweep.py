@@ -73,13 +73,18 @@ def _train_point(task: dict[str, Any]) -> dict[str, Any]:
     return read_result(path)
 
 
+def pending_row(path: str) -> dict[str, Any]:
+    """The result columns of a point with nothing stored yet."""
+    return {"status": "pending", "epochs": 0, "val_acc": "", "test_acc": "", "seconds": "",
+            "run_file": path, "reason": ""}
+
+
 def read_result(path: str) -> dict[str, Any]:
     """The result columns of a run file: done when its last epoch is stored, else pending."""
     from minibnn.run.files import load_run
     from minibnn.run.spec import read_stored_config
 
-    empty = {"status": "pending", "epochs": 0, "val_acc": "", "test_acc": "", "seconds": "",
-             "run_file": path, "reason": ""}
+    empty = pending_row(path)
     if not os.path.exists(path):
         return empty
     try:
@@ -353,8 +358,7 @@ def _row_or_pending(path: str) -> dict[str, Any]:
     try:
         return read_result(path)
     except Exception:                                   # noqa: BLE001  (any: keep the others)
-        return {"status": "pending", "epochs": 0, "val_acc": "", "test_acc": "",
-                "seconds": "", "run_file": path, "reason": ""}
+        return pending_row(path)
 
 
 def _worker(pipe: Any, parent: int) -> None:

@@ -32,13 +32,18 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
 
+def check_cache_file(path: Path) -> None:
+    """A one-line DataFileError when a folder stands where the cache file ``path`` goes."""
+    if path.is_dir():
+        raise DataFileError(f"{path}: the cache file's place is taken by a folder; move it "
+                            "away or choose another cache (MINIBNN_CACHE)")
+
+
 def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
     """Write ``arrays`` to ``path`` (compressed .npz) via a temp file + ``os.replace``; a
     folder at ``path`` or where the cache folder should be is a one-line DataFileError."""
     path = Path(path)
-    if path.is_dir():
-        raise DataFileError(f"{path}: the cache file's place is taken by a folder; move it "
-                            "away or choose another cache (MINIBNN_CACHE)")
+    check_cache_file(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -31,7 +31,7 @@ from typing import Iterator
 
 import numpy as np
 
-from minibnn.data.cache import FORMAT_VERSION, load_split, save_npz_atomic
+from minibnn.data.cache import FORMAT_VERSION, check_cache_file, load_split, save_npz_atomic
 from minibnn.errors import DataFileError
 
 SPLITS = ("train", "test")
@@ -215,9 +215,7 @@ def load_cached_or_decode(root: Path, cache_path: Path, test_only: bool = False
     """The split of ``root`` and its ``FolderInfo``, from ``cache_path`` when it exists (then
     only the test arrays with ``test_only``), else decoded and cached; and where they came
     from."""
-    if cache_path.exists() and not cache_path.is_file():
-        raise DataFileError(f"{cache_path}: the cache file's place is taken by a folder; move "
-                            "it away or choose another cache (MINIBNN_CACHE)")
+    check_cache_file(cache_path)                    # before decoding, not after
     if cache_path.is_file():
         return load_split(cache_path, test_only), load_info(cache_path), f"cache {cache_path}"
     stale = [p for p in cache_path.parent.glob(cache_path.name.rsplit("-", 1)[0] + "-*.npz")

@@ -75,7 +75,7 @@ def _integer(name: str, value: Any, minimum: int, why: str = "") -> int:
     return value
 
 
-def _int_list(name: str, text: str) -> tuple[int, ...]:
+def int_list(name: str, text: str) -> tuple[int, ...]:
     """Comma-separated integers (``"64,64"``), the command line's form of a list option."""
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -136,7 +136,7 @@ class BinaryMlp:
 
     def __post_init__(self) -> None:
         if isinstance(self.hidden, str):            # the CLI's spelling, "1024,1024"
-            object.__setattr__(self, "hidden", _int_list("hidden", self.hidden))
+            object.__setattr__(self, "hidden", int_list("hidden", self.hidden))
         object.__setattr__(self, "hidden", tuple(self.hidden))
         if len(self.hidden) < 2 or any(isinstance(h, bool) or not isinstance(h, int) or h < 1
                                        for h in self.hidden):
