@@ -46,10 +46,15 @@ def get_array_module(*arrays: Any) -> Any:
     exist once CuPy is imported.
     """
     for a in arrays:
-        if type(a).__module__.startswith("cupy"):
+        kind = type(a)
+        if kind is np.ndarray:
+            continue
+        if kind.__module__.startswith("cupy"):
             import cupy  # type: ignore[import-not-found]
 
             return cupy
+        if isinstance(a, np.ndarray):       # a subclass names its namespace (the array API's
+            return a.__array_namespace__()  # protocol; NumPy's own subclasses name numpy)
     return np
 
 
@@ -74,8 +79,9 @@ def to_device(x: Any, device: str) -> Any:
 
 
 def to_numpy(x: Any) -> np.ndarray:
-    """Return a NumPy array on the host, whatever module holds ``x``."""
-    if isinstance(x, np.ndarray):
+    """Return a NumPy array on the host, whatever module holds ``x`` (a device array's
+    ``get()`` copies it; an array that names another namespace is treated as a device array)."""
+    if type(x) is np.ndarray:
         return x
     if hasattr(x, "get"):
         return x.get()

@@ -56,7 +56,11 @@ def test_registered_table():
     # a CUDA body only where it is a real kernel; the rest runs the reference on CuPy arrays
     cuda = {op for op, backends in table.items() if "cuda" in backends}
     assert cuda == {"batchnorm_sign_eval", "batchnorm_sign_train", "pack_signs", "unpack_signs",
-                    "xnor_gemm", "cema_update", "bop_update", "sgd_update", "adam_update"}
+                    "xnor_gemm", "binary_conv2d", "cema_update", "bop_update", "sgd_update",
+                    "adam_update", "conv2d_nhwc_forward", "conv2d_nhwc_backward",
+                    "maxpool2d_nhwc_forward", "maxpool2d_nhwc_backward",
+                    "batchnorm_sign_pack_train", "batchnorm_sign_pack_eval",
+                    "batchnorm_sign_pack_backward"}
     assert {op for op, backends in table.items() if "numba" not in backends} == \
            {"pack_conv_weights"}
 

@@ -44,7 +44,10 @@ RTOL = {np.float32: 1e-6, np.float64: 1e-12}
 
 #: the ops with a CUDA body (real kernels); every other op runs its reference on CuPy arrays
 CUDA_OPS = ("batchnorm_sign_eval", "batchnorm_sign_train", "cema_update", "bop_update",
-            "sgd_update", "adam_update", "pack_signs", "unpack_signs", "xnor_gemm")
+            "sgd_update", "adam_update", "pack_signs", "unpack_signs", "xnor_gemm",
+            "binary_conv2d", "conv2d_nhwc_forward", "conv2d_nhwc_backward",
+            "maxpool2d_nhwc_forward", "maxpool2d_nhwc_backward", "batchnorm_sign_pack_train",
+            "batchnorm_sign_pack_eval", "batchnorm_sign_pack_backward")
 
 
 @pytest.fixture
@@ -124,6 +127,18 @@ _F = np.zeros(8, dtype=np.float32)
     ("xnor_gemm", (np.zeros((2, 1), np.uint64), np.zeros((2, 1), np.uint64), 8)),
     ("batchnorm_sign_eval", (_F.reshape(2, 4), None, None)),
     ("batchnorm_sign_train", (_F.reshape(2, 4),)),
+    ("binary_conv2d", (np.zeros((1, 3, 3, 1), np.uint64), np.zeros((2, 9), np.uint64),
+                       np.zeros((2, 9), np.int32), 8, 3, 3)),
+    ("conv2d_nhwc_forward", (_F.reshape(1, 2, 2, 2), _F.reshape(8, 1), 2, 2)),
+    ("conv2d_nhwc_backward", (_F.reshape(1, 1, 1, 8), _F.reshape(1, 2, 2, 2),
+                              _F.reshape(8, 1), 2, 2)),
+    ("maxpool2d_nhwc_forward", (_F.reshape(1, 2, 2, 2), 2, 2)),
+    ("maxpool2d_nhwc_backward", (_F.reshape(1, 1, 1, 8), np.zeros((1, 1, 1, 8), np.uint8),
+                                 (1, 2, 2, 8), 2, 2)),
+    ("batchnorm_sign_pack_train", (_F.reshape(4, 2), _F[:2], _F[:2])),
+    ("batchnorm_sign_pack_eval", (_F.reshape(4, 2), _F[:2], _F[:2], _F[:2], _F[:2])),
+    ("batchnorm_sign_pack_backward", (_F.reshape(4, 2), _F.reshape(4, 2), _F[:2], _F[:2],
+                                      _F[:2], _F[:2])),
 ])
 def test_cuda_body_without_gpu_is_one_line_device_error(no_gpu, name, args):
     assert name in CUDA_OPS
@@ -471,6 +486,114 @@ class TestBitPackingAndXnorOnGpu:
         np.testing.assert_array_equal(_host(xbits), xbits_ref)
         assert y.dtype == np.int32 and isinstance(y, cp.ndarray)
         np.testing.assert_array_equal(_host(y), want)
+
+
+class TestChannelsLastOnGpu:
+    """The CUDA bodies of the channels-last ops (kernels/gpu_channels_last.py) against the
+    reference on NumPy arrays: exact where the reference's order is kept (gather, col2im,
+    pooling, BatchNorm + sign + pack), the GEMMs to rtol 1e-5 (cuBLAS vs OpenBLAS)."""
+
+    pytestmark = GPU
+
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    @pytest.mark.parametrize("c, o, hw, k, stride, padding", [(3, 5, 9, 3, 1, 1),
+                                                               (70, 4, 6, 3, 2, 1),
+                                                               (8, 8, 7, 1, 1, 0),
+                                                               (2, 3, 8, 5, 2, 2)])
+    def test_conv2d_nhwc(self, cp, dtype, c, o, hw, k, stride, padding):
+        rng = np.random.default_rng(21)
+        x = rng.standard_normal((3, hw, hw, c)).astype(dtype)
+        wmat = rng.standard_normal((k * k * c, o)).astype(dtype)
+        cuda_fwd = kernels.get("conv2d_nhwc_forward", "cuda")
+        want = numpy_ref("conv2d_nhwc_forward")(x, wmat, k, k, stride, padding)
+        got = cuda_fwd(cp.asarray(x), cp.asarray(wmat), k, k, stride, padding)
+        np.testing.assert_allclose(_host(got), want, rtol=1e-5, atol=1e-5)
+        dy = rng.standard_normal(want.shape).astype(dtype)
+        bits = numpy_ref("pack_signs")(x)                 # a binary layer's packed cache
+        for source, src_dev in ((x, cp.asarray(x)), (bits, cp.asarray(bits))):
+            dx_ref, dw_ref = numpy_ref("conv2d_nhwc_backward")(dy, source, wmat, k, k, stride,
+                                                               padding)
+            dx, dw = kernels.get("conv2d_nhwc_backward", "cuda")(
+                cp.asarray(dy), src_dev, cp.asarray(wmat), k, k, stride, padding)
+            np.testing.assert_allclose(_host(dw), dw_ref, rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(_host(dx), dx_ref, rtol=1e-5, atol=1e-4)
+
+    @pytest.mark.parametrize("dtype", [np.int32, np.float32, np.float64])
+    @pytest.mark.parametrize("kernel, stride", [(2, 2), (3, 2), (3, 1)])
+    def test_maxpool2d_nhwc_is_exact(self, cp, dtype, kernel, stride):
+        rng = np.random.default_rng(22)
+        x = rng.integers(-3, 4, (2, 9, 8, 5)).astype(dtype)     # many ties: first max wins
+        y_ref, arg_ref = numpy_ref("maxpool2d_nhwc_forward")(x, kernel, stride)
+        y, arg = kernels.get("maxpool2d_nhwc_forward", "cuda")(cp.asarray(x), kernel, stride)
+        np.testing.assert_array_equal(_host(y), y_ref)
+        np.testing.assert_array_equal(_host(arg), arg_ref)
+        if dtype == np.int32:
+            return
+        dy = rng.standard_normal(y_ref.shape).astype(dtype)
+        want = numpy_ref("maxpool2d_nhwc_backward")(dy, arg_ref, x.shape, kernel, stride)
+        got = kernels.get("maxpool2d_nhwc_backward", "cuda")(cp.asarray(dy), arg, x.shape,
+                                                             kernel, stride)
+        np.testing.assert_array_equal(_host(got), want)
+
+    @pytest.mark.parametrize("z_dtype, dtype", [(np.int32, np.float32), (np.float32, np.float32),
+                                                (np.int32, np.float64),
+                                                (np.float64, np.float64)])
+    @pytest.mark.parametrize("c", [1, 64, 70, 130])
+    @pytest.mark.parametrize("ste", ["identity", "clipped", "approx", "swish"])
+    def test_batchnorm_sign_pack(self, cp, z_dtype, dtype, c, ste):
+        rng = np.random.default_rng(23)
+        z = (rng.integers(-20, 21, (300, c)) if z_dtype == np.int32
+             else rng.standard_normal((300, c))).astype(z_dtype)
+        gamma = rng.uniform(0.5, 1.5, c).astype(dtype)
+        beta = rng.uniform(-0.5, 0.5, c).astype(dtype)
+        dev = [cp.asarray(a) for a in (z, gamma, beta)]
+        want = numpy_ref("batchnorm_sign_pack_train")(z, gamma, beta)
+        train = kernels.get("batchnorm_sign_pack_train", "cuda")(*dev)
+        # statistics: exact from int32 counts (exact float64 sums), else to rounding
+        stat_rtol = 0 if z_dtype == np.int32 else RTOL[dtype]
+        for g, w in zip(train[1:], want[1:]):
+            np.testing.assert_allclose(_host(g), w, rtol=stat_rtol, atol=0)
+        mean, var, inv_std = (_host(a) for a in train[1:])
+        # the bits are exactly the reference's from the same statistics
+        np.testing.assert_array_equal(
+            _host(train[0]), numpy_ref("batchnorm_sign_pack_eval")(z, mean, var, gamma, beta))
+        np.testing.assert_array_equal(
+            _host(kernels.get("batchnorm_sign_pack_eval", "cuda")(
+                dev[0], train[1], train[2], dev[1], dev[2])),
+            numpy_ref("batchnorm_sign_pack_eval")(z, mean, var, gamma, beta))
+        ds = rng.standard_normal(z.shape).astype(dtype)
+        want = numpy_ref("batchnorm_sign_pack_backward")(ds, z, mean, inv_std, gamma, beta, ste)
+        got = kernels.get("batchnorm_sign_pack_backward", "cuda")(
+            cp.asarray(ds), dev[0], train[1], train[3], dev[1], dev[2], ste)
+        # float64 column sums in another order (and CUDA's exp/tanh for swish): to rounding
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(_host(g), w, rtol=1e-5 if dtype == np.float32 else 1e-10,
+                                       atol=1e-6 if dtype == np.float32 else 1e-12)
+
+    def test_xnor_gemm_beyond_the_old_grid_limit(self, cp):
+        """More than 65,535 column tiles (N > 4,194,240), the old grid axis y's limit."""
+        n = 65_536 * 64 + 3
+        rng = np.random.default_rng(24)
+        b = rng.integers(0, 2 ** 63, (n, 1), dtype=np.uint64)
+        a = rng.integers(0, 2 ** 63, (2, 1), dtype=np.uint64)
+        got = kernels.get("xnor_gemm", "cuda")(cp.asarray(a), cp.asarray(b), 64)
+        np.testing.assert_array_equal(_host(got), numpy_ref("xnor_gemm")(a, b, 64))
+
+    @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+    def test_binary_conv2d_direct_is_exact(self, cp, layout):
+        rng = np.random.default_rng(25)
+        for c, o, hw, k, stride, padding in [(70, 5, 9, 3, 1, 1), (3, 4, 6, 3, 2, 1),
+                                             (130, 7, 5, 5, 1, 2)]:
+            x = rng.standard_normal((2, c, hw, hw)).astype(np.float32)
+            w = rng.standard_normal((o, c, k, k)).astype(np.float32)
+            wbits, wsum = numpy_ref("pack_conv_weights")(w)
+            xbits = numpy_ref("pack_conv_input")(x)
+            want = numpy_ref("binary_conv2d")(xbits, wbits, wsum, c, k, k, stride, padding,
+                                              layout)
+            got = kernels.get("binary_conv2d", "cuda")(
+                cp.asarray(xbits), cp.asarray(wbits), cp.asarray(wsum), c, k, k, stride,
+                padding, layout)
+            np.testing.assert_array_equal(_host(got), want)
 
 
 class TestModelsOnGpu:

@@ -314,14 +314,14 @@ def _cema(b, m, v, g, c_m, c_g, c_v, c_a, thr, tie_positive):  # type: ignore[no
 
 @register(ref.cema_update, "numba")
 def cema_update(b: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, alpha: float,
-                gamma: float, threshold: float = 0.0, tie: str = "keep") -> int:
-    """Fused CEMA step, in place; returns the number of flips (see ``reference.cema_update``)."""
+                gamma: float, threshold: float = 0.0, tie: str = "keep") -> np.ndarray:
+    """Fused CEMA step, in place; returns the number of flips, 0-d (``reference.cema_update``)."""
     dt = check_inplace("cema_update", "numpy", g, b=b, m=m, v=v)
     tie_positive = check_tie("cema_update", tie)
     c_m, c_g, c_v, c_a, thr = as_scalars(dt, 1.0 - gamma, gamma, 1.0 - alpha, alpha, threshold)
     with _threads_for(b.size):
-        return int(_cema(b.reshape(-1), m.reshape(-1), v.reshape(-1), _flat_read(g),
-                         c_m, c_g, c_v, c_a, thr, tie_positive))
+        return np.asarray(_cema(b.reshape(-1), m.reshape(-1), v.reshape(-1), _flat_read(g),
+                                c_m, c_g, c_v, c_a, thr, tie_positive), dtype=np.int64)
 
 
 @njit(parallel=True, cache=True)
@@ -340,14 +340,14 @@ def _bop(b, m, g, c_m, c_g, thr, tie_positive):  # type: ignore[no-untyped-def]
 
 @register(ref.bop_update, "numba")
 def bop_update(b: np.ndarray, m: np.ndarray, g: np.ndarray, gamma: float, threshold: float,
-               tie: str = "keep") -> int:
-    """Fused Bop step, in place; returns the number of flips (see ``reference.bop_update``)."""
+               tie: str = "keep") -> np.ndarray:
+    """Fused Bop step, in place; returns the number of flips, 0-d (``reference.bop_update``)."""
     dt = check_inplace("bop_update", "numpy", g, b=b, m=m)
     tie_positive = check_tie("bop_update", tie)
     c_m, c_g, thr = as_scalars(dt, 1.0 - gamma, gamma, threshold)
     with _threads_for(b.size):
-        return int(_bop(b.reshape(-1), m.reshape(-1), _flat_read(g), c_m, c_g, thr,
-                        tie_positive))
+        return np.asarray(_bop(b.reshape(-1), m.reshape(-1), _flat_read(g), c_m, c_g, thr,
+                               tie_positive), dtype=np.int64)
 
 
 @njit(parallel=True, cache=True)

@@ -213,24 +213,26 @@ def batchnorm_sign_train(x: Array, gamma: Array | None = None, beta: Array | Non
 # minibnn.optim chains, so a fused step is bit-identical to the chain in float32 and float64.
 
 
-def _flip(b: Array, stat: Array, thr: np.generic, tie_positive: bool) -> int:
+def _flip(b: Array, stat: Array, thr: np.generic, tie_positive: bool) -> Array:
     """``b = -b`` where ``stat * b > thr``; tie "positive": ``b = +1`` where ``stat * b == thr``.
 
     (larq's Bop: ``b = sign(-sign(b*stat - thr) * b)`` with sign(0) = +1 outside.) Returns how
-    many entries of b changed.
+    many entries of b changed, as a 0-d int64 array on b's device: every body of cema_update and
+    bop_update returns that, so no body reads the device (``int(n)`` does, when wanted).
     """
     score = stat * b
     flip = score > thr
     if tie_positive:
         flip |= (score == thr) & (b < 0)
     b[flip] = -b[flip]
-    return int(get_array_module(b).count_nonzero(flip))
+    xp = get_array_module(b)
+    return xp.asarray(xp.count_nonzero(flip), dtype=xp.int64)
 
 
 @op
 def cema_update(b: Array, m: Array, v: Array, g: Array, alpha: float, gamma: float,
-                threshold: float = 0.0, tie: str = "keep") -> int:
-    """One CEMA step on binary weights b (±1), in place; returns the number of flips.
+                threshold: float = 0.0, tie: str = "keep") -> Array:
+    """One CEMA step on binary weights b (±1), in place; returns the number of flips (0-d).
 
         m = (1 - gamma) m + gamma g;  v = (1 - alpha) v + alpha m;  b = -b where v b > threshold
 
@@ -246,8 +248,8 @@ def cema_update(b: Array, m: Array, v: Array, g: Array, alpha: float, gamma: flo
 
 @op
 def bop_update(b: Array, m: Array, g: Array, gamma: float, threshold: float,
-               tie: str = "keep") -> int:
-    """One Bop step (Helwegen et al. 2019) in place; returns the number of flips.
+               tie: str = "keep") -> Array:
+    """One Bop step (Helwegen et al. 2019) in place; returns the number of flips (0-d).
 
         m = (1 - gamma) m + gamma g;  b = -b where m b > threshold
 

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 import numpy as np
 import threadpoolctl
 
+from minibnn.backend import get_array_module
 from minibnn.errors import MinibnnError
 
 T = TypeVar("T")
@@ -215,7 +216,8 @@ def matmul(a: Any, b: Any) -> Any:
         raise MinibnnError(f"matmul: 2-D arrays expected, got {a.ndim}-D and {b.ndim}-D")
     m, k = a.shape
     n = b.shape[1]
-    out = np.empty((m, n), dtype=np.result_type(a.dtype, b.dtype))
+    # the output lives where the inputs do (an ndarray subclass keeps its own namespace)
+    out = get_array_module(a, b).empty((m, n), dtype=np.result_type(a.dtype, b.dtype))
     with one_blas_thread():
         if m * n * k < GEMM_MIN_WORK or max(m, n) <= GEMM_BLOCK:
             np.matmul(a, b, out=out)

@@ -38,7 +38,7 @@ def softmax_cross_entropy(logits: Array, labels: Array,
     if tuple(labels.shape) != (n,):
         raise ShapeError(f"{fn}: labels must have shape ({n},) to match logits.shape[0], "
                          f"got shape {shape_str(labels.shape)}")
-    if isinstance(labels, np.ndarray) and labels.size:
+    if get_array_module(labels) is np and labels.size:     # host labels: checking is free
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= c:
             bad = lo if lo < 0 else hi
