@@ -9,8 +9,11 @@ JSON file only):
    batch 128 and 1024. minibnn: binary weights stored as ±1 and trained by CEMA, real parameters
    by Adam (the trainer's default), updated by ``optimizer.step_in_place`` (the fused CUDA kernels,
    the path ``minibnn.run.train.train_step`` takes): forward, loss, backward and that step, without the
-   trainer's accuracy/flip counts. A second column times ``train_step`` itself, the same step
-   plus those counts, to show what they cost. PyTorch peer: the same network (±1 weights, sign
+   trainer's accuracy/flip counts. Peers: the same step on the readable reference bodies
+   (``kernels.use_backend("numpy")``: the ``xp`` array code on CuPy arrays, what the GPU ran
+   before the channels-last ops had CUDA bodies), and PyTorch where it is installed (the GPU
+   machines this project borrows have none: that column then reads "-"). A last column times
+   ``train_step`` itself, the same step plus those counts, to show what they cost. PyTorch: the same network (±1 weights, sign
    activations with the identity STE, BatchNorm, same layers), Adam on real parameters and the
    same CEMA update written with in-place torch ops; TF32 is off in both (CuPy does not use it
    unless CUPY_TF32=1), cuDNN autotuning on. Every step, both minibnn ones and torch's, reads
@@ -219,6 +222,13 @@ def torch_step(torch: Any, name: str, batch: int, hidden: tuple[int, ...], width
     return step
 
 
+def _on_reference(step: Callable[[], float]) -> float:
+    from minibnn import kernels
+
+    with kernels.use_backend("numpy"):
+        return step()
+
+
 def bench_training(cp: Any, torch: Any | None, cfg: dict[str, Any], repeats: int
                    ) -> tuple[list[list[Any]], list[dict[str, Any]]]:
     rows, records = [], []
@@ -227,11 +237,16 @@ def bench_training(cp: Any, torch: Any | None, cfg: dict[str, Any], repeats: int
         for batch in cfg["batches"]:
             rng = np.random.default_rng(0)
             fns = minibnn_step(cp, name, batch, cfg["hidden"], cfg["width"], rng)
+            # the same step on the readable reference bodies (xp array code on CuPy arrays)
+            reference = minibnn_step(cp, name, batch, cfg["hidden"], cfg["width"],
+                                     np.random.default_rng(0))["minibnn"]
+            fns["reference"] = lambda: _on_reference(reference)
             if torch is not None:
                 fns["torch"] = torch_step(torch, name, batch, cfg["hidden"], cfg["width"], rng)
             iters = 2 if batch >= 1024 else 5
             t = time_wall(sync, fns, repeats, iters)
-            rows.append([name, batch, ratio(t.get("torch"), t["minibnn"]),
+            rows.append([name, batch, ratio(t["reference"], t["minibnn"]),
+                         ratio(t.get("torch"), t["minibnn"]),
                          t["minibnn+metrics"] / t["minibnn"]])
             records.append({"model": name, "batch": batch, "seconds": t})
             cp.get_default_memory_pool().free_all_blocks()
@@ -393,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         rows, recs = bench_training(cp, torch, cfg, repeats)
         print_table(f"training step, CIFAR-shaped input (binary_cnn width {cfg['width']}); "
                     "ratios > 1: minibnn faster",
-                    ["model", "batch", "torch / minibnn", "with metrics / without"], rows)
+                    ["model", "batch", "reference / minibnn", "torch / minibnn",
+                     "with metrics / without"], rows)
         payload["training"] = recs
     if "optimisers" not in skip:
         rows, recs = bench_optimisers(cp, cfg["opt_params"], repeats)

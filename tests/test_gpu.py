@@ -108,10 +108,10 @@ def test_cuda_bodies_mirror_the_reference_signatures():
 @pytest.fixture
 def no_gpu(monkeypatch):
     """Pretend CuPy is absent, whatever this machine has."""
-    from minibnn.kernels import gpu
+    from minibnn.kernels import gpu_launch
 
     monkeypatch.setattr(backend, "_cupy", lambda: None)
-    monkeypatch.setattr(gpu, "_CUPY", None)
+    monkeypatch.setattr(gpu_launch, "_CUPY", None)
 
 
 _F = np.zeros(8, dtype=np.float32)

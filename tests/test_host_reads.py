@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import collections
 import importlib
-import sys
 import types
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,108 +29,9 @@ from minibnn.backend import gpu_available
 from minibnn.run.spec import spec_from_options
 from minibnn.run.train import fit
 
-#: NumPy functions that answer about dtypes and shapes, not array values
-_METADATA = {"dtype", "result_type", "can_cast", "issubdtype", "isscalar", "ndim", "shape",
-             "size", "iinfo", "finfo", "promote_types", "broadcast_shapes"}
+from fake_devices import READS, DeviceArray, Namespace
 
-
-def _where() -> str:
-    """The minibnn line that asked for the read (the innermost frame in the package)."""
-    frame = sys._getframe(2)
-    while frame is not None:
-        name = frame.f_code.co_filename
-        if "/minibnn/" in name and "/tests/" not in name:
-            return f"{Path(name).name}:{frame.f_lineno} ({frame.f_code.co_name})"
-        frame = frame.f_back
-    return "outside minibnn"
-
-
-class DeviceArray(np.ndarray):
-    """A NumPy array standing in for a CuPy array: results stay device arrays (0-d arrays,
-    never scalars, as in CuPy) and every conversion to a host value is logged in ``READS``."""
-
-    def __array_namespace__(self, api_version: Any = None) -> Any:
-        return FAKE_CUPY
-
-    def __array_wrap__(self, arr: Any, context: Any = None, return_scalar: bool = False) -> Any:
-        return _device(arr)
-
-    def _host(self, how: str) -> np.ndarray:
-        READS.append(f"{how} at {_where()}")
-        return self.view(np.ndarray)
-
-    def __int__(self) -> int:
-        return int(self._host("int"))
-
-    def __float__(self) -> float:
-        return float(self._host("float"))
-
-    def __bool__(self) -> bool:
-        return bool(self._host("bool"))
-
-    def __index__(self) -> int:
-        return self._host("index").__index__()
-
-    def item(self, *args: Any) -> Any:
-        return self._host("item").item(*args)
-
-    def tolist(self) -> Any:
-        return self._host("tolist").tolist()
-
-    def get(self) -> np.ndarray:
-        """CuPy's device -> host copy (``backend.to_numpy`` calls it)."""
-        return self._host("get").copy()
-
-    def __repr__(self) -> str:
-        return repr(self._host("repr"))
-
-    def __format__(self, spec: str) -> str:
-        return format(self._host("format"), spec)
-
-    def __getitem__(self, key: Any) -> Any:
-        return _device(super().__getitem__(key))
-
-
-
-def _reduction(name: str) -> Callable[..., Any]:
-    """A reduction method of DeviceArray: a 0-d device array where NumPy gives a scalar."""
-    def method(self: DeviceArray, *args: Any, **kwargs: Any) -> Any:
-        return _device(getattr(np.ndarray, name)(self, *args, **kwargs))
-    method.__name__ = name
-    return method
-
-
-for _name in ("argmax", "argmin", "max", "min", "sum", "mean", "any", "all"):
-    setattr(DeviceArray, _name, _reduction(_name))
-
-
-def _device(value: Any) -> Any:
-    """NumPy results as device arrays: arrays viewed, scalars as 0-d arrays (CuPy's rules)."""
-    if isinstance(value, np.ndarray):
-        return value if isinstance(value, DeviceArray) else value.view(DeviceArray)
-    if isinstance(value, (np.generic, bool, int, float)):
-        return np.asarray(value).view(DeviceArray)
-    if isinstance(value, tuple):
-        return tuple(_device(v) for v in value)
-    return value
-
-
-class _Namespace:
-    """A module of NumPy (or a submodule) whose functions return device arrays."""
-
-    def __init__(self, module: types.ModuleType) -> None:
-        self._module = module
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._module, name)
-        if isinstance(value, types.ModuleType):
-            return _Namespace(value)
-        if not callable(value) or isinstance(value, type) or name in _METADATA:
-            return value
-        return lambda *args, **kwargs: _device(value(*args, **kwargs))
-
-
-class FakeCupy(_Namespace):
+class FakeCupy(Namespace):
     """What ``backend._cupy()`` returns in these tests: a GPU that is NumPy."""
 
     cuda = types.SimpleNamespace(is_available=lambda: True)
@@ -141,7 +41,7 @@ class FakeCupy(_Namespace):
 
 
 FAKE_CUPY = FakeCupy()
-READS: list[str] = []
+DeviceArray.NAMESPACE = FAKE_CUPY
 
 
 def _reads_of_one_epoch(tmp_path: Path, model: str, steps: int) -> collections.Counter[str]:

@@ -4,7 +4,7 @@ Every public function here has the name and signature of its reference body in
 ``kernels/reference.py`` (the oracle and the documentation of the arithmetic); the channels-last
 ops' CUDA bodies are in ``kernels/gpu_channels_last.py``. The CUDA sources themselves are in
 ``kernels/cuda_sources.py``, one list that CI compiles with NVRTC (``kernels/cuda_build.py``);
-this module only checks arguments, allocates outputs and launches (``launch``). Every kernel is
+this module only checks arguments, allocates outputs and launches (``gpu_launch``). Every kernel is
 a ``cupy.RawKernel`` built from that exact text. The arrays are CuPy arrays on the current
 device; nothing is copied to or from the host, nothing is read back, and no function
 synchronises the device (launches are asynchronous on the current stream).
@@ -33,12 +33,11 @@ raises ``minibnn.errors.DeviceError`` (one line) when CuPy is missing or sees no
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from minibnn.errors import DeviceError, ShapeError
+from minibnn.errors import ShapeError
 from minibnn.kernels import cuda_sources as src
 from minibnn.kernels._common import (
     as_scalars, channel_vector, channel_view, check_binary_conv, check_inplace,
@@ -46,59 +45,10 @@ from minibnn.kernels._common import (
     require_float, words_for)
 from minibnn.kernels import reference as ref
 from minibnn.kernels.reference import batch_statistics
+from minibnn.kernels.gpu_launch import cupy_for, ctype, kernel, launch
 from minibnn.kernels.registry import register
 
 Array = Any      # a cupy.ndarray (CuPy is imported lazily, so no annotation can name it)
-
-#: threads per block of the elementwise kernels
-BLOCK = 256
-#: the most blocks an elementwise launch uses: the kernels walk grid-stride loops, so larger
-#: arrays need no larger grid (and the flip counters get at most this many atomics)
-MAX_BLOCKS = 8192
-
-_CUPY: Any = None       # the cupy module, once a device has been seen
-
-
-def _cp(fn: str) -> Any:
-    """The ``cupy`` module, or a one-line DeviceError when there is no usable CUDA GPU."""
-    global _CUPY
-    if _CUPY is None:
-        from minibnn.backend import gpu_available
-
-        if not gpu_available():
-            raise DeviceError(f"{fn} needs a CUDA GPU, but none is available "
-                              f"(CuPy is not installed or sees no device)")
-        import cupy
-
-        _CUPY = cupy
-    return _CUPY
-
-
-def ctype(dtype: Any) -> str:
-    """The C type of a NumPy dtype a kernel is instantiated for (``cuda_sources.CTYPES``)."""
-    return src.CTYPES[np.dtype(dtype).name]
-
-
-@lru_cache(maxsize=None)
-def kernel(spec: src.CudaKernel, *types: str) -> Any:
-    """The ``cupy.RawKernel`` of one instance of ``spec`` (compiled on its first launch)."""
-    entry, source = spec.instance(*types)
-    return _cp(spec.name).RawKernel(source, entry, options=src.NVRTC_OPTIONS)
-
-
-def launch(spec: src.CudaKernel, types: tuple[str, ...], total: int, args: tuple[Any, ...],
-           threads_per_item: int = 1) -> None:
-    """Launch an instance of ``spec`` over ``total`` items of ``threads_per_item`` threads
-    each (1 for the grid-stride kernels, 32 for the one-warp-per-word packers)."""
-    if total == 0:
-        return
-    blocks = -(-total * threads_per_item // BLOCK)
-    if threads_per_item == 1:
-        blocks = min(blocks, MAX_BLOCKS)
-    elif blocks >= 2 ** 31:
-        raise ShapeError(f"{spec.name}: {total} words need more than 2**31 - 1 blocks")
-    kernel(spec, *types)((blocks,), (BLOCK,), args)
-
 
 # --------------------------------------------------------------------------- BatchNorm + sign
 
@@ -106,10 +56,11 @@ def launch(spec: src.CudaKernel, types: tuple[str, ...], total: int, args: tuple
 def _bn_sign(fn: str, x: Array, mean: Array, inv_std: Array, gamma: Array, beta: Array,
              train: bool) -> tuple[Array, Array | None, Array | None]:
     """One launch of ``cuda_sources.BN_SIGN`` over x viewed as (N, C, L): s (and y, xhat)."""
-    cp = _cp(fn)
+    cp = cupy_for(fn)
     x3 = cp.ascontiguousarray(channel_view(fn, x))
     s = cp.empty_like(x3)
     y, xhat = (cp.empty_like(x3), cp.empty_like(x3)) if train else (s, s)   # eval: unused
+    mean, inv_std, gamma, beta = (cp.ascontiguousarray(v) for v in (mean, inv_std, gamma, beta))
     launch(src.BN_SIGN, (ctype(x.dtype),), x3.size,
            (x3, mean, inv_std, gamma, beta, s, y, xhat, np.int64(x3.size),
             np.int64(x3.shape[2]), np.int64(x3.shape[1]), np.int32(train)))
@@ -124,7 +75,7 @@ def batchnorm_sign_eval(x: Array, mean: Array, var: Array, gamma: Array | None =
     x is (N, C) or (N, C, H, W); see ``reference.batchnorm_sign_eval`` for the operation order.
     """
     fn = "batchnorm_sign_eval"
-    cp = _cp(fn)
+    cp = cupy_for(fn)
     require_float(fn, "x", x, "cupy")
     mean = channel_vector(fn, "mean", mean, x, 0.0, "cupy")
     var = channel_vector(fn, "var", var, x, 1.0, "cupy")
@@ -144,7 +95,7 @@ def batchnorm_sign_train(x: Array, gamma: Array | None = None, beta: Array | Non
     are one fused launch.
     """
     fn = "batchnorm_sign_train"
-    cp = _cp(fn)
+    cp = cupy_for(fn)
     require_float(fn, "x", x, "cupy")
     channel_view(fn, x)
     gamma = channel_vector(fn, "gamma", gamma, x, 1.0, "cupy")
@@ -176,7 +127,7 @@ def cema_update(b: Array, m: Array, v: Array, g: Array, alpha: float, gamma: flo
     Returns the number of flips as a 0-d int64 array on the device (``reference.cema_update``).
     """
     fn = "cema_update"
-    cp = _cp(fn)
+    cp = cupy_for(fn)
     dt = check_inplace(fn, "cupy", g, b=b, m=m, v=v)
     tie_positive = check_tie(fn, tie)
     c_m, c_g, c_v, c_a, thr = as_scalars(dt, 1.0 - gamma, gamma, 1.0 - alpha, alpha, threshold)
@@ -195,7 +146,7 @@ def bop_update(b: Array, m: Array, g: Array, gamma: float, threshold: float,
         m = (1 - gamma) m + gamma g;  b = -b where m b > threshold   (see ``reference.bop_update``)
     """
     fn = "bop_update"
-    cp = _cp(fn)
+    cp = cupy_for(fn)
     dt = check_inplace(fn, "cupy", g, b=b, m=m)
     tie_positive = check_tie(fn, tie)
     c_m, c_g, thr = as_scalars(dt, 1.0 - gamma, gamma, threshold)
@@ -217,7 +168,7 @@ def sgd_update(w: Array, m: Array | None, g: Array, lr: float, momentum: float =
     ``first_step=True`` sets m = d undamped; see ``reference.sgd_update``.
     """
     fn = "sgd_update"
-    cp = _cp(fn)
+    cp = cupy_for(fn)
     check_momentum_buffer(fn, momentum, m)
     has_momentum = momentum != 0.0
     dt = check_inplace(fn, "cupy", g, w=w, m=m if has_momentum else None)
@@ -239,7 +190,7 @@ def adam_update(w: Array, m: Array, v: Array, g: Array, lr: float, step: int, b1
     passed as scalars; see ``reference.adam_update`` for the formulas.
     """
     fn = "adam_update"
-    cp = _cp(fn)
+    cp = cupy_for(fn)
     dt = check_inplace(fn, "cupy", g, w=w, m=m, v=v)
     check_step(fn, step)
     sc = as_scalars(dt, weight_decay, b1, 1.0 - b1, b2, 1.0 - b2, 1.0 - b1 ** step,
@@ -258,7 +209,7 @@ def adam_update(w: Array, m: Array, v: Array, g: Array, lr: float, step: int, b1
 @register(ref.pack_signs, "cuda")
 def pack_signs(x: Array) -> Array:
     """Pack sign(x) along the last axis: (..., K) float -> (..., ceil(K/64)) uint64."""
-    cp = _cp("pack_signs")
+    cp = cupy_for("pack_signs")
     require_float("pack_signs", "x", x, "cupy")
     if x.ndim < 1:
         raise ShapeError("pack_signs: x must have at least one axis, got a 0-d array")
@@ -275,7 +226,7 @@ def pack_signs(x: Array) -> Array:
 @register(ref.unpack_signs, "cuda")
 def unpack_signs(p: Array, k: int, dtype: type | np.dtype = np.float32) -> Array:
     """Inverse of ``pack_signs``: (..., W) uint64 -> (..., k) array of ±1 in ``dtype``."""
-    cp = _cp("unpack_signs")
+    cp = cupy_for("unpack_signs")
     check_packed_signs("unpack_signs", p, k, "cupy")
     out = cp.empty(p.shape[:-1] + (int(k),), dtype=np.dtype(dtype))
     launch(src.UNPACK_SIGNS, (ctype(out.dtype),), out.size,
@@ -296,7 +247,7 @@ def xnor_gemm(a: Array, b: Array, k: int) -> Array:
     ``C[i, j] = k - 2 * popcount(a_i XOR b_j)``, exact, one launch (see ``reference.xnor_gemm``;
     W may exceed ceil(k/64) when every tap of a convolution is padded to whole words).
     """
-    cp = _cp("xnor_gemm")
+    cp = cupy_for("xnor_gemm")
     check_packed_pair("xnor_gemm", a, b, k, "cupy")
     if k >= 2 ** 31:
         raise ShapeError(f"xnor_gemm: k must be below 2**31 (int32 output), got {k}")
@@ -330,7 +281,7 @@ def binary_conv2d(xbits: Array, wbits: Array, wsum: Array, c: int, kh: int, kw: 
     is what the reference's ``wsum`` correction gives, so ``wsum`` is checked but not read.
     """
     fn = "binary_conv2d"
-    cp = _cp(fn)
+    cp = cupy_for(fn)
     oh, ow = check_binary_conv(fn, xbits, wbits, wsum, c, kh, kw, stride, padding, "cupy",
                                layout=layout)
     n, h, w, nw = (int(s) for s in xbits.shape)

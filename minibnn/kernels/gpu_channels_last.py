@@ -2,7 +2,7 @@
 
 The GPU twin of ``cpu_channels_last``: the same ops, the same arguments, registered with
 ``@register(op, "cuda")``. The kernels are in ``cuda_sources`` (compiled in CI by the build
-check); this module checks arguments, allocates and launches (``gpu.launch``). The GEMMs are
+check); this module checks arguments, allocates and launches (``gpu_launch.launch``). The GEMMs are
 cuBLAS through CuPy's matmul.
 
     conv forward    cols = gather(x)          y = cols @ wmat                   (cuBLAS)
@@ -27,7 +27,7 @@ from minibnn.errors import DTypeError, ShapeError
 from minibnn.kernels import channels_last as ref
 from minibnn.kernels import cuda_sources as src
 from minibnn.kernels._common import conv_output_size, require_array, require_float, words_for
-from minibnn.kernels.gpu import _cp, ctype, launch
+from minibnn.kernels.gpu_launch import cupy_for, ctype, launch
 from minibnn.kernels.registry import register
 from minibnn.ops.sign import check_ste
 
@@ -36,7 +36,7 @@ Array = Any
 
 def _gather(x: Array, c: int, dtype: Any, kh: int, kw: int, stride: int, padding: int) -> Array:
     """Columns (N*OH*OW, kH*kW*C) in ``dtype`` of float x or packed signs x (N, H, W, nw)."""
-    cp = _cp("im2col_nhwc")
+    cp = cupy_for("im2col_nhwc")
     n, h, w = (int(s) for s in x.shape[:3])
     oh, ow = conv_output_size("im2col_nhwc", h, w, kh, kw, stride, padding)
     cols = cp.empty((n * oh * ow, kh * kw * c), dtype=dtype)
@@ -56,7 +56,7 @@ def _gather(x: Array, c: int, dtype: Any, kh: int, kw: int, stride: int, padding
 def _col2im(dcols: Array, x_shape: tuple[int, int, int, int], kh: int, kw: int, stride: int,
             padding: int) -> Array:
     """The adjoint of ``_gather``: dx (N, H, W, C), each pixel's taps added in (i, j) order."""
-    cp = _cp("col2im_nhwc")
+    cp = cupy_for("col2im_nhwc")
     n, h, w, c = x_shape
     oh, ow = conv_output_size("col2im_nhwc", h, w, kh, kw, stride, padding)
     dx = cp.empty((n, h, w, c), dtype=dcols.dtype)
@@ -72,7 +72,7 @@ def conv2d_nhwc_forward(x: Array, wmat: Array, kh: int, kw: int, stride: int = 1
                         padding: int = 0) -> Array:
     """``y = cols(x) @ wmat``: one gather launch, then cuBLAS."""
     fn = "conv2d_nhwc_forward"
-    _cp(fn)
+    cupy_for(fn)
     c = ref.check_wmat(fn, wmat, kh, kw, "cupy")
     ref.check_conv_source(fn, x, c, "cupy")
     if x.dtype == np.uint64:
@@ -89,7 +89,7 @@ def conv2d_nhwc_backward(dy: Array, x: Array, wmat: Array, kh: int, kw: int, str
     """``dwmat = cols(x)^T @ dy2``, ``dx = col2im(dy2 @ wmat^T)``; packed x is gathered from
     its bits directly (no unpacked copy of the input)."""
     fn = "conv2d_nhwc_backward"
-    _cp(fn)
+    cupy_for(fn)
     c = ref.check_wmat(fn, wmat, kh, kw, "cupy")
     ref.check_conv_source(fn, x, c, "cupy")
     n, h, w = (int(s) for s in x.shape[:3])
@@ -109,7 +109,7 @@ def conv2d_nhwc_backward(dy: Array, x: Array, wmat: Array, kh: int, kw: int, str
 def maxpool2d_nhwc_forward(x: Array, kernel: int, stride: int) -> tuple[Array, Array]:
     """Max and first argmax (uint8, i*kernel + j) of every window; one thread per output."""
     fn = "maxpool2d_nhwc_forward"
-    cp = _cp(fn)
+    cp = cupy_for(fn)
     oh, ow = ref.check_pool(fn, x, kernel, stride, "cupy")
     n, h, w, c = (int(s) for s in x.shape)
     y = cp.empty((n, oh, ow, c), dtype=x.dtype)
@@ -125,7 +125,7 @@ def maxpool2d_nhwc_backward(dy: Array, argmax: Array, x_shape: tuple[int, int, i
                             kernel: int, stride: int) -> Array:
     """dx: each input pixel gathers dy from the windows whose argmax it is."""
     fn = "maxpool2d_nhwc_backward"
-    cp = _cp(fn)
+    cp = cupy_for(fn)
     require_float(fn, "dy", dy, "cupy")
     n, h, w, c = (int(s) for s in x_shape)
     oh, ow = conv_output_size(fn, h, w, kernel, kernel, stride, 0)
@@ -156,13 +156,14 @@ def _bn_types(z: Array, gamma: Array) -> tuple[str, str] | None:
 def _bn_pack(z: Array, mean: Array, inv_std: Array, gamma: Array, beta: Array,
              types: tuple[str, str]) -> Array:
     """bits (M, ceil(C/64)) of sign(((T)z - mean) * inv_std * gamma + beta): one warp a word."""
-    cp = _cp("batchnorm_sign_pack")
+    cp = cupy_for("batchnorm_sign_pack")
     m, c = (int(s) for s in z.shape)
     nw = words_for(c)
     bits = cp.empty((m, nw), dtype=cp.uint64)
+    vectors = [cp.ascontiguousarray(v) for v in (mean, inv_std, gamma, beta)]
     launch(src.BN_SIGN_PACK, types, m * nw,
-           (cp.ascontiguousarray(z), mean, inv_std, gamma, beta, bits, np.int64(m),
-            np.int32(c), np.int32(nw)), threads_per_item=32)
+           (cp.ascontiguousarray(z), *vectors, bits, np.int64(m), np.int32(c), np.int32(nw)),
+           threads_per_item=32)
     return bits
 
 
@@ -171,7 +172,7 @@ def batchnorm_sign_pack_train(z: Array, gamma: Array, beta: Array, eps: float = 
                               ) -> tuple[Array, Array, Array, Array]:
     """``(bits, mean, var, inv_std)``: the reference's statistics, then one packing launch."""
     fn = "batchnorm_sign_pack_train"
-    cp = _cp(fn)
+    cp = cupy_for(fn)
     ref.check_rows(fn, z, "cupy")
     ref.check_affine(fn, z, gamma, beta, "cupy")
     types = _bn_types(z, gamma)
@@ -187,7 +188,7 @@ def batchnorm_sign_pack_eval(z: Array, mean: Array, var: Array, gamma: Array, be
                              eps: float = 1e-5) -> Array:
     """Eval-mode twin (running statistics): one packing launch."""
     fn = "batchnorm_sign_pack_eval"
-    cp = _cp(fn)
+    cp = cupy_for(fn)
     require_array(fn, "z", z, "cupy")
     if z.ndim != 2:
         raise ShapeError(f"{fn}: z must be 2-D (M, C), got shape {tuple(z.shape)}")
@@ -206,7 +207,7 @@ def batchnorm_sign_pack_backward(ds: Array, z: Array, mean: Array, inv_std: Arra
     """``dz, dgamma, dbeta``: d = ds * ste'(y) and d * xhat in one launch, their float64 column
     sums by CuPy (the reference's), dz in a second launch."""
     fn = "batchnorm_sign_pack_backward"
-    cp = _cp(fn)
+    cp = cupy_for(fn)
     ref.check_rows(fn, z, "cupy")
     ref.check_affine(fn, z, gamma, beta, "cupy")
     code = ref.check_ste_code(fn, ste)
@@ -221,6 +222,7 @@ def batchnorm_sign_pack_backward(ds: Array, z: Array, mean: Array, inv_std: Arra
     m, c = (int(s) for s in z.shape)
     dt = gamma.dtype
     zc, dsc = cp.ascontiguousarray(z), cp.ascontiguousarray(ds)
+    mean, inv_std, gamma, beta = (cp.ascontiguousarray(v) for v in (mean, inv_std, gamma, beta))
     d, dxhat = cp.empty_like(dsc), cp.empty_like(dsc)
     launch(src.BN_SIGN_PACK_GRAD, types, d.size,
            (dsc, zc, mean, inv_std, gamma, beta, d, dxhat, np.int64(d.size), np.int32(c),

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# One command for a borrowed GPU: everything minibnn checks on a GPU, in one run, into one folder.
+#
+#     bash scripts/gpu_check.sh [--dry-run] [OUTDIR]      # OUTDIR: default $OUT, else gpu-check/
+#
+# Steps, in this order, so that a run cut short still reports what it reached (each step has
+# its own time limit; the whole is under 7 minutes on an H100):
+#   env        the GPU (nvidia-smi), Python, NumPy, CuPy, Numba versions
+#   build      every CUDA kernel compiled with NVRTC for sm_80 and sm_90: registers, spills
+#   gpu-tests  pytest -m gpu: every CUDA body against its reference, models GPU vs CPU, and no
+#              host read inside a training step (cupyx.allow_synchronize(False))
+#   verify     the equivalence suite P1-P9, whose implementations include fused[cuda] on a GPU
+#              (P9's closed loop included)
+#   bench      benchmarks/bench_gpu.py: training step vs the reference bodies, fused optimiser
+#              steps vs a device copy, XNOR GEMM vs cuBLAS SGEMM (JSON in OUTDIR)
+#   mnist      a short `minibnn train --device gpu` on MNIST and the same run on the CPU
+#   cifar10    the same on CIFAR-10 from ../shared/datasets/ (binary_cnn)
+#
+# --dry-run runs the same steps on the CPU: each GPU part says "skipped: no GPU", the CPU halves
+# of the training comparisons run (tiny), so the script's own plumbing is tested in CI.
+# Data: MNIST from $MINIBNN_CACHE, else from .gpu-data/ in the checkout (an ignored folder that
+# can travel with the tree: cp ~/.cache/minibnn/mnist.npz .gpu-data/), else the synthetic set.
+# CIFAR-10: $CIFAR10_DIR, else ../shared/datasets/cifar10-jpeg.tar.gz or shared/datasets/.
+# OUTDIR/summary.txt has one line per step: name, ok / failed (rc N) / timed out / skipped: why,
+# and seconds.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+DRY=0
+OUTDIR="${OUT:-gpu-check}"
+for arg in "$@"; do
+    case "$arg" in
+        --dry-run) DRY=1 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -*) echo "gpu_check.sh: unknown option $arg (expected --dry-run or an output folder)" >&2
+            exit 2 ;;
+        *) OUTDIR="$arg" ;;
+    esac
+done
+mkdir -p "$OUTDIR" || { echo "gpu_check.sh: cannot create $OUTDIR" >&2; exit 2; }
+OUTDIR="$(cd "$OUTDIR" && pwd)"
+PY="${PYTHON:-python3}"
+SUMMARY="$OUTDIR/summary.txt"
+: > "$SUMMARY"
+
+HAS_GPU=0
+if [ "$DRY" = 0 ] && "$PY" -c "import sys; from minibnn.backend import gpu_available; sys.exit(0 if gpu_available() else 1)" 2>/dev/null; then
+    HAS_GPU=1
+fi
+
+note() {     # note NAME STATUS SECONDS: one summary line (and the same on the terminal)
+    printf '%-10s %-28s %4ss\n' "$1" "$2" "$3" | tee -a "$SUMMARY"
+}
+
+step() {     # step NAME LIMIT_S COMMAND...: run it, output in OUTDIR/NAME.txt, one summary line
+    local name=$1 limit=$2 start rc status
+    shift 2
+    start=$(date +%s)
+    timeout "$limit" bash -c '"$@"' "$name" "$@" > "$OUTDIR/$name.txt" 2>&1
+    rc=$?
+    case $rc in
+        0) status=ok ;;
+        124|137) status="timed out after ${limit}s" ;;
+        *) status="failed (rc $rc)" ;;
+    esac
+    note "$name" "$status" "$(( $(date +%s) - start ))"
+}
+
+skip() {     # skip NAME WHY
+    echo "skipped: $2" > "$OUTDIR/$1.txt"
+    note "$1" "skipped: $2" 0
+}
+
+env_report() {
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    "$PY" - <<'EOF'
+import platform
+import numpy
+print("python", platform.python_version(), "numpy", numpy.__version__)
+for name in ("cupy", "numba", "torch"):
+    try:
+        module = __import__(name)
+        print(name, module.__version__)
+    except Exception as exc:
+        print(name, "absent:", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+from minibnn.backend import gpu_available
+print("gpu_available", gpu_available())
+EOF
+}
+
+# train DATASET DEVICE OUTFILE ARGS...: one short run; prints its last epoch line
+train_run() {
+    local device=$1 out=$2
+    shift 2
+    "$PY" -m minibnn train --device "$device" --out "$out" --no-progress --epochs 1 "$@"
+}
+
+export PY
+export -f env_report train_run
+
+# compare NAME ARGS...: the same short run on the GPU (if any) and on the CPU
+compare() {
+    local name=$1
+    shift
+    if [ "$HAS_GPU" = 1 ]; then
+        step "$name-gpu" 90 train_run gpu "$OUTDIR/$name-gpu.h5" "$@"
+    else
+        skip "$name-gpu" "no GPU"
+    fi
+    step "$name-cpu" 120 train_run cpu "$OUTDIR/$name-cpu.h5" "$@"
+    { tail -n 2 "$OUTDIR/$name-gpu.txt"; tail -n 2 "$OUTDIR/$name-cpu.txt"; } \
+        > "$OUTDIR/$name-compare.txt" 2>/dev/null
+}
+
+step env 30 env_report
+
+if "$PY" -c "from minibnn.kernels.cuda_build import nvrtc; nvrtc()" 2>/dev/null; then
+    step build 60 "$PY" -m minibnn.kernels.cuda_build
+else
+    skip build "no NVRTC (pip install 'minibnn[gpu-build]')"
+fi
+
+if [ "$HAS_GPU" = 1 ]; then
+    step gpu-tests 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider \
+        --junitxml="$OUTDIR/gpu-tests.xml" tests/
+    step verify 120 "$PY" -m minibnn verify --only P1,P2,P3,P4,P5,P6,P7,P8,P9
+    step bench 120 "$PY" benchmarks/bench_gpu.py --repeats 3 --json "$OUTDIR/bench_gpu.json"
+else
+    # the GPU tests collect and skip (the markers and skip reasons work); the rest needs a GPU
+    step gpu-tests 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py \
+        tests/test_host_reads.py
+    skip verify "no GPU"
+    skip bench "no GPU"
+fi
+
+# MNIST: the cache that travelled with the tree, else the synthetic set (said in the output)
+if [ -z "${MINIBNN_CACHE:-}" ] && [ -f .gpu-data/mnist.npz ]; then
+    export MINIBNN_CACHE="$PWD/.gpu-data"
+fi
+if [ -f "${MINIBNN_CACHE:-$HOME/.cache/minibnn}/mnist.npz" ]; then
+    MNIST=(--dataset mnist)
+else
+    echo "no MNIST cache: the mnist step trains on the synthetic set" >> "$SUMMARY"
+    MNIST=(--dataset synthetic)
+fi
+if [ "$HAS_GPU" = 1 ]; then SUBSET=20000; else SUBSET=500; fi
+compare mnist "${MNIST[@]}" --train-subset "$SUBSET" --batch-size 100
+
+CIFAR="${CIFAR10_DIR:-}"
+for candidate in ../shared/datasets/cifar10-jpeg.tar.gz shared/datasets/cifar10-jpeg.tar.gz; do
+    if [ -z "$CIFAR" ] && [ -e "$candidate" ]; then CIFAR="$candidate"; fi
+done
+if [ -z "$CIFAR" ]; then
+    skip cifar10-gpu "no CIFAR-10 copy (set CIFAR10_DIR)"
+    skip cifar10-cpu "no CIFAR-10 copy (set CIFAR10_DIR)"
+elif [ "$HAS_GPU" = 1 ]; then
+    compare cifar10 --model binary_cnn --width 32 --dataset cifar10 --data-dir "$CIFAR" \
+        --train-subset 10000 --batch-size 100
+else
+    skip cifar10-gpu "no GPU"
+    skip cifar10-cpu "dry run: decoding CIFAR-10 is left to a GPU run"
+fi
+
+echo "gpu_check: done; summary in $SUMMARY"
+# exit status: 1 if any step failed or timed out (skips are not failures)
+! grep -qE '^\S+ +(failed|timed out)' "$SUMMARY"
