@@ -18,11 +18,16 @@
 #
 # --dry-run runs the same steps on the CPU: each GPU part says "skipped: no GPU", the CPU halves
 # of the training comparisons run (tiny), so the script's own plumbing is tested in CI.
-# Data: MNIST from $MINIBNN_CACHE, else from .gpu-data/ in the checkout (an ignored folder that
-# can travel with the tree: cp ~/.cache/minibnn/mnist.npz .gpu-data/), else the synthetic set.
-# CIFAR-10: $CIFAR10_DIR, else ../shared/datasets/cifar10-jpeg.tar.gz or shared/datasets/.
-# OUTDIR/summary.txt has one line per step: name, ok / failed (rc N) / timed out / skipped: why,
-# and seconds.
+# Data: MNIST from $MINIBNN_CACHE, else .gpu-data/mnist.npz, else the synthetic set; CIFAR-10
+# from $CIFAR10_DIR, else .gpu-data/cifar10-jpeg.tar.gz or ../shared/datasets/. .gpu-data/ is an
+# ignored folder made to travel with the tree to a borrowed GPU machine (31 MB):
+#     mkdir -p .gpu-data && cp ~/.cache/minibnn/mnist.npz ../shared/datasets/cifar10-jpeg.tar.gz .gpu-data/
+#     device run: command 'bash scripts/gpu_check.sh "$OUT"', carry [".gpu-data"], timeout_s 480
+# Output, two files (a borrowed machine returns at most 8): OUTDIR/summary.txt, one line per
+# step (name, ok / failed (rc N) / timed out / skipped: why, seconds), and OUTDIR/details.tar.gz,
+# every step's output (refreshed after each step, so a run cut short still returns them).
+# The whole run keeps to a budget ($GPU_CHECK_BUDGET_S, default 400 s): each step's limit is cut
+# to the time left, and steps past the budget are skipped, saying so.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +36,7 @@ OUTDIR="${OUT:-gpu-check}"
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY=1 ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         -*) echo "gpu_check.sh: unknown option $arg (expected --dry-run or an output folder)" >&2
             exit 2 ;;
         *) OUTDIR="$arg" ;;
@@ -42,6 +47,10 @@ OUTDIR="$(cd "$OUTDIR" && pwd)"
 PY="${PYTHON:-python3}"
 SUMMARY="$OUTDIR/summary.txt"
 : > "$SUMMARY"
+WORK="$(mktemp -d)"                  # the steps' outputs; packed into OUTDIR/details.tar.gz
+trap 'rm -rf "$WORK"' EXIT
+BUDGET="${GPU_CHECK_BUDGET_S:-400}"
+T0=$(date +%s)
 
 HAS_GPU=0
 if [ "$DRY" = 0 ] && "$PY" -c "import sys; from minibnn.backend import gpu_available; sys.exit(0 if gpu_available() else 1)" 2>/dev/null; then
@@ -49,14 +58,21 @@ if [ "$DRY" = 0 ] && "$PY" -c "import sys; from minibnn.backend import gpu_avail
 fi
 
 note() {     # note NAME STATUS SECONDS: one summary line (and the same on the terminal)
-    printf '%-10s %-28s %4ss\n' "$1" "$2" "$3" | tee -a "$SUMMARY"
+    printf '%-11s %-28s %4ss\n' "$1" "$2" "$3" | tee -a "$SUMMARY"
+    tar czf "$OUTDIR/details.tar.gz" -C "$WORK" --exclude='*.h5' . 2>/dev/null
 }
 
-step() {     # step NAME LIMIT_S COMMAND...: run it, output in OUTDIR/NAME.txt, one summary line
-    local name=$1 limit=$2 start rc status
+step() {     # step NAME LIMIT_S COMMAND...: run it, output in WORK/NAME.txt, one summary line
+    local name=$1 limit=$2 start rc status left
     shift 2
     start=$(date +%s)
-    timeout "$limit" bash -c '"$@"' "$name" "$@" > "$OUTDIR/$name.txt" 2>&1
+    left=$(( BUDGET - (start - T0) ))
+    if [ "$left" -lt 10 ]; then
+        skip "$name" "over the ${BUDGET}s budget"
+        return
+    fi
+    if [ "$limit" -gt "$left" ]; then limit=$left; fi
+    timeout "$limit" bash -c '"$@"' "$name" "$@" > "$WORK/$name.txt" 2>&1
     rc=$?
     case $rc in
         0) status=ok ;;
@@ -67,7 +83,7 @@ step() {     # step NAME LIMIT_S COMMAND...: run it, output in OUTDIR/NAME.txt, 
 }
 
 skip() {     # skip NAME WHY
-    echo "skipped: $2" > "$OUTDIR/$1.txt"
+    echo "skipped: $2" > "$WORK/$1.txt"
     note "$1" "skipped: $2" 0
 }
 
@@ -103,31 +119,31 @@ compare() {
     local name=$1
     shift
     if [ "$HAS_GPU" = 1 ]; then
-        step "$name-gpu" 90 train_run gpu "$OUTDIR/$name-gpu.h5" "$@"
+        step "$name-gpu" 60 train_run gpu "$WORK/$name-gpu.h5" "$@"
     else
         skip "$name-gpu" "no GPU"
     fi
-    step "$name-cpu" 120 train_run cpu "$OUTDIR/$name-cpu.h5" "$@"
-    { tail -n 2 "$OUTDIR/$name-gpu.txt"; tail -n 2 "$OUTDIR/$name-cpu.txt"; } \
-        > "$OUTDIR/$name-compare.txt" 2>/dev/null
+    step "$name-cpu" 60 train_run cpu "$WORK/$name-cpu.h5" "$@"
+    { echo "gpu:"; tail -n 2 "$WORK/$name-gpu.txt"; echo "cpu:"; tail -n 2 "$WORK/$name-cpu.txt"
+    } >> "$SUMMARY" 2>/dev/null
 }
 
-step env 30 env_report
+step env 20 env_report
 
 if "$PY" -c "from minibnn.kernels.cuda_build import nvrtc; nvrtc()" 2>/dev/null; then
-    step build 60 "$PY" -m minibnn.kernels.cuda_build
+    step build 40 "$PY" -m minibnn.kernels.cuda_build
 else
     skip build "no NVRTC (pip install 'minibnn[gpu-build]')"
 fi
 
 if [ "$HAS_GPU" = 1 ]; then
-    step gpu-tests 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider \
-        --junitxml="$OUTDIR/gpu-tests.xml" tests/
-    step verify 120 "$PY" -m minibnn verify --only P1,P2,P3,P4,P5,P6,P7,P8,P9
-    step bench 120 "$PY" benchmarks/bench_gpu.py --repeats 3 --json "$OUTDIR/bench_gpu.json"
+    step gpu-tests 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider \
+        --junitxml="$WORK/gpu-tests.xml" tests/
+    step verify 90 "$PY" -m minibnn verify --only P1,P2,P3,P4,P5,P6,P7,P8,P9
+    step bench 90 "$PY" benchmarks/bench_gpu.py --repeats 3 --json "$WORK/bench_gpu.json"
 else
     # the GPU tests collect and skip (the markers and skip reasons work); the rest needs a GPU
-    step gpu-tests 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py \
+    step gpu-tests 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py \
         tests/test_host_reads.py
     skip verify "no GPU"
     skip bench "no GPU"
@@ -143,24 +159,24 @@ else
     echo "no MNIST cache: the mnist step trains on the synthetic set" >> "$SUMMARY"
     MNIST=(--dataset synthetic)
 fi
-if [ "$HAS_GPU" = 1 ]; then SUBSET=20000; else SUBSET=500; fi
+if [ "$HAS_GPU" = 1 ]; then SUBSET=10000; else SUBSET=500; fi
 compare mnist "${MNIST[@]}" --train-subset "$SUBSET" --batch-size 100
 
 CIFAR="${CIFAR10_DIR:-}"
-for candidate in ../shared/datasets/cifar10-jpeg.tar.gz shared/datasets/cifar10-jpeg.tar.gz; do
+for candidate in .gpu-data/cifar10-jpeg.tar.gz ../shared/datasets/cifar10-jpeg.tar.gz; do
     if [ -z "$CIFAR" ] && [ -e "$candidate" ]; then CIFAR="$candidate"; fi
 done
 if [ -z "$CIFAR" ]; then
     skip cifar10-gpu "no CIFAR-10 copy (set CIFAR10_DIR)"
     skip cifar10-cpu "no CIFAR-10 copy (set CIFAR10_DIR)"
 elif [ "$HAS_GPU" = 1 ]; then
-    compare cifar10 --model binary_cnn --width 32 --dataset cifar10 --data-dir "$CIFAR" \
-        --train-subset 10000 --batch-size 100
+    compare cifar10 --model binary_cnn --width 16 --dataset cifar10 --data-dir "$CIFAR" \
+        --train-subset 5000 --batch-size 100
 else
     skip cifar10-gpu "no GPU"
     skip cifar10-cpu "dry run: decoding CIFAR-10 is left to a GPU run"
 fi
 
-echo "gpu_check: done; summary in $SUMMARY"
+echo "gpu_check: done in $(( $(date +%s) - T0 ))s; summary in $SUMMARY, step outputs in $OUTDIR/details.tar.gz"
 # exit status: 1 if any step failed or timed out (skips are not failures)
 ! grep -qE '^\S+ +(failed|timed out)' "$SUMMARY"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -37,12 +38,29 @@ def test_dry_run_takes_every_step_and_writes_the_summary(tmp_path):
         assert status[name].startswith("skipped: no GPU"), (name, status[name])
     for name in ("env", "gpu-tests", "mnist-cpu"):
         assert status[name].startswith("ok"), (name, status[name])
+    # two files come back (a borrowed machine returns at most 8): the summary and the details
+    assert sorted(p.name for p in out.iterdir()) == ["details.tar.gz", "summary.txt"]
+    with tarfile.open(out / "details.tar.gz") as tar:
+        details = {Path(m.name).name: tar.extractfile(m).read().decode()
+                   for m in tar.getmembers() if m.isfile()}
+    assert {f"{name}.txt" for name in STEPS} <= set(details)
     if os.environ.get("MINIBNN_REQUIRE_NVRTC") == "1":
         assert status["build"].startswith("ok"), status["build"]
-        assert "kernel builds" in (out / "build.txt").read_text()
-    assert "synthetic" in (out / "summary.txt").read_text()   # no MNIST cache: said so
-    assert "final test accuracy" in (out / "mnist-cpu.txt").read_text()
-    assert (out / "mnist-cpu.h5").exists()
+        assert "kernel builds" in details["build.txt"]
+    summary = (out / "summary.txt").read_text()
+    assert "synthetic" in summary                            # no MNIST cache: said so
+    assert "final test accuracy" in details["mnist-cpu.txt"] and "final test accuracy" in summary
+
+
+@pytest.mark.slow
+def test_steps_past_the_budget_are_skipped_saying_so(tmp_path):
+    env_budget = {"GPU_CHECK_BUDGET_S": "5"}
+    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MINIBNN_CACHE": str(tmp_path), **env_budget})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert "skipped: over the 5s budget" in summary
 
 
 def test_unknown_option_is_one_line_exit_2(tmp_path):
