@@ -53,7 +53,8 @@ BUDGET="${GPU_CHECK_BUDGET_S:-400}"
 T0=$(date +%s)
 
 HAS_GPU=0
-if [ "$DRY" = 0 ] && "$PY" -c "import sys; from minibnn.backend import gpu_available; sys.exit(0 if gpu_available() else 1)" 2>/dev/null; then
+GPU_PROBE="import sys; from minibnn.backend import gpu_available; sys.exit(not gpu_available())"
+if [ "$DRY" = 0 ] && "$PY" -c "$GPU_PROBE" 2>/dev/null; then
     HAS_GPU=1
 fi
 

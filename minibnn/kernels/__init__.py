@@ -10,7 +10,7 @@ reference body (``@op``: readable array code against ``xp``, the oracle and the 
 go to its definition to read it. Its compiled bodies register for it by the op itself:
 
     "numba"  kernels/cpu.py, cpu_channels_last.py   Numba, for NumPy arrays
-    "cuda"   kernels/gpu.py                         CuPy kernels, for CuPy arrays
+    "cuda"   kernels/gpu.py, gpu_channels_last.py   CUDA kernels (cuda_sources.py), CuPy arrays
 
 ``kernels/registry.py`` says how a call picks the body (``call(name, ...)`` is the same by
 name); ``kernels/_common.py`` holds the argument checks every body of an op shares;

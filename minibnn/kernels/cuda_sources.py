@@ -439,7 +439,8 @@ extern "C" __global__ void {NAME}(
         t /= ow;
         const int yo = (int)(t % oh);
         const long long ni = t / oh;
-        const {T}* base = x + ((ni * h + (long long)yo * stride) * w + (long long)xo * stride) * c + ci;
+        const long long y0 = (long long)yo * stride, x0 = (long long)xo * stride;
+        const {T}* base = x + ((ni * h + y0) * w + x0) * c + ci;     // the window's corner
         {T} best = base[0];
         int best_at = 0;
         for (int ti = 0; ti < k; ++ti)

@@ -4,8 +4,8 @@ Every public function here has the name and signature of its reference body in
 ``kernels/reference.py`` (the oracle and the documentation of the arithmetic); the channels-last
 ops' CUDA bodies are in ``kernels/gpu_channels_last.py``. The CUDA sources themselves are in
 ``kernels/cuda_sources.py``, one list that CI compiles with NVRTC (``kernels/cuda_build.py``);
-this module only checks arguments, allocates outputs and launches (``gpu_launch``). Every kernel is
-a ``cupy.RawKernel`` built from that exact text. The arrays are CuPy arrays on the current
+this module only checks arguments, allocates outputs and launches (``gpu_launch``). Every
+kernel is a ``cupy.RawKernel`` built from that exact text. The arrays are CuPy arrays on the current
 device; nothing is copied to or from the host, nothing is read back, and no function
 synchronises the device (launches are asynchronous on the current stream).
 
@@ -49,6 +49,7 @@ from minibnn.kernels.gpu_launch import cupy_for, ctype, kernel, launch
 from minibnn.kernels.registry import register
 
 Array = Any      # a cupy.ndarray (CuPy is imported lazily, so no annotation can name it)
+
 
 # --------------------------------------------------------------------------- BatchNorm + sign
 
