@@ -13,7 +13,9 @@ JSON file only):
    (``kernels.use_backend("numpy")``: the ``xp`` array code on CuPy arrays, what the GPU ran
    before the channels-last ops had CUDA bodies), and PyTorch where it is installed (the GPU
    machines this project borrows have none: that column then reads "-"). A last column times
-   ``train_step`` itself, the same step plus those counts, to show what they cost. PyTorch: the same network (±1 weights, sign
+   ``train_step`` itself, the same step plus those counts, to show what they cost, and the
+   last the step's GEMM work (3 x its forward multiply-accumulates) at the SGEMM rate cuBLAS
+   reaches in this run, over the step's time: how close the step is to GEMM-bound. PyTorch: the same network (±1 weights, sign
    activations with the identity STE, BatchNorm, same layers), Adam on real parameters and the
    same CEMA update written with in-place torch ops; TF32 is off in both (CuPy does not use it
    unless CUPY_TF32=1), cuDNN autotuning on. Every step, both minibnn ones and torch's, reads
@@ -111,11 +113,12 @@ def time_wall(sync: Callable[[], None], fns: dict[str, Callable[[], Any]], repea
 
 
 def minibnn_step(cp: Any, name: str, batch: int, hidden: tuple[int, ...], width: int,
-                 rng: np.random.Generator) -> dict[str, Callable[[], Any]]:
+                 rng: np.random.Generator) -> tuple[dict[str, Callable[[], Any]], int]:
     """The minibnn training step on the GPU ("minibnn") and ``train_step`` ("minibnn+metrics"):
     the same forward, backward and ``optimizer.step_in_place``, the second with the trainer's
     counts.
-    Each returns the loss as a Python float (one device sync per step, as torch's)."""
+    Each returns the loss as a Python float (one device sync per step, as torch's). Also
+    returns the model's multiply-accumulates per image (``minibnn summary``'s count)."""
     from minibnn.backend import to_device
     from minibnn.nn.functional import softmax_cross_entropy
     from minibnn.nn.models import binary_cnn, binary_mlp
@@ -150,7 +153,11 @@ def minibnn_step(cp: Any, name: str, batch: int, hidden: tuple[int, ...], width:
         loss, _, _ = train_step(model, opt, with_metrics, x, y)
         return float(loss)
 
-    return {"minibnn": step, "minibnn+metrics": step_with_metrics}
+    from minibnn.commands.summary import summarize
+
+    totals = summarize(model)[1]
+    macs = int(totals["binary_macs"] + totals["float_macs"])
+    return {"minibnn": step, "minibnn+metrics": step_with_metrics}, macs
 
 
 def torch_step(torch: Any, name: str, batch: int, hidden: tuple[int, ...], width: int,
@@ -222,6 +229,14 @@ def torch_step(torch: Any, name: str, batch: int, hidden: tuple[int, ...], width
     return step
 
 
+def sgemm_rate(cp: Any, repeats: int, n: int = 4096) -> float:
+    """cuBLAS's float32 GEMM rate on this device (flop/s), measured now: (n x n) @ (n x n)."""
+    a = cp.ones((n, n), dtype=cp.float32)
+    b = cp.ones((n, n), dtype=cp.float32)
+    seconds = time_events(cp, {"sgemm": lambda: a @ b}, repeats, 5)["sgemm"]
+    return 2.0 * n ** 3 / seconds
+
+
 def _on_reference(step: Callable[[], float]) -> float:
     from minibnn import kernels
 
@@ -233,22 +248,27 @@ def bench_training(cp: Any, torch: Any | None, cfg: dict[str, Any], repeats: int
                    ) -> tuple[list[list[Any]], list[dict[str, Any]]]:
     rows, records = [], []
     sync = cp.cuda.Device().synchronize
+    sgemm = sgemm_rate(cp, repeats)
     for name in ("binary_mlp", "binary_cnn"):
         for batch in cfg["batches"]:
             rng = np.random.default_rng(0)
-            fns = minibnn_step(cp, name, batch, cfg["hidden"], cfg["width"], rng)
+            fns, macs = minibnn_step(cp, name, batch, cfg["hidden"], cfg["width"], rng)
             # the same step on the readable reference bodies (xp array code on CuPy arrays)
             reference = minibnn_step(cp, name, batch, cfg["hidden"], cfg["width"],
-                                     np.random.default_rng(0))["minibnn"]
+                                     np.random.default_rng(0))[0]["minibnn"]
             fns["reference"] = lambda: _on_reference(reference)
             if torch is not None:
                 fns["torch"] = torch_step(torch, name, batch, cfg["hidden"], cfg["width"], rng)
             iters = 2 if batch >= 1024 else 5
             t = time_wall(sync, fns, repeats, iters)
+            # the step's GEMM work (forward and two backward products: 3 x the forward MACs,
+            # 2 flops each) at cuBLAS's SGEMM rate: the least time a GEMM-bound step could take
+            floor = 3 * 2 * macs * batch / sgemm
             rows.append([name, batch, ratio(t["reference"], t["minibnn"]),
                          ratio(t.get("torch"), t["minibnn"]),
-                         t["minibnn+metrics"] / t["minibnn"]])
-            records.append({"model": name, "batch": batch, "seconds": t})
+                         t["minibnn+metrics"] / t["minibnn"], floor / t["minibnn"]])
+            records.append({"model": name, "batch": batch, "seconds": t, "macs_per_image": macs,
+                            "sgemm_flops_per_s": sgemm, "gemm_floor_s": floor})
             cp.get_default_memory_pool().free_all_blocks()
             if torch is not None:
                 torch.cuda.empty_cache()
@@ -409,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table(f"training step, CIFAR-shaped input (binary_cnn width {cfg['width']}); "
                     "ratios > 1: minibnn faster",
                     ["model", "batch", "reference / minibnn", "torch / minibnn",
-                     "with metrics / without"], rows)
+                     "with metrics / without", "GEMM floor / step"], rows)
         payload["training"] = recs
     if "optimisers" not in skip:
         rows, recs = bench_optimisers(cp, cfg["opt_params"], repeats)

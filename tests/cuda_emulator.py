@@ -5,10 +5,11 @@ their references on a machine without a GPU. For tests only.
 What is emulated, and how:
   * ``threadIdx``/``blockIdx``/``blockDim``/``gridDim``: thread-local and global variables.
     Blocks run one after the other. A kernel without ``__syncthreads`` or ``__ballot_sync``
-    runs its threads one after the other too; one with either runs every thread of a block
-    as an OS thread, with a C++20 barrier for ``__syncthreads`` and a per-warp barrier and
-    vote table for ``__ballot_sync``. ``__shared__`` variables are function statics (one copy,
-    reused by each block in turn). ``atomicAdd`` is a real atomic; ``__popcll`` GCC's popcount.
+    runs its threads one after the other too; one with ``__ballot_sync`` only runs a warp's 32
+    lanes as OS threads, warp after warp (a per-warp barrier and vote table make the ballot);
+    one with ``__syncthreads`` runs a block's threads as OS threads (one set for the whole
+    grid, a barrier between blocks), with a C++20 barrier for ``__syncthreads``.
+    ``__shared__`` variables are function statics (one copy, used by each block in turn). ``atomicAdd`` is a real atomic; ``__popcll`` GCC's popcount.
   * Float arithmetic is the host's IEEE arithmetic with contraction off
     (``-ffp-contract=off``, the twin of NVRTC's ``--fmad=false``); ``exp``/``tanh`` are glibc's,
     not CUDA's.
@@ -24,10 +25,12 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -71,35 +74,62 @@ static inline unsigned long long atomicAdd(unsigned long long* p, unsigned long 
 """
 
 LAUNCHER = r"""
-extern "C" int minibnn_emulate(unsigned gx, unsigned bx, unsigned by, void** a, int threaded) {
+extern "C" int minibnn_emulate(unsigned gx, unsigned bx, unsigned by, void** a, int mode) {
     gridDim = {gx, 1, 1};
     blockDim = {bx, by, 1};
     const unsigned n = bx * by;
-    if (threaded && (n % 32 != 0 || n > 1024)) return 1;
-    for (unsigned b = 0; b < gx; ++b) {
-        if (!threaded) {
+    if (mode == 0) {                       // threads one after the other, block by block
+        for (unsigned b = 0; b < gx; ++b) {
             blockIdx = {b, 0, 0};
             for (unsigned t = 0; t < n; ++t) {
                 threadIdx = {t % bx, t / bx, 0};
                 CALL;
             }
-            continue;
         }
-        std::barrier<> block(n);
+        return 0;
+    }
+    if (n % 32 != 0 || n > 1024) return 1;
+    if (mode == 1) {                       // warp votes only: 32 OS threads, warp after warp
+        std::barrier<> next_warp(32);
         std::vector<std::barrier<>*> warps;
         for (unsigned w = 0; w < n / 32; ++w) warps.push_back(new std::barrier<>(32));
-        block_barrier = &block;
         warp_barriers = warps;
-        std::vector<std::thread> threads;
-        for (unsigned t = 0; t < n; ++t)
-            threads.emplace_back([=] {
-                blockIdx = {b, 0, 0};
-                threadIdx = {t % bx, t / bx, 0};
-                CALL;
+        std::vector<std::thread> lanes;
+        for (unsigned lane = 0; lane < 32; ++lane)
+            lanes.emplace_back([=, &next_warp] {
+                for (unsigned b = 0; b < gx; ++b)
+                    for (unsigned w = 0; w < n / 32; ++w) {
+                        const unsigned t = w * 32 + lane;
+                        blockIdx = {b, 0, 0};
+                        threadIdx = {t % bx, t / bx, 0};
+                        CALL;
+                        next_warp.arrive_and_wait();
+                    }
             });
-        for (auto& th : threads) th.join();
+        for (auto& th : lanes) th.join();
         for (auto* w : warps) delete w;
+        return 0;
     }
+    // __syncthreads: one OS thread per thread of a block, for the whole grid: blocks run one after another,
+    // separated by a barrier (so the function-static __shared__ variables pass from block to
+    // block, as each block's own copy would)
+    std::barrier<> block(n), next_block(n);
+    std::vector<std::barrier<>*> warps;
+    for (unsigned w = 0; w < n / 32; ++w) warps.push_back(new std::barrier<>(32));
+    block_barrier = &block;
+    warp_barriers = warps;
+    std::vector<std::thread> threads;
+    for (unsigned t = 0; t < n; ++t)
+        threads.emplace_back([=, &next_block] {
+            threadIdx = {t % bx, t / bx, 0};
+            for (unsigned b = 0; b < gx; ++b) {
+                blockIdx = {b, 0, 0};
+                CALL;
+                next_block.arrive_and_wait();
+            }
+        });
+    for (auto& th : threads) th.join();
+    for (auto* w : warps) delete w;
     return 0;
 }
 """
@@ -138,14 +168,15 @@ def _build(source: str, entry: str, params: list[tuple[str, str]]) -> ctypes.CDL
     _BUILD_DIR.mkdir(exist_ok=True)
     library = _BUILD_DIR / f"{entry}-{digest}.so"
     if not library.exists():
-        cpp = library.with_suffix(".cpp")
+        cpp = library.with_name(f"{library.stem}.{os.getpid()}.cpp")
         cpp.write_text(text)
+        partial = f"{library}.{os.getpid()}.tmp"         # other test processes may build too
         proc = subprocess.run(["g++", "-std=c++20", "-O1", "-ffp-contract=off", "-shared",
-                               "-fPIC", "-pthread", "-o", str(library) + ".tmp", str(cpp)],
+                               "-fPIC", "-pthread", "-o", partial, str(cpp)],
                               capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"g++ could not build {entry}:\n{proc.stderr[-3000:]}")
-        Path(str(library) + ".tmp").rename(library)
+        os.replace(partial, library)
     return ctypes.CDLL(str(library))
 
 
@@ -155,7 +186,8 @@ class EmuKernel:
     def __init__(self, code: str, name: str, options: tuple[str, ...] = ()) -> None:
         self.name = name
         self.params = parameters(code, name)
-        self.threaded = "__syncthreads" in code or "__ballot_sync" in code
+        # 0: threads in turn; 1: a warp's lanes at once (votes); 2: a block's threads at once
+        self.mode = 2 if "__syncthreads" in code else 1 if "__ballot_sync" in code else 0
         self.library = _build(code, name, self.params)
 
     def _argument(self, value: Any, ctype: str, pname: str) -> Any:
@@ -189,7 +221,7 @@ class EmuKernel:
             raise TypeError(f"{self.name}: the emulator runs 1-D grids, got {grid}")
         rc = self.library.minibnn_emulate(ctypes.c_uint(grid[0]), ctypes.c_uint(block[0]),
                                           ctypes.c_uint(block[1]), pointers,
-                                          ctypes.c_int(int(self.threaded)))
+                                          ctypes.c_int(self.mode))
         if rc:
             raise TypeError(f"{self.name}: the emulator cannot run blocks of {block}")
 
@@ -200,12 +232,39 @@ class EmuArray(DeviceArray):
     __module__ = "cupy._emulated"
 
 
-class EmulatedCupy(Namespace):
-    """``import cupy`` while emulating: NumPy for arrays, ``EmuKernel`` for ``RawKernel``."""
+class _Event:
+    """``cupy.cuda.Event``: a wall-clock mark (the emulated device is synchronous)."""
 
+    def record(self) -> None:
+        self.at = time.perf_counter()
+
+    def synchronize(self) -> None:
+        pass
+
+
+class _Device:
+    id = 0
+
+    def synchronize(self) -> None:
+        pass
+
+
+class EmulatedCupy(Namespace):
+    """``import cupy`` while emulating: NumPy for arrays, ``EmuKernel`` for ``RawKernel``, and
+    the few device services the benchmarks ask for (events, device, memory pool)."""
+
+    __version__ = "emulated"
     ndarray = EmuArray
     RawKernel = EmuKernel
-    cuda = types.SimpleNamespace(is_available=lambda: True)
+    cuda = types.SimpleNamespace(
+        is_available=lambda: True, Event=_Event, Device=_Device,
+        get_elapsed_time=lambda start, end: 1e3 * (end.at - start.at),
+        runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"emulated"},
+                                      runtimeGetVersion=lambda: 0))
+
+    @staticmethod
+    def get_default_memory_pool() -> Any:
+        return types.SimpleNamespace(free_all_blocks=lambda: None)
 
     def __init__(self) -> None:
         super().__init__(np, EmuArray)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -358,3 +359,26 @@ def _to_emulated(tree: Any) -> Any:
     if isinstance(tree, dict):
         return {k: _to_emulated(v) for k, v in tree.items()}
     return dev(tree) if isinstance(tree, np.ndarray) else tree
+
+
+def test_the_gpu_benchmark_runs_on_the_emulated_gpu(monkeypatch, tmp_path, capsys):
+    """benchmarks/bench_gpu.py --smoke end to end (smaller shapes: the emulator runs a warp's
+    threads as OS threads), so the script a GPU run relies on is known to work."""
+    import json
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_gpu
+
+    monkeypatch.setattr(bench_gpu, "INPUT_SHAPE", (3, 8, 8))
+    monkeypatch.setattr(bench_gpu, "_torch_cuda", lambda: None)
+    monkeypatch.setitem(bench_gpu.SMOKE, "xnor_shapes", [(8, 4608, 8)])
+    monkeypatch.setitem(bench_gpu.SMOKE, "opt_params", 5_000)
+    sgemm_rate = bench_gpu.sgemm_rate
+    monkeypatch.setattr(bench_gpu, "sgemm_rate", lambda cp, repeats: sgemm_rate(cp, 1, n=64))
+    out = tmp_path / "bench.json"
+    assert bench_gpu.main(["--smoke", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "reference / minibnn" in printed and "cuBLAS / xnor" in printed
+    payload = json.loads(out.read_text())
+    assert {"training", "optimisers", "xnor"} <= set(payload)
+    assert [r["model"] for r in payload["training"]] == ["binary_mlp", "binary_cnn"]
