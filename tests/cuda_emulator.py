@@ -260,7 +260,11 @@ class EmulatedCupy(Namespace):
         is_available=lambda: True, Event=_Event, Device=_Device,
         get_elapsed_time=lambda start, end: 1e3 * (end.at - start.at),
         runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"emulated"},
-                                      runtimeGetVersion=lambda: 0))
+                                      runtimeGetVersion=lambda: 0, getDeviceCount=lambda: 1))
+
+    @staticmethod
+    def asnumpy(a: Any) -> np.ndarray:
+        return np.array(a.view(np.ndarray)) if isinstance(a, np.ndarray) else np.asarray(a)
 
     @staticmethod
     def get_default_memory_pool() -> Any:

@@ -382,3 +382,21 @@ def test_the_gpu_benchmark_runs_on_the_emulated_gpu(monkeypatch, tmp_path, capsy
     payload = json.loads(out.read_text())
     assert {"training", "optimisers", "xnor"} <= set(payload)
     assert [r["model"] for r in payload["training"]] == ["binary_mlp", "binary_cnn"]
+
+
+def test_the_equivalence_suite_holds_on_the_emulated_cuda_bodies():
+    """P1-P9 with ``fused[cuda]`` among the implementations (the CUDA optimiser kernels on the
+    emulated GPU, P9's closed loop and its trainer step included), 20 examples each: the same
+    check ``scripts/gpu_check.sh`` runs on a real GPU with each property's full count."""
+    from verification import engine, runner
+
+    engine._backend_status.cache_clear()
+    try:
+        assert "cuda" in engine.fused_backends()
+        results = runner.run(examples=20, only="P1,P2,P3,P4,P5,P6,P7,P8,P9")
+    finally:
+        engine._backend_status.cache_clear()
+    assert [r.pid for r in results] == [f"P{i}" for i in range(1, 10)]
+    for r in results:
+        assert r.holds, (r.pid, r.counterexample)
+        assert "cuda" in r.implementations and "fused[cuda]" not in r.skipped, (r.pid, r)
