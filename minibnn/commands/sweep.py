@@ -185,6 +185,9 @@ def sweep(spec_path: str, out_dir: str, workers: int | None = None,
         log(f"sweep {spec_path}: {len(parsed.points)} points, {len(parsed.points) - len(todo)} "
             f"already done, {len(todo)} to run "
             f"({'on ' + scheduler if scheduler else f'{_workers(workers)} local workers'})")
+        if parsed.repeated_trials:
+            log(f"{parsed.repeated_trials} random trial(s) drew an earlier trial's values: "
+                "each such run is made once")
         run_all = _run_dask if scheduler else _run_local
         bar = _bar(len(parsed.points), len(parsed.points) - len(todo), progress)
         written = time.monotonic()

@@ -1,4 +1,5 @@
-"""``minibnn show DIR``: a sweep's table, and a heatmap or line plot of one metric over its grid.
+"""``minibnn show DIR``: a sweep's table, and a heatmap or line plot of one metric over its grid
+(or, for a random search, the metric against each drawn option and the best after k trials).
 
 The table is ``DIR/summary.csv`` as columns.  The plot takes the metric (``val_acc`` when the
 runs hold a validation split, else ``test_acc``) of every finished point and draws it over the
@@ -146,11 +147,92 @@ def _sorted_values(rows: Sequence[dict[str, Any]], axis: str) -> list[Any]:
     return sorted(values) if numeric else sorted(values, key=str)
 
 
+def best_after(rows: Sequence[dict[str, Any]], metric: str) -> list[float]:
+    """Best ``metric`` among trials 0..k, for k = 0, 1, ... (NaN until a trial has one): the
+    curve a random search is judged by. Rows are taken in trial order; grid points of one
+    trial count as that trial."""
+    by_trial: dict[int, float] = {}
+    for r in rows:
+        value = _number(r.get(metric))
+        if r.get("status") == "done" and value is not None:
+            t = int(float(r["trial"]))
+            by_trial[t] = max(by_trial.get(t, -math.inf), value)
+    best, out = -math.inf, []
+    for t in range(max(by_trial, default=-1) + 1):
+        best = max(best, by_trial.get(t, -math.inf))
+        out.append(best if best > -math.inf else math.nan)
+    return out
+
+
+def _number(text: Any) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def plot_random_sweep(search: Any, rows: Sequence[dict[str, Any]], out: str,
+                      metric: str | None = None) -> str:
+    """One panel per drawn option (the metric of every finished trial against the option's
+    value; log axis for log-uniform) and one of the best metric after k trials."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = pick_metric(rows, metric)
+    done = [r for r in rows if r.get("status") == "done" and _number(r.get(metric)) is not None]
+    if not done:
+        raise MinibnnError(f"no finished trial has a {metric} to plot")
+    panels = len(search.options) + 1
+    cols = min(3, panels)
+    fig, axes = plt.subplots((panels + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.4 *
+                             ((panels + cols - 1) // cols)), squeeze=False)
+    flat = list(axes.flat)
+    curve = best_after(rows, metric)
+    flat[0].plot(range(1, len(curve) + 1), curve, marker=".", drawstyle="steps-post")
+    flat[0].set_xlabel("trials")
+    flat[0].set_ylabel(f"best {metric}")
+    for ax, (name, kind, _) in zip(flat[1:], search.options):
+        values = [_value(r[name]) for r in done]
+        ys = [float(r[metric]) for r in done]
+        if kind == "choice":
+            labels = sorted({str(v) for v in values})
+            ax.scatter([labels.index(str(v)) for v in values], ys, s=14)
+            ax.set_xticks(range(len(labels)), labels)
+        else:
+            ax.scatter(values, ys, s=14)
+            if kind == "log-uniform":
+                ax.set_xscale("log")
+        ax.set_xlabel(f"{name} ({kind})")
+        ax.set_ylabel(metric)
+    for ax in flat:
+        ax.grid(alpha=0.3)
+    for ax in flat[panels:]:
+        ax.set_visible(False)
+    fig.suptitle(f"random search: {len(done)} finished trial rows of {len(rows)}")
+    fig.tight_layout()
+    save_figure(fig, out, dpi=120)
+    return metric
+
+
 def show_sweep(path: str, plot_path: str | None, metric: str | None = None,
                x: str | None = None, y: str | None = None) -> str:
+    from minibnn.commands.sweep_spec import read_sweep
+
     axes, rows = load_sweep_dir(path)
     text = format_sweep_table(axes, rows)
+    search = read_sweep(os.path.join(path, "sweep.toml"))[0].search
+    if search is not None:
+        curve = best_after(rows, pick_metric(rows, metric))
+        if curve and not math.isnan(curve[-1]):
+            text += (f"\nbest {pick_metric(rows, metric)} after {len(curve)} trials: "
+                     f"{curve[-1]:.4f}")
     if plot_path is not None:
-        used = plot_sweep(axes, rows, plot_path, metric, x, y)
+        if search is not None and (x, y) == (None, None):
+            used = plot_random_sweep(search, rows, plot_path, metric)
+        else:
+            used = plot_sweep(axes, rows, plot_path, metric, x, y)
         text += f"\nplotted {used} -> {plot_path}"
     return text
