@@ -52,10 +52,19 @@ trap 'rm -rf "$WORK"' EXIT
 BUDGET="${GPU_CHECK_BUDGET_S:-400}"
 T0=$(date +%s)
 
+# Is there a GPU minibnn can use? On a real run, "no" is a failure said in the summary (the
+# machine was lent for its GPU): the CPU steps still run, and the script exits 1.
+GPU_PROBE="import sys; from minibnn.backend import gpu_available; import cupy
+if not gpu_available(): sys.exit('no usable CUDA device: ' + str(cupy.cuda.runtime.getDeviceCount()))"
 HAS_GPU=0
-GPU_PROBE="import sys; from minibnn.backend import gpu_available; sys.exit(not gpu_available())"
-if [ "$DRY" = 0 ] && "$PY" -c "$GPU_PROBE" 2>/dev/null; then
-    HAS_GPU=1
+PROBE_ERROR=""
+if [ "$DRY" = 0 ]; then
+    if PROBE_OUT=$(timeout -k 5 60 "$PY" -c "$GPU_PROBE" 2>&1); then
+        HAS_GPU=1
+    else
+        PROBE_ERROR=$(printf '%s' "$PROBE_OUT" | tail -n 1)
+        PROBE_ERROR=${PROBE_ERROR:-the GPU probe failed}
+    fi
 fi
 
 note() {     # note NAME STATUS SECONDS: one summary line (and the same on the terminal)
@@ -73,11 +82,13 @@ step() {     # step NAME LIMIT_S COMMAND...: run it, output in WORK/NAME.txt, on
         return
     fi
     if [ "$limit" -gt "$left" ]; then limit=$left; fi
-    timeout "$limit" bash -c '"$@"' "$name" "$@" > "$WORK/$name.txt" 2>&1
+    # SIGTERM at the limit, SIGKILL 10 s later if the step ignores it (a call stuck on the GPU)
+    timeout -k 10 "$limit" bash -c '"$@"' "$name" "$@" > "$WORK/$name.txt" 2>&1
     rc=$?
     case $rc in
         0) status=ok ;;
-        124|137) status="timed out after ${limit}s" ;;
+        124) status="timed out after ${limit}s" ;;
+        137) status="killed (rc 137: past the limit, or out of memory)" ;;
         *) status="failed (rc $rc)" ;;
     esac
     note "$name" "$status" "$(( $(date +%s) - start ))"
@@ -129,9 +140,13 @@ compare() {
     } >> "$SUMMARY" 2>/dev/null
 }
 
+if [ -n "$PROBE_ERROR" ]; then
+    echo "gpu        failed: no usable GPU on a real run ($PROBE_ERROR); GPU steps skipped" \
+        | tee -a "$SUMMARY"
+fi
 step env 20 env_report
 
-if "$PY" -c "from minibnn.kernels.cuda_build import nvrtc; nvrtc()" 2>/dev/null; then
+if timeout -k 5 60 "$PY" -c "from minibnn.kernels.cuda_build import nvrtc; nvrtc()" 2>/dev/null; then
     step build 40 "$PY" -m minibnn.kernels.cuda_build
 else
     skip build "no NVRTC (pip install 'minibnn[gpu-build]')"
@@ -154,7 +169,7 @@ fi
 if [ -z "${MINIBNN_CACHE:-}" ] && [ -f .gpu-data/mnist.npz ]; then
     export MINIBNN_CACHE="$PWD/.gpu-data"
 fi
-if [ -f "${MINIBNN_CACHE:-$HOME/.cache/minibnn}/mnist.npz" ]; then
+if [ -f "${MINIBNN_CACHE:-${HOME:-/nonexistent}/.cache/minibnn}/mnist.npz" ]; then
     MNIST=(--dataset mnist)
 else
     echo "no MNIST cache: the mnist step trains on the synthetic set" >> "$SUMMARY"
@@ -179,5 +194,6 @@ else
 fi
 
 echo "gpu_check: done in $(( $(date +%s) - T0 ))s; summary in $SUMMARY, step outputs in $OUTDIR/details.tar.gz"
-# exit status: 1 if any step failed or timed out (skips are not failures)
-! grep -qE '^\S+ +(failed|timed out)' "$SUMMARY"
+# exit status: 1 if any step failed, timed out or was killed, or a real run found no GPU
+# (skips are not failures)
+! grep -qE '^\S+ +(failed|timed out|killed)' "$SUMMARY"

@@ -194,8 +194,9 @@ class EmuKernel:
         """The ctypes object holding one argument, after checking it against its parameter."""
         where = f"{self.name}: argument {pname}"
         if ctype.endswith("*"):
-            if not isinstance(value, np.ndarray):
-                raise TypeError(f"{where} must be an array ({ctype}), got {type(value).__name__}")
+            if not isinstance(value, EmuArray):        # CuPy refuses host arrays too
+                raise TypeError(f"{where} must be an array on the device ({ctype}), got "
+                                f"{type(value).__name__}")
             want = np.dtype(_C_TYPES[ctype[:-1].strip()])
             if value.dtype != want:
                 raise TypeError(f"{where} is {value.dtype}, the kernel reads {ctype} ({want})")
@@ -263,6 +264,16 @@ class EmulatedCupy(Namespace):
                                       runtimeGetVersion=lambda: 0, getDeviceCount=lambda: 1))
 
     @staticmethod
+    def empty(shape: Any, dtype: Any = float, order: str = "C") -> EmuArray:
+        """Uninitialised memory, made visible: NaN (floats) or all bits set (integers), so an
+        output element no thread writes cannot pass for a right one."""
+        return _poisoned(np.empty(shape, dtype=dtype, order=order))
+
+    @staticmethod
+    def empty_like(a: Any, dtype: Any = None) -> EmuArray:
+        return _poisoned(np.empty_like(np.asarray(a), dtype=dtype))
+
+    @staticmethod
     def asnumpy(a: Any) -> np.ndarray:
         return np.array(a.view(np.ndarray)) if isinstance(a, np.ndarray) else np.asarray(a)
 
@@ -272,6 +283,14 @@ class EmulatedCupy(Namespace):
 
     def __init__(self) -> None:
         super().__init__(np, EmuArray)
+
+
+def _poisoned(a: np.ndarray) -> EmuArray:
+    if a.dtype.kind == "f":
+        a.fill(np.nan)
+    else:
+        a.view(np.uint8).fill(0xFF)
+    return a.view(EmuArray)
 
 
 EMULATED_CUPY = EmulatedCupy()

@@ -400,3 +400,40 @@ def test_the_equivalence_suite_holds_on_the_emulated_cuda_bodies():
     for r in results:
         assert r.holds, (r.pid, r.counterexample)
         assert "cuda" in r.implementations and "fused[cuda]" not in r.skipped, (r.pid, r)
+
+
+def test_mixed_dtypes_and_dtypes_without_a_kernel_take_the_reference_s_way():
+    """Arguments a kernel would misread run as the reference runs them: float64 input with
+    float32 weights (gathered in the input's dtype), float64 running statistics with float32
+    parameters, int8 unpacking and float16 pooling (no kernel instance: the reference)."""
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((2, 5, 5, 3))                    # float64
+    wmat = rng.standard_normal((27, 4)).astype(np.float32)
+    dy = rng.standard_normal((2, 5, 5, 4)).astype(np.float32)
+    same(cuda("conv2d_nhwc_backward")(dev(dy), dev(x), dev(wmat), 3, 3, 1, 1),
+         reference("conv2d_nhwc_backward")(dy, x, wmat, 3, 3, 1, 1), rtol=1e-5)
+    z = rng.integers(-5, 6, (40, 3)).astype(np.int32)
+    gamma, beta = np.ones(3, np.float32), np.zeros(3, np.float32)
+    mean, var = rng.standard_normal(3), rng.uniform(0.5, 2, 3)     # float64
+    same(cuda("batchnorm_sign_pack_eval")(dev(z), dev(mean), dev(var), dev(gamma), dev(beta)),
+         reference("batchnorm_sign_pack_eval")(z, mean, var, gamma, beta))
+    bits = reference("pack_signs")(rng.standard_normal((3, 70)))
+    same(cuda("unpack_signs")(dev(bits), 70, np.int8), reference("unpack_signs")(bits, 70, np.int8))
+    h = rng.standard_normal((1, 4, 4, 2)).astype(np.float16)
+    same(cuda("maxpool2d_nhwc_forward")(dev(h), 2, 2), reference("maxpool2d_nhwc_forward")(h, 2, 2))
+
+
+@pytest.mark.parametrize("ste", ["identity", "clipped", "approx", "swish"])
+def test_a_nan_in_the_rows_stays_nan_in_the_gradient(ste):
+    """np.maximum keeps NaN; the CUDA approx STE must too (else a divergence would hide)."""
+    rng = np.random.default_rng(15)
+    z = rng.standard_normal((30, 3)).astype(np.float32)
+    z[4, 1] = np.nan
+    gamma, beta = np.ones(3, np.float32), np.zeros(3, np.float32)
+    _, mean, _, inv_std = reference("batchnorm_sign_pack_train")(z, gamma, beta)
+    ds = rng.standard_normal(z.shape).astype(np.float32)
+    want = reference("batchnorm_sign_pack_backward")(ds, z, mean, inv_std, gamma, beta, ste)
+    got = cuda("batchnorm_sign_pack_backward")(dev(ds), dev(z), dev(mean), dev(inv_std),
+                                               dev(gamma), dev(beta), ste)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.isnan(host(g)), np.isnan(w))

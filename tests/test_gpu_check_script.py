@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from minibnn.backend import gpu_available
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
 STEPS = ("env", "build", "gpu-tests", "verify", "bench", "mnist-gpu", "mnist-cpu", "cifar10-gpu",
          "cifar10-cpu")
@@ -67,3 +69,16 @@ def test_unknown_option_is_one_line_exit_2(tmp_path):
     proc = _run("--fast", cache=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--fast" in proc.stderr
+
+
+@pytest.mark.skipif(gpu_available(), reason="a GPU is present: the real run is the check itself")
+def test_a_real_run_without_a_gpu_fails_saying_so(tmp_path):
+    """Without --dry-run the machine was lent for its GPU: finding none is a failure in the
+    summary (with the probe's reason) and exit 1, never a quiet dry run."""
+    proc = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out")], capture_output=True,
+                          text=True, timeout=300,
+                          env={**os.environ, "MINIBNN_CACHE": str(tmp_path),
+                               "GPU_CHECK_BUDGET_S": "12"})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    first = (tmp_path / "out" / "summary.txt").read_text().splitlines()[0]
+    assert first.startswith("gpu ") and "failed: no usable GPU on a real run" in first

@@ -10,8 +10,13 @@ under CuPy's rules, whose arrays (``DeviceArray``) record every host read and wh
 from. The same run with twice the steps per epoch must read exactly as often; a read inside
 the step shows up in the difference, named by file and line. The kernels run their readable
 reference bodies (``--backend numpy``), which is what a GPU runs for every op without a CUDA
-body; the CUDA bodies themselves are checked on a GPU by ``TestNoHostReadOnGpu`` below
+body; the CUDA bodies themselves are checked on a GPU by the last test below
 (``cupyx.allow_synchronize(False)`` raises at the first synchronising read).
+
+What the stand-in cannot see (only the GPU test does): ``np.asarray`` of a device array (CuPy
+raises; a NumPy subclass just converts), host and device arrays mixed in one expression, and
+synchronisations without a conversion to a Python value (boolean-mask indexing, ``nonzero``,
+shapes that depend on data).
 """
 from __future__ import annotations
 

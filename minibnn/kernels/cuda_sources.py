@@ -416,7 +416,7 @@ extern "C" __global__ void {NAME}(
                 const int xx = ww + pad - tj;
                 if (xx < 0 || xx % stride != 0 || xx / stride >= ow) continue;
                 const long long row = (ni * oh + yy / stride) * ow + xx / stride;
-                acc += dcols[row * kk + (ti * kw + tj) * c + ci];
+                acc += dcols[row * kk + (long long)(ti * kw + tj) * c + ci];
             }
         }
         dx[i] = acc;
@@ -530,7 +530,10 @@ __device__ __forceinline__ {T} ste_grad(const {T} y, const int code, const {T} b
 {
     if (code == 0) return ({T})1;
     if (code == 1) return fabs(y) <= ({T})1 ? ({T})1 : ({T})0;
-    if (code == 2) return fmax(({T})2 - ({T})2 * fabs(y), ({T})0);
+    if (code == 2) {                           // max(2 - 2|y|, 0), NaN kept (np.maximum's rule)
+        const {T} a = ({T})2 - ({T})2 * fabs(y);
+        return (a > ({T})0 || a != a) ? a : ({T})0;
+    }
     const {T} t = beta * y;
     const {T} e = exp(-fabs(t));
     const {T} den = ({T})1 + e;

@@ -45,7 +45,7 @@ from minibnn.kernels._common import (
     require_float, words_for)
 from minibnn.kernels import reference as ref
 from minibnn.kernels.reference import batch_statistics
-from minibnn.kernels.gpu_launch import cupy_for, ctype, kernel, launch
+from minibnn.kernels.gpu_launch import cupy_for, ctype, instance, kernel, launch
 from minibnn.kernels.registry import register
 
 Array = Any      # a cupy.ndarray (CuPy is imported lazily, so no annotation can name it)
@@ -229,8 +229,11 @@ def unpack_signs(p: Array, k: int, dtype: type | np.dtype = np.float32) -> Array
     """Inverse of ``pack_signs``: (..., W) uint64 -> (..., k) array of ±1 in ``dtype``."""
     cp = cupy_for("unpack_signs")
     check_packed_signs("unpack_signs", p, k, "cupy")
+    types = instance(src.UNPACK_SIGNS, dtype)
+    if types is None:                               # e.g. int8 or float16: the reference
+        return ref.unpack_signs.reference(p, k, dtype)
     out = cp.empty(p.shape[:-1] + (int(k),), dtype=np.dtype(dtype))
-    launch(src.UNPACK_SIGNS, (ctype(out.dtype),), out.size,
+    launch(src.UNPACK_SIGNS, types, out.size,
            (cp.ascontiguousarray(p), out, np.int64(out.size), np.int64(k),
             np.int64(p.shape[-1])))
     return out

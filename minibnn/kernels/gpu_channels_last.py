@@ -27,7 +27,7 @@ from minibnn.errors import DTypeError, ShapeError
 from minibnn.kernels import channels_last as ref
 from minibnn.kernels import cuda_sources as src
 from minibnn.kernels._common import conv_output_size, require_array, require_float, words_for
-from minibnn.kernels.gpu_launch import cupy_for, ctype, launch
+from minibnn.kernels.gpu_launch import cupy_for, ctype, instance, launch
 from minibnn.kernels.registry import register
 from minibnn.ops.sign import check_ste
 
@@ -99,7 +99,9 @@ def conv2d_nhwc_backward(dy: Array, x: Array, wmat: Array, kh: int, kw: int, str
         raise ShapeError(f"{fn}: dy must be {wmat.dtype} {(n, oh, ow, int(wmat.shape[1]))}, got "
                          f"{dy.dtype} {tuple(dy.shape)}")
     dy2 = dy.reshape(n * oh * ow, -1)
-    cols = _gather(x, c, wmat.dtype, kh, kw, stride, padding)
+    # float x keeps its dtype, packed x unpacks to wmat's (the reference's float_source)
+    cols = _gather(x, c, wmat.dtype if x.dtype == np.uint64 else x.dtype, kh, kw, stride,
+                   padding)
     dwmat = cols.T @ dy2
     dx = _col2im(dy2 @ wmat.T, (n, h, w, c), kh, kw, stride, padding) if need_dx else None
     return dx, dwmat
@@ -111,10 +113,13 @@ def maxpool2d_nhwc_forward(x: Array, kernel: int, stride: int) -> tuple[Array, A
     fn = "maxpool2d_nhwc_forward"
     cp = cupy_for(fn)
     oh, ow = ref.check_pool(fn, x, kernel, stride, "cupy")
+    types = instance(src.MAXPOOL_NHWC_FORWARD, x.dtype)
+    if types is None:                               # e.g. float16: the reference
+        return ref.maxpool2d_nhwc_forward.reference(x, kernel, stride)
     n, h, w, c = (int(s) for s in x.shape)
     y = cp.empty((n, oh, ow, c), dtype=x.dtype)
     arg = cp.empty((n, oh, ow, c), dtype=cp.uint8)
-    launch(src.MAXPOOL_NHWC_FORWARD, (ctype(x.dtype),), y.size,
+    launch(src.MAXPOOL_NHWC_FORWARD, types, y.size,
            (cp.ascontiguousarray(x), y, arg, np.int64(y.size), np.int32(h), np.int32(w),
             np.int32(c), np.int32(kernel), np.int32(stride), np.int32(oh), np.int32(ow)))
     return y, arg
@@ -135,8 +140,11 @@ def maxpool2d_nhwc_backward(dy: Array, argmax: Array, x_shape: tuple[int, int, i
     if argmax.dtype != np.uint8:
         raise DTypeError(f"{fn}: argmax must be uint8 (maxpool2d_nhwc_forward's), got "
                          f"{argmax.dtype}")
+    types = instance(src.MAXPOOL_NHWC_BACKWARD, dy.dtype)
+    if types is None:
+        return ref.maxpool2d_nhwc_backward.reference(dy, argmax, x_shape, kernel, stride)
     dx = cp.empty((n, h, w, c), dtype=dy.dtype)
-    launch(src.MAXPOOL_NHWC_BACKWARD, (ctype(dy.dtype),), dx.size,
+    launch(src.MAXPOOL_NHWC_BACKWARD, types, dx.size,
            (cp.ascontiguousarray(dy), cp.ascontiguousarray(argmax), dx, np.int64(dx.size),
             np.int32(h), np.int32(w), np.int32(c), np.int32(kernel), np.int32(stride),
             np.int32(oh), np.int32(ow)))
@@ -146,11 +154,13 @@ def maxpool2d_nhwc_backward(dy: Array, argmax: Array, x_shape: tuple[int, int, i
 # --------------------------------------------------------------------------- BatchNorm + sign
 
 
-def _bn_types(z: Array, gamma: Array) -> tuple[str, str] | None:
-    """The kernel instance (Z, T) for counts/rows z and parameters gamma, or None when z's
-    dtype is neither int32 nor gamma's (those run the reference body)."""
-    types = (ctype(z.dtype) if z.dtype.name in src.CTYPES else "", ctype(gamma.dtype))
-    return types if types in src.BN_SIGN_PACK.variants else None
+def _bn_types(z: Array, gamma: Array, *vectors: Array) -> tuple[str, str] | None:
+    """The kernel instance (Z, T) for counts/rows z and parameters gamma, or None (the body
+    then runs its reference) when z's dtype is neither int32 nor gamma's, or any per-channel
+    vector (statistics, beta) has another dtype than gamma's (a kernel reads them as T)."""
+    if any(v.dtype != gamma.dtype for v in vectors):
+        return None
+    return instance(src.BN_SIGN_PACK, z.dtype, gamma.dtype)
 
 
 def _bn_pack(z: Array, mean: Array, inv_std: Array, gamma: Array, beta: Array,
@@ -175,7 +185,7 @@ def batchnorm_sign_pack_train(z: Array, gamma: Array, beta: Array, eps: float = 
     cp = cupy_for(fn)
     ref.check_rows(fn, z, "cupy")
     ref.check_affine(fn, z, gamma, beta, "cupy")
-    types = _bn_types(z, gamma)
+    types = _bn_types(z, gamma, beta)
     if types is None:
         return ref.batchnorm_sign_pack_train.reference(z, gamma, beta, eps)
     mean, var = ref.batch_statistics_rows(z, gamma.dtype)
@@ -194,7 +204,7 @@ def batchnorm_sign_pack_eval(z: Array, mean: Array, var: Array, gamma: Array, be
         raise ShapeError(f"{fn}: z must be 2-D (M, C), got shape {tuple(z.shape)}")
     ref.check_affine(fn, z, gamma, beta, "cupy")
     ref.check_affine(fn, z, mean, var, "cupy")
-    types = _bn_types(z, gamma)
+    types = _bn_types(z, gamma, beta, mean, var)
     if types is None:
         return ref.batchnorm_sign_pack_eval.reference(z, mean, var, gamma, beta, eps)
     return _bn_pack(z, mean, 1.0 / cp.sqrt(var + eps), gamma, beta, types)
@@ -215,7 +225,7 @@ def batchnorm_sign_pack_backward(ds: Array, z: Array, mean: Array, inv_std: Arra
     if tuple(ds.shape) != tuple(z.shape) or ds.dtype != gamma.dtype:
         raise ShapeError(f"{fn}: ds must be {gamma.dtype} {tuple(z.shape)}, got {ds.dtype} "
                          f"{tuple(ds.shape)}")
-    types = _bn_types(z, gamma)
+    types = _bn_types(z, gamma, beta, mean, inv_std, ds)
     if types is None:
         return ref.batchnorm_sign_pack_backward.reference(ds, z, mean, inv_std, gamma, beta,
                                                           ste, ste_beta)

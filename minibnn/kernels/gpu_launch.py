@@ -45,6 +45,13 @@ def ctype(dtype: Any) -> str:
     return src.CTYPES[np.dtype(dtype).name]
 
 
+def instance(spec: src.CudaKernel, *dtypes: Any) -> tuple[str, ...] | None:
+    """The C types of ``spec``'s instance for these NumPy dtypes, or None when it has none
+    (the body then runs its reference, which handles every dtype the op accepts)."""
+    types = tuple(src.CTYPES.get(np.dtype(d).name, "") for d in dtypes)
+    return types if types in spec.variants else None
+
+
 @lru_cache(maxsize=None)
 def kernel(spec: src.CudaKernel, *types: str) -> Any:
     """The ``cupy.RawKernel`` of one instance of ``spec`` (compiled on its first launch)."""
