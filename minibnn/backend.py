@@ -53,8 +53,13 @@ def get_array_module(*arrays: Any) -> Any:
             import cupy  # type: ignore[import-not-found]
 
             return cupy
-        if isinstance(a, np.ndarray):       # a subclass names its namespace (the array API's
-            return a.__array_namespace__()  # protocol; NumPy's own subclasses name numpy)
+        # anything else that names its namespace (the array API's protocol): an ndarray
+        # subclass, or data.StandardisedImages (whose bytes may be on the GPU)
+        namespace = getattr(a, "__array_namespace__", None)
+        if namespace is not None and not isinstance(a, np.generic):
+            module = namespace()
+            if module is not np:
+                return module
     return np
 
 

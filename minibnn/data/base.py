@@ -6,6 +6,11 @@ integer labels; ``from_uint8`` turns them into float arrays by the same two step
     x = u8 / 255                      # scale to [0, 1]
     x = (x - mean[c]) / std[c]        # standardise with fixed per-dataset, per-channel constants
 
+The trainer keeps the images in their own bytes instead (``load_dataset(..., lazy=True)``):
+``StandardisedImages`` holds the uint8 array and applies the same two steps to each batch as
+it is taken, so it yields the very floats the eager array holds, at a quarter of the memory
+(CIFAR-10: 184 MB instead of 737 MB in float32).
+
 The constants are fixed (not recomputed per run) so that a checkpoint trained on one machine
 sees identical inputs on another.  They are the mean and standard deviation over all pixels of
 the *training* split after the /255 scaling:
@@ -19,10 +24,11 @@ the *training* split after the /255 scaling:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from minibnn.backend import resolve_dtype
+from minibnn.backend import get_array_module, resolve_dtype, to_device
 from minibnn.errors import DataFileError
 
 #: name -> (per-channel mean, per-channel std) applied after scaling to [0, 1].
@@ -44,9 +50,9 @@ class Dataset:
     the arrays came from (a cache file, a data dir, a download, or "generated").
     """
 
-    x_train: np.ndarray
+    x_train: "np.ndarray | StandardisedImages"
     y_train: np.ndarray
-    x_test: np.ndarray
+    x_test: "np.ndarray | StandardisedImages"
     y_test: np.ndarray
     name: str
     num_classes: int
@@ -62,16 +68,77 @@ class Dataset:
                 f"num_classes={self.num_classes}, source={self.source!r})")
 
 
-def standardise(u8: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
-                dtype: np.dtype) -> np.ndarray:
-    """uint8 (N, C, H, W) -> float ``(u8 / 255 - mean[c]) / std[c]`` in ``dtype``."""
+def standardise(u8: Any, mean: tuple[float, ...], std: tuple[float, ...],
+                dtype: np.dtype) -> Any:
+    """uint8 (N, C, H, W) -> float ``(u8 / 255 - mean[c]) / std[c]`` in ``dtype``, on u8's
+    device. Each pixel's value depends only on the pixel, so a batch gives the same floats as
+    the whole array."""
+    xp = get_array_module(u8)
     x = u8.astype(dtype)
-    np.divide(x, 255, out=x)
-    m = np.asarray(mean, dtype=dtype).reshape(1, -1, 1, 1)
-    s = np.asarray(std, dtype=dtype).reshape(1, -1, 1, 1)
+    xp.divide(x, 255, out=x)
+    m = xp.asarray(mean, dtype=dtype).reshape(1, -1, 1, 1)
+    s = xp.asarray(std, dtype=dtype).reshape(1, -1, 1, 1)
     x -= m
     x /= s
     return x
+
+
+class StandardisedImages:
+    """uint8 images (N, C, H, W) kept in their own bytes, standardised as batches are taken.
+
+    ``images[key]`` is ``standardise(u8[key])`` (a float batch, or one image for an integer
+    key): the floats the eager array holds. ``rows(idx)`` is a lazy subset (a validation split
+    or a training subset without a float copy), ``on(device)`` the same images on another
+    device. ``np.asarray(images)`` standardises everything (a float copy: for callers that
+    want the whole array).
+    """
+
+    def __init__(self, u8: Any, mean: tuple[float, ...], std: tuple[float, ...],
+                 dtype: np.dtype) -> None:
+        self.u8, self.mean, self.std, self.dtype = u8, tuple(mean), tuple(std), np.dtype(dtype)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.u8.shape)
+
+    @property
+    def ndim(self) -> int:
+        return 4
+
+    def __len__(self) -> int:
+        return int(self.u8.shape[0])
+
+    def __getitem__(self, key: Any) -> Any:
+        batch = self.u8[key]
+        if batch.ndim == 3:                      # one image
+            return standardise(batch[None], self.mean, self.std, self.dtype)[0]
+        return standardise(batch, self.mean, self.std, self.dtype)
+
+    def rows(self, idx: Any) -> "StandardisedImages":
+        return StandardisedImages(self.u8[idx], self.mean, self.std, self.dtype)
+
+    def on(self, device: str) -> "StandardisedImages":
+        return StandardisedImages(to_device(self.u8, device), self.mean, self.std, self.dtype)
+
+    def __array_namespace__(self, api_version: Any = None) -> Any:
+        return get_array_module(self.u8)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        x = standardise(np.asarray(self.u8), self.mean, self.std, self.dtype)
+        return x if dtype is None else x.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"StandardisedImages(uint8 {self.shape} -> {self.dtype})"
+
+
+def take_rows(x: Any, idx: Any) -> Any:
+    """Rows ``idx`` of images ``x``, lazily for ``StandardisedImages`` (no float copy)."""
+    return x.rows(idx) if isinstance(x, StandardisedImages) else x[idx]
+
+
+def images_on(x: Any, device: str) -> Any:
+    """Images ``x`` on ``device``: ``StandardisedImages`` move their uint8 bytes."""
+    return x.on(device) if isinstance(x, StandardisedImages) else to_device(x, device)
 
 
 def check_arrays(x: np.ndarray, y: np.ndarray, shape: tuple[int, int, int],
@@ -91,8 +158,9 @@ def check_arrays(x: np.ndarray, y: np.ndarray, shape: tuple[int, int, int],
 def from_uint8(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
                y_test: np.ndarray, num_classes: int, dtype: str | np.dtype = "float32",
                source: str = "", normalisation: tuple | None = None,
-               classes: tuple[str, ...] | None = None) -> Dataset:
-    """Build a Dataset from uint8 NCHW images and integer labels (checked, then standardised)."""
+               classes: tuple[str, ...] | None = None, lazy: bool = False) -> Dataset:
+    """Build a Dataset from uint8 NCHW images and integer labels (checked, then standardised;
+    ``lazy``: kept as uint8 and standardised per batch, ``StandardisedImages``)."""
     shape = tuple(int(s) for s in x_train.shape[1:])
     check_arrays(x_train, y_train, shape, num_classes, f"{name} train split ({source})")
     check_arrays(x_test, y_test, shape, num_classes, f"{name} test split ({source})")
@@ -100,10 +168,11 @@ def from_uint8(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.n
     if len(mean) != shape[0]:
         mean, std = mean * shape[0], std * shape[0]
     dt = resolve_dtype(dtype)
+    images = StandardisedImages if lazy else standardise
     return Dataset(
-        x_train=standardise(x_train, mean, std, dt),
+        x_train=images(x_train, mean, std, dt),
         y_train=y_train.astype(np.int64),
-        x_test=standardise(x_test, mean, std, dt),
+        x_test=images(x_test, mean, std, dt),
         y_test=y_test.astype(np.int64),
         name=name, num_classes=num_classes, input_shape=shape,  # type: ignore[arg-type]
         mean=tuple(mean), std=tuple(std), source=source,

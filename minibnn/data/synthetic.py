@@ -66,10 +66,10 @@ def synthetic_uint8(n_train: int = 4000, n_test: int = 1000, num_classes: int = 
 
 def synthetic_dataset(n_train: int = 4000, n_test: int = 1000, num_classes: int = 10,
                       shape: tuple[int, int, int] = (1, 28, 28), seed: int = 0,
-                      noise: float = 2.0, dtype: str = "float32") -> Dataset:
+                      noise: float = 2.0, dtype: str = "float32", lazy: bool = False) -> Dataset:
     """A seeded prototype-plus-noise classification dataset (see the module docstring)."""
     split = synthetic_uint8(n_train, n_test, num_classes, shape, seed, noise)
     c = int(shape[0])
     return from_uint8("synthetic", *split, num_classes=num_classes, dtype=dtype,
                       source=f"generated (seed={seed}, noise={noise})",
-                      normalisation=((0.5,) * c, (0.5,) * c))
+                      normalisation=((0.5,) * c, (0.5,) * c), lazy=lazy)

@@ -35,6 +35,7 @@ import numpy as np
 from minibnn import kernels, optim
 from minibnn._version import __version__
 from minibnn.data.augment import draw_flips, draw_offsets, flip_images, shift_images
+from minibnn.data.base import images_on, take_rows
 from minibnn.backend import (device_module, first_nonfinite, get_array_module, resolve_dtype,
                              to_device, to_numpy)
 from minibnn.run.spec import (LOCAL_FIELDS, Adam, Bop, Bop2nd, Bop2ndCorrected, Cema, Local,
@@ -150,14 +151,16 @@ def optimizer_from_spec(spec: RunSpec, model: Model, steps_per_epoch: int,
 
 def load_data(spec: RunSpec, data_dir: str | None = None, test_only: bool = False) -> Any:
     """The spec's dataset, in its dtype (training subset applied); ``data_dir``: where this
-    machine keeps the files; ``test_only``: only the test split (evaluation)."""
+    machine keeps the files; ``test_only``: only the test split (evaluation). The images stay
+    uint8 and are standardised per batch (``data.StandardisedImages``)."""
     from minibnn.data import load_dataset
 
     ds = load_dataset(spec.data.name, data_dir=data_dir, dtype=spec.loop.dtype,
-                      test_only=test_only)
+                      test_only=test_only, lazy=True)
     if spec.data.train_subset is not None:
         n = spec.data.train_subset
-        ds = dataclasses.replace(ds, x_train=ds.x_train[:n], y_train=ds.y_train[:n])
+        ds = dataclasses.replace(ds, x_train=take_rows(ds.x_train, slice(0, n)),
+                                 y_train=ds.y_train[:n])
     return ds
 
 
@@ -422,10 +425,12 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
         from minibnn.data.split import validation_split
 
         keep, held = validation_split(ds.y_train, spec.data.val_split, spec.loop.seed)
-        val = (to_device(ds.x_train[held], device), to_device(ds.y_train[held], device))
-        ds = dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep])
-    x_train, y_train = to_device(ds.x_train, device), to_device(ds.y_train, device)
-    x_test, y_test = to_device(ds.x_test, device), to_device(ds.y_test, device)
+        val = (images_on(take_rows(ds.x_train, held), device),
+               to_device(ds.y_train[held], device))
+        ds = dataclasses.replace(ds, x_train=take_rows(ds.x_train, keep),
+                                 y_train=ds.y_train[keep])
+    x_train, y_train = images_on(ds.x_train, device), to_device(ds.y_train, device)
+    x_test, y_test = images_on(ds.x_test, device), to_device(ds.y_test, device)
     check_shift(spec, tuple(ds.x_train.shape[1:]))
     model = model_from_spec(spec, tuple(ds.x_train.shape[1:]), ds.num_classes)
     steps_per_epoch = len(batch_slices(len(ds.x_train), spec.loop.batch_size))
@@ -628,5 +633,5 @@ def evaluate_run(path: str, device: str = "cpu", backend: str | None = None,
         check_checkpoint(run.checkpoint, params, path, buffers)
         loss, acc = evaluate(model, _tree_to_device(run.checkpoint.params, device),
                              _tree_to_device(run.checkpoint.buffers, device),
-                             to_device(ds.x_test, device), to_device(ds.y_test, device))
+                             images_on(ds.x_test, device), to_device(ds.y_test, device))
     return {"test_loss": loss, "test_acc": acc, "epoch": run.checkpoint.epoch}
