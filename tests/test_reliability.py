@@ -280,3 +280,52 @@ def test_the_api_refuses_what_the_cli_refuses():
     with pytest.raises(MinibnnError, match="overflows float32"):
         spec_from_options({"optimizer": "sgd", "lr": 1e300})
     assert spec_from_options({"optimizer": "sgd", "lr": 1e300, "dtype": "float64"})
+
+
+def test_the_space_check_counts_the_file_being_replaced(tmp_path, monkeypatch):
+    """Fresh, several epochs: two copies at once from the second write on; one epoch: one; a
+    resume: the file on disk is the one replaced (its bytes are taken already)."""
+    from minibnn.run.train import _space_needed
+
+    out = tmp_path / "run.h5"
+    assert _space_needed(1000, str(out), writes=3) == 2000
+    assert _space_needed(1000, str(out), writes=1) == 1000
+    out.write_bytes(b"x" * 900)
+    assert _space_needed(1000, str(out), writes=3) == 1100
+    assert _space_needed(1000, str(out), writes=1) == 1100
+
+
+def test_a_run_that_passed_the_space_check_has_room_for_every_epoch(tmp_path, capsys,
+                                                                   monkeypatch):
+    """The bytes on disk at the peak of every epoch's write (the new file beside the one it
+    replaces) never exceed what the check asked to be free at the start."""
+    from minibnn.run import files as files_module
+
+    out = str(tmp_path / "run.h5")
+
+    def used() -> int:
+        return sum(p.stat().st_size for p in tmp_path.iterdir() if p.is_file())
+
+    asked = []
+    real_check = resources.check_free_space
+    monkeypatch.setattr(train_module, "check_free_space",
+                        lambda path, need: asked.append(need) or real_check(path, need))
+    peaks = []
+    real_atomic = files_module.atomic_path
+
+    def atomic_watching(path, *args, **kwargs):
+        manager = real_atomic(path, *args, **kwargs)
+
+        class Watch:
+            def __enter__(self):
+                return manager.__enter__()
+
+            def __exit__(self, *exc):
+                peaks.append(used())                 # both copies are on disk here
+                return manager.__exit__(*exc)
+        return Watch()
+
+    monkeypatch.setattr(files_module, "atomic_path", atomic_watching)
+    assert main(["train", *SMALL, "--epochs", "3", "--out", out]) == 0
+    assert asked and len(peaks) >= 3
+    assert max(peaks) <= asked[0], (peaks, asked)

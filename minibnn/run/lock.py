@@ -6,7 +6,10 @@
         ...
 
 The lock is released when the block ends or the process dies (the kernel drops it, even after
-kill -9), so a stale lock file never blocks anyone.  POSIX only (``fcntl``).  On a file system
+kill -9), so a stale lock file never blocks anyone. A block that ends removes its lock file
+(no ``RUN.h5.lock`` stays beside a run file, whether the command worked or failed). Removing a
+lock file races with a second process that opened it just before: so a process that gets the
+lock checks that the path still names the file it locked, and tries again if not.  POSIX only (``fcntl``).  On a file system
 without locks (NFS without lockd, Lustre without ``-o flock``) the block runs unlocked after a
 one-line warning.
 """
@@ -27,30 +30,56 @@ NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
 
 @contextmanager
 def hold(path: str, what: str) -> Iterator[None]:
-    """Hold the exclusive lock on ``path`` (created if needed) for the block."""
+    """Hold the exclusive lock on ``path`` (created if needed) for the block; the block's end
+    removes the file."""
+    fd, locked = _acquire(path, what)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise MinibnnError(f"cannot lock {what} ({path}: {exc.strerror or exc})") from None
-    try:
+        yield
+    finally:
+        if locked:
+            try:
+                os.unlink(path)          # while still holding it: see the module docstring
+            except OSError:
+                pass
+        os.close(fd)
+
+
+def _acquire(path: str, what: str) -> tuple[int, bool]:
+    """Open and lock ``path``: (fd, whether it is locked), or a one-line MinibnnError."""
+    for _ in range(100):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise MinibnnError(f"cannot lock {what} ({path}: {exc.strerror or exc})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
             raise MinibnnError(f"{what} is in use by process {holder} (one writer at a "
                                "time; wait for it or stop it)") from None
         except OSError as exc:
             if exc.errno not in NO_LOCKS:
+                os.close(fd)
                 raise MinibnnError(f"cannot lock {what} ({path}: {exc.strerror or exc})"
                                    ) from None
             print(f"minibnn: warning: the file system of {path} has no locks; writing {what} "
                   "unlocked (do not start a second writer)", file=sys.stderr)
-        else:
+            return fd, False
+        if _same_file(fd, path):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
+            return fd, True
+        os.close(fd)                     # its holder removed it meanwhile: lock the new one
+    raise MinibnnError(f"cannot lock {what} ({path}: it keeps being replaced)")
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def remove_stale_temporaries(path: str) -> list[str]:

@@ -443,7 +443,9 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
     state = TrainState(_tree_to_device(params, device), _tree_to_device(buffers, device), {},
                        rng)
     state.opt_state = optimizer.init(state.params)
-    check_free_space(out_path, _run_file_bytes(state))
+    check_free_space(out_path, _space_needed(_run_file_bytes(state), out_path,
+                                             writes=epochs - (previous.checkpoint.epoch
+                                                              if previous else 0)))
     metrics: dict[str, list[float]] = {}
     if previous is None:
         storage = "+-1 weights" if spec.binary_storage == "binary" else "latent real weights"
@@ -587,6 +589,16 @@ def _run_file_bytes(state: TrainState) -> int:
     arrays = _flatten({"params": state.params, "buffers": state.buffers,
                        "opt_state": state.opt_state})
     return sum(int(getattr(v, "nbytes", 8)) for v in arrays.values()) + 2 ** 20
+
+
+def _space_needed(size: int, out_path: str, writes: int) -> int:
+    """Free bytes the run's writes need: each epoch writes the file beside the one it replaces
+    (``files.atomic_path``), so from the second write on, two copies exist for a moment. A
+    file already at ``out_path`` (a resume) is the one replaced: its bytes are already taken.
+    So a run that passed this check at its start has room for every later epoch too."""
+    existing = os.path.getsize(out_path) if os.path.isfile(out_path) else 0
+    peak = 2 * size if writes > 1 or existing else size
+    return max(size, peak - existing)
 
 
 def _rates_used(rates: Mapping[str, Any]) -> dict[str, float]:
