@@ -38,6 +38,36 @@ def flip_array_byte(path: str, dataset: str) -> None:
         fh.write(bytes([b[0] ^ 1]))
 
 
+_CLUSTER = """
+import time
+from distributed import LocalCluster
+if __name__ == "__main__":
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                           host="127.0.0.1", dashboard_address=None)
+    print(cluster.scheduler_address, flush=True)
+    time.sleep(600)
+"""
+
+
+def lost_scheduler(d: str) -> tuple[str, int]:
+    """A sweep on a one-process Dask cluster that is killed once a point has started."""
+    with open(os.path.join(d, "slow.toml"), "w") as f:
+        f.write('[base]\ndataset = "synthetic"\nepochs = 6\n[grid]\nseed = [0, 1, 2]\n')
+    cluster = subprocess.Popen([sys.executable, "-c", _CLUSTER], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, cwd=d)
+    address = cluster.stdout.readline().strip()
+    sweep = subprocess.Popen([sys.executable, "-m", "minibnn", "sweep", "slow.toml", "--out",
+                              "lost", "--scheduler", address, "--no-progress"], cwd=d,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    runs = os.path.join(d, "lost", "runs")
+    while not (os.path.isdir(runs) and any(n.endswith(".h5") for n in os.listdir(runs))):
+        time.sleep(0.1)
+    cluster.kill()
+    cluster.wait()
+    _, err = sweep.communicate()
+    return err.strip().splitlines()[0], sweep.returncode
+
+
 def main() -> None:
     d = tempfile.mkdtemp()
     try:
@@ -63,10 +93,14 @@ def main() -> None:
         open(os.path.join(d, "empty.toml"), "w").close()
         with open(os.path.join(d, "grid.toml"), "w") as f:
             f.write('[base]\ndataset = "synthetic"\n[grid]\nseed = [0]\n')
+        with open(os.path.join(d, "random.toml"), "w") as f:
+            f.write('[base]\ndataset = "synthetic"\noptimizer = "sgd"\n[random]\ntrials = 4\n'
+                    'lr = {log-uniform = [1.0, 0.001]}\n')
         cases = [
             ("sweep of an empty spec", "sweep empty.toml --out sw"),
             ("sweep --scheduler tcp://nonsense", "sweep grid.toml --out sw --scheduler "
              "tcp://nonsense"),
+            ("sweep [random] with lo > hi", "sweep random.toml --out sw"),
             ("export over an existing file", "export run.h5 --out flip.h5"),
             ("export onto its own input", "export run.h5 --out run.h5 --overwrite"),
             ("run file with one flipped bit (head.w)", "eval flip.h5"),
@@ -129,6 +163,7 @@ def main() -> None:
         proc.terminate()
         _, err = proc.communicate()
         rows.append(("SIGTERM during a training", err.strip().splitlines()[0], proc.returncode))
+        rows.append(("Dask scheduler killed (kill -9) mid-sweep", *lost_scheduler(d)))
         print("| case | message (first stderr line) | exit |")
         print("|---|---|---|")
         for name, line, code in rows:

@@ -3,6 +3,9 @@ local worker processes and a real Dask scheduler with two workers (loopback)."""
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
+import time
 import os
 from pathlib import Path
 
@@ -230,3 +233,63 @@ def test_a_malformed_scheduler_address_is_a_one_line_error(tmp_path: Path,
     with pytest.raises(MinibnnError, match="--scheduler must be a Dask scheduler address"):
         sweep(_write(tmp_path, GRID), str(tmp_path / "o"), scheduler=address, progress=False,
               log=_quiet)
+
+
+_CLUSTER = """
+import sys, time
+from distributed import LocalCluster
+if __name__ == "__main__":
+    # threads, not processes: killing this process takes the scheduler and its workers
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                           host="127.0.0.1", dashboard_address=None)
+    print(cluster.scheduler_address, flush=True)
+    time.sleep(600)
+"""
+
+
+def _start_cluster(tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    script = tmp_path / "cluster.py"
+    script.write_text(_CLUSTER)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            stderr=subprocess.DEVNULL)
+    address = proc.stdout.readline().strip()
+    assert address.startswith("tcp://127.0.0.1:"), "the test's Dask cluster did not start"
+    return proc, address
+
+
+@pytest.mark.slow
+def test_a_lost_dask_scheduler_is_one_line_and_a_rerun_finishes(tmp_path: Path) -> None:
+    """The scheduler is killed (kill -9) while a point trains: the sweep says so in one line
+    with the counts, leaves that point unfinished (not failed), prints no traceback, and a
+    re-run on a new scheduler finishes every point."""
+    pytest.importorskip("distributed", reason="the dist extra (dask[distributed])")
+    text = BASE.replace("epochs = 2", "epochs = 6") + "[grid]\nlr = [0.01, 0.03, 0.1]\n"
+    spec, out = _write(tmp_path, text), tmp_path / "out"
+    cluster, address = _start_cluster(tmp_path)
+    try:
+        sweep_proc = subprocess.Popen(
+            [sys.executable, "-m", "minibnn", "sweep", spec, "--out", str(out), "--scheduler",
+             address, "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        deadline = time.monotonic() + 120
+        while not any((out / "runs").glob("*.h5")) and time.monotonic() < deadline:
+            time.sleep(0.2)                       # the first point has written an epoch
+        cluster.kill()
+        _, err = sweep_proc.communicate(timeout=120)
+    finally:
+        cluster.kill()
+        cluster.wait()
+    lines = err.strip().splitlines()
+    assert sweep_proc.returncode == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert f"the Dask scheduler at {address} was lost" in lines[0]
+    assert "unfinished; re-run to resume" in lines[0]
+    statuses = [row["status"] for row in _rows(out)]
+    assert "failed" not in statuses and statuses.count("done") < 3, statuses
+    cluster, address = _start_cluster(tmp_path)
+    try:
+        sweep(spec, str(out), scheduler=address, progress=False, log=_quiet)
+    finally:
+        cluster.kill()
+        cluster.wait()
+    assert [row["status"] for row in _rows(out)] == ["done"] * 3

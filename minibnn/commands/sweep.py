@@ -200,6 +200,15 @@ def sweep(spec_path: str, out_dir: str, workers: int | None = None,
                 bar.update(1)
                 if result["status"] == "failed":
                     log(f"point {_describe(parsed, pid)} failed: {result['reason']}")
+        except SchedulerLost:
+            # the points in flight are unfinished, not failed: their run files resume
+            for pid in todo:
+                if results[pid]["status"] != "done":
+                    results[pid] = read_result(tasks[pid]["run_file"])
+            done = sum(r["status"] == "done" for r in results.values())
+            raise MinibnnError(f"the Dask scheduler at {scheduler} was lost; {done} points "
+                               f"done, {len(parsed.points) - done} unfinished; re-run to "
+                               "resume") from None
         finally:
             bar.close()
             write_summary(summary, parsed, results)
@@ -448,10 +457,35 @@ def _run_dask(tasks: list[dict[str, Any]], address: str
         futures = {client.submit(run_point, t, key=f"minibnn-{t['id']}", pure=False): t["id"]
                    for t in tasks}
         for future in as_completed(futures):
+            if future.status == "cancelled" and client.status != "running":
+                raise SchedulerLost(address)     # Dask cancels every future it had
             pid = futures[future]
             yield pid, _result_of(future, tasks, pid)
     finally:
-        client.close()
+        _close_quietly(client)
+
+
+class SchedulerLost(MinibnnError):
+    """The Dask scheduler went away during a sweep (the points it held are unfinished)."""
+
+
+def _close_quietly(client: Any) -> None:
+    """Close a Dask client; after a lost scheduler its reconnection attempts would log
+    tracebacks, so Dask's loggers are silenced for the close."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("distributed", "distributed.client")]
+    levels = [logger.level for logger in loggers]
+    if client.status != "running":
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL + 1)
+    try:
+        client.close(timeout=5)
+    except Exception:           # a client that cannot close cleanly is closed enough
+        pass
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def run_cli(spec_path: str, out_dir: str, workers: int | None, scheduler: str | None,
