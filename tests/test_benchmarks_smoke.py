@@ -23,6 +23,7 @@ SCRIPTS = {
     "bench_layers": "conv2d 3x3 forward+backward",
     "bench_epoch": "CIFAR-10-shaped epoch",
     "bench_contention": "two concurrent trainings vs one alone",
+    "bench_data_memory": "peak resident memory and time per run",
 }
 
 

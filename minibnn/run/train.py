@@ -443,9 +443,9 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
     state = TrainState(_tree_to_device(params, device), _tree_to_device(buffers, device), {},
                        rng)
     state.opt_state = optimizer.init(state.params)
+    epochs_on_disk = previous.checkpoint.epoch if previous and previous.checkpoint else 0
     check_free_space(out_path, _space_needed(_run_file_bytes(state), out_path,
-                                             writes=epochs - (previous.checkpoint.epoch
-                                                              if previous else 0)))
+                                             writes=epochs - epochs_on_disk))
     metrics: dict[str, list[float]] = {}
     if previous is None:
         storage = "+-1 weights" if spec.binary_storage == "binary" else "latent real weights"
