@@ -19,11 +19,15 @@ import tempfile
 from _bench import blas_line, print_table, write_json  # (puts the checkout on sys.path)
 
 _CHILD = """
-import resource, sys, time
+import os, resource, sys, time
+# this checkout's minibnn, not the current folder's ("python -c" puts the folder first)
+sys.path[:] = [sys.argv[1]] + [p for p in sys.path if p not in ("", os.getcwd())]
+import minibnn
 from minibnn.commands.cli import main
 start = time.time()
-rc = main(sys.argv[1:])
-print("RESULT", rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.time() - start)
+rc = main(sys.argv[2:])
+print("RESULT", rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.time() - start,
+      os.path.dirname(os.path.dirname(minibnn.__file__)))
 sys.exit(rc)
 """
 
@@ -31,14 +35,15 @@ sys.exit(rc)
 def measure(checkout: str, train_args: list[str], out: str) -> dict[str, object]:
     """One training run of ``checkout``'s minibnn (from the current folder, so relative paths
     in the options hold): peak RSS (MiB), seconds, epoch line."""
-    env = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)}
-    proc = subprocess.run([sys.executable, "-c", _CHILD, "train", *train_args, "--out", out,
-                           "--overwrite", "--no-progress"], capture_output=True, text=True,
-                          env=env)
+    proc = subprocess.run([sys.executable, "-c", _CHILD, os.path.abspath(checkout), "train",
+                           *train_args, "--out", out, "--overwrite", "--no-progress"],
+                          capture_output=True, text=True)
     result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
     if proc.returncode or not result:
         raise SystemExit(f"bench_data_memory: the run in {checkout} failed:\n{proc.stderr}")
-    _, rc, rss_kib, seconds = result[0].split()
+    _, rc, rss_kib, seconds, imported = result[0].split()
+    if os.path.realpath(imported) != os.path.realpath(checkout):
+        raise SystemExit(f"bench_data_memory: asked for {checkout}, ran {imported}")
     epochs = [line for line in proc.stdout.splitlines() if line.startswith("epoch")]
     accuracy = [line for line in proc.stdout.splitlines() if line.startswith("final test")]
     return {"checkout": checkout, "max_rss_mib": int(rss_kib) / 1024, "seconds": float(seconds),
