@@ -44,3 +44,21 @@ def closed_pipe_exit() -> int:
     finally:
         os.close(devnull)
     return 1
+
+
+def os_reason(exc: BaseException) -> str:
+    """One line saying why an OS-level operation failed: ``os.strerror(errno)`` ("No space
+    left on device") where the error has an errno; else the error message HDF5 puts inside
+    its multi-line text; else the first non-empty line of the message."""
+    import os
+    import re
+
+    errno = getattr(exc, "errno", None)
+    if isinstance(errno, int) and errno > 0:
+        return os.strerror(errno)
+    text = str(getattr(exc, "strerror", None) or exc)
+    found = re.search(r"error message = '([^']+)'", text)
+    if found:
+        return found.group(1)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

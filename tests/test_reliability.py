@@ -329,3 +329,33 @@ def test_a_run_that_passed_the_space_check_has_room_for_every_epoch(tmp_path, ca
     assert main(["train", *SMALL, "--epochs", "3", "--out", out]) == 0
     assert asked and len(peaks) >= 3
     assert max(peaks) <= asked[0], (peaks, asked)
+
+
+def test_os_errors_read_as_one_line():
+    """errno first; else the message HDF5 buries in its multi-line text; else the first line."""
+    from minibnn.errors import os_reason
+
+    assert os_reason(OSError(28, "No space left on device")) == "No space left on device"
+    hdf5 = OSError("Can't synchronously write data (file write failed: time = Mon Dec  7\n, "
+                   "filename = 'x.tmp', errno = 28, error message = 'No space left on device', "
+                   "buf = 0x1)")
+    assert os_reason(hdf5) == "No space left on device"
+    assert os_reason(OSError("first line\nsecond")) == "first line"
+
+
+def test_an_export_to_a_full_filesystem_is_one_line(tmp_path, capsys):
+    disk = tmp_path / "disk"
+    if not _tiny_filesystem(disk):
+        pytest.skip("cannot mount a tmpfs here (needs root and mount); os_reason is tested above")
+    try:
+        run = str(tmp_path / "run.h5")
+        assert main(["train", *SMALL, "--hidden", "256,256", "--epochs", "1", "--out", run]) == 0
+        capsys.readouterr()
+        (disk / "filler").write_bytes(b"\0" * 900_000)        # leaves ~100 KiB
+        for fmt, name in (("packed", "run.packed.h5"), ("onnx", "run.onnx")):
+            assert main(["export", run, "--format", fmt, "--out", str(disk / name)]) == 2
+            line = _one_line_error(capsys)
+            assert "No space left on device" in line, line
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]   # no temporaries or locks
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from minibnn.errors import MinibnnError
+from minibnn.errors import MinibnnError, os_reason
 
 
 def save_figure(fig: Any, path: str, dpi: int) -> None:
@@ -13,6 +13,6 @@ def save_figure(fig: Any, path: str, dpi: int) -> None:
     try:
         fig.savefig(path, dpi=dpi)
     except OSError as exc:
-        raise MinibnnError(f"cannot write plot {path}: {exc.strerror or exc}") from None
+        raise MinibnnError(f"cannot write plot {path}: {os_reason(exc)}") from None
     finally:
         plt.close(fig)

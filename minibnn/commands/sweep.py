@@ -29,7 +29,7 @@ import os
 import time
 from typing import Any, Callable, Iterator
 
-from minibnn.errors import MinibnnError
+from minibnn.errors import MinibnnError, os_reason
 from minibnn.commands.sweep_spec import Point, Sweep, read_sweep
 
 RESULT_COLUMNS = ("status", "epochs", "val_acc", "test_acc", "seconds", "run_file", "reason")
@@ -139,7 +139,7 @@ def read_summary(path: str) -> list[dict[str, str]]:
         with open(path, newline="") as f:
             return list(csv.DictReader(f))
     except OSError as exc:
-        raise MinibnnError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise MinibnnError(f"cannot read {path}: {os_reason(exc)}") from None
 
 
 # --- running ----------------------------------------------------------------------------
@@ -171,7 +171,7 @@ def sweep(spec_path: str, out_dir: str, workers: int | None = None,
     try:
         os.makedirs(runs, exist_ok=True)
     except OSError as exc:
-        raise MinibnnError(f"cannot create {runs}: {exc.strerror or exc}") from None
+        raise MinibnnError(f"cannot create {runs}: {os_reason(exc)}") from None
     local = parsed.local if data_dir is None else _with_data_dir(parsed, data_dir)
     with hold(os.path.join(out_dir, ".lock"), f"the sweep in {out_dir}"):
         if not replace_spec:

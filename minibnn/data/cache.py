@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minibnn.errors import DataFileError
+from minibnn.errors import DataFileError, os_reason
 
 FORMAT_VERSION = 1
 KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -48,7 +48,7 @@ def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> P
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataFileError(f"cannot create the cache folder {path.parent}: "
-                            f"{exc.strerror or exc}") from None
+                            f"{os_reason(exc)}") from None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

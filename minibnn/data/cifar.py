@@ -23,7 +23,7 @@ import numpy as np
 from minibnn.data.cache import load_split, resolve_cache_dir, save_split
 from minibnn.data.imagefolder import is_image_folder, load_cached_or_decode
 from minibnn.data.pickles import safe_loads
-from minibnn.errors import DataFileError
+from minibnn.errors import DataFileError, os_reason
 
 FOLDER = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"
@@ -90,7 +90,7 @@ def read_batches_dir(folder: Path) -> Split:
         try:
             return (folder / name).read_bytes()
         except OSError as e:
-            raise DataFileError(f"{folder / name}: cannot read ({e.strerror or e})") from None
+            raise DataFileError(f"{folder / name}: cannot read ({os_reason(e)})") from None
 
     return _assemble(read, str(folder))
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minibnn.errors import DataFileError
+from minibnn.errors import DataFileError, os_reason
 
 #: IDX element type code -> big-endian NumPy dtype.
 IDX_TYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
@@ -35,7 +35,7 @@ def read_bytes_maybe_gzip(path: str | os.PathLike) -> bytes:
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise DataFileError(f"{path}: cannot read ({e.strerror or e})") from None
+        raise DataFileError(f"{path}: cannot read ({os_reason(e)})") from None
     if raw[:2] != GZIP_MAGIC:
         if path.suffix == ".gz":
             raise DataFileError(f"{path}: not a gzip file (bad gzip header)")

@@ -32,7 +32,7 @@ from typing import Iterator
 import numpy as np
 
 from minibnn.data.cache import FORMAT_VERSION, check_cache_file, load_split, save_npz_atomic
-from minibnn.errors import DataFileError
+from minibnn.errors import DataFileError, os_reason
 
 SPLITS = ("train", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".webp", ".tif",
@@ -185,7 +185,7 @@ def source_key(root: Path) -> str:
             try:
                 st = path.stat()
             except OSError as exc:                  # vanished since the listing
-                raise DataFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+                raise DataFileError(f"{path}: cannot read ({os_reason(exc)})") from None
             content.update(f"{path.relative_to(resolved)}|{st.st_size}|"
                            f"{st.st_mtime_ns}\n".encode())
     else:

@@ -41,7 +41,7 @@ import numpy as np
 from minibnn.data.cache import load_split, resolve_cache_dir, save_split
 from minibnn.data.idx import read_idx
 from minibnn.data.pickles import safe_loads
-from minibnn.errors import DataFileError
+from minibnn.errors import DataFileError, os_reason
 
 #: the four IDX files, by the array each holds.
 IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
@@ -328,7 +328,7 @@ def _from_dir(spec: IdxSpec, root: Path) -> tuple[Split, str] | None:
             try:
                 data = p.read_bytes()
             except OSError as e:
-                raise DataFileError(f"{p}: cannot read ({e.strerror or e})") from None
+                raise DataFileError(f"{p}: cannot read ({os_reason(e)})") from None
             return parse_mnist_pickle(data, str(p), spec), str(p)
     return None
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from minibnn.run import integrity
 from minibnn.backend import first_nonfinite, to_numpy
-from minibnn.errors import DataFileError, MinibnnError
+from minibnn.errors import DataFileError, MinibnnError, os_reason
 
 FORMAT = "minibnn-run"
 #: the tag of a packed (inference-only) file, ``minibnn.deploy.packed_file``'s format; named
@@ -220,7 +220,7 @@ def check_writable(path: str) -> None:
         os.close(fd)
         os.remove(probe)
     except OSError as exc:
-        raise DataFileError(f"cannot write run file {path}: {exc.strerror or exc}") from None
+        raise DataFileError(f"cannot write run file {path}: {os_reason(exc)}") from None
 
 
 def check_output(out: str, overwrite: bool, sources: tuple[str, ...] = ()) -> None:
@@ -277,8 +277,7 @@ def atomic_path(path: str) -> Iterator[str]:
         finally:
             os.close(dir_fd)
     except OSError as exc:
-        reason = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise DataFileError(f"could not write {path}: {reason}") from None
+        raise DataFileError(f"could not write {path}: {os_reason(exc)}") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)

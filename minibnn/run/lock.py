@@ -9,9 +9,9 @@ The lock is released when the block ends or the process dies (the kernel drops i
 kill -9), so a stale lock file never blocks anyone. A block that ends removes its lock file
 (no ``RUN.h5.lock`` stays beside a run file, whether the command worked or failed). Removing a
 lock file races with a second process that opened it just before: so a process that gets the
-lock checks that the path still names the file it locked, and tries again if not.  POSIX only (``fcntl``).  On a file system
-without locks (NFS without lockd, Lustre without ``-o flock``) the block runs unlocked after a
-one-line warning.
+lock checks that the path still names the file it locked, and tries again if not. POSIX only
+(``fcntl``). On a file system without locks (NFS without lockd, Lustre without ``-o flock``)
+the block runs unlocked after a one-line warning.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
-from minibnn.errors import MinibnnError
+from minibnn.errors import MinibnnError, os_reason
 
 #: what flock says on a file system that has no locks
 NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
@@ -50,7 +50,7 @@ def _acquire(path: str, what: str) -> tuple[int, bool]:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
-            raise MinibnnError(f"cannot lock {what} ({path}: {exc.strerror or exc})") from None
+            raise MinibnnError(f"cannot lock {what} ({path}: {os_reason(exc)})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -61,7 +61,7 @@ def _acquire(path: str, what: str) -> tuple[int, bool]:
         except OSError as exc:
             if exc.errno not in NO_LOCKS:
                 os.close(fd)
-                raise MinibnnError(f"cannot lock {what} ({path}: {exc.strerror or exc})"
+                raise MinibnnError(f"cannot lock {what} ({path}: {os_reason(exc)})"
                                    ) from None
             print(f"minibnn: warning: the file system of {path} has no locks; writing {what} "
                   "unlocked (do not start a second writer)", file=sys.stderr)
