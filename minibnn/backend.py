@@ -56,7 +56,7 @@ def get_array_module(*arrays: Any) -> Any:
         # anything else that names its namespace (the array API's protocol): an ndarray
         # subclass, or data.StandardisedImages (whose bytes may be on the GPU)
         namespace = getattr(a, "__array_namespace__", None)
-        if namespace is not None and not isinstance(a, np.generic):
+        if namespace is not None and not isinstance(a, (np.generic, type)):
             module = namespace()
             if module is not np:
                 return module

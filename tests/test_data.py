@@ -650,3 +650,17 @@ def test_lazy_images_give_the_eager_floats_at_a_quarter_of_the_bytes():
     np.testing.assert_array_equal(f64.x_train[0:30],
                                   load_dataset("synthetic", n_train=30, n_test=5,
                                                dtype="float64").x_train)
+
+
+def test_lazy_images_are_taken_by_rows_only():
+    from minibnn.data import load_dataset
+
+    x = load_dataset("synthetic", n_train=20, n_test=5, lazy=True).x_train
+    for key in ((slice(None), 0), Ellipsis, (0, 0, 0, 0)):
+        with pytest.raises(TypeError, match="indexed by rows only"):
+            x[key]
+    with pytest.raises(TypeError, match="not one image's index"):
+        x.rows(3)
+    with pytest.raises(ValueError, match="always a copy"):
+        np.asarray(x, copy=False)
+    assert x[-1].shape == x.shape[1:] and x[np.int64(2)].shape == x.shape[1:]

@@ -74,3 +74,19 @@ def test_a_failed_train_leaves_no_lock_file(tmp_path):
                            "--no-progress"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_pid_that_cannot_be_written_does_not_break_the_lock(tmp_path, monkeypatch):
+    """A full disk while writing the holder's pid: the lock still holds, and goes."""
+    import errno
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lock.os, "pwrite", full)
+    path = tmp_path / "x.lock"
+    with hold(str(path), "x"):
+        assert path.exists()
+    assert not path.exists()
+    with hold(str(path), "x"):                       # and it can be taken again
+        pass

@@ -141,3 +141,23 @@ def test_best_after_k_trials():
             {"trial": "3", "status": "done", "val_acc": "0.7"}]
     assert best_after(rows, "val_acc") == [0.5, 0.5, 0.5, 0.7]
     assert all(math.isnan(v) for v in best_after(rows[1:2], "val_acc"))
+
+
+def test_rounded_draws_stay_inside_their_range():
+    """4 significant digits can round past an end (0.99999 -> 1.0, out of momentum's range):
+    draws are clamped to [lo, hi]."""
+    parsed = parse_sweep(BASE + "[random]\ntrials = 3000\nseed = 1\n"
+                         "momentum = {uniform = [0.9, 0.99999]}\n"
+                         "lr = {log-uniform = [1e-3, 0.12346]}\n")
+    values = [p.values for p in parsed.points]
+    assert all(0.9 <= v["momentum"] <= 0.99999 for v in values)
+    assert all(1e-3 <= v["lr"] <= 0.12346 for v in values)
+
+
+def test_a_repeated_grid_value_is_an_error_with_random_too_and_repeats_count_trials():
+    with pytest.raises(MinibnnError, match="lr repeats a value"):
+        parse_sweep(BASE + "[grid]\nlr = [0.01, 0.01]\n[random]\ntrials = 3\n"
+                    "momentum = {uniform = [0.0, 0.5]}\n")
+    parsed = parse_sweep(BASE + "[grid]\nseed = [0, 1, 2]\n[random]\ntrials = 4\n"
+                         "schedule = {choice = ['linear']}\n")
+    assert parsed.repeated_trials == 3 and len(parsed.points) == 3

@@ -201,9 +201,10 @@ def sweep(spec_path: str, out_dir: str, workers: int | None = None,
                 if result["status"] == "failed":
                     log(f"point {_describe(parsed, pid)} failed: {result['reason']}")
         except SchedulerLost:
-            # the points in flight are unfinished, not failed: their run files resume
+            # the points in flight are unfinished, not failed: their run files resume (points
+            # that finished or failed before the loss keep their rows)
             for pid in todo:
-                if results[pid]["status"] != "done":
+                if results[pid]["status"] not in ("done", "failed"):
                     results[pid] = read_result(tasks[pid]["run_file"])
             done = sum(r["status"] == "done" for r in results.values())
             raise MinibnnError(f"the Dask scheduler at {scheduler} was lost; {done} points "

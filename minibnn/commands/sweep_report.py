@@ -149,8 +149,8 @@ def _sorted_values(rows: Sequence[dict[str, Any]], axis: str) -> list[Any]:
 
 def best_after(rows: Sequence[dict[str, Any]], metric: str) -> list[float]:
     """Best ``metric`` among trials 0..k, for k = 0, 1, ... (NaN until a trial has one): the
-    curve a random search is judged by. Rows are taken in trial order; grid points of one
-    trial count as that trial."""
+    curve a random search is judged by. Rows are taken in trial order; a trial run at several
+    grid points (seeds, say) counts with its best point."""
     by_trial: dict[int, float] = {}
     for r in rows:
         value = _number(r.get(metric))
@@ -198,7 +198,7 @@ def plot_random_sweep(search: Any, rows: Sequence[dict[str, Any]], out: str,
         values = [_value(r[name]) for r in done]
         ys = [float(r[metric]) for r in done]
         if kind == "choice":
-            labels = sorted({str(v) for v in values})
+            labels = [str(v) for v in _sorted_values(done, name)]
             ax.scatter([labels.index(str(v)) for v in values], ys, s=14)
             ax.set_xticks(range(len(labels)), labels)
         else:

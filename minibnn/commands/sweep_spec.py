@@ -22,12 +22,15 @@ Or a random search (``[random]``, beside or instead of ``[grid]``)::
     schedule = {choice = ["constant", "linear"]}
 
 Trial ``i`` draws each option from ``numpy.random.default_rng([seed, i, k])`` (k: the option's
-place in the table), so the draws depend only on the seed, the trial and the option: raising
-``trials`` keeps every earlier trial (and its run), and changing one option's range changes no
-other option's values. Drawn floats keep 4 significant digits (readable ids and tables). With a
-``[grid]`` too, every trial runs at every grid point. Two trials that draw the same values are
-one run (the later is dropped; the sweep says how many). ``summary.csv`` has a ``trial`` column
-and one per drawn option.
+place in the table), so the draws depend only on the seed, the trial and the option's place:
+raising ``trials`` keeps every earlier trial (and its run: re-run the sweep into its folder
+with ``--replace-spec``, which finds them done), and changing one option's range changes no
+other option's values (moving, adding or removing an option changes the places after it).
+NumPy keeps ``default_rng``'s streams from version to version in practice but does not promise
+it. Drawn floats keep 4 significant digits (readable ids and tables), clamped to [lo, hi], so
+either end can be drawn. With a ``[grid]`` too, every trial runs at every grid point. A trial
+that draws an earlier trial's values is one run (dropped; the sweep says how many).
+``summary.csv`` has a ``trial`` column and one per drawn option.
 
 ``-`` and ``_`` are the same in option names.  The machine-local ``data-dir``, ``device`` and
 ``backend`` may be set in ``[base]`` (they say where points run, not what they are; the
@@ -164,13 +167,24 @@ def parse_sweep(text: str, source: str = "sweep spec") -> Sweep:
     if size * trials > MAX_POINTS:
         shape = " x ".join([f"{len(values)} {name}" for name, _, values in axes] +
                            ([f"{trials} trials"] if search else []))
-        raise MinibnnError(f"{source}: the sweep has {size * trials:,} points ({shape}), more "
-                           f"than the {MAX_POINTS:,} a sweep may have; split it into several "
-                           "sweeps")
+        raise MinibnnError(f"{source}: the {'sweep' if search else 'grid'} has "
+                           f"{size * trials:,} points ({shape}), more than the {MAX_POINTS:,} a "
+                           "sweep may have; split it into several sweeps")
+    for name, _, values in axes:
+        if len({json.dumps(v, sort_keys=True) for v in values}) < len(values):
+            raise MinibnnError(f"{source} [grid]: {name} repeats a value ({values!r}): the "
+                               "same runs twice")
     points: list[Point] = []
     seen: dict[str, Point] = {}
+    draws: set[str] = set()
     repeated = 0
     for drawn in (search.draws() if search else [{}]):
+        values_drawn = json.dumps({k: v for k, v in drawn.items() if k != "trial"},
+                                  sort_keys=True)
+        if search and values_drawn in draws:   # a repeated draw: the same runs, made once
+            repeated += 1
+            continue
+        draws.add(values_drawn)
         for combo in itertools.product(*(values for _, _, values in axes)):
             values = {**{name: value for (name, _, _), value in zip(axes, combo)}, **drawn}
             options = {**base, **{key: value for (_, key, _), value in zip(axes, combo)},
@@ -181,10 +195,7 @@ def parse_sweep(text: str, source: str = "sweep spec") -> Sweep:
                 where = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "the base"
                 raise MinibnnError(f"{source}: point {where}: {exc}") from None
             point = Point(values, spec)
-            if point.id in seen:
-                if search:                     # a repeated draw: the same run, made once
-                    repeated += 1
-                    continue
+            if point.id in seen:               # e.g. 1 and 1.0: values that mean one run
                 raise MinibnnError(f"{source}: points {seen[point.id].values} and "
                                    f"{point.values} are the same run (a grid value is repeated)")
             seen[point.id] = point
@@ -226,7 +237,8 @@ def _draw(rng: np.random.Generator, kind: str, bounds: Any) -> Any:
     # uniform: lo + u (hi - lo);  log-uniform: exp(log lo + u (log hi - log lo))
     x = lo + u * (hi - lo) if kind == "uniform" else math.exp(
         math.log(lo) + u * (math.log(hi) - math.log(lo)))
-    return float(f"{x:.{DRAW_DIGITS}g}")
+    # DRAW_DIGITS significant digits, kept inside [lo, hi] (rounding may reach either end)
+    return min(max(float(f"{x:.{DRAW_DIGITS}g}"), lo), hi)
 
 
 def _is_number(x: Any) -> bool:

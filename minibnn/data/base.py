@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from minibnn.backend import get_array_module, resolve_dtype, to_device
+from minibnn.backend import get_array_module, resolve_dtype, to_device, to_numpy
 from minibnn.errors import DataFileError
 
 #: name -> (per-channel mean, per-channel std) applied after scaling to [0, 1].
@@ -109,12 +109,17 @@ class StandardisedImages:
         return int(self.u8.shape[0])
 
     def __getitem__(self, key: Any) -> Any:
+        _check_row_key(key)
         batch = self.u8[key]
         if batch.ndim == 3:                      # one image
             return standardise(batch[None], self.mean, self.std, self.dtype)[0]
         return standardise(batch, self.mean, self.std, self.dtype)
 
     def rows(self, idx: Any) -> "StandardisedImages":
+        _check_row_key(idx)
+        if self.u8[idx].ndim != 4:
+            raise TypeError("StandardisedImages.rows takes a slice or an index array, not one "
+                            "image's index")
         return StandardisedImages(self.u8[idx], self.mean, self.std, self.dtype)
 
     def on(self, device: str) -> "StandardisedImages":
@@ -124,11 +129,20 @@ class StandardisedImages:
         return get_array_module(self.u8)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        x = standardise(np.asarray(self.u8), self.mean, self.std, self.dtype)
+        if copy is False:
+            raise ValueError("StandardisedImages holds uint8: a float array is always a copy")
+        x = standardise(to_numpy(self.u8), self.mean, self.std, self.dtype)
         return x if dtype is None else x.astype(dtype)
 
     def __repr__(self) -> str:
         return f"StandardisedImages(uint8 {self.shape} -> {self.dtype})"
+
+
+def _check_row_key(key: Any) -> None:
+    """Images are taken by rows (a slice, an index or an index array), not by pixel."""
+    if isinstance(key, tuple) or key is Ellipsis:
+        raise TypeError(f"StandardisedImages are indexed by rows only (a slice, an index or an "
+                        f"index array), got {key!r}: take the rows first")
 
 
 def take_rows(x: Any, idx: Any) -> Any:

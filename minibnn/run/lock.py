@@ -67,8 +67,11 @@ def _acquire(path: str, what: str) -> tuple[int, bool]:
                   "unlocked (do not start a second writer)", file=sys.stderr)
             return fd, False
         if _same_file(fd, path):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:                         # the holder's pid, for the next one's message; a
+                os.ftruncate(fd, 0)      # full disk must not turn the lock into an error
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError:
+                pass
             return fd, True
         os.close(fd)                     # its holder removed it meanwhile: lock the new one
     raise MinibnnError(f"cannot lock {what} ({path}: it keeps being replaced)")

@@ -595,7 +595,8 @@ def _space_needed(size: int, out_path: str, writes: int) -> int:
     """Free bytes the run's writes need: each epoch writes the file beside the one it replaces
     (``files.atomic_path``), so from the second write on, two copies exist for a moment. A
     file already at ``out_path`` (a resume) is the one replaced: its bytes are already taken.
-    So a run that passed this check at its start has room for every later epoch too."""
+    So a run that passed this check at its start has room for every later epoch too, unless
+    something else (another run, a sweep's other workers) fills the disk meanwhile."""
     existing = os.path.getsize(out_path) if os.path.isfile(out_path) else 0
     peak = 2 * size if writes > 1 or existing else size
     return max(size, peak - existing)
