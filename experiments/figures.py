@@ -5,14 +5,19 @@
 E1: val_acc of the latent SGDW grid over (lr, weight decay) with the iso-lines lr * wd = const
 (anti-diagonals of the power-of-two grid) drawn in, beside the CEMA grid over (alpha, gamma).
 E2: the four final CIFAR-10 runs: val accuracy and training loss per epoch, and the mean flip
-ratio of each binary layer.  E3: the Fashion-MNIST run's accuracies per epoch.  A figure whose
-sweep folders are missing is skipped.
+ratio of each binary layer.  E3: the Fashion-MNIST run's accuracies per epoch.  E4: equal-budget
+random search, latent SGD vs CEMA (vs latent Adam): best val_acc after k trials, the median and
+10-90 % band over 2,000 random orderings of each search's trials, and every trial's val_acc
+sorted (how much of each search space is good).  A figure whose sweep folders are missing is
+skipped.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
+
+import numpy as np
 
 import matplotlib
 
@@ -121,13 +126,73 @@ def e1_figure(runs: str, out: str) -> str | None:
     return path
 
 
+#: E4's searches: (sweep folder under --runs, label)
+E4_SEARCHES = [("e4_random_sgd", "latent SGD (5 hyperparameters)"),
+               ("e4_random_cema", "CEMA (3 hyperparameters)"),
+               ("e4_random_adam", "latent Adam (4 hyperparameters)")]
+
+
+def trial_scores(folder: str, metric: str = "val_acc") -> list[float]:
+    """Each trial's metric in trial order; a trial that failed (diverged) scores 0.1, chance
+    on 10 classes (it found nothing); unfinished trials are left out."""
+    _, rows = load_sweep_dir(folder)
+    scores = []
+    for row in sorted(rows, key=lambda r: int(r["trial"])):
+        if row["status"] == "done" and row.get(metric):
+            scores.append(float(row[metric]))
+        elif row["status"] == "failed":
+            scores.append(0.1)
+    return scores
+
+
+def best_after_k_band(scores: list[float], orderings: int = 2000, seed: int = 0
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Median, 10th and 90th percentile over random orderings of the best score after k
+    trials, k = 1..len(scores): what a search with this many trials finds, whatever its order."""
+    rng = np.random.default_rng(seed)
+    values = np.asarray(scores)
+    curves = np.maximum.accumulate(
+        np.stack([values[rng.permutation(len(values))] for _ in range(orderings)]), axis=1)
+    return (np.median(curves, axis=0), np.percentile(curves, 10, axis=0),
+            np.percentile(curves, 90, axis=0))
+
+
+def e4_figure(runs: str, out: str) -> str | None:
+    found = [(label, trial_scores(os.path.join(runs, folder))) for folder, label in E4_SEARCHES
+             if os.path.isdir(os.path.join(runs, folder))]
+    found = [(label, scores) for label, scores in found if scores]
+    if not found:
+        return None
+    fig, (curve, spread) = plt.subplots(1, 2, figsize=(12, 4.4))
+    for label, scores in found:
+        median, lo, hi = best_after_k_band(scores)
+        k = np.arange(1, len(scores) + 1)
+        line, = curve.plot(k, median, label=f"{label}: {len(scores)} trials")
+        curve.fill_between(k, lo, hi, color=line.get_color(), alpha=0.2)
+        ranked = sorted(scores, reverse=True)
+        spread.plot(np.arange(1, len(ranked) + 1) / len(ranked), ranked, marker=".",
+                    color=line.get_color(), label=label)
+    curve.set(xlabel="trials k", ylabel="best val acc after k trials",
+              title="best after k trials: median and 10-90 % over trial orderings")
+    spread.set(xlabel="fraction of trials", ylabel="val acc (sorted)",
+               title="every trial, best first")
+    for ax in (curve, spread):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("E4: equal-budget random search, binary_cnn (width 16), CIFAR-10 (JPEG copy), "
+                 "4 epochs, 15,000 / 5,000 images", fontsize=10)
+    path = os.path.join(out, "e4-random-search.png")
+    save_figure(fig, path, dpi=110)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="experiments/out")
     parser.add_argument("--out", default="docs/figures")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    for figure in (e1_figure, e2_figure, e3_figure):
+    for figure in (e1_figure, e2_figure, e3_figure, e4_figure):
         path = figure(args.runs, args.out)
         print(f"wrote {path}" if path else f"{figure.__name__}: its sweeps are not there; skipped")
 
