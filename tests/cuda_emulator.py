@@ -8,7 +8,8 @@ What is emulated, and how:
     runs its threads one after the other too; one with ``__ballot_sync`` only runs a warp's 32
     lanes as OS threads, warp after warp (a per-warp barrier and vote table make the ballot);
     one with ``__syncthreads`` runs a block's threads as OS threads (one set for the whole
-    grid, a barrier between blocks), with a C++20 barrier for ``__syncthreads``.
+    grid, a barrier between blocks), with a barrier (mutex and condition variable) for
+    ``__syncthreads``. Every barrier wait is a context switch: keep emulated shapes small.
     ``__shared__`` variables are function statics (one copy, used by each block in turn). ``atomicAdd`` is a real atomic; ``__popcll`` GCC's popcount.
   * Float arithmetic is the host's IEEE arithmetic with contraction off
     (``-ffp-contract=off``, the twin of NVRTC's ``--fmad=false``); ``exp``/``tanh`` are glibc's,
@@ -40,9 +41,10 @@ import numpy as np
 from fake_devices import DeviceArray, Namespace
 
 PRELUDE = r"""
-#include <barrier>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 #include <thread>
 #include <vector>
 using namespace std;                     // float overloads of exp, tanh, fabs, fmax, sqrt
@@ -54,8 +56,28 @@ static dim3 blockDim, gridDim;
 #define __forceinline__ inline
 #define __launch_bounds__(n)
 #define __shared__ static
-static std::barrier<>* block_barrier = nullptr;
-static std::vector<std::barrier<>*> warp_barriers;
+// A reusable barrier (mutex, condition variable, generation count): plain C++17, no reliance
+// on std::barrier's atomic waits.
+struct Barrier {
+    explicit Barrier(unsigned n) : count(n), waiting(0), generation(0) {}
+    void arrive_and_wait() {
+        std::unique_lock<std::mutex> lock(mutex);
+        const unsigned long long gen = generation;
+        if (++waiting == count) {
+            waiting = 0;
+            ++generation;
+            cv.notify_all();
+        } else {
+            cv.wait(lock, [&] { return generation != gen; });
+        }
+    }
+    std::mutex mutex;
+    std::condition_variable cv;
+    unsigned count, waiting;
+    unsigned long long generation;
+};
+static Barrier* block_barrier = nullptr;
+static std::vector<Barrier*> warp_barriers;
 static unsigned char warp_votes[32][32];
 static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 static inline unsigned __ballot_sync(unsigned, bool vote) {
@@ -90,9 +112,9 @@ extern "C" int minibnn_emulate(unsigned gx, unsigned bx, unsigned by, void** a, 
     }
     if (n % 32 != 0 || n > 1024) return 1;
     if (mode == 1) {                       // warp votes only: 32 OS threads, warp after warp
-        std::barrier<> next_warp(32);
-        std::vector<std::barrier<>*> warps;
-        for (unsigned w = 0; w < n / 32; ++w) warps.push_back(new std::barrier<>(32));
+        Barrier next_warp(32);
+        std::vector<Barrier*> warps;
+        for (unsigned w = 0; w < n / 32; ++w) warps.push_back(new Barrier(32));
         warp_barriers = warps;
         std::vector<std::thread> lanes;
         for (unsigned lane = 0; lane < 32; ++lane)
@@ -113,9 +135,9 @@ extern "C" int minibnn_emulate(unsigned gx, unsigned bx, unsigned by, void** a, 
     // __syncthreads: one OS thread per thread of a block, for the whole grid: blocks run one after another,
     // separated by a barrier (so the function-static __shared__ variables pass from block to
     // block, as each block's own copy would)
-    std::barrier<> block(n), next_block(n);
-    std::vector<std::barrier<>*> warps;
-    for (unsigned w = 0; w < n / 32; ++w) warps.push_back(new std::barrier<>(32));
+    Barrier block(n), next_block(n);
+    std::vector<Barrier*> warps;
+    for (unsigned w = 0; w < n / 32; ++w) warps.push_back(new Barrier(32));
     block_barrier = &block;
     warp_barriers = warps;
     std::vector<std::thread> threads;
@@ -171,7 +193,7 @@ def _build(source: str, entry: str, params: list[tuple[str, str]]) -> ctypes.CDL
         cpp = library.with_name(f"{library.stem}.{os.getpid()}.cpp")
         cpp.write_text(text)
         partial = f"{library}.{os.getpid()}.tmp"         # other test processes may build too
-        proc = subprocess.run(["g++", "-std=c++20", "-O1", "-ffp-contract=off", "-shared",
+        proc = subprocess.run(["g++", "-std=c++17", "-O1", "-ffp-contract=off", "-shared",
                                "-fPIC", "-pthread", "-o", partial, str(cpp)],
                               capture_output=True, text=True)
         if proc.returncode:
