@@ -4,13 +4,17 @@ Models (batch 128, float32, random data of the dataset's shape):
   * binary_mlp on MNIST shapes (1x28x28) with the CLI's default widths;
   * binary_cnn on CIFAR-10 shapes (3x32x32) with the CLI's default width (32) and at width 128
     (the literature's VGG-small widths);
-both with the CLI's default activation STE (the table names widths and STE).
+  * birealnet on CIFAR-10 shapes with its default width (16): residual blocks of learnable
+    bias, sign, binary 3x3 convolution and BatchNorm around a real shortcut, PReLU;
+all with the CLI's default activation STE (the table names widths and STE).
 minibnn runs ``minibnn.run.train.train_step`` with the CLI's default optimiser (CEMA on the ±1
 weights, Adam on the real ones, flips counted; no augmentation). The PyTorch twin is built
 layer by layer from the minibnn model and starts from the same weights: ``nn.Linear``/
 ``nn.Conv2d``, ``F.batch_norm``, ``nn.MaxPool2d``, ±1 weights used directly, ``sign`` with the
 same STE (a custom autograd function), ``F.cross_entropy``, then the same CEMA step written
 with in-place tensor ops and ``torch.optim.Adam`` on the real parameters. Same thread count.
+(The twin is built recursively from the layers, residual blocks included; a test checks that
+its train-mode logits equal minibnn's.)
 
 Speed: best step time of R interleaved rounds (one step of each candidate per round) after
 a warm-up step; ``speed ratio = torch time / minibnn time`` (> 1: minibnn is faster), and
@@ -48,10 +52,12 @@ MODELS = {
     "binary_mlp/MNIST": ("binary_mlp", (1, 28, 28), {}),
     "binary_cnn/CIFAR-10": ("binary_cnn", (3, 32, 32), {}),
     "binary_cnn-w128/CIFAR-10": ("binary_cnn", (3, 32, 32), {"width": 128}),
+    "birealnet/CIFAR-10": ("birealnet", (3, 32, 32), {}),
 }
 SMOKE_MODELS = {
     "binary_mlp/MNIST": ("binary_mlp", (1, 28, 28), {"hidden": [64, 64]}),
     "binary_cnn/CIFAR-10": ("binary_cnn", (3, 32, 32), {"width": 4}),
+    "birealnet/CIFAR-10": ("birealnet", (3, 32, 32), {"width": 4}),
 }
 
 
@@ -97,6 +103,7 @@ def describe(model: Any) -> str:
 def torch_step(torch: Any, model: Any, params: dict[str, np.ndarray], batch: int,
                alpha: float = 1e-3, gamma: float = 1e-1) -> Callable[[], Any]:
     """The same network and update in PyTorch (see the module docstring)."""
+    from minibnn.nn import containers as C
     from minibnn.nn import functional as F
     from minibnn.nn import modules as M
 
@@ -146,46 +153,72 @@ def torch_step(torch: Any, model: Any, params: dict[str, np.ndarray], batch: int
     def t(name: str) -> Any:
         return nn.Parameter(torch.from_numpy(params[name].copy()))
 
-    layers, binary, real = [], [], []
-    for layer in model.net.layers:
+    class Residual(nn.Module):
+        def __init__(self, body: Any, shortcut: Any | None):
+            super().__init__()
+            self.body, self.shortcut = body, shortcut
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+
+    binary: list[Any] = []
+
+    def twin(layer: Any) -> Any:
+        """The PyTorch module of one minibnn layer (containers recursively)."""
+        if isinstance(layer, C.Sequential):
+            return nn.Sequential(*(twin(inner) for inner in layer.layers))
+        if isinstance(layer, C.Residual):
+            return Residual(twin(layer.body),
+                            None if layer.shortcut is None else twin(layer.shortcut))
         if isinstance(layer, M.Stateless):
-            fn = layer.forward_fn
+            fn, k = layer.forward_fn, layer.kwargs
             if fn is F.sign_forward:
-                layers.append(Lambda(sign_ste(layer.kwargs.get("ste", "identity"))))
-            elif fn is F.flatten_forward:
-                layers.append(nn.Flatten())
-            elif fn is F.maxpool2d_forward:
-                k = layer.kwargs
-                layers.append(nn.MaxPool2d(k["kernel"], k["stride"], k["padding"]))
-            else:
-                raise NotImplementedError(f"no PyTorch twin for {fn.__name__}")
-        elif isinstance(layer, M.BinaryDense):
+                return Lambda(sign_ste(k.get("ste", "identity")))
+            if fn is F.flatten_forward:
+                return nn.Flatten()
+            if fn is F.maxpool2d_forward:
+                return nn.MaxPool2d(k["kernel"], k["stride"], k["padding"])
+            if fn is F.avgpool2d_forward:
+                return nn.AvgPool2d(k["kernel"], k["stride"], k["padding"])
+            if fn is F.global_avgpool_forward:
+                return Lambda(lambda x: x.mean(dim=(2, 3)))
+            raise NotImplementedError(f"no PyTorch twin for {fn.__name__}")
+        if isinstance(layer, M.BinaryDense):
             w = t(layer.key("w"))
             binary.append(w)
-            layers.append(Lambda(lambda x, w=w: tf.linear(x, w)))
-        elif isinstance(layer, M.BinaryConv2d):
+            return Lambda(lambda x, w=w: tf.linear(x, w))
+        if isinstance(layer, M.BinaryConv2d):
             w = t(layer.key("w"))
             binary.append(w)
-            layers.append(Lambda(lambda x, w=w, s=layer.stride, p=layer.padding:
-                                 tf.conv2d(x, w, stride=s, padding=p)))
-        elif isinstance(layer, M.Dense):
+            return Lambda(lambda x, w=w, s=layer.stride, p=layer.padding:
+                          tf.conv2d(x, w, stride=s, padding=p))
+        if isinstance(layer, M.Dense):
             lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias)
             lin.weight = t(layer.key("w"))
             if layer.bias:
                 lin.bias = t(layer.key("b"))
-            layers.append(lin)
-        elif isinstance(layer, M.Conv2d):
+            return lin
+        if isinstance(layer, M.Conv2d):
             o, c, k, _ = layer.shape
             conv = nn.Conv2d(c, o, k, layer.stride, layer.padding, bias=layer.bias)
             conv.weight = t(layer.key("w"))
             if layer.bias:
                 conv.bias = t(layer.key("b"))
-            layers.append(conv)
-        elif isinstance(layer, M.BatchNorm):
-            layers.append(BatchNorm(layer.channels, layer.momentum, layer.eps))
-        else:
-            raise NotImplementedError(f"no PyTorch twin for {type(layer).__name__}")
-    net = nn.Sequential(*layers)
+            return conv
+        if isinstance(layer, M.BatchNorm):
+            return BatchNorm(layer.channels, layer.momentum, layer.eps)
+        if isinstance(layer, M.LearnableBias):            # x + b per channel
+            b = t(layer.key("b"))
+            holder = Lambda(lambda x, b=b: x + b.view(1, -1, 1, 1))
+            holder.b = b
+            return holder
+        if isinstance(layer, M.PReLU):
+            prelu = nn.PReLU(layer.channels)
+            prelu.weight = t(layer.key("a"))
+            return prelu
+        raise NotImplementedError(f"no PyTorch twin for {type(layer).__name__}")
+
+    net = twin(model.net)
     ids = {id(p) for p in binary}
     real = [p for p in net.parameters() if id(p) not in ids]
     adam = torch.optim.Adam(real, lr=1e-3)
@@ -213,6 +246,7 @@ def torch_step(torch: Any, model: Any, params: dict[str, np.ndarray], batch: int
         adam.step()
         float(loss.detach())
 
+    step.net = net                      # type: ignore[attr-defined]  (the twin, for its test)
     return step
 
 

@@ -61,3 +61,29 @@ def test_smoke_with_torch(name: str, capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     title = SCRIPTS.get(name, "PyTorch step alone and interleaved with minibnn steps")
     assert title in out and "torch not installed" not in out
+
+
+@pytest.mark.parametrize("name, shape, options", [
+    ("binary_mlp", (1, 28, 28), {"hidden": [64, 64]}),
+    ("binary_cnn", (3, 32, 32), {"width": 4}),
+    ("birealnet", (3, 32, 32), {"width": 4}),
+])
+def test_the_pytorch_twins_compute_minibnn_s_forward(name: str, shape: tuple[int, ...],
+                                                     options: dict) -> None:
+    """bench_train's PyTorch peer is the same network: train-mode logits agree (float32)."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from minibnn.nn.models import build_model
+
+    bench = load("bench_train")
+    model = build_model(name, input_shape=shape, num_classes=10, **options)
+    params, buffers = model.init(np.random.default_rng(0), np.float32)
+    for key in model.binary_names:
+        params[key] = np.where(params[key] >= 0, 1.0, -1.0).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((8,) + shape).astype(np.float32)
+    logits, _, _ = model.forward(params, buffers, x, train=True)
+    net = bench.torch_step(torch, model, params, 8).net
+    with torch.no_grad():
+        twin = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(twin, logits, rtol=1e-5, atol=1e-5)
