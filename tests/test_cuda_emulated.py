@@ -28,6 +28,8 @@ import pytest
 from minibnn import backend, kernels
 from minibnn.kernels import channels_last, gpu_launch
 
+from oracles import reference
+
 import cuda_emulator
 from cuda_emulator import EMULATED_CUPY, EmuArray
 
@@ -60,16 +62,6 @@ def host(a: Any) -> Any:
 
 def cuda(op: str) -> Callable[..., Any]:
     return kernels.get(op, "cuda")
-
-
-def reference(op: str) -> Callable[..., Any]:
-    """The reference body on NumPy arrays, with every inner op on its reference too."""
-    body = kernels.get(op, "numpy")
-
-    def run(*args: Any, **kw: Any) -> Any:
-        with kernels.use_backend("numpy"):
-            return body(*args, **kw)
-    return run
 
 
 def same(got: Any, want: Any, rtol: float = 0.0) -> None:

@@ -38,6 +38,8 @@ from minibnn import backend, kernels
 from minibnn.backend import gpu_available
 from minibnn.errors import DeviceError, DTypeError, ShapeError
 
+from oracles import reference as numpy_ref
+
 GPU = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="no CUDA GPU")]
 
 RTOL = {np.float32: 1e-6, np.float64: 1e-12}
@@ -59,16 +61,6 @@ def cp():
 
 def _host(a: Any) -> Any:
     return backend.to_numpy(a) if hasattr(a, "shape") else a
-
-
-def numpy_ref(op: str) -> Callable[..., Any]:
-    """The reference body on NumPy arrays, every inner op on its reference too: the oracle."""
-    body = kernels.get(op, "numpy")
-
-    def run(*args: Any, **kw: Any) -> Any:
-        with kernels.use_backend("numpy"):
-            return body(*args, **kw)
-    return run
 
 
 def gpu_bodies(op: str) -> dict[str, Callable[..., Any]]:

@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 from minibnn import kernels
 from minibnn.errors import DTypeError, MinibnnError, ShapeError
 
+from oracles import reference as ref
+
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 DTYPES = st.sampled_from([np.float32, np.float64])
@@ -30,16 +32,6 @@ DTYPES = st.sampled_from([np.float32, np.float64])
 
 def numba_body(op: str) -> Callable[..., Any]:
     return kernels.get(op, "numba")
-
-
-def ref(op: str) -> Callable[..., Any]:
-    """The reference body of ``op``, run with every inner op on its reference body too."""
-    body = kernels.get(op, "numpy")
-
-    def run(*args: Any, **kw: Any) -> Any:
-        with kernels.use_backend("numpy"):
-            return body(*args, **kw)
-    return run
 
 
 def rtol(dtype: type) -> float:
