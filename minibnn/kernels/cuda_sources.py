@@ -83,7 +83,23 @@ _FLIPS_END = """
     if (threadIdx.x == 0 && block_flips != 0) atomicAdd(flips, block_flips);
 """
 
-CEMA = CudaKernel("minibnn_cema_update", r"""
+# b = -b where stat b > thr; tie "positive": also b = +1 where stat b == thr exactly (the
+# reference's _flip); true when b changed
+_FLIP = r"""
+template <typename T>
+__device__ __forceinline__ bool flip_sign(T* b, const T stat, const T thr, const int tie_positive)
+{
+    const T bi = *b;
+    const T score = stat * bi;
+    if (score > thr || (tie_positive && score == thr && bi < (T)0)) {
+        *b = -bi;
+        return true;
+    }
+    return false;
+}
+"""
+
+CEMA = CudaKernel("minibnn_cema_update", _FLIP + r"""
 // m = (1 - gamma) m + gamma g;  v = (1 - alpha) v + alpha m;  b = -b where v b > threshold
 // (tie "positive": also b = +1 where v b == threshold exactly)
 extern "C" __global__ void {NAME}(
@@ -96,15 +112,10 @@ extern "C" __global__ void {NAME}(
         const {T} vi = c_v * v[i] + c_a * mi;       // v = (1 - alpha) v + alpha m
         m[i] = mi;
         v[i] = vi;
-        const {T} bi = b[i];
-        const {T} score = vi * bi;
-        if (score > thr || (tie_positive && score == thr && bi < ({T})0)) {
-            b[i] = -bi;                             // flip
-            my_flips += 1;
-        }
+        if (flip_sign(&b[i], vi, thr, tie_positive)) my_flips += 1;
     }""" + _FLIPS_END + "}\n", ("T",), FLOATS)
 
-BOP = CudaKernel("minibnn_bop_update", r"""
+BOP = CudaKernel("minibnn_bop_update", _FLIP + r"""
 // m = (1 - gamma) m + gamma g;  b = -b where m b > threshold
 // (tie "positive": also b = +1 where m b == threshold exactly)
 extern "C" __global__ void {NAME}(
@@ -114,12 +125,7 @@ extern "C" __global__ void {NAME}(
 {""" + _FLIPS_BEGIN + "    " + _LOOP + r""" {
         const {T} mi = c_m * m[i] + c_g * g[i];     // m = (1 - gamma) m + gamma g
         m[i] = mi;
-        const {T} bi = b[i];
-        const {T} score = mi * bi;
-        if (score > thr || (tie_positive && score == thr && bi < ({T})0)) {
-            b[i] = -bi;                             // flip
-            my_flips += 1;
-        }
+        if (flip_sign(&b[i], mi, thr, tie_positive)) my_flips += 1;
     }""" + _FLIPS_END + "}\n", ("T",), FLOATS)
 
 SGD = CudaKernel("minibnn_sgd_update", r"""
@@ -308,6 +314,18 @@ extern "C" __global__ void __launch_bounds__(256) {NAME}(
 }
 """)
 
+def _unflatten_nhwc(channel: str, channels: str, x: str, width: str, y: str, height: str) -> str:
+    """C code naming the coordinates of flat index ``i`` of an NHWC array (N, height, width,
+    channels): sample ``ni``, row ``y``, column ``x``, channel ``channel`` (C is fastest)."""
+    return f"""        const int {channel} = (int)(i % {channels});
+        long long t = i / {channels};
+        const int {x} = (int)(t % {width});
+        t /= {width};
+        const int {y} = (int)(t % {height});
+        const long long ni = t / {height};
+"""
+
+
 # --------------------------------------------------------------------------- binary convolution
 BINARY_CONV_NHWC = CudaKernel("minibnn_binary_conv2d_nhwc", r"""
 // y[n, oh, ow, o] = sum over the taps (i, j) inside the image of (C - 2 popcount(x XOR w)):
@@ -322,13 +340,7 @@ extern "C" __global__ void {NAME}(
         const int oh, const int ow)
 {
     """ + _LOOP + r""" {
-        const int oc = (int)(i % o);
-        long long t = i / o;
-        const int xo = (int)(t % ow);
-        t /= ow;
-        const int yo = (int)(t % oh);
-        const long long ni = t / oh;
-        int acc = 0;
+""" + _unflatten_nhwc("oc", "o", "xo", "ow", "yo", "oh") + r"""        int acc = 0;
         for (int ti = 0; ti < kh; ++ti) {
             const int hi = yo * stride + ti - pad;
             if (hi < 0 || hi >= h) continue;
@@ -401,13 +413,7 @@ extern "C" __global__ void {NAME}(
         const int pad, const int oh, const int ow)
 {
     """ + _LOOP + r""" {
-        const int ci = (int)(i % c);
-        long long t = i / c;
-        const int ww = (int)(t % w);
-        t /= w;
-        const int hh = (int)(t % h);
-        const long long ni = t / h;
-        const long long kk = (long long)kh * kw * c;
+""" + _unflatten_nhwc("ci", "c", "ww", "w", "hh", "h") + r"""        const long long kk = (long long)kh * kw * c;
         {T} acc = ({T})0;
         for (int ti = 0; ti < kh; ++ti) {
             const int yy = hh + pad - ti;
@@ -433,13 +439,7 @@ extern "C" __global__ void {NAME}(
         const int stride, const int oh, const int ow)
 {
     """ + _LOOP + r""" {
-        const int ci = (int)(i % c);
-        long long t = i / c;
-        const int xo = (int)(t % ow);
-        t /= ow;
-        const int yo = (int)(t % oh);
-        const long long ni = t / oh;
-        const long long y0 = (long long)yo * stride, x0 = (long long)xo * stride;
+""" + _unflatten_nhwc("ci", "c", "xo", "ow", "yo", "oh") + r"""        const long long y0 = (long long)yo * stride, x0 = (long long)xo * stride;
         const {T}* base = x + ((ni * h + y0) * w + x0) * c + ci;     // the window's corner
         {T} best = base[0];
         int best_at = 0;
@@ -466,13 +466,7 @@ extern "C" __global__ void {NAME}(
         const int stride, const int oh, const int ow)
 {
     """ + _LOOP + r""" {
-        const int ci = (int)(i % c);
-        long long t = i / c;
-        const int ww = (int)(t % w);
-        t /= w;
-        const int hh = (int)(t % h);
-        const long long ni = t / h;
-        {T} acc = ({T})0;
+""" + _unflatten_nhwc("ci", "c", "ww", "w", "hh", "h") + r"""        {T} acc = ({T})0;
         for (int ti = 0; ti < k; ++ti) {
             const int yy = hh - ti;
             if (yy < 0 || yy % stride != 0 || yy / stride >= oh) continue;
