@@ -38,22 +38,12 @@ def flip_array_byte(path: str, dataset: str) -> None:
         fh.write(bytes([b[0] ^ 1]))
 
 
-_CLUSTER = """
-import time
-from distributed import LocalCluster
-if __name__ == "__main__":
-    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
-                           host="127.0.0.1", dashboard_address=None)
-    print(cluster.scheduler_address, flush=True)
-    time.sleep(600)
-"""
-
-
 def lost_scheduler(d: str) -> tuple[str, int]:
     """A sweep on a one-process Dask cluster that is killed once a point has started."""
     with open(os.path.join(d, "slow.toml"), "w") as f:
         f.write('[base]\ndataset = "synthetic"\nepochs = 6\n[grid]\nseed = [0, 1, 2]\n')
-    cluster = subprocess.Popen([sys.executable, "-c", _CLUSTER], stdout=subprocess.PIPE,
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dask_cluster.py")
+    cluster = subprocess.Popen([sys.executable, script], stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True, cwd=d)
     address = cluster.stdout.readline().strip()
     sweep = subprocess.Popen([sys.executable, "-m", "minibnn", "sweep", "slow.toml", "--out",

@@ -237,23 +237,11 @@ def test_a_malformed_scheduler_address_is_a_one_line_error(tmp_path: Path,
               log=_quiet)
 
 
-_CLUSTER = """
-import sys, time
-from distributed import LocalCluster
-if __name__ == "__main__":
-    # threads, not processes: killing this process takes the scheduler and its workers
-    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
-                           host="127.0.0.1", dashboard_address=None)
-    print(cluster.scheduler_address, flush=True)
-    time.sleep(600)
-"""
-
-
 def _start_cluster(tmp_path: Path) -> tuple[subprocess.Popen, str]:
-    script = tmp_path / "cluster.py"
-    script.write_text(_CLUSTER)
+    """A killable one-process Dask cluster (scripts/dask_cluster.py) and its address."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "dask_cluster.py"
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, cwd=tmp_path)
     address = proc.stdout.readline().strip()
     assert address.startswith("tcp://127.0.0.1:"), "the test's Dask cluster did not start"
     return proc, address
