@@ -25,6 +25,12 @@ def is_sweep_dir(path: str) -> bool:
 
 def load_sweep_dir(path: str) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
     """The grid axes (from ``DIR/sweep.toml``) and the rows of ``DIR/summary.csv``."""
+    parsed, rows = _load(path)
+    return parsed.axes, rows
+
+
+def _load(path: str) -> tuple[Any, list[dict[str, Any]]]:
+    """The parsed ``DIR/sweep.toml`` (a ``Sweep``) and the rows of ``DIR/summary.csv``."""
     from minibnn.commands.sweep import read_summary
     from minibnn.commands.sweep_spec import read_sweep
 
@@ -37,7 +43,7 @@ def load_sweep_dir(path: str) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
     if missing:
         raise MinibnnError(f"{path}: summary.csv lacks the grid column(s) {missing}; rerun "
                            "the sweep to rewrite it")
-    return parsed.axes, rows
+    return parsed, rows
 
 
 def format_sweep_table(axes: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
@@ -219,16 +225,14 @@ def plot_random_sweep(search: Any, rows: Sequence[dict[str, Any]], out: str,
 
 def show_sweep(path: str, plot_path: str | None, metric: str | None = None,
                x: str | None = None, y: str | None = None) -> str:
-    from minibnn.commands.sweep_spec import read_sweep
-
-    axes, rows = load_sweep_dir(path)
+    parsed, rows = _load(path)
+    axes, search = parsed.axes, parsed.search
     text = format_sweep_table(axes, rows)
-    search = read_sweep(os.path.join(path, "sweep.toml"))[0].search
     if search is not None:
-        curve = best_after(rows, pick_metric(rows, metric))
+        used = pick_metric(rows, metric)
+        curve = best_after(rows, used)
         if curve and not math.isnan(curve[-1]):
-            text += (f"\nbest {pick_metric(rows, metric)} after {len(curve)} trials: "
-                     f"{curve[-1]:.4f}")
+            text += f"\nbest {used} after {len(curve)} trials: {curve[-1]:.4f}"
     if plot_path is not None:
         if search is not None and (x, y) == (None, None):
             used = plot_random_sweep(search, rows, plot_path, metric)
