@@ -117,10 +117,11 @@ class StandardisedImages:
 
     def rows(self, idx: Any) -> "StandardisedImages":
         _check_row_key(idx)
-        if self.u8[idx].ndim != 4:
+        u8 = self.u8[idx]
+        if u8.ndim != 4:
             raise TypeError("StandardisedImages.rows takes a slice or an index array, not one "
                             "image's index")
-        return StandardisedImages(self.u8[idx], self.mean, self.std, self.dtype)
+        return StandardisedImages(u8, self.mean, self.std, self.dtype)
 
     def on(self, device: str) -> "StandardisedImages":
         return StandardisedImages(to_device(self.u8, device), self.mean, self.std, self.dtype)
