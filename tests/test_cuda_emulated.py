@@ -44,6 +44,10 @@ def emulated_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
             pytest.fail(why)
         pytest.skip(why)
     monkeypatch.setitem(sys.modules, "cupy", EMULATED_CUPY)
+    # the real cupyx (loaded lazily once the real CuPy was imported) would import the stand-in
+    # if anything touched it meanwhile (hypothesis scans sys.modules): hide it for the test
+    for name in [n for n in sys.modules if n == "cupyx" or n.startswith("cupyx.")]:
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(backend, "_cupy", lambda: EMULATED_CUPY)
     monkeypatch.setattr(gpu_launch, "_CUPY", None)
     monkeypatch.setattr(gpu_launch, "MAX_BLOCKS", 3)     # small grids: the grid-stride loops
