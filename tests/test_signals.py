@@ -7,11 +7,15 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
 
+from minibnn.commands.cli import main
+from minibnn.run import train
 from minibnn.run.files import load_run
+from minibnn.run.stop_signals import raise_if_stopped, stop_on_signals
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -178,3 +182,52 @@ def test_a_killed_worker_fails_only_its_own_point(tmp_path: Path) -> None:
     assert sum(r["status"] == "done" for r in rows) == 2
     rerun = _sweep(spec, out)
     assert rerun.returncode == 0, rerun.stderr
+
+
+def _signal_lost_in_a_weakref_callback(signum: int) -> None:
+    """Deliver ``signum`` while Python runs a weakref callback: the handler's
+    ``KeyboardInterrupt`` is raised inside the callback, where Python drops it ("Exception
+    ignored"). This is what made a SIGTERM during training go unnoticed now and then."""
+    class Thing:
+        pass
+
+    thing = Thing()
+    ref = weakref.ref(thing, lambda _: signal.raise_signal(signum))
+    del thing                                        # runs the callback
+    assert ref() is None
+
+
+def test_a_stop_signal_python_lost_is_raised_at_the_next_check(capsys) -> None:  # type: ignore[no-untyped-def]
+    with stop_on_signals() as received:
+        _signal_lost_in_a_weakref_callback(signal.SIGTERM)     # no exception here...
+        assert received == [signal.SIGTERM]
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_stopped()                                  # ...but here
+    assert capsys.readouterr().err == ""             # no "Exception ignored" report either
+    raise_if_stopped()                               # the block's end forgets the signal
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_sigterm_lost_during_a_step_still_stops_train_at_that_step(tmp_path: Path,
+                                                                     monkeypatch, capsys
+                                                                     ) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "run.h5"
+    real_step = train.train_step
+    steps: list[int] = []
+
+    def step_then_lose_a_sigterm(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = real_step(*args, **kwargs)
+        steps.append(1)
+        if len(steps) == 12:                         # in the second epoch (8 steps an epoch)
+            _signal_lost_in_a_weakref_callback(signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(train, "train_step", step_then_lose_a_sigterm)
+    code = main(["train", "--dataset", "synthetic", "--epochs", "5", "--train-subset", "500",
+                 "--batch-size", "64", "--no-progress", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 143, err
+    assert len(steps) == 12                          # it stopped at the step the signal came
+    assert f"minibnn: terminated ({out} keeps epoch 1; continue with --resume {out})" in err
+    assert "Exception ignored" not in err and "Traceback" not in err
+    assert load_run(str(out)).checkpoint.epoch == 1

@@ -16,7 +16,6 @@ import argparse
 import os
 import signal
 import sys
-import threading
 from typing import Any, Sequence
 
 from minibnn import kernels
@@ -27,6 +26,7 @@ from minibnn.nn.containers import LAYOUTS
 from minibnn.errors import MinibnnError, closed_pipe_exit
 from minibnn.run.files import check_output, check_writable, load_run
 from minibnn.run.resources import format_bytes, physical_memory
+from minibnn.run.stop_signals import raise_if_stopped, stop_on_signals
 from minibnn.nn.functional import STE_NAMES
 from minibnn.optim.schedules import SCHEDULE_NAMES
 from minibnn.run.spec import (BACKEND_NAMES, DEVICE_NAMES, DTYPE_NAMES, LOCAL_FIELDS,
@@ -594,48 +594,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     handler = getattr(args, "handler", None) or HANDLERS[args.command]
-    terminated: list[int] = []
-    installed, previous = _sigterm_as_interrupt(terminated)
-    try:
-        code = int(handler(args) or 0)
-        sys.stdout.flush()          # a closed pipe shows here, inside the try
-        return code
-    except BrokenPipeError:
-        return closed_pipe_exit()
-    except MinibnnError as exc:
-        print(f"minibnn: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as exc:
-        where = f" ({exc})" if str(exc) else ""
-        word, status = ("terminated", 143) if terminated else ("interrupted", 130)
-        print(f"minibnn: {word}{where}", file=sys.stderr)
-        return status
-    except MemoryError as exc:
-        # the last resort behind the up-front checks; NumPy names the array it could not
-        # allocate ("Unable to allocate 292. GiB for an array with shape ...")
-        need = str(exc).splitlines()[0] if str(exc) else "an allocation failed"
-        have = physical_memory()
-        machine = f" (this machine has {format_bytes(have)})" if have else ""
-        print(f"minibnn: error: out of memory: {need}{machine}; make the model or batch "
-              "smaller", file=sys.stderr)
-        return 2
-    finally:
-        if installed:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
-
-def _sigterm_as_interrupt(terminated: list[int]) -> tuple[bool, Any]:
-    """SIGTERM behaves like Ctrl-C (the run file says what it keeps), then exits 143: the
-    handler raises KeyboardInterrupt in the main thread and notes the signal in ``terminated``.
-    Returns (installed, the previous handler); nothing is installed outside the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        return False, None
-
-    def handle(signum: int, frame: Any) -> None:
-        terminated.append(signum)
-        raise KeyboardInterrupt
-
-    return True, signal.signal(signal.SIGTERM, handle)
+    with stop_on_signals() as received:
+        try:
+            code = int(handler(args) or 0)
+            sys.stdout.flush()          # a closed pipe shows here, inside the try
+            raise_if_stopped()          # a stop signal whose own raise Python lost
+            return code
+        except BrokenPipeError:
+            return closed_pipe_exit()
+        except MinibnnError as exc:
+            print(f"minibnn: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:
+            # SIGTERM behaves like Ctrl-C (the run file says what it keeps), then exits 143
+            where = f" ({exc})" if str(exc) else ""
+            word, status = (("terminated", 143) if signal.SIGTERM in received
+                            else ("interrupted", 130))
+            print(f"minibnn: {word}{where}", file=sys.stderr)
+            return status
+        except MemoryError as exc:
+            # the last resort behind the up-front checks; NumPy names the array it could not
+            # allocate ("Unable to allocate 292. GiB for an array with shape ...")
+            need = str(exc).splitlines()[0] if str(exc) else "an allocation failed"
+            have = physical_memory()
+            machine = f" (this machine has {format_bytes(have)})" if have else ""
+            print(f"minibnn: error: out of memory: {need}{machine}; make the model or batch "
+                  "smaller", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

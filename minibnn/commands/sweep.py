@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 
 from minibnn.errors import MinibnnError, os_reason
 from minibnn.commands.sweep_spec import Point, Sweep, read_sweep
+from minibnn.run.stop_signals import raise_if_stopped
 
 RESULT_COLUMNS = ("status", "epochs", "val_acc", "test_acc", "seconds", "run_file", "reason")
 
@@ -323,6 +324,7 @@ def _run_local(tasks: list[dict[str, Any]], workers: int | None
         for _ in range(target):
             start_worker()
         while holds or queue:
+            raise_if_stopped()                          # a stop signal whose raise was lost
             if not pipes:                               # workers keep dying before a point
                 while queue:
                     task = queue.popleft()
@@ -330,7 +332,7 @@ def _run_local(tasks: list[dict[str, Any]], workers: int | None
                                        "reason": "worker lost before it started the point"}
                 break
             sentinels = {process.sentinel: pipe for pipe, process in pipes.items()}
-            for ready in wait_any(list(holds) + list(sentinels)):
+            for ready in wait_any(list(holds) + list(sentinels), timeout=1.0):
                 pipe = sentinels.get(ready, ready)
                 if pipe not in pipes:
                     continue                            # handled this round already

@@ -46,6 +46,7 @@ from minibnn.run.files import (Checkpoint, RunFile, check_arrays, check_writable
 from minibnn.kernels.threads import get_threads, using_threads
 from minibnn.run.lock import one_writer
 from minibnn.run.resources import check_free_space
+from minibnn.run.stop_signals import raise_if_stopped
 from minibnn.nn.functional import softmax_cross_entropy
 from minibnn.nn.models import Model, build_model
 from minibnn.optim.base import Transform
@@ -276,6 +277,7 @@ def train_epoch(model: Model, optimizer: Transform, state: TrainState, x: Any, y
         correct = correct + right
         for name, count in step_flips.items():
             flips[name] = flips[name] + count
+        raise_if_stopped()
         if bar is not batches and i % LOSS_EVERY == 0:
             bar.set_postfix(loss=f"{float(loss):.4f}")
     metrics = {"train_loss": float(loss_sum) / n, "train_acc": int(correct) / n}
