@@ -486,10 +486,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sweep", help="train every point of a grid of runs (local processes or "
-                       "a Dask cluster); resumable",
-                       description="Run the Cartesian product of SPEC.toml's [grid] over its "
-                       "[base] options (minibnn train's long option names) into DIR: one run "
+    p = sub.add_parser("sweep", help="train every point of a grid or random search of runs "
+                       "(local processes or a Dask cluster); resumable",
+                       description="Run the points of SPEC.toml over its [base] options "
+                       "(minibnn train's long option names): the Cartesian product of its "
+                       "[grid], or the trials its [random] table draws from its seed, into "
+                       "DIR: one run "
                        "file per point in DIR/runs, DIR/summary.csv with one row per point. "
                        "Running it again trains only what is unfinished. Exit status 1 when "
                        "a point failed.", formatter_class=_HelpFormatter)
