@@ -17,7 +17,7 @@ from minibnn.errors import MinibnnError
 from minibnn.kernels import BackendError
 from minibnn.nn import functional as F
 from minibnn.nn import models
-from minibnn.nn.containers import Sequential, _fuse_batchnorm_sign
+from minibnn.nn.containers import Sequential, _fuse_signs
 from minibnn.nn.modules import BatchNorm, BatchNormSign, Sign
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
@@ -272,7 +272,7 @@ def test_sequential_fuses_batchnorm_sign_with_the_same_bits(train, backend):
     net = model.net
     # the fused NCHW steps (which the channels-last group then runs NHWC: see
     # test_channels_last_model.py)
-    steps = _fuse_batchnorm_sign(net.layers)
+    steps = _fuse_signs(net.layers)
     fused = [s for s in steps if isinstance(s, BatchNormSign)]
     assert len(fused) == 6 and len(steps) == len(net.layers) - 6    # every BN -> Sign pair
     assert all(s.name == s.bn.name for s in fused)

@@ -7,10 +7,11 @@ never behind the caller's back (``LAYOUTS``):
     ``nn/functional``'s conv, sign and batchnorm, the code the README teaches;
   * ``"nhwc"`` (the model builders' default, the fast engine; ``--layout``):
       1. every affine ``BatchNorm`` directly followed by the real ``Sign`` becomes one
-         ``BatchNormSign`` step (one fused kernel, the same bits, the same parameter names);
-      2. every run of convolutions, BatchNorm+sign steps and max-pools that feeds packed signs
-         into a binary convolution becomes one ``ChannelsLast`` step (``nn.channels_last``:
-         NHWC inside, packed activations, the XNOR-popcount forward).
+         ``BatchNormSign`` step (one fused kernel, the same bits, the same parameter names),
+         and every ``LearnableBias`` directly followed by it one ``BiasSign`` step;
+      2. every run of convolutions, BatchNorms, those sign steps and max-pools in which a
+         sign step feeds a binary convolution becomes one ``ChannelsLast`` step
+         (``nn.channels_last``: NHWC inside, packed activations, the XNOR-popcount forward).
 
 Either way the parameters, buffers and gradients are the layers' own, under their names, and
 ``layers`` stays as built (what ``init``, ``binary_names`` and the packed-inference rewrite
@@ -23,7 +24,8 @@ from typing import Sequence
 from minibnn.errors import MinibnnError
 from minibnn.nn import functional as F
 from minibnn.nn.channels_last import group_channels_last
-from minibnn.nn.modules import BatchNorm, BatchNormSign, Module, Params, is_sign, model_dtype
+from minibnn.nn.modules import (BatchNorm, BatchNormSign, BiasSign, LearnableBias, Module,
+                                Params, is_sign, model_dtype)
 
 #: how a Sequential runs its layers: "nhwc" the fast engine, "nchw" the layers as written
 LAYOUTS = ("nhwc", "nchw")
@@ -40,10 +42,10 @@ class Sequential(Module):
     """Modules applied in order; backward runs them in reverse.
 
     What runs are the *steps* (``steps()``), fixed once here from ``layers`` and ``layout``
-    (module header: the layers themselves, or fused BatchNorm+sign pairs and channels-last
-    groups). So the cache that ``forward`` returns holds one entry per step, not per layer,
-    and its i-th entry belongs to ``steps()[i]``. ``layers`` is the model as declared; build a
-    new Sequential rather than editing it in place.
+    (module header: the layers themselves, or fused BatchNorm+sign and bias+sign pairs and
+    channels-last groups). So the cache that ``forward`` returns holds one entry per step, not
+    per layer, and its i-th entry belongs to ``steps()[i]``. ``layers`` is the model as
+    declared; build a new Sequential rather than editing it in place.
 
     ``input_grad=False`` (a model's top level, whose backward ignores dx): a channels-last
     group that is the first step skips its first convolution's input gradient, and
@@ -57,7 +59,7 @@ class Sequential(Module):
         self.input_grad = input_grad
         self.layout = check_layout(layout)
         if layout == "nhwc":
-            self._steps = group_channels_last(_fuse_batchnorm_sign(self.layers), input_grad)
+            self._steps = group_channels_last(_fuse_signs(self.layers), input_grad)
         else:
             self._steps = list(self.layers)
 
@@ -98,15 +100,19 @@ class Sequential(Module):
         return dy, grads
 
 
-def _fuse_batchnorm_sign(layers: Sequence[Module]) -> list[Module]:
-    """``layers`` with each affine BatchNorm + the real Sign after it as one BatchNormSign."""
+def _fuse_signs(layers: Sequence[Module]) -> list[Module]:
+    """``layers`` with each affine BatchNorm + the real Sign after it as one BatchNormSign,
+    and each LearnableBias + the real Sign after it as one BiasSign."""
     steps: list[Module] = []
     i = 0
     while i < len(layers):
         layer = layers[i]
         nxt = layers[i + 1] if i + 1 < len(layers) else None
-        if isinstance(layer, BatchNorm) and layer.affine and nxt is not None and is_sign(nxt):
+        if nxt is not None and is_sign(nxt) and isinstance(layer, BatchNorm) and layer.affine:
             steps.append(BatchNormSign(layer, nxt))
+            i += 2
+        elif nxt is not None and is_sign(nxt) and isinstance(layer, LearnableBias):
+            steps.append(BiasSign(layer, nxt))
             i += 2
         else:
             steps.append(layer)

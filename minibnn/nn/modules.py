@@ -393,3 +393,31 @@ class LearnableBias(Module):
     def backward(self, dy, cache):
         dx, db = F.bias_backward(dy, cache)
         return dx, {self.key("b"): db}
+
+
+class BiasSign(Module):
+    """A ``LearnableBias`` and the ``Sign`` right after it, as one step: ``s = sign(x + b)``.
+
+    Runs the two layers' own functional pairs, so the bits and gradients are theirs; the
+    parameter is the LearnableBias's, under its name. One step that emits signs is what
+    ``nn.channels_last.group_channels_last`` looks for (Bi-Real's block: sign(x + b) -> bconv).
+    """
+
+    def __init__(self, bias: LearnableBias, sign: Stateless):
+        if not is_sign(sign):
+            raise MinibnnError(f"BiasSign({bias.name!r}) needs a LearnableBias and a Sign")
+        super().__init__(bias.name)
+        self.bias, self.sign = bias, sign
+
+    def init(self, rng, dtype):
+        return self.bias.init(rng, dtype)
+
+    def forward(self, params, buffers, x, train):
+        y, _, bias_cache = self.bias.forward(params, buffers, x, train)
+        s, _, sign_cache = self.sign.forward(params, buffers, y, train)
+        return s, {}, (bias_cache, sign_cache)
+
+    def backward(self, dy, cache):
+        bias_cache, sign_cache = cache
+        d, _ = self.sign.backward(dy, sign_cache)
+        return self.bias.backward(d, bias_cache)
