@@ -1,18 +1,20 @@
 """The channels-last (NHWC) twin of a run of CNN steps, with the binary activations kept packed.
 
 A ``Sequential`` built with ``layout="nhwc"`` (the model builders' default) replaces every
-maximal run of convolutions, fused BatchNorm+sign steps and max-pools that holds a binary
-convolution fed by a BatchNorm+sign with one ``ChannelsLast`` step (``group_channels_last``).
-Inside it:
+maximal run of convolutions, affine BatchNorms, fused sign steps (BatchNorm+sign, bias+sign)
+and max-pools in which a sign step feeds a binary convolution with one ``ChannelsLast`` step
+(``group_channels_last``): the VGG-style CNN's front, and the body of every Bi-Real block
+(``sign(x + b) -> bconv -> BatchNorm``; its residual add stays outside, NCHW). Inside it:
 
   * activations are NHWC (``kernels.channels_last``): no transposes between layers, and a
     convolution's receptive field is kH*kW contiguous runs of C values;
-  * a BatchNorm+sign step emits ``Packed`` signs (1 bit per activation, ``pack_signs`` along C);
-    the binary convolution after it is the exact XNOR-popcount convolution of those bits with
-    the packed signs of its weights (int32 counts, times the mean|w| scale if the layer has
-    one) and keeps only the bits for its backward pass (32x less than float32);
-  * the BatchNorm after a binary convolution reads the int32 counts: its statistics are float64
-    sums of integers, exact.
+  * a sign step (``BatchNormSignNHWC``, ``BiasSignNHWC``) emits ``Packed`` signs (1 bit per
+    activation, ``pack_signs`` along C); the binary convolution after it is the exact
+    XNOR-popcount convolution of those bits with the packed signs of its weights (int32
+    counts, times the mean|w| scale if the layer has one) and keeps only the bits for its
+    backward pass (32x less than float32);
+  * the BatchNorm after a binary convolution (``BatchNormNHWC``, or the one inside a
+    BatchNorm+sign) reads the int32 counts: its statistics are float64 sums of integers, exact.
 
 Parameters, buffers, gradients and STEs are those of the layers it replaces, under their names,
 in PyTorch's NCHW/OIHW conventions: only the arrays flowing *inside* the group are NHWC. The
@@ -31,7 +33,9 @@ from minibnn import kernels
 from minibnn.backend import get_array_module
 from minibnn.nn import functional as F
 from minibnn.nn.functional.batchnorm import update_running_statistics
-from minibnn.nn.modules import (BatchNormSign, BinaryConv2d, Conv2d, Module, Params, Stateless)
+from minibnn.kernels.channels_last import batch_statistics_rows
+from minibnn.nn.modules import (BatchNorm, BatchNormSign, BiasSign, BinaryConv2d, Conv2d, Module,
+                                Params, Stateless)
 
 Array = Any
 
@@ -110,32 +114,50 @@ class ConvNHWC:
         return dx, grads
 
 
-class BatchNormSignNHWC:
-    """``BatchNormSign`` on NHWC rows: statistics over (N, H, W), output packed signs."""
+class BatchNormNHWC:
+    """An affine ``BatchNorm`` (no sign after it) on NHWC rows (M = N*H*W, C): float output.
 
-    def __init__(self, step: BatchNormSign):
-        self.bn = step.bn
-        self.ste = step.sign.kwargs.get("ste", "identity")
-        self.ste_beta = step.sign.kwargs.get("beta", 5.0)
+    Train mode takes the statistics the channels-last BatchNorm+sign takes
+    (``batch_statistics_rows``: float64 sums, exact for a binary convolution's int32 counts), and
+    ``y = (z - mean) * inv_std * gamma + beta`` in gamma's dtype (``batchnorm_forward``'s order).
+    ``F.batchnorm_forward`` on the rows would sum float32 down the M rows one by one (relative
+    error of var ~1e-4 at M = 131072, where the NCHW layer's pairwise sums give ~4e-7).
 
-    def forward(self, params: Params, buffers: Params, x: Array | Packed, train: bool
-                ) -> tuple[Packed, Params, Any]:
+    The backward pass is BatchNorm+sign's with the identity STE: ste' = 1, so d = ds and
+    ``batchnorm_sign_pack_backward`` is exactly the BatchNorm backward over the rows (sums in
+    float64). ``BatchNormSignNHWC`` below is this step with the sign's STE and a packed output.
+    """
+
+    def __init__(self, bn: BatchNorm, ste: str = "identity", ste_beta: float = 5.0):
+        self.bn, self.ste, self.ste_beta = bn, ste, ste_beta
+
+    def _inputs(self, params: Params, buffers: Params, x: Array | Packed
+                ) -> tuple[Array, Array, Array, Array, Array, tuple[int, ...]]:
+        """gamma, beta, running mean and var, x as (M, C) rows (int32 counts stay int32),
+        and x's NHWC shape."""
         bn = self.bn
         gamma, beta = params[bn.key("gamma")], params[bn.key("beta")]
-        rm, rv = buffers[bn.key("running_mean")], buffers[bn.key("running_var")]
         z = as_float(x, gamma.dtype) if isinstance(x, Packed) else x
         n, h, w, c = (int(v) for v in z.shape)
-        rows = z.reshape(n * h * w, c)
+        return (gamma, beta, buffers[bn.key("running_mean")], buffers[bn.key("running_var")],
+                z.reshape(n * h * w, c), (n, h, w, c))
+
+    def _buffers(self, rm: Array, rv: Array) -> Params:
+        return {self.bn.key("running_mean"): rm, self.bn.key("running_var"): rv}
+
+    def forward(self, params: Params, buffers: Params, x: Array | Packed, train: bool
+                ) -> tuple[Array, Params, Any]:
+        bn = self.bn
+        gamma, beta, rm, rv, rows, shape = self._inputs(params, buffers, x)
         if train:
-            bits, mean, var, inv_std = kernels.batchnorm_sign_pack_train(rows, gamma, beta,
-                                                    bn.eps)
+            mean, var = batch_statistics_rows(rows, gamma.dtype)
             rm, rv = update_running_statistics(rm, rv, mean, var, rows.shape[0], bn.momentum)
         else:
-            bits = kernels.batchnorm_sign_pack_eval(rows, rm, rv, gamma, beta, bn.eps)
-            mean, inv_std = rm, 1.0 / get_array_module(rv).sqrt(rv + bn.eps)
-        new_buffers = {bn.key("running_mean"): rm, bn.key("running_var"): rv}
-        out = Packed(bits.reshape(n, h, w, -1), c, gamma.dtype)
-        return out, new_buffers, (rows, mean, inv_std, gamma, beta, train, z.shape)
+            mean, var = rm, rv
+        inv_std = 1.0 / get_array_module(var).sqrt(var + bn.eps)
+        y = (as_float(rows, gamma.dtype) - mean) * inv_std * gamma + beta
+        return (y.reshape(shape), self._buffers(rm, rv),
+                (rows, mean, inv_std, gamma, beta, train, shape))
 
     def backward(self, ds: Array, cache: Any) -> tuple[Array, Params]:
         rows, mean, inv_std, gamma, beta, train, shape = cache
@@ -151,6 +173,56 @@ class BatchNormSignNHWC:
             dz, dgamma, dbeta = gamma * inv_std * d, (d * xhat).sum(axis=0), d.sum(axis=0)
         grads = {self.bn.key("gamma"): dgamma, self.bn.key("beta"): dbeta}
         return dz.reshape(shape), grads
+
+
+class BatchNormSignNHWC(BatchNormNHWC):
+    """``BatchNormSign`` on NHWC rows: statistics over (N, H, W), output packed signs."""
+
+    def __init__(self, step: BatchNormSign):
+        super().__init__(step.bn, step.sign.kwargs.get("ste", "identity"),
+                         step.sign.kwargs.get("beta", 5.0))
+
+    def forward(self, params: Params, buffers: Params, x: Array | Packed, train: bool
+                ) -> tuple[Packed, Params, Any]:
+        bn = self.bn
+        gamma, beta, rm, rv, rows, shape = self._inputs(params, buffers, x)
+        if train:
+            bits, mean, var, inv_std = kernels.batchnorm_sign_pack_train(rows, gamma, beta,
+                                                    bn.eps)
+            rm, rv = update_running_statistics(rm, rv, mean, var, rows.shape[0], bn.momentum)
+        else:
+            bits = kernels.batchnorm_sign_pack_eval(rows, rm, rv, gamma, beta, bn.eps)
+            mean, inv_std = rm, 1.0 / get_array_module(rv).sqrt(rv + bn.eps)
+        n, h, w, c = shape
+        out = Packed(bits.reshape(n, h, w, -1), c, gamma.dtype)
+        return out, self._buffers(rm, rv), (rows, mean, inv_std, gamma, beta, train, shape)
+
+
+class BiasSignNHWC:
+    """``BiasSign`` on NHWC x: ``y = x + b`` per channel (the last axis), output packed signs.
+
+    The forward is ``bias_forward``'s add and ``pack_signs``'s ``y >= 0`` (sign(0) = +1), so the
+    bits are the two layers'. Backward, from the y it keeps (nothing for the identity STE):
+        d = ds * ste'(y)   (the Sign's STE, ``F.ste_grad``),   dx = d,
+        db = sum of d over the N*H*W rows (in float64, as the channels-last BatchNorm's sums).
+    """
+
+    def __init__(self, step: BiasSign):
+        self.key = step.bias.key("b")
+        self.ste = step.sign.kwargs.get("ste", "identity")
+        self.ste_beta = step.sign.kwargs.get("beta", 5.0)
+
+    def forward(self, params: Params, buffers: Params, x: Array | Packed, train: bool
+                ) -> tuple[Packed, Params, Any]:
+        b = params[self.key]
+        y = as_float(x, b.dtype) + b
+        bits = kernels.pack_signs(y)                       # (N, H, W, ceil(C/64))
+        return Packed(bits, int(y.shape[3]), b.dtype), {}, (None if self.ste == "identity" else y)
+
+    def backward(self, ds: Array, y: Any) -> tuple[Array, Params]:
+        d = ds if y is None else ds * F.ste_grad(y, self.ste, self.ste_beta)
+        db = d.sum(axis=(0, 1, 2), dtype=get_array_module(d).float64).astype(d.dtype)
+        return d, {self.key: db}
 
 
 class MaxPoolNHWC:
@@ -178,15 +250,21 @@ def is_maxpool(step: Module) -> bool:
             and not step.kwargs.get("padding") and int(step.kwargs["kernel"]) ** 2 <= 255)
 
 
+def emits_signs(step: Module) -> bool:
+    """True for the steps whose channels-last twin emits ``Packed`` signs."""
+    return isinstance(step, (BatchNormSign, BiasSign))
+
+
 def _supported(step: Module) -> bool:
-    return (isinstance(step, (Conv2d, BinaryConv2d, BatchNormSign)) or is_maxpool(step))
+    return (isinstance(step, (Conv2d, BinaryConv2d, BatchNormSign, BiasSign)) or is_maxpool(step)
+            or (isinstance(step, BatchNorm) and step.affine))
 
 
 class ChannelsLast(Module):
     """A run of NCHW steps executed channels-last; same parameters, buffers and gradients.
 
-    ``input_grad=False`` skips the input gradient of the first convolution (the group starts a
-    model, whose backward ignores dx): ``backward`` then returns None for dx.
+    ``input_grad=False`` (the group starts a model, whose backward ignores dx): ``backward``
+    returns None for dx, and a first convolution skips computing it.
     """
 
     def __init__(self, steps: Sequence[Module], input_grad: bool = True):
@@ -202,6 +280,10 @@ class ChannelsLast(Module):
             return ConvNHWC(step, need_dx=not first_without_dx)
         if isinstance(step, BatchNormSign):
             return BatchNormSignNHWC(step)
+        if isinstance(step, BiasSign):
+            return BiasSignNHWC(step)
+        if isinstance(step, BatchNorm):
+            return BatchNormNHWC(step)
         return MaxPoolNHWC(step)
 
     def forward(self, params, buffers, x, train):
@@ -222,14 +304,15 @@ class ChannelsLast(Module):
         for twin, twin_cache in zip(reversed(self._twins), reversed(cache)):
             d, g = twin.backward(d, twin_cache)
             grads.update(g)
-        if d is None:
+        if not self.input_grad:
             return None, grads
         return xp.ascontiguousarray(d.transpose(0, 3, 1, 2)), grads
 
 
 def group_channels_last(steps: Sequence[Module], input_grad: bool = True) -> list[Module]:
-    """``steps`` with each maximal run of supported steps that feeds a BatchNorm+sign into a
-    binary convolution replaced by one ``ChannelsLast`` group (other runs stay as they are)."""
+    """``steps`` with each maximal run of supported steps in which a step that emits signs
+    (BatchNorm+sign, bias+sign) feeds a binary convolution replaced by one ``ChannelsLast``
+    group (other runs stay as they are)."""
     out: list[Module] = []
     i = 0
     while i < len(steps):
@@ -237,7 +320,7 @@ def group_channels_last(steps: Sequence[Module], input_grad: bool = True) -> lis
         while j < len(steps) and _supported(steps[j]):
             j += 1
         run = list(steps[i:j])
-        feeds_binary = any(isinstance(a, BatchNormSign) and isinstance(b, BinaryConv2d)
+        feeds_binary = any(emits_signs(a) and isinstance(b, BinaryConv2d)
                            for a, b in zip(run, run[1:]))
         if feeds_binary:
             out.append(ChannelsLast(run, input_grad=input_grad or i > 0))
