@@ -312,6 +312,8 @@ def test_the_emulator_refuses_an_argument_of_the_wrong_type():
 @pytest.mark.parametrize("model, options, shape", [
     ("binary_mlp", {"in_features": 20, "hidden": (16, 16)}, (6, 20)),
     ("binary_cnn", {"input_shape": (3, 8, 8), "width": 4}, (4, 3, 8, 8)),
+    ("birealnet", {"input_shape": (3, 8, 8), "width": 4, "blocks_per_stage": (1, 1)},
+     (4, 3, 8, 8)),
 ])
 def test_training_steps_on_the_emulated_gpu_match_the_cpu(model, options, shape):
     """The trainer's train_step with every CUDA body (float64): the same losses, gradients

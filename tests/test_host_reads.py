@@ -51,7 +51,8 @@ DeviceArray.NAMESPACE = FAKE_CUPY
 
 def _reads_of_one_epoch(tmp_path: Path, model: str, steps: int) -> collections.Counter[str]:
     """Train one epoch of ``steps`` steps on the stand-in GPU; the host reads it made."""
-    options = {"binary_mlp": {"hidden": [32, 32]}, "binary_cnn": {"width": 4}}[model]
+    options = {"binary_mlp": {"hidden": [32, 32]}, "binary_cnn": {"width": 4},
+               "birealnet": {"width": 4}}[model]
     spec = spec_from_options({"model": model, **options, "dataset": "synthetic", "epochs": 1,
                               "train_subset": 20 * steps, "batch_size": 20})
     READS.clear()
@@ -65,7 +66,7 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backend, "_cupy", lambda: FAKE_CUPY)
 
 
-@pytest.mark.parametrize("model", ["binary_mlp", "binary_cnn"])
+@pytest.mark.parametrize("model", ["binary_mlp", "binary_cnn", "birealnet"])
 def test_the_gpu_path_reads_nothing_per_step(fake_gpu, tmp_path, model):
     few = _reads_of_one_epoch(tmp_path, model, steps=3)
     many = _reads_of_one_epoch(tmp_path, model, steps=6)
