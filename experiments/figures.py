@@ -186,6 +186,24 @@ def e4_figure(runs: str, out: str) -> str | None:
     return path
 
 
+def e4_table(runs: str, ks: tuple[int, ...] = (1, 4, 8, 16, 32), good: float = 0.47
+             ) -> list[str]:
+    """EXPERIMENTS.md's E4 numbers: per search, the median best val acc after k trials (over
+    the orderings the figure draws), the best trial, and how many trials reached ``good``."""
+    lines = [f"| search | {' | '.join(f'k={k}' for k in ks)} | best | trials >= {good} |",
+             "|---|" + "---|" * (len(ks) + 2)]
+    for folder, label in E4_SEARCHES:
+        path = os.path.join(runs, folder)
+        scores = trial_scores(path) if os.path.isdir(path) else []
+        if not scores:
+            continue
+        median = best_after_k_band(scores)[0]
+        cells = [f"{median[k - 1]:.4f}" if k <= len(scores) else "" for k in ks]
+        lines.append(f"| {label} | {' | '.join(cells)} | {max(scores):.4f} | "
+                     f"{sum(v >= good for v in scores)} of {len(scores)} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="experiments/out")
@@ -195,6 +213,7 @@ def main() -> None:
     for figure in (e1_figure, e2_figure, e3_figure, e4_figure):
         path = figure(args.runs, args.out)
         print(f"wrote {path}" if path else f"{figure.__name__}: its sweeps are not there; skipped")
+    print("\nE4, median best val acc after k trials:", *e4_table(args.runs), sep="\n")
 
 
 if __name__ == "__main__":
