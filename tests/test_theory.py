@@ -305,3 +305,15 @@ def test_verify_runs_the_checkout_suite(capsys):
     explain.configure_verify_parser(parser)
     assert explain.run_verify(parser.parse_args(["--only", "P5", "--examples", "5"])) == 0
     assert "P5" in capsys.readouterr().out
+
+
+def test_explain_plots_five_slow_time_constants_by_default_not_a_hidden_cap() -> None:
+    """The decoupled example's slow pole has a memory of 20,000 steps: the default plot shows
+    five of them (it was silently cut at 5,000 steps, where almost nothing has decayed)."""
+    from minibnn.commands.explain import MAX_DEFAULT_STEPS, _plot_steps
+
+    eq = theory.latent_to_filter(0.1, 0.9, 5e-4, decoupled=True)
+    slow = max(eq.time_constants)
+    assert slow > 10_000
+    assert _plot_steps(eq, None) == int(5 * slow) < MAX_DEFAULT_STEPS
+    assert _plot_steps(eq, 300) == 300

@@ -48,6 +48,12 @@ MPL_BYTES_PER_POINT = 48
 AXIS_BYTES_PER_STEP = 8
 
 
+#: the default plot length: 5 slow time constants, within [50, MAX_DEFAULT_STEPS]; a filter
+#: that never forgets (a pole at 1) gets NO_MEMORY_STEPS
+MAX_DEFAULT_STEPS = 200_000
+NO_MEMORY_STEPS = 500
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Options of ``minibnn explain``."""
     parser.description = ("Map latent-weight SGD hyperparameters to the equivalent gradient "
@@ -67,7 +73,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="write both impulse responses, overlaid, to this image (the "
                              "format follows the extension: png, pdf, svg, ...)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="steps shown in the plot (default: 5 slow time constants)")
+                        help="steps shown in the plot (default: 5 slow time constants, at least 50 "
+                        f"and at most {MAX_DEFAULT_STEPS:,}; {NO_MEMORY_STEPS} when a pole is at 1)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -325,7 +332,8 @@ def _plot_steps(eq: theory.FilterEquivalent, steps: int | None) -> int:
             raise MinibnnError(f"--steps must be at least 2, got {steps}")
         return steps
     slow = max(eq.time_constants)
-    return int(min(max(5 * slow, 50), 5000)) if math.isfinite(slow) else 500
+    return (int(min(max(5 * slow, 50), MAX_DEFAULT_STEPS)) if math.isfinite(slow)
+            else NO_MEMORY_STEPS)
 
 
 def _check_response(name: str, response: np.ndarray, eq: theory.FilterEquivalent) -> None:
