@@ -3,7 +3,9 @@
 Every result here is an integer computed two ways (XNOR-popcount and a float product of ±1
 values, which is exact for these sizes), so every comparison is ``array_equal``.  The
 thresholded packing (op ``threshold_pack``, thresholds from ``kernels.threshold``) is checked
-against plain comparisons.
+against plain comparisons, and the fused layer (op ``binary_conv2d_threshold_pack``) against
+the float convolution, the float max-pool and those comparisons, at sizes that reach the
+parallel Numba path.
 """
 from __future__ import annotations
 
@@ -230,6 +232,59 @@ def test_thresholded_conv_signs_are_the_next_layers_packed_input() -> None:
     s = np.where(y >= t[None, :, None, None], 1.0, -1.0)
     for kern in BACKENDS:
         assert np.array_equal(kern.threshold_pack(y, t, d), ref.pack_conv_input(s))
+
+
+FUSED_CASES = [  # (n, h, c, o, k, stride, padding, (pool kernel, stride, padding))
+    (8, 16, 16, 32, 3, 1, 1, (2, 2, 0)),       # binary_cnn's conv + 2x2 max-pool
+    (4, 9, 70, 65, 3, 2, 1, (3, 2, 1)),        # partial words in and out, padded pool
+    (6, 12, 64, 130, 3, 1, 0, (1, 1, 0)),      # no pool, three output words
+    (2, 5, 5, 7, 3, 1, 1, (2, 1, 1)),          # small: one thread
+]
+
+
+@pytest.mark.parametrize("case", FUSED_CASES)
+def test_binary_conv2d_threshold_pack_is_conv_pool_threshold(case: tuple) -> None:
+    """The fused layer equals its definition: float conv of the signs, float max-pool, the
+    plain comparisons, packed (both bodies; the first three cases run the parallel path)."""
+    from minibnn.kernels.cpu import PARALLEL_MIN_WORK
+    from minibnn.nn.functional import maxpool2d_forward
+
+    n, h, c, o, k, stride, padding, pool = case
+    rng = np.random.default_rng(o)
+    x, w = randn(rng, (n, c, h, h)), randn(rng, (o, c, k, k))
+    y = _float_conv(x, w, stride, padding)                     # float64, exact integers
+    conv_work = y.size * k * k * ((c + 63) // 64)
+    assert (conv_work >= PARALLEL_MIN_WORK) == (n > 2)
+    if pool != (1, 1, 0):
+        y, _ = maxpool2d_forward(y, *pool)
+    y = y.astype(np.int32)
+    spread = int(np.sqrt(k * k * c))
+    t = rng.integers(-2 * spread, 2 * spread + 1, o).astype(np.int32)
+    t[: o // 3] = y[0, : o // 3, 0, 0]                          # y == t exactly somewhere
+    d = rng.choice(np.array([-1, 1], np.int8), o)
+    want = ref.pack_signs(np.moveaxis(np.where(_plain_signs(y, t, d), 1.0, -1.0), 1, -1))
+    xbits, (wbits, wsum) = ref.pack_conv_input(x), ref.pack_conv_weights(w)
+    for body in ("numpy", "numba"):
+        with kernels.use_backend("numpy" if body == "numpy" else "auto"):
+            got = kernels.get("binary_conv2d_threshold_pack", body)(
+                xbits, wbits, wsum, c, k, k, stride, padding, t, d, *pool)
+        assert got.dtype == np.uint64 and got.shape == want.shape and np.array_equal(got, want)
+
+
+def test_binary_conv2d_threshold_pack_errors() -> None:
+    xbits, (wbits, wsum) = np.zeros((1, 4, 4, 1), np.uint64), \
+        ref.pack_conv_weights(np.ones((3, 5, 3, 3), np.float32))
+    t, d = np.zeros(3, np.int32), np.ones(3, np.int8)
+    for kern in BACKENDS:
+        fused = kern.binary_conv2d_threshold_pack
+        with pytest.raises(ShapeError, match="direction"):
+            fused(xbits, wbits, wsum, 5, 3, 3, 1, 1, t, np.array([1, 0, -1], np.int8))
+        with pytest.raises(ShapeError, match="threshold must be int32 \\(3,\\)"):
+            fused(xbits, wbits, wsum, 5, 3, 3, 1, 1, np.zeros(4, np.int32), d)
+        with pytest.raises(ShapeError, match="pool_padding must be at most"):
+            fused(xbits, wbits, wsum, 5, 3, 3, 1, 1, t, d, 2, 2, 2)
+        with pytest.raises(ShapeError, match="xbits"):
+            fused(xbits, wbits, wsum, 70, 3, 3, 1, 1, t, d)
 
 
 def test_fold_sign_table_steps_constants_and_lookup() -> None:

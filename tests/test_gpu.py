@@ -440,6 +440,27 @@ class TestBitPackingAndXnorOnGpu:
         with pytest.raises(DTypeError, match="threshold must be a CuPy array"):
             kernels.call("threshold_pack", y_dev, t, cp.asarray(d))
 
+    @pytest.mark.parametrize("pool", [(1, 1, 0), (2, 2, 0), (3, 2, 1)])
+    def test_binary_conv2d_threshold_pack_reference_on_cupy(self, cp, pool):
+        """The fused packed conv layer has no CUDA body: its reference runs on CuPy arrays
+        (the CUDA binary_conv2d inside), exactly."""
+        rng = np.random.default_rng(14)
+        c, o = 70, 65
+        x = rng.standard_normal((2, 9, 9, c)).astype(np.float32)
+        w = rng.standard_normal((o, c, 3, 3)).astype(np.float32)
+        xbits = numpy_ref("pack_signs")(x)
+        wbits, wsum = numpy_ref("pack_conv_weights")(w)
+        t = rng.integers(-20, 21, o).astype(np.int32)
+        d = rng.choice(np.array([-1, 1], np.int8), o)
+        want = numpy_ref("binary_conv2d_threshold_pack")(xbits, wbits, wsum, c, 3, 3, 1, 1, t,
+                                                         d, *pool)
+        args = [cp.asarray(a) for a in (xbits, wbits, wsum)]
+        assert kernels.backend_for("binary_conv2d_threshold_pack", *args) == "numpy"
+        got = kernels.binary_conv2d_threshold_pack(*args, c, 3, 3, 1, 1, cp.asarray(t),
+                                                   cp.asarray(d), *pool)
+        assert isinstance(got, cp.ndarray) and got.dtype == np.uint64
+        np.testing.assert_array_equal(_host(got), want)
+
     @pytest.mark.parametrize("body", ["cuda", "reference on cupy"])
     @pytest.mark.parametrize("m, k, n", [(1, 1, 1), (3, 0, 2), (65, 64, 63), (64, 65, 64),
                                          (130, 4608, 67), (7, 1000, 129)])

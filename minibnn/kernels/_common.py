@@ -184,7 +184,11 @@ def check_thresholds(fn: str, y: Any, threshold: Any, direction: Any, kind: str)
     if y.dtype != np.int32 or y.ndim not in (2, 4):
         raise DTypeError(f"{fn}: y must be an int32 (N, C) or (N, C, H, W) array, got "
                          f"{y.dtype} {tuple(y.shape)}")
-    c = y.shape[1]
+    check_threshold_vectors(fn, int(y.shape[1]), threshold, direction)
+
+
+def check_threshold_vectors(fn: str, c: int, threshold: Any, direction: Any) -> None:
+    """int32 threshold (c,) and int8 direction (c,): one channel's fold each."""
     if threshold.dtype != np.int32 or threshold.shape != (c,):
         raise ShapeError(f"{fn}: threshold must be int32 ({c},), got {threshold.dtype} "
                          f"{tuple(threshold.shape)}")
@@ -198,6 +202,21 @@ def check_directions(fn: str, direction: Any) -> None:
     if not bool((abs(direction) == 1).all()):
         raise ShapeError(f"{fn}: every direction must be +1 or -1 (lookup channels go through "
                          "threshold_signs)")
+
+
+def pool_output_size(fn: str, h: int, w: int, kernel: int, stride: int, padding: int
+                     ) -> tuple[int, int]:
+    """A max-pool (kernel, stride, padding) over an H x W map; returns its (PH, PW).
+
+    As in the layers (and PyTorch), ``padding <= kernel // 2``: every window holds an input.
+    """
+    kernel = require_int(fn, "pool_kernel", kernel, 1)
+    stride = require_int(fn, "pool_stride", stride, 1)
+    padding = require_int(fn, "pool_padding", padding, 0)
+    if padding > kernel // 2:
+        raise ShapeError(f"{fn}: pool_padding must be at most pool_kernel // 2 = {kernel // 2}, "
+                         f"got {padding}")
+    return conv_output_size(fn, h, w, kernel, kernel, stride, padding)
 
 
 def check_binary_conv(fn: str, xbits: Any, wbits: Any, wsum: Any, c: int, kh: int, kw: int,
@@ -219,3 +238,18 @@ def check_binary_conv(fn: str, xbits: Any, wbits: Any, wsum: Any, c: int, kh: in
         raise ShapeError(f"{fn}: wsum must be int32 {(wbits.shape[0], kh * kw)}, "
                          f"got {wsum.dtype} {tuple(wsum.shape)}")
     return conv_output_size(fn, xbits.shape[1], xbits.shape[2], kh, kw, stride, padding)
+
+
+def check_binary_conv_fold(fn: str, xbits: Any, wbits: Any, wsum: Any, c: int, kh: int, kw: int,
+                           stride: int, padding: int, threshold: Any, direction: Any,
+                           pool_kernel: int, pool_stride: int, pool_padding: int,
+                           kind: str = "any") -> tuple[int, int, int, int]:
+    """Check a binary convolution followed by [max-pool ->] thresholds (directions +-1);
+    return (OH, OW) of the convolution and (PH, PW) of the pool."""
+    oh, ow = check_binary_conv(fn, xbits, wbits, wsum, c, kh, kw, stride, padding, kind, "nhwc")
+    for name, arr in (("threshold", threshold), ("direction", direction)):
+        require_array(fn, name, arr, kind)
+    check_threshold_vectors(fn, int(wbits.shape[0]), threshold, direction)
+    check_directions(fn, direction)
+    ph, pw = pool_output_size(fn, oh, ow, pool_kernel, pool_stride, pool_padding)
+    return oh, ow, ph, pw

@@ -22,7 +22,8 @@ Numba on NumPy arrays; ``kernels.use_backend("numpy")`` forces the reference).  
 either in one call on float x (``binary_dense`` / ``binary_conv2d``: pack x, then count) or,
 in a run of binary layers whose activations stay packed, as ``pack_input`` once and ``count``
 per layer (the thresholded signs of one layer, op ``threshold_pack`` with the thresholds of
-``kernels.threshold``, are the next layer's packed input).
+``kernels.threshold``, are the next layer's packed input; op ``binary_conv2d_threshold_pack``
+does count, max-pool and thresholds of a conv layer in one pass).
 """
 from __future__ import annotations
 
@@ -86,16 +87,17 @@ def pack_input(x: np.ndarray, packed: PackedDense | PackedConv2d) -> np.ndarray:
     return ops.pack_conv_input(x)
 
 
-def count(xbits: np.ndarray, packed: PackedDense | PackedConv2d) -> np.ndarray:
+def count(xbits: np.ndarray, packed: PackedDense | PackedConv2d, layout: str = "nchw"
+          ) -> np.ndarray:
     """The exact int32 output of a binary layer on packed input (``pack_input``'s layout).
 
     Dense: ``sign(x) @ sign(w).T`` (N, O); conv: ``conv2d(sign(x), sign(w))`` with zero
-    padding (N, O, OH, OW).
+    padding, (N, O, OH, OW), or (N, OH, OW, O) with ``layout="nhwc"``.
     """
     if isinstance(packed, PackedDense):
         return ops.xnor_gemm(xbits, packed.wbits, packed.in_features)
     return ops.binary_conv2d(xbits, packed.wbits, packed.wsum, packed.in_channels,
-                             packed.kh, packed.kw, packed.stride, packed.padding)
+                             packed.kh, packed.kw, packed.stride, packed.padding, layout)
 
 
 def binary_dense(x: np.ndarray, packed: PackedDense) -> np.ndarray:

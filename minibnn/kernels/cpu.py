@@ -42,10 +42,10 @@ from numba.extending import intrinsic  # noqa: E402
 
 from minibnn.errors import ShapeError  # noqa: E402
 from minibnn.kernels._common import (  # noqa: E402
-    as_scalars, channel_vector, channel_view, check_binary_conv, check_directions,
-    check_inplace, check_momentum_buffer, check_packed_pair, check_packed_signs, check_step,
-    check_thresholds, check_tie, col2im_shape, conv_output_size, maxpool_backward_shape,
-    require_array, require_float, require_ndim, words_for)
+    as_scalars, channel_vector, channel_view, check_binary_conv, check_binary_conv_fold,
+    check_directions, check_inplace, check_momentum_buffer, check_packed_pair,
+    check_packed_signs, check_step, check_thresholds, check_tie, col2im_shape, conv_output_size,
+    maxpool_backward_shape, require_array, require_float, require_ndim, words_for)
 from minibnn.kernels import reference as ref  # noqa: E402
 from minibnn.kernels.reference import batch_statistics  # noqa: E402
 from minibnn.kernels.registry import register  # noqa: E402
@@ -615,9 +615,56 @@ def _bconv_pixel(xb, wt, ni, yo, xo, c, kh, kw, stride, padding, acc):  # type: 
     return valid * c
 
 
+@njit(cache=True)
+def _bconv_row(xb, wt, c, kh, kw, stride, padding, ni, yo, acc, row):  # type: ignore[no-untyped-def]
+    """row[oc, xo] = the exact count y[ni, oc, yo, xo] along output row yo of sample ni, every
+    output channel oc (``row`` is (O, OW) int32, ``acc`` (4, O) int64 scratch)."""
+    h, w, nw = xb.shape[1], xb.shape[2], xb.shape[3]
+    o = wt.shape[1]
+    ow = row.shape[1]
+    xo = 0
+    while xo < ow:
+        w0 = xo * stride - padding
+        if xo + 3 < ow and w0 >= 0 and w0 + 3 * stride + kw <= w:
+            # Four neighbours whose windows are inside horizontally share each weight load.
+            acc[:, :] = 0
+            a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
+            valid = 0
+            for i in range(kh):
+                hi = yo * stride + i - padding
+                if hi < 0 or hi >= h:
+                    continue
+                valid += kw
+                for j in range(kw):
+                    t0 = (i * kw + j) * nw
+                    for q in range(nw):
+                        x0 = xb[ni, hi, w0 + j, q]
+                        x1 = xb[ni, hi, w0 + stride + j, q]
+                        x2 = xb[ni, hi, w0 + 2 * stride + j, q]
+                        x3 = xb[ni, hi, w0 + 3 * stride + j, q]
+                        wr = wt[t0 + q]
+                        for oc in range(o):
+                            wq = wr[oc]
+                            a0[oc] += popcount64(x0 ^ wq)
+                            a1[oc] += popcount64(x1 ^ wq)
+                            a2[oc] += popcount64(x2 ^ wq)
+                            a3[oc] += popcount64(x3 ^ wq)
+            kb = valid * c
+            for p in range(4):
+                for oc in range(o):
+                    row[oc, xo + p] = kb - 2 * acc[p, oc]   # y = bits - 2 popcount
+            xo += 4
+        else:
+            a0 = acc[0]
+            kb = _bconv_pixel(xb, wt, ni, yo, xo, c, kh, kw, stride, padding, a0)
+            for oc in range(o):
+                row[oc, xo] = kb - 2 * a0[oc]
+            xo += 1
+
+
 @njit(parallel=True, cache=True)
 def _binary_conv2d(xb, wt, c, kh, kw, stride, padding, nhwc, out):  # type: ignore[no-untyped-def]
-    n, h, w, nw = xb.shape
+    n = xb.shape[0]
     o = wt.shape[1]
     oh, ow = (out.shape[1], out.shape[2]) if nhwc else (out.shape[2], out.shape[3])
     for r in prange(n * oh):                      # one output row of one sample per task
@@ -625,44 +672,7 @@ def _binary_conv2d(xb, wt, c, kh, kw, stride, padding, nhwc, out):  # type: igno
         yo = r - ni * oh
         acc = np.empty((4, o), dtype=np.int64)
         row = np.empty((o, ow), dtype=np.int32)   # written to out as whole rows, see below
-        xo = 0
-        while xo < ow:
-            w0 = xo * stride - padding
-            if xo + 3 < ow and w0 >= 0 and w0 + 3 * stride + kw <= w:
-                # Four neighbours whose windows are inside horizontally share each weight load.
-                acc[:, :] = 0
-                a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
-                valid = 0
-                for i in range(kh):
-                    hi = yo * stride + i - padding
-                    if hi < 0 or hi >= h:
-                        continue
-                    valid += kw
-                    for j in range(kw):
-                        t0 = (i * kw + j) * nw
-                        for q in range(nw):
-                            x0 = xb[ni, hi, w0 + j, q]
-                            x1 = xb[ni, hi, w0 + stride + j, q]
-                            x2 = xb[ni, hi, w0 + 2 * stride + j, q]
-                            x3 = xb[ni, hi, w0 + 3 * stride + j, q]
-                            wr = wt[t0 + q]
-                            for oc in range(o):
-                                wq = wr[oc]
-                                a0[oc] += popcount64(x0 ^ wq)
-                                a1[oc] += popcount64(x1 ^ wq)
-                                a2[oc] += popcount64(x2 ^ wq)
-                                a3[oc] += popcount64(x3 ^ wq)
-                kb = valid * c
-                for p in range(4):
-                    for oc in range(o):
-                        row[oc, xo + p] = kb - 2 * acc[p, oc]   # y = bits - 2 popcount
-                xo += 4
-            else:
-                a0 = acc[0]
-                kb = _bconv_pixel(xb, wt, ni, yo, xo, c, kh, kw, stride, padding, a0)
-                for oc in range(o):
-                    row[oc, xo] = kb - 2 * a0[oc]
-                xo += 1
+        _bconv_row(xb, wt, c, kh, kw, stride, padding, ni, yo, acc, row)
         # Row-wise stores: scattering each pixel's O values at a stride of OH*OW int32 (4 KiB at
         # 32x32) maps them onto a few L1 sets and measured 3x slower.
         if nhwc:
@@ -697,6 +707,67 @@ def binary_conv2d(xbits: np.ndarray, wbits: np.ndarray, wsum: np.ndarray, c: int
     with _threads_for(out.size * wbits.shape[1]):
         _binary_conv2d(np.ascontiguousarray(xbits), np.ascontiguousarray(wbits.T), c, kh, kw,
                        stride, padding, nhwc, out)
+    return out
+
+
+#: the int32 minimum: a max-pool's padding, which never wins (-inf in the float path)
+_INT32_MIN = np.iinfo(np.int32).min
+
+
+@njit(parallel=True, cache=True)
+def _binary_conv2d_threshold_pack(xb, wt, c, kh, kw, stride, padding, oh, ow, t, d, pk, ps,
+                                  pp, out):  # type: ignore[no-untyped-def]
+    n, ph, pw, nwo = out.shape
+    o = wt.shape[1]
+    for r in prange(n * ph):                      # one pooled output row of one sample per task
+        ni = r // ph
+        py = r - ni * ph
+        acc = np.empty((4, o), dtype=np.int64)
+        row = np.empty((o, ow), dtype=np.int32)
+        best = np.full((o, pw), _INT32_MIN, dtype=np.int32)
+        for i in range(pk):                       # the conv rows under this pooled row
+            yo = py * ps + i - pp
+            if yo < 0 or yo >= oh:
+                continue
+            _bconv_row(xb, wt, c, kh, kw, stride, padding, ni, yo, acc, row)
+            for oc in range(o):
+                for px in range(pw):
+                    m = best[oc, px]
+                    for j in range(pk):
+                        xo = px * ps + j - pp
+                        if 0 <= xo < ow and row[oc, xo] > m:
+                            m = row[oc, xo]
+                    best[oc, px] = m
+        for px in range(pw):
+            for q in range(nwo):
+                word = np.uint64(0)
+                for j in range(min(64, o - q * 64)):      # last, partial word: pad bits stay 0
+                    oc = q * 64 + j
+                    v, tc = best[oc, px], t[oc]
+                    bit = v >= tc if d[oc] > 0 else v <= tc     # s = +1 iff y >= t (d > 0)
+                    word |= np.uint64(bit) << np.uint64(j)
+                out[ni, py, px, q] = word
+
+
+@register(ref.binary_conv2d_threshold_pack, "numba")
+def binary_conv2d_threshold_pack(xbits: np.ndarray, wbits: np.ndarray, wsum: np.ndarray, c: int,
+                                 kh: int, kw: int, stride: int, padding: int,
+                                 threshold: np.ndarray, direction: np.ndarray,
+                                 pool_kernel: int = 1, pool_stride: int = 1,
+                                 pool_padding: int = 0) -> np.ndarray:
+    """The fused binary conv layer of the reference in one pass: per pooled output row, the
+    conv rows under it (``_bconv_row``, as ``binary_conv2d``), their max-pool and the
+    thresholded, packed signs; the int32 counts never leave the task's scratch rows."""
+    oh, ow, ph, pw = check_binary_conv_fold(
+        "binary_conv2d_threshold_pack", xbits, wbits, wsum, c, kh, kw, stride, padding,
+        threshold, direction, pool_kernel, pool_stride, pool_padding, "numpy")
+    n, o = xbits.shape[0], wbits.shape[0]
+    out = np.empty((n, ph, pw, words_for(o)), dtype=np.uint64)
+    with _threads_for(n * oh * ow * o * wbits.shape[1]):
+        _binary_conv2d_threshold_pack(np.ascontiguousarray(xbits),
+                                      np.ascontiguousarray(wbits.T), c, kh, kw, stride, padding,
+                                      oh, ow, threshold, direction, pool_kernel, pool_stride,
+                                      pool_padding, out)
     return out
 
 

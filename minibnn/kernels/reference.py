@@ -15,12 +15,15 @@ Groups:
   * fused in-place optimiser steps: ``cema_update``, ``bop_update``, ``sgd_update``,
     ``adam_update`` (same operation order as the filter chains of ``minibnn.optim``),
   * bit-packed binary inference: ``pack_signs``, ``unpack_signs``, ``xnor_gemm``,
-    ``pack_conv_input``, ``pack_conv_weights``, ``binary_conv2d``, and ``threshold_pack``
-    (BatchNorm + sign folded into integer thresholds, see ``kernels.threshold``).
+    ``pack_conv_input``, ``pack_conv_weights``, ``binary_conv2d``, ``threshold_pack``
+    (BatchNorm + sign folded into integer thresholds, see ``kernels.threshold``) and
+    ``binary_conv2d_threshold_pack`` (a binary conv layer, max-pool and folded BatchNorm +
+    sign in one step, packed signs in and out).
 
-The bit-packed composites (``pack_conv_input``, ``pack_conv_weights``, ``binary_conv2d``) call
-their inner op (``pack_signs``, ``xnor_gemm``), which picks its own body, so on CuPy arrays the
-CUDA body of the inner op does the work; under ``use_backend("numpy")`` everything is reference.
+The bit-packed composites (``pack_conv_input``, ``pack_conv_weights``, ``binary_conv2d``,
+``binary_conv2d_threshold_pack``) call their inner ops (``pack_signs``, ``xnor_gemm``,
+``binary_conv2d``, ``threshold_pack``), each of which picks its own body, so on CuPy arrays the
+CUDA body of an inner op does the work; under ``use_backend("numpy")`` everything is reference.
 
 Sign convention everywhere: ``sign(x) = +1 if x >= 0 else -1`` (so sign(0) = +1), and a packed
 bit is 1 for +1 and 0 for -1.
@@ -34,10 +37,11 @@ import numpy as np
 from minibnn.backend import get_array_module
 from minibnn.errors import ShapeError
 from minibnn.kernels._common import (
-    WORD_BITS, as_scalars, channel_vector, channel_view, check_binary_conv, check_directions,
-    check_inplace, check_momentum_buffer, check_packed_pair, check_packed_signs, check_step,
-    check_thresholds, check_tie, col2im_shape, conv_output_size, maxpool_backward_shape,
-    require_array, require_float, require_ndim, words_for)
+    WORD_BITS, as_scalars, channel_vector, channel_view, check_binary_conv,
+    check_binary_conv_fold, check_directions, check_inplace, check_momentum_buffer,
+    check_packed_pair, check_packed_signs, check_step, check_thresholds, check_tie, col2im_shape,
+    conv_output_size, maxpool_backward_shape, require_array, require_float, require_ndim,
+    words_for)
 from minibnn.kernels.registry import array_kind, op
 
 Array = Any      # a NumPy or CuPy array
@@ -476,3 +480,46 @@ def threshold_pack(y: Array, threshold: Array, direction: Array) -> Array:
     s = compare_thresholds(y, threshold, direction)
     return pack_bits(get_array_module(y).moveaxis(s, 1, -1))
 
+
+def maxpool_counts(y: Array, kernel: int, stride: int, padding: int) -> Array:
+    """Max-pool of int32 counts (N, H, W, C): the float path's max-pool of the same integers.
+
+    Padding is the int32 minimum, which never wins (as -inf in the float path).
+    """
+    xp = get_array_module(y)
+    n, h, w, c = (int(s) for s in y.shape)
+    p = padding
+    oh, ow = conv_output_size("maxpool_counts", h, w, kernel, kernel, stride, p)
+    if p:
+        y = xp.pad(y, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=np.iinfo(np.int32).min)
+    out = None
+    for i in range(kernel):
+        for j in range(kernel):
+            tap = y[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
+            out = tap.copy() if out is None else xp.maximum(out, tap, out=out)
+    return out
+
+
+@op
+def binary_conv2d_threshold_pack(xbits: Array, wbits: Array, wsum: Array, c: int, kh: int,
+                                 kw: int, stride: int, padding: int, threshold: Array,
+                                 direction: Array, pool_kernel: int = 1, pool_stride: int = 1,
+                                 pool_padding: int = 0) -> Array:
+    """A binary conv layer, then [max-pool ->] folded BatchNorm + sign, on packed signs.
+
+    Packed NHWC in, packed NHWC out: xbits (N, H, W, ceil(C/64)) -> the next binary layer's
+    input (N, PH, PW, ceil(O/64)) uint64, bit 1 = +1. In three steps:
+
+        y = binary_conv2d(xbits, ..., layout="nhwc")           exact int32 counts (N, OH, OW, O)
+        y = max-pool of y (pool_kernel, pool_stride, pool_padding; pool_kernel 1: none)
+        s = +1  iff  y >= threshold (direction +1)  or  y <= threshold (direction -1)
+
+    and s packed along channels (``threshold_pack``). Directions must be +-1.
+    """
+    fn = "binary_conv2d_threshold_pack"
+    check_binary_conv_fold(fn, xbits, wbits, wsum, c, kh, kw, stride, padding, threshold,
+                           direction, pool_kernel, pool_stride, pool_padding)
+    y = binary_conv2d(xbits, wbits, wsum, c, kh, kw, stride, padding, layout="nhwc")
+    if (pool_kernel, pool_stride, pool_padding) != (1, 1, 0):
+        y = maxpool_counts(y, pool_kernel, pool_stride, pool_padding)
+    return threshold_pack(get_array_module(y).moveaxis(y, -1, 1), threshold, direction)
