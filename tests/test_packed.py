@@ -31,7 +31,7 @@ from minibnn.kernels.threshold import Threshold
 from minibnn.nn import functional as F
 from minibnn.nn.models import Model, binary_cnn, binary_mlp, birealnet
 from minibnn.nn.containers import Sequential
-from minibnn.nn.modules import BatchNorm, BinaryDense, Dense, Flatten, Sign
+from minibnn.nn.modules import BatchNorm, BinaryDense, Dense, Flatten, Sign, Stateless
 from minibnn.deploy.inference import (default_packed_path, evaluate_packed, export_packed,
                                       load_packed, pack_run)
 from minibnn.deploy.packed_file import FORMAT, VERSION, is_packed_file, save_packed
@@ -99,6 +99,69 @@ def test_scaled_layers_give_the_same_predictions(name, dtype):
     # a * z (one rounding) vs the float sum of a * (+-1) products: last bits only
     np.testing.assert_allclose(out, ref, rtol=1e-4 if dtype == np.float32 else 1e-12,
                                atol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [False, True])
+@pytest.mark.parametrize("name", ["binary_cnn", "birealnet"])
+def test_cnns_run_packed_channels_last_with_the_float_logits(name, scale, dtype):
+    """CIFAR-size binary_cnn and birealnet (their binary convs reach the Numba parallel path):
+    each channels-last group of the float model is one PackedBinary that runs the group's real
+    steps through the group's own NHWC twins and its binary convs on packed signs, and the
+    logits are the float path's bit for bit, with a scale too (both paths count a * z)."""
+    from minibnn.kernels.cpu import PARALLEL_MIN_WORK
+    from minibnn.nn.channels_last import (BatchNormNHWC, BatchNormSignNHWC, BiasSignNHWC,
+                                          ConvNHWC)
+    from minibnn.nn.containers import Residual
+    from minibnn.nn.models import build_model
+
+    model = build_model(name, input_shape=(3, 32, 32), width=16, scale=scale)
+    params, buffers, x = _random_state(model, dtype, affine=True)
+    assert len(x) * 32 * 32 * 16 * 9 >= PARALLEL_MIN_WORK          # the first binary conv
+    pm = pack_model(model, params, buffers)
+    ref, _, _ = model.forward(params, buffers, x, train=False)
+    out = pm.forward(x)
+    assert out.dtype == ref.dtype and np.array_equal(out, ref)
+    if name == "binary_cnn":                    # conv1, bn1+sign, then five folded binary convs
+        run, flatten, head = pm.net.layers
+        assert isinstance(run, PackedBinary) and head.name == "head"
+        assert [type(s) for s in run.stages[:2]] == [ConvNHWC, BatchNormSignNHWC]
+        assert [s.name for s in run.stages[2:]] == [f"conv{i}.w" for i in range(2, 7)]
+        assert all(s.fold is not None for s in run.stages[2:])
+    else:                                       # each block body: bias+sign, bconv, BatchNorm
+        bodies = [m.body for m in pm.net.layers if isinstance(m, Residual)]
+        assert len(bodies) == 6
+        for body in bodies:
+            (run,) = body.layers
+            assert [type(s) for s in run.stages[::2]] == [BiasSignNHWC, BatchNormNHWC]
+            assert run.layers == [run.stages[1]] and run.stages[1].fold is None
+
+
+def test_a_run_across_a_channels_last_group_boundary():
+    """A hand-built nhwc net whose channels-last group starts with a binary conv fed by a Sign
+    outside it and ends with a binary conv whose fold (a BatchNorm without affine part, not
+    in the group) stays outside: that conv outputs its counts, the float modules after it
+    fold into the next packed run, and the logits are the float path's."""
+    from minibnn.nn.channels_last import ChannelsLast
+    from minibnn.nn.modules import BinaryConv2d, Conv2d
+
+    layers = [Conv2d("c1", 3, 8, 3, padding=1), Sign(),
+              BinaryConv2d("b1", 8, 8, 3, padding=1), BatchNorm("bn1", 8), Sign(),
+              BinaryConv2d("b2", 8, 70, 3, padding=1), BatchNorm("bn2", 70, affine=False),
+              Sign(), BinaryConv2d("b3", 70, 8, 3, stride=2, padding=1), BatchNorm("bn3", 8),
+              Sign(), Flatten(), Dense("head", 8 * 4 * 4, 3)]
+    model = Model("edge", Sequential(layers, input_grad=False, layout="nhwc"), (3, 8, 8), 3, {})
+    assert [type(s) for s in model.net.steps()][:3] == [Conv2d, Stateless, ChannelsLast]
+    params, buffers, x = _random_state(model, np.float32)
+    pm = pack_model(model, params, buffers)
+    group, bn2, run = pm.net.layers[2:5]
+    assert [s.name for s in group.layers] == ["b1.w", "b2.w"] and group.stages[1].fold is None
+    assert group.stages[0].fold is not None and pm.layers["b2.w"].fold is not None
+    assert bn2.name == "bn2" and run.layers == [pm.layers["b3.w"]]
+    ref, _, _ = model.forward(params, buffers, x, train=False)
+    for backend in ("numpy", "auto"):
+        with kernels.use_backend(backend):
+            assert np.array_equal(pm.forward(x), ref), backend
 
 
 def test_binary_layer_without_a_sign_in_front_is_refused():

@@ -2,7 +2,7 @@
 
 A trained model's binary layers (``BinaryDense`` / ``BinaryConv2d``) only ever use
 ``W_eff = a * sign(w)`` (``a`` = per-output-channel mean|w| with ``scale``, else 1), and in
-every model a ``Sign`` module sits right in front of them, so at inference they compute
+every model a sign step sits right in front of them, so at inference they compute
 
     y = a * (sign(x) . sign(w))        sign(x) . sign(w) = K - 2 popcount(xbits XOR wbits)
 
@@ -12,19 +12,32 @@ per-channel integer thresholds on the exact count (``minibnn.nn.fold``); when th
 is another binary layer, the thresholded signs go to it still packed: no float BatchNorm, no
 float activations in between.
 
-``pack_model`` rebuilds the module tree with each ``Sign -> binary layer [-> fold -> binary
-layer ...]`` run replaced by one ``PackedBinary`` module; every other module (real first/last
-layers, unfolded BatchNorm, pooling, PReLU, residual additions) keeps its own forward, in eval
-mode.  Thresholds are exact for inputs in the model dtype, which ``PackedModel.forward`` requires.
-Packed inference runs on NumPy (host) arrays only.
+``pack_model`` rebuilds the module tree so that it runs the steps the float model runs
+(``Sequential.steps()``), with the binary layers packed, each run of them one ``PackedBinary``:
 
-Exactness.  Without ``scale`` the float path sums K products of +-1 values, integers below
+  * a channels-last group of the float model (``nn.channels_last.ChannelsLast``: the CNN's
+    front, each Bi-Real block body) becomes one PackedBinary that runs channels-last end to
+    end: the group's real steps (convolution, BatchNorm+sign, bias+sign, BatchNorm, max-pool)
+    through the group's own NHWC twins, each binary conv on packed signs, and a binary conv
+    with its ``[max-pool ->] BatchNorm+sign`` as one pass from packed signs to packed signs
+    (``kernels.binary_conv2d_threshold_pack``);
+  * elsewhere each ``Sign -> binary layer [-> fold -> binary layer ...]`` run of declared
+    layers (the MLP, the ``nchw`` layout) becomes one PackedBinary.
+
+Every other module keeps its own forward, in eval mode.  Thresholds are exact for inputs in
+the model dtype, which ``PackedModel.forward`` requires.  Packed inference runs on NumPy (host)
+arrays only.
+
+Exactness.  The real steps run the float model's own code on the same arrays, so they give
+the same bits.  Without ``scale`` the float path sums K products of +-1 values, integers below
 2**24, so its dense/conv output is the exact integer the XNOR kernel returns: the packed logits
 are bit-identical in float32 and float64.  With ``scale`` the float path sums K products
 ``x_k * (a * s_k)`` in BLAS order (one rounding per addition) while the packed path computes
 ``a * z`` (one rounding; the thresholds fold ``a * z``), so logits may differ in the last bits;
 predictions are equal unless a BatchNorm output lands within those bits of 0
-(``evaluate_packed(check=True)`` counts them).
+(``evaluate_packed(check=True)`` counts them).  Except where the float path computes ``a * z``
+itself: a binary conv inside a channels-last group (``layout="nhwc"``: binary_cnn, birealnet)
+is an XNOR count there too, so those logits are bit-identical with ``scale`` as well.
 
 The packed file format is ``minibnn.deploy.packed_file``; packing a run file, exporting and
 evaluating it is ``minibnn.deploy.inference``.
@@ -42,11 +55,14 @@ from minibnn.backend import check_finite_input
 from minibnn.errors import DeviceError, DTypeError, MinibnnError, ShapeError
 from minibnn.kernels.bitpack import (PackedConv2d, PackedDense, count, pack_conv2d, pack_dense,
                                      pack_input)
+from minibnn.kernels.reference import maxpool_counts, pack_bits
 from minibnn.kernels.threshold import Threshold, threshold_signs
-from minibnn.nn.fold import Fold, fold_after, fold_batchnorm_sign, fold_sites, walk
+from minibnn.nn.channels_last import ChannelsLast, Packed, as_float, emits_signs
+from minibnn.nn.fold import Fold, fold_after, fold_batchnorm_sign, fold_sites, is_maxpool, walk
 from minibnn.nn.models import Model
 from minibnn.nn.containers import Residual, Sequential
-from minibnn.nn.modules import BinaryConv2d, BinaryDense, Module, _BinaryWeights, is_sign
+from minibnn.nn.modules import (BatchNormSign, BiasSign, BinaryConv2d, BinaryDense, Module,
+                                _BinaryWeights, is_sign)
 
 Params = dict[str, np.ndarray]
 
@@ -78,66 +94,98 @@ def binary_layers(model: Model) -> list[_BinaryWeights]:
     return [m for m in walk(model.net) if isinstance(m, _BinaryWeights)]
 
 
-def _maxpool_counts(y: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
-    """Max-pool of int32 counts (N, C, H, W): the float path's max-pool of the same integers.
+def _without_fold(layer: PackedLayer) -> PackedLayer:
+    """``layer`` with its fold left to the float modules (they are not where the run is)."""
+    return dataclasses.replace(layer, fold=None, fold_bn="", pool=None)
 
-    Padding is the int32 minimum, which never wins (as -inf in the float path).
-    """
-    n, c, h, w = y.shape
-    p = padding
-    if p:
-        y = np.pad(y, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=np.iinfo(np.int32).min)
-    oh, ow = (h + 2 * p - kernel) // stride + 1, (w + 2 * p - kernel) // stride + 1
-    out = None
-    for i in range(kernel):
-        for j in range(kernel):
-            tap = y[:, :, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
-            out = tap.copy() if out is None else np.maximum(out, tap, out=out)
+
+def _real_output(y: np.ndarray, layer: PackedLayer, dtype: np.dtype, layout: str) -> np.ndarray:
+    """A binary layer's float output ``a * y`` (y without a scale) from its count y, channels
+    at axis 1 (dense, ``layout="nchw"``) or last (``"nhwc"``); exact: |y| <= K < 2**24."""
+    out = y.astype(dtype)
+    if layer.scale is not None:
+        shape = [1] * y.ndim
+        shape[-1 if layout == "nhwc" else 1] = -1
+        out *= layer.scale.astype(dtype).reshape(shape)             # y = a_o * z
     return out
 
 
-def _packed_signs(y: np.ndarray, fold: Threshold) -> np.ndarray:
-    """Thresholded signs of counts y, packed along channels: the next binary layer's input."""
+def _folded_signs(bits: np.ndarray, layer: PackedLayer) -> np.ndarray:
+    """The packed signs of a folded layer's ``[max-pool ->] BatchNorm -> sign`` from its packed
+    input: (N, ceil(O/64)) for a dense layer, (N, PH, PW, ceil(O/64)) for a conv layer.
+
+    A conv layer whose thresholds are all steps runs ``binary_conv2d_threshold_pack`` (one
+    pass); otherwise the count, its max-pool and the thresholds are separate steps.
+    """
+    fold, k = layer.fold, layer.kernel
+    if isinstance(k, PackedConv2d) and fold.lookup is None:
+        return kernels.binary_conv2d_threshold_pack(
+            bits, k.wbits, k.wsum, k.in_channels, k.kh, k.kw, k.stride, k.padding,
+            fold.threshold, fold.direction, *(layer.pool or (1, 1, 0)))
+    y = count(bits, k, "nhwc")                      # channels last: (N, O) or (N, OH, OW, O)
+    if layer.pool is not None:
+        y = maxpool_counts(y, *layer.pool)
+    y = np.moveaxis(y, -1, 1)                       # the threshold ops take channels at axis 1
     if fold.lookup is None:
         return kernels.threshold_pack(y, fold.threshold, fold.direction)
-    s = np.moveaxis(threshold_signs(y, fold), 1, -1)
-    return kernels.pack_signs(np.where(s, np.float32(1), np.float32(-1)))
+    return pack_bits(np.moveaxis(threshold_signs(y, fold), 1, -1))
+
+
+def _channels_last(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x
+
+
+def _channels_first(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x
+
+
+#: what a PackedBinary runs: packed binary layers, and the NHWC twins of the real steps of the
+#: channels-last group it replaces (``nn.channels_last.ChannelsLast._twin``)
+Stage = Any
 
 
 class PackedBinary(Module):
-    """A run of binary layers at inference, its activations packed from input to output.
+    """A run of binary layers at inference, channels-last inside, activations packed between.
 
-    ``sign(x)`` is packed once; then per layer: y = XNOR-popcount count (int32, exact) ->
-    [int max-pool] -> folded BatchNorm + sign as thresholds -> packed signs, the next layer's
-    input.  Output, in x's dtype: the last layer's thresholded signs (+-1) when it folds a
-    BatchNorm + sign, else ``a * y`` (y without a scale) for the modules that follow.
-    Inference only: ``backward`` raises.
+    ``stages``, in order: packed binary layers (``PackedLayer``) and, where the run replaces a
+    channels-last group of the float model (``nn.channels_last.ChannelsLast``), the real steps
+    of that group (convolutions, sign steps, BatchNorms, max-pools) as the group runs them: its
+    NHWC twins, the same kernels, so the same bits.  Activations between stages are NHWC floats or
+    packed signs (``Packed``).  A packed layer reads packed signs (the first one packs
+    ``sign(x)``: the Sign in front of it is part of the run); one that folds ``[MaxPool2d ->]
+    BatchNorm -> Sign`` outputs the packed signs of the fold (a conv layer in one pass,
+    ``kernels.binary_conv2d_threshold_pack``), else its real output ``a * y``.
+
+    Input and output are the model's arrays: NCHW (or (N, features)), in x's dtype; a run ending
+    in a folded layer outputs its thresholded signs as +-1.  Inference only: ``backward`` raises.
     """
 
-    def __init__(self, layers: Sequence[PackedLayer]):
-        super().__init__(layers[0].name.rsplit(".", 1)[0])
-        self.layers = list(layers)
+    def __init__(self, stages: Sequence[Stage]):
+        self.stages = list(stages)
+        super().__init__(self.layers[0].name.rsplit(".", 1)[0])
+
+    @property
+    def layers(self) -> list[PackedLayer]:
+        """The packed binary layers of the run, in order."""
+        return [s for s in self.stages if isinstance(s, PackedLayer)]
 
     def forward(self, params, buffers, x, train):
-        bits = pack_input(x, self.layers[0].kernel)
-        for layer in self.layers:
-            y = count(bits, layer.kernel)
-            if layer.fold is None:
-                return self._real_output(y, layer, x.dtype), {}, None
-            if layer.pool is not None:
-                y = _maxpool_counts(y, *layer.pool)
-            bits = _packed_signs(y, layer.fold)
-        # the last layer's signs as +-1 floats: (N, [H, W,] C) -> (N, C[, H, W])
-        signs = kernels.unpack_signs(bits, y.shape[1], x.dtype)
-        return np.ascontiguousarray(np.moveaxis(signs, -1, 1)), {}, None
-
-    @staticmethod
-    def _real_output(y: np.ndarray, layer: PackedLayer, dtype: np.dtype) -> np.ndarray:
-        out = y.astype(dtype)            # exact: |y| <= K < 2**24
-        if layer.scale is not None:
-            bshape = (1, -1) + (1,) * (y.ndim - 2)
-            out *= layer.scale.astype(dtype).reshape(bshape)        # y = a_o * z
-        return out
+        dtype = x.dtype
+        first, last = self.stages[0], len(self.stages) - 1
+        if isinstance(first, PackedLayer):      # sign(x), packed channels-last
+            h = Packed(pack_input(x, first.kernel), first.shape[1], dtype)
+        else:
+            h = _channels_last(x)
+        for i, stage in enumerate(self.stages):
+            if not isinstance(stage, PackedLayer):
+                h, _, _ = stage.forward(params, buffers, h, False)
+            elif stage.fold is not None:
+                h = Packed(_folded_signs(h.bits, stage), stage.shape[0], dtype)
+            elif i < last:
+                h = _real_output(count(h.bits, stage.kernel, "nhwc"), stage, dtype, "nhwc")
+            else:                               # the run's output, counted NCHW directly
+                return _real_output(count(h.bits, stage.kernel), stage, dtype, "nchw"), {}, None
+        return _channels_first(as_float(h, dtype)), {}, None
 
     def backward(self, dy, cache):
         raise MinibnnError(f"{self.layers[0].name}: packed layers are inference-only")
@@ -149,8 +197,10 @@ def _not_after_sign(module: _BinaryWeights) -> MinibnnError:
 
 
 def _packed_tree(module: Module, layers: dict[str, PackedLayer]) -> Module:
-    """Copy of the module tree with each ``Sign -> binary layer [-> fold -> binary layer]*``
-    run replaced by one PackedBinary (folded modules and the Signs they feed are dropped)."""
+    """Copy of the module tree with its binary layers packed, each Sequential running the
+    steps its float twin runs (``Sequential.steps()``): a channels-last group becomes one
+    PackedBinary (``_group_stages``), and among the other steps each ``Sign -> binary layer
+    [-> fold -> binary layer]*`` run of declared layers does (``_packed_layers``)."""
     if isinstance(module, Residual):
         short = module.shortcut
         return Residual(_packed_tree(module.body, layers),
@@ -159,8 +209,42 @@ def _packed_tree(module: Module, layers: dict[str, PackedLayer]) -> Module:
         raise _not_after_sign(module)
     if not isinstance(module, Sequential):
         return module
+    steps = module.steps()
+    declared = [_declared(step) for step in steps]
+    if [id(m) for d in declared for m in d] != [id(m) for m in module.layers]:
+        raise MinibnnError(f"packed inference: the steps of {module.name or 'a Sequential'} "
+                           f"({', '.join(type(s).__name__ for s in steps)}) do not run its "
+                           "declared layers in order")
     out: list[Module] = []
-    mods, i = module.layers, 0
+    pending: list[Module] = []                  # declared layers of the steps since the group
+    for step, mods in zip(steps, declared):
+        if isinstance(step, ChannelsLast):
+            after_sign = bool(pending) and is_sign(pending[-1])
+            out += _packed_layers(pending, layers)
+            out.append(PackedBinary(_group_stages(step.steps, after_sign, layers)))
+            pending = []
+        else:
+            pending += mods
+    return Sequential(out + _packed_layers(pending, layers), module.name)
+
+
+def _declared(step: Module) -> list[Module]:
+    """The declared layers a step of a Sequential runs (``Sequential.steps()``: fused sign steps
+    and channels-last groups run several)."""
+    if isinstance(step, ChannelsLast):
+        return [m for s in step.steps for m in _declared(s)]
+    if isinstance(step, BatchNormSign):
+        return [step.bn, step.sign]
+    if isinstance(step, BiasSign):
+        return [step.bias, step.sign]
+    return [step]
+
+
+def _packed_layers(mods: Sequence[Module], layers: dict[str, PackedLayer]) -> list[Module]:
+    """``mods`` with each ``Sign -> binary layer [-> fold -> binary layer]*`` run replaced by
+    one PackedBinary (folded modules and the Signs they feed are dropped)."""
+    out: list[Module] = []
+    i = 0
     while i < len(mods):
         if isinstance(mods[i], _BinaryWeights):
             raise _not_after_sign(mods[i])
@@ -172,13 +256,51 @@ def _packed_tree(module: Module, layers: dict[str, PackedLayer]) -> Module:
         run, i = [], i + 1                      # mods[i] is a binary layer fed by a Sign
         while True:
             layer = layers[mods[i].key("w")]
-            run.append(layer)
             site = fold_after(mods, i) if layer.fold is not None else None
+            run.append(layer if site is not None else _without_fold(layer))
             i += 1 + (site.span if site is not None else 0)
             if not (site is not None and i < len(mods) and isinstance(mods[i], _BinaryWeights)):
                 break                           # else the folded Sign feeds mods[i]: stay packed
         out.append(PackedBinary(run))
-    return Sequential(out, module.name)
+    return out
+
+
+def _group_stages(steps: Sequence[Module], after_sign: bool, layers: dict[str, PackedLayer]
+                  ) -> list[Stage]:
+    """The stages of the PackedBinary that replaces a channels-last group (its ``steps``):
+    each binary conv packed, the ``[max-pool ->] BatchNorm+sign`` steps of its fold dropped,
+    every other step as the group runs it (``after_sign``: a Sign feeds the group)."""
+    stages: list[Stage] = []
+    i = 0
+    while i < len(steps):
+        step = steps[i]
+        if not isinstance(step, BinaryConv2d):
+            # the group's own twin of the step (one definition of how a step runs NHWC)
+            stages.append(ChannelsLast._twin(step, True))
+            i += 1
+            continue
+        if not (emits_signs(steps[i - 1]) if i else after_sign):
+            raise _not_after_sign(step)
+        layer = layers[step.key("w")]
+        span = _fold_span(steps, i, layer)
+        stages.append(layer if span else _without_fold(layer))
+        i += 1 + span
+    return stages
+
+
+def _fold_span(steps: Sequence[Module], i: int, layer: PackedLayer) -> int:
+    """How many of the group steps after the binary conv ``steps[i]`` its fold replaces:
+    ``[max-pool,] BatchNorm+sign`` (2 or 1), or 0 when they are not those steps."""
+    if layer.fold is None:
+        return 0
+    j = i + 1
+    if layer.pool is not None:
+        if not (j < len(steps) and is_maxpool(steps[j])):
+            return 0
+        j += 1
+    if j < len(steps) and isinstance(steps[j], BatchNormSign) and steps[j].bn.name == layer.fold_bn:
+        return j - i
+    return 0
 
 
 def layer_geometry(module: _BinaryWeights) -> tuple[str, int, int]:
