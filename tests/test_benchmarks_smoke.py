@@ -24,6 +24,7 @@ SCRIPTS = {
     "bench_epoch": "CIFAR-10-shaped epoch",
     "bench_contention": "two concurrent trainings vs one alone",
     "bench_data_memory": "peak resident memory and time per run",
+    "bench_packed_eval": "packed vs float eval forward",
 }
 
 

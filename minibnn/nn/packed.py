@@ -275,6 +275,10 @@ def _group_stages(steps: Sequence[Module], after_sign: bool, layers: dict[str, P
     while i < len(steps):
         step = steps[i]
         if not isinstance(step, BinaryConv2d):
+            if step.binary_names:
+                raise MinibnnError(f"packed inference: cannot pack the binary layers "
+                                   f"{step.binary_names} inside a channels-last "
+                                   f"{type(step).__name__} step")
             # the group's own twin of the step (one definition of how a step runs NHWC)
             stages.append(ChannelsLast._twin(step, True))
             i += 1
