@@ -617,11 +617,11 @@ def _bconv_pixel(xb, wt, ni, yo, xo, c, kh, kw, stride, padding, acc):  # type: 
 
 @njit(cache=True)
 def _bconv_row(xb, wt, c, kh, kw, stride, padding, ni, yo, acc, row):  # type: ignore[no-untyped-def]
-    """row[oc, xo] = the exact count y[ni, oc, yo, xo] along output row yo of sample ni, every
-    output channel oc (``row`` is (O, OW) int32, ``acc`` (4, O) int64 scratch)."""
+    """row[xo, oc] = the exact count y[ni, oc, yo, xo] along output row yo of sample ni, every
+    output channel oc (``row`` is (OW, O) int32, ``acc`` (4, O) int64 scratch)."""
     h, w, nw = xb.shape[1], xb.shape[2], xb.shape[3]
     o = wt.shape[1]
-    ow = row.shape[1]
+    ow = row.shape[0]
     xo = 0
     while xo < ow:
         w0 = xo * stride - padding
@@ -652,13 +652,13 @@ def _bconv_row(xb, wt, c, kh, kw, stride, padding, ni, yo, acc, row):  # type: i
             kb = valid * c
             for p in range(4):
                 for oc in range(o):
-                    row[oc, xo + p] = kb - 2 * acc[p, oc]   # y = bits - 2 popcount
+                    row[xo + p, oc] = kb - 2 * acc[p, oc]   # y = bits - 2 popcount
             xo += 4
         else:
             a0 = acc[0]
             kb = _bconv_pixel(xb, wt, ni, yo, xo, c, kh, kw, stride, padding, a0)
             for oc in range(o):
-                row[oc, xo] = kb - 2 * a0[oc]
+                row[xo, oc] = kb - 2 * a0[oc]
             xo += 1
 
 
@@ -671,18 +671,18 @@ def _binary_conv2d(xb, wt, c, kh, kw, stride, padding, nhwc, out):  # type: igno
         ni = r // oh
         yo = r - ni * oh
         acc = np.empty((4, o), dtype=np.int64)
-        row = np.empty((o, ow), dtype=np.int32)   # written to out as whole rows, see below
+        row = np.empty((ow, o), dtype=np.int32)   # written to out as whole rows, see below
         _bconv_row(xb, wt, c, kh, kw, stride, padding, ni, yo, acc, row)
         # Row-wise stores: scattering each pixel's O values at a stride of OH*OW int32 (4 KiB at
         # 32x32) maps them onto a few L1 sets and measured 3x slower.
         if nhwc:
             for xo in range(ow):
                 for oc in range(o):
-                    out[ni, yo, xo, oc] = row[oc, xo]
+                    out[ni, yo, xo, oc] = row[xo, oc]
         else:
             for oc in range(o):
                 for xo in range(ow):
-                    out[ni, oc, yo, xo] = row[oc, xo]
+                    out[ni, oc, yo, xo] = row[xo, oc]
 
 
 @register(ref.binary_conv2d, "numba")
@@ -715,7 +715,7 @@ _INT32_MIN = np.iinfo(np.int32).min
 
 
 @njit(parallel=True, cache=True)
-def _binary_conv2d_threshold_pack(xb, wt, c, kh, kw, stride, padding, oh, ow, t, d, pk, ps,
+def _binary_conv2d_threshold_pack(xb, wt, c, kh, kw, stride, padding, oh, ow, sgn, st, pk, ps,
                                   pp, out):  # type: ignore[no-untyped-def]
     n, ph, pw, nwo = out.shape
     o = wt.shape[1]
@@ -723,29 +723,26 @@ def _binary_conv2d_threshold_pack(xb, wt, c, kh, kw, stride, padding, oh, ow, t,
         ni = r // ph
         py = r - ni * ph
         acc = np.empty((4, o), dtype=np.int64)
-        row = np.empty((o, ow), dtype=np.int32)
-        best = np.full((o, pw), _INT32_MIN, dtype=np.int32)
+        row = np.empty((ow, o), dtype=np.int32)
+        best = np.full((pw, o), _INT32_MIN, dtype=np.int32)
         for i in range(pk):                       # the conv rows under this pooled row
             yo = py * ps + i - pp
             if yo < 0 or yo >= oh:
                 continue
             _bconv_row(xb, wt, c, kh, kw, stride, padding, ni, yo, acc, row)
-            for oc in range(o):
-                for px in range(pw):
-                    m = best[oc, px]
-                    for j in range(pk):
-                        xo = px * ps + j - pp
-                        if 0 <= xo < ow and row[oc, xo] > m:
-                            m = row[oc, xo]
-                    best[oc, px] = m
+            for px in range(pw):
+                for j in range(pk):
+                    xo = px * ps + j - pp
+                    if 0 <= xo < ow:
+                        for oc in range(o):
+                            best[px, oc] = max(best[px, oc], row[xo, oc])
         for px in range(pw):
             for q in range(nwo):
                 word = np.uint64(0)
                 for j in range(min(64, o - q * 64)):      # last, partial word: pad bits stay 0
                     oc = q * 64 + j
-                    v, tc = best[oc, px], t[oc]
-                    bit = v >= tc if d[oc] > 0 else v <= tc     # s = +1 iff y >= t (d > 0)
-                    word |= np.uint64(bit) << np.uint64(j)
+                    # s = +1 iff y >= t (d = +1) or y <= t (d = -1), i.e. iff d*y >= d*t
+                    word |= np.uint64(sgn[oc] * best[px, oc] >= st[oc]) << np.uint64(j)
                 out[ni, py, px, q] = word
 
 
@@ -764,9 +761,10 @@ def binary_conv2d_threshold_pack(xbits: np.ndarray, wbits: np.ndarray, wsum: np.
     n, o = xbits.shape[0], wbits.shape[0]
     out = np.empty((n, ph, pw, words_for(o)), dtype=np.uint64)
     with _threads_for(n * oh * ow * o * wbits.shape[1]):
+        sgn = direction.astype(np.int64)
         _binary_conv2d_threshold_pack(np.ascontiguousarray(xbits),
                                       np.ascontiguousarray(wbits.T), c, kh, kw, stride, padding,
-                                      oh, ow, threshold, direction, pool_kernel, pool_stride,
+                                      oh, ow, sgn, sgn * threshold, pool_kernel, pool_stride,
                                       pool_padding, out)
     return out
 
