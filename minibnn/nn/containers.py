@@ -25,7 +25,7 @@ from minibnn.errors import MinibnnError
 from minibnn.nn import functional as F
 from minibnn.nn.channels_last import group_channels_last
 from minibnn.nn.modules import (BatchNorm, BatchNormSign, BiasSign, LearnableBias, Module,
-                                Params, is_sign, model_dtype)
+                                Params, backward_steps, forward_steps, is_sign, model_dtype)
 
 #: how a Sequential runs its layers: "nhwc" the fast engine, "nchw" the layers as written
 LAYOUTS = ("nhwc", "nchw")
@@ -85,19 +85,10 @@ class Sequential(Module):
         return list(self._steps)
 
     def forward(self, params, buffers, x, train):
-        caches, new_buffers = [], {}
-        for step in self._steps:
-            x, updated, cache = step.forward(params, buffers, x, train)
-            new_buffers.update(updated)
-            caches.append(cache)
-        return x, new_buffers, caches
+        return forward_steps(self._steps, params, buffers, x, train)
 
     def backward(self, dy, cache):
-        grads: Params = {}
-        for step, step_cache in zip(reversed(self._steps), reversed(cache)):
-            dy, step_grads = step.backward(dy, step_cache)
-            grads.update(step_grads)
-        return dy, grads
+        return backward_steps(self._steps, dy, cache)
 
 
 def _fuse_signs(layers: Sequence[Module]) -> list[Module]:

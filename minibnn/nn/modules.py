@@ -17,7 +17,7 @@ The containers that chain modules (``Sequential``, ``Residual``) are in ``nn.con
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -69,6 +69,28 @@ class Module:
 
     def backward(self, dy: Array, cache: Any) -> tuple[Array, Params]:
         raise NotImplementedError
+
+
+def forward_steps(steps: Sequence[Any], params: Params, buffers: Params, x: Any, train: bool
+                  ) -> tuple[Any, Params, list[Any]]:
+    """Run ``steps`` (modules, or anything with their ``forward``/``backward``) one after the
+    other: the last output, the buffers they updated, and one cache per step."""
+    caches, new_buffers = [], {}
+    for step in steps:
+        x, updated, cache = step.forward(params, buffers, x, train)
+        new_buffers.update(updated)
+        caches.append(cache)
+    return x, new_buffers, caches
+
+
+def backward_steps(steps: Sequence[Any], dy: Any, caches: Sequence[Any]) -> tuple[Any, Params]:
+    """The backward pass of ``forward_steps``: the steps in reverse, each given the dx of the
+    one after it; returns the first step's dx and the gradients of all."""
+    grads: Params = {}
+    for step, cache in zip(reversed(steps), reversed(caches)):
+        dy, step_grads = step.backward(dy, cache)
+        grads.update(step_grads)
+    return dy, grads
 
 
 class Stateless(Module):
