@@ -1,12 +1,15 @@
 """The channels-last group (``nn.channels_last.ChannelsLast``) against the NCHW steps it replaces.
 
 The oracle is the group's own ``steps`` run one by one in NCHW (the layers' functional code;
-for birealnet, the layers of the ``layout="nchw"`` twin's block). Inside the group the binary
-convolution is the exact XNOR-popcount count and the BatchNorm statistics are float64 sums, so
-the output signs must be EQUAL; running statistics and gradients agree to rtol 1e-10 (float64)
-/ 2e-5 (float32), relative to each array's largest entry (sums in another order). A Bi-Real
-block body ends in a float BatchNorm: its counts must be EQUAL, and its output too where it is
-the same expression on the same numbers (eval mode, no scale); else it agrees as the gradients.
+for birealnet, the ``layout="nchw"`` twin's layers). Inside the group the binary convolution
+is the exact XNOR-popcount count and the BatchNorm statistics are float64 sums, so the output
+signs must be EQUAL; running statistics and gradients agree to rtol 1e-10 (float64) / 2e-5
+(float32), relative to each array's largest entry (sums in another order). birealnet runs as
+one group from its stem to its global pool: in every block the counts of the binary
+convolution must be EQUAL, and the block's output too where it is the same expression on the
+same numbers (identity shortcut, eval mode, no scale); else outputs agree as the gradients.
+The new twins (PReLU, the average pools, BatchNorm on floats) are checked one by one against
+their layers, with EQUAL values where they compute the same expression.
 
 Max-pool ties: on unscaled layers both paths see exact integer counts and pick the same first
 maximum. With the mean|w| scale the NCHW convolution rounds ``a * count`` differently per
@@ -23,10 +26,12 @@ from minibnn import kernels
 from minibnn.errors import MinibnnError
 from minibnn.kernels.cpu import PARALLEL_MIN_WORK
 from minibnn.nn import models
-from minibnn.nn.channels_last import ChannelsLast
+from minibnn.nn.channels_last import (ChannelsLast, ResidualNHWC, as_float, channels_first,
+                                      channels_last)
 from minibnn.nn.containers import Residual, Sequential
-from minibnn.nn.modules import (BatchNorm, BatchNormSign, BiasSign, BinaryConv2d, Conv2d, Dense,
-                                Flatten, LearnableBias, MaxPool2d, Module, Sign)
+from minibnn.nn.modules import (AvgPool2d, BatchNorm, BatchNormSign, BiasSign, BinaryConv2d,
+                                Conv2d, Dense, Flatten, GlobalAvgPool, Hardtanh, LearnableBias,
+                                MaxPool2d, Module, PReLU, Sign, forward_steps)
 from minibnn.run.spec import spec_from_options
 from minibnn.run.train import TrainState, model_from_spec, optimizer_from_spec, train_step
 
@@ -65,27 +70,43 @@ def perturbed(model: Any, dtype: Any, seed: int) -> tuple[dict, dict]:
     return params, buffers
 
 
-def check_group(model: Any, group: ChannelsLast, dtype: Any, x_shape: tuple[int, ...],
-                train: bool, seed: int = 0) -> None:
-    params, buffers = perturbed(model, dtype, seed)
-    rng = np.random.default_rng(seed + 1)
-    x = rng.standard_normal(x_shape).astype(dtype)
+def check_against(group: ChannelsLast, oracle: list[Module], params: dict, buffers: dict,
+                  x: np.ndarray, train: bool, dtype: Any, rng: np.random.Generator,
+                  exact_y: bool, exact_dx: bool = False) -> None:
+    """``group`` against the NCHW steps ``oracle`` on x, dy drawn from rng: y EQUAL (exact_y) or
+    close; the same buffer and gradient names, dtypes and shapes, values close; dx close (EQUAL
+    with exact_dx), or None for a group without an input gradient."""
     y, new_buffers, cache = group.forward(params, buffers, x, train)
     dy = rng.standard_normal(y.shape).astype(dtype)
     dx, grads = group.backward(dy, cache)
-    y2, new_buffers2, grads2, dx2 = nchw_run(group.steps, params, buffers, x, train, dy)
+    y2, new_buffers2, grads2, dx2 = nchw_run(oracle, params, buffers, x, train, dy)
     assert y.dtype == dtype and y.shape == y2.shape and y.flags.c_contiguous
-    assert np.array_equal(y, y2)
+    if exact_y:
+        assert np.array_equal(y, y2)
+    else:
+        close(y, y2, dtype, "y")
     assert set(new_buffers) == set(new_buffers2) and set(grads) == set(grads2)
     for k in new_buffers:
         close(new_buffers[k], new_buffers2[k], dtype, k)
     for k in grads:
         assert grads[k].dtype == dtype and grads[k].shape == grads2[k].shape, k
         close(grads[k], grads2[k], dtype, k)
-    if group.input_grad:
-        close(dx, dx2, dtype, "dx")
-    else:
+    if not group.input_grad:
         assert dx is None
+        return
+    assert dx.dtype == dtype and dx.shape == x.shape and dx.flags.c_contiguous
+    if exact_dx:
+        assert np.array_equal(dx, dx2)
+    else:
+        close(dx, dx2, dtype, "dx")
+
+
+def check_group(model: Any, group: ChannelsLast, dtype: Any, x_shape: tuple[int, ...],
+                train: bool, seed: int = 0) -> None:
+    params, buffers = perturbed(model, dtype, seed)
+    rng = np.random.default_rng(seed + 1)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    check_against(group, group.steps, params, buffers, x, train, dtype, rng, exact_y=True)
 
 
 VARIANTS = [dict(), dict(binary_storage="binary"), dict(act_ste="swish"),
@@ -121,25 +142,6 @@ def test_the_cnn_and_the_mlp_run_the_steps_they_ran_before_birealnet_was_grouped
     mlp = models.binary_mlp((1, 6, 6), hidden=(16, 8)).net.steps()
     assert describe(mlp) == [("Stateless", ""), ("Dense", "fc1"), ("BatchNormSign", "bn1"),
                              ("BinaryDense", "fc2"), ("BatchNormSign", "bn2"), ("Dense", "head")]
-
-
-def test_every_birealnet_block_body_is_one_group_and_nothing_else_is_grouped() -> None:
-    fast = models.birealnet((3, 16, 16), width=8, blocks_per_stage=(2, 1))
-    slow = models.birealnet((3, 16, 16), width=8, blocks_per_stage=(2, 1), layout="nchw")
-    blocks = [s for s in fast.net.steps() if isinstance(s, Residual)]
-    assert [type(s) for s in fast.net.steps()] == [type(s) for s in slow.net.layers]
-    assert len(blocks) == 3
-    for block in blocks:
-        (group,) = block.body.steps()
-        name = block.body.layers[0].name.rsplit(".", 1)[0]
-        assert isinstance(group, ChannelsLast) and group.input_grad     # the residual needs dx
-        assert describe(group.steps) == [("BiasSign", f"{name}.move"),
-                                         ("BinaryConv2d", f"{name}.conv"),
-                                         ("BatchNorm", f"{name}.bn")]
-        if block.shortcut is not None:                  # AvgPool -> 1x1 conv -> BN: no sign
-            assert block.shortcut.steps() == block.shortcut.layers
-    assert not any(isinstance(s, (ChannelsLast, BiasSign)) for block in
-                   slow.net.layers if isinstance(block, Residual) for s in block.body.steps())
 
 
 def test_bias_sign_fuses_a_learnable_bias_and_the_real_sign_only() -> None:
@@ -221,6 +223,8 @@ def test_training_steps_are_bit_identical_across_runs() -> None:
 BIREAL_SHAPE, BIREAL_BATCH = (3, 16, 16), 32
 BIREAL_VARIANTS = [dict(), dict(scale=True), dict(binary_storage="binary"),
                    dict(act_ste="identity", weight_ste="clipped"), dict(act_ste="swish")]
+#: width of each block's input and its side (s2b1 and s3b1 halve it)
+BIREAL_BLOCKS = {"s1b1": (16, 16), "s2b1": (16, 16), "s3b1": (32, 8)}
 
 
 def bireal_twins(**variant: Any) -> tuple[Any, Any]:
@@ -236,71 +240,148 @@ def block(model: Any, name: str) -> Residual:
     return found
 
 
-def check_bireal_body(variant: dict, dtype: Any, train: bool, name: str) -> None:
+def the_group(model: Any) -> ChannelsLast:
+    (group,) = [s for s in model.net.steps() if isinstance(s, ChannelsLast)]
+    return group
+
+
+def twin_kinds(twins: list[Any]) -> list[Any]:
+    """Each twin's class name; a ResidualNHWC as (name, body's kinds, shortcut's or None)."""
+    return [type(t).__name__ if not isinstance(t, ResidualNHWC) else
+            ("ResidualNHWC", twin_kinds(t.body), t.shortcut and twin_kinds(t.shortcut))
+            for t in twins]
+
+
+@pytest.mark.parametrize("prelu", [True, False])
+def test_birealnet_runs_as_one_group_from_the_stem_to_the_global_pool(prelu: bool) -> None:
+    fast = models.birealnet((3, 16, 16), width=8, blocks_per_stage=(2, 1), prelu=prelu)
+    slow = models.birealnet((3, 16, 16), width=8, blocks_per_stage=(2, 1), prelu=prelu,
+                            layout="nchw")
+    group, head = fast.net.steps()
+    assert isinstance(group, ChannelsLast) and head is fast.net.layers[-1]
+    assert [id(s) for s in group.steps] == [id(s) for s in fast.net.layers[:-1]]
+    body = ["BiasSignNHWC", "ConvNHWC", "BatchNormNHWC"]
+    act = ["PReLUNHWC"] * prelu
+    assert twin_kinds(group.twins) == [
+        "ConvNHWC", "BatchNormNHWC", ("ResidualNHWC", body, None), *act,
+        ("ResidualNHWC", body, None), *act,
+        ("ResidualNHWC", body, ["AvgPoolNHWC", "ConvNHWC", "BatchNormNHWC"]), *act,
+        "GlobalAvgPoolNHWC"]
+    # the stem needs no input gradient; every convolution inside a block does (the add)
+    assert not group.input_grad and not group.twins[0].need_dx
+    residuals = [t for t in group.twins if isinstance(t, ResidualNHWC)]
+    assert all(t.need_dx for r in residuals for t in r.body + (r.shortcut or [])
+               if hasattr(t, "need_dx"))
+    # a block run on its own (outside a group) still runs its body as a group
+    for residual in (s for s in fast.net.layers if isinstance(s, Residual)):
+        (inner,) = residual.body.steps()
+        assert isinstance(inner, ChannelsLast) and inner.input_grad
+        assert describe(inner.steps)[0][0] == "BiasSign"
+    assert slow.net.steps() == slow.net.layers
+    assert not any(isinstance(s, (ChannelsLast, BiasSign)) for block_ in slow.net.layers
+                   if isinstance(block_, Residual) for s in block_.body.steps())
+
+
+def test_a_residual_joins_a_group_only_if_each_of_its_steps_runs_channels_last() -> None:
+    def net(shortcut_layers: list[Module] | None, layout: str = "nhwc") -> Sequential:
+        body = Sequential([LearnableBias("move", 4), Sign(), BinaryConv2d("c", 4, 4),
+                           BatchNorm("bn", 4)], layout=layout)
+        shortcut = None if shortcut_layers is None else Sequential(shortcut_layers,
+                                                                   layout=layout)
+        return Sequential([Conv2d("stem", 3, 4), BatchNorm("stem_bn", 4),
+                           Residual(body, shortcut), GlobalAvgPool(), Dense("head", 4, 2)],
+                          input_grad=False, layout="nhwc")
+
+    assert [type(s).__name__ for s in net(None).steps()] == ["ChannelsLast", "Dense"]
+    assert [type(s).__name__ for s in net([Conv2d("d", 4, 4, 1, 1, 0)]).steps()] == \
+        ["ChannelsLast", "Dense"]
+    for steps in (net([Hardtanh()]).steps(),                      # no twin
+                  net([AvgPool2d(2, 1)]).steps(),                 # stride != kernel
+                  net(None, layout="nchw").steps()):              # run as written
+        names = [type(s).__name__ for s in steps]
+        assert names == ["Conv2d", "BatchNorm", "Residual", "Stateless", "Dense"], names
+
+
+def check_bireal_block(variant: dict, dtype: Any, train: bool, name: str) -> None:
+    """Block ``name`` as the whole-model group runs it (its ResidualNHWC twin) against the
+    nchw twin's block: exact counts, then output, buffers and gradients."""
     fast, slow = bireal_twins(**variant)
-    (group,) = block(fast, name).body.steps()
-    layers = block(slow, name).body.layers                  # bias, sign, bconv, BN as written
-    assert isinstance(group, ChannelsLast) and len(layers) == 4
+    residual, residual2 = block(fast, name), block(slow, name)
+    twin = the_group(fast).twins[the_group(fast).steps.index(residual)]
+    assert isinstance(twin, ResidualNHWC)
     params, buffers = perturbed(fast, dtype, 0)
     rng = np.random.default_rng(1)
-    c, hw = layers[0].channels, {"s1b1": 16, "s2b1": 16, "s3b1": 8}[name]
+    c, hw = BIREAL_BLOCKS[name]
     x = rng.standard_normal((BIREAL_BATCH, c, hw, hw)).astype(dtype)
     assert x.size >= PARALLEL_MIN_WORK
-    y, new_buffers, cache = group.forward(params, buffers, x, train)
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    dx, grads = group.backward(dy, cache)
-    y2, new_buffers2, grads2, dx2 = nchw_run(layers, params, buffers, x, train, dy)
-    assert y.dtype == dtype and y.shape == y2.shape and y.flags.c_contiguous
     scaled = variant.get("scale", False)
-    if train or scaled:
-        close(y, y2, dtype, "y")
-    else:                   # the same expression on the same exact counts and statistics
-        assert np.array_equal(y, y2)
     # the signs and the binary convolution before the BatchNorm: exact integer counts
-    counts = ChannelsLast(group.steps[:2]).forward(params, buffers, x, train)[0]
-    counts2 = nchw_run(layers[:3], params, buffers, x, train, np.zeros_like(counts))[0]
+    counts = forward_steps(twin.body[:2], params, buffers, channels_last(x), train)[0]
+    counts = channels_first(as_float(counts, dtype))
+    counts2 = nchw_run(residual2.body.layers[:3], params, buffers, x, train,
+                       np.zeros_like(counts))[0]
     if scaled:
         close(counts, counts2, dtype, "counts")
     else:
         assert np.array_equal(counts, counts2)
-    assert set(new_buffers) == set(new_buffers2) == {f"{name}.bn.running_mean",
-                                                     f"{name}.bn.running_var"}
-    assert set(grads) == set(grads2) == {f"{name}.move.b", f"{name}.conv.w",
-                                         f"{name}.bn.gamma", f"{name}.bn.beta"}
-    for k in new_buffers:
-        close(new_buffers[k], new_buffers2[k], dtype, k)
-    for k in grads:
-        assert grads[k].dtype == dtype and grads[k].shape == grads2[k].shape, k
-        close(grads[k], grads2[k], dtype, k)
-    assert dx.dtype == dtype and dx.shape == x.shape
-    close(dx, dx2, dtype, "dx")
+    group = ChannelsLast([residual], [twin])
+    y, new_buffers, _ = group.forward(params, buffers, x, train)
+    assert set(new_buffers) == {k for k in buffers if k.startswith(f"{name}.")}
+    # identity shortcut, eval mode, no scale: the same expression on the same numbers
+    exact = name == "s1b1" and not train and not scaled
+    check_against(group, [residual2], params, buffers, x, train, dtype, rng, exact_y=exact)
 
 
-@pytest.mark.parametrize("name", ["s1b1", "s2b1", "s3b1"])
+@pytest.mark.parametrize("name", sorted(BIREAL_BLOCKS))
 @pytest.mark.parametrize("variant", BIREAL_VARIANTS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("train", [True, False])
-def test_birealnet_block_body_group_equals_the_nchw_layers(name: str, variant: dict,
-                                                           dtype: Any, train: bool) -> None:
-    check_bireal_body(variant, dtype, train, name)
+def test_birealnet_block_twin_equals_the_nchw_block(name: str, variant: dict, dtype: Any,
+                                                    train: bool) -> None:
+    check_bireal_block(variant, dtype, train, name)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("train", [True, False])
-def test_birealnet_block_body_group_on_the_reference_kernels(dtype: Any, train: bool) -> None:
+def test_birealnet_block_twin_on_the_reference_kernels(dtype: Any, train: bool) -> None:
     with kernels.use_backend("numpy"):
-        check_bireal_body(dict(scale=True), dtype, train, "s2b1")
+        check_bireal_block(dict(scale=True), dtype, train, "s2b1")
 
 
+@pytest.mark.parametrize("name", sorted(BIREAL_BLOCKS))
 @pytest.mark.parametrize("variant", [dict(), dict(scale=True)])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("train", [True, False])
-def test_birealnet_forward_and_backward_equal_the_nchw_twin(variant: dict, dtype: Any,
-                                                            train: bool) -> None:
+def test_a_block_body_run_on_its_own_is_a_group_equal_to_the_nchw_layers(
+        name: str, variant: dict, dtype: Any, train: bool) -> None:
+    """A Residual outside a group runs its nhwc body Sequential's own group."""
+    fast, slow = bireal_twins(**variant)
+    (group,) = block(fast, name).body.steps()
+    layers = block(slow, name).body.layers                  # bias, sign, bconv, BN as written
+    assert isinstance(group, ChannelsLast) and group.input_grad and len(layers) == 4
+    params, buffers = perturbed(fast, dtype, 0)
+    rng = np.random.default_rng(1)
+    c, hw = BIREAL_BLOCKS[name]
+    x = rng.standard_normal((BIREAL_BATCH, c, hw, hw)).astype(dtype)
+    exact = not train and not variant.get("scale", False)
+    check_against(group, layers, params, buffers, x, train, dtype, rng, exact_y=exact)
+
+
+#: the whole model: plain, the mean|w| scale, without PReLU (each block's output feeds the next
+#: block directly), and +-1 storage with the swish STE
+WHOLE_VARIANTS = [dict(), dict(scale=True), dict(prelu=False), dict(prelu=False, scale=True),
+                  dict(act_ste="swish", binary_storage="binary")]
+
+
+def check_whole_model(variant: dict, dtype: Any, train: bool, batch: int) -> None:
+    """The whole-model group and the logits, buffers and gradients against the nchw twin, end
+    to end (float64: its rounding never flips a sign; see the next test for float32)."""
     fast, slow = bireal_twins(**variant)
     params, buffers = perturbed(fast, dtype, 2)
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((BIREAL_BATCH,) + BIREAL_SHAPE).astype(dtype)
+    x = rng.standard_normal((batch,) + BIREAL_SHAPE).astype(dtype)
+    check_against(the_group(fast), slow.net.layers[:-1], params, buffers, x, train, dtype,
+                  rng, exact_y=False)
     logits, new_buffers, cache = fast.forward(params, buffers, x, train)
     logits2, new_buffers2, cache2 = slow.forward(params, buffers, x, train)
     close(logits, logits2, dtype, "logits")
@@ -311,7 +392,48 @@ def test_birealnet_forward_and_backward_equal_the_nchw_twin(variant: dict, dtype
     for k in new_buffers:
         close(new_buffers[k], new_buffers2[k], dtype, k)
     for k in grads:
+        assert grads[k].dtype == dtype, k
         close(grads[k], grads2[k], dtype, k)
+
+
+def check_step_by_step(variant: dict, dtype: Any, train: bool, batch: int) -> None:
+    """Each step of the whole-model group (stem, stem BN, every block and PReLU, the global
+    pool) with its twin, fed what the nchw twin's layer before it output, against that layer."""
+    fast, slow = bireal_twins(**variant)
+    params, buffers = perturbed(fast, dtype, 2)
+    rng = np.random.default_rng(3)
+    h = rng.standard_normal((batch,) + BIREAL_SHAPE).astype(dtype)
+    group = the_group(fast)
+    for i, (step, twin, layer) in enumerate(zip(group.steps, group.twins, slow.net.layers)):
+        one = ChannelsLast([step], [twin], input_grad=i > 0)     # the stem has no dx
+        check_against(one, [layer], params, buffers, h, train, dtype, rng, exact_y=False)
+        h = layer.forward(params, buffers, h, train)[0]
+
+
+@pytest.mark.parametrize("variant", WHOLE_VARIANTS)
+@pytest.mark.parametrize("train", [True, False])
+def test_birealnet_forward_and_backward_equal_the_nchw_twin(variant: dict, train: bool) -> None:
+    check_whole_model(variant, np.float64, train, BIREAL_BATCH)
+
+
+@pytest.mark.parametrize("variant", WHOLE_VARIANTS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("train", [True, False])
+def test_every_step_of_the_birealnet_group_equals_its_nchw_layer(variant: dict, dtype: Any,
+                                                                 train: bool) -> None:
+    """In float32 two correct summation orders put some value x + b a few ulps either side of 0
+    now and then (the stem and the shortcuts are float convolutions and BatchNorms); its sign
+    flips, a count moves by 2 and everything after it differs by more than rounding. So
+    float32 compares every step of the group on the nchw twin's own input."""
+    check_step_by_step(variant, dtype, train, BIREAL_BATCH)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_birealnet_group_on_the_reference_kernels(train: bool) -> None:
+    """The bodies a CuPy array runs (the kernel ops' reference bodies)."""
+    with kernels.use_backend("numpy"):
+        check_whole_model(dict(scale=True), np.float64, train, 8)
+        check_step_by_step(dict(scale=True), np.float32, train, 8)
 
 
 def test_birealnet_trains_to_the_same_parameters_in_both_layouts_in_float64() -> None:
@@ -332,8 +454,7 @@ def test_birealnet_trains_to_the_same_parameters_in_both_layouts_in_float64() ->
             train_step(model, optimizer, state, x, data.integers(0, 10, 32))
         states[layout] = (model, state)
     (fast, a), (_, b) = states["nhwc"], states["nchw"]
-    assert any(isinstance(s, ChannelsLast) for r in fast.net.steps() if isinstance(r, Residual)
-               for s in r.body.steps())
+    assert [type(s) for s in fast.net.steps()] == [ChannelsLast, Dense]
     assert set(a.params) == set(b.params) and set(a.buffers) == set(b.buffers)
     for k in fast.binary_names:
         assert np.array_equal(a.params[k], b.params[k]), k
@@ -341,6 +462,78 @@ def test_birealnet_trains_to_the_same_parameters_in_both_layouts_in_float64() ->
         np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-9, atol=1e-12, err_msg=k)
     for k in a.buffers:
         np.testing.assert_allclose(a.buffers[k], b.buffers[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+# ------------------------------------------------------------------ the new twins, one by one
+
+
+def alone(step: Module) -> ChannelsLast:
+    """``step`` as a group of its own: its twin between the two layout conversions."""
+    return ChannelsLast([step], [ChannelsLast._twin(step, False)])
+
+
+#: >= PARALLEL_MIN_WORK values, C = 16 (k = 64 pixels per wide row); and an odd size, C = 70,
+#: whose wide rows hold k = gcd(105, 14) = 7 pixels
+SHAPES = [(32, 16, 16, 16), (3, 70, 5, 7)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_prelu_twin_equals_the_layer(shape: tuple[int, ...], dtype: Any) -> None:
+    """y and dx EQUAL (the same values without ``where``), da to rounding; x == 0 takes the
+    a * x side, and slopes may be negative or above 1."""
+    prelu = PReLU("act", shape[1])
+    rng = np.random.default_rng(11)
+    params = {"act.a": rng.uniform(-0.5, 1.5, shape[1]).astype(dtype)}
+    x = rng.standard_normal(shape).astype(dtype)
+    x[rng.random(shape) < 0.1] = 0.0
+    assert x.size >= PARALLEL_MIN_WORK or shape[1] == 70
+    for train in (True, False):
+        check_against(alone(prelu), [prelu], params, {}, x, train, dtype, rng, exact_y=True,
+                      exact_dx=True)
+
+
+@pytest.mark.parametrize("kernel, shape", [(2, (32, 16, 16, 16)), (2, (3, 70, 5, 7)),
+                                           (3, (4, 16, 17, 16))])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_block_average_pool_twin_equals_the_layer(kernel: int, shape: tuple[int, ...],
+                                                  dtype: Any) -> None:
+    """k = 2: the NCHW layer's floats (its four members added in the same order); k = 3 to
+    rounding. Rows and columns past the last whole block get no gradient (floor mode)."""
+    pool = AvgPool2d(kernel)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(shape).astype(dtype)
+    check_against(alone(pool), [pool], {}, {}, x, True, dtype, rng, exact_y=kernel == 2,
+                  exact_dx=True)
+
+
+@pytest.mark.parametrize("shape", [(64, 16, 8, 8), (3, 70, 5, 7)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_global_average_pool_twin_ends_a_group_with_n_by_c(shape: tuple[int, ...],
+                                                           dtype: Any) -> None:
+    pool = GlobalAvgPool()
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal(shape).astype(dtype)
+    group = alone(pool)
+    assert group.forward({}, {}, x, True)[0].shape == shape[:2]
+    check_against(group, [pool], {}, {}, x, True, dtype, rng, exact_y=False, exact_dx=True)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_twin_on_floats_equals_the_layer(shape: tuple[int, ...], dtype: Any,
+                                                   train: bool) -> None:
+    """The BatchNorm after a real convolution (birealnet's stem and shortcuts): float input,
+    train-mode statistics from float64 sums; eval mode is the layer's expression (EQUAL)."""
+    bn = BatchNorm("bn", shape[1])
+    rng = np.random.default_rng(14)
+    params, buffers = bn.init(rng, dtype)
+    params = {k: v + 0.1 * rng.standard_normal(v.shape).astype(dtype) for k, v in params.items()}
+    buffers = {k: v + 0.1 * np.abs(rng.standard_normal(v.shape)).astype(dtype)
+               for k, v in buffers.items()}
+    x = (2.0 + 3.0 * rng.standard_normal(shape)).astype(dtype)
+    check_against(alone(bn), [bn], params, buffers, x, train, dtype, rng, exact_y=not train)
 
 
 def bias_sign_net(input_grad: bool) -> Any:

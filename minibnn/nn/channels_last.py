@@ -1,41 +1,53 @@
-"""The channels-last (NHWC) twin of a run of CNN steps, with the binary activations kept packed.
+"""The channels-last (NHWC) twins of the CNN steps, and ``ChannelsLast``, a run of them.
 
 A ``Sequential`` built with ``layout="nhwc"`` (the model builders' default) replaces every
-maximal run of convolutions, affine BatchNorms, fused sign steps (BatchNorm+sign, bias+sign)
-and max-pools in which a sign step feeds a binary convolution with one ``ChannelsLast`` step
-(``group_channels_last``): the VGG-style CNN's front, and the body of every Bi-Real block
-(``sign(x + b) -> bconv -> BatchNorm``; its residual add stays outside, NCHW). Inside it:
+maximal run of steps that have a twin here in which a sign step feeds a binary convolution
+with one ``ChannelsLast`` step (``nn.containers.group_channels_last``, which also twins a
+``Residual`` whose body and shortcut are such steps: ``ResidualNHWC``). That is the VGG-style
+CNN's front, and the whole of birealnet from the stem convolution to the global average pool.
+Inside a group:
 
-  * activations are NHWC (``kernels.channels_last``): no transposes between layers, and a
-    convolution's receptive field is kH*kW contiguous runs of C values;
+  * activations are NHWC (``kernels.channels_last``): no transposes between steps, a
+    convolution's receptive field is kH*kW contiguous runs of C values, and a per-channel op
+    (BatchNorm, PReLU, the residual add) works on (rows, C) with C contiguous;
   * a sign step (``BatchNormSignNHWC``, ``BiasSignNHWC``) emits ``Packed`` signs (1 bit per
     activation, ``pack_signs`` along C); the binary convolution after it is the exact
-    XNOR-popcount convolution of those bits with the packed signs of its weights (int32
-    counts, times the mean|w| scale if the layer has one) and keeps only the bits for its
+    XNOR-popcount convolution of those bits with the packed signs of its weights (``Counts``:
+    int32, times the mean|w| scale if the layer has one) and keeps only the bits for its
     backward pass (32x less than float32);
   * the BatchNorm after a binary convolution (``BatchNormNHWC``, or the one inside a
-    BatchNorm+sign) reads the int32 counts: its statistics are float64 sums of integers, exact.
+    BatchNorm+sign) reads the int32 counts: its statistics are float64 sums of integers, exact;
+  * every activation, float array, ``Packed`` or ``Counts``, has the ``dtype`` of the model
+    (``as_float`` makes it that float array).
 
-Parameters, buffers, gradients and STEs are those of the layers it replaces, under their names,
-in PyTorch's NCHW/OIHW conventions: only the arrays flowing *inside* the group are NHWC. The
-group converts its NCHW input once on entry and its output back to NCHW float on exit
-(``steps`` keeps the NCHW steps: the oracle ``tests/test_channels_last_model.py`` runs).
+The twins: ``ConvNHWC`` (Conv2d, BinaryConv2d), ``BatchNormNHWC`` (an affine BatchNorm),
+``BatchNormSignNHWC``, ``BiasSignNHWC``, ``MaxPoolNHWC``, ``AvgPoolNHWC`` (kernel = stride, no
+padding), ``PReLUNHWC``, ``GlobalAvgPoolNHWC`` (N, H, W, C) -> (N, C), and ``ResidualNHWC``.
+Each has the ``forward``/``backward`` of the module it twins, on NHWC arrays.
 
-Every array op is a kernel op (``kernels.conv2d_nhwc_forward`` ..., declared by its reference
-body in ``kernels/channels_last.py``): Numba bodies for NumPy arrays, the reference bodies under
-``use_backend("numpy")`` and for CuPy arrays.
+Parameters, buffers, gradients and STEs are those of the layers a group replaces, under their
+names, in PyTorch's NCHW/OIHW conventions: only the arrays flowing *inside* the group are NHWC.
+The group converts its NCHW input once on entry and its output back to NCHW float on exit (an
+(N, C) output, after a global average pool, is the same in both layouts); ``steps`` keeps the
+NCHW steps (the oracle ``tests/test_channels_last_model.py`` runs).
+
+The convolution, max-pool, sign and BatchNorm twins call kernel ops
+(``kernels.conv2d_nhwc_forward`` ..., declared by their reference bodies in
+``kernels/channels_last.py``): Numba bodies for NumPy arrays, the reference bodies under
+``use_backend("numpy")`` and for CuPy arrays. The average pools, PReLU and the residual add
+are plain array ops (NumPy or CuPy alike).
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+import math
+from typing import Any, NamedTuple, Protocol, Sequence, Union
 
 from minibnn import kernels
 from minibnn.backend import get_array_module
 from minibnn.nn import functional as F
 from minibnn.nn.functional.batchnorm import update_running_statistics
-from minibnn.kernels.channels_last import batch_statistics_rows
 from minibnn.nn.modules import (BatchNorm, BatchNormSign, BiasSign, BinaryConv2d, Conv2d, Module,
-                                Params, Stateless)
+                                Params, PReLU, Stateless, backward_steps, forward_steps)
 
 Array = Any
 
@@ -49,10 +61,33 @@ class Packed(NamedTuple):
     dtype: Any
 
 
-def as_float(x: Array | Packed, dtype: Any) -> Array:
+class Counts(NamedTuple):
+    """A binary convolution's exact XNOR-popcount counts: ``values`` (N, H, W, C) int32,
+    standing for a float array of ``dtype``."""
+
+    values: Array
+    dtype: Any
+
+
+#: an activation inside a group: NHWC floats, packed signs or int32 counts
+Activation = Union[Array, Packed, Counts]
+
+
+class Twin(Protocol):
+    """What a group runs for each of its steps: the step's forward/backward on NHWC arrays."""
+
+    def forward(self, params: Params, buffers: Params, x: Activation, train: bool
+                ) -> tuple[Activation, Params, Any]: ...
+
+    def backward(self, dy: Array, cache: Any) -> tuple[Array | None, Params]: ...
+
+
+def as_float(x: Activation, dtype: Any) -> Array:
     """An NHWC activation as a ``dtype`` array: packed signs unpacked, int32 counts converted."""
     if isinstance(x, Packed):
         return kernels.unpack_signs(x.bits, x.channels, dtype)
+    if isinstance(x, Counts):
+        return x.values.astype(dtype)
     return x if x.dtype == dtype else x.astype(dtype)
 
 
@@ -69,6 +104,20 @@ def weight_from_matrix(wmat: Array, shape: tuple[int, ...]) -> Array:
     return xp.ascontiguousarray(wmat.reshape(kh, kw, c, o).transpose(3, 2, 0, 1))
 
 
+def channels_last(x: Array) -> Array:
+    """NCHW -> NHWC (a contiguous copy); an (N, C) array is the same in both layouts."""
+    if x.ndim != 4:
+        return x
+    return get_array_module(x).ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def channels_first(x: Array) -> Array:
+    """NHWC -> NCHW (a contiguous copy); an (N, C) array is the same in both layouts."""
+    if x.ndim != 4:
+        return x
+    return get_array_module(x).ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
 class ConvNHWC:
     """``Conv2d`` or ``BinaryConv2d`` on NHWC input; packed signs into a binary one run XNOR."""
 
@@ -77,8 +126,8 @@ class ConvNHWC:
         self.binary = isinstance(layer, BinaryConv2d)
         self.k = int(layer.shape[2])
 
-    def forward(self, params: Params, buffers: Params, x: Array | Packed, train: bool
-                ) -> tuple[Array, Params, Any]:
+    def forward(self, params: Params, buffers: Params, x: Activation, train: bool
+                ) -> tuple[Array | Counts, Params, Any]:
         layer, k = self.layer, self.k
         s, p = layer.stride, layer.padding
         if self.binary:
@@ -89,10 +138,12 @@ class ConvNHWC:
         if self.binary and isinstance(x, Packed):
             # exact: counts[n, oh, ow, o] = sum over taps and channels of sign(x) * sign(w)
             wbits, wsum = kernels.pack_conv_weights(w)
-            y = kernels.binary_conv2d(x.bits, wbits, wsum, x.channels, k, k, s, p,
-                             layout="nhwc")
+            counts = kernels.binary_conv2d(x.bits, wbits, wsum, x.channels, k, k, s, p,
+                                           layout="nhwc")
             if wcache is not None and wcache.scale is not None:
-                y = y.astype(w.dtype) * wcache.scale.reshape(-1)   # W_eff = a * sign(w)
+                y = counts.astype(w.dtype) * wcache.scale.reshape(-1)   # W_eff = a * sign(w)
+            else:
+                y = Counts(counts, w.dtype)
         else:
             y = kernels.conv2d_nhwc_forward(as_float(x, w.dtype), wmat, k, k, s, p)
             if not self.binary and layer.bias:
@@ -117,9 +168,10 @@ class ConvNHWC:
 class BatchNormNHWC:
     """An affine ``BatchNorm`` (no sign after it) on NHWC rows (M = N*H*W, C): float output.
 
-    Train mode takes the statistics the channels-last BatchNorm+sign takes
-    (``batch_statistics_rows``: float64 sums, exact for a binary convolution's int32 counts), and
-    ``y = (z - mean) * inv_std * gamma + beta`` in gamma's dtype (``batchnorm_forward``'s order).
+    Train mode takes the statistics the channels-last BatchNorm+sign takes (from
+    ``batchnorm_sign_pack_train``: ``batch_statistics_rows``' float64 sums, exact for a binary
+    convolution's int32 counts), and ``y = (z - mean) * inv_std * gamma + beta`` in gamma's
+    dtype (``batchnorm_forward``'s order).
     ``F.batchnorm_forward`` on the rows would sum float32 down the M rows one by one (relative
     error of var ~1e-4 at M = 131072, where the NCHW layer's pairwise sums give ~4e-7).
 
@@ -131,13 +183,13 @@ class BatchNormNHWC:
     def __init__(self, bn: BatchNorm, ste: str = "identity", ste_beta: float = 5.0):
         self.bn, self.ste, self.ste_beta = bn, ste, ste_beta
 
-    def _inputs(self, params: Params, buffers: Params, x: Array | Packed
+    def _inputs(self, params: Params, buffers: Params, x: Activation
                 ) -> tuple[Array, Array, Array, Array, Array, tuple[int, ...]]:
         """gamma, beta, running mean and var, x as (M, C) rows (int32 counts stay int32),
         and x's NHWC shape."""
         bn = self.bn
         gamma, beta = params[bn.key("gamma")], params[bn.key("beta")]
-        z = as_float(x, gamma.dtype) if isinstance(x, Packed) else x
+        z = x.values if isinstance(x, Counts) else as_float(x, gamma.dtype)
         n, h, w, c = (int(v) for v in z.shape)
         return (gamma, beta, buffers[bn.key("running_mean")], buffers[bn.key("running_var")],
                 z.reshape(n * h * w, c), (n, h, w, c))
@@ -145,17 +197,24 @@ class BatchNormNHWC:
     def _buffers(self, rm: Array, rv: Array) -> Params:
         return {self.bn.key("running_mean"): rm, self.bn.key("running_var"): rv}
 
-    def forward(self, params: Params, buffers: Params, x: Array | Packed, train: bool
+    def forward(self, params: Params, buffers: Params, x: Activation, train: bool
                 ) -> tuple[Array, Params, Any]:
         bn = self.bn
         gamma, beta, rm, rv, rows, shape = self._inputs(params, buffers, x)
+        xp = get_array_module(rows)
         if train:
-            mean, var = batch_statistics_rows(rows, gamma.dtype)
+            # the statistics of the fused BatchNorm+sign (``batch_statistics_rows``' float64
+            # sums, one pass in its Numba body); its packed signs are not needed here
+            _, mean, var, inv_std = kernels.batchnorm_sign_pack_train(rows, gamma, beta, bn.eps)
             rm, rv = update_running_statistics(rm, rv, mean, var, rows.shape[0], bn.momentum)
         else:
-            mean, var = rm, rv
-        inv_std = 1.0 / get_array_module(var).sqrt(var + bn.eps)
-        y = (as_float(rows, gamma.dtype) - mean) * inv_std * gamma + beta
+            mean, inv_std = rm, 1.0 / xp.sqrt(rv + bn.eps)
+        # y = (z - mean) * inv_std * gamma + beta: the same operations, in place, on wide rows
+        z, mean_k, inv_std_k, gamma_k, beta_k = _wide(rows, mean, inv_std, gamma, beta)
+        y = xp.subtract(z, mean_k, dtype=gamma.dtype)
+        y *= inv_std_k
+        y *= gamma_k
+        y += beta_k
         return (y.reshape(shape), self._buffers(rm, rv),
                 (rows, mean, inv_std, gamma, beta, train, shape))
 
@@ -182,7 +241,7 @@ class BatchNormSignNHWC(BatchNormNHWC):
         super().__init__(step.bn, step.sign.kwargs.get("ste", "identity"),
                          step.sign.kwargs.get("beta", 5.0))
 
-    def forward(self, params: Params, buffers: Params, x: Array | Packed, train: bool
+    def forward(self, params: Params, buffers: Params, x: Activation, train: bool
                 ) -> tuple[Packed, Params, Any]:
         bn = self.bn
         gamma, beta, rm, rv, rows, shape = self._inputs(params, buffers, x)
@@ -196,6 +255,30 @@ class BatchNormSignNHWC(BatchNormNHWC):
         n, h, w, c = shape
         out = Packed(bits.reshape(n, h, w, -1), c, gamma.dtype)
         return out, self._buffers(rm, rv), (rows, mean, inv_std, gamma, beta, train, shape)
+
+
+def _wide(x: Array, *vectors: Array) -> tuple[Array, ...]:
+    """Contiguous NHWC ``x`` as rows of k pixels, (M/k, k*C) with M = N*H*W, and each
+    per-channel vector (C,) tiled k times to match, k = gcd(M, 1024 // C).
+
+    An element-wise op that broadcasts (C,) vectors down the M pixels computes the same values
+    on these, but NumPy's inner loop runs over k*C values instead of C (2-3x faster for C = 16,
+    and 3-4x for a sum down the rows)."""
+    xp = get_array_module(x)
+    c = int(x.shape[-1])
+    m = x.size // c
+    k = math.gcd(m, max(1, 1024 // c))
+    return (x.reshape(m // k, k * c),) + tuple(xp.tile(v, k) for v in vectors)
+
+
+def _channel_sum(a: Array) -> Array:
+    """Sum of NHWC ``a`` over (N, H, W) per channel, taken in float64 (the channels-last
+    BatchNorm's sums), in a's dtype: the k pixels of a ``_wide`` row are summed down the rows,
+    then added."""
+    xp = get_array_module(a)
+    (wide,) = _wide(a)
+    partial = wide.sum(axis=0, dtype=xp.float64)            # (k*C,)
+    return partial.reshape(-1, a.shape[-1]).sum(axis=0).astype(a.dtype)
 
 
 class BiasSignNHWC:
@@ -212,32 +295,71 @@ class BiasSignNHWC:
         self.ste = step.sign.kwargs.get("ste", "identity")
         self.ste_beta = step.sign.kwargs.get("beta", 5.0)
 
-    def forward(self, params: Params, buffers: Params, x: Array | Packed, train: bool
+    def forward(self, params: Params, buffers: Params, x: Activation, train: bool
                 ) -> tuple[Packed, Params, Any]:
         b = params[self.key]
-        y = as_float(x, b.dtype) + b
+        x = as_float(x, b.dtype)
+        x_k, b_k = _wide(x, b)
+        y = (x_k + b_k).reshape(x.shape)
         bits = kernels.pack_signs(y)                       # (N, H, W, ceil(C/64))
         return Packed(bits, int(y.shape[3]), b.dtype), {}, (None if self.ste == "identity" else y)
 
     def backward(self, ds: Array, y: Any) -> tuple[Array, Params]:
         d = ds if y is None else ds * F.ste_grad(y, self.ste, self.ste_beta)
-        db = d.sum(axis=(0, 1, 2), dtype=get_array_module(d).float64).astype(d.dtype)
-        return d, {self.key: db}
+        return d, {self.key: _channel_sum(d)}
+
+
+class PReLUNHWC:
+    """``PReLU`` on NHWC x, one slope ``a[c]`` per channel (the last axis), float output:
+        y = x if x > 0 else a * x,      dx = dy if x > 0 else a * dy,
+        da = sum over the N*H*W rows of dy * min(x, 0)   (in float64, ``_channel_sum``).
+
+    y and dx are ``prelu_forward``/``prelu_backward``'s values, computed without ``where``
+    (whose per-element branch on the sign of x runs ~4x slower than plain arithmetic):
+        y  = max(x, 0) + a * min(x, 0)      (x + a*0 = x where x > 0, 0 + a*x elsewhere),
+        dx = p + a * (dy - p),  p = dy * (x > 0)   (dy + a*0 = dy, or 0 + a*dy),
+    exact rewrites (only the sign of a zero may differ)."""
+
+    def __init__(self, prelu: PReLU):
+        self.key = prelu.key("a")
+
+    def forward(self, params: Params, buffers: Params, x: Activation, train: bool
+                ) -> tuple[Array, Params, Any]:
+        a = params[self.key]
+        x = as_float(x, a.dtype)
+        xp = get_array_module(x)
+        x_k, a_k = _wide(x, a)
+        y = xp.minimum(x_k, 0)
+        y *= a_k
+        y += xp.maximum(x_k, 0)
+        return y.reshape(x.shape), {}, (x, a)
+
+    def backward(self, dy: Array, cache: Any) -> tuple[Array, Params]:
+        x, a = cache
+        xp = get_array_module(x)
+        x_k, a_k = _wide(x, a)
+        (dy_k,) = _wide(dy)
+        p = dy_k * (x_k > 0)
+        dx = dy_k - p
+        dx *= a_k
+        dx += p
+        return dx.reshape(x.shape), {self.key: _channel_sum(dy * xp.minimum(x, 0))}
 
 
 class MaxPoolNHWC:
-    """``MaxPool2d`` (no padding) on NHWC int32 counts or floats."""
+    """``MaxPool2d`` (no padding) on NHWC int32 counts (pooled as counts) or floats."""
 
     def __init__(self, step: Stateless):
         self.kernel = int(step.kwargs["kernel"])
         self.stride = int(step.kwargs.get("stride") or self.kernel)
 
-    def forward(self, params: Params, buffers: Params, x: Array | Packed, train: bool
-                ) -> tuple[Array, Params, Any]:
-        if isinstance(x, Packed):
-            x = as_float(x, x.dtype)
-        y, argmax = kernels.maxpool2d_nhwc_forward(x, self.kernel, self.stride)
-        return y, {}, (argmax, tuple(int(v) for v in x.shape))
+    def forward(self, params: Params, buffers: Params, x: Activation, train: bool
+                ) -> tuple[Array | Counts, Params, Any]:
+        values = x.values if isinstance(x, Counts) else as_float(x, x.dtype)
+        y, argmax = kernels.maxpool2d_nhwc_forward(values, self.kernel, self.stride)
+        if isinstance(x, Counts):
+            y = Counts(y, x.dtype)
+        return y, {}, (argmax, tuple(int(v) for v in values.shape))
 
     def backward(self, dy: Array, cache: Any) -> tuple[Array, Params]:
         argmax, x_shape = cache
@@ -245,9 +367,104 @@ class MaxPoolNHWC:
                             self.stride), {}
 
 
+class AvgPoolNHWC:
+    """``AvgPool2d`` with stride = kernel = k and no padding on NHWC x: each output pixel is the
+    mean of its k x k block (rows and columns past OH*k, OW*k are dropped: PyTorch's floor
+    mode), the block members added one by one in row-major (i, j) order, then divided by k**2.
+    For k = 2 that is the order in which ``avgpool2d_forward``'s row mean of the columns adds
+    its four members, so the floats are the NCHW layer's; for larger k they agree to rounding.
+    Backward: every member of a block gets dy / k**2 (the dropped rows and columns get 0)."""
+
+    def __init__(self, step: Stateless):
+        self.k = int(step.kwargs["kernel"])
+
+    def forward(self, params: Params, buffers: Params, x: Activation, train: bool
+                ) -> tuple[Array, Params, Any]:
+        x = as_float(x, x.dtype)
+        k = self.k
+        n, h, w, c = (int(v) for v in x.shape)
+        oh, ow = h // k, w // k
+        # member (i, j) of every block is the strided view x[:, i::k, j::k] (cut to OH x OW)
+        taps = [x[:, i:oh * k:k, j:ow * k:k] for i in range(k) for j in range(k)]
+        y = taps[0].copy()
+        for tap in taps[1:]:
+            y += tap
+        y /= k * k
+        return y, {}, (n, h, w, c)
+
+    def backward(self, dy: Array, x_shape: tuple[int, int, int, int]) -> tuple[Array, Params]:
+        xp = get_array_module(dy)
+        k = self.k
+        n, h, w, c = x_shape
+        oh, ow = int(dy.shape[1]), int(dy.shape[2])
+        blocks = xp.broadcast_to((dy / (k * k))[:, :, None, :, None, :], (n, oh, k, ow, k, c))
+        dx = blocks.reshape(n, oh * k, ow * k, c)             # a copy: contiguous
+        if (oh * k, ow * k) != (h, w):
+            dx = xp.pad(dx, ((0, 0), (0, h - oh * k), (0, w - ow * k), (0, 0)))
+        return dx, {}
+
+
+class GlobalAvgPoolNHWC:
+    """``GlobalAvgPool`` on NHWC x: the mean over (H, W), (N, H, W, C) -> (N, C), which is the
+    NCHW layer's output as it is. Backward: ``dx[n, h, w, c] = dy[n, c] / (H * W)``."""
+
+    def forward(self, params: Params, buffers: Params, x: Activation, train: bool
+                ) -> tuple[Array, Params, Any]:
+        x = as_float(x, x.dtype)
+        return x.mean(axis=(1, 2)), {}, tuple(int(v) for v in x.shape)
+
+    def backward(self, dy: Array, x_shape: tuple[int, int, int, int]) -> tuple[Array, Params]:
+        xp = get_array_module(dy)
+        n, h, w, c = x_shape
+        return xp.ascontiguousarray(xp.broadcast_to((dy / (h * w))[:, None, None, :],
+                                                    x_shape)), {}
+
+
+class ResidualNHWC:
+    """``Residual`` on NHWC x: ``y = body(x) + shortcut(x)``, each branch a run of twins (the
+    shortcut the identity when None), both on the same x. The add is in the model's dtype
+    (packed signs or counts as floats); backward, both branches get dy (no twin writes into
+    its dy) and ``dx = dx_body + dx_shortcut``."""
+
+    def __init__(self, body: Sequence[Twin], shortcut: Sequence[Twin] | None):
+        self.body = list(body)
+        self.shortcut = None if shortcut is None else list(shortcut)
+
+    def forward(self, params: Params, buffers: Params, x: Activation, train: bool
+                ) -> tuple[Array, Params, Any]:
+        y_body, new_buffers, body_caches = forward_steps(self.body, params, buffers, x, train)
+        y_short, short_caches = x, None
+        if self.shortcut is not None:
+            y_short, updated, short_caches = forward_steps(self.shortcut, params, buffers, x,
+                                                           train)
+            new_buffers.update(updated)
+        y = as_float(y_body, x.dtype) + as_float(y_short, x.dtype)
+        return y, new_buffers, (body_caches, short_caches)
+
+    def backward(self, dy: Array, cache: Any) -> tuple[Array, Params]:
+        body_caches, short_caches = cache
+        dx, grads = backward_steps(self.body, dy, body_caches)
+        d_short = dy
+        if self.shortcut is not None:
+            d_short, short_grads = backward_steps(self.shortcut, dy, short_caches)
+            grads.update(short_grads)
+        return dx + d_short, grads
+
+
 def is_maxpool(step: Module) -> bool:
     return (isinstance(step, Stateless) and step.forward_fn is F.maxpool2d_forward
             and not step.kwargs.get("padding") and int(step.kwargs["kernel"]) ** 2 <= 255)
+
+
+def is_block_avgpool(step: Module) -> bool:
+    """An ``AvgPool2d`` with stride = kernel and no padding (the one ``AvgPoolNHWC`` runs)."""
+    return (isinstance(step, Stateless) and step.forward_fn is F.avgpool2d_forward
+            and not step.kwargs.get("padding")
+            and step.kwargs.get("stride") in (None, step.kwargs["kernel"]))
+
+
+def is_global_avgpool(step: Module) -> bool:
+    return isinstance(step, Stateless) and step.forward_fn is F.global_avgpool_forward
 
 
 def emits_signs(step: Module) -> bool:
@@ -255,27 +472,32 @@ def emits_signs(step: Module) -> bool:
     return isinstance(step, (BatchNormSign, BiasSign))
 
 
-def _supported(step: Module) -> bool:
-    return (isinstance(step, (Conv2d, BinaryConv2d, BatchNormSign, BiasSign)) or is_maxpool(step)
-            or (isinstance(step, BatchNorm) and step.affine))
+def has_twin(step: Module) -> bool:
+    """True for the steps ``ChannelsLast._twin`` makes a twin of (a ``Residual`` is
+    ``nn.containers``' to judge: it holds other steps)."""
+    return (isinstance(step, (Conv2d, BinaryConv2d, BatchNormSign, BiasSign, PReLU))
+            or (isinstance(step, BatchNorm) and step.affine)
+            or is_maxpool(step) or is_block_avgpool(step) or is_global_avgpool(step))
 
 
 class ChannelsLast(Module):
     """A run of NCHW steps executed channels-last; same parameters, buffers and gradients.
 
-    ``input_grad=False`` (the group starts a model, whose backward ignores dx): ``backward``
-    returns None for dx, and a first convolution skips computing it.
+    ``twins[i]`` runs ``steps[i]`` on NHWC arrays (``ChannelsLast._twin`` for a step with a
+    twin of its own; ``nn.containers.group_channels_last`` builds the groups, Residuals
+    included). ``input_grad=False`` (the group starts a model, whose backward ignores dx):
+    ``backward`` returns None for dx, and a first convolution's twin should skip computing it.
     """
 
-    def __init__(self, steps: Sequence[Module], input_grad: bool = True):
+    def __init__(self, steps: Sequence[Module], twins: Sequence[Twin], input_grad: bool = True):
         super().__init__("")
-        self.steps = list(steps)
+        self.steps, self.twins = list(steps), list(twins)
         self.input_grad = input_grad
-        self._twins = [self._twin(step, i == 0 and not input_grad)
-                       for i, step in enumerate(self.steps)]
 
     @staticmethod
-    def _twin(step: Module, first_without_dx: bool) -> Any:
+    def _twin(step: Module, first_without_dx: bool) -> Twin:
+        """The NHWC twin of a step with ``has_twin(step)``; ``first_without_dx``: a convolution
+        skips its input gradient (a model's first step)."""
         if isinstance(step, (Conv2d, BinaryConv2d)):
             return ConvNHWC(step, need_dx=not first_without_dx)
         if isinstance(step, BatchNormSign):
@@ -284,50 +506,19 @@ class ChannelsLast(Module):
             return BiasSignNHWC(step)
         if isinstance(step, BatchNorm):
             return BatchNormNHWC(step)
-        return MaxPoolNHWC(step)
+        if isinstance(step, PReLU):
+            return PReLUNHWC(step)
+        if is_maxpool(step):
+            return MaxPoolNHWC(step)
+        if is_block_avgpool(step):
+            return AvgPoolNHWC(step)
+        return GlobalAvgPoolNHWC()
 
     def forward(self, params, buffers, x, train):
-        xp = get_array_module(x)
-        h = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))          # NCHW -> NHWC, once
-        caches, new_buffers = [], {}
-        for twin in self._twins:
-            h, updated, cache = twin.forward(params, buffers, h, train)
-            new_buffers.update(updated)
-            caches.append(cache)
-        y = xp.ascontiguousarray(as_float(h, x.dtype).transpose(0, 3, 1, 2))   # NHWC -> NCHW
-        return y, new_buffers, caches
+        h, new_buffers, caches = forward_steps(self.twins, params, buffers, channels_last(x),
+                                               train)
+        return channels_first(as_float(h, x.dtype)), new_buffers, caches
 
     def backward(self, dy, cache):
-        xp = get_array_module(dy)
-        d = xp.ascontiguousarray(dy.transpose(0, 2, 3, 1))
-        grads: Params = {}
-        for twin, twin_cache in zip(reversed(self._twins), reversed(cache)):
-            d, g = twin.backward(d, twin_cache)
-            grads.update(g)
-        if not self.input_grad:
-            return None, grads
-        return xp.ascontiguousarray(d.transpose(0, 3, 1, 2)), grads
-
-
-def group_channels_last(steps: Sequence[Module], input_grad: bool = True) -> list[Module]:
-    """``steps`` with each maximal run of supported steps in which a step that emits signs
-    (BatchNorm+sign, bias+sign) feeds a binary convolution replaced by one ``ChannelsLast``
-    group (other runs stay as they are)."""
-    out: list[Module] = []
-    i = 0
-    while i < len(steps):
-        j = i
-        while j < len(steps) and _supported(steps[j]):
-            j += 1
-        run = list(steps[i:j])
-        feeds_binary = any(emits_signs(a) and isinstance(b, BinaryConv2d)
-                           for a, b in zip(run, run[1:]))
-        if feeds_binary:
-            out.append(ChannelsLast(run, input_grad=input_grad or i > 0))
-        else:
-            out.extend(run)
-        if j == i:
-            out.append(steps[i])
-            j += 1
-        i = j
-    return out
+        dx, grads = backward_steps(self.twins, channels_last(dy), cache)
+        return (channels_first(dx) if self.input_grad else None), grads

@@ -9,9 +9,18 @@ never behind the caller's back (``LAYOUTS``):
       1. every affine ``BatchNorm`` directly followed by the real ``Sign`` becomes one
          ``BatchNormSign`` step (one fused kernel, the same bits, the same parameter names),
          and every ``LearnableBias`` directly followed by it one ``BiasSign`` step;
-      2. every run of convolutions, BatchNorms, those sign steps and max-pools in which a
-         sign step feeds a binary convolution becomes one ``ChannelsLast`` step
-         (``nn.channels_last``: NHWC inside, packed activations, the XNOR-popcount forward).
+      2. every maximal run of steps with a channels-last twin (convolutions, affine
+         BatchNorms, those sign steps, max-pools, block average pools, PReLUs, the global
+         average pool, and Residuals whose body and shortcut are nhwc Sequentials of such
+         steps, recursively) in which a sign step feeds a binary convolution, at any depth,
+         becomes one ``ChannelsLast`` step (``group_channels_last``; ``nn.channels_last``:
+         NHWC inside, packed activations, the XNOR-popcount forward). A Residual inside a
+         group runs as ``ResidualNHWC``, twinned from its Sequentials' *layers* (fused as in
+         1.), not from the steps they run on their own.
+
+The VGG-style CNN's group runs from its first convolution to its last BatchNorm+sign;
+birealnet's from the stem convolution to the global average pool (every block, shortcut and
+PReLU inside), so only the classifier runs outside it.
 
 Either way the parameters, buffers and gradients are the layers' own, under their names, and
 ``layers`` stays as built (what ``init``, ``binary_names`` and the packed-inference rewrite
@@ -23,9 +32,11 @@ from typing import Sequence
 
 from minibnn.errors import MinibnnError
 from minibnn.nn import functional as F
-from minibnn.nn.channels_last import group_channels_last
-from minibnn.nn.modules import (BatchNorm, BatchNormSign, BiasSign, LearnableBias, Module,
-                                Params, backward_steps, forward_steps, is_sign, model_dtype)
+from minibnn.nn.channels_last import (ChannelsLast, ResidualNHWC, Twin, emits_signs,
+                                      has_twin)
+from minibnn.nn.modules import (BatchNorm, BatchNormSign, BiasSign, BinaryConv2d, LearnableBias,
+                                Module, Params, backward_steps, forward_steps, is_sign,
+                                model_dtype)
 
 #: how a Sequential runs its layers: "nhwc" the fast engine, "nchw" the layers as written
 LAYOUTS = ("nhwc", "nchw")
@@ -149,3 +160,72 @@ class Residual(Module):
             d_short, short_grads = self.shortcut.backward(d_short, short_cache)
             grads.update(short_grads)
         return dx + d_short, grads
+
+
+# ------------------------------------------------------------------ the nhwc layout's groups
+
+
+def _branches(residual: Residual) -> list[list[Module]] | None:
+    """The steps a Residual's body and shortcut (if any) run inside a channels-last group:
+    each an nhwc Sequential's layers, fused (``_fuse_signs``); None if either is not an nhwc
+    Sequential (it then runs as it is)."""
+    branches = []
+    for branch in (residual.body, residual.shortcut):
+        if branch is None:
+            continue
+        if not (isinstance(branch, Sequential) and branch.layout == "nhwc"):
+            return None
+        branches.append(_fuse_signs(branch.layers))
+    return branches
+
+
+def _runs_nhwc(step: Module) -> bool:
+    """True for a step a channels-last group can hold: one with a twin of its own
+    (``has_twin``), or a Residual whose branches hold only such steps."""
+    if isinstance(step, Residual):
+        branches = _branches(step)
+        return branches is not None and all(_runs_nhwc(s) for b in branches for s in b)
+    return has_twin(step)
+
+
+def _feeds_binary(steps: Sequence[Module]) -> bool:
+    """True if a step that emits signs (BatchNorm+sign, bias+sign) feeds a binary convolution
+    in ``steps`` or inside a Residual among them."""
+    return (any(emits_signs(a) and isinstance(b, BinaryConv2d) for a, b in zip(steps, steps[1:]))
+            or any(_feeds_binary(b) for s in steps if isinstance(s, Residual)
+                   for b in _branches(s) or []))
+
+
+def _nhwc_twin(step: Module, first_without_dx: bool) -> Twin:
+    """The NHWC twin of a step with ``_runs_nhwc(step)``: a Residual's from the twins of its
+    branches' steps (each needs its input gradient: the add passes it on), any other
+    step's own (``ChannelsLast._twin``)."""
+    if not isinstance(step, Residual):
+        return ChannelsLast._twin(step, first_without_dx)
+    body, *shortcut = [[_nhwc_twin(s, False) for s in branch] for branch in _branches(step)]
+    return ResidualNHWC(body, shortcut[0] if shortcut else None)
+
+
+def group_channels_last(steps: Sequence[Module], input_grad: bool = True) -> list[Module]:
+    """``steps`` with each maximal run of steps that ``_runs_nhwc`` in which a sign step feeds
+    a binary convolution (``_feeds_binary``) replaced by one ``ChannelsLast`` group (other runs
+    stay as they are). ``input_grad=False``: a group that starts ``steps`` has no input
+    gradient, and its first step's twin skips computing it."""
+    out: list[Module] = []
+    i = 0
+    while i < len(steps):
+        j = i
+        while j < len(steps) and _runs_nhwc(steps[j]):
+            j += 1
+        run = list(steps[i:j])
+        if _feeds_binary(run):
+            group_dx = input_grad or i > 0
+            twins = [_nhwc_twin(step, k == 0 and not group_dx) for k, step in enumerate(run)]
+            out.append(ChannelsLast(run, twins, input_grad=group_dx))
+        else:
+            out.extend(run)
+        if j == i:
+            out.append(steps[i])
+            j += 1
+        i = j
+    return out

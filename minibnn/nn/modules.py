@@ -422,7 +422,7 @@ class BiasSign(Module):
 
     Runs the two layers' own functional pairs, so the bits and gradients are theirs; the
     parameter is the LearnableBias's, under its name. One step that emits signs is what
-    ``nn.channels_last.group_channels_last`` looks for (Bi-Real's block: sign(x + b) -> bconv).
+    ``nn.containers.group_channels_last`` looks for (Bi-Real's block: sign(x + b) -> bconv).
     """
 
     def __init__(self, bias: LearnableBias, sign: Stateless):
