@@ -63,6 +63,8 @@ def cema_run(epochs: int) -> dict[str, list[float]]:
         metrics["train_loss"].append(m["train_loss"])
         metrics["test_acc"].append(evaluate(model, state.params, state.buffers, ds.x_test,
                                             ds.y_test)[1])
+        print(f"  epoch {state.epoch}/{epochs}  train loss {m['train_loss']:.4f}  "
+              f"test acc {metrics['test_acc'][-1]:.4f}", flush=True)
     metrics["binary"] = {k: state.params[k] for k in binary}            # type: ignore
     return metrics
 
@@ -81,11 +83,13 @@ def main() -> None:
         if os.path.exists(path):
             os.remove(path)
         start = time.perf_counter()
+        print(f"latent SGD, scale c = {c:g} ({args.epochs} epochs) -> {path}", flush=True)
         fit(spec_from_options(latent_options(c, args.epochs)), path, progress=False,
-            log=lambda _: None)
+            log=lambda line: print("  " + line, flush=True))
         seconds[f"latent c={c:g}"] = time.perf_counter() - start
         runs[c] = load_run(path)
     start = time.perf_counter()
+    print(f"CEMA from the matched state of the c = 1 run ({args.epochs} epochs)", flush=True)
     cema = cema_run(args.epochs)
     seconds["cema matched"] = time.perf_counter() - start
     ref = runs[1.0]
