@@ -106,14 +106,15 @@ def test_scaled_layers_give_the_same_predictions(name, dtype):
 @pytest.mark.parametrize("name", ["binary_cnn", "birealnet"])
 def test_cnns_run_packed_channels_last_with_the_float_logits(name, scale, dtype):
     """CIFAR-size binary_cnn and birealnet (their binary convs reach the Numba parallel path):
-    each channels-last group of the float model is one PackedBinary that runs the group's real
-    steps through the group's own NHWC twins and its binary convs on packed signs, and the
-    logits are the float path's bit for bit, with a scale too (both paths count a * z)."""
+    the channels-last group of the float model is one PackedBinary that runs the group's own
+    twins for its real steps and its binary convs on packed signs (inside the residual blocks
+    too), and the logits are the float path's bit for bit, with a scale too (both paths count
+    a * z)."""
     from minibnn.kernels.cpu import PARALLEL_MIN_WORK
     from minibnn.nn.channels_last import (BatchNormNHWC, BatchNormSignNHWC, BiasSignNHWC,
-                                          ConvNHWC)
-    from minibnn.nn.containers import Residual
+                                          ChannelsLast, ResidualNHWC)
     from minibnn.nn.models import build_model
+    from minibnn.nn.packed import PackedStep
 
     model = build_model(name, input_shape=(3, 32, 32), width=16, scale=scale)
     params, buffers, x = _random_state(model, dtype, affine=True)
@@ -122,19 +123,22 @@ def test_cnns_run_packed_channels_last_with_the_float_logits(name, scale, dtype)
     ref, _, _ = model.forward(params, buffers, x, train=False)
     out = pm.forward(x)
     assert out.dtype == ref.dtype and np.array_equal(out, ref)
+    group = model.net.steps()[0]
+    run, *_, head = pm.net.layers
+    assert isinstance(group, ChannelsLast) and isinstance(run, PackedBinary)
+    assert head.name == "head" and run.layers == list(pm.layers.values())
     if name == "binary_cnn":                    # conv1, bn1+sign, then five folded binary convs
-        run, flatten, head = pm.net.layers
-        assert isinstance(run, PackedBinary) and head.name == "head"
-        assert [type(s) for s in run.stages[:2]] == [ConvNHWC, BatchNormSignNHWC]
-        assert [s.name for s in run.stages[2:]] == [f"conv{i}.w" for i in range(2, 7)]
-        assert all(s.fold is not None for s in run.stages[2:])
-    else:                                       # each block body: bias+sign, bconv, BatchNorm
-        bodies = [m.body for m in pm.net.layers if isinstance(m, Residual)]
-        assert len(bodies) == 6
-        for body in bodies:
-            (run,) = body.layers
-            assert [type(s) for s in run.stages[::2]] == [BiasSignNHWC, BatchNormNHWC]
-            assert run.layers == [run.stages[1]] and run.stages[1].fold is None
+        assert run.steps[:2] == group.twins[:2]                 # the float model's own twins
+        assert all(isinstance(s, PackedStep) and s.layer.fold is not None
+                   for s in run.steps[2:])
+    else:                                       # each block: bias+sign, bconv, BatchNorm
+        blocks = [s for s in run.steps if isinstance(s, ResidualNHWC)]
+        assert len(blocks) == 6 and len(run.steps) == len(group.twins)
+        for block in blocks:
+            bias_sign, conv, bn = block.body
+            assert isinstance(bias_sign, BiasSignNHWC) and isinstance(conv, PackedStep)
+            assert type(bn) is BatchNormNHWC and conv.layer.fold is None
+        assert not any(isinstance(s, BatchNormSignNHWC) for s in run.steps)
 
 
 def test_a_run_across_a_channels_last_group_boundary():
@@ -155,8 +159,8 @@ def test_a_run_across_a_channels_last_group_boundary():
     params, buffers, x = _random_state(model, np.float32)
     pm = pack_model(model, params, buffers)
     group, bn2, run = pm.net.layers[2:5]
-    assert [s.name for s in group.layers] == ["b1.w", "b2.w"] and group.stages[1].fold is None
-    assert group.stages[0].fold is not None and pm.layers["b2.w"].fold is not None
+    assert [s.name for s in group.layers] == ["b1.w", "b2.w"] and group.layers[1].fold is None
+    assert group.layers[0].fold is not None and pm.layers["b2.w"].fold is not None
     assert bn2.name == "bn2" and run.layers == [pm.layers["b3.w"]]
     ref, _, _ = model.forward(params, buffers, x, train=False)
     for backend in ("numpy", "auto"):

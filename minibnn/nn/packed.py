@@ -57,12 +57,14 @@ from minibnn.kernels.bitpack import (PackedConv2d, PackedDense, count, pack_conv
                                      pack_input)
 from minibnn.kernels.reference import maxpool_counts, pack_bits
 from minibnn.kernels.threshold import Threshold, threshold_signs
-from minibnn.nn.channels_last import ChannelsLast, Packed, as_float, emits_signs
-from minibnn.nn.fold import Fold, fold_after, fold_batchnorm_sign, fold_sites, is_maxpool, walk
+from minibnn.nn.channels_last import (Activation, BatchNormSignNHWC, ChannelsLast, ConvNHWC,
+                                      Counts, MaxPoolNHWC, Packed, ResidualNHWC, as_float,
+                                      channels_first, channels_last)
+from minibnn.nn.fold import Fold, fold_after, fold_batchnorm_sign, fold_sites, walk
 from minibnn.nn.models import Model
 from minibnn.nn.containers import Residual, Sequential
 from minibnn.nn.modules import (BatchNormSign, BiasSign, BinaryConv2d, BinaryDense, Module,
-                                _BinaryWeights, is_sign)
+                                _BinaryWeights, forward_steps, is_sign)
 
 Params = dict[str, np.ndarray]
 
@@ -99,13 +101,13 @@ def _without_fold(layer: PackedLayer) -> PackedLayer:
     return dataclasses.replace(layer, fold=None, fold_bn="", pool=None)
 
 
-def _real_output(y: np.ndarray, layer: PackedLayer, dtype: np.dtype, layout: str) -> np.ndarray:
+def _real_output(y: np.ndarray, layer: PackedLayer, dtype: np.dtype, axis: int) -> np.ndarray:
     """A binary layer's float output ``a * y`` (y without a scale) from its count y, channels
-    at axis 1 (dense, ``layout="nchw"``) or last (``"nhwc"``); exact: |y| <= K < 2**24."""
+    on ``axis``; exact: |y| <= K < 2**24."""
     out = y.astype(dtype)
     if layer.scale is not None:
         shape = [1] * y.ndim
-        shape[-1 if layout == "nhwc" else 1] = -1
+        shape[axis] = -1
         out *= layer.scale.astype(dtype).reshape(shape)             # y = a_o * z
     return out
 
@@ -131,61 +133,83 @@ def _folded_signs(bits: np.ndarray, layer: PackedLayer) -> np.ndarray:
     return pack_bits(np.moveaxis(threshold_signs(y, fold), 1, -1))
 
 
-def _channels_last(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x
+class PackedStep:
+    """A packed binary layer as a step of a channels-last run (``nn.channels_last.Twin``).
+
+    Input: packed signs (``Packed``), or +-1 values from a Sign, channels last.  Output: the
+    packed signs of its fold when it folds ``[MaxPool2d ->] BatchNorm -> Sign``, else what the
+    float twin (``ConvNHWC``) gives: the exact counts (``Counts``), or ``a * y`` with a scale.
+    Inference only: ``backward`` raises.
+    """
+
+    def __init__(self, layer: PackedLayer):
+        self.layer = layer
+
+    def counts(self, x: Activation, layout: str = "nhwc") -> np.ndarray:
+        """The layer's exact int32 counts of x (a conv's in ``layout``)."""
+        bits = x.bits if isinstance(x, Packed) else kernels.pack_signs(x)
+        return count(bits, self.layer.kernel, layout)
+
+    def forward(self, params: Params, buffers: Params, x: Activation, train: bool
+                ) -> tuple[Activation, Params, None]:
+        layer = self.layer
+        if layer.fold is not None:
+            bits = x.bits if isinstance(x, Packed) else kernels.pack_signs(x)
+            return Packed(_folded_signs(bits, layer), layer.shape[0], x.dtype), {}, None
+        y = self.counts(x)
+        return (Counts(y, x.dtype) if layer.scale is None
+                else _real_output(y, layer, x.dtype, -1)), {}, None
+
+    def backward(self, dy: Any, cache: Any) -> tuple[Any, Params]:
+        raise MinibnnError(f"{self.layer.name}: packed layers are inference-only")
 
 
-def _channels_first(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x
-
-
-#: what a PackedBinary runs: packed binary layers, and the NHWC twins of the real steps of the
-#: channels-last group it replaces (``nn.channels_last.ChannelsLast._twin``)
-Stage = Any
+def _step_layers(step: Any) -> list[PackedLayer]:
+    """The packed layers of a step of a PackedBinary, a Residual's branches included."""
+    if isinstance(step, PackedStep):
+        return [step.layer]
+    if isinstance(step, ResidualNHWC):
+        return [layer for branch in (step.body, step.shortcut or []) for s in branch
+                for layer in _step_layers(s)]
+    return []
 
 
 class PackedBinary(Module):
     """A run of binary layers at inference, channels-last inside, activations packed between.
 
-    ``stages``, in order: packed binary layers (``PackedLayer``) and, where the run replaces a
-    channels-last group of the float model (``nn.channels_last.ChannelsLast``), the real steps
-    of that group (convolutions, sign steps, BatchNorms, max-pools) as the group runs them: its
-    NHWC twins, the same kernels, so the same bits.  Activations between stages are NHWC floats or
-    packed signs (``Packed``).  A packed layer reads packed signs (the first one packs
-    ``sign(x)``: the Sign in front of it is part of the run); one that folds ``[MaxPool2d ->]
-    BatchNorm -> Sign`` outputs the packed signs of the fold (a conv layer in one pass,
-    ``kernels.binary_conv2d_threshold_pack``), else its real output ``a * y``.
+    ``steps``: what runs, channels-last, in order: each packed binary layer as a
+    ``PackedStep`` and, where the run replaces a channels-last group of the float model
+    (``nn.channels_last.ChannelsLast``), the group's other twins, the very objects the float
+    model runs (the same kernels on the same arrays: the same bits), a ``ResidualNHWC`` with
+    its branches' binary layers packed.  A packed layer reads packed signs (the first one
+    packs ``sign(x)``); one that folds ``[MaxPool2d ->] BatchNorm -> Sign`` outputs the packed
+    signs of the fold, a conv layer in one pass (``kernels.binary_conv2d_threshold_pack``).
 
     Input and output are the model's arrays: NCHW (or (N, features)), in x's dtype; a run ending
     in a folded layer outputs its thresholded signs as +-1.  Inference only: ``backward`` raises.
     """
 
-    def __init__(self, stages: Sequence[Stage]):
-        self.stages = list(stages)
+    def __init__(self, steps: Sequence[Any]):
+        self.steps = list(steps)
         super().__init__(self.layers[0].name.rsplit(".", 1)[0])
 
     @property
     def layers(self) -> list[PackedLayer]:
         """The packed binary layers of the run, in order."""
-        return [s for s in self.stages if isinstance(s, PackedLayer)]
+        return [layer for step in self.steps for layer in _step_layers(step)]
 
     def forward(self, params, buffers, x, train):
-        dtype = x.dtype
-        first, last = self.stages[0], len(self.stages) - 1
-        if isinstance(first, PackedLayer):      # sign(x), packed channels-last
-            h = Packed(pack_input(x, first.kernel), first.shape[1], dtype)
+        first, last = self.steps[0], self.steps[-1]
+        if isinstance(first, PackedStep):       # sign(x), packed channels-last
+            h = Packed(pack_input(x, first.layer.kernel), first.layer.shape[1], x.dtype)
         else:
-            h = _channels_last(x)
-        for i, stage in enumerate(self.stages):
-            if not isinstance(stage, PackedLayer):
-                h, _, _ = stage.forward(params, buffers, h, False)
-            elif stage.fold is not None:
-                h = Packed(_folded_signs(h.bits, stage), stage.shape[0], dtype)
-            elif i < last:
-                h = _real_output(count(h.bits, stage.kernel, "nhwc"), stage, dtype, "nhwc")
-            else:                               # the run's output, counted NCHW directly
-                return _real_output(count(h.bits, stage.kernel), stage, dtype, "nchw"), {}, None
-        return _channels_first(as_float(h, dtype)), {}, None
+            h = channels_last(x)
+        h, _, _ = forward_steps(self.steps[:-1], params, buffers, h, False)
+        if isinstance(last, PackedStep) and last.layer.fold is None:
+            # the run's real output, counted NCHW directly (no transpose)
+            return _real_output(last.counts(h, "nchw"), last.layer, x.dtype, 1), {}, None
+        h, _, _ = last.forward(params, buffers, h, False)
+        return channels_first(as_float(h, x.dtype)), {}, None
 
     def backward(self, dy, cache):
         raise MinibnnError(f"{self.layers[0].name}: packed layers are inference-only")
@@ -196,10 +220,20 @@ def _not_after_sign(module: _BinaryWeights) -> MinibnnError:
                         "packed inference needs +-1 inputs")
 
 
+def _check_signs(net: Module) -> None:
+    """Every binary layer must come right after a Sign among its Sequential's declared layers
+    (whichever steps run them: a fused sign step ends with that Sign)."""
+    for module in walk(net):
+        if isinstance(module, Sequential):
+            for i, layer in enumerate(module.layers):
+                if isinstance(layer, _BinaryWeights) and not (i and is_sign(module.layers[i - 1])):
+                    raise _not_after_sign(layer)
+
+
 def _packed_tree(module: Module, layers: dict[str, PackedLayer]) -> Module:
     """Copy of the module tree with its binary layers packed, each Sequential running the
     steps its float twin runs (``Sequential.steps()``): a channels-last group becomes one
-    PackedBinary (``_group_stages``), and among the other steps each ``Sign -> binary layer
+    PackedBinary (``_packed_twins``), and among the other steps each ``Sign -> binary layer
     [-> fold -> binary layer]*`` run of declared layers does (``_packed_layers``)."""
     if isinstance(module, Residual):
         short = module.shortcut
@@ -219,9 +253,8 @@ def _packed_tree(module: Module, layers: dict[str, PackedLayer]) -> Module:
     pending: list[Module] = []                  # declared layers of the steps since the group
     for step, mods in zip(steps, declared):
         if isinstance(step, ChannelsLast):
-            after_sign = bool(pending) and is_sign(pending[-1])
             out += _packed_layers(pending, layers)
-            out.append(PackedBinary(_group_stages(step.steps, after_sign, layers)))
+            out.append(PackedBinary(_packed_twins(step.twins, layers)))
             pending = []
         else:
             pending += mods
@@ -246,8 +279,6 @@ def _packed_layers(mods: Sequence[Module], layers: dict[str, PackedLayer]) -> li
     out: list[Module] = []
     i = 0
     while i < len(mods):
-        if isinstance(mods[i], _BinaryWeights):
-            raise _not_after_sign(mods[i])
         if not (is_sign(mods[i]) and i + 1 < len(mods)
                 and isinstance(mods[i + 1], _BinaryWeights)):
             out.append(_packed_tree(mods[i], layers))
@@ -257,7 +288,7 @@ def _packed_layers(mods: Sequence[Module], layers: dict[str, PackedLayer]) -> li
         while True:
             layer = layers[mods[i].key("w")]
             site = fold_after(mods, i) if layer.fold is not None else None
-            run.append(layer if site is not None else _without_fold(layer))
+            run.append(PackedStep(layer if site is not None else _without_fold(layer)))
             i += 1 + (site.span if site is not None else 0)
             if not (site is not None and i < len(mods) and isinstance(mods[i], _BinaryWeights)):
                 break                           # else the folded Sign feeds mods[i]: stay packed
@@ -265,46 +296,43 @@ def _packed_layers(mods: Sequence[Module], layers: dict[str, PackedLayer]) -> li
     return out
 
 
-def _group_stages(steps: Sequence[Module], after_sign: bool, layers: dict[str, PackedLayer]
-                  ) -> list[Stage]:
-    """The stages of the PackedBinary that replaces a channels-last group (its ``steps``):
-    each binary conv packed, the ``[max-pool ->] BatchNorm+sign`` steps of its fold dropped,
-    every other step as the group runs it (``after_sign``: a Sign feeds the group)."""
-    stages: list[Stage] = []
+def _packed_twins(twins: Sequence[Any], layers: dict[str, PackedLayer]) -> list[Any]:
+    """The steps of the PackedBinary that replaces a channels-last group (its ``twins``): each
+    binary conv packed (the ``[max-pool ->] BatchNorm+sign`` twins of its fold dropped), a
+    Residual's branches likewise, every other twin as the group runs it."""
+    steps: list[Any] = []
     i = 0
-    while i < len(steps):
-        step = steps[i]
-        if not isinstance(step, BinaryConv2d):
-            if step.binary_names:
-                raise MinibnnError(f"packed inference: cannot pack the binary layers "
-                                   f"{step.binary_names} inside a channels-last "
-                                   f"{type(step).__name__} step")
-            # the group's own twin of the step (one definition of how a step runs NHWC)
-            stages.append(ChannelsLast._twin(step, True))
+    while i < len(twins):
+        twin = twins[i]
+        if isinstance(twin, ResidualNHWC):
+            steps.append(ResidualNHWC(_packed_twins(twin.body, layers),
+                                      None if twin.shortcut is None
+                                      else _packed_twins(twin.shortcut, layers)))
             i += 1
-            continue
-        if not (emits_signs(steps[i - 1]) if i else after_sign):
-            raise _not_after_sign(step)
-        layer = layers[step.key("w")]
-        span = _fold_span(steps, i, layer)
-        stages.append(layer if span else _without_fold(layer))
-        i += 1 + span
-    return stages
+        elif isinstance(twin, ConvNHWC) and twin.binary:
+            layer = layers[twin.layer.key("w")]
+            span = _fold_span(twins, i, layer)
+            steps.append(PackedStep(layer if span else _without_fold(layer)))
+            i += 1 + span
+        else:
+            steps.append(twin)
+            i += 1
+    return steps
 
 
-def _fold_span(steps: Sequence[Module], i: int, layer: PackedLayer) -> int:
-    """How many of the group steps after the binary conv ``steps[i]`` its fold replaces:
-    ``[max-pool,] BatchNorm+sign`` (2 or 1), or 0 when they are not those steps."""
+def _fold_span(twins: Sequence[Any], i: int, layer: PackedLayer) -> int:
+    """How many of the twins after the binary conv ``twins[i]`` its fold replaces:
+    ``[max-pool,] BatchNorm+sign`` (2 or 1), or 0 when they are not those twins."""
     if layer.fold is None:
         return 0
     j = i + 1
     if layer.pool is not None:
-        if not (j < len(steps) and is_maxpool(steps[j])):
+        pool = twins[j] if j < len(twins) else None
+        if not (isinstance(pool, MaxPoolNHWC) and (pool.kernel, pool.stride, 0) == layer.pool):
             return 0
         j += 1
-    if j < len(steps) and isinstance(steps[j], BatchNormSign) and steps[j].bn.name == layer.fold_bn:
-        return j - i
-    return 0
+    bn = twins[j] if j < len(twins) else None
+    return j - i if isinstance(bn, BatchNormSignNHWC) and bn.bn.name == layer.fold_bn else 0
 
 
 def layer_geometry(module: _BinaryWeights) -> tuple[str, int, int]:
@@ -374,6 +402,7 @@ class PackedModel:
     net: Sequential = field(init=False)
 
     def __post_init__(self) -> None:
+        _check_signs(self.model.net)
         self.net = _packed_tree(self.model.net, self.layers)
 
     @property
@@ -455,5 +484,5 @@ def pack_model(model: Model, params: Params, buffers: Params, *, config_json: st
     return PackedModel(model, real, bufs, layers, config_json, epoch, source, dict(params))
 
 
-__all__ = ["PackedBinary", "PackedLayer", "PackedModel", "binary_layers", "fold_layer",
-           "layer_from_bits", "layer_geometry", "pack_layer", "pack_model"]
+__all__ = ["PackedBinary", "PackedLayer", "PackedModel", "PackedStep", "binary_layers",
+           "fold_layer", "layer_from_bits", "layer_geometry", "pack_layer", "pack_model"]
