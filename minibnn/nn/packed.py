@@ -15,11 +15,12 @@ float activations in between.
 ``pack_model`` rebuilds the module tree so that it runs the steps the float model runs
 (``Sequential.steps()``), with the binary layers packed, each run of them one ``PackedBinary``:
 
-  * a channels-last group of the float model (``nn.channels_last.ChannelsLast``: the CNN's
-    front, each Bi-Real block body) becomes one PackedBinary that runs channels-last end to
-    end: the group's real steps (convolution, BatchNorm+sign, bias+sign, BatchNorm, max-pool)
-    through the group's own NHWC twins, each binary conv on packed signs, and a binary conv
-    with its ``[max-pool ->] BatchNorm+sign`` as one pass from packed signs to packed signs
+  * a channels-last group of the float model (``nn.channels_last.ChannelsLast``: binary_cnn's
+    front, birealnet from stem to global pool) becomes one PackedBinary that runs
+    channels-last end to end: the group's own twins for its real steps (convolutions, sign
+    steps, BatchNorms, pools, PReLU, residual adds), each binary conv on packed signs
+    (``PackedStep``, inside residual blocks too), and a binary conv with its ``[max-pool ->]
+    BatchNorm+sign`` as one pass from packed signs to packed signs
     (``kernels.binary_conv2d_threshold_pack``);
   * elsewhere each ``Sign -> binary layer [-> fold -> binary layer ...]`` run of declared
     layers (the MLP, the ``nchw`` layout) becomes one PackedBinary.
@@ -28,8 +29,8 @@ Every other module keeps its own forward, in eval mode.  Thresholds are exact fo
 the model dtype, which ``PackedModel.forward`` requires.  Packed inference runs on NumPy (host)
 arrays only.
 
-Exactness.  The real steps run the float model's own code on the same arrays, so they give
-the same bits.  Without ``scale`` the float path sums K products of +-1 values, integers below
+Exactness.  The real steps run the float model's own code (in a group, its own twin objects)
+on the same arrays, so they give the same bits.  Without ``scale`` the float path sums K products of +-1 values, integers below
 2**24, so its dense/conv output is the exact integer the XNOR kernel returns: the packed logits
 are bit-identical in float32 and float64.  With ``scale`` the float path sums K products
 ``x_k * (a * s_k)`` in BLAS order (one rounding per addition) while the packed path computes
