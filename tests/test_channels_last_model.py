@@ -302,6 +302,22 @@ def test_a_residual_joins_a_group_only_if_each_of_its_steps_runs_channels_last()
         assert names == ["Conv2d", "BatchNorm", "Residual", "Stateless", "Dense"], names
 
 
+def test_a_global_average_pool_ends_a_group() -> None:
+    """Its (N, C) output is no NHWC activation: what follows runs as written."""
+    layers = [Conv2d("stem", 3, 4), BatchNorm("bn0", 4), Sign(), BinaryConv2d("c", 4, 4),
+              BatchNorm("bn1", 4), GlobalAvgPool(), BatchNorm("bn2", 4), PReLU("act", 4),
+              Dense("head", 4, 2)]
+    net = Sequential(layers, input_grad=False, layout="nhwc")
+    group, *rest = net.steps()
+    assert isinstance(group, ChannelsLast) and group.steps[-1] is layers[5]
+    assert rest == layers[6:]
+    model = models.Model("gap", net, (3, 6, 6), 2, {})
+    params, buffers = perturbed(model, np.float64, 0)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 3, 6, 6))
+    check_against(group, group.steps, params, buffers, x, True, np.float64, rng, exact_y=False)
+
+
 def check_bireal_block(variant: dict, dtype: Any, train: bool, name: str) -> None:
     """Block ``name`` as the whole-model group runs it (its ResidualNHWC twin) against the
     nchw twin's block: exact counts, then output, buffers and gradients."""

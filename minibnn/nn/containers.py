@@ -33,7 +33,7 @@ from typing import Sequence
 from minibnn.errors import MinibnnError
 from minibnn.nn import functional as F
 from minibnn.nn.channels_last import (ChannelsLast, ResidualNHWC, Twin, emits_signs,
-                                      has_twin)
+                                      has_twin, is_global_avgpool)
 from minibnn.nn.modules import (BatchNorm, BatchNormSign, BiasSign, BinaryConv2d, LearnableBias,
                                 Module, Params, backward_steps, forward_steps, is_sign,
                                 model_dtype)
@@ -181,10 +181,12 @@ def _branches(residual: Residual) -> list[list[Module]] | None:
 
 def _runs_nhwc(step: Module) -> bool:
     """True for a step a channels-last group can hold: one with a twin of its own
-    (``has_twin``), or a Residual whose branches hold only such steps."""
+    (``has_twin``), or a Residual whose branches hold only such steps and no global average
+    pool (its (N, C) output is no NHWC activation: it ends a group)."""
     if isinstance(step, Residual):
         branches = _branches(step)
-        return branches is not None and all(_runs_nhwc(s) for b in branches for s in b)
+        return branches is not None and all(_runs_nhwc(s) and not is_global_avgpool(s)
+                                            for b in branches for s in b)
     return has_twin(step)
 
 
@@ -207,16 +209,19 @@ def _nhwc_twin(step: Module, first_without_dx: bool) -> Twin:
 
 
 def group_channels_last(steps: Sequence[Module], input_grad: bool = True) -> list[Module]:
-    """``steps`` with each maximal run of steps that ``_runs_nhwc`` in which a sign step feeds
-    a binary convolution (``_feeds_binary``) replaced by one ``ChannelsLast`` group (other runs
-    stay as they are). ``input_grad=False``: a group that starts ``steps`` has no input
-    gradient, and its first step's twin skips computing it."""
+    """``steps`` with each maximal run of steps that ``_runs_nhwc`` (ending at the latest with
+    a global average pool) in which a sign step feeds a binary convolution (``_feeds_binary``)
+    replaced by one ``ChannelsLast`` group (other runs stay as they are). ``input_grad=False``:
+    a group that starts ``steps`` has no input gradient, and its first step's twin skips
+    computing it."""
     out: list[Module] = []
     i = 0
     while i < len(steps):
         j = i
         while j < len(steps) and _runs_nhwc(steps[j]):
             j += 1
+            if is_global_avgpool(steps[j - 1]):            # (N, C) out: the run ends here
+                break
         run = list(steps[i:j])
         if _feeds_binary(run):
             group_dx = input_grad or i > 0
