@@ -287,6 +287,36 @@ def test_binary_conv2d_threshold_pack_errors() -> None:
             fused(xbits, wbits, wsum, 70, 3, 3, 1, 1, t, d)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [c[:7] for c in FUSED_CASES])
+def test_binary_conv2d_lookup_reads_the_table_at_each_count(case: tuple, dtype: type) -> None:
+    """out = table[y + K, o] with y the float conv of the signs (both bodies; the first three
+    cases run the parallel path)."""
+    n, h, c, o, k, stride, padding = case
+    rng = np.random.default_rng(o + 1)
+    x, w = randn(rng, (n, c, h, h)), randn(rng, (o, c, k, k))
+    counts = np.moveaxis(_float_conv(x, w, stride, padding), 1, -1).astype(np.int64)
+    table = rng.standard_normal((2 * k * k * c + 1, o)).astype(dtype)
+    want = table[counts + k * k * c, np.arange(o)]
+    xbits, (wbits, wsum) = ref.pack_conv_input(x), ref.pack_conv_weights(w)
+    for body in ("numpy", "numba"):
+        with kernels.use_backend("numpy" if body == "numpy" else "auto"):
+            got = kernels.get("binary_conv2d_lookup", body)(xbits, wbits, wsum, c, k, k, stride,
+                                                            padding, table)
+        assert got.dtype == dtype and np.array_equal(got, want)
+
+
+def test_binary_conv2d_lookup_errors() -> None:
+    xbits, (wbits, wsum) = np.zeros((1, 4, 4, 1), np.uint64), \
+        ref.pack_conv_weights(np.ones((3, 5, 3, 3), np.float32))
+    for kern in BACKENDS:
+        with pytest.raises(ShapeError, match="table must be \\(2K\\+1, O\\) = \\(91, 3\\)"):
+            kern.binary_conv2d_lookup(xbits, wbits, wsum, 5, 3, 3, 1, 1, np.zeros((90, 3)))
+        with pytest.raises(DTypeError, match="table"):
+            kern.binary_conv2d_lookup(xbits, wbits, wsum, 5, 3, 3, 1, 1,
+                                      np.zeros((91, 3), np.int32))
+
+
 def test_fold_sign_table_steps_constants_and_lookup() -> None:
     k = 3                                           # y = -3 .. 3, one column per channel
     cols = {"up at 1": [0, 0, 0, 0, 1, 1, 1], "down at -2": [1, 1, 0, 0, 0, 0, 0],

@@ -461,6 +461,22 @@ class TestBitPackingAndXnorOnGpu:
         assert isinstance(got, cp.ndarray) and got.dtype == np.uint64
         np.testing.assert_array_equal(_host(got), want)
 
+    def test_binary_conv2d_lookup_reference_on_cupy(self, cp):
+        """The conv + count-table layer has no CUDA body: its reference runs on CuPy arrays (the
+        CUDA binary_conv2d inside), exactly."""
+        rng = np.random.default_rng(15)
+        c, o = 70, 65
+        x = rng.standard_normal((2, 9, 9, c)).astype(np.float32)
+        w = rng.standard_normal((o, c, 3, 3)).astype(np.float32)
+        xbits = numpy_ref("pack_signs")(x)
+        wbits, wsum = numpy_ref("pack_conv_weights")(w)
+        table = rng.standard_normal((2 * 9 * c + 1, o)).astype(np.float32)
+        want = numpy_ref("binary_conv2d_lookup")(xbits, wbits, wsum, c, 3, 3, 1, 1, table)
+        args = [cp.asarray(a) for a in (xbits, wbits, wsum)]
+        got = kernels.binary_conv2d_lookup(*args, c, 3, 3, 1, 1, cp.asarray(table))
+        assert isinstance(got, cp.ndarray) and got.dtype == np.float32
+        np.testing.assert_array_equal(_host(got), want)
+
     @pytest.mark.parametrize("body", ["cuda", "reference on cupy"])
     @pytest.mark.parametrize("m, k, n", [(1, 1, 1), (3, 0, 2), (65, 64, 63), (64, 65, 64),
                                          (130, 4608, 67), (7, 1000, 129)])

@@ -24,7 +24,7 @@ from minibnn.kernels.channels_last import (  # noqa: F401  (the ops, re-exported
     batchnorm_sign_pack_backward, batchnorm_sign_pack_eval, batchnorm_sign_pack_train,
     conv2d_nhwc_backward, conv2d_nhwc_forward, maxpool2d_nhwc_backward, maxpool2d_nhwc_forward)
 from minibnn.kernels.reference import (  # noqa: F401
-    adam_update, batchnorm_sign_eval, batchnorm_sign_train, binary_conv2d,
+    adam_update, batchnorm_sign_eval, batchnorm_sign_train, binary_conv2d, binary_conv2d_lookup,
     binary_conv2d_threshold_pack, bop_update, cema_update, col2im, im2col, maxpool2d_backward,
     maxpool2d_forward, pack_conv_input, pack_conv_weights, pack_signs, sgd_update,
     threshold_pack, unpack_signs, xnor_gemm)
@@ -35,11 +35,11 @@ from minibnn.kernels.registry import (
 #: every op, by name
 OPS = ("adam_update", "batchnorm_sign_eval", "batchnorm_sign_pack_backward",
        "batchnorm_sign_pack_eval", "batchnorm_sign_pack_train", "batchnorm_sign_train",
-       "binary_conv2d", "binary_conv2d_threshold_pack", "bop_update", "cema_update", "col2im",
-       "conv2d_nhwc_backward", "conv2d_nhwc_forward", "im2col", "maxpool2d_backward",
-       "maxpool2d_forward", "maxpool2d_nhwc_backward", "maxpool2d_nhwc_forward",
-       "pack_conv_input", "pack_conv_weights", "pack_signs", "sgd_update", "threshold_pack",
-       "unpack_signs", "xnor_gemm")
+       "binary_conv2d", "binary_conv2d_lookup", "binary_conv2d_threshold_pack", "bop_update",
+       "cema_update", "col2im", "conv2d_nhwc_backward", "conv2d_nhwc_forward", "im2col",
+       "maxpool2d_backward", "maxpool2d_forward", "maxpool2d_nhwc_backward",
+       "maxpool2d_nhwc_forward", "pack_conv_input", "pack_conv_weights", "pack_signs",
+       "sgd_update", "threshold_pack", "unpack_signs", "xnor_gemm")
 
 __all__ = ["BACKENDS", "BackendError", "OPS", "backend_for", "call", "get", "has_compiled",
            "register", "registered", "use_backend", *OPS]

@@ -253,3 +253,17 @@ def check_binary_conv_fold(fn: str, xbits: Any, wbits: Any, wsum: Any, c: int, k
     check_directions(fn, direction)
     ph, pw = pool_output_size(fn, oh, ow, pool_kernel, pool_stride, pool_padding)
     return oh, ow, ph, pw
+
+
+def check_binary_conv_table(fn: str, xbits: Any, wbits: Any, wsum: Any, c: int, kh: int, kw: int,
+                            stride: int, padding: int, table: Any, kind: str = "any"
+                            ) -> tuple[int, int]:
+    """Check a binary convolution followed by a table of its counts: float ``table``
+    (2K+1, O), K = kH*kW*C; return (OH, OW)."""
+    oh, ow = check_binary_conv(fn, xbits, wbits, wsum, c, kh, kw, stride, padding, kind, "nhwc")
+    require_float(fn, "table", table, kind)
+    k = kh * kw * c
+    if tuple(table.shape) != (2 * k + 1, int(wbits.shape[0])):
+        raise ShapeError(f"{fn}: table must be (2K+1, O) = {(2 * k + 1, int(wbits.shape[0]))} "
+                         f"(K = kH*kW*C), got {tuple(table.shape)}")
+    return oh, ow

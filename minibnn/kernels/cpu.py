@@ -43,9 +43,10 @@ from numba.extending import intrinsic  # noqa: E402
 from minibnn.errors import ShapeError  # noqa: E402
 from minibnn.kernels._common import (  # noqa: E402
     as_scalars, channel_vector, channel_view, check_binary_conv, check_binary_conv_fold,
-    check_directions, check_inplace, check_momentum_buffer, check_packed_pair,
-    check_packed_signs, check_step, check_thresholds, check_tie, col2im_shape, conv_output_size,
-    maxpool_backward_shape, require_array, require_float, require_ndim, words_for)
+    check_binary_conv_table, check_directions, check_inplace, check_momentum_buffer,
+    check_packed_pair, check_packed_signs, check_step, check_thresholds, check_tie, col2im_shape,
+    conv_output_size, maxpool_backward_shape, require_array, require_float, require_ndim,
+    words_for)
 from minibnn.kernels import reference as ref  # noqa: E402
 from minibnn.kernels.reference import batch_statistics  # noqa: E402
 from minibnn.kernels.registry import register  # noqa: E402
@@ -766,6 +767,38 @@ def binary_conv2d_threshold_pack(xbits: np.ndarray, wbits: np.ndarray, wsum: np.
                                       np.ascontiguousarray(wbits.T), c, kh, kw, stride, padding,
                                       oh, ow, sgn, sgn * threshold, pool_kernel, pool_stride,
                                       pool_padding, out)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _binary_conv2d_lookup(xb, wt, c, kh, kw, stride, padding, table,
+                          out):  # type: ignore[no-untyped-def]
+    n, oh, ow, o = out.shape
+    k = kh * kw * c
+    for r in prange(n * oh):                      # one output row of one sample per task
+        ni = r // oh
+        yo = r - ni * oh
+        acc = np.empty((4, o), dtype=np.int64)
+        row = np.empty((ow, o), dtype=np.int32)
+        _bconv_row(xb, wt, c, kh, kw, stride, padding, ni, yo, acc, row)
+        for xo in range(ow):
+            for oc in range(o):
+                out[ni, yo, xo, oc] = table[row[xo, oc] + k, oc]
+
+
+@register(ref.binary_conv2d_lookup, "numba")
+def binary_conv2d_lookup(xbits: np.ndarray, wbits: np.ndarray, wsum: np.ndarray, c: int,
+                         kh: int, kw: int, stride: int, padding: int, table: np.ndarray
+                         ) -> np.ndarray:
+    """The reference's lookup in the conv's epilogue: per output row, the counts
+    (``_bconv_row``, as ``binary_conv2d``) are looked up while in scratch, never written."""
+    oh, ow = check_binary_conv_table("binary_conv2d_lookup", xbits, wbits, wsum, c, kh, kw,
+                                     stride, padding, table, "numpy")
+    n, o = xbits.shape[0], wbits.shape[0]
+    out = np.empty((n, oh, ow, o), dtype=table.dtype)
+    with _threads_for(out.size * wbits.shape[1]):
+        _binary_conv2d_lookup(np.ascontiguousarray(xbits), np.ascontiguousarray(wbits.T), c, kh,
+                              kw, stride, padding, np.ascontiguousarray(table), out)
     return out
 
 

@@ -18,12 +18,14 @@ Groups:
     ``pack_conv_input``, ``pack_conv_weights``, ``binary_conv2d``, ``threshold_pack``
     (BatchNorm + sign folded into integer thresholds, see ``kernels.threshold``) and
     ``binary_conv2d_threshold_pack`` (a binary conv layer, max-pool and folded BatchNorm +
-    sign in one step, packed signs in and out).
+    sign in one step, packed signs in and out) and ``binary_conv2d_lookup`` (a binary conv
+    layer and a tabulated per-channel function of its counts, such as a BatchNorm).
 
 The bit-packed composites (``pack_conv_input``, ``pack_conv_weights``, ``binary_conv2d``,
-``binary_conv2d_threshold_pack``) call their inner ops (``pack_signs``, ``xnor_gemm``,
-``binary_conv2d``, ``threshold_pack``), each of which picks its own body, so on CuPy arrays the
-CUDA body of an inner op does the work; under ``use_backend("numpy")`` everything is reference.
+``binary_conv2d_threshold_pack``, ``binary_conv2d_lookup``) call their inner ops
+(``pack_signs``, ``xnor_gemm``, ``binary_conv2d``, ``threshold_pack``), each of which picks its
+own body, so on CuPy arrays the CUDA body of an inner op does the work; under
+``use_backend("numpy")`` everything is reference.
 
 Sign convention everywhere: ``sign(x) = +1 if x >= 0 else -1`` (so sign(0) = +1), and a packed
 bit is 1 for +1 and 0 for -1.
@@ -38,10 +40,10 @@ from minibnn.backend import get_array_module
 from minibnn.errors import ShapeError
 from minibnn.kernels._common import (
     WORD_BITS, as_scalars, channel_vector, channel_view, check_binary_conv,
-    check_binary_conv_fold, check_directions, check_inplace, check_momentum_buffer,
-    check_packed_pair, check_packed_signs, check_step, check_thresholds, check_tie, col2im_shape,
-    conv_output_size, maxpool_backward_shape, require_array, require_float, require_ndim,
-    words_for)
+    check_binary_conv_fold, check_binary_conv_table, check_directions, check_inplace,
+    check_momentum_buffer, check_packed_pair, check_packed_signs, check_step, check_thresholds,
+    check_tie, col2im_shape, conv_output_size, maxpool_backward_shape, require_array,
+    require_float, require_ndim, words_for)
 from minibnn.kernels.registry import array_kind, op
 
 Array = Any      # a NumPy or CuPy array
@@ -523,3 +525,22 @@ def binary_conv2d_threshold_pack(xbits: Array, wbits: Array, wsum: Array, c: int
     if (pool_kernel, pool_stride, pool_padding) != (1, 1, 0):
         y = maxpool_counts(y, pool_kernel, pool_stride, pool_padding)
     return threshold_pack(get_array_module(y).moveaxis(y, -1, 1), threshold, direction)
+
+
+@op
+def binary_conv2d_lookup(xbits: Array, wbits: Array, wsum: Array, c: int, kh: int, kw: int,
+                         stride: int, padding: int, table: Array) -> Array:
+    """A binary conv layer, then a per-channel function of its exact count read from a table.
+
+    Packed NHWC in, float NHWC out: with y = binary_conv2d(xbits, ..., layout="nhwc") (int32
+    counts in [-K, K], K = kH*kW*C),
+
+        out[n, oh, ow, o] = table[y[n, oh, ow, o] + K, o]          table (2K+1, O) float
+
+    A table of what the modules after the layer compute for every integer count (a BatchNorm
+    in eval mode, tabulated with those modules) gives their output bit for bit.
+    """
+    check_binary_conv_table("binary_conv2d_lookup", xbits, wbits, wsum, c, kh, kw, stride,
+                            padding, table)
+    y = binary_conv2d(xbits, wbits, wsum, c, kh, kw, stride, padding, layout="nhwc")
+    return table[y + kh * kw * c, get_array_module(y).arange(table.shape[1])]

@@ -30,8 +30,10 @@ the model dtype, which ``PackedModel.forward`` requires.  Packed inference runs 
 arrays only.
 
 Exactness.  The real steps run the float model's own code (in a group, its own twin objects)
-on the same arrays, so they give the same bits.  Without ``scale`` the float path sums K products of +-1 values, integers below
-2**24, so its dense/conv output is the exact integer the XNOR kernel returns: the packed logits
+on the same arrays, so they give the same bits; a BatchNorm after an unfolded binary conv is
+replaced by a table of its own outputs at every count (``_count_table``), the same bits too.
+Without ``scale`` the float path sums K products of +-1 values, integers below 2**24, so its
+dense/conv output is the exact integer the XNOR kernel returns: the packed logits
 are bit-identical in float32 and float64.  With ``scale`` the float path sums K products
 ``x_k * (a * s_k)`` in BLAS order (one rounding per addition) while the packed path computes
 ``a * z`` (one rounding; the thresholds fold ``a * z``), so logits may differ in the last bits;
@@ -58,9 +60,9 @@ from minibnn.kernels.bitpack import (PackedConv2d, PackedDense, count, pack_conv
                                      pack_input)
 from minibnn.kernels.reference import maxpool_counts, pack_bits
 from minibnn.kernels.threshold import Threshold, threshold_signs
-from minibnn.nn.channels_last import (Activation, BatchNormSignNHWC, ChannelsLast, ConvNHWC,
-                                      Counts, MaxPoolNHWC, Packed, ResidualNHWC, as_float,
-                                      channels_first, channels_last)
+from minibnn.nn.channels_last import (Activation, BatchNormNHWC, BatchNormSignNHWC, ChannelsLast,
+                                      ConvNHWC, Counts, MaxPoolNHWC, Packed, ResidualNHWC,
+                                      as_float, channels_first, channels_last)
 from minibnn.nn.fold import Fold, fold_after, fold_batchnorm_sign, fold_sites, walk
 from minibnn.nn.models import Model
 from minibnn.nn.containers import Residual, Sequential
@@ -138,26 +140,34 @@ class PackedStep:
     """A packed binary layer as a step of a channels-last run (``nn.channels_last.Twin``).
 
     Input: packed signs (``Packed``), or +-1 values from a Sign, channels last.  Output: the
-    packed signs of its fold when it folds ``[MaxPool2d ->] BatchNorm -> Sign``, else what the
-    float twin (``ConvNHWC``) gives: the exact counts (``Counts``), or ``a * y`` with a scale.
+    packed signs of its fold when it folds ``[MaxPool2d ->] BatchNorm -> Sign``; with a
+    ``table`` of the BatchNorm after it (``_count_table``), that BatchNorm's output
+    (``kernels.binary_conv2d_lookup``: the counts never leave the kernel); else what the float
+    twin (``ConvNHWC``) gives: the exact counts (``Counts``), or ``a * y`` with a scale.
     Inference only: ``backward`` raises.
     """
 
-    def __init__(self, layer: PackedLayer):
-        self.layer = layer
+    def __init__(self, layer: PackedLayer, table: np.ndarray | None = None):
+        self.layer, self.table = layer, table
+
+    @staticmethod
+    def bits(x: Activation) -> np.ndarray:
+        """The packed signs of x: ``Packed`` bits as they are, +-1 values packed."""
+        return x.bits if isinstance(x, Packed) else kernels.pack_signs(x)
 
     def counts(self, x: Activation, layout: str = "nhwc") -> np.ndarray:
         """The layer's exact int32 counts of x (a conv's in ``layout``)."""
-        bits = x.bits if isinstance(x, Packed) else kernels.pack_signs(x)
-        return count(bits, self.layer.kernel, layout)
+        return count(self.bits(x), self.layer.kernel, layout)
 
     def forward(self, params: Params, buffers: Params, x: Activation, train: bool
                 ) -> tuple[Activation, Params, None]:
-        layer = self.layer
+        layer, k, bits = self.layer, self.layer.kernel, self.bits(x)
         if layer.fold is not None:
-            bits = x.bits if isinstance(x, Packed) else kernels.pack_signs(x)
             return Packed(_folded_signs(bits, layer), layer.shape[0], x.dtype), {}, None
-        y = self.counts(x)
+        if self.table is not None:
+            return kernels.binary_conv2d_lookup(bits, k.wbits, k.wsum, k.in_channels, k.kh, k.kw,
+                                                k.stride, k.padding, self.table), {}, None
+        y = count(bits, k, "nhwc")
         return (Counts(y, x.dtype) if layer.scale is None
                 else _real_output(y, layer, x.dtype, -1)), {}, None
 
@@ -231,15 +241,15 @@ def _check_signs(net: Module) -> None:
                     raise _not_after_sign(layer)
 
 
-def _packed_tree(module: Module, layers: dict[str, PackedLayer]) -> Module:
+def _packed_tree(module: Module, pm: PackedModel) -> Module:
     """Copy of the module tree with its binary layers packed, each Sequential running the
     steps its float twin runs (``Sequential.steps()``): a channels-last group becomes one
     PackedBinary (``_packed_twins``), and among the other steps each ``Sign -> binary layer
     [-> fold -> binary layer]*`` run of declared layers does (``_packed_layers``)."""
     if isinstance(module, Residual):
         short = module.shortcut
-        return Residual(_packed_tree(module.body, layers),
-                        None if short is None else _packed_tree(short, layers), module.name)
+        return Residual(_packed_tree(module.body, pm),
+                        None if short is None else _packed_tree(short, pm), module.name)
     if isinstance(module, _BinaryWeights):
         raise _not_after_sign(module)
     if not isinstance(module, Sequential):
@@ -254,12 +264,12 @@ def _packed_tree(module: Module, layers: dict[str, PackedLayer]) -> Module:
     pending: list[Module] = []                  # declared layers of the steps since the group
     for step, mods in zip(steps, declared):
         if isinstance(step, ChannelsLast):
-            out += _packed_layers(pending, layers)
-            out.append(PackedBinary(_packed_twins(step.twins, layers)))
+            out += _packed_layers(pending, pm)
+            out.append(PackedBinary(_packed_twins(step.twins, pm)))
             pending = []
         else:
             pending += mods
-    return Sequential(out + _packed_layers(pending, layers), module.name)
+    return Sequential(out + _packed_layers(pending, pm), module.name)
 
 
 def _declared(step: Module) -> list[Module]:
@@ -274,7 +284,7 @@ def _declared(step: Module) -> list[Module]:
     return [step]
 
 
-def _packed_layers(mods: Sequence[Module], layers: dict[str, PackedLayer]) -> list[Module]:
+def _packed_layers(mods: Sequence[Module], pm: PackedModel) -> list[Module]:
     """``mods`` with each ``Sign -> binary layer [-> fold -> binary layer]*`` run replaced by
     one PackedBinary (folded modules and the Signs they feed are dropped)."""
     out: list[Module] = []
@@ -282,12 +292,12 @@ def _packed_layers(mods: Sequence[Module], layers: dict[str, PackedLayer]) -> li
     while i < len(mods):
         if not (is_sign(mods[i]) and i + 1 < len(mods)
                 and isinstance(mods[i + 1], _BinaryWeights)):
-            out.append(_packed_tree(mods[i], layers))
+            out.append(_packed_tree(mods[i], pm))
             i += 1
             continue
         run, i = [], i + 1                      # mods[i] is a binary layer fed by a Sign
         while True:
-            layer = layers[mods[i].key("w")]
+            layer = pm.layers[mods[i].key("w")]
             site = fold_after(mods, i) if layer.fold is not None else None
             run.append(PackedStep(layer if site is not None else _without_fold(layer)))
             i += 1 + (site.span if site is not None else 0)
@@ -297,7 +307,7 @@ def _packed_layers(mods: Sequence[Module], layers: dict[str, PackedLayer]) -> li
     return out
 
 
-def _packed_twins(twins: Sequence[Any], layers: dict[str, PackedLayer]) -> list[Any]:
+def _packed_twins(twins: Sequence[Any], pm: PackedModel) -> list[Any]:
     """The steps of the PackedBinary that replaces a channels-last group (its ``twins``): each
     binary conv packed (the ``[max-pool ->] BatchNorm+sign`` twins of its fold dropped), a
     Residual's branches likewise, every other twin as the group runs it."""
@@ -306,19 +316,49 @@ def _packed_twins(twins: Sequence[Any], layers: dict[str, PackedLayer]) -> list[
     while i < len(twins):
         twin = twins[i]
         if isinstance(twin, ResidualNHWC):
-            steps.append(ResidualNHWC(_packed_twins(twin.body, layers),
+            steps.append(ResidualNHWC(_packed_twins(twin.body, pm),
                                       None if twin.shortcut is None
-                                      else _packed_twins(twin.shortcut, layers)))
+                                      else _packed_twins(twin.shortcut, pm)))
             i += 1
         elif isinstance(twin, ConvNHWC) and twin.binary:
-            layer = layers[twin.layer.key("w")]
+            layer = pm.layers[twin.layer.key("w")]
             span = _fold_span(twins, i, layer)
-            steps.append(PackedStep(layer if span else _without_fold(layer)))
+            if span:
+                steps.append(PackedStep(layer))
+            else:
+                layer = _without_fold(layer)
+                after = twins[i + 1] if i + 1 < len(twins) else None
+                table = _count_table(layer, after, pm)
+                steps.append(PackedStep(layer, table))
+                span = 0 if table is None else 1
             i += 1 + span
         else:
             steps.append(twin)
             i += 1
     return steps
+
+
+#: entries (2K+1)*O of the largest count table ``_count_table`` builds (4 MiB in float32; the
+#: lookups should stay in cache: birealnet w32's largest is 0.3M), beyond it the BatchNorm runs
+COUNT_TABLE_MAX = 1 << 20
+
+
+def _count_table(layer: PackedLayer, twin: Any, pm: PackedModel) -> np.ndarray | None:
+    """What ``twin``, the float step after the unfolded binary conv ``layer``, outputs for each
+    count y in [-K, K] of each channel, computed by the twin itself: (2K+1, O), row y + K.
+
+    Only for a plain BatchNorm (``BatchNormNHWC``: eval mode, elementwise per channel, so each
+    entry is the bits it gives that count anywhere), with at most ``COUNT_TABLE_MAX`` entries;
+    else None (the twin runs).  The input is what ``ConvNHWC`` gives it: counts, or ``a * y``.
+    """
+    k, o = layer.k, layer.shape[0]
+    if type(twin) is not BatchNormNHWC or (2 * k + 1) * o > COUNT_TABLE_MAX:
+        return None
+    y = np.repeat(np.arange(-k, k + 1, dtype=np.int32)[:, None], o, axis=1)[None, None]
+    conv_out = Counts(y, pm.dtype) if layer.scale is None else _real_output(y, layer, pm.dtype,
+                                                                               -1)
+    table, _, _ = twin.forward(pm.params, pm.buffers, conv_out, False)
+    return np.ascontiguousarray(table.reshape(2 * k + 1, o))
 
 
 def _fold_span(twins: Sequence[Any], i: int, layer: PackedLayer) -> int:
@@ -404,7 +444,7 @@ class PackedModel:
 
     def __post_init__(self) -> None:
         _check_signs(self.model.net)
-        self.net = _packed_tree(self.model.net, self.layers)
+        self.net = _packed_tree(self.model.net, self)
 
     @property
     def dtype(self) -> np.dtype:
