@@ -180,6 +180,27 @@ def test_batchnorm_sign_pack_equals_the_layers() -> None:
     np.testing.assert_allclose(got[2], dbeta, atol=1e-10)
 
 
+@pytest.mark.parametrize("m,c", [(2, 1), (50, 7), (1000, 64), (4096, 130)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bias_sign_pack_kernels(m: int, c: int, dtype: Any) -> None:
+    """sign(x + b), packed: both bodies equal the bias+sign twin's bits (the layers' add, then
+    pack_signs), ties x + b == 0 included (+1)."""
+    from minibnn.nn.channels_last import BiasSignNHWC
+    from minibnn.nn.modules import BiasSign, LearnableBias, Sign
+
+    rng = np.random.default_rng(c)
+    x = rng.standard_normal((m, c)).astype(dtype)
+    b = rng.standard_normal(c).astype(dtype)
+    x[::3] = -b                                                # y = 0 exactly: sign +1
+    twin = BiasSignNHWC(BiasSign(LearnableBias("move", c), Sign()))
+    want, _, _ = twin.forward({"move.b": b}, {}, x.reshape(1, 1, m, c), False)
+    for body in ("numpy", "numba"):
+        got = kernels.get("bias_sign_pack", body)(x, b)
+        assert got.dtype == np.uint64 and np.array_equal(got, want.bits.reshape(m, -1)), body
+    assert np.array_equal(kernels.call("unpack_signs", want.bits, c, dtype).reshape(m, c),
+                          np.where(x + b >= 0, 1.0, -1.0))
+
+
 @pytest.mark.parametrize("body", ["numpy", "numba"])
 def test_argument_errors(body: str) -> None:
     conv = kernels.get("conv2d_nhwc_forward", body)
@@ -195,6 +216,8 @@ def test_argument_errors(body: str) -> None:
     z = np.zeros((4, 3), np.float32)
     with pytest.raises(MinibnnError, match="ste"):
         back(z, z, z[0], z[0], z[0], z[0], "nope", 5.0)
+    with pytest.raises(MinibnnError, match="float32 \\(C,\\) bias"):
+        kernels.get("bias_sign_pack", body)(z, z[0].astype(np.float64))
 
 
 @pytest.mark.parametrize("body", ["numpy", "numba"])

@@ -461,6 +461,16 @@ class TestBitPackingAndXnorOnGpu:
         assert isinstance(got, cp.ndarray) and got.dtype == np.uint64
         np.testing.assert_array_equal(_host(got), want)
 
+    def test_bias_sign_pack_reference_on_cupy(self, cp):
+        """bias_sign_pack has no CUDA body: its reference runs on CuPy arrays, exactly."""
+        rng = np.random.default_rng(16)
+        x, b = rng.standard_normal((300, 70)).astype(np.float32), \
+            rng.standard_normal(70).astype(np.float32)
+        x[::3] = -b
+        got = kernels.bias_sign_pack(cp.asarray(x), cp.asarray(b))
+        assert isinstance(got, cp.ndarray) and got.dtype == np.uint64
+        np.testing.assert_array_equal(_host(got), numpy_ref("bias_sign_pack")(x, b))
+
     def test_binary_conv2d_lookup_reference_on_cupy(self, cp):
         """The conv + count-table layer has no CUDA body: its reference runs on CuPy arrays (the
         CUDA binary_conv2d inside), exactly."""

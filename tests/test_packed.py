@@ -108,13 +108,13 @@ def test_cnns_run_packed_channels_last_with_the_float_logits(name, scale, dtype)
     """CIFAR-size binary_cnn and birealnet (their binary convs reach the Numba parallel path):
     the channels-last group of the float model is one PackedBinary that runs the group's own
     twins for its real steps and its binary convs on packed signs (inside the residual blocks
-    too, each with the BatchNorm after it as a table of its counts), and the logits are the
-    float path's bit for bit, with a scale too (both paths count a * z)."""
+    too: bias+sign in one pass, the BatchNorm after the conv as a table of its counts), and the
+    logits are the float path's bit for bit, with a scale too (both paths count a * z)."""
     from minibnn.kernels.cpu import PARALLEL_MIN_WORK
     from minibnn.nn.channels_last import (BatchNormNHWC, BatchNormSignNHWC, ChannelsLast,
                                           ResidualNHWC)
     from minibnn.nn.models import build_model
-    from minibnn.nn.packed import PackedStep
+    from minibnn.nn.packed import BiasSignStep, PackedStep
 
     model = build_model(name, input_shape=(3, 32, 32), width=16, scale=scale)
     params, buffers, x = _random_state(model, dtype, affine=True)
@@ -131,12 +131,13 @@ def test_cnns_run_packed_channels_last_with_the_float_logits(name, scale, dtype)
         assert run.steps[:2] == group.twins[:2]                 # the float model's own twins
         assert all(isinstance(s, PackedStep) and s.layer.fold is not None
                    for s in run.steps[2:])
-    else:       # each block: bias+sign, then the bconv with its BatchNorm as a count table
+    else:       # each block: bias+sign in one pass, the bconv with its BatchNorm as a table
         blocks = [s for s in run.steps if isinstance(s, ResidualNHWC)]
         assert len(blocks) == 6 and len(run.steps) == len(group.twins)
         for block, twin in zip(blocks, [t for t in group.twins if isinstance(t, ResidualNHWC)]):
             bias_sign, conv = block.body
-            assert bias_sign is twin.body[0] and type(twin.body[2]) is BatchNormNHWC
+            assert isinstance(bias_sign, BiasSignStep) and bias_sign.key == twin.body[0].key
+            assert type(twin.body[2]) is BatchNormNHWC
             assert isinstance(conv, PackedStep) and conv.layer.fold is None
             assert conv.table.shape == (2 * conv.layer.k + 1, conv.layer.shape[0])
         assert not any(isinstance(s, BatchNormSignNHWC) for s in run.steps)

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from minibnn.kernels.channels_last import (  # noqa: F401  (the ops, re-exported)
     batchnorm_sign_pack_backward, batchnorm_sign_pack_eval, batchnorm_sign_pack_train,
-    conv2d_nhwc_backward, conv2d_nhwc_forward, maxpool2d_nhwc_backward, maxpool2d_nhwc_forward)
+    bias_sign_pack, conv2d_nhwc_backward, conv2d_nhwc_forward, maxpool2d_nhwc_backward,
+    maxpool2d_nhwc_forward)
 from minibnn.kernels.reference import (  # noqa: F401
     adam_update, batchnorm_sign_eval, batchnorm_sign_train, binary_conv2d, binary_conv2d_lookup,
     binary_conv2d_threshold_pack, bop_update, cema_update, col2im, im2col, maxpool2d_backward,
@@ -35,9 +36,9 @@ from minibnn.kernels.registry import (
 #: every op, by name
 OPS = ("adam_update", "batchnorm_sign_eval", "batchnorm_sign_pack_backward",
        "batchnorm_sign_pack_eval", "batchnorm_sign_pack_train", "batchnorm_sign_train",
-       "binary_conv2d", "binary_conv2d_lookup", "binary_conv2d_threshold_pack", "bop_update",
-       "cema_update", "col2im", "conv2d_nhwc_backward", "conv2d_nhwc_forward", "im2col",
-       "maxpool2d_backward", "maxpool2d_forward", "maxpool2d_nhwc_backward",
+       "bias_sign_pack", "binary_conv2d", "binary_conv2d_lookup", "binary_conv2d_threshold_pack",
+       "bop_update", "cema_update", "col2im", "conv2d_nhwc_backward", "conv2d_nhwc_forward",
+       "im2col", "maxpool2d_backward", "maxpool2d_forward", "maxpool2d_nhwc_backward",
        "maxpool2d_nhwc_forward", "pack_conv_input", "pack_conv_weights", "pack_signs",
        "sgd_update", "threshold_pack", "unpack_signs", "xnor_gemm")
 

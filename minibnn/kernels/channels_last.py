@@ -265,6 +265,26 @@ def batchnorm_sign_pack_eval(z: Array, mean: Array, var: Array, gamma: Array, be
     return pack_signs(y)
 
 
+def check_bias_rows(fn: str, x: Any, b: Any, kind: str = "any") -> None:
+    """x (M, C) float rows and b its (C,) bias of the same dtype."""
+    require_float(fn, "x", x, kind)
+    require_float(fn, "b", b, kind)
+    if x.ndim != 2 or tuple(b.shape) != (x.shape[1],) or b.dtype != x.dtype:
+        raise ShapeError(f"{fn}: x must be (M, C) rows and b its {x.dtype} (C,) bias, got x "
+                         f"{x.dtype} {tuple(x.shape)} and b {b.dtype} {tuple(b.shape)}")
+
+
+@op
+def bias_sign_pack(x: Array, b: Array) -> Array:
+    """``sign(x + b)`` of rows x (M, C), packed: bits (M, ceil(C/64)) uint64.
+
+    ``y = x + b`` in x's dtype (``bias_forward``'s add, b (C,) of the same dtype), bit = y >= 0
+    (sign(0) = +1): the bias+sign step's output at inference, in one pass.
+    """
+    check_bias_rows("bias_sign_pack", x, b)
+    return pack_signs(x + b)
+
+
 @op
 def batchnorm_sign_pack_backward(ds: Array, z: Array, mean: Array, inv_std: Array, gamma: Array,
                                  beta: Array, ste: str = "identity", ste_beta: float = 5.0

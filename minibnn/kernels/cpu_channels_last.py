@@ -381,6 +381,27 @@ def batchnorm_sign_pack_eval(z: np.ndarray, mean: np.ndarray, var: np.ndarray, g
     return bits
 
 
+@njit(parallel=True, cache=True)
+def _bias_sign_pack(x, b, bits):  # type: ignore[no-untyped-def]
+    m, c = x.shape
+    for r in prange(m):
+        for q in range(bits.shape[1]):
+            word = np.uint64(0)
+            for j in range(min(64, c - q * 64)):          # last, partial word: pad bits stay 0
+                ci = q * 64 + j
+                word |= np.uint64(x[r, ci] + b[ci] >= 0) << np.uint64(j)   # y = x + b, x's dtype
+            bits[r, q] = word
+
+
+@register(ref.bias_sign_pack, "numba")
+def bias_sign_pack(x: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One pass: add, compare, pack (the reference adds into a new array, then packs it)."""
+    ref.check_bias_rows("bias_sign_pack", x, b, "numpy")
+    bits = np.empty((x.shape[0], words_for(x.shape[1])), dtype=np.uint64)
+    _bias_sign_pack(np.ascontiguousarray(x), np.ascontiguousarray(b), bits)
+    return bits
+
+
 @register(ref.batchnorm_sign_pack_backward, "numba")
 def batchnorm_sign_pack_backward(ds: np.ndarray, z: np.ndarray, mean: np.ndarray,
                                  inv_std: np.ndarray, gamma: np.ndarray, beta: np.ndarray,

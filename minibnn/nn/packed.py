@@ -19,9 +19,11 @@ float activations in between.
     front, birealnet from stem to global pool) becomes one PackedBinary that runs
     channels-last end to end: the group's own twins for its real steps (convolutions, sign
     steps, BatchNorms, pools, PReLU, residual adds), each binary conv on packed signs
-    (``PackedStep``, inside residual blocks too), and a binary conv with its ``[max-pool ->]
+    (``PackedStep``, inside residual blocks too), a binary conv with its ``[max-pool ->]
     BatchNorm+sign`` as one pass from packed signs to packed signs
-    (``kernels.binary_conv2d_threshold_pack``);
+    (``kernels.binary_conv2d_threshold_pack``), with a plain BatchNorm as one pass from packed
+    signs to its output (``kernels.binary_conv2d_lookup``), a bias+sign as one pass
+    (``kernels.bias_sign_pack``);
   * elsewhere each ``Sign -> binary layer [-> fold -> binary layer ...]`` run of declared
     layers (the MLP, the ``nchw`` layout) becomes one PackedBinary.
 
@@ -60,9 +62,9 @@ from minibnn.kernels.bitpack import (PackedConv2d, PackedDense, count, pack_conv
                                      pack_input)
 from minibnn.kernels.reference import maxpool_counts, pack_bits
 from minibnn.kernels.threshold import Threshold, threshold_signs
-from minibnn.nn.channels_last import (Activation, BatchNormNHWC, BatchNormSignNHWC, ChannelsLast,
-                                      ConvNHWC, Counts, MaxPoolNHWC, Packed, ResidualNHWC,
-                                      as_float, channels_first, channels_last)
+from minibnn.nn.channels_last import (Activation, BatchNormNHWC, BatchNormSignNHWC, BiasSignNHWC,
+                                      ChannelsLast, ConvNHWC, Counts, MaxPoolNHWC, Packed,
+                                      ResidualNHWC, as_float, channels_first, channels_last)
 from minibnn.nn.fold import Fold, fold_after, fold_batchnorm_sign, fold_sites, walk
 from minibnn.nn.models import Model
 from minibnn.nn.containers import Residual, Sequential
@@ -175,6 +177,25 @@ class PackedStep:
         raise MinibnnError(f"{self.layer.name}: packed layers are inference-only")
 
 
+class BiasSignStep:
+    """``BiasSignNHWC`` at inference in one pass (``kernels.bias_sign_pack``): its bits, the
+    sign of ``x + b`` added in the model dtype, without the float y in between."""
+
+    def __init__(self, twin: BiasSignNHWC):
+        self.key = twin.key
+
+    def forward(self, params: Params, buffers: Params, x: Activation, train: bool
+                ) -> tuple[Packed, Params, None]:
+        b = params[self.key]
+        x = as_float(x, b.dtype)
+        n, h, w, c = x.shape
+        bits = kernels.bias_sign_pack(x.reshape(n * h * w, c), b)
+        return Packed(bits.reshape(n, h, w, -1), c, b.dtype), {}, None
+
+    def backward(self, dy: Any, cache: Any) -> tuple[Any, Params]:
+        raise MinibnnError(f"{self.key}: packed inference steps are inference-only")
+
+
 def _step_layers(step: Any) -> list[PackedLayer]:
     """The packed layers of a step of a PackedBinary, a Residual's branches included."""
     if isinstance(step, PackedStep):
@@ -191,8 +212,8 @@ class PackedBinary(Module):
     ``steps``: what runs, channels-last, in order: each packed binary layer as a
     ``PackedStep`` and, where the run replaces a channels-last group of the float model
     (``nn.channels_last.ChannelsLast``), the group's other twins, the very objects the float
-    model runs (the same kernels on the same arrays: the same bits), a ``ResidualNHWC`` with
-    its branches' binary layers packed.  A packed layer reads packed signs (the first one
+    model runs (the same kernels on the same arrays: the same bits), except a ``ResidualNHWC``
+    with its branches' binary layers packed and a bias+sign in one pass (``BiasSignStep``).  A packed layer reads packed signs (the first one
     packs ``sign(x)``); one that folds ``[MaxPool2d ->] BatchNorm -> Sign`` outputs the packed
     signs of the fold, a conv layer in one pass (``kernels.binary_conv2d_threshold_pack``).
 
@@ -309,8 +330,9 @@ def _packed_layers(mods: Sequence[Module], pm: PackedModel) -> list[Module]:
 
 def _packed_twins(twins: Sequence[Any], pm: PackedModel) -> list[Any]:
     """The steps of the PackedBinary that replaces a channels-last group (its ``twins``): each
-    binary conv packed (the ``[max-pool ->] BatchNorm+sign`` twins of its fold dropped), a
-    Residual's branches likewise, every other twin as the group runs it."""
+    binary conv packed (the ``[max-pool ->] BatchNorm+sign`` twins of its fold dropped, or the
+    plain BatchNorm after it as a count table), a Residual's branches likewise, a bias+sign as
+    ``BiasSignStep``, every other twin as the group runs it."""
     steps: list[Any] = []
     i = 0
     while i < len(twins):
@@ -332,6 +354,9 @@ def _packed_twins(twins: Sequence[Any], pm: PackedModel) -> list[Any]:
                 steps.append(PackedStep(layer, table))
                 span = 0 if table is None else 1
             i += 1 + span
+        elif type(twin) is BiasSignNHWC:
+            steps.append(BiasSignStep(twin))
+            i += 1
         else:
             steps.append(twin)
             i += 1
