@@ -197,15 +197,33 @@ def _signal_lost_in_a_weakref_callback(signum: int) -> None:
     assert ref() is None
 
 
-def test_a_stop_signal_python_lost_is_raised_at_the_next_check(capsys) -> None:  # type: ignore[no-untyped-def]
-    with stop_on_signals() as received:
-        _signal_lost_in_a_weakref_callback(signal.SIGTERM)     # no exception here...
-        assert received == [signal.SIGTERM]
+def test_a_stop_signal_python_lost_is_raised_at_the_next_check() -> None:
+    reported: list[object] = []
+    hook_before, handler_before = sys.unraisablehook, signal.getsignal(signal.SIGTERM)
+    sys.unraisablehook = reported.append             # what Python reports as "ignored"
+    try:
+        with stop_on_signals() as received:
+            _signal_lost_in_a_weakref_callback(signal.SIGTERM)     # no exception here...
+            assert received == [signal.SIGTERM]
+            with pytest.raises(KeyboardInterrupt):
+                raise_if_stopped()                              # ...but here
+        assert reported == []                        # and no "Exception ignored" report
+        assert sys.unraisablehook == reported.append # the block put the hook back
+    finally:
+        sys.unraisablehook = hook_before
+    assert received == [signal.SIGTERM]              # the block's list keeps what came
+    raise_if_stopped()                               # outside the block nothing is pending
+    assert signal.getsignal(signal.SIGTERM) == handler_before
+
+
+def test_an_inner_stop_block_keeps_the_outer_blocks_signals() -> None:
+    with stop_on_signals() as outer:
+        _signal_lost_in_a_weakref_callback(signal.SIGTERM)
+        with stop_on_signals() as inner:
+            assert inner == []
+        assert outer == [signal.SIGTERM]
         with pytest.raises(KeyboardInterrupt):
-            raise_if_stopped()                                  # ...but here
-    assert capsys.readouterr().err == ""             # no "Exception ignored" report either
-    raise_if_stopped()                               # the block's end forgets the signal
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+            raise_if_stopped()
 
 
 def test_sigterm_lost_during_a_step_still_stops_train_at_that_step(tmp_path: Path,

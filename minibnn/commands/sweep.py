@@ -460,6 +460,7 @@ def _run_dask(tasks: list[dict[str, Any]], address: str
         futures = {client.submit(run_point, t, key=f"minibnn-{t['id']}", pure=False): t["id"]
                    for t in tasks}
         for future in as_completed(futures):
+            raise_if_stopped()                   # a stop signal whose raise was lost
             if future.status == "cancelled" and client.status != "running":
                 raise SchedulerLost(address)     # Dask cancels every future it had
             pid = futures[future]

@@ -5,11 +5,14 @@ they are inside a weakref callback or a ``__del__`` (NumPy, h5py and tqdm all ru
 ``KeyboardInterrupt`` the handler raises is printed as "Exception ignored" and dropped, and the
 command goes on as if no signal had come. So ``stop_on_signals`` makes the handler note the
 signal as well as raise, and the long loops call ``raise_if_stopped()`` (after every training
-step): a lost interrupt is raised again there, a step later.
+step, and while a sweep waits for its workers): a lost interrupt is raised again there.
 
     with stop_on_signals() as received:
-        ...                                   # training calls raise_if_stopped()
-    # received: the signals that came (SIGTERM in it: exit 143, as after the default action)
+        try:
+            ...                               # training calls raise_if_stopped()
+        except KeyboardInterrupt:
+            ...                               # received: the signals that came (SIGTERM in
+                                              # it: exit 143, as after the default action)
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any, Iterator
 
-#: the signals that stop a command: noted here while ``stop_on_signals`` is active
+#: the stop signals noted by the innermost active ``stop_on_signals`` block (a fresh list per
+#: block; an empty list outside every block)
 _received: list[int] = []
 
 
@@ -47,22 +51,27 @@ def _unraisable_hook(previous: Any) -> Any:
 
 @contextmanager
 def stop_on_signals() -> Iterator[list[int]]:
-    """Within the block SIGTERM, and Ctrl-C unless the process started with it ignored, raise
-    ``KeyboardInterrupt`` and are noted in the list the block gets. Outside the main thread
-    (where Python allows no handlers) nothing is installed and the list stays empty."""
+    """Within the block SIGTERM, and Ctrl-C where its handler is Python's default one (not a
+    process that started with it ignored, nor a caller's own handler), raise
+    ``KeyboardInterrupt`` and are noted in the list the block gets, which keeps them after the
+    block. Outside the main thread (where Python allows no handlers) nothing is installed and
+    the list stays empty."""
+    global _received
     if threading.current_thread() is not threading.main_thread():
         yield []
         return
-    _received.clear()
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _handle)}
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        previous[signal.SIGINT] = signal.signal(signal.SIGINT, _handle)
+    outer, received = _received, []
     previous_hook = sys.unraisablehook
-    sys.unraisablehook = _unraisable_hook(previous_hook)
+    previous: dict[int, Any] = {}
     try:
-        yield _received
+        _received = received
+        sys.unraisablehook = _unraisable_hook(previous_hook)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _handle)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, _handle)
+        yield received
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         sys.unraisablehook = previous_hook
-        _received.clear()
+        _received = outer
