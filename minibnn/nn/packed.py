@@ -213,9 +213,10 @@ class PackedBinary(Module):
     ``PackedStep`` and, where the run replaces a channels-last group of the float model
     (``nn.channels_last.ChannelsLast``), the group's other twins, the very objects the float
     model runs (the same kernels on the same arrays: the same bits), except a ``ResidualNHWC``
-    with its branches' binary layers packed and a bias+sign in one pass (``BiasSignStep``).  A packed layer reads packed signs (the first one
-    packs ``sign(x)``); one that folds ``[MaxPool2d ->] BatchNorm -> Sign`` outputs the packed
-    signs of the fold, a conv layer in one pass (``kernels.binary_conv2d_threshold_pack``).
+    with its branches' binary layers packed and a bias+sign in one pass (``BiasSignStep``).
+    A packed layer reads packed signs (the first one packs ``sign(x)``); one that folds
+    ``[MaxPool2d ->] BatchNorm -> Sign`` outputs the packed signs of the fold, a conv layer in
+    one pass (``kernels.binary_conv2d_threshold_pack``).
 
     Input and output are the model's arrays: NCHW (or (N, features)), in x's dtype; a run ending
     in a folded layer outputs its thresholded signs as +-1.  Inference only: ``backward`` raises.
@@ -380,8 +381,10 @@ def _count_table(layer: PackedLayer, twin: Any, pm: PackedModel) -> np.ndarray |
     if type(twin) is not BatchNormNHWC or (2 * k + 1) * o > COUNT_TABLE_MAX:
         return None
     y = np.repeat(np.arange(-k, k + 1, dtype=np.int32)[:, None], o, axis=1)[None, None]
-    conv_out = Counts(y, pm.dtype) if layer.scale is None else _real_output(y, layer, pm.dtype,
-                                                                               -1)
+    if layer.scale is None:
+        conv_out = Counts(y, pm.dtype)
+    else:
+        conv_out = _real_output(y, layer, pm.dtype, -1)
     table, _, _ = twin.forward(pm.params, pm.buffers, conv_out, False)
     return np.ascontiguousarray(table.reshape(2 * k + 1, o))
 
