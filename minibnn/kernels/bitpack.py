@@ -23,7 +23,8 @@ either in one call on float x (``binary_dense`` / ``binary_conv2d``: pack x, the
 in a run of binary layers whose activations stay packed, as ``pack_input`` once and ``count``
 per layer (the thresholded signs of one layer, op ``threshold_pack`` with the thresholds of
 ``kernels.threshold``, are the next layer's packed input; op ``binary_conv2d_threshold_pack``
-does count, max-pool and thresholds of a conv layer in one pass).
+does count, max-pool and thresholds of a conv layer in one pass, ``binary_conv2d_lookup`` a
+conv layer and a table of what follows it at each count).
 """
 from __future__ import annotations
 
