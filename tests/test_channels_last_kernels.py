@@ -157,6 +157,28 @@ def test_batchnorm_sign_pack_kernels(m: int, c: int, dtype: Any, counts: bool, s
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(b).max()))
 
 
+@pytest.mark.parametrize("m,c", [(2, 1), (50, 7), (1000, 64), (4096, 130)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("counts", [True, False])
+def test_batch_statistics_rows(m: int, c: int, dtype: Any, counts: bool) -> None:
+    """The statistics op against its reference, and bit for bit the statistics of
+    ``batchnorm_sign_pack_train`` (each body), which ``BatchNormNHWC`` took before it called
+    this op: training through it is unchanged."""
+    rng = np.random.default_rng(6)
+    z, gamma, beta = bn_inputs(rng, m, c, dtype, counts)
+    got_f = fast("batch_statistics_rows")(z, gamma.dtype)
+    got_r = ref("batch_statistics_rows")(z, gamma.dtype)
+    for a, b in zip(got_f, got_r):
+        assert a.dtype == b.dtype == dtype
+        if counts:
+            assert np.array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    for body, got in (("numba", got_f), ("numpy", got_r)):
+        _, mean, var, _ = kernels.get("batchnorm_sign_pack_train", body)(z, gamma, beta, 1e-5)
+        assert np.array_equal(got[0], mean) and np.array_equal(got[1], var), body
+
+
 def test_batchnorm_sign_pack_equals_the_layers() -> None:
     """The fused oracle is BatchNorm2d then sign (train mode), on NHWC rows."""
     from minibnn.nn.functional.batchnorm import batchnorm_backward, batchnorm_forward
@@ -212,6 +234,8 @@ def test_argument_errors(body: str) -> None:
     bn = kernels.get("batchnorm_sign_pack_train", body)
     with pytest.raises(MinibnnError, match="at least 2 rows"):
         bn(np.zeros((1, 3), np.float32), np.ones(3, np.float32), np.zeros(3, np.float32))
+    with pytest.raises(MinibnnError, match="at least 2 rows"):
+        kernels.get("batch_statistics_rows", body)(np.zeros((1, 3), np.float32), np.float32)
     back = kernels.get("batchnorm_sign_pack_backward", body)
     z = np.zeros((4, 3), np.float32)
     with pytest.raises(MinibnnError, match="ste"):

@@ -215,8 +215,15 @@ def maxpool2d_nhwc_backward(dy: Array, argmax: Array, x_shape: tuple[int, int, i
 # --------------------------------------------------------------------------- BatchNorm + sign
 
 
+@op
 def batch_statistics_rows(z: Array, dtype: Any) -> tuple[Array, Array]:
-    """Per-channel mean and biased variance of z (M, C) from float64 sums, cast to ``dtype``."""
+    """Train-mode BatchNorm statistics of rows z (M, C), int32 or float: per-channel mean and
+    biased variance from float64 sums (the header's formulas), cast to ``dtype``.
+
+    The one definition of the statistics: ``batchnorm_sign_pack_train`` takes its own from
+    here, and the channels-last BatchNorm without a sign (``nn.channels_last.BatchNormNHWC``)
+    calls this op alone."""
+    check_rows("batch_statistics_rows", z)
     xp = get_array_module(z)
     zd = z.astype(xp.float64)
     m = z.shape[0]
@@ -246,7 +253,7 @@ def batchnorm_sign_pack_train(z: Array, gamma: Array, beta: Array, eps: float = 
     check_rows(fn, z)
     check_affine(fn, z, gamma, beta)
     xp = get_array_module(z)
-    mean, var = batch_statistics_rows(z, gamma.dtype)
+    mean, var = batch_statistics_rows.reference(z, gamma.dtype)
     inv_std = 1.0 / xp.sqrt(var + eps)
     y = (z.astype(gamma.dtype) - mean) * inv_std * gamma + beta
     return pack_signs(y), mean, var, inv_std

@@ -22,6 +22,8 @@ does, and a Numba loop promotes int32 - float32 to float64 unless told otherwise
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numba import njit, prange
 
@@ -345,24 +347,36 @@ def _float32_rows(gamma: np.ndarray) -> bool:
     return gamma.dtype == np.float32
 
 
+@register(ref.batch_statistics_rows, "numba")
+def batch_statistics_rows(z: np.ndarray, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The reference's mean and var from ``_row_sums``' chunked float64 sums (for float32;
+    other dtypes run the reference). For int32 counts the sums are exact: the same bits."""
+    fn = "batch_statistics_rows"
+    ref.check_rows(fn, z, "numpy")
+    if np.dtype(dtype) != np.float32:
+        return ref.batch_statistics_rows.reference(z, dtype)
+    m = z.shape[0]
+    sums = _row_sums(np.ascontiguousarray(z), STAT_CHUNKS)
+    mean64 = sums[0] / m
+    var = np.maximum(sums[1] / m - mean64 * mean64, 0.0).astype(np.float32)
+    return mean64.astype(np.float32), var
+
+
 @register(ref.batchnorm_sign_pack_train, "numba")
 def batchnorm_sign_pack_train(z: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                               eps: float = 1e-5
                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Two passes: the float64 sums, then normalise + sign + pack (float32; see the header)."""
+    """Two passes: the float64 sums (``batch_statistics_rows``), then normalise + sign + pack
+    (float32; see the header)."""
     fn = "batchnorm_sign_pack_train"
     ref.check_rows(fn, z, "numpy")
     ref.check_affine(fn, z, gamma, beta, "numpy")
     if not _float32_rows(gamma):
         return ref.batchnorm_sign_pack_train.reference(z, gamma, beta, eps)
     z = np.ascontiguousarray(z)
-    m = z.shape[0]
-    sums = _row_sums(z, STAT_CHUNKS)
-    mean64 = sums[0] / m
-    mean = mean64.astype(np.float32)
-    var = np.maximum(sums[1] / m - mean64 * mean64, 0.0).astype(np.float32)
+    mean, var = batch_statistics_rows(z, gamma.dtype)
     inv_std = 1.0 / np.sqrt(var + eps)
-    bits = np.empty((m, words_for(z.shape[1])), dtype=np.uint64)
+    bits = np.empty((z.shape[0], words_for(z.shape[1])), dtype=np.uint64)
     _normalise_pack(z, mean, inv_std, gamma, beta, bits)
     return bits, mean, var, inv_std
 

@@ -168,10 +168,10 @@ class ConvNHWC:
 class BatchNormNHWC:
     """An affine ``BatchNorm`` (no sign after it) on NHWC rows (M = N*H*W, C): float output.
 
-    Train mode takes the statistics the channels-last BatchNorm+sign takes (from
-    ``batchnorm_sign_pack_train``: ``batch_statistics_rows``' float64 sums, exact for a binary
-    convolution's int32 counts), and ``y = (z - mean) * inv_std * gamma + beta`` in gamma's
-    dtype (``batchnorm_forward``'s order).
+    Train mode takes the statistics the channels-last BatchNorm+sign takes (the op
+    ``batch_statistics_rows``, which ``batchnorm_sign_pack_train`` uses too: float64 sums, exact
+    for a binary convolution's int32 counts), and ``y = (z - mean) * inv_std * gamma + beta``
+    in gamma's dtype (``batchnorm_forward``'s order).
     ``F.batchnorm_forward`` on the rows would sum float32 down the M rows one by one (relative
     error of var ~1e-4 at M = 131072, where the NCHW layer's pairwise sums give ~4e-7).
 
@@ -203,9 +203,9 @@ class BatchNormNHWC:
         gamma, beta, rm, rv, rows, shape = self._inputs(params, buffers, x)
         xp = get_array_module(rows)
         if train:
-            # the statistics of the fused BatchNorm+sign (``batch_statistics_rows``' float64
-            # sums, one pass in its Numba body); its packed signs are not needed here
-            _, mean, var, inv_std = kernels.batchnorm_sign_pack_train(rows, gamma, beta, bn.eps)
+            # the statistics of the fused BatchNorm+sign: the same op, its float64 sums
+            mean, var = kernels.batch_statistics_rows(rows, gamma.dtype)
+            inv_std = 1.0 / xp.sqrt(var + bn.eps)
             rm, rv = update_running_statistics(rm, rv, mean, var, rows.shape[0], bn.momentum)
         else:
             mean, inv_std = rm, 1.0 / xp.sqrt(rv + bn.eps)
