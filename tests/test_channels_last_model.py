@@ -27,7 +27,7 @@ from minibnn.errors import MinibnnError
 from minibnn.kernels.cpu import PARALLEL_MIN_WORK
 from minibnn.nn import models
 from minibnn.nn.channels_last import (ChannelsLast, ResidualNHWC, as_float, channels_first,
-                                      channels_last)
+                                      channels_last, has_twin, nhwc_twin)
 from minibnn.nn.containers import Residual, Sequential
 from minibnn.nn.modules import (AvgPool2d, BatchNorm, BatchNormSign, BiasSign, BinaryConv2d,
                                 Conv2d, Dense, Flatten, GlobalAvgPool, Hardtanh, LearnableBias,
@@ -485,7 +485,19 @@ def test_birealnet_trains_to_the_same_parameters_in_both_layouts_in_float64() ->
 
 def alone(step: Module) -> ChannelsLast:
     """``step`` as a group of its own: its twin between the two layout conversions."""
-    return ChannelsLast([step], [ChannelsLast._twin(step, False)])
+    return ChannelsLast([step], [nhwc_twin(step, True)])
+
+
+def test_has_twin_and_nhwc_twin_read_one_table() -> None:
+    """A step without a twin (a non-affine BatchNorm, a padded max-pool, a Dense) has none in
+    both, and ``nhwc_twin`` names it instead of returning some other twin."""
+    from minibnn.nn.modules import Dense, MaxPool2d
+    assert has_twin(BatchNorm("bn", 4)) and has_twin(MaxPool2d(2))
+    for step, name in [(BatchNorm("plain", 4, affine=False), "plain"),
+                       (MaxPool2d(3, padding=1), "maxpool2d_forward"), (Dense("fc", 4, 2), "fc")]:
+        assert not has_twin(step)
+        with pytest.raises(MinibnnError, match=f"no channels-last twin for the step .*{name}"):
+            nhwc_twin(step, True)
 
 
 #: >= PARALLEL_MIN_WORK values, C = 16 (k = 64 pixels per wide row); and an odd size, C = 70,

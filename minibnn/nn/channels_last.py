@@ -40,10 +40,11 @@ are plain array ops (NumPy or CuPy alike).
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Protocol, Sequence, Union
+from typing import Any, Callable, NamedTuple, Protocol, Sequence, Union
 
 from minibnn import kernels
 from minibnn.backend import get_array_module
+from minibnn.errors import MinibnnError
 from minibnn.nn import functional as F
 from minibnn.nn.functional.batchnorm import update_running_statistics
 from minibnn.nn.modules import (BatchNorm, BatchNormSign, BiasSign, BinaryConv2d, Conv2d, Module,
@@ -472,18 +473,51 @@ def emits_signs(step: Module) -> bool:
     return isinstance(step, (BatchNormSign, BiasSign))
 
 
+def is_affine_batchnorm(step: Module) -> bool:
+    """A ``BatchNorm`` with gamma and beta (``BatchNormNHWC`` reads both; a non-affine one has
+    no channels-last twin)."""
+    return isinstance(step, BatchNorm) and step.affine
+
+
+#: step kind -> its channels-last twin: (the test that a step is of that kind, the twin made
+#: from the step and ``need_dx``), tried in order. The one list ``has_twin`` and ``nhwc_twin``
+#: read (a ``Residual`` is ``nn.containers``' to twin: it holds other steps).
+TWINS: tuple[tuple[Callable[[Module], bool], Callable[[Any, bool], Twin]], ...] = (
+    (lambda s: isinstance(s, (Conv2d, BinaryConv2d)),
+     lambda s, need_dx: ConvNHWC(s, need_dx=need_dx)),
+    (lambda s: isinstance(s, BatchNormSign), lambda s, _: BatchNormSignNHWC(s)),
+    (lambda s: isinstance(s, BiasSign), lambda s, _: BiasSignNHWC(s)),
+    (is_affine_batchnorm, lambda s, _: BatchNormNHWC(s)),
+    (lambda s: isinstance(s, PReLU), lambda s, _: PReLUNHWC(s)),
+    (is_maxpool, lambda s, _: MaxPoolNHWC(s)),
+    (is_block_avgpool, lambda s, _: AvgPoolNHWC(s)),
+    (is_global_avgpool, lambda s, _: GlobalAvgPoolNHWC()),
+)
+
+
 def has_twin(step: Module) -> bool:
-    """True for the steps ``ChannelsLast._twin`` makes a twin of (a ``Residual`` is
-    ``nn.containers``' to judge: it holds other steps)."""
-    return (isinstance(step, (Conv2d, BinaryConv2d, BatchNormSign, BiasSign, PReLU))
-            or (isinstance(step, BatchNorm) and step.affine)
-            or is_maxpool(step) or is_block_avgpool(step) or is_global_avgpool(step))
+    """True for the steps ``nhwc_twin`` makes a twin of (a kind in ``TWINS``)."""
+    return any(kind(step) for kind, _ in TWINS)
+
+
+def nhwc_twin(step: Module, need_dx: bool) -> Twin:
+    """The NHWC twin of ``step`` (``TWINS``); ``need_dx=False``: a convolution skips its input
+    gradient (a model's first step). A step of no kind in ``TWINS`` is a ``MinibnnError``."""
+    for kind, make in TWINS:
+        if kind(step):
+            return make(step, need_dx)
+    what = (f"{step.forward_fn.__name__}{step.kwargs}" if isinstance(step, Stateless)
+            else f"{type(step).__name__} {step.name!r}")
+    raise MinibnnError(f"no channels-last twin for the step {what} (supported: convolutions, "
+                       f"affine BatchNorms, BatchNorm+sign, bias+sign, PReLU, max-pools with "
+                       f"kernel^2 <= 255, unpadded block average pools, the global average "
+                       f"pool)")
 
 
 class ChannelsLast(Module):
     """A run of NCHW steps executed channels-last; same parameters, buffers and gradients.
 
-    ``twins[i]`` runs ``steps[i]`` on NHWC arrays (``ChannelsLast._twin`` for a step with a
+    ``twins[i]`` runs ``steps[i]`` on NHWC arrays (``nhwc_twin`` for a step with a
     twin of its own; ``nn.containers.group_channels_last`` builds the groups, Residuals
     included). ``input_grad=False`` (the group starts a model, whose backward ignores dx):
     ``backward`` returns None for dx, and a first convolution's twin should skip computing it.
@@ -493,26 +527,6 @@ class ChannelsLast(Module):
         super().__init__("")
         self.steps, self.twins = list(steps), list(twins)
         self.input_grad = input_grad
-
-    @staticmethod
-    def _twin(step: Module, first_without_dx: bool) -> Twin:
-        """The NHWC twin of a step with ``has_twin(step)``; ``first_without_dx``: a convolution
-        skips its input gradient (a model's first step)."""
-        if isinstance(step, (Conv2d, BinaryConv2d)):
-            return ConvNHWC(step, need_dx=not first_without_dx)
-        if isinstance(step, BatchNormSign):
-            return BatchNormSignNHWC(step)
-        if isinstance(step, BiasSign):
-            return BiasSignNHWC(step)
-        if isinstance(step, BatchNorm):
-            return BatchNormNHWC(step)
-        if isinstance(step, PReLU):
-            return PReLUNHWC(step)
-        if is_maxpool(step):
-            return MaxPoolNHWC(step)
-        if is_block_avgpool(step):
-            return AvgPoolNHWC(step)
-        return GlobalAvgPoolNHWC()
 
     def forward(self, params, buffers, x, train):
         h, new_buffers, caches = forward_steps(self.twins, params, buffers, channels_last(x),

@@ -33,7 +33,7 @@ from typing import Sequence
 from minibnn.errors import MinibnnError
 from minibnn.nn import functional as F
 from minibnn.nn.channels_last import (ChannelsLast, ResidualNHWC, Twin, emits_signs,
-                                      has_twin, is_global_avgpool)
+                                      has_twin, is_global_avgpool, nhwc_twin)
 from minibnn.nn.modules import (BatchNorm, BatchNormSign, BiasSign, BinaryConv2d, LearnableBias,
                                 Module, Params, backward_steps, forward_steps, is_sign,
                                 model_dtype)
@@ -198,13 +198,13 @@ def _feeds_binary(steps: Sequence[Module]) -> bool:
                    for b in _branches(s) or []))
 
 
-def _nhwc_twin(step: Module, first_without_dx: bool) -> Twin:
+def _nhwc_twin(step: Module, need_dx: bool) -> Twin:
     """The NHWC twin of a step with ``_runs_nhwc(step)``: a Residual's from the twins of its
     branches' steps (each needs its input gradient: the add passes it on), any other
-    step's own (``ChannelsLast._twin``)."""
+    step's own (``nn.channels_last.nhwc_twin``)."""
     if not isinstance(step, Residual):
-        return ChannelsLast._twin(step, first_without_dx)
-    body, *shortcut = [[_nhwc_twin(s, False) for s in branch] for branch in _branches(step)]
+        return nhwc_twin(step, need_dx)
+    body, *shortcut = [[_nhwc_twin(s, True) for s in branch] for branch in _branches(step)]
     return ResidualNHWC(body, shortcut[0] if shortcut else None)
 
 
@@ -225,7 +225,7 @@ def group_channels_last(steps: Sequence[Module], input_grad: bool = True) -> lis
         run = list(steps[i:j])
         if _feeds_binary(run):
             group_dx = input_grad or i > 0
-            twins = [_nhwc_twin(step, k == 0 and not group_dx) for k, step in enumerate(run)]
+            twins = [_nhwc_twin(step, k > 0 or group_dx) for k, step in enumerate(run)]
             out.append(ChannelsLast(run, twins, input_grad=group_dx))
         else:
             out.extend(run)
