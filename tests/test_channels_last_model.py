@@ -491,7 +491,6 @@ def alone(step: Module) -> ChannelsLast:
 def test_has_twin_and_nhwc_twin_read_one_table() -> None:
     """A step without a twin (a non-affine BatchNorm, a padded max-pool, a Dense) has none in
     both, and ``nhwc_twin`` names it instead of returning some other twin."""
-    from minibnn.nn.modules import Dense, MaxPool2d
     assert has_twin(BatchNorm("bn", 4)) and has_twin(MaxPool2d(2))
     for step, name in [(BatchNorm("plain", 4, affine=False), "plain"),
                        (MaxPool2d(3, padding=1), "maxpool2d_forward"), (Dense("fc", 4, 2), "fc")]:
@@ -605,3 +604,21 @@ def test_bias_sign_takes_sign_of_zero_as_plus_one_like_the_layers(dtype: Any) ->
         assert np.array_equal(y, y2)
         close(dx, dx2, dtype, "dx")
         close(grads["move.b"], grads2["move.b"], dtype, "move.b")
+
+
+def test_sign_ste_reads_the_sign_step_and_the_functional_defaults() -> None:
+    """One reading of a Sign step's STE settings: its kwargs, else ``F.sign_forward``'s own
+    defaults; the fused steps' twins take theirs from it."""
+    import inspect
+
+    from minibnn.nn import functional as F
+    from minibnn.nn.channels_last import BatchNormSignNHWC, BiasSignNHWC
+    from minibnn.nn.modules import sign_ste
+    defaults = inspect.signature(F.sign_forward).parameters
+    assert sign_ste(Sign()) == (defaults["ste"].default, defaults["beta"].default)
+    approx = Sign("approx")
+    assert sign_ste(approx) == ("approx", defaults["beta"].default)
+    twin = BatchNormSignNHWC(BatchNormSign(BatchNorm("bn", 4), approx))
+    assert (twin.ste, twin.ste_beta) == sign_ste(approx)
+    bias = BiasSignNHWC(BiasSign(LearnableBias("move", 4), approx))
+    assert (bias.ste, bias.ste_beta) == sign_ste(approx)

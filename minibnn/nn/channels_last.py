@@ -47,8 +47,9 @@ from minibnn.backend import get_array_module
 from minibnn.errors import MinibnnError
 from minibnn.nn import functional as F
 from minibnn.nn.functional.batchnorm import update_running_statistics
-from minibnn.nn.modules import (BatchNorm, BatchNormSign, BiasSign, BinaryConv2d, Conv2d, Module,
-                                Params, PReLU, Stateless, backward_steps, forward_steps)
+from minibnn.nn.modules import (SIGN_STE_DEFAULTS, BatchNorm, BatchNormSign, BiasSign,
+                                BinaryConv2d, Conv2d, Module, Params, PReLU, Stateless,
+                                backward_steps, forward_steps, sign_ste)
 
 Array = Any
 
@@ -181,7 +182,8 @@ class BatchNormNHWC:
     float64). ``BatchNormSignNHWC`` below is this step with the sign's STE and a packed output.
     """
 
-    def __init__(self, bn: BatchNorm, ste: str = "identity", ste_beta: float = 5.0):
+    def __init__(self, bn: BatchNorm, ste: str = SIGN_STE_DEFAULTS[0],
+                 ste_beta: float = SIGN_STE_DEFAULTS[1]):
         self.bn, self.ste, self.ste_beta = bn, ste, ste_beta
 
     def _inputs(self, params: Params, buffers: Params, x: Activation
@@ -239,8 +241,7 @@ class BatchNormSignNHWC(BatchNormNHWC):
     """``BatchNormSign`` on NHWC rows: statistics over (N, H, W), output packed signs."""
 
     def __init__(self, step: BatchNormSign):
-        super().__init__(step.bn, step.sign.kwargs.get("ste", "identity"),
-                         step.sign.kwargs.get("beta", 5.0))
+        super().__init__(step.bn, *sign_ste(step.sign))
 
     def forward(self, params: Params, buffers: Params, x: Activation, train: bool
                 ) -> tuple[Packed, Params, Any]:
@@ -293,8 +294,7 @@ class BiasSignNHWC:
 
     def __init__(self, step: BiasSign):
         self.key = step.bias.key("b")
-        self.ste = step.sign.kwargs.get("ste", "identity")
-        self.ste_beta = step.sign.kwargs.get("beta", 5.0)
+        self.ste, self.ste_beta = sign_ste(step.sign)
 
     def forward(self, params: Params, buffers: Params, x: Activation, train: bool
                 ) -> tuple[Packed, Params, Any]:

@@ -17,6 +17,7 @@ The containers that chain modules (``Sequential``, ``Residual``) are in ``nn.con
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
@@ -347,6 +348,19 @@ def is_sign(module: Module) -> bool:
             and module.backward_fn is _sign.sign_backward)
 
 
+#: ``F.sign_forward``'s defaults of its STE settings ``(ste, beta)``, read from its signature:
+#: what a ``Sign()`` step without them runs, with no second copy of the numbers
+SIGN_STE_DEFAULTS: tuple[str, float] = tuple(  # type: ignore[assignment]
+    inspect.signature(_sign.sign_forward).parameters[k].default for k in ("ste", "beta"))
+
+
+def sign_ste(sign: Stateless) -> tuple[str, float]:
+    """The STE name and beta of a ``Sign()`` step's backward: its own kwargs, else
+    ``F.sign_forward``'s defaults (``SIGN_STE_DEFAULTS``)."""
+    ste, beta = SIGN_STE_DEFAULTS
+    return sign.kwargs.get("ste", ste), sign.kwargs.get("beta", beta)
+
+
 class BatchNormSign(Module):
     """An affine ``BatchNorm`` and the ``Sign`` right after it, run as one fused step.
 
@@ -365,11 +379,11 @@ class BatchNormSign(Module):
 
     def forward(self, params, buffers, x, train):
         bn = self.bn
+        ste, ste_beta = sign_ste(self.sign)
         s, cache = F.batchnorm_sign_forward(
             x, params[bn.key("gamma")], params[bn.key("beta")],
             buffers[bn.key("running_mean")], buffers[bn.key("running_var")], train=train,
-            momentum=bn.momentum, eps=bn.eps, ste=self.sign.kwargs.get("ste", "identity"),
-            ste_beta=self.sign.kwargs.get("beta", 5.0))
+            momentum=bn.momentum, eps=bn.eps, ste=ste, ste_beta=ste_beta)
         new_buffers = {bn.key("running_mean"): cache.running_mean,
                        bn.key("running_var"): cache.running_var}
         return s, new_buffers, cache
