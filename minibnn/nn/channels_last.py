@@ -319,7 +319,11 @@ class PReLUNHWC:
     (whose per-element branch on the sign of x runs ~4x slower than plain arithmetic):
         y  = max(x, 0) + a * min(x, 0)      (x + a*0 = x where x > 0, 0 + a*x elsewhere),
         dx = a * q + p,   p = dy * (x > 0),  q = dy - p   (a*0 + dy = dy, or a*dy + 0),
-    exact rewrites (only the sign of a zero may differ); and dy * min(x, 0) = q * x."""
+    and dy * min(x, 0) = q * x: exact rewrites for finite values (only the sign of a zero
+    may differ). Not with infinities, where a product 0 * inf the ``where`` form never takes
+    gives NaN: an infinite dy gives dx = NaN (``where``: dy or a*dy, +-inf) and makes da NaN,
+    x = +inf gives da = NaN (``where``: dy * 0 = 0), an infinite slope a gives y = NaN where
+    x > 0. y for infinite x is the layer's (+inf, or a * -inf)."""
 
     def __init__(self, prelu: PReLU):
         self.key = prelu.key("a")

@@ -12,7 +12,10 @@ never behind the caller's back (``LAYOUTS``):
       2. every maximal run of steps with a channels-last twin (convolutions, affine
          BatchNorms, those sign steps, max-pools, block average pools, PReLUs, the global
          average pool, and Residuals whose body and shortcut are nhwc Sequentials of such
-         steps, recursively) in which a sign step feeds a binary convolution, at any depth,
+         steps, recursively) in which a sign step is directly followed by a binary
+         convolution, in the run itself or inside one branch of a Residual in it (recursively;
+         ``_feeds_binary``: adjacent steps of one list, never a sign step at the end of a
+         branch and a convolution after the Residual, nor one with a pool between them),
          becomes one ``ChannelsLast`` step (``group_channels_last``; ``nn.channels_last``:
          NHWC inside, packed activations, the XNOR-popcount forward). A Residual inside a
          group runs as ``ResidualNHWC``, twinned from its Sequentials' *layers* (fused as in
