@@ -91,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = SMOKE_CASES if args.smoke else CASES
     if args.only:
         keep = set(args.only.split(","))
+        unknown = keep - {f"{name}-{width}" for name, width in cases}
+        if unknown:
+            p.error(f"--only: unknown keys {', '.join(sorted(unknown))}; expected some of "
+                    f"{', '.join(f'{name}-{width}' for name, width in cases)}")
         cases = [c for c in cases if f"{c[0]}-{c[1]}" in keep]
     images, batch = (8, 4) if args.smoke else (args.images, args.batch)
     repeats = 1 if args.smoke else args.repeats
@@ -105,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table("packed vs float eval forward (images/s; packed/float < 1: packed is faster)",
                 ["model", "float img/s", "packed img/s", "packed/float", "identical"], rows)
     out = args.json
-    if out is None and not args.smoke:
+    if out is None and not args.smoke and not args.only:   # only a full run replaces it
         out = str(REPO / "benchmarks" / "results" / f"packed-eval-{threads}t.json")
     write_json(out, {"benchmark": "packed_eval", "machine": machine_info(), "images": images,
                      "batch": batch, "repeats": repeats, "weights": "random (timing only)",

@@ -170,6 +170,28 @@ def test_a_run_across_a_channels_last_group_boundary():
             assert np.array_equal(pm.forward(x), ref), backend
 
 
+def test_a_group_ending_in_a_binary_conv_and_a_plain_batchnorm_outputs_that_batchnorm():
+    """A channels-last group ending ``bconv -> BatchNorm`` (no sign after it): the packed run
+    replaces the BatchNorm by its count table, so its output is the BatchNorm's values, not the
+    raw counts (the run once returned the counts here: logits off by up to 17, no error)."""
+    from minibnn.nn.channels_last import ChannelsLast
+    from minibnn.nn.modules import BinaryConv2d, Conv2d
+
+    for scale in (False, True):
+        layers = [Conv2d("c1", 3, 8, 3, padding=1), BatchNorm("bn1", 8), Sign(),
+                  BinaryConv2d("b1", 8, 70, 3, padding=1, scale=scale), BatchNorm("bn2", 70),
+                  Flatten(), Dense("head", 70 * 8 * 8, 3)]
+        model = Model("tail", Sequential(layers, input_grad=False, layout="nhwc"), (3, 8, 8),
+                      3, {})
+        assert isinstance(model.net.steps()[0], ChannelsLast)
+        params, buffers, x = _random_state(model, np.float32, affine=True)
+        pm = pack_model(model, params, buffers)
+        ref, _, _ = model.forward(params, buffers, x, train=False)
+        for backend in ("numpy", "auto"):
+            with kernels.use_backend(backend):
+                assert np.array_equal(pm.forward(x), ref), (scale, backend)
+
+
 def test_binary_layer_without_a_sign_in_front_is_refused():
     net = Sequential([Flatten(), BinaryDense("fc", 16, 8), Dense("head", 8, 2)])
     model = Model("odd", net, (16,), 2, {})

@@ -29,7 +29,7 @@ from minibnn.errors import DTypeError, MinibnnError, ShapeError
 from minibnn.kernels._common import (conv_output_size, require_array, require_float,
                                      words_for)
 from minibnn.kernels.reference import pack_signs, patches_nhwc, unpack_signs
-from minibnn.kernels.registry import op
+from minibnn.kernels.registry import array_kind, op
 from minibnn.kernels.threads import matmul
 from minibnn.ops.sign import STE_NAMES, ste_grad
 
@@ -288,7 +288,7 @@ def bias_sign_pack(x: Array, b: Array) -> Array:
     ``y = x + b`` in x's dtype (``bias_forward``'s add, b (C,) of the same dtype), bit = y >= 0
     (sign(0) = +1): the bias+sign step's output at inference, in one pass.
     """
-    check_bias_rows("bias_sign_pack", x, b)
+    check_bias_rows("bias_sign_pack", x, b, array_kind(x))
     return pack_signs(x + b)
 
 

@@ -541,6 +541,6 @@ def binary_conv2d_lookup(xbits: Array, wbits: Array, wsum: Array, c: int, kh: in
     in eval mode, tabulated with those modules) gives their output bit for bit.
     """
     check_binary_conv_table("binary_conv2d_lookup", xbits, wbits, wsum, c, kh, kw, stride,
-                            padding, table)
+                            padding, table, array_kind(xbits))
     y = binary_conv2d(xbits, wbits, wsum, c, kh, kw, stride, padding, layout="nhwc")
     return table[y + kh * kw * c, get_array_module(y).arange(table.shape[1])]

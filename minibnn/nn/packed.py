@@ -41,8 +41,11 @@ are bit-identical in float32 and float64.  With ``scale`` the float path sums K 
 ``a * z`` (one rounding; the thresholds fold ``a * z``), so logits may differ in the last bits;
 predictions are equal unless a BatchNorm output lands within those bits of 0
 (``evaluate_packed(check=True)`` counts them).  Except where the float path computes ``a * z``
-itself: a binary conv inside a channels-last group (``layout="nhwc"``: binary_cnn, birealnet)
-is an XNOR count there too, so those logits are bit-identical with ``scale`` as well.
+itself: a binary conv fed packed signs by a sign step inside its channels-last group
+(``layout="nhwc"``; every binary conv of binary_cnn and birealnet) is an XNOR count there too,
+so those logits are bit-identical with ``scale`` as well. A group's first binary conv fed by a
+Sign *outside* the group (a hand-built net) runs the float GEMM on ``a * sign(w)``: the
+previous case, last bits only.
 
 The packed file format is ``minibnn.deploy.packed_file``; packing a run file, exporting and
 evaluating it is ``minibnn.deploy.inference``.
@@ -238,8 +241,9 @@ class PackedBinary(Module):
         else:
             h = channels_last(x)
         h, _, _ = forward_steps(self.steps[:-1], params, buffers, h, False)
-        if isinstance(last, PackedStep) and last.layer.fold is None:
-            # the run's real output, counted NCHW directly (no transpose)
+        if isinstance(last, PackedStep) and last.layer.fold is None and last.table is None:
+            # the run's real output, counted NCHW directly (no transpose); a layer with a
+            # count table outputs its BatchNorm's values instead (PackedStep.forward)
             return _real_output(last.counts(h, "nchw"), last.layer, x.dtype, 1), {}, None
         h, _, _ = last.forward(params, buffers, h, False)
         return channels_first(as_float(h, x.dtype)), {}, None
