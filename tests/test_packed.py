@@ -192,6 +192,46 @@ def test_a_group_ending_in_a_binary_conv_and_a_plain_batchnorm_outputs_that_batc
                 assert np.array_equal(pm.forward(x), ref), (scale, backend)
 
 
+@pytest.mark.parametrize("scale", [False, True])
+def test_birealnet_without_count_tables_is_still_exact(monkeypatch, scale):
+    """Above ``COUNT_TABLE_MAX`` entries (birealnet's last stage from width 64 on) a BatchNorm
+    after a binary conv runs as its own twin on the counts instead of as a table: the same
+    logits."""
+    import minibnn.nn.packed as packed
+
+    model = birealnet((3, 12, 12), width=6, blocks_per_stage=(1, 2), scale=scale)
+    params, buffers, x = _random_state(model, np.float32, affine=True)
+    ref, _, _ = model.forward(params, buffers, x, train=False)
+    monkeypatch.setattr(packed, "COUNT_TABLE_MAX", 0)
+    pm = pack_model(model, params, buffers)
+    def packed_steps(steps):                       # residual branches included
+        for step in steps:
+            if isinstance(step, packed.ResidualNHWC):
+                yield from packed_steps(list(step.body) + list(step.shortcut or []))
+            elif isinstance(step, packed.PackedStep):
+                yield step
+
+    runs = [run for run in pm.net.layers if isinstance(run, packed.PackedBinary)]
+    tables = [step.table for run in runs for step in packed_steps(run.steps)]
+    assert len(tables) == 3 and all(t is None for t in tables)   # the fallback really ran
+    assert np.array_equal(pm.forward(x), ref)
+
+
+@pytest.mark.parametrize("name", ["cnn", "birealnet"])
+def test_packed_logits_do_not_depend_on_the_thread_count(name):
+    from minibnn.kernels.threads import using_threads
+
+    model = MODELS[name](scale=True)
+    params, buffers, _ = _random_state(model, np.float32, affine=True)
+    x = np.random.default_rng(1).normal(size=(96,) + model.input_shape).astype(np.float32)
+    pm = pack_model(model, params, buffers)
+    logits = []
+    for threads in (1, 2, 3):
+        with using_threads(threads):
+            logits.append(pm.forward(x))
+    assert all(np.array_equal(logits[0], other) for other in logits[1:])
+
+
 def test_binary_layer_without_a_sign_in_front_is_refused():
     net = Sequential([Flatten(), BinaryDense("fc", 16, 8), Dense("head", 8, 2)])
     model = Model("odd", net, (16,), 2, {})
