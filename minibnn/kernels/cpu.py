@@ -477,8 +477,21 @@ def unpack_signs(p: np.ndarray, k: int, dtype: type | np.dtype = np.float32) -> 
     return out.reshape(p.shape[:-1] + (k,))
 
 
+@njit(inline="always", cache=True)
+def _folded_sign_bit(y, d, dt):  # type: ignore[no-untyped-def]
+    """The threshold rule, branch-free: s = +1 iff y >= t (d = +1) or y <= t (d = -1), i.e.
+    iff d*y >= d*t; ``dt`` = d*t, precomputed per channel (``_directions``)."""
+    return np.uint64(d * y >= dt)
+
+
+def _directions(threshold: np.ndarray, direction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(d, d*t) as int64 per channel, the two arrays ``_folded_sign_bit`` reads."""
+    d = direction.astype(np.int64)
+    return d, d * threshold.astype(np.int64)
+
+
 @njit(parallel=True, cache=True)
-def _threshold_pack(y3, t, d, out):  # type: ignore[no-untyped-def]
+def _threshold_pack(y3, d, dt, out):  # type: ignore[no-untyped-def]
     # y3 (N, C, P) int32; out (N*P, W) uint64: row n*P + p packs the C signs of pixel p
     n, c, p = y3.shape
     nw = out.shape[1]
@@ -489,9 +502,8 @@ def _threshold_pack(y3, t, d, out):  # type: ignore[no-untyped-def]
             c0 = q * 64
             word = np.uint64(0)
             for j in range(min(64, c - c0)):      # last, partial word: pad bits stay 0
-                v, tc = y3[ni, c0 + j, pi], t[c0 + j]
-                bit = v >= tc if d[c0 + j] > 0 else v <= tc     # s = +1 iff y >= t (d > 0)
-                word |= np.uint64(bit) << np.uint64(j)
+                oc = c0 + j
+                word |= _folded_sign_bit(y3[ni, oc, pi], d[oc], dt[oc]) << np.uint64(j)
             out[r, q] = word
 
 
@@ -508,7 +520,7 @@ def threshold_pack(y: np.ndarray, threshold: np.ndarray, direction: np.ndarray) 
     y3 = np.ascontiguousarray(y).reshape(n, c, -1)
     out = np.empty((n * y3.shape[2], words_for(c)), dtype=np.uint64)
     with _threads_for(y.size):
-        _threshold_pack(y3, threshold, direction, out)
+        _threshold_pack(y3, *_directions(threshold, direction), out)
     return out.reshape((n,) + y.shape[2:] + (words_for(c),))
 
 
@@ -742,8 +754,7 @@ def _binary_conv2d_threshold_pack(xb, wt, c, kh, kw, stride, padding, oh, ow, sg
                 word = np.uint64(0)
                 for j in range(min(64, o - q * 64)):      # last, partial word: pad bits stay 0
                     oc = q * 64 + j
-                    # s = +1 iff y >= t (d = +1) or y <= t (d = -1), i.e. iff d*y >= d*t
-                    word |= np.uint64(sgn[oc] * best[px, oc] >= st[oc]) << np.uint64(j)
+                    word |= _folded_sign_bit(best[px, oc], sgn[oc], st[oc]) << np.uint64(j)
                 out[ni, py, px, q] = word
 
 
@@ -762,10 +773,10 @@ def binary_conv2d_threshold_pack(xbits: np.ndarray, wbits: np.ndarray, wsum: np.
     n, o = xbits.shape[0], wbits.shape[0]
     out = np.empty((n, ph, pw, words_for(o)), dtype=np.uint64)
     with _threads_for(n * oh * ow * o * wbits.shape[1]):
-        sgn = direction.astype(np.int64)
+        sgn, st = _directions(threshold, direction)
         _binary_conv2d_threshold_pack(np.ascontiguousarray(xbits),
                                       np.ascontiguousarray(wbits.T), c, kh, kw, stride, padding,
-                                      oh, ow, sgn, sgn * threshold, pool_kernel, pool_stride,
+                                      oh, ow, sgn, st, pool_kernel, pool_stride,
                                       pool_padding, out)
     return out
 
