@@ -170,3 +170,29 @@ def test_the_run_file_doc_lists_every_variant_and_its_fields() -> None:
     for variants in (MODEL_VARIANTS, OPTIMIZER_VARIANTS):
         for name, variant in variants.items():
             assert listed[name] == variant_options(variant), name
+
+
+def test_cifar10_defaults_to_the_standard_augmentation_and_what_is_given_wins() -> None:
+    """CIFAR-10 trains with RandomCrop(32, padding=4) + RandomHorizontalFlip unless told
+    otherwise; the MNIST family keeps its 2-pixel shift into the background."""
+    from minibnn.run.spec import Data
+
+    assert spec_from_options({"dataset": "cifar10"}).data == Data("cifar10", 4, "zero", True)
+    mine = spec_from_options({"dataset": "cifar10", "shift": 2, "flip": False})
+    assert (mine.data.shift, mine.data.fill, mine.data.flip) == (2, "zero", False)
+    assert spec_from_options({"dataset": "mnist"}).data == Data("mnist", 2, "min", False)
+    assert spec_from_options({}).data == Data()
+
+
+def test_train_cli_takes_the_cifar10_recipe_and_no_flip_turns_it_off() -> None:
+    from minibnn.commands.cli import build_parser, given_options, spec_from_args, TRAIN_OPTIONS
+
+    def spec(*argv: str):  # type: ignore[no-untyped-def]
+        args = build_parser().parse_args(["train", *argv])
+        args.given = given_options(TRAIN_OPTIONS, ["train", *argv])
+        return spec_from_args(args)
+
+    assert spec("--dataset", "cifar10").data.flip is True
+    off = spec("--dataset", "cifar10", "--no-flip", "--shift", "0")
+    assert (off.data.flip, off.data.shift, off.data.fill) == (False, 0, "zero")
+    assert spec("--dataset", "mnist", "--flip").data.flip is True

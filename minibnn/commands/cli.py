@@ -29,10 +29,10 @@ from minibnn.run.resources import format_bytes, physical_memory
 from minibnn.run.stop_signals import raise_if_stopped, stop_on_signals
 from minibnn.nn.functional import STE_NAMES
 from minibnn.optim.schedules import SCHEDULE_NAMES
-from minibnn.run.spec import (BACKEND_NAMES, DEVICE_NAMES, DTYPE_NAMES, LOCAL_FIELDS,
-                              MODEL_NAMES, MODEL_VARIANTS, OPTION_SECTIONS, OPTIMIZER_NAMES,
-                              OPTIMIZER_VARIANTS, Local, RunSpec, int_list, read_stored_config,
-                              spec_from_options, variant_options)
+from minibnn.run.spec import (BACKEND_NAMES, DATA_RECIPES, DEVICE_NAMES, DTYPE_NAMES,
+                              LOCAL_FIELDS, MODEL_NAMES, MODEL_VARIANTS, OPTION_SECTIONS,
+                              OPTIMIZER_NAMES, OPTIMIZER_VARIANTS, Local, RunSpec, int_list,
+                              read_stored_config, spec_from_options, variant_options)
 
 #: the spec every default builds, and the default machine-local settings (help texts)
 DEFAULTS = spec_from_options({}).options()
@@ -185,14 +185,19 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch-size", type=int, default=d["batch_size"], help="images per step")
     g.add_argument("--label-smoothing", type=float, default=d["label_smoothing"],
                    help="mix the one-hot targets with the uniform distribution")
-    g.add_argument("--fill", default=d["fill"], choices=("min", "zero"),
+    cifar = DATA_RECIPES["cifar10"]
+    g.add_argument("--fill", default=None, choices=("min", "zero"),
                    help="--shift's border: the batch minimum (the background of MNIST-like "
-                   "images) or zero padding of the standardised image (--shift 4 --fill zero "
-                   "--flip: the standard CIFAR-10 augmentation)")
-    g.add_argument("--flip", action="store_true",
-                   help="augment: mirror each training image left-right with probability 1/2")
-    g.add_argument("--shift", type=int, default=d["shift"],
-                   help="augment: translate training images by up to N pixels (0 = off)")
+                   "images) or zero padding of the standardised image (default: "
+                   f"{d['fill']}; {cifar['fill']} for cifar10, whose default augmentation is "
+                   "the standard --shift 4 --fill zero --flip)")
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="augment: mirror each training image left-right with probability 1/2 "
+                   f"(default: {'on' if d['flip'] else 'off'}; "
+                   f"{'on' if cifar['flip'] else 'off'} for cifar10)")
+    g.add_argument("--shift", type=int, default=None,
+                   help="augment: translate training images by up to N pixels, 0 = off "
+                   f"(default: {d['shift']}; {cifar['shift']} for cifar10)")
     g.add_argument("--train-subset", type=int, default=None,
                    help="use only the first N training images")
     g.add_argument("--seed", type=int, default=d["seed"],
