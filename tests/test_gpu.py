@@ -63,6 +63,14 @@ def _host(a: Any) -> Any:
     return backend.to_numpy(a) if hasattr(a, "shape") else a
 
 
+def _packed_conv_inputs(rng: np.random.Generator, c: int, o: int) -> tuple[Any, Any, Any]:
+    """Packed signs of a random (2, 9, 9, c) NHWC input and of random (o, c, 3, 3) weights, on
+    the host: (xbits, wbits, wsum), the arguments of the packed 3x3 conv ops."""
+    x = rng.standard_normal((2, 9, 9, c)).astype(np.float32)
+    w = rng.standard_normal((o, c, 3, 3)).astype(np.float32)
+    return (numpy_ref("pack_signs")(x), *numpy_ref("pack_conv_weights")(w))
+
+
 def gpu_bodies(op: str) -> dict[str, Callable[..., Any]]:
     """The GPU bodies of ``op`` to check: its CUDA body (if any) and the reference on CuPy."""
     bodies = {"reference on cupy": numpy_ref(op)}
@@ -446,10 +454,7 @@ class TestBitPackingAndXnorOnGpu:
         (the CUDA binary_conv2d inside), exactly."""
         rng = np.random.default_rng(14)
         c, o = 70, 65
-        x = rng.standard_normal((2, 9, 9, c)).astype(np.float32)
-        w = rng.standard_normal((o, c, 3, 3)).astype(np.float32)
-        xbits = numpy_ref("pack_signs")(x)
-        wbits, wsum = numpy_ref("pack_conv_weights")(w)
+        xbits, wbits, wsum = _packed_conv_inputs(rng, c, o)
         t = rng.integers(-20, 21, o).astype(np.int32)
         d = rng.choice(np.array([-1, 1], np.int8), o)
         want = numpy_ref("binary_conv2d_threshold_pack")(xbits, wbits, wsum, c, 3, 3, 1, 1, t,
@@ -476,10 +481,7 @@ class TestBitPackingAndXnorOnGpu:
         CUDA binary_conv2d inside), exactly."""
         rng = np.random.default_rng(15)
         c, o = 70, 65
-        x = rng.standard_normal((2, 9, 9, c)).astype(np.float32)
-        w = rng.standard_normal((o, c, 3, 3)).astype(np.float32)
-        xbits = numpy_ref("pack_signs")(x)
-        wbits, wsum = numpy_ref("pack_conv_weights")(w)
+        xbits, wbits, wsum = _packed_conv_inputs(rng, c, o)
         table = rng.standard_normal((2 * 9 * c + 1, o)).astype(np.float32)
         want = numpy_ref("binary_conv2d_lookup")(xbits, wbits, wsum, c, 3, 3, 1, 1, table)
         args = [cp.asarray(a) for a in (xbits, wbits, wsum)]
