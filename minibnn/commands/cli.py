@@ -456,9 +456,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
         if len(args.runs) > 1:
             raise MinibnnError(f"show takes one sweep folder or run files, not both: "
                                f"{sweeps[0]} is a sweep folder")
-        print(show_sweep(sweeps[0], args.plot, args.metric, args.x, args.y))
+        print(show_sweep(sweeps[0], args.plot, args.metric, args.x, args.y, best=args.best,
+                         vmin=args.vmin, vmax=args.vmax))
         return 0
-    given = [f"--{k}" for k in ("metric", "x", "y") if getattr(args, k) is not None]
+    given = [f"--{k}" for k in ("metric", "x", "y", "best", "vmin", "vmax")
+             if getattr(args, k) is not None]
     if given:
         raise MinibnnError(f"{', '.join(given)} apply to a sweep folder (minibnn show DIR)")
     print(show(args.runs, args.plot))
@@ -480,6 +482,13 @@ def _add_show_parser(sub: argparse._SubParsersAction) -> None:
                    "seconds or epochs")
     g.add_argument("--x", default=None, help="grid axis across (default: the first that varies)")
     g.add_argument("--y", default=None, help="grid axis up (default: the next that varies)")
+    g.add_argument("--best", default=None, choices=("max", "min"),
+                   help="which end of --metric is best (default: max for accuracies, min for "
+                   "losses, seconds and epochs)")
+    g.add_argument("--vmin", type=float, default=None,
+                   help="the heatmap's colour-scale bottom (default: the lowest value shown)")
+    g.add_argument("--vmax", type=float, default=None,
+                   help="the heatmap's colour-scale top (default: the highest value shown)")
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:

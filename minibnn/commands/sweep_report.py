@@ -224,7 +224,8 @@ def plot_random_sweep(search: Any, rows: Sequence[dict[str, Any]], out: str,
 
 
 def show_sweep(path: str, plot_path: str | None, metric: str | None = None,
-               x: str | None = None, y: str | None = None) -> str:
+               x: str | None = None, y: str | None = None, best: str | None = None,
+               vmin: float | None = None, vmax: float | None = None) -> str:
     parsed, rows = _load(path)
     axes, search = parsed.axes, parsed.search
     text = format_sweep_table(axes, rows)
