@@ -400,6 +400,16 @@ def _export(args: argparse.Namespace) -> int:
         print(f"wrote {s['out']}: ONNX opset 17 graph of {s['model']}, {s['nodes']} nodes, "
               f"{s['bytes']} B (binary weights as {weights})")
         return 0
+    if args.format == "torch":
+        from minibnn.deploy.torch_export import export_torch
+
+        if args.out is None:
+            raise MinibnnError("--format torch needs --out FILE.pt")
+        if args.backend is not None:
+            raise MinibnnError("--backend picks the kernels that pack bits; a PyTorch export "
+                               "packs nothing: drop it")
+        print(export_torch(args.run, args.out, overwrite=args.overwrite))
+        return 0
     out = args.out or default_packed_path(args.run)
     check_output(out, args.overwrite, (args.run,))
     with kernels.use_backend(args.backend or "auto"):
@@ -563,16 +573,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a run's checkpoint for inference: packed "
                        "(binary weights as bits, ~32x smaller) or ONNX")
     p.add_argument("run", metavar="RUN.h5")
-    p.add_argument("--format", default="packed", choices=("packed", "onnx"),
+    p.add_argument("--format", default="packed", choices=("packed", "onnx", "torch"),
                    help="packed: minibnn's HDF5 with binary weights as uint64 bits (~32x "
-                   "smaller); onnx: a standard ONNX graph for onnxruntime (needs the onnx extra)")
+                   "smaller); onnx: a standard ONNX graph for onnxruntime (needs the onnx "
+                   "extra); torch: a PyTorch checkpoint that minibnn.torch.build rebuilds as a "
+                   "torch.nn.Module, with the optimiser state to train on (needs PyTorch)")
     p.add_argument("--packed", action="store_true", help="the same as --format packed")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--backend", default=None, choices=BACKEND_NAMES,
                    help="kernels that pack the weights, --format packed only (default: auto; "
                    "the file is the same for every backend)")
     p.add_argument("--out", default=None, metavar="PATH",
-                   help="file to write (default for packed: RUN.packed.h5; onnx needs it)")
+                   help="file to write (default for packed: RUN.packed.h5; onnx and torch need "
+                   "it)")
     _add_summary_parser(sub)
     _add_show_parser(sub)
     _add_sweep_parser(sub)
