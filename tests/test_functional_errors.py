@@ -137,6 +137,14 @@ CASES = [
      ShapeError, r"add_forward: b must have the shape of a \(2, 3\), got shape \(3, 2\)"),
     ("add dtypes", lambda: F.add_forward(np.zeros(3), np.zeros(3, f32)),
      DTypeError, r"add_forward: b must have the same dtype as a \(float64\), got float32"),
+    ("concat nothing", lambda: F.concat_forward([]), ShapeError,
+     r"concat_forward: needs at least one array"),
+    ("concat sizes", lambda: F.concat_forward([np.zeros((2, 3, 4)), np.zeros((2, 1, 5))]),
+     ShapeError, r"concat_forward: xs\[1\] of shape \(2, 1, 5\) differs from xs\[0\] "
+     r"\(2, 3, 4\) outside the channel axis"),
+    ("concat dtypes", lambda: F.concat_forward([np.zeros((2, 3)), np.zeros((2, 3), f32)]),
+     DTypeError, r"concat_forward: xs\[1\] must have the same dtype as xs\[0\] \(float64\), "
+     r"got float32"),
     # loss
     ("loss logits 1-D", lambda: F.softmax_cross_entropy(np.zeros(3), np.zeros(3, int)),
      ShapeError, r"softmax_cross_entropy: logits must be 2-D \(N, C\)"),
@@ -189,6 +197,7 @@ def test_backward_checks_dy_for_every_layer():
         (F.hardtanh_forward(x)[1], F.hardtanh_backward),
         (F.flatten_forward(x)[1], F.flatten_backward),
         (F.add_forward(x, x)[1], F.add_backward),
+        (F.concat_forward([x, x])[1], F.concat_backward),
     ]
     for cache, backward in pairs:
         with pytest.raises(ShapeError, match=rf"^{backward.__name__}: dy must have"):

@@ -331,6 +331,22 @@ def test_add_gradients(rng):
     assert da is not db
 
 
+def test_concat_gradients(rng):
+    """The channel concatenation (ReActNet's widening block): each input gets its slice of dy."""
+    a, b = rng.standard_normal((2, 3, 2, 2)), rng.standard_normal((2, 1, 2, 2))
+
+    def forward(a, b):
+        return F.concat_forward([a, b])
+
+    def backward(dy, cache):
+        return tuple(F.concat_backward(dy, cache))
+
+    gradcheck(forward, backward, [a, b], {0: 0, 1: 1}, rng)
+    y, _ = forward(a, b)
+    np.testing.assert_array_equal(y[:, :3], a)
+    np.testing.assert_array_equal(y[:, 3:], b)
+
+
 # ------------------------------------------------------------------------------------- loss
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5])

@@ -34,6 +34,9 @@ def _loss(model, params, buffers, x, dout):
     (lambda: models.binary_cnn((2, 8, 8), width=2, num_classes=3), (3, 2, 8, 8)),
     (lambda: models.birealnet((3, 8, 8), width=2, blocks_per_stage=(1, 1), num_classes=3),
      (3, 3, 8, 8)),
+    # RSign, RPReLU, both shortcuts (pooled and identity) and the widening Concat
+    (lambda: models.reactnet((3, 8, 8), width=2, blocks_per_stage=(1, 2), num_classes=3),
+     (3, 3, 8, 8)),
 ])
 def test_whole_model_backward_matches_finite_differences(smooth_sign, build, shape):
     model = build()
@@ -140,6 +143,10 @@ DOCUMENTED_DEFAULTS = {
                   "num_classes": 10, "binary_storage": "latent", "scale": False,
                   "weight_ste": "identity", "act_ste": "approx", "init_scale": 1.0,
                   "prelu": True, "layout": "nhwc"},
+    "reactnet": {"input_shape": (3, 32, 32), "width": 16, "blocks_per_stage": (1, 2, 2, 2),
+                 "num_classes": 10, "binary_storage": "latent", "scale": False,
+                 "weight_ste": "identity", "act_ste": "approx", "init_scale": 1.0,
+                 "layout": "nchw"},
 }
 
 

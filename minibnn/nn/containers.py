@@ -1,4 +1,5 @@
-"""Containers: ``Sequential`` (modules in order) and ``Residual`` (``body(x) + shortcut(x)``).
+"""Containers: ``Sequential`` (modules in order), ``Residual`` (``body(x) + shortcut(x)``) and
+``Concat`` (branches side by side along the channels: ReActNet's widening block).
 
 A ``Sequential`` runs its ``layers`` the way its ``layout`` says, chosen when it is built and
 never behind the caller's back (``LAYOUTS``):
@@ -163,6 +164,52 @@ class Residual(Module):
             d_short, short_grads = self.shortcut.backward(d_short, short_cache)
             grads.update(short_grads)
         return dx + d_short, grads
+
+
+class Concat(Module):
+    """``y = [branch_1(x), branch_2(x), ...]`` along the channel axis: every branch reads the same
+    input, so the input gradient is the sum of the branches' (``dx = sum_i dx_i``)."""
+
+    def __init__(self, branches: Sequence[Module], name: str = ""):
+        if len(branches) < 1:
+            raise MinibnnError("Concat needs at least one branch")
+        super().__init__(name)
+        self.branches = list(branches)
+
+    @property
+    def binary_names(self) -> list[str]:
+        return [n for branch in self.branches for n in branch.binary_names]
+
+    def init(self, rng, dtype):
+        params: Params = {}
+        buffers: Params = {}
+        for branch in self.branches:
+            p, b = branch.init(rng, dtype)
+            duplicate = (set(p) | set(b)) & (set(params) | set(buffers))
+            if duplicate:
+                raise MinibnnError(f"duplicate parameter names in model: {sorted(duplicate)}")
+            params.update(p)
+            buffers.update(b)
+        return params, buffers
+
+    def forward(self, params, buffers, x, train):
+        outs, caches, new_buffers = [], [], {}
+        for branch in self.branches:
+            y, updated, cache = branch.forward(params, buffers, x, train)
+            outs.append(y)
+            caches.append(cache)
+            new_buffers.update(updated)
+        y, concat_cache = F.concat_forward(outs)
+        return y, new_buffers, (caches, concat_cache)
+
+    def backward(self, dy, cache):
+        caches, concat_cache = cache
+        dx, grads = None, {}
+        for branch, d, c in zip(self.branches, F.concat_backward(dy, concat_cache), caches):
+            d_in, g = branch.backward(d, c)
+            grads.update(g)
+            dx = d_in if dx is None else dx + d_in
+        return dx, grads
 
 
 # ------------------------------------------------------------------ the nhwc layout's groups

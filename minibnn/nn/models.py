@@ -1,4 +1,5 @@
-"""Model builders: binary MLP, VGG-small-like binary CNN, Bi-Real-style small ResNet.
+"""Model builders: binary MLP, VGG-small-like binary CNN, Bi-Real-style small ResNet, and a small
+ReActNet-A-like network.
 
 As the field does, the first and last layers are real-valued by default; every other weight
 layer is binary, with binary activations in front of it:
@@ -6,6 +7,8 @@ layer is binary, with binary activations in front of it:
     binary_mlp:  flatten -> dense -> BN -> [sign -> bdense -> BN]* -> sign -> dense
     binary_cnn:  conv -> BN -> [sign -> bconv -> (maxpool) -> BN]*5 -> sign -> flatten -> dense
     birealnet:   conv -> BN -> stages of Bi-Real blocks  x + BN(bconv(sign(x)))  -> GAP -> dense
+    reactnet:    conv -> BN -> ReActNet blocks (3x3 then 1x1 binary convs, each
+                 RPReLU(x + BN(bconv(RSign(x)))), the 1x1 doubled side by side to widen) -> GAP -> dense
 
 Every builder takes ``layout`` (``nn.containers.LAYOUTS``): ``"nhwc"`` (the default) runs the
 fast engine, ``"nchw"`` the layers as written in ``nn/functional`` (the same parameters and, in
@@ -24,10 +27,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from minibnn.errors import MinibnnError, ShapeError
-from minibnn.nn.containers import Residual, Sequential, check_layout
+from minibnn.nn.containers import Concat, Residual, Sequential, check_layout
 from minibnn.nn.modules import (AvgPool2d, BatchNorm, BinaryConv2d, BinaryDense, Conv2d, Dense,
                                 Flatten, GlobalAvgPool, LearnableBias, MaxPool2d, Module,
-                                PReLU, Sign, model_dtype)
+                                PReLU, RPReLU, Sign, model_dtype)
 
 Array = Any
 Params = dict[str, Array]
@@ -200,7 +203,80 @@ def birealnet(input_shape: Sequence[int] = (3, 32, 32), width: int = 16,
                  num_classes, config)
 
 
-MODEL_BUILDERS = {"binary_mlp": binary_mlp, "binary_cnn": binary_cnn, "birealnet": birealnet}
+def _rsign_conv_bn(name: str, c_in: int, c_out: int, kernel: int, stride: int, act_ste: str,
+                   bkw: dict[str, Any], layout: str) -> Sequential:
+    """``BN(bconv(RSign(x)))``: ReActNet's RSign is a learnable per-channel threshold,
+    ``sign(x + b)`` (``LearnableBias`` then ``Sign``)."""
+    return Sequential([LearnableBias(f"{name}.move", c_in), Sign(act_ste),
+                       BinaryConv2d(f"{name}.conv", c_in, c_out, kernel, stride, kernel // 2,
+                                    **bkw),
+                       BatchNorm(f"{name}.bn", c_out)], layout=layout)
+
+
+def _reactnet_block(name: str, c_in: int, c_out: int, stride: int, act_ste: str,
+                    bkw: dict[str, Any], layout: str) -> list[Module]:
+    """ReActNet-A's block, a MobileNet-V1 pair with a shortcut around each binary conv:
+
+        h = RPReLU(BN(bconv3x3(RSign(x))) + pool(x))      pool: AvgPool(2) when stride 2
+        y = RPReLU(BN(bconv1x1(RSign(h))) + h)            c_out == c_in
+        y = RPReLU([BN(bconv1x1_a(RSign_a(h))) + h, BN(bconv1x1_b(RSign_b(h))) + h])
+                                                          c_out == 2 c_in: two halves side by side
+
+    (ReActNet shares one RSign between the two halves; here each half has its own threshold,
+    so each half is an ordinary Residual.)
+    """
+    if c_out not in (c_in, 2 * c_in):
+        raise ShapeError(f"a ReActNet block keeps or doubles its channels: {c_in} -> {c_out}")
+    pool = Sequential([AvgPool2d(2)], layout=layout) if stride == 2 else None
+    layers: list[Module] = [
+        Residual(_rsign_conv_bn(f"{name}.b3", c_in, c_in, 3, stride, act_ste, bkw, layout), pool),
+        RPReLU(f"{name}.act3", c_in)]
+    if c_out == c_in:
+        layers.append(Residual(_rsign_conv_bn(f"{name}.b1", c_in, c_in, 1, 1, act_ste, bkw,
+                                              layout)))
+    else:
+        layers.append(Concat([Residual(_rsign_conv_bn(f"{name}.b1{half}", c_in, c_in, 1, 1,
+                                                      act_ste, bkw, layout))
+                              for half in ("a", "b")]))
+    return layers + [RPReLU(f"{name}.act1", c_out)]
+
+
+def reactnet(input_shape: Sequence[int] = (3, 32, 32), width: int = 16,
+             blocks_per_stage: Sequence[int] = (1, 2, 2, 2), num_classes: int = 10,
+             binary_storage: str = "latent", scale: bool = False,
+             weight_ste: str = "identity", act_ste: str = "approx", init_scale: float = 1.0,
+             layout: str = "nchw") -> Model:
+    """A small ReActNet-A-like network for 32x32 inputs (Liu et al. 2020; the recipe of the
+    paper's official code): a real stem, then stages of ReActNet blocks of widths 2w, 4w, 8w,
+    16w, each stage's first block widening (and, after the first stage, halving the image).
+
+    ``scale=True`` (latent weights only) gives each binary conv ReActNet's per-channel
+    ``mean|w|`` scale. ``layout`` defaults to ``"nchw"``: the widening ``Concat`` has no
+    channels-last twin, so the layers run as written.
+    """
+    c, h, w_in = (int(s) for s in input_shape)
+    layout = check_layout(layout)
+    bkw = _binary_kwargs(binary_storage, scale, weight_ste, init_scale)
+    layers: list[Module] = [Conv2d("stem", c, width, 3, padding=1), BatchNorm("stem_bn", width)]
+    c_prev = width
+    for s, n_blocks in enumerate(blocks_per_stage):
+        c_out = width * 2 ** (s + 1)
+        for j in range(n_blocks):
+            stride = 2 if (s > 0 and j == 0) else 1
+            layers += _reactnet_block(f"s{s + 1}b{j + 1}", c_prev, c_out if j == 0 else c_prev,
+                                      stride, act_ste, bkw, layout)
+            c_prev = c_out
+    layers += [GlobalAvgPool(), Dense("head", c_prev, num_classes)]
+    config = dict(model="reactnet", input_shape=[c, h, w_in], width=width,
+                  blocks_per_stage=list(blocks_per_stage), num_classes=num_classes,
+                  binary_storage=binary_storage, scale=scale, weight_ste=weight_ste,
+                  act_ste=act_ste, init_scale=init_scale, layout=layout)
+    return Model("reactnet", Sequential(layers, input_grad=False, layout=layout), (c, h, w_in),
+                 num_classes, config)
+
+
+MODEL_BUILDERS = {"binary_mlp": binary_mlp, "binary_cnn": binary_cnn, "birealnet": birealnet,
+                  "reactnet": reactnet}
 
 
 def defaults(name: str) -> dict[str, Any]:
@@ -217,7 +293,7 @@ def defaults(name: str) -> dict[str, Any]:
 
 
 def build_model(name: str, **kwargs: Any) -> Model:
-    """Build a model by name (``binary_mlp``, ``binary_cnn``, ``birealnet``)."""
+    """Build a model by name (``binary_mlp``, ``binary_cnn``, ``birealnet``, ``reactnet``)."""
     if name not in MODEL_BUILDERS:
         raise MinibnnError(f"unknown model {name!r}; expected one of {', '.join(MODEL_BUILDERS)}")
     return MODEL_BUILDERS[name](**kwargs)

@@ -431,6 +431,31 @@ class LearnableBias(Module):
         return dx, {self.key("b"): db}
 
 
+class RPReLU(Module):
+    """ReActNet's RPReLU: ``y = PReLU(x + b_in) + b_out``, a per-channel shift before and after a
+    per-channel PReLU. Made of the three layers it names (``LearnableBias``, ``PReLU``,
+    ``LearnableBias``): their functional pairs are its forward and backward, and its
+    parameters are theirs (``NAME.move_in.b``, ``NAME.prelu.a``, ``NAME.move_out.b``)."""
+
+    def __init__(self, name: str, channels: int):
+        super().__init__(name)
+        self.layers = [LearnableBias(f"{name}.move_in", channels), PReLU(f"{name}.prelu", channels),
+                       LearnableBias(f"{name}.move_out", channels)]
+
+    def init(self, rng, dtype):
+        params: Params = {}
+        for layer in self.layers:
+            params.update(layer.init(rng, dtype)[0])
+        return params, {}
+
+    def forward(self, params, buffers, x, train):
+        y, _, caches = forward_steps(self.layers, params, buffers, x, train)
+        return y, {}, caches
+
+    def backward(self, dy, cache):
+        return backward_steps(self.layers, dy, cache)
+
+
 class BiasSign(Module):
     """A ``LearnableBias`` and the ``Sign`` right after it, as one step: ``s = sign(x + b)``.
 

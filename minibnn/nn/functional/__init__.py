@@ -20,19 +20,21 @@ from minibnn.nn.functional.pooling import (
     AvgPool2dCache, GlobalAvgPoolCache, MaxPool2dCache, avgpool2d_backward, avgpool2d_forward,
     global_avgpool_backward, global_avgpool_forward, maxpool2d_backward, maxpool2d_forward)
 from minibnn.nn.functional.shape import (
-    AddCache, FlattenCache, add_backward, add_forward, flatten_backward, flatten_forward)
+    AddCache, ConcatCache, FlattenCache, add_backward, add_forward, concat_backward,
+    concat_forward, flatten_backward, flatten_forward)
 from minibnn.nn.functional.sign import STE_NAMES, SignCache, sign_backward, sign_forward, ste_grad
 
 __all__ = [
     "STE_NAMES",
     "AddCache", "AvgPool2dCache", "BatchNormCache", "BatchNormSignCache", "BiasCache",
-    "Conv2dCache", "DenseCache", "FlattenCache", "GlobalAvgPoolCache", "HardtanhCache",
+    "ConcatCache", "Conv2dCache", "DenseCache", "FlattenCache", "GlobalAvgPoolCache", "HardtanhCache",
     "MaxPool2dCache", "PReluCache", "ReluCache", "SignCache",
     "add_backward", "add_forward",
     "avgpool2d_backward", "avgpool2d_forward",
     "batchnorm_backward", "batchnorm_forward",
     "batchnorm_sign_backward", "batchnorm_sign_forward",
     "bias_backward", "bias_forward",
+    "concat_backward", "concat_forward",
     "conv2d_backward", "conv2d_forward",
     "dense_backward", "dense_forward",
     "flatten_backward", "flatten_forward",
