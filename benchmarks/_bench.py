@@ -23,6 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:          # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
+# the machine facts a run file's provenance records too (one definition, in minibnn)
+from minibnn.run.provenance import (BLAS_ENVIRONMENT, blas_environment,  # noqa: E402
+                                    blas_info, cpu_features)
+
 
 def try_import_torch() -> Any | None:
     """torch, or None when it is not installed (CI does not install it)."""
@@ -71,40 +75,13 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: in
     return best
 
 
-def blas_info() -> list[dict[str, Any]]:
-    """NumPy's BLAS libraries as threadpoolctl sees them (library, version, core type, threads)."""
-    import numpy  # noqa: F401  (loads the BLAS)
-    import threadpoolctl
-
-    return [{k: lib.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
-            for lib in threadpoolctl.threadpool_info() if lib.get("user_api") == "blas"]
-
-
 def blas_line() -> str:
     """The machine line, then one naming the BLAS core type this run used and the environment
     that forces it."""
     libs = ", ".join(f"{b['internal_api']} {b['version']} core {b['architecture']}, "
                      f"{b['num_threads']} threads" for b in blas_info()) or "no BLAS found"
-    forced = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-              if k in os.environ}
-    return f"{machine_line()}\nBLAS: {libs}; forced by the environment: {forced or 'nothing'}"
-
-
-#: CPU flags that change which kernels BLAS and LLVM pick
-VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vpopcntdq")
-
-
-def cpu_features() -> list[str]:
-    """The vector features of ``VECTOR_FLAGS`` this CPU has (Linux /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return [v for v in VECTOR_FLAGS if v in flags]
-    except OSError:
-        pass
-    return []
+    return (f"{machine_line()}\nBLAS: {libs}; forced by the environment: "
+            f"{blas_environment() or 'nothing'}")
 
 
 def machine_line() -> str:
@@ -119,7 +96,7 @@ def machine_info(torch: Any | None = None) -> dict[str, Any]:
     import numpy as np
 
     info = {"blas": blas_info(), "blas_environment": {
-                k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
+                k: os.environ.get(k) for k in BLAS_ENVIRONMENT},
             "python": platform.python_version(), "numpy": np.__version__,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "numba": numba.__version__, "cpu": platform.processor() or platform.machine(),

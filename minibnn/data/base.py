@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from minibnn.backend import get_array_module, resolve_dtype, to_device, to_numpy
+from minibnn.data.source import DataSource
 from minibnn.errors import DataFileError
 
 #: name -> (per-channel mean, per-channel std) applied after scaling to [0, 1].
@@ -46,8 +47,10 @@ class Dataset:
 
     x_* are float arrays (N, C, H, W), standardised (see the module docstring); y_* are int64
     class indices in ``range(num_classes)``.  ``mean``/``std`` are the per-channel constants
-    that were applied, so ``x * std + mean`` recovers the [0, 1] image.  ``source`` says where
-    the arrays came from (a cache file, a data dir, a download, or "generated").
+    that were applied, so ``x * std + mean`` recovers the [0, 1] image.  ``origin`` is the
+    record of the copy the arrays came from (kind, path, sha256, cache file: ``DataSource``),
+    ``source`` the same in one phrase for messages (a cache file, a data dir, a download, or
+    "generated (...)").
     """
 
     x_train: "np.ndarray | StandardisedImages"
@@ -61,6 +64,7 @@ class Dataset:
     std: tuple[float, ...] = ()
     source: str = ""
     classes: tuple[str, ...] = ()     # class names in label order ("0".."9" when unnamed)
+    origin: DataSource | None = None  # None: built by hand, not by a loader
 
     def __repr__(self) -> str:
         return (f"Dataset(name={self.name!r}, train={self.x_train.shape}, "
@@ -172,10 +176,13 @@ def check_arrays(x: np.ndarray, y: np.ndarray, shape: tuple[int, int, int],
 
 def from_uint8(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
                y_test: np.ndarray, num_classes: int, dtype: str | np.dtype = "float32",
-               source: str = "", normalisation: tuple | None = None,
+               source: DataSource | str = "", normalisation: tuple | None = None,
                classes: tuple[str, ...] | None = None, lazy: bool = False) -> Dataset:
     """Build a Dataset from uint8 NCHW images and integer labels (checked, then standardised;
-    ``lazy``: kept as uint8 and standardised per batch, ``StandardisedImages``)."""
+    ``lazy``: kept as uint8 and standardised per batch, ``StandardisedImages``). ``source``:
+    the loader's ``DataSource`` record (or, built by hand, a phrase)."""
+    origin = source if isinstance(source, DataSource) else None
+    source = source.describe() if isinstance(source, DataSource) else source
     shape = tuple(int(s) for s in x_train.shape[1:])
     check_arrays(x_train, y_train, shape, num_classes, f"{name} train split ({source})")
     check_arrays(x_test, y_test, shape, num_classes, f"{name} test split ({source})")
@@ -192,4 +199,5 @@ def from_uint8(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.n
         name=name, num_classes=num_classes, input_shape=shape,  # type: ignore[arg-type]
         mean=tuple(mean), std=tuple(std), source=source,
         classes=tuple(classes) if classes else tuple(str(i) for i in range(num_classes)),
+        origin=origin,
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from minibnn.data.base import Dataset, from_uint8
+from minibnn.data.source import DataSource
 from minibnn.errors import MinibnnError
 
 
@@ -70,6 +71,10 @@ def synthetic_dataset(n_train: int = 4000, n_test: int = 1000, num_classes: int 
     """A seeded prototype-plus-noise classification dataset (see the module docstring)."""
     split = synthetic_uint8(n_train, n_test, num_classes, shape, seed, noise)
     c = int(shape[0])
+    # the generator's parameters are the data's whole identity (same parameters, same arrays)
+    params = {"seed": int(seed), "noise": float(noise), "n_train": int(n_train),
+              "n_test": int(n_test), "num_classes": int(num_classes),
+              "shape": [int(s) for s in shape]}
     return from_uint8("synthetic", *split, num_classes=num_classes, dtype=dtype,
-                      source=f"generated (seed={seed}, noise={noise})",
+                      source=DataSource("synthetic", params=params),
                       normalisation=((0.5,) * c, (0.5,) * c), lazy=lazy)
