@@ -137,6 +137,11 @@ CASES = [
      ShapeError, r"add_forward: b must have the shape of a \(2, 3\), got shape \(3, 2\)"),
     ("add dtypes", lambda: F.add_forward(np.zeros(3), np.zeros(3, f32)),
      DTypeError, r"add_forward: b must have the same dtype as a \(float64\), got float32"),
+    ("distill shapes", lambda: F.distillation_kl(np.zeros((2, 3)), np.zeros((2, 4))),
+     ShapeError, r"distillation_kl: teacher_logits must have the logits' shape \(2, 3\), got "
+     r"\(2, 4\)"),
+    ("distill temperature", lambda: F.distillation_kl(np.zeros((2, 3)), np.zeros((2, 3)), 0.0),
+     MinibnnError, r"distillation_kl: temperature must be a number in \(0.0, inf\], got 0.0"),
     ("concat nothing", lambda: F.concat_forward([]), ShapeError,
      r"concat_forward: needs at least one array"),
     ("concat sizes", lambda: F.concat_forward([np.zeros((2, 3, 4)), np.zeros((2, 1, 5))]),

@@ -349,6 +349,22 @@ def test_concat_gradients(rng):
 
 # ------------------------------------------------------------------------------------- loss
 
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_distillation_kl_gradient_and_value(rng, temperature):
+    """T^2 KL(softmax(t/T) || softmax(z/T)): its gradient against finite differences, its value
+    against a direct float64 sum, zero when the student equals the teacher."""
+    z, t = rng.standard_normal((5, 4)) * 3, rng.standard_normal((5, 4)) * 3
+    loss, dz = F.distillation_kl(z, t, temperature)
+    num = numeric_grad(lambda: float(F.distillation_kl(z, t, temperature)[0]), z)
+    np.testing.assert_allclose(dz, num, rtol=RTOL, atol=ATOL)
+    p = np.exp(t / temperature) / np.exp(t / temperature).sum(axis=1, keepdims=True)
+    s = np.exp(z / temperature) / np.exp(z / temperature).sum(axis=1, keepdims=True)
+    direct = temperature ** 2 * np.sum(p * np.log(p / s)) / len(z)
+    assert float(loss) == pytest.approx(direct, rel=1e-12)
+    same_loss, same_grad = F.distillation_kl(t, t, temperature)
+    assert abs(float(same_loss)) < 1e-15 and np.abs(same_grad).max() < 1e-15
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5])
 def test_softmax_cross_entropy_gradient(rng, smoothing):
     logits = rng.standard_normal((5, 4)) * 3

@@ -15,7 +15,7 @@ from minibnn.nn.functional.batchnorm_sign import (
     BatchNormSignCache, batchnorm_sign_backward, batchnorm_sign_forward)
 from minibnn.nn.functional.conv import Conv2dCache, conv2d_backward, conv2d_forward
 from minibnn.nn.functional.dense import DenseCache, dense_backward, dense_forward
-from minibnn.nn.functional.loss import softmax_cross_entropy
+from minibnn.nn.functional.loss import distillation_kl, softmax_cross_entropy
 from minibnn.nn.functional.pooling import (
     AvgPool2dCache, GlobalAvgPoolCache, MaxPool2dCache, avgpool2d_backward, avgpool2d_forward,
     global_avgpool_backward, global_avgpool_forward, maxpool2d_backward, maxpool2d_forward)
@@ -37,6 +37,7 @@ __all__ = [
     "concat_backward", "concat_forward",
     "conv2d_backward", "conv2d_forward",
     "dense_backward", "dense_forward",
+    "distillation_kl",
     "flatten_backward", "flatten_forward",
     "global_avgpool_backward", "global_avgpool_forward",
     "hardtanh_backward", "hardtanh_forward",
