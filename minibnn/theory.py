@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from numbers import Real
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -32,6 +32,8 @@ __all__ = [
     "matched_initial_state", "matched_second_order_state", "time_constant",
     "latent_impulse_response", "filter_impulse_response", "second_order_impulse_response",
     "latent_frequency_response", "filter_frequency_response", "second_order_frequency_response",
+    "rate_time_constant", "ema_log_decay", "initial_state_weight",
+    "scheduled_filter_impulse_response", "scheduled_latent_impulse_response",
 ]
 
 Number = Any  # int, float, numpy floating or Fraction
@@ -73,8 +75,17 @@ class FilterEquivalent:
         small that ``1 - rate`` rounds to 1 (the pole would read as an integrator).
         """
         if self.exact:
-            return _rate_time_constant(self.alpha), _rate_time_constant(self.gamma)
+            return rate_time_constant(self.alpha), rate_time_constant(self.gamma)
         return time_constant(self.poles[0]), time_constant(self.poles[1])
+
+    @property
+    def log_decay(self) -> float:
+        """``ln`` of the dominant (largest) ``|pole|``: per step, the slowest part of the state
+        shrinks by ``exp(log_decay)`` (0 for an integrator, > 0 when unstable, -inf when both
+        poles are 0).  From the rates when a CEMA exists, as ``time_constants``."""
+        if self.exact:
+            return ema_log_decay(self.alpha, self.gamma)
+        return max(_log_abs(p) for p in self.poles)
 
     @property
     def naive(self) -> tuple[Number, Number]:
@@ -165,10 +176,47 @@ def time_constant(pole: Any) -> float:
     return -1.0 / math.log(r)
 
 
-def _rate_time_constant(rate: Number) -> float:
+def rate_time_constant(rate: Number) -> float:
     """``time_constant(1 - rate)`` for a rate in (0, 1], without rounding ``1 - rate``."""
     rate = float(rate)
     return 0.0 if rate >= 1 else -1.0 / math.log1p(-rate)
+
+
+def _log_abs(pole: Any) -> float:
+    """``ln|p|``; -inf for p = 0."""
+    r = abs(complex(pole))
+    return math.log(r) if r > 0 else -math.inf
+
+
+def ema_log_decay(*rates: Number) -> float:
+    """``ln`` of the dominant pole of a cascade of EMAs with these rates (poles ``1 - rate``):
+    ``max ln(1 - rate)``, from ``log1p`` so that a tiny rate does not round to an integrator;
+    -inf when every rate is 1 (nothing is kept)."""
+    checked = [float(check_rate("rate", r)) for r in rates]
+    return max(math.log1p(-r) if r < 1 else -math.inf for r in checked)
+
+
+def initial_state_weight(segments: Sequence[tuple[float, int]]) -> float:
+    """The weight the initial state still has after a run of piecewise-constant filters.
+
+    ``segments`` are ``(log_decay, steps)`` pairs (``log_decay``: ``ln`` of the dominant
+    ``|pole|`` while the segment lasts, e.g. ``ema_log_decay(alpha_e, gamma)`` for an epoch of a
+    scheduled CEMA).  The state's slowest part is multiplied by the dominant ``|pole|`` each step,
+    so what is left of it is ``prod |p_i|^(n_i) = exp(sum n_i ln|p_i|)`` (docs/theory.md P6:
+    ``(1 - alpha)^t`` for one EMA); each faster mode is left with less.  Summed in the log domain
+    so that ``(1 - 1e-9)^(1e6)`` neither rounds to 1 nor underflows early; inf when the filter
+    grows (an unstable pole) past float64.
+    """
+    total = 0.0
+    for log_decay, steps in segments:
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise MinibnnError(f"segment steps must be a non-negative integer, got {steps!r}")
+        if steps:
+            total += int(steps) * float(log_decay)
+    try:
+        return math.exp(total)
+    except OverflowError:
+        return math.inf
 
 
 def _finite(x: Any) -> bool:
@@ -384,13 +432,44 @@ RESPONSE_BYTES_PER_STEP = 8
 def latent_impulse_response(lr: Number, momentum: Number, weight_decay: Number, decoupled: bool,
                             n: int) -> np.ndarray:
     """``-v_scale * w_t``, t = 1..n, of latent SGD from zero state after a unit gradient at t = 1."""
-    eq = latent_to_filter(lr, momentum, weight_decay, decoupled)
-    lr, mu, lam = float(eq.lr), float(eq.momentum), float(eq.weight_decay)
-    scale = -float(eq.v_scale)
+    return scheduled_latent_impulse_response([(lr, n)], momentum, weight_decay, decoupled, n)
+
+
+def _per_step(segments: Sequence[tuple], n: int) -> Iterator[tuple]:
+    """The values of piecewise-constant ``(value..., steps)`` segments for steps 1..n, one tuple
+    per step; the last segment's values hold beyond its own steps."""
+    if not segments:
+        raise MinibnnError("a schedule needs at least one (value..., steps) segment")
+    left = n
+    for i, (*values, steps) in enumerate(segments):
+        last = i == len(segments) - 1
+        for _ in range(left if last else min(int(steps), left)):
+            yield tuple(values)
+        left -= int(steps)
+        if left <= 0:
+            return
+
+
+def scheduled_latent_impulse_response(lr_segments: Sequence[tuple[Number, int]],
+                                      momentum: Number, weight_decay: Number, decoupled: bool,
+                                      n: int) -> np.ndarray:
+    """``latent_impulse_response`` with a piecewise-constant learning rate: ``(lr, steps)``
+    segments in order (the last lr holds beyond its steps), e.g. one per epoch of a run.
+
+    The latent recursion itself, (A) or (B) of docs/theory.md, so it is exact for any schedule;
+    ``v_scale`` (``lam (1-mu)``, ``lam`` or 1) does not depend on lr.
+    """
     out = np.empty(_steps(n))
+    checked = [(latent_to_filter(lr, momentum, weight_decay, decoupled), steps)
+               for lr, steps in lr_segments]  # each lr checked (and lr*wd's over/underflow)
+    if not checked:
+        raise MinibnnError("a schedule needs at least one (lr, steps) segment")
+    eq = checked[0][0]
+    mu, lam = float(eq.momentum), float(eq.weight_decay)
+    scale = -float(eq.v_scale)
     w = m = 0.0
     g = 1.0
-    for t in range(out.size):
+    for t, (lr,) in enumerate(_per_step([(float(e.lr), s) for e, s in checked], out.size)):
         if decoupled:
             m = mu * m + g
             w = (1 - lr * lam) * w - lr * m
@@ -404,11 +483,20 @@ def latent_impulse_response(lr: Number, momentum: Number, weight_decay: Number, 
 
 def filter_impulse_response(alpha: Number, gamma: Number, n: int) -> np.ndarray:
     """CEMA ``v_t``, t = 1..n, from zero buffers after a unit gradient at t = 1."""
-    alpha, gamma = float(check_rate("alpha", alpha)), float(check_rate("gamma", gamma))
+    return scheduled_filter_impulse_response([(alpha, gamma, n)], n)
+
+
+def scheduled_filter_impulse_response(segments: Sequence[tuple[Number, Number, int]],
+                                      n: int) -> np.ndarray:
+    """``filter_impulse_response`` with piecewise-constant rates: ``(alpha, gamma, steps)``
+    segments in order (the last holds beyond its steps), e.g. one per epoch of a run whose
+    ``alpha`` follows a per-epoch schedule (``alpha_t`` of docs/theory.md section 2)."""
+    rates = [(float(check_rate("alpha", a)), float(check_rate("gamma", c)), s)
+             for a, c, s in segments]
     out = np.empty(_steps(n))
     m = v = 0.0
     g = 1.0
-    for t in range(out.size):
+    for t, (alpha, gamma) in enumerate(_per_step(rates, out.size)):
         m = (1 - gamma) * m + gamma * g
         v = (1 - alpha) * v + alpha * m
         out[t] = v

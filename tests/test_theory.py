@@ -317,3 +317,76 @@ def test_explain_plots_five_slow_time_constants_by_default_not_a_hidden_cap() ->
     assert slow > 10_000
     assert _plot_steps(eq, None) == int(5 * slow) < MAX_DEFAULT_STEPS
     assert _plot_steps(eq, 300) == 300
+
+
+# Scheduled responses and the initial state's weight (``minibnn explain RUN.h5``)
+
+def _epochs_schedule(values, steps_per_epoch):
+    """count -> the value of the epoch that step ``count`` (0-based) falls in."""
+    return lambda count: values[min(count // steps_per_epoch, len(values) - 1)]
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_scheduled_latent_response_is_the_optimiser_under_that_schedule(decoupled):
+    lrs, spe, mu, wd, n = [0.3, 0.2, 0.05], 7, 0.5, 0.4, 30   # the last lr holds past step 21
+    sgd = optim.sgd(_epochs_schedule(lrs, spe), mu, wd, decoupled=decoupled)
+    p = {"w": np.zeros(1)}
+    state = sgd.init(p)
+    expected = []
+    for t in range(n):
+        p, state = sgd.update({"w": np.array([1.0 if t == 0 else 0.0])}, state, p)
+        expected.append(p["w"][0])
+    v_scale = theory.latent_to_filter(lrs[0], mu, wd, decoupled).v_scale
+    got = theory.scheduled_latent_impulse_response([(lr, spe) for lr in lrs], mu, wd,
+                                                   decoupled, n)
+    np.testing.assert_allclose(got, -v_scale * np.array(expected), rtol=1e-12, atol=1e-15)
+
+
+def test_scheduled_filter_response_is_cema_under_that_schedule():
+    alphas, gamma, spe, n = [0.2, 0.1, 0.01], 0.3, 5, 25
+    cema = optim.cema(_epochs_schedule(alphas, spe), gamma)
+    p = {"w": np.ones(1)}
+    state = cema.init(p)
+    expected = []
+    for t in range(n):
+        p, state = cema.update({"w": np.array([1.0 if t == 0 else 0.0])}, state, p)
+        expected.append(float(state["v"]["s"]["w"][0]))
+    got = theory.scheduled_filter_impulse_response([(a, gamma, spe) for a in alphas], n)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_one_segment_schedules_are_the_constant_responses():
+    np.testing.assert_array_equal(theory.scheduled_filter_impulse_response([(0.1, 0.5, 3)], 9),
+                                  theory.filter_impulse_response(0.1, 0.5, 9))
+    np.testing.assert_array_equal(
+        theory.scheduled_latent_impulse_response([(0.1, 2)], 0.9, 5e-4, False, 9),
+        theory.latent_impulse_response(0.1, 0.9, 5e-4, False, 9))
+
+
+def test_initial_state_weight_is_the_product_of_the_dominant_poles():
+    alphas, gamma, spe = [1e-2, 5e-3, 1e-9], 0.1, 100
+    segments = [(theory.ema_log_decay(a, gamma), spe) for a in alphas]
+    direct = 1.0
+    for a in alphas:
+        for _ in range(spe):
+            direct *= max(1 - a, 1 - gamma)
+    assert theory.initial_state_weight(segments) == pytest.approx(direct, rel=1e-9)
+    # a rate so small that 1 - rate rounds to 1 still forgets
+    assert theory.initial_state_weight([(theory.ema_log_decay(1e-17), 10 ** 17)]) \
+        == pytest.approx(math.exp(-1), rel=1e-9)
+    assert theory.initial_state_weight([(theory.ema_log_decay(1.0), 5)]) == 0.0
+    eq = theory.latent_to_filter(0.1, 0.9)                        # integrator: never forgets
+    assert eq.log_decay == 0.0 and theory.initial_state_weight([(eq.log_decay, 10 ** 6)]) == 1
+    eq = theory.latent_to_filter(Q(1, 2), Q(1, 4), Q(51, 100))   # complex poles, |p|^2 = mu
+    assert eq.log_decay == pytest.approx(math.log(0.5))
+    assert theory.initial_state_weight([(eq.log_decay, 10)]) == pytest.approx(0.5 ** 10)
+    assert theory.initial_state_weight([(math.log(2), 5000)]) == math.inf   # unstable
+
+
+def test_log_decay_of_an_exact_filter_comes_from_its_rates():
+    eq = theory.latent_to_filter(0.1, 0.9, 5e-4)
+    assert eq.log_decay == math.log1p(-min(eq.alpha, eq.gamma))
+    with pytest.raises(MinibnnError):
+        theory.ema_log_decay(0.0)
+    with pytest.raises(MinibnnError):
+        theory.initial_state_weight([(-0.1, -1)])
