@@ -234,6 +234,16 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--stop-after", type=int, default=None,
                    help="stop after N epochs in this invocation (resume later)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("logging (machine-local: --resume may change them)")
+    g.add_argument("--log-every", default=None, metavar="N",
+                   help="store the loss, accuracy, flip ratios and rates of every N-th "
+                   "optimiser step in the run file (/step_metrics), 0 = none (default: "
+                   f"{LOCAL_DEFAULTS.log_every}); the run's bits are the same for every N")
+    g.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also write TensorBoard event files into DIR: the step metrics, the "
+                   "per-epoch metrics and a histogram per epoch of each binary layer's filter "
+                   "state (needs pip install 'minibnn[tensorboard]'); a resume appends, "
+                   "--tensorboard '' turns it off")
     TRAIN_OPTIONS.update({opt: action.dest for action in p._actions
                           for opt in action.option_strings if opt.startswith("--")})
 
@@ -246,9 +256,22 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
                               if name in OPTION_SECTIONS})
 
 
+def local_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The machine-local options given on the command line; ``--log-every`` is read as an
+    integer here, and a text that is none stays text for ``Local`` to refuse in one line
+    (argparse's ``type=int`` would print its usage instead)."""
+    given = {name: getattr(args, name) for name in LOCAL_FIELDS
+             if getattr(args, name, None) is not None}
+    if "log_every" in given:
+        try:
+            given["log_every"] = int(given["log_every"])
+        except ValueError:
+            pass
+    return given
+
+
 def local_from_args(args: argparse.Namespace) -> Local:
-    return Local(**{name: getattr(args, name) for name in LOCAL_FIELDS
-                    if getattr(args, name) is not None})
+    return Local(**local_options(args))
 
 
 #: option string -> destination of every ``minibnn train`` option (filled by its parser)
@@ -300,8 +323,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.extend and "epochs" not in given:
             raise MinibnnError("--extend needs the new total: --epochs N")
         check_data_dir(args.data_dir)
-        local = {name: getattr(args, name) for name in LOCAL_FIELDS
-                 if getattr(args, name) is not None}
+        local = local_options(args)
         metrics = fit(None, args.resume, resume=True, progress=not args.no_progress,
                       stop_after=args.stop_after, local=local,
                       extend_to=args.epochs if args.extend else None)

@@ -1,10 +1,13 @@
-"""HDF5 run files: configuration, per-epoch metrics and a checkpoint, written atomically.
+"""HDF5 run files: configuration, per-epoch and per-step metrics and a checkpoint, written
+atomically.
 
 Layout of ``RUN.h5`` (every group, dataset and attribute: docs/run-file.md)::
 
     /                 attrs: format="minibnn-run", version, config (JSON), description (JSON:
                       input_shape, num_classes, mean, std, minibnn_version)
     /metrics/<metric> float64 (epochs,) one value per finished epoch
+    /step_metrics/step      int64 (rows,) the logged optimiser steps (``minibnn.run.step_log``)
+    /step_metrics/<metric>  float64 (rows,) one value per logged step
     /checkpoint       attrs: epoch, step, rng_state (JSON)
         /params/<param>      /buffers/<stat>     (model parameters, BatchNorm statistics;
                                                    +-1 binary weights as int8)
@@ -72,6 +75,9 @@ class RunFile:
     #: each time ``--resume --extend`` changed the run's epochs: {"at_epoch", "epochs_before",
     #: "epochs_after"} (the schedule was re-planned over the new epochs from there on)
     replans: list[dict[str, int]] = dataclasses.field(default_factory=list)
+    #: every ``log_every``-th step's metrics (``minibnn.run.step_log``): ``step`` int64 and one
+    #: float64 vector per metric, all one length; empty when no step was logged
+    step_metrics: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def _json(text: Any, path: str) -> Any:
@@ -115,6 +121,25 @@ def _metrics(group: Any, path: str) -> dict[str, list[float]]:
     if len({len(v) for v in metrics.values()}) > 1:
         raise DataFileError(f"{path}: the metrics have different lengths; the file is corrupt")
     return metrics
+
+
+def _step_metrics(group: Any, path: str, last_step: int | None) -> dict[str, np.ndarray]:
+    """``/step_metrics``: ``step`` (int64, increasing, at most the checkpoint's step) and one
+    float64 vector per metric, all of its length."""
+    rows = {name: np.asarray(item[()]) for name, item in group.items()}
+    steps = rows.get("step")
+    if steps is None or steps.ndim != 1 or steps.dtype.kind != "i":
+        raise DataFileError(f"{path}: step_metrics/step is missing or not an integer vector")
+    for name, values in rows.items():
+        if name != "step" and (values.dtype.kind != "f" or values.shape != steps.shape):
+            raise DataFileError(f"{path}: step_metrics/{name} is not a float vector of "
+                                f"{len(steps)} rows (got {values.dtype} of shape "
+                                f"{values.shape})")
+    if np.any(np.diff(steps) <= 0) or (len(steps) and (
+            steps[0] < 1 or (last_step is not None and steps[-1] > last_step))):
+        raise DataFileError(f"{path}: step_metrics/step is not increasing within the "
+                            f"checkpoint's {last_step} steps; the file is corrupt")
+    return rows
 
 
 def _h5py() -> Any:
@@ -315,6 +340,11 @@ def save_run(path: str, run: RunFile) -> None:
         metrics = f.create_group("metrics")
         for name, values in run.metrics.items():
             metrics.create_dataset(name, data=np.asarray(values, dtype=np.float64))
+        if run.step_metrics:
+            rows = f.create_group("step_metrics")
+            for name, values in run.step_metrics.items():
+                rows.create_dataset(name, data=np.asarray(
+                    values, dtype=np.int64 if name == "step" else np.float64))
         if run.checkpoint is not None:
             ck = f.create_group("checkpoint")
             ck.attrs["epoch"] = run.checkpoint.epoch
@@ -395,4 +425,7 @@ def load_run(path: str) -> RunFile:
         if checkpoint is not None and any(len(v) != checkpoint.epoch for v in metrics.values()):
             raise DataFileError(f"{path}: the metrics do not hold one value per finished epoch "
                                 f"({checkpoint.epoch}); the file is corrupt")
-    return RunFile(config_json, metrics, checkpoint, description, replans)
+        step_metrics = (_step_metrics(f["step_metrics"], path,
+                                      checkpoint.step if checkpoint is not None else None)
+                        if "step_metrics" in f else {})
+    return RunFile(config_json, metrics, checkpoint, description, replans, step_metrics)

@@ -16,8 +16,9 @@ optimiser constructors' (``optim.defaults``), and the field defaults of ``Data``
 below.  Every record checks its values when it is made (``__post_init__``), so a spec that
 exists is valid.
 
-Machine-local settings (device, kernel backend, data folder) say where this machine computes
-the run, not what the run is: they live in ``Local``, outside the spec.
+Machine-local settings (device, kernel backend, data folder, threads, what is logged: step
+metrics, TensorBoard) say where and how this machine computes the run, not what the run is:
+they live in ``Local``, outside the spec.
 """
 from __future__ import annotations
 
@@ -522,11 +523,24 @@ class Local:
     backend: str = "auto"             # kernels: auto (numba on CPU, cuda on GPU) | numpy | ...
     data_dir: str | None = None
     threads: int | None = None        # None: the machine's cores (results do not depend on it)
+    #: record step metrics every this many optimiser steps (0: none); the bits do not depend
+    #: on it
+    log_every: int = 50
+    #: folder of TensorBoard event files (None or "": none)
+    tensorboard: str | None = None
 
     def __post_init__(self) -> None:
         one_of("device", self.device, DEVICE_NAMES)
         if self.threads is not None:
             check_threads(self.threads)
+        if (not isinstance(self.log_every, int) or isinstance(self.log_every, bool)
+                or self.log_every < 0):
+            raise MinibnnError(f"--log-every must be an integer >= 0 (0: no step metrics), "
+                               f"got {self.log_every!r}")
+        if self.tensorboard == "":
+            object.__setattr__(self, "tensorboard", None)
+        if self.tensorboard is not None and not isinstance(self.tensorboard, str):
+            raise MinibnnError(f"--tensorboard must be a folder, got {self.tensorboard!r}")
         one_of("backend", self.backend, BACKEND_NAMES)
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise MinibnnError(f"--data-dir must be a path, got {self.data_dir!r}")

@@ -47,6 +47,9 @@ from minibnn.kernels.threads import get_threads, using_threads
 from minibnn.run.lock import one_writer
 from minibnn.run.resources import check_free_space
 from minibnn.run.stop_signals import raise_if_stopped
+from minibnn.run.provenance import collect
+from minibnn.run.step_log import StepLog, append_rows
+from minibnn.run import tensorboard
 from minibnn.nn.functional import softmax_cross_entropy
 from minibnn.nn.models import Model, build_model
 from minibnn.optim.base import Transform
@@ -87,16 +90,20 @@ def _schedule(spec: RunSpec, init: float, steps_per_epoch: int, name: str
 
 
 class RateLog:
-    """A schedule that remembers the values it returned: the rates an optimiser really used."""
+    """A schedule that remembers the values it returned: the rates an optimiser really used
+    (``used``: the distinct values since the last ``take``; ``last``: the latest, the value
+    of the last step)."""
 
     def __init__(self, schedule: optim.schedules.Schedule):
         self.schedule = schedule
         self.used: list[float] = []
+        self.last = float("nan")
 
     def __call__(self, count: int) -> float:
         value = self.schedule(count)
         if not self.used or self.used[-1] != value:
             self.used.append(value)
+        self.last = value
         return value
 
     def take(self) -> list[float]:
@@ -239,17 +246,33 @@ def run_model(run: RunFile) -> tuple[RunSpec, Local, Model]:
     return spec, local, model_from_spec(spec, shape, classes)
 
 
-def describe_data(ds: Any) -> dict[str, Any]:
-    """What a run file stores about its data so it describes itself (``RunFile.description``)."""
+def describe_data(ds: Any, provenance: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """What a run file stores about its data so it describes itself (``RunFile.description``);
+    ``provenance``: one record per training session (``session_provenance``), oldest first."""
     return {"input_shape": [int(v) for v in ds.x_train.shape[1:]],
             "num_classes": int(ds.num_classes), "dataset": ds.name,
             "mean": [float(v) for v in ds.mean], "std": [float(v) for v in ds.std],
-            "classes": list(ds.classes), "minibnn_version": __version__}
+            "classes": list(ds.classes), "minibnn_version": __version__,
+            "provenance": list(provenance)}
+
+
+def session_provenance(ds: Any, local: Local, previous: RunFile | None, from_epoch: int
+                       ) -> list[dict[str, Any]]:
+    """The stored sessions' provenance records (``previous``'s, none for a new run) followed
+    by this session's: ``provenance.collect`` plus ``from_epoch``, the first epoch (1-based)
+    it trains."""
+    before = (previous.description or {}).get("provenance", []) if previous else []
+    return list(before) + [dict(collect(ds, local), from_epoch=from_epoch)]
 
 
 def train_epoch(model: Model, optimizer: Transform, state: TrainState, x: Any, y: Any,
-                spec: RunSpec, progress: bool = False) -> dict[str, float]:
-    """One pass over the shuffled training set; returns the epoch's training metrics."""
+                spec: RunSpec, progress: bool = False, steps: StepLog | None = None,
+                rates: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """One pass over the shuffled training set; returns the epoch's training metrics.
+
+    ``steps`` records the rows of the steps it is due at (kept on the device: no read here),
+    with the ``rates`` (``optimizer_rates``'s, RateLogs where scheduled) used at each.
+    """
     xp = get_array_module(x)
     n = len(x)
     batches = batch_slices(n, spec.loop.batch_size)
@@ -277,6 +300,10 @@ def train_epoch(model: Model, optimizer: Transform, state: TrainState, x: Any, y
         correct = correct + right
         for name, count in step_flips.items():
             flips[name] = flips[name] + count
+        if steps is not None and steps.due(state.step):
+            steps.record(state.step, loss, right, batch.stop - batch.start, step_flips,
+                         {name: state.params[name].size for name in step_flips},
+                         _rates_now(rates or {}))
         raise_if_stopped()
         if bar is not batches and i % LOSS_EVERY == 0:
             bar.set_postfix(loss=f"{float(loss):.4f}")
@@ -287,6 +314,23 @@ def train_epoch(model: Model, optimizer: Transform, state: TrainState, x: Any, y
         # mean per-step flip ratio: flipped weights / (weights * steps), as the paper logs it
         metrics[f"flip_ratio:{name}"] = int(count) / (state.params[name].size * len(batches))
     return metrics
+
+
+#: the state buffer a filter optimiser's flip reads, as (stage, slot) of its binary group:
+#: CEMA's second EMA v, Bop's EMA m, Bop2nd's first moment m (the flip reads m / sqrt(v),
+#: of m's sign); latent optimisers (sgd, adam) have none: their latent weights are the state
+FILTER_STATE = {"cema": ("v", "s"), "bop": ("m", "s"), "bop2nd": ("rms", "m"),
+                "bop2nd_corrected": ("rms", "m")}
+
+
+def filter_states(spec: RunSpec, model: Model, state: TrainState) -> dict[str, Any]:
+    """Per binary layer, the filter state its flips follow (``FILTER_STATE``, or the latent
+    weights), on the training device."""
+    where = FILTER_STATE.get(spec.binary_optimizer.name)
+    if where is None:
+        return {name: state.params[name] for name in model.binary_names}
+    stage, slot = where
+    return {name: state.opt_state["binary"][stage][slot][name] for name in model.binary_names}
 
 
 def _checkpoint(state: TrainState, binary: Sequence[str] = ()) -> Checkpoint:
@@ -413,6 +457,7 @@ def _fit_locked(spec: RunSpec | None, out_path: str, resume: bool, progress: boo
     if stop_after is not None and stop_after < 1:
         raise MinibnnError(f"--stop-after must be >= 1, got {stop_after}")
     device_module(local.device)          # one-line error now when there is no GPU
+    tensorboard.check_available(local.tensorboard)
     with kernels.use_backend(local.backend), using_threads(local.threads):
         return _fit(spec, local, out_path, previous, progress, stop_after, log)
 
@@ -449,6 +494,7 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
     check_free_space(out_path, _space_needed(_run_file_bytes(state), out_path,
                                              writes=epochs - epochs_on_disk))
     metrics: dict[str, list[float]] = {}
+    step_rows: dict[str, np.ndarray] = {}
     if previous is None:
         storage = "+-1 weights" if spec.binary_storage == "binary" else "latent real weights"
         log(f"training {spec.model.name} on {spec.data.name}: {spec.binary_optimizer.name} on "
@@ -466,27 +512,31 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
         except (TypeError, ValueError, KeyError):
             raise MinibnnError(f"{out_path}: checkpoint RNG state is corrupt") from None
         state.epoch, state.step = ck.epoch, ck.step
-        metrics = previous.metrics
+        metrics, step_rows = previous.metrics, previous.step_metrics
         if state.epoch >= epochs:
             log(f"{out_path} already finished its {epochs} epochs; nothing to resume")
         else:
             log(f"resuming {out_path} at epoch {state.epoch + 1}/{epochs}")
 
     stored = config_json(spec, local)
+    sessions = session_provenance(ds, local, previous, state.epoch + 1)
     # the epoch the run file holds; "pending"/"inode" close the window between a write and
     # this note (os.replace gives the file a new inode: see _interrupt_says_what_is_kept)
     saved: dict[str, Any] = {"epoch": state.epoch, "pending": None, "inode": _inode(out_path)}
     done_now = 0
+    steps = StepLog(local.log_every)
     # overflow in a diverging run is reported by check_divergence, not as NumPy warnings
     interrupted = _interrupt_says_what_is_kept(out_path, saved)
-    with np.errstate(over="ignore", invalid="ignore"), interrupted:
+    board = tensorboard.open_board(local.tensorboard, resumed_at=state.step if previous else None)
+    with np.errstate(over="ignore", invalid="ignore"), interrupted, board:
         while state.epoch < epochs and (stop_after is None or done_now < stop_after):
             start = time.perf_counter()
             for rate in rates.values():
                 if isinstance(rate, RateLog):
                     rate.take()            # forget values asked for outside the steps (checks)
             epoch_metrics = train_epoch(model, optimizer, state, x_train, y_train, spec,
-                                        progress)
+                                        progress, steps, rates)
+            new_rows = steps.take()
             check_divergence(state, epoch_metrics, out_path, ds.num_classes)
             epoch_metrics.update(_rates_used(rates))
             last = state.epoch + 1 == epochs
@@ -509,10 +559,14 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
                 metrics.setdefault(name, []).append(float(value))
             pm1 = model.binary_names if spec.binary_storage == "binary" else ()
             saved["pending"] = state.epoch
+            step_rows = append_rows(step_rows, new_rows)
             save_run(out_path, RunFile(stored, metrics, _checkpoint(state, pm1),
-                                       describe_data(ds),
-                                       previous.replans if previous is not None else []))
+                                       describe_data(ds, sessions),
+                                       previous.replans if previous is not None else [],
+                                       step_rows))
             saved.update(epoch=state.epoch, pending=None, inode=_inode(out_path))
+            board.epoch_end(state.step, new_rows, epoch_metrics,
+                            lambda: filter_states(spec, model, state))
             mean_flip = np.mean([v for k, v in epoch_metrics.items()
                                  if k.startswith("flip_ratio:")] or [0.0])
             log(f"epoch {state.epoch:3d}/{epochs}  train loss {epoch_metrics['train_loss']:.4f}"
@@ -617,6 +671,12 @@ def _rates_used(rates: Mapping[str, Any]) -> dict[str, float]:
         else:
             used[name] = float(rate)
     return used
+
+
+def _rates_now(rates: Mapping[str, Any]) -> dict[str, float]:
+    """Each rate as the optimiser used it at the last step (a RateLog's ``last``)."""
+    return {name: float(rate.last if isinstance(rate, RateLog) else rate)
+            for name, rate in rates.items()}
 
 
 def eval_backend(stored: Local, device: str, backend: str | None) -> str:
