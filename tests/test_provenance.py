@@ -3,12 +3,19 @@
 again, that old caches still load, and the readable lines for full and empty records."""
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import tarfile
+from pathlib import Path
 
 import numpy as np
+import pytest
 
-from minibnn.data import load_dataset
+from minibnn.data import cifar, imagefolder, load_dataset
 from minibnn.data.base import from_uint8
+from minibnn.data.cache import save_split
+from minibnn.data.source import HASH_UNKNOWN
 from minibnn.run import provenance
 from minibnn.run.provenance import collect, format_provenance, format_sessions
 from minibnn.run.spec import Local
@@ -59,6 +66,82 @@ def test_cpu_features_are_the_listed_vector_flags(tmp_path) -> None:
     fake.write_text("processor : 0\nflags : fpu sse2 avx2 fma avx512f\n")
     assert provenance.cpu_features(str(fake)) == ["avx2", "fma", "avx512f"]
     assert provenance.cpu_features(str(tmp_path / "absent")) == []
+
+
+def fake_jpeg_archive(path: Path) -> Path:
+    """A tiny stand-in for cifar10-jpeg.tar.gz: cifar10-jpeg/{train,test}/<class>/0000.jpg,
+    one random 32x32 JPEG per class and split."""
+    Image = pytest.importorskip("PIL.Image", reason="Pillow decodes the JPEG copy")
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tar:
+        for split in ("train", "test"):
+            for cls in cifar.CLASSES:
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    buf, format="JPEG")
+                info = tarfile.TarInfo(f"cifar10-jpeg/{split}/{cls}/0000.jpg")
+                info.size = len(buf.getvalue())
+                tar.addfile(info, io.BytesIO(buf.getvalue()))
+    return path
+
+
+def test_cifar10_jpeg_copy_is_named_even_when_read_from_the_cache(tmp_path, monkeypatch) -> None:
+    """The issue: ``--dataset cifar10`` without ``--data-dir`` silently read the cached JPEG
+    copy. The record now names it, with its path and hash, and the cached load hashes
+    nothing."""
+    archive = fake_jpeg_archive(tmp_path / "cifar10-jpeg.tar.gz")
+    cache = tmp_path / "cache"
+    first = collect(load_dataset("cifar10", data_dir=archive, cache_dir=cache), Local())
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert first["data"] == {"kind": "cifar10-jpeg", "path": str(archive), "sha256": sha,
+                             "cached": False}
+
+    def no_hashing(*a, **k):
+        raise AssertionError("a cached load hashed the source again")
+
+    for module in (cifar, imagefolder):
+        monkeypatch.setattr(module, "sha256_file", no_hashing)
+        monkeypatch.setattr(module, "sha256_files", no_hashing)
+    for data_dir in (None, archive):
+        again = collect(load_dataset("cifar10", data_dir=data_dir, cache_dir=cache), Local())
+        assert again["data"] == dict(first["data"], cached=True)
+    line = format_provenance(again)[0]
+    assert line == f"data: CIFAR-10 JPEG copy {archive} (sha256 {sha[:16]}...) via the cache"
+
+
+def test_cifar10_jpeg_from_an_unpacked_folder_hashes_its_image_files(tmp_path) -> None:
+    archive = fake_jpeg_archive(tmp_path / "copy.tar.gz")
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    root = tmp_path / "unpacked" / "cifar10-jpeg"
+    (root / "README.md").write_text("not an image: not part of the hash")
+    ds = load_dataset("cifar10", data_dir=root, cache_dir=tmp_path / "cache")
+    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
+    listing = "".join(f"{hashlib.sha256((root / n).read_bytes()).hexdigest()}  {n}\n"
+                      for n in names)
+    assert ds.origin.kind == "cifar10-jpeg" and ds.origin.path == str(root)
+    assert ds.origin.sha256 == hashlib.sha256(listing.encode()).hexdigest()
+    assert "JPEG" in ds.source
+
+
+def test_imagefolder_records_its_archive_and_keeps_it_in_its_cache(tmp_path) -> None:
+    archive = fake_jpeg_archive(tmp_path / "pets.tar.gz")
+    first = load_dataset("imagefolder", data_dir=archive, cache_dir=tmp_path / "c").origin
+    again = load_dataset("imagefolder", data_dir=archive, cache_dir=tmp_path / "c").origin
+    assert (first.kind, first.path, first.cached) == ("imagefolder", str(archive), False)
+    assert first.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert again.cached and (again.kind, again.path, again.sha256) == (
+        first.kind, first.path, first.sha256)
+
+
+def test_an_old_jpeg_cache_without_a_record_still_loads(tmp_path) -> None:
+    x, y = np.zeros((10, 3, 32, 32), np.uint8), np.arange(10, dtype=np.uint8)
+    save_split(tmp_path / "cifar10-jpeg.npz", x, y, x, y)          # written without a record
+    record = collect(load_dataset("cifar10", cache_dir=tmp_path), Local())["data"]
+    assert record == {"kind": "cifar10-jpeg", "path": None, "sha256": HASH_UNKNOWN,
+                      "cached": True}
+    assert "sha256 unknown (cache written before hashes were stored)" in \
+        format_provenance({"data": record})[0]
 
 
 FULL = {"data": {"kind": "cifar10-jpeg", "path": "/d/cifar10-jpeg.tar.gz",

@@ -9,7 +9,8 @@ float arrays.
     ds = load_dataset("synthetic", n_train=512, noise=1.0)
 
 Each loader produces uint8 images once, stores them in the cache (``<name>.npz`` under
-``$MINIBNN_CACHE`` or ``~/.cache/minibnn``, see ``cache.py``), and ``base.from_uint8`` scales
+``$MINIBNN_CACHE`` or ``~/.cache/minibnn``, see ``cache.py``) with the record of the copy they
+came from (``Dataset.origin``: kind, path, sha256; see ``source.py``), and ``base.from_uint8`` scales
 them to [0, 1] and standardises them with the fixed constants in ``base.NORMALISATION`` (an
 image folder: its training images' own per-channel mean and std, stored in its cache).
 Where each dataset is looked for is described in ``mnist.py``, ``cifar.py`` and
@@ -120,7 +121,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
 
 
 def _load_image_folder(data_dir: str | os.PathLike | None, cache_dir: str | os.PathLike | None,
-                       test_only: bool) -> tuple[Any, Any, str]:
+                       test_only: bool) -> tuple[Any, Any, Any]:
     """``--dataset imagefolder``: the folder or archive ``data_dir``, cached by its identity."""
     from minibnn.data.cache import resolve_cache_dir
     from minibnn.data.imagefolder import check_root, load_cached_or_decode, source_key

@@ -1,5 +1,6 @@
 """``python -m minibnn.data NAME [--data-dir D] [--cache-dir C]``: fetch/convert a dataset into
-the cache and print its shapes, label counts and pixel statistics (a quick check of a copy)."""
+the cache and print which copy it came from (kind, path, sha256), its shapes, label counts and
+pixel statistics (a quick check of a copy)."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +10,7 @@ import numpy as np
 
 from minibnn.data import DATASET_NAMES, load_dataset
 from minibnn.errors import MinibnnError
+from minibnn.run.provenance import data_record, format_provenance
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(ds)
+    print(*format_provenance({"data": data_record(ds)}))
     for split, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
         # undo the standardisation to report the [0, 1] statistics per channel
         x01 = x.astype(np.float64) * np.reshape(ds.std, (1, -1, 1, 1)) \

@@ -2,7 +2,9 @@
 
 Layout: one file per dataset, ``<cache dir>/<name>.npz`` (mnist.npz, fashion-mnist.npz,
 cifar10.npz), holding uint8 arrays ``x_train`` (N, C, H, W), ``y_train`` (N,), ``x_test``,
-``y_test`` and ``format`` (= FORMAT_VERSION).  uint8 keeps MNIST at ~11 MB compressed instead of
+``y_test``, ``format`` (= FORMAT_VERSION) and ``source``: the ``DataSource`` record of the copy
+it was converted from, with that copy's sha256, computed once when the cache is built
+(``minibnn.data.source``; caches written before it have no ``source`` and still load).  uint8 keeps MNIST at ~11 MB compressed instead of
 ~220 MB of float32.  Files are written to a temporary name in the same directory and moved into
 place with ``os.replace`` (atomic on POSIX and Windows), so a crash or a concurrent reader never
 sees half a file.  The cache dir is ``$MINIBNN_CACHE`` if set, else ``~/.cache/minibnn``.
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minibnn.data.source import CACHE_KEY, DataSource, from_cache, to_cache_array
 from minibnn.errors import DataFileError, os_reason
 
 FORMAT_VERSION = 1
@@ -66,15 +69,37 @@ def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> P
 
 
 def save_split(path: str | os.PathLike, x_train: np.ndarray, y_train: np.ndarray,
-               x_test: np.ndarray, y_test: np.ndarray) -> Path:
-    """Store a converted uint8 train/test split as one cache file."""
-    return save_npz_atomic(path, {
+               x_test: np.ndarray, y_test: np.ndarray, source: DataSource | None = None,
+               **extra: np.ndarray) -> Path:
+    """Store a converted uint8 train/test split as one cache file, with the record of the
+    copy it came from (``source``) and any ``extra`` arrays beside it."""
+    arrays = {
         "x_train": np.ascontiguousarray(x_train, dtype=np.uint8),
         "y_train": np.ascontiguousarray(y_train, dtype=np.uint8),
         "x_test": np.ascontiguousarray(x_test, dtype=np.uint8),
         "y_test": np.ascontiguousarray(y_test, dtype=np.uint8),
         "format": np.array(FORMAT_VERSION, dtype=np.int64),
-    })
+        **extra,
+    }
+    if source is not None:
+        arrays[CACHE_KEY] = to_cache_array(source)
+    return save_npz_atomic(path, arrays)
+
+
+def load_source(path: str | os.PathLike, fallback: DataSource) -> DataSource:
+    """The ``DataSource`` record stored in the cache file ``path``, as read from that cache
+    (no hashing: the hash was stored when the cache was built). A cache written before
+    records were stored: ``fallback`` (what the caller knows: kind, perhaps the path) with the
+    hash ``HASH_UNKNOWN``."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return from_cache(z, path, fallback)
+    except DataFileError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise DataFileError(f"{path}: corrupt cache file ({type(e).__name__}); delete it to "
+                            "rebuild the cache") from None
 
 
 def load_split(path: str | os.PathLike, test_only: bool = False

@@ -20,8 +20,9 @@ from typing import Callable
 
 import numpy as np
 
-from minibnn.data.cache import load_split, resolve_cache_dir, save_split
+from minibnn.data.cache import load_source, load_split, resolve_cache_dir, save_split
 from minibnn.data.imagefolder import is_image_folder, load_cached_or_decode
+from minibnn.data.source import DataSource, absolute, sha256_file, sha256_files
 from minibnn.data.pickles import safe_loads
 from minibnn.errors import DataFileError, os_reason
 
@@ -139,17 +140,19 @@ def _locate(root: Path) -> list[tuple[str, Path]]:
 
 def load_cifar10_split(data_dir: str | os.PathLike | None = None,
                        cache_dir: str | os.PathLike | None = None, test_only: bool = False
-                       ) -> tuple[Split, str]:
-    """uint8 CIFAR-10 split (images (N, 3, 32, 32)) and where it came from (``test_only``: from
-    the cache, read only the test arrays).
+                       ) -> tuple[Split, DataSource]:
+    """uint8 CIFAR-10 split (images (N, 3, 32, 32)) and the record of the copy it came from
+    (``test_only``: from the cache, read only the test arrays).
 
-    ``data_dir`` may hold the official pickled batches (cached as ``cifar10.npz``) or an image
-    folder / archive of ``train|test/<class>/<image>`` files such as the JPEG copy (cached as
-    ``cifar10-jpeg.npz``: its pixels are not the canonical ones, so the two never mix).
-    Without ``data_dir``: the pickles' cache, then the JPEG copy's, then the cache folder.
+    ``data_dir`` may hold the official pickled batches (cached as ``cifar10.npz``, kind
+    "cifar10-pickles") or an image folder / archive of ``train|test/<class>/<image>`` files
+    such as the JPEG copy (cached as ``cifar10-jpeg.npz``, kind "cifar10-jpeg": its pixels are
+    not the canonical ones, so the two never mix). Without ``data_dir``: the pickles' cache,
+    then the JPEG copy's, then the cache folder; the record names the copy either way.
     """
     cache = resolve_cache_dir(cache_dir)
     pickles_cache, images_cache = cache / "cifar10.npz", cache / "cifar10-jpeg.npz"
+    given = absolute(data_dir) if data_dir is not None else None
     looked: list[str] = []
     roots: list[Path] = []
     if data_dir is not None:
@@ -160,9 +163,9 @@ def load_cifar10_split(data_dir: str | os.PathLike | None = None,
             return _from_images(root, images_cache, test_only)
         roots.append(root)
     else:
-        for cached in (pickles_cache, images_cache):
+        for cached, kind in ((pickles_cache, "cifar10-pickles"), (images_cache, "cifar10-jpeg")):
             if cached.is_file():
-                return _cached(cached, test_only), f"cache {cached}"
+                return _cached(cached, test_only, DataSource(kind))
             looked.append(str(cached))
     roots.append(cache)
     for root in roots:
@@ -171,33 +174,42 @@ def load_cifar10_split(data_dir: str | os.PathLike | None = None,
             looked.append(str(root))
             continue
         if pickles_cache.is_file():
-            return _cached(pickles_cache, test_only), f"cache {pickles_cache}"
+            return _cached(pickles_cache, test_only, DataSource("cifar10-pickles", given))
         kind, path = hits[0]
         split = read_batches_tar(path) if kind == "tar" else read_batches_dir(path)
+        source = DataSource("cifar10-pickles", absolute(path), _pickles_sha256(kind, path))
         try:
-            save_split(pickles_cache, *split)
+            save_split(pickles_cache, *split, source=source)
         except OSError as e:
             warnings.warn(f"CIFAR-10: could not write cache {pickles_cache} ({e})", stacklevel=2)
-        return split, str(path)
+        return split, source
     raise DataFileError(f"CIFAR-10: no copy found (looked in {', '.join(looked)}); download "
                         f"{ARCHIVE} from {URL} and pass --data-dir with the archive, the "
                         f"{FOLDER} folder or its parent (or a folder / archive of "
                         "train|test/<class>/<image> files)")
 
 
-def _cached(path: Path, test_only: bool) -> Split:
+def _pickles_sha256(kind: str, path: Path) -> str:
+    """The archive's sha256, or that of the six batch files' ``sha256sum`` listing."""
+    if kind == "tar":
+        return sha256_file(path)
+    return sha256_files(path, [path / n for n in TRAIN_BATCHES + (TEST_BATCH,)])
+
+
+def _cached(path: Path, test_only: bool, fallback: DataSource) -> tuple[Split, DataSource]:
+    """The split in cache file ``path`` and its record (``fallback`` for an old cache)."""
     split = load_split(path, test_only)
     if split[2].shape[1:] != (3, 32, 32):
         raise DataFileError(f"{path}: cached images have shape {split[2].shape[1:]}, "
                             "expected (3, 32, 32); delete it to rebuild the cache")
-    return split
+    return split, load_source(path, fallback)
 
 
-def _from_images(root: Path, cache_path: Path, test_only: bool) -> tuple[Split, str]:
+def _from_images(root: Path, cache_path: Path, test_only: bool) -> tuple[Split, DataSource]:
     """CIFAR-10 from an image folder: its classes must be CIFAR-10's, in label order."""
     if cache_path.is_file():
-        return _cached(cache_path, test_only), f"cache {cache_path}"
-    split, info, source = load_cached_or_decode(root, cache_path)
+        return _cached(cache_path, test_only, DataSource("cifar10-jpeg", absolute(root)))
+    split, info, source = load_cached_or_decode(root, cache_path, kind="cifar10-jpeg")
     classes = info.classes         # checked once, when decoded: the cache holds only good ones
     if classes != CLASSES:
         cache_path.unlink(missing_ok=True)
@@ -207,4 +219,4 @@ def _from_images(root: Path, cache_path: Path, test_only: bool) -> tuple[Split, 
         cache_path.unlink(missing_ok=True)
         raise DataFileError(f"{root}: images are {split[0].shape[1:]}, CIFAR-10's are "
                             "(3, 32, 32)")
-    return split, f"{source} (image folder; JPEG pixels differ slightly from the canonical)"
+    return split, source

@@ -9,8 +9,9 @@ images within a class are taken in file-name order, and the split interleaves th
 (image 0 of every class, then image 1, ...) so that every prefix is class-balanced.  Pillow decodes every image to uint8 NCHW:
 RGB, or one channel when every image is greyscale; all images must have one size.
 
-The decoded split is cached as ``<cache>/<name>.npz`` with the class names beside the arrays,
-so later loads read no image.  ``--dataset imagefolder --data-dir PATH`` caches under a name
+The decoded split is cached as ``<cache>/<name>.npz`` with the class names beside the arrays
+and the source's record (``minibnn.data.source``: its path and sha256, hashed once here), so
+later loads read no image.  ``--dataset imagefolder --data-dir PATH`` caches under a name
 made from the source's content: for a folder, the path, size and modification time of every
 file in it; for an archive, its own. So a folder that gains, loses or changes an image (or a
 class) is decoded again, and a line on stderr says so.  An image larger than ``MAX_PIXELS`` is
@@ -31,7 +32,8 @@ from typing import Iterator
 
 import numpy as np
 
-from minibnn.data.cache import FORMAT_VERSION, check_cache_file, load_split, save_npz_atomic
+from minibnn.data.cache import check_cache_file, load_source, load_split, save_split
+from minibnn.data.source import DataSource, absolute, sha256_file, sha256_files
 from minibnn.errors import DataFileError, os_reason
 
 SPLITS = ("train", "test")
@@ -169,6 +171,13 @@ def _channels_first(a: np.ndarray, grey: bool) -> np.ndarray:
     return np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files of a folder that ``_entries`` reads (its layout's, sorted), no others."""
+    return [path for path in sorted(folder.rglob("*"))
+            if _split_and_class(path.relative_to(folder).parts) is not None
+            and path.is_file()]                 # as _entries: not folders, dangling links
+
+
 def source_key(root: Path) -> str:
     """A cache name for ``root``: ``imagefolder-<path hash>-<content hash>``. The content is
     the (relative path, size, modification time) of every image file the folder's layout
@@ -177,11 +186,7 @@ def source_key(root: Path) -> str:
     resolved = root.resolve()
     content = hashlib.sha256()
     if resolved.is_dir():
-        for path in sorted(resolved.rglob("*")):   # the files _entries reads, no others
-            if _split_and_class(path.relative_to(resolved).parts) is None:
-                continue
-            if not path.is_file():                  # as _entries: folders, dangling links
-                continue
+        for path in image_files(resolved):
             try:
                 st = path.stat()
             except OSError as exc:                  # vanished since the listing
@@ -193,6 +198,12 @@ def source_key(root: Path) -> str:
         content.update(f"{st.st_size}|{st.st_mtime_ns}".encode())
     where = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]
     return f"imagefolder-{where}-{content.hexdigest()[:16]}"
+
+
+def source_sha256(root: Path) -> str:
+    """The sha256 of the copy at ``root``: an archive's own, a folder's over the ``sha256sum``
+    listing of its image files (``minibnn.data.source.sha256_files``)."""
+    return sha256_files(root, image_files(root)) if root.is_dir() else sha256_file(root)
 
 
 @dataclass(frozen=True)
@@ -210,14 +221,15 @@ def channel_stats(x_train: np.ndarray) -> tuple[tuple[float, ...], tuple[float, 
             tuple(float(v) for v in x.std(axis=(0, 2, 3))))
 
 
-def load_cached_or_decode(root: Path, cache_path: Path, test_only: bool = False
-                          ) -> tuple[Split, FolderInfo, str]:
+def load_cached_or_decode(root: Path, cache_path: Path, test_only: bool = False,
+                          kind: str = "imagefolder") -> tuple[Split, FolderInfo, DataSource]:
     """The split of ``root`` and its ``FolderInfo``, from ``cache_path`` when it exists (then
-    only the test arrays with ``test_only``), else decoded and cached; and where they came
-    from."""
+    only the test arrays with ``test_only``), else decoded and cached; and the record of the
+    copy they came from (``kind``; its sha256 computed here, once, and kept in the cache)."""
     check_cache_file(cache_path)                    # before decoding, not after
     if cache_path.is_file():
-        return load_split(cache_path, test_only), load_info(cache_path), f"cache {cache_path}"
+        source = load_source(cache_path, DataSource(kind, absolute(root)))
+        return load_split(cache_path, test_only), load_info(cache_path), source
     stale = [p for p in cache_path.parent.glob(cache_path.name.rsplit("-", 1)[0] + "-*.npz")
              if p != cache_path] if cache_path.name.startswith("imagefolder-") else []
     print(f"minibnn: decoding {root} into the cache"
@@ -226,11 +238,10 @@ def load_cached_or_decode(root: Path, cache_path: Path, test_only: bool = False
     mean, std = channel_stats(split[0])
     if min(std) == 0:
         raise DataFileError(f"{root}: a channel of the training images is constant (std 0)")
-    save_npz_atomic(cache_path, {
-        "x_train": split[0], "y_train": split[1], "x_test": split[2], "y_test": split[3],
-        "classes": np.array(classes, dtype=np.str_), "mean": np.array(mean),
-        "std": np.array(std), "format": np.array(FORMAT_VERSION, dtype=np.int64)})
-    return split, FolderInfo(classes, mean, std), str(root)
+    source = DataSource(kind, absolute(root), source_sha256(root))
+    save_split(cache_path, *split, source=source, classes=np.array(classes, dtype=np.str_),
+               mean=np.array(mean), std=np.array(std))
+    return split, FolderInfo(classes, mean, std), source
 
 
 def load_info(cache_path: Path) -> FolderInfo:

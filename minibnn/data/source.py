@@ -5,7 +5,8 @@ Every loader fills one in (``Dataset.origin``); run files store it as part of th
 
     kind      which copy: "mnist-idx", "mnist-pickle", "fashion-mnist-idx", "cifar10-pickles",
               "cifar10-jpeg" (CIFAR-10 from an image folder or archive, i.e. the JPEG copy),
-              "imagefolder", "synthetic"; an old cache without a record: the data set's name
+              "imagefolder", "synthetic"; an old MNIST or Fashion-MNIST cache without a
+              record: the data set's name (any of its routes may have built it)
     path      the file, folder or URL the arrays were converted from (absolute), or None
     sha256    of that source: a single file's own sha256 (the archive's, as ``sha256sum``
               prints it); several files: the sha256 of their ``sha256sum`` listing
@@ -38,6 +39,8 @@ CACHE_KEY = "source"
 
 #: readable names of the kinds (``format_provenance`` and ``describe``)
 KIND_TITLES: dict[str, str] = {
+    "mnist": "MNIST (route not recorded)",
+    "fashion-mnist": "Fashion-MNIST (route not recorded)",
     "mnist-idx": "MNIST IDX files",
     "mnist-pickle": "MNIST pickle (mnist.pkl.gz)",
     "fashion-mnist-idx": "Fashion-MNIST IDX files",
