@@ -1,0 +1,29 @@
+"""minibnn's filter optimisers for PyTorch models: ``pip install 'minibnn[torch]'``.
+
+    from minibnn.torch import CEMA, split_binary
+    binary, real = split_binary(model)                  # +-1 weights, everything else
+    opts = [CEMA(binary, alpha=1e-3, gamma=0.1), torch.optim.Adam(real, 1e-3)]
+
+``optim`` holds the optimisers (CEMA, Bop, Bop2nd, SecondOrder: the stages of
+``minibnn.optim``, bit for bit) and the converters to and from a minibnn optimiser state;
+``params`` the split of a module's parameters; ``build`` rebuilds an exported run.
+``import minibnn`` never imports PyTorch; this package needs it.
+"""
+from minibnn.errors import MinibnnError
+
+try:
+    import torch  # noqa: F401  (PyTorch itself, not this package: imports are absolute)
+except ImportError:
+    raise MinibnnError("minibnn.torch needs PyTorch: pip install 'minibnn[torch]'") from None
+
+from minibnn.torch.optim import (CEMA, NAMED, Bop, Bop2nd, SecondOrder, load_minibnn_state,
+                                 minibnn_state)
+
+__all__ = ["CEMA", "Bop", "Bop2nd", "SecondOrder", "NAMED", "load_minibnn_state",
+           "minibnn_state", "build"]
+
+
+def build(path, map_location="cpu"):
+    """Rebuild an exported run (minibnn export RUN.h5 --format torch) as a torch.nn.Module: see minibnn.torch.model."""
+    from minibnn.torch.model import build as _build
+    return _build(path, map_location=map_location)
