@@ -176,10 +176,12 @@ def test_format_empty_and_partial_records_do_not_fail() -> None:
     assert "sha256 unknown (cache written" in format_provenance({"data": unknown})[0]
 
 
-def test_format_sessions_numbers_each_session_and_names_old_files() -> None:
-    lines = format_sessions([dict(FULL, from_epoch=0), dict(FULL, from_epoch=5)])
-    assert lines[0] == "session from epoch 0:" and "session from epoch 5:" in lines
+def test_format_sessions_heads_each_session_and_names_old_files() -> None:
+    lines = format_sessions([dict(FULL, from_epoch=1), dict(FULL, from_epoch=5)])
+    assert lines[0] == "session from epoch 1:" and lines[4] == "session from epoch 5:"
+    assert lines[1:4] == ["  " + line for line in format_provenance(FULL)]
     assert len(lines) == 8
     assert format_sessions(None) == format_sessions([]) == [
         "provenance: not recorded (run file written before it was stored)"]
     assert format_sessions([{}]) == ["provenance: an empty record"]
+    assert format_sessions(["junk"]) == ["provenance: an empty record"]

@@ -13,7 +13,7 @@ import pytest
 from minibnn.commands.cli import main
 from minibnn.run.files import load_run
 from minibnn.nn import models
-from minibnn.commands.summary import format_summary, summarize
+from minibnn.commands.summary import format_summary, provenance_lines, summarize
 
 
 def test_binary_cnn_counts() -> None:
@@ -85,7 +85,8 @@ def test_cli_on_a_run_file_uses_its_stored_description(tmp_path: Path,
     assert main(["export", out_path, "--out", packed]) == 0
     capsys.readouterr()
     code, out_packed, _ = run_cli(capsys, "summary", packed)
-    assert code == 0 and out_packed == out                 # the same model, the same table
+    table = out.split("\nprovenance:\n")[0].rstrip("\n")   # a run file adds its provenance
+    assert code == 0 and out_packed.rstrip("\n") == table  # the same model, the same table
     for extra in (["--width", "4"], ["--dtype", "float64"]):
         code, _, err = run_cli(capsys, "summary", out_path, *extra)
         assert code == 2 and "not both" in err and extra[0] in err
@@ -115,3 +116,35 @@ def test_a_run_files_own_shape_wins_over_its_datasets_name(tmp_path: Path,
                   progress=False, log=lambda _: None)
     code, out, _ = run_cli(capsys, "summary", out_path)
     assert code == 0 and out.startswith("binary_cnn: input 3x32x32, 10 classes")
+
+
+def test_provenance_follows_the_table_when_the_description_has_it() -> None:
+    from minibnn.data import load_dataset
+    from minibnn.run.provenance import collect, format_provenance
+    from minibnn.run.spec import Local
+
+    model = models.binary_mlp((1, 28, 28), hidden=(8,))
+    record = collect(load_dataset("synthetic", n_train=10, n_test=5, seed=7), Local())
+    description = {"provenance": [dict(record, from_epoch=1), dict(record, from_epoch=3)]}
+    text = format_summary(model, description=description)
+    table = format_summary(model)
+    assert text.startswith(table + "\nprovenance:\n  session from epoch 1:\n")
+    body = ["    " + line for line in format_provenance(record)]
+    assert text.endswith("\n".join(["  session from epoch 3:"] + body))
+    assert "seed=7" in text and text.count("session from epoch") == 2
+    for old in (None, {}, {"input_shape": [1, 28, 28]}, {"provenance": []}):
+        assert provenance_lines(old) == [] and format_summary(model, description=old) == table
+
+
+@pytest.mark.xfail(strict=True, reason="waits for minibnn/commands/cli.py's _cmd_summary to "
+                   "pass the run file's description to format_summary; then drop this mark")
+def test_cli_summary_of_a_run_file_shows_its_provenance(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    out_path = str(tmp_path / "run.h5")
+    assert main(["train", "--dataset", "synthetic", "--epochs", "1", "--hidden", "16,8",
+                 "--train-subset", "100", "--no-progress", "--out", out_path]) == 0
+    capsys.readouterr()
+    code, out, _ = run_cli(capsys, "summary", out_path)
+    assert code == 0 and "\nprovenance:\n  session from epoch 1:\n    data: synthetic (" in out
+    assert "versions: minibnn " in out

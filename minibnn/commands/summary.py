@@ -11,6 +11,10 @@ not assumed).
 
     rows, totals = summarize(model)          # plain data
     print(format_summary(model))             # the table
+
+For a run file, the table is followed by the run's provenance (``description["provenance"]``:
+per training session, the data copy with its hash, threads, BLAS and CPU, library versions;
+``minibnn.run.provenance``), when the file stores it.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from minibnn.nn.containers import Residual, Sequential
 from minibnn.nn.models import Model
 from minibnn.nn.modules import (BinaryConv2d, BinaryDense, Conv2d, Dense, Module, Stateless,
                                 _BinaryWeights)
+from minibnn.run.provenance import format_sessions
 
 
 @dataclass
@@ -113,9 +118,20 @@ def _kib(b: float) -> str:
     return f"{b / 1024:.2f}"
 
 
+def provenance_lines(description: dict[str, Any] | None) -> list[str]:
+    """A run file description's provenance, one "provenance:" line and the sessions' lines
+    indented under it; none when the description has no ``provenance`` (older files)."""
+    records = (description or {}).get("provenance") if isinstance(description, dict) else None
+    if not records:
+        return []
+    return ["provenance:"] + [f"  {line}" for line in format_sessions(records)]
+
+
 def format_summary(model: Model, dtype: Any = np.float32, params: dict | None = None,
-                   buffers: dict | None = None) -> str:
-    """The table ``minibnn summary`` prints."""
+                   buffers: dict | None = None,
+                   description: dict[str, Any] | None = None) -> str:
+    """The table ``minibnn summary`` prints; with a run file's ``description``, followed by
+    its provenance (``provenance_lines``)."""
     rows, t = summarize(model, dtype, params, buffers)
     header = ["layer", "output shape", "input", "1-bit params", f"{int(t['float_bits'])}-bit params",
               "memory KiB", "binary MACs", "float MACs"]
@@ -142,4 +158,4 @@ def format_summary(model: Model, dtype: Any = np.float32, params: dict | None = 
                f"{_kib(t['memory_bytes'])} KiB vs {_kib(t['float32_bytes'])} KiB as float32: "
                f"{t['compression']:.1f}x smaller")
     out.append(f"MACs per image: {int(macs):,}, {share:.1f} % binary (XNOR-popcount)")
-    return "\n".join(out)
+    return "\n".join(out + provenance_lines(description))

@@ -152,8 +152,6 @@ def format_provenance(record: dict[str, Any]) -> list[str]:
     """A few readable lines for one provenance record (data; threads, BLAS and CPU; versions),
     each only when the record has its keys: an empty record gives no lines."""
     lines = []
-    if "from_epoch" in record:
-        lines.append(f"session from epoch {record['from_epoch']}:")
     if isinstance(record.get("data"), dict):
         lines.append(_data_line(record["data"]))
     machine = _machine_line(record)
@@ -168,12 +166,17 @@ def format_provenance(record: dict[str, Any]) -> list[str]:
 
 
 def format_sessions(records: Any) -> list[str]:
-    """The lines of every session's record (a run file's ``description["provenance"]``);
-    a file written before provenance was stored says so in one line."""
+    """The lines of every session's record (a run file's ``description["provenance"]``), each
+    under a "session from epoch N:" line when the record has ``from_epoch``; a file written
+    before provenance was stored says so in one line."""
     if not isinstance(records, list) or not records:
         return ["provenance: not recorded (run file written before it was stored)"]
     lines = []
     for record in records:
-        body = format_provenance(record) if isinstance(record, dict) else []
-        lines += body or ["provenance: an empty record"]
+        body = (format_provenance(record) if isinstance(record, dict) else []) or [
+            "provenance: an empty record"]
+        if isinstance(record, dict) and "from_epoch" in record:
+            lines += [f"session from epoch {record['from_epoch']}:"] + [f"  {b}" for b in body]
+        else:
+            lines += body
     return lines
