@@ -2,14 +2,18 @@
 
     minibnn explain --lr 0.1 --momentum 0.9 --weight-decay 5e-4 [--decoupled] [--plot out.png]
     minibnn explain --alpha 1e-4 --gamma 1e-3 [--decoupled]        # the other direction
+    minibnn explain RUN.h5 [--plot out.png]                        # the filter a run used
     minibnn verify [--examples N] [--only P3,P10]                  # from a checkout
 
 ``explain`` prints the CEMA rates (or the second-order filter when none exist), the poles and
 what each one does (memory in steps, oscillation, integration or divergence), the initial
 state matching a latent initialisation, and whether the textbook map ``alpha = lr*wd,
 gamma = 1 - momentum`` would be wrong; ``--plot`` draws both impulse responses overlaid (and
-the naive one when it differs).  ``verify`` runs the equivalence suite in ``verification/``, a
-folder of the source checkout that is not installed.
+the naive one when it differs), ``--normalise`` each divided by its peak so that shapes compare.
+``explain RUN.h5`` prints the filter a trained run used (read by ``explain_run``): its rates and
+their schedule, its memory in steps and in the run's epochs, and how much of the initial state
+the run's steps left; ``--plot`` draws that filter's response over the run.  ``verify`` runs the
+equivalence suite in ``verification/``, a folder of the source checkout that is not installed.
 
 Every bad input (a non-finite or out-of-range number, an overflowing product, an unknown plot
 format, a missing output folder, a plot too large for this machine's memory) is refused up
@@ -31,9 +35,10 @@ import numpy as np
 
 from minibnn import theory
 from minibnn.errors import MinibnnError
+from minibnn.commands.explain_run import RunFilter, read_run_filter
 from minibnn.commands.figures import save_figure
 from minibnn.run.resources import check_memory, format_bytes, physical_memory
-from minibnn.run.spec import flag
+from minibnn.run.spec import Bop, Bop2nd, Cema, Sgd, flag
 
 #: where the properties cited in the output are stated and proved
 DOC = "docs/theory.md"
@@ -57,7 +62,12 @@ NO_MEMORY_STEPS = 500
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Options of ``minibnn explain``."""
     parser.description = ("Map latent-weight SGD hyperparameters to the equivalent gradient "
-                          f"filter (CEMA alpha, gamma), or back with --alpha/--gamma ({DOC}).")
+                          f"filter (CEMA alpha, gamma), or back with --alpha/--gamma ({DOC}); "
+                          "or, given a run file, explain the filter that run trained with.")
+    parser.add_argument("run", nargs="?", default=None, metavar="RUN.h5",
+                        help="a run file: print the filter it trained with (its rates and "
+                             "schedule, memory in steps and epochs, how far the initial state "
+                             "was forgotten); not with the latent or filter options")
     parser.add_argument("--lr", type=float, default=None, help="latent SGD learning rate")
     parser.add_argument("--momentum", type=float, default=None,
                         help="latent SGD momentum mu (default 0)")
@@ -74,12 +84,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "format follows the extension: png, pdf, svg, ...)")
     parser.add_argument("--steps", type=int, default=None,
                         help="steps shown in the plot (default: 5 slow time constants, at least 50 "
-                        f"and at most {MAX_DEFAULT_STEPS:,}; {NO_MEMORY_STEPS} when a pole is at 1)")
+                        f"and at most {MAX_DEFAULT_STEPS:,}; {NO_MEMORY_STEPS} when a pole is at 1;"
+                        " with RUN.h5: the steps the run trained)")
+    parser.add_argument("--normalise", action="store_true",
+                        help="with --plot: divide each response by its largest absolute value, so "
+                             "that curves of different scale compare by shape (only the shape "
+                             "decides a sign)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the explanation for parsed ``args``; 0 on success (errors raise MinibnnError)."""
     _check_finite_options(args)
+    if getattr(args, "run", None) is not None:
+        return run_trained(args)
     if args.alpha is not None or args.gamma is not None:
         if args.lr is not None:
             raise MinibnnError("give either --lr (latent -> filter) or --alpha/--gamma "
@@ -88,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
             raise MinibnnError("--alpha and --gamma go together")
         latent_only = [opt for opt, value in (("--momentum", args.momentum),
                                               ("--weight-decay", args.weight_decay),
-                                              ("--plot", args.plot), ("--steps", args.steps))
+                                              ("--plot", args.plot), ("--steps", args.steps),
+                                              ("--normalise", args.normalise or None))
                        if value is not None]
         if latent_only:
             verb, them = ("applies", "it") if len(latent_only) == 1 else ("apply", "them")
@@ -98,9 +116,9 @@ def run(args: argparse.Namespace) -> int:
         print(explain_filter(args.alpha, args.gamma, args.decoupled))
         return 0
     if args.lr is None:
-        raise MinibnnError("give --lr (with --momentum, --weight-decay), or --alpha and --gamma")
-    if args.steps is not None and not args.plot:
-        raise MinibnnError("--steps sets the length of the plot: add --plot OUT.png")
+        raise MinibnnError("give --lr (with --momentum, --weight-decay), or --alpha and --gamma, "
+                           "or a run file RUN.h5")
+    _check_plot_options(args)
     momentum = 0.0 if args.momentum is None else args.momentum
     weight_decay = 0.0 if args.weight_decay is None else args.weight_decay
     theory.check_latent(args.lr, momentum, weight_decay, name=flag)
@@ -117,13 +135,21 @@ def run(args: argparse.Namespace) -> int:
         responses = impulse_responses(eq, steps)  # refused here if one overflows
         text = explain_latent(eq)
         print(text)
-        plot_impulse_responses(eq, args.plot, steps, responses)
+        plot_impulse_responses(eq, args.plot, steps, responses, normalise=args.normalise)
     except MemoryError:
         raise MinibnnError(f"out of memory computing or drawing {steps} steps (~"
                            f"{format_bytes(plot_bytes(steps, _plot_lines(eq)))} needed): pass a "
                            "smaller --steps") from None
     print(f"impulse responses ({steps} steps) written to {args.plot}")
     return 0
+
+
+def _check_plot_options(args: argparse.Namespace) -> None:
+    """``--steps`` and ``--normalise`` shape the plot: they need ``--plot``."""
+    for opt, given in (("--steps", args.steps is not None), ("--normalise", args.normalise)):
+        if given and not args.plot:
+            raise MinibnnError(f"{opt} {'sets the length of' if opt == '--steps' else 'changes'} "
+                               "the plot: add --plot OUT.png")
 
 
 def _check_finite_options(args: argparse.Namespace) -> None:
@@ -336,15 +362,18 @@ def _plot_steps(eq: theory.FilterEquivalent, steps: int | None) -> int:
             else NO_MEMORY_STEPS)
 
 
-def _check_response(name: str, response: np.ndarray, eq: theory.FilterEquivalent) -> None:
+def _check_response(name: str, response: np.ndarray, largest_pole: float) -> None:
     """An unstable filter's response overflows float64: say after how many steps."""
     finite = np.isfinite(response)
     if not finite.all():
         k = int(np.argmin(finite))  # steps 1..k are finite
-        r = max(abs(complex(p)) for p in eq.poles)
         fix = (f"pass --steps {k} or fewer" if k >= 2 else "it cannot be drawn")
         raise MinibnnError(f"the {name} impulse response overflows float64 after {k} steps "
-                           f"(unstable: |pole| = {r:.4g} > 1): {fix}")
+                           f"(unstable: |pole| = {largest_pole:.4g} > 1): {fix}")
+
+
+def _largest_pole(eq: theory.FilterEquivalent) -> float:
+    return max(abs(complex(p)) for p in eq.poles)
 
 
 def impulse_responses(eq: theory.FilterEquivalent, steps: int) -> list[tuple[np.ndarray, dict]]:
@@ -352,7 +381,7 @@ def impulse_responses(eq: theory.FilterEquivalent, steps: int) -> list[tuple[np.
     second order) and the naive CEMA when it differs; an overflowing one is refused."""
     latent = theory.latent_impulse_response(eq.lr, eq.momentum, eq.weight_decay, eq.decoupled,
                                             steps)
-    _check_response("latent", latent, eq)
+    _check_response("latent", latent, _largest_pole(eq))
     out = [(latent, dict(lw=3, alpha=0.5, label=f"latent SGD, -{_g(eq.v_scale)} w_t"))]
     if eq.exact:
         filt = theory.filter_impulse_response(eq.alpha, eq.gamma, steps)
@@ -360,7 +389,7 @@ def impulse_responses(eq: theory.FilterEquivalent, steps: int) -> list[tuple[np.
     else:
         filt = theory.second_order_impulse_response(eq.a1, eq.a2, eq.c, steps)
         label = "second-order filter"
-    _check_response("filter", filt, eq)
+    _check_response("filter", filt, _largest_pole(eq))
     out.append((filt, dict(fmt="k--", lw=1, label=label)))
     if _draws_naive(eq):
         # Every CEMA has unit DC gain, as does the latent response: the shapes compare directly.
@@ -369,19 +398,42 @@ def impulse_responses(eq: theory.FilterEquivalent, steps: int) -> list[tuple[np.
     return out
 
 
+def peak_normalised(responses: list[tuple[np.ndarray, dict]]) -> list[tuple[np.ndarray, dict]]:
+    """Each response divided by its largest absolute value (``y / max|y|``), so that its peak
+    is +-1: curves that differ only in scale then lie on each other (the naive CEMA of a coupled
+    configuration looks 10x off on an absolute scale; only the shape decides a sign).  An
+    all-zero response is kept as it is."""
+    out = []
+    for y, style in responses:
+        peak = float(np.max(np.abs(y))) if y.size else 0.0
+        out.append((y / peak if peak > 0 else y, style))
+    return out
+
+
 def plot_impulse_responses(eq: theory.FilterEquivalent, path: str | Path, steps: int,
-                           responses: list[tuple[np.ndarray, dict]] | None = None) -> None:
+                           responses: list[tuple[np.ndarray, dict]] | None = None,
+                           normalise: bool = False) -> None:
     """Both views' responses to one unit gradient (and the naive CEMA's, if it differs).
 
-    ``responses`` are ``impulse_responses(eq, steps)``, computed here when None.
+    ``responses`` are ``impulse_responses(eq, steps)``, computed here when None;
+    ``normalise``: draw them ``peak_normalised``.
     """
+    if responses is None:
+        responses = impulse_responses(eq, steps)
+    draw_responses(responses, path, steps, "impulse response: latent view vs filter view",
+                   normalise)
+
+
+def draw_responses(responses: list[tuple[np.ndarray, dict]], path: str | Path, steps: int,
+                   title: str, normalise: bool = False) -> None:
+    """Draw ``(response, line style)`` pairs over steps 1..``steps`` and save them to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if responses is None:
-        responses = impulse_responses(eq, steps)
+    if normalise:
+        responses = peak_normalised(responses)
     t = np.arange(1, steps + 1, dtype=np.float64)  # float: matplotlib then keeps no x copy
     fig, ax = plt.subplots(figsize=(7, 4))
     try:
@@ -389,8 +441,9 @@ def plot_impulse_responses(eq: theory.FilterEquivalent, path: str | Path, steps:
             style = dict(style)
             ax.plot(t, y, *([style.pop("fmt")] if "fmt" in style else []), **style)
         ax.set_xlabel("steps after a unit gradient")
-        ax.set_ylabel("filter state v (sign decides b = -sign v)")
-        ax.set_title("impulse response: latent view vs filter view")
+        ax.set_ylabel("v / its peak (normalised: compare shapes)" if normalise
+                      else "filter state v (sign decides b = -sign v)")
+        ax.set_title(title)
         ax.legend(loc="upper right")  # "best" scans every point: slow for a long plot
         fig.tight_layout()
     except BaseException:
@@ -401,6 +454,221 @@ def plot_impulse_responses(eq: theory.FilterEquivalent, path: str | Path, steps:
     except (RuntimeError, ValueError) as exc:  # e.g. a format's external program failed
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise MinibnnError(f"cannot write plot {path}: {first}") from None
+
+
+# --- explain RUN.h5: the filter a trained run used -----------------------------------------
+
+#: the options that describe a configuration by hand, which a run file already fixes
+CONFIG_OPTIONS = ("lr", "momentum", "weight_decay", "alpha", "gamma")
+
+
+def run_trained(args: argparse.Namespace) -> int:
+    """``explain RUN.h5``: print (and with ``--plot`` draw) the filter the run trained with."""
+    given = [flag(name) for name in CONFIG_OPTIONS if getattr(args, name) is not None]
+    given += ["--decoupled"] if args.decoupled else []
+    if given:
+        raise MinibnnError(f"{args.run} is a run file: its settings fix the filter, so drop "
+                           f"{', '.join(given)} (or drop RUN.h5 to explain given settings)")
+    _check_plot_options(args)
+    if args.plot:
+        check_plot_path(args.plot)
+    rf = read_run_filter(args.run)
+    if not args.plot:
+        print(explain_trained(rf))
+        return 0
+    if rf.cema_segments() is None and rf.lr_segments() is None:
+        raise MinibnnError(f"--plot: {rf.spec.binary_optimizer.name} has no linear filter to "
+                           f"draw (its gradient normalisation is nonlinear, {DOC} P8, P10)")
+    steps = args.steps if args.steps is not None else max(2, rf.length.steps)
+    if steps < 2:
+        raise MinibnnError(f"--steps must be at least 2, got {steps}")
+    lines = len(run_impulse_responses(rf, 2))
+    check_plot_memory(steps, lines)
+    try:
+        responses = run_impulse_responses(rf, steps)
+        print(explain_trained(rf))
+        spe = rf.length.steps_per_epoch
+        draw_responses(responses, args.plot, steps, f"filter of {Path(rf.path).name}: a gradient "
+                       f"at its first step ({spe:,} steps per epoch)", args.normalise)
+    except MemoryError:
+        raise MinibnnError(f"out of memory computing or drawing {steps} steps (~"
+                           f"{format_bytes(plot_bytes(steps, lines))} needed): pass a "
+                           "smaller --steps") from None
+    print(f"impulse response ({steps:,} steps) written to {args.plot}")
+    return 0
+
+
+def run_impulse_responses(rf: RunFilter, steps: int) -> list[tuple[np.ndarray, dict]]:
+    """The run's filter's response to a unit gradient at its first step, under its schedule
+    (epoch by epoch; past the run the last epoch's rates hold): latent SGD's own recursion and
+    the CEMA it maps to, or the run's CEMA (Bop's EMA)."""
+    out = []
+    lr_segments = rf.lr_segments()
+    if lr_segments is not None:
+        b = rf.spec.binary_optimizer
+        latent = theory.scheduled_latent_impulse_response(lr_segments, b.momentum,
+                                                          b.weight_decay, b.decoupled, steps)
+        _check_response("latent", latent, max(_largest_pole(eq) for eq in rf.equivalents))
+        out.append((latent, dict(lw=3, alpha=0.5, label="latent SGD, -k w_t")))
+    segments = rf.cema_segments()
+    if segments is not None:
+        if rf.optimizer == "sgd":
+            approx = any(not eq.schedule_exact for eq in rf.equivalents) and len(set(rf.rates)) > 1
+            label = "CEMA of the map" + (f" (approximate, {DOC} P7)" if approx else "")
+            style = dict(fmt="k--", lw=1, label=label)
+        else:
+            label = {"cema": "CEMA", "bop": "Bop's EMA (CEMA, gamma = 1)"}[rf.optimizer]
+            style = dict(lw=1.5, label=label + (f", {rf.rate_name}: {rf.schedule} schedule"
+                                                if len(set(rf.rates)) > 1 else ""))
+        out.append((theory.scheduled_filter_impulse_response(segments, steps), style))
+    return out
+
+
+def memory_text(tau: float, steps_per_epoch: int) -> str:
+    """A memory of ``tau`` steps against the run's epochs: ``"995 steps = 2.12 epochs of 469
+    steps"``."""
+    count = f"{tau:,.0f}" if tau >= 1000 else f"{tau:.3g}"
+    return f"{count} steps = {tau / steps_per_epoch:.3g} epochs of {steps_per_epoch:,} steps"
+
+
+def fraction_text(weight: float) -> str:
+    """``weight`` to 4 digits, or as ``1 - x`` when those would round it to 1."""
+    text = f"{weight:.4g}"
+    return f"1 - {1 - weight:.2g}" if text == "1" and weight < 1 else text
+
+
+def forgotten_words(weight: float) -> str:
+    """The initial state's remaining weight (``theory.initial_state_weight``) in words."""
+    if weight > 1:
+        return "amplified, not forgotten: the filter is unstable"
+    if weight == 1:
+        return f"never forgotten: nothing decays it ({DOC} P6)"
+    share = f"{(1 - weight) * 100:.2g}% forgotten"
+    if weight >= 0.9:
+        return f"barely forgotten ({share}): the initial state still counts almost fully"
+    if weight >= 0.1:
+        return f"partly forgotten ({share})"
+    if weight >= 1e-3:
+        return f"mostly forgotten ({share})"
+    return "forgotten (less than 0.1% is left)"
+
+
+def explain_trained(rf: RunFilter) -> str:
+    """The explanation of the filter a trained run used (see ``explain_run``)."""
+    spec, n = rf.spec, rf.length
+    b = spec.binary_optimizer
+    lines = [f"run {rf.path}: {b.name} on {spec.model.name} / {spec.data.name}, "
+             f"{n.epochs_done} of {n.epochs_planned} epochs trained = {n.steps:,} steps "
+             f"({n.steps_per_epoch:,} steps per epoch of batch {n.batch_size})"]
+    lines += _filter_lines(rf)
+    lines.append(_schedule_text(rf))
+    if rf.optimizer == "sgd" and len(set(rf.rates)) > 1:
+        lines.append(_last_epoch_map(rf.equivalents[-1]))
+    if rf.filters is not None:
+        lines += _memory_lines(rf)
+    lines.append(_initial_state_text(rf))
+    weight = rf.initial_weight
+    if weight is not None:
+        approx = (rf.optimizer == "sgd" and len(set(rf.rates)) > 1
+                  and not all(eq.schedule_exact for eq in rf.equivalents))
+        state = ("an initial state (zero buffers here; a latent init's matched v0) would keep"
+                 if spec.binary_storage == "binary" else "the initial state keeps")
+        lines.append(f"forgetting: after the run's {n.steps:,} steps {state} "
+                     f"{fraction_text(weight)} of its weight (the dominant |pole| to the power of the "
+                     f"steps, epoch by epoch{f'; approximate, {DOC} P7' if approx else ''}): "
+                     f"{forgotten_words(weight)}")
+    return "\n".join(lines)
+
+
+def _filter_lines(rf: RunFilter) -> list[str]:
+    """What the optimiser is as a filter, in the spec's own settings."""
+    b = rf.spec.binary_optimizer
+    if isinstance(b, Cema):
+        return [f"filter: CEMA alpha = {_g(b.alpha)}, gamma = {_g(b.gamma)}"]
+    if isinstance(b, Bop2nd):
+        return [f"filter: Bop2ndOrder, EMAs of g (gamma = {_g(b.gamma)}) and g^2 (sigma = "
+                f"{_g(b.sigma)}), flips where m / (sqrt(s) + eps) * b > threshold = "
+                f"{_g(b.threshold)}: the division is nonlinear, so no exact CEMA (alpha, gamma) "
+                f"exists ({DOC} P8); the memories below are its two EMAs'"]
+    if isinstance(b, Bop):
+        return [f"filter: Bop, one EMA m with rate gamma = {_g(b.gamma)}, flips where m * b > "
+                f"threshold = {_g(b.threshold)}: at threshold 0 this is CEMA with alpha = "
+                f"{_g(b.gamma)}, gamma = 1 ({DOC} P8); a threshold > 0 adds a dead zone that no "
+                "linear filter has"]
+    if isinstance(b, Sgd):
+        return explain_latent(rf.equivalents[0]).splitlines()
+    decay = "decoupled (AdamW)" if b.decoupled else "coupled L2"
+    lines = [f"latent Adam: lr={_g(b.lr)}, weight_decay={_g(b.weight_decay)}, {decay} decay",
+             "filter: none exact: Adam divides each step by a running RMS of its gradients, per "
+             f"coordinate, a nonlinear filter outside the linear family ({DOC} P10; like "
+             "Bop2ndOrder, P8)"]
+    if rf.filters is not None:
+        lines.append("  its decoupled decay still shrinks w by 1 - lr*weight_decay every step: "
+                     "the memory below is how long w0 lasts, not a filter of the gradients")
+    elif b.weight_decay == 0:
+        lines.append(f"  no weight decay: nothing forgets w0, a per-weight flip threshold ({DOC} "
+                     "P6) that Adam's steps (each roughly lr in size) must cross")
+    else:
+        lines.append("  its coupled L2 decay is normalised with the gradients: no decay rate of "
+                     "w0 can be stated")
+    return lines
+
+
+def _schedule_text(rf: RunFilter) -> str:
+    first, last = rf.rates[0], rf.rates[-1]
+    if rf.schedule == "constant":
+        return f"{rf.rate_name} = {_g(first)}, constant ({rf.rates_from})"
+    if len(rf.rates) == 1:
+        return (f"{rf.rate_name} = {_g(first)} in the one trained epoch ({rf.schedule} "
+                f"schedule; {rf.rates_from})")
+    return (f"{rf.rate_name} follows the {rf.schedule} schedule: {_g(first)} in the first epoch, "
+            f"{_g(last)} in the last trained epoch ({rf.rates_from})")
+
+
+def _last_epoch_map(eq: theory.FilterEquivalent) -> str:
+    head = f"in the last epoch (lr = {_g(eq.lr)}): "
+    if not eq.exact:
+        return head + "no CEMA (alpha, gamma) exists"
+    text = f"CEMA alpha = {_g(eq.alpha)}, gamma = {_g(eq.gamma)}"
+    return head + text + ("" if eq.schedule_exact else
+                          f" (the map of a constant lr: only approximate under the schedule, "
+                          f"{DOC} P7)")
+
+
+def _memory_lines(rf: RunFilter) -> list[str]:
+    """The poles of the first (and, if it differs, the last) epoch and their memories."""
+    spe = rf.length.steps_per_epoch
+    ends = [("the first epoch", rf.filters[0])]
+    if rf.filters[-1] != rf.filters[0]:
+        ends.append(("the last epoch", rf.filters[-1]))
+    lines, summary = [], []
+    for when, f in ends:
+        if rf.optimizer != "sgd":          # explain_latent has printed the first epoch's poles
+            lines.append(f"poles in {when}: {', '.join(_pole_text(p) for p in f.poles)}")
+            for p, tau in zip(f.poles, f.time_constants):
+                words = pole_memory(p, tau)
+                extra = f" = {memory_text(tau, spe).split(' = ', 1)[1]}" if math.isfinite(tau) \
+                    and tau > 0 else ""
+                lines.append(f"  {_pole_text(p)}: {words}{extra}")
+        tau = f.time_constants[f.slow]
+        summary.append((memory_text(tau, spe) if math.isfinite(tau)
+                        else pole_memory(f.poles[f.slow], tau)) + f" in {when}")
+    lines.append("memory ~ " + "; ".join(summary) + " (the slow pole)")
+    return lines
+
+
+def _initial_state_text(rf: RunFilter) -> str:
+    s = rf.spec.model.init_scale
+    if rf.spec.binary_storage == "binary":
+        return ("initial state: the buffers start at 0 with b0 = sign(w0), so --init-scale "
+                f"({_g(s)}) plays no part (zero buffers are the limit of an ever smaller latent "
+                f"init, {DOC} P6)")
+    head = (f"initial state: latent w0 ~ U(-r, r) per layer, r = {_g(s)} / sqrt(fan_in) "
+            f"(--init-scale {_g(s)})")
+    if rf.optimizer == "adam":
+        return head + ": with no exact filter, its weight against the gradients has no map"
+    return head + (f"; the filter starts from the state matching it (above), and only w0/lr "
+                   f"matters ({DOC} P5)")
 
 
 def configure_verify_parser(parser: argparse.ArgumentParser) -> None:
