@@ -22,8 +22,10 @@ def lockstep(name, kwargs, dtype=np.float64, steps=50, shape=(6, 5), seed=0, sta
     opt = _minibnn(name, kwargs)
     params = {"w": _signs(rng, shape, dtype)}
     state = opt.init(params)
-    for _, (stage, buffer) in topt.NAMED[name][0].BUFFERS.items():
-        state[stage][buffer]["w"][...] = (state_scale * rng.standard_normal(shape)).astype(dtype)
+    for stage, buffer in topt.NAMED[name][0].BUFFERS.values():
+        value = state_scale * rng.standard_normal(shape)
+        # Bop2nd's v is a mean of squares: nonnegative
+        state[stage][buffer]["w"][...] = np.abs(value) if stage == "rms" else value
     p = torch.nn.Parameter(torch.from_numpy(params["w"].copy()))
     twin = topt.from_name(name, [p], **kwargs)
     topt.load_minibnn_state(twin, state, {"w": p})
@@ -65,3 +67,241 @@ def test_cema_bit_identical_with_schedule(dtype):
             flips += int(np.count_nonzero(old != params["w"]))
         old = params["w"].copy()
     assert flips > 0
+
+
+#: each optimiser with options that flip weights within 50 steps (schedules where minibnn
+#: takes them)
+CASES = {
+    "cema": dict(alpha=optim.step_decay(0.05, 10, 0.5), gamma=0.2, tie="positive"),
+    "bop": dict(threshold=0.01, gamma=optim.linear(0.2, 50)),
+    "bop2nd": dict(threshold=0.05, gamma=0.1, sigma=0.05),
+    "bop2nd_corrected": dict(threshold=0.05, gamma=0.1, sigma=0.05),
+    "second_order": dict(a1=1.5, a2=-0.56, c=0.01),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_optimiser_bit_identical_to_minibnn(name, dtype):
+    """b and every state buffer (and count), at each of 50 steps.  Bop2nd's float64 b could
+    differ where y b is within 1 ulp of tau (PyTorch's CPU sqrt): seeded data never is."""
+    flips, old = 0, None
+    for t, params, state, p, tstate in lockstep(name, CASES[name], dtype, seed=len(name)):
+        assert_same(params, state, p, tstate, f"step {t}")
+        if old is not None:
+            flips += int(np.count_nonzero(old != params["w"]))
+        old = params["w"].copy()
+    assert flips > 0
+
+
+def _one_step(name, kwargs, b0, grad, init=None):
+    """(minibnn's b, torch's b) after one update from zero (or ``init``) buffers."""
+    opt = _minibnn(name, kwargs)
+    params = {"w": np.array(b0, dtype=np.float64)}
+    state = opt.init(params)
+    for (stage, buffer), value in (init or {}).items():
+        state[stage][buffer]["w"][...] = value
+    p = torch.nn.Parameter(torch.tensor(b0, dtype=torch.float64))
+    twin = topt.from_name(name, [p], **kwargs)
+    topt.load_minibnn_state(twin, state, {"w": p})
+    new, _ = opt.update({"w": np.array(grad, dtype=np.float64)}, state, params)
+    p.grad = torch.tensor(grad, dtype=torch.float64)
+    twin.step()
+    return new["w"].tolist(), p.detach().tolist()
+
+
+@pytest.mark.parametrize("tie,want", [("keep", [-1.0, 1.0, -1.0]),
+                                      ("positive", [1.0, 1.0, -1.0])])
+def test_cema_tie_rules_at_zero_state(tie, want):
+    # v = 0 exactly on the first two weights (zero state, zero gradient); v > 0 on the last
+    # flips its b = +1 (b = -sign(v))
+    got, twin = _one_step("cema", dict(alpha=0.5, gamma=1.0, tie=tie), [-1.0, 1.0, 1.0],
+                          [0.0, 0.0, 2.0])
+    assert got == want and twin == want
+
+
+def test_bop_tie_at_the_threshold_sets_plus_one():
+    # m = gamma g = 0.5 * 1 = 0.5 = tau exactly for b = +1 (tie: +1), b = -1 (score -0.5: keep)
+    # and m = 0 with tau = 0.5 on the last (score 0 < tau: keep -1)
+    got, twin = _one_step("bop", dict(threshold=0.5, gamma=0.5), [1.0, -1.0, -1.0],
+                          [1.0, 1.0, 0.0])
+    assert got == twin == [1.0, -1.0, -1.0]
+    got, twin = _one_step("bop", dict(threshold=0.0, gamma=0.5), [-1.0, 1.0], [0.0, 0.0])
+    assert got == twin == [1.0, 1.0]            # m b == 0 == tau: larq's +1
+
+
+def test_second_order_keeps_b_on_a_zero_state():
+    got, twin = _one_step("second_order", dict(a1=1.0, a2=0.0, c=1.0), [-1.0, 1.0],
+                          [0.0, 0.0])
+    assert got == twin == [-1.0, 1.0]
+
+
+def test_defaults_are_minibnns():
+    import inspect
+
+    for name, (cls, fixed) in topt.NAMED.items():
+        if name == "second_order":
+            continue
+        ours = {k: p.default for k, p in inspect.signature(cls).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+        theirs = {k: v for k, v in optim.defaults(name).items() if k != "init_state"}
+        assert {**ours, **fixed} == theirs, name
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda p: topt.CEMA(p, alpha=1.5), "cema: alpha must be in"),
+    (lambda p: topt.CEMA(p, tie="nearest"), "unknown tie rule"),
+    (lambda p: topt.Bop(p, threshold=-1.0), "bop: threshold must be"),
+    (lambda p: topt.Bop2nd(p, sigma=0.0), "bop2nd: sigma must be"),
+    (lambda p: topt.SecondOrder(p, 1.0, 0.0, c=0.0), "second_order: c must be"),
+    (lambda p: topt.CEMA([{"params": p, "alpha": float("nan")}]), "cema: alpha must be"),
+    (lambda p: topt.from_name("adam", p), "no PyTorch filter optimiser for 'adam'"),
+])
+def test_bad_options_are_minibnns_one_line_errors(make, match):
+    from minibnn.errors import MinibnnError
+
+    with pytest.raises(MinibnnError, match=match):
+        make([torch.nn.Parameter(torch.ones(3))])
+
+
+def test_state_converters_check_names_shapes_and_counts():
+    from minibnn.errors import MinibnnError
+
+    p, other = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = topt.CEMA([p])
+    state = optim.cema().init({"w": np.ones(3)})
+    with pytest.raises(MinibnnError, match="not one of this optimizer's parameters"):
+        topt.load_minibnn_state(opt, state, {"w": other})
+    with pytest.raises(MinibnnError, match="no entry for 'x'"):
+        topt.load_minibnn_state(opt, state, {"x": p})
+    with pytest.raises(MinibnnError, match="stages"):
+        topt.load_minibnn_state(opt, {"m": state["m"]}, {"w": p})
+    bad = optim.cema().init({"w": np.ones(4)})
+    with pytest.raises(MinibnnError, match="has shape"):
+        topt.load_minibnn_state(opt, bad, {"w": p})
+    state["v"]["count"] = np.asarray(3)
+    with pytest.raises(MinibnnError, match="different counts"):
+        topt.load_minibnn_state(opt, state, {"w": p})
+
+
+def test_state_round_trip_and_counts_follow_the_updates():
+    p = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
+    opt = topt.CEMA([p], alpha=0.5, gamma=0.5)
+    for _ in range(3):
+        p.grad = torch.tensor([1.0, -1.0, 0.5, 0.0], dtype=torch.float64)
+        opt.step()
+    out = topt.minibnn_state(opt, {"w": p})
+    assert int(out["m"]["count"]) == int(out["v"]["count"]) == 3 and out["b"] == {}
+    again = topt.CEMA([torch.nn.Parameter(p.detach().clone())])
+    q = again.param_groups[0]["params"][0]
+    topt.load_minibnn_state(again, out, {"w": q})
+    back = topt.minibnn_state(again, {"w": q})
+    assert all(np.array_equal(back[s]["s"]["w"], out[s]["s"]["w"]) for s in ("m", "v"))
+    # a parameter without a gradient is skipped: its count stays (PyTorch's rule)
+    p.grad = None
+    opt.step()
+    assert opt.state[p]["count"] == 3
+
+
+def test_split_binary_by_predicate_names_and_binary_names():
+    from minibnn.errors import MinibnnError
+    from minibnn.torch import split_binary
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 8),
+                                torch.nn.Linear(8, 2))
+    split = split_binary(model, lambda name, p: name == "1.weight")
+    assert list(split.binary) == ["1.weight"]
+    assert list(split.real) == ["0.weight", "0.bias", "1.bias", "2.weight", "2.bias"]
+    assert list(split_binary(model, ["1.weight", "2.weight"]).binary) == ["1.weight", "2.weight"]
+    with pytest.raises(MinibnnError, match="not parameters of the module"):
+        split_binary(model, ["1.w"])
+    with pytest.raises(MinibnnError, match="lists no binary_names"):
+        split_binary(model)
+    with pytest.raises(MinibnnError, match="no binary parameters"):
+        split_binary(model, lambda name, p: False)
+    model.binary_names = ["1.weight"]
+    assert list(split_binary(model).binary) == ["1.weight"]
+
+
+class _SignSTE(torch.autograd.Function):
+    """sign(w) (sign(0) = +1) forward, identity backward: the binary layer's weight."""
+
+    @staticmethod
+    def forward(ctx, w):
+        return torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class _TinyBNN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(10, 32)
+        self.w_bin = torch.nn.Parameter(torch.where(torch.randn(32, 32) >= 0, 1.0, -1.0))
+        self.bn = torch.nn.BatchNorm1d(32)
+        self.fc2 = torch.nn.Linear(32, 3)
+        self.binary_names = ["w_bin"]
+
+    def forward(self, x):
+        h = torch.tanh(self.fc1(x))
+        h = self.bn(h @ _SignSTE.apply(self.w_bin).T)
+        return self.fc2(torch.clamp(h, -1, 1))
+
+
+def test_a_plain_pytorch_loop_with_cema_and_adam_trains_and_flips():
+    from minibnn.torch import CEMA, split_binary
+
+    torch.manual_seed(0)
+    model = _TinyBNN()
+    x = torch.randn(256, 10)
+    y = (x[:, :3] @ torch.randn(3, 3)).argmax(1)
+    split = split_binary(model)
+    opts = [CEMA(split.binary.values(), alpha=0.01, gamma=0.5),
+            torch.optim.Adam(split.real.values(), lr=1e-2)]
+    b0 = model.w_bin.detach().clone()
+    losses = []
+    for step in range(60):
+        for opt in opts:
+            opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        for opt in opts:
+            opt.step()
+        losses.append(loss.item())
+    assert set(model.w_bin.detach().unique().tolist()) <= {-1.0, 1.0}
+    assert int((model.w_bin.detach() != b0).sum()) > 0
+    assert np.mean(losses[-5:]) < losses[0]
+
+
+def test_import_without_torch_is_a_one_line_error(monkeypatch):
+    import builtins
+    import importlib
+    import sys
+
+    from minibnn.errors import MinibnnError
+
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    for mod in [m for m in sys.modules if m == "minibnn.torch" or m.startswith("minibnn.torch.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    with pytest.raises(MinibnnError, match=r"pip install 'minibnn\[torch\]'") as info:
+        importlib.import_module("minibnn.torch")
+    assert "\n" not in str(info.value)
+
+
+def test_import_minibnn_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, minibnn, minibnn.optim; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

@@ -16,11 +16,12 @@ try:
 except ImportError:
     raise MinibnnError("minibnn.torch needs PyTorch: pip install 'minibnn[torch]'") from None
 
-from minibnn.torch.optim import (CEMA, NAMED, Bop, Bop2nd, SecondOrder, load_minibnn_state,
-                                 minibnn_state)
+from minibnn.torch.optim import (CEMA, NAMED, Bop, Bop2nd, SecondOrder, from_name,
+                                 load_minibnn_state, minibnn_state)
+from minibnn.torch.params import Split, split_binary
 
-__all__ = ["CEMA", "Bop", "Bop2nd", "SecondOrder", "NAMED", "load_minibnn_state",
-           "minibnn_state", "build"]
+__all__ = ["CEMA", "Bop", "Bop2nd", "SecondOrder", "NAMED", "from_name", "load_minibnn_state",
+           "minibnn_state", "Split", "split_binary", "build"]
 
 
 def build(path, map_location="cpu"):
