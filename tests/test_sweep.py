@@ -105,7 +105,9 @@ def test_a_sweep_runs_every_point_and_a_rerun_trains_nothing(tmp_path: Path, cap
                                                             ("0.1", "0.0"), ("0.1", "0.001")]
     assert {r["status"] for r in rows} == {"done"} and {r["epochs"] for r in rows} == {"2"}
     for row, point in zip(rows, parse_sweep(GRID).points):
-        assert row["run_file"] == f"runs/{point.id}.h5"
+        # named by the options that vary, then the id
+        assert row["run_file"] == \
+            f"runs/lr={row['lr']}_weight-decay={row['weight-decay']}-{point.id}.h5"
         run = load_run(str(out / row["run_file"]))
         assert float(row["test_acc"]) == run.metrics["test_acc"][-1]
         assert run.checkpoint.epoch == 2

@@ -1,7 +1,9 @@
 """``minibnn sweep SPEC.toml --out DIR``: run every point of a grid, locally or on Dask.
 
     DIR/sweep.toml        the spec the last invocation ran (``minibnn show DIR`` reads it)
-    DIR/runs/<id>.h5      one ordinary run file per point (``<id>``: ``sweep_spec.spec_id``)
+    DIR/runs/<label>-<id>.h5  one ordinary run file per point: ``<label>`` names its values
+                          of the options that vary (``lr=0.01_seed=1``), ``<id>`` is
+                          ``sweep_spec.spec_id`` (``run_file_name``)
     DIR/summary.csv       one row per point: its grid values, status (done / failed /
                           pending), epochs, val_acc, test_acc, seconds, run_file, reason
 
@@ -10,7 +12,10 @@ command again trains nothing that is finished and resumes unfinished points exac
 run files stopped (Ctrl-C or kill -9 loses at most the epoch in flight of each point).  A point
 that fails is marked failed with its one-line reason and the others go on.  ``summary.csv`` is
 rewritten atomically at most every ``SUMMARY_EVERY_S`` seconds and at the end (a kill leaves a
-whole, earlier table; the run files are the truth, and a re-run rebuilds it).  A folder
+whole, earlier table; the run files are the truth, and a re-run rebuilds it).  A point's run
+file is found by its id under either name, ``<label>-<id>.h5`` or the ``<id>.h5`` of folders made
+before labels (resumed in place under that name), so a label that changes (an option gaining
+values, the grid reordered) loses no run.  A folder
 holding another sweep is refused unless ``replace_spec``.  One sweep at a time may use ``DIR``
 (an advisory lock, ``DIR/.lock``, names the holder's pid).
 
@@ -24,10 +29,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
+import re
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from minibnn.errors import MinibnnError, os_reason
 from minibnn.commands.sweep_spec import Point, Sweep, read_sweep
@@ -178,7 +185,10 @@ def sweep(spec_path: str, out_dir: str, workers: int | None = None,
         if not replace_spec:
             _check_same_sweep(os.path.join(out_dir, "sweep.toml"), parsed)
         atomic_bytes(os.path.join(out_dir, "sweep.toml"), text.encode())
-        tasks = {p.id: _task(p, runs, local) for p in parsed.points}
+        existing = find_run_files(runs, [p.id for p in parsed.points])
+        axes = varying_axes(parsed)
+        tasks = {p.id: _task(p, existing.get(p.id, os.path.join(runs, run_file_name(p, axes))),
+                             local) for p in parsed.points}
         results = {pid: read_result(t["run_file"]) for pid, t in tasks.items()}
         summary = os.path.join(out_dir, "summary.csv")
         write_summary(summary, parsed, results)
@@ -221,6 +231,49 @@ def sweep(spec_path: str, out_dir: str, workers: int | None = None,
         return summary_rows(parsed, results)
 
 
+# --- run file names ---------------------------------------------------------------------
+
+#: the longest label a run file name gets before ``-<id>.h5`` (the id keeps names unique)
+MAX_LABEL = 80
+#: characters a label keeps; every other run of characters becomes one ``-``
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
+
+
+def varying_axes(parsed: Sweep) -> tuple[str, ...]:
+    """The columns that take more than one value over the sweep's points (a label's options)."""
+    return tuple(a for a in parsed.axes
+                 if len({json.dumps(p.values[a], sort_keys=True) for p in parsed.points}) > 1)
+
+
+def run_file_name(point: Point, axes: Sequence[str]) -> str:
+    """``lr=0.01_seed=1-0b7e868cf060.h5``: the point's values of ``axes``, made a safe file
+    name (only ``[A-Za-z0-9._=-]``, at most ``MAX_LABEL`` characters), then its id; just
+    ``<id>.h5`` when ``axes`` is empty."""
+    label = "_".join(f"{a}={_cell(point.values[a])}" for a in axes)
+    label = _UNSAFE.sub("-", label)[:MAX_LABEL].strip("-._")
+    return f"{label}-{point.id}.h5" if label else f"{point.id}.h5"
+
+
+def find_run_files(runs: str, ids: Sequence[str]) -> dict[str, str]:
+    """The run file already in ``runs`` of each of ``ids`` that has one: ``<id>.h5`` (folders
+    made before labels) or ``<label>-<id>.h5``; the old name wins if both exist, then the
+    first in sorted order."""
+    wanted, found = set(ids), {}
+    try:
+        names = sorted(os.listdir(runs))
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise MinibnnError(f"cannot list {runs}: {os_reason(exc)}") from None
+    for name in names:
+        stem = name[:-len(".h5")] if name.endswith(".h5") else ""
+        pid = stem[-12:]
+        if pid in wanted and (stem == pid or stem[-13:-12] == "-"):
+            if stem == pid or pid not in found:
+                found[pid] = os.path.join(runs, name)
+    return found
+
+
 def _check_same_sweep(path: str, parsed: Sweep) -> None:
     """A one-line error when the folder's ``sweep.toml`` is another sweep (other points)."""
     if not os.path.exists(path):
@@ -244,11 +297,11 @@ def _with_data_dir(parsed: Sweep, data_dir: str) -> Any:
     return dataclasses.replace(parsed.local, data_dir=data_dir)
 
 
-def _task(point: Point, runs: str, local: Any) -> dict[str, Any]:
+def _task(point: Point, run_file: str, local: Any) -> dict[str, Any]:
     import dataclasses
 
     return {"id": point.id, "spec": point.spec.to_dict(),
-            "run_file": os.path.abspath(os.path.join(runs, f"{point.id}.h5")),
+            "run_file": os.path.abspath(run_file),
             "local": dataclasses.asdict(dataclasses.replace(local, threads=1))}
 
 
