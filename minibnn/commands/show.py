@@ -3,8 +3,10 @@
 The table has one row per epoch and, per run, its losses and accuracies (train, and val and test
 where logged) and the mean flip ratio over its binary layers. Runs are labelled by the spec
 fields in which they differ (``optimizer=sgd lr=0.1``), or by file name when they do not.
-``--plot`` draws four panels with matplotlib: loss, accuracy, the flip ratio of every binary
-layer (log scale), and the rates the optimisers used (alpha, lr, real_lr).
+Under the table, each run's provenance: one record per training session (data source, threads,
+BLAS, CPU, versions; ``minibnn.run.provenance``).  ``--plot`` draws the curves
+(``minibnn.commands.show_plot``): per optimiser step where the runs stored step metrics, else
+per epoch.
 """
 from __future__ import annotations
 
@@ -14,9 +16,6 @@ import os
 from typing import Any, Sequence
 
 from minibnn.errors import MinibnnError
-from minibnn.commands.figures import save_figure
-
-RATES = ("alpha", "lr", "real_lr", "gamma", "threshold")
 
 
 def run_labels(options: Sequence[dict[str, Any]], paths: Sequence[str]) -> list[str]:
@@ -83,55 +82,12 @@ def format_table(runs: Sequence[tuple[str, dict[str, list[float]]]]) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: Sequence[tuple[str, dict[str, list[float]]]], out: str) -> None:
-    """Four panels (loss, accuracy, flip ratio per binary layer, rates) into the PNG ``out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not out.lower().endswith(".png"):
-        raise MinibnnError(f"--plot writes a PNG: the file name must end in .png, got {out!r}")
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    (loss_ax, acc_ax), (flip_ax, rate_ax) = axes
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, m) in enumerate(runs):
-        c = colours[i % len(colours)]
-        epochs = range(1, len(m.get("train_loss", [])) + 1)
-        tag = f"[{i + 1}]"
-        for key, style in (("train", "-"), ("val", "--"), ("test", ":")):
-            if f"{key}_loss" in m:
-                loss_ax.plot(epochs, m[f"{key}_loss"], style, color=c, marker=".",
-                             label=f"{tag} {key}")
-            if f"{key}_acc" in m:
-                acc_ax.plot(epochs, m[f"{key}_acc"], style, color=c, marker=".",
-                            label=f"{tag} {key}")
-        for k, v in m.items():
-            if k.startswith("flip_ratio:"):
-                flip_ax.plot(epochs, v, color=c, alpha=0.8, label=f"{tag} {k.split(':', 1)[1]}")
-        for key, style in zip(RATES, ("-", "--", ":", "-.", "-")):
-            if key in m and any(x == x for x in m[key]):
-                rate_ax.plot(epochs, m[key], style, color=c, label=f"{tag} {key}")
-    for ax, title in ((loss_ax, "loss"), (acc_ax, "accuracy"),
-                      (flip_ax, "flip ratio per binary layer"), (rate_ax, "rates")):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=7)
-    if flip_ax.lines:
-        flip_ax.set_yscale("log")
-    if rate_ax.lines:
-        rate_ax.set_yscale("log")
-    fig.suptitle("\n".join(f"[{i + 1}] {label}" for i, (label, _) in enumerate(runs)),
-                 fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, out, dpi=110)
-
-
 def show(paths: Sequence[str], plot_path: str | None = None) -> str:
-    """The table of the run files at ``paths`` (and the plot, with ``plot_path``)."""
+    """The table of the run files at ``paths``, each run's provenance under it (and the plot,
+    with ``plot_path``)."""
+    from minibnn.commands.show_plot import Curves, plot, steps_per_epoch
     from minibnn.run.files import load_run
+    from minibnn.run.provenance import format_sessions
     from minibnn.run.spec import read_stored_config
 
     loaded = [load_run(p) for p in paths]
@@ -140,5 +96,12 @@ def show(paths: Sequence[str], plot_path: str | None = None) -> str:
     if not any(m.get("train_loss") for _, m in runs):
         raise MinibnnError("no finished epoch in " + ", ".join(paths))
     if plot_path is not None:
-        plot(runs, plot_path)
-    return format_table(runs)
+        plot([Curves(label, r.metrics, r.step_metrics,
+                     steps_per_epoch(r.checkpoint.step, r.checkpoint.epoch)
+                     if r.checkpoint is not None else 1.0)
+              for label, r in zip(labels, loaded)], plot_path)
+    lines = [format_table(runs)]
+    for i, r in enumerate(loaded):
+        lines.append(f"\n[{i + 1}] provenance")
+        lines += ["  " + line for line in format_sessions((r.description or {}).get("provenance"))]
+    return "\n".join(lines)
