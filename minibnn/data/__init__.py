@@ -30,10 +30,11 @@ from minibnn.data.cifar import CLASSES as CIFAR10_CLASSES
 from minibnn.data.cifar import load_cifar10_split
 from minibnn.data.idx import parse_idx, read_idx, write_idx
 from minibnn.data.mnist import SPECS, load_idx_dataset
+from minibnn.data.source import DataSource
 from minibnn.data.synthetic import synthetic_dataset, synthetic_uint8
 from minibnn.errors import MinibnnError
 
-__all__ = ["DATASET_NAMES", "Dataset", "NORMALISATION", "default_cache_dir", "from_uint8",
+__all__ = ["DATASET_NAMES", "DataSource", "Dataset", "NORMALISATION", "default_cache_dir", "from_uint8",
            "image_shape", "load_dataset", "parse_idx", "read_idx", "standardise", "synthetic_dataset",
            "synthetic_uint8", "write_idx"]
 
