@@ -500,11 +500,23 @@ def test_old_caches_without_a_record_still_load(tmp_path):
     assert ds.source == f"cache {tmp_path / 'mnist.npz'}"
 
 
-def test_an_unreadable_source_record_is_one_line(tmp_path):
+def _cache_with_record(path: Path, record: str) -> None:
     x, y = np.zeros((4, 3, 32, 32), np.uint8), np.arange(4, dtype=np.uint8)
-    cache_mod.save_npz_atomic(tmp_path / "cifar10.npz", {
+    cache_mod.save_npz_atomic(path, {
         "x_train": x, "y_train": y, "x_test": x, "y_test": y,
-        "format": np.array(cache_mod.FORMAT_VERSION), "source": np.array("{not json")})
+        "format": np.array(cache_mod.FORMAT_VERSION), "source": np.array(record)})
+
+
+def test_a_record_from_a_later_version_keeps_what_it_knows(tmp_path):
+    _cache_with_record(tmp_path / "cifar10.npz", '{"kind": "cifar10-pickles", "path": "/p", '
+                       '"sha256": "ab", "params": null, "added_later": 1}')
+    assert load_dataset("cifar10", cache_dir=tmp_path).origin.record() == {
+        "kind": "cifar10-pickles", "path": "/p", "sha256": "ab", "cached": True}
+
+
+@pytest.mark.parametrize("record", ["{not json", "[]", '{"path": "/p"}'])
+def test_an_unreadable_source_record_is_one_line(tmp_path, record):
+    _cache_with_record(tmp_path / "cifar10.npz", record)
     with pytest.raises(DataFileError) as ei:
         load_dataset("cifar10", cache_dir=tmp_path)
     msg = one_line(ei.value)

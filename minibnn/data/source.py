@@ -133,8 +133,11 @@ def from_cache(z: Any, cache_file: Path, fallback: DataSource) -> DataSource:
     if CACHE_KEY not in z.files:
         return dataclasses.replace(fallback, sha256=HASH_UNKNOWN, cache_file=str(cache_file))
     try:
-        fields = json.loads(str(z[CACHE_KEY][()]))
-        return DataSource(**fields, cache_file=str(cache_file))
-    except (ValueError, TypeError) as exc:
+        stored = json.loads(str(z[CACHE_KEY][()]))
+        # fields a later minibnn may add are left out rather than refused
+        known = {f.name for f in dataclasses.fields(DataSource)} - {"cache_file"}
+        return DataSource(**{k: v for k, v in stored.items() if k in known},
+                          cache_file=str(cache_file))
+    except (ValueError, TypeError, AttributeError) as exc:
         raise DataFileError(f"{cache_file}: unreadable source record in the cache ({exc}); "
                             "delete it to rebuild the cache") from None
