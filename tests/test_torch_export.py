@@ -204,15 +204,35 @@ def test_cli_writes_refuses_and_explains(runs: dict, tmp_path: Path,
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
 
 
+def test_without_pytorch_the_export_is_one_line(runs: dict, tmp_path: Path) -> None:
+    """minibnn never needs torch: without it (hidden from imports here) the export is a
+    one-line error naming the extra, exit 2."""
+    import subprocess
+    import sys
+
+    argv = ["export", runs["mlp64"][0], "--format", "torch", "--out", str(tmp_path / "m.pt")]
+    script = ("import sys\nsys.modules['torch'] = None\n"
+              "from minibnn.commands.cli import main\n"
+              f"raise SystemExit(main({argv!r}))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'minibnn[torch]'" in done.stderr and done.stderr.count("\n") == 1
+    assert not (tmp_path / "m.pt").exists()
+
+
 def test_build_refuses_what_is_no_export(runs: dict, tmp_path: Path) -> None:
     path = runs["mlp64"][0]
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, other)
-    newer = tmp_path / "newer.pt"
-    torch.save({**torch.load(runs["mlp64"][1], weights_only=True), "version": 99}, newer)
+    exported = torch.load(runs["mlp64"][1], weights_only=True)
+    newer, partial = tmp_path / "newer.pt", tmp_path / "partial.pt"
+    torch.save({**exported, "version": 99}, newer)
+    torch.save({k: v for k, v in exported.items() if k != "spec"}, partial)
     for source, message in ((path, "not a minibnn PyTorch export"),
                             (str(other), "no format='minibnn-torch' tag"),
                             (str(newer), "version 99 is not supported"),
+                            (str(partial), "lacks spec"),
                             (str(tmp_path / "gone.pt"), "not found")):
         with pytest.raises(MinibnnError, match=message) as caught:
             build(source)

@@ -36,6 +36,9 @@ here, and a missing torch is a one-line error naming ``pip install 'minibnn[torc
 from __future__ import annotations
 
 import inspect
+import os
+import pickle
+import zipfile
 from typing import Any, Callable
 
 import numpy as np
@@ -50,6 +53,9 @@ from minibnn.ops.sign import STE_NAMES, check_ste, ste_grad
 
 #: what ``export_torch`` writes and ``build`` reads (``format`` and ``version`` keys)
 FORMAT, VERSION = "minibnn-torch", 1
+#: the entries ``build`` and ``minibnn.torch.resume.optimizers`` read from an export
+ENTRIES = ("spec", "input_shape", "num_classes", "dtype", "state_dict", "binary",
+           "steps_per_epoch", "optimizer_state")
 
 #: the beta a binary layer's weight STE runs with: ``ste_grad``'s default (the layers pass none)
 WEIGHT_STE_BETA: float = inspect.signature(ste_grad).parameters["beta"].default
@@ -360,11 +366,8 @@ class MinibnnNet(_Module):
 
 def read_export(path: str, map_location: Any = "cpu") -> dict[str, Any]:
     """The dict ``export_torch`` wrote to ``path``, loaded with ``weights_only=True``; a
-    missing file, a file of another kind or version is a one-line error."""
-    import os
-    import pickle
-    import zipfile
-
+    missing file, a file of another kind or version, or one lacking an entry is a one-line
+    error."""
     require_torch()
     if not os.path.exists(path):
         raise DataFileError(f"PyTorch export not found: {path}")
@@ -382,6 +385,10 @@ def read_export(path: str, map_location: Any = "cpu") -> dict[str, Any]:
     if data.get("version") != VERSION:
         raise DataFileError(f"{path}: PyTorch export version {data.get('version')!r} is not "
                             f"supported (this minibnn reads version {VERSION}: re-export it)")
+    missing = [key for key in ENTRIES if key not in data]
+    if missing:
+        raise DataFileError(f"{path}: the PyTorch export lacks {', '.join(missing)}; the file "
+                            "is corrupt (re-export it)")
     return data
 
 
@@ -405,7 +412,8 @@ def build(path: str, map_location: Any = "cpu") -> "MinibnnNet":
     except RuntimeError as exc:
         raise DataFileError(f"{path}: the stored weights do not fit {net.name}: "
                             f"{' '.join(str(exc).split())}") from None
-    net.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
+    if isinstance(map_location, (str, torch.device)):     # a dict or callable: left on CPU
+        net.to(map_location)
     net.mean = tuple(data["mean"]) if data.get("mean") else None
     net.std = tuple(data["std"]) if data.get("std") else None
     if data.get("classes"):
