@@ -303,3 +303,21 @@ def test_resume_in_pytorch_follows_minibnn(runs: dict, name: str) -> None:
             for key, value in got[stage]["s"].items():
                 np.testing.assert_allclose(value, state.opt_state["binary"][stage]["s"][key],
                                            rtol=1e-9, atol=1e-15)
+
+
+def test_epochs_replans_the_schedules_of_a_finished_run(runs: dict) -> None:
+    """A finished 1-epoch run's linear rates are 0 from its last step on; ``epochs=3`` gives
+    the rates of ``minibnn train --resume --epochs 3 --extend``: those of a 3-epoch run."""
+    path, pt, _ = runs["cnn64"]
+    spec, _, _ = train.run_model(load_run(path))
+    net = build(pt)
+    binary, real = optimizers(net, pt)
+    assert binary.param_groups[0]["alpha"](2) == 0.0          # 2 steps done of 2
+    binary, real = optimizers(net, pt, epochs=3)
+    extended = train.optimizer_rates(spec.replace(epochs=3), 2)
+    for count in (2, 3, 4):
+        assert binary.param_groups[0]["alpha"](count) == extended["alpha"](count) > 0.0
+        assert real.schedule(count) == extended["real_lr"](count) > 0.0
+    for bad in (1, 0, 2.5):
+        with pytest.raises(MinibnnError, match="already finished 1 epochs"):
+            optimizers(net, pt, epochs=bad)

@@ -18,8 +18,11 @@ As ``minibnn.run.train.optimizer_from_spec`` builds them for the run, from the s
                      weight decay (coupled, as minibnn's), the checkpoint's moments and step
 
 Adam's rate follows the run's schedule of the update count (``ScheduledAdam``: before each
-step, lr = schedule(updates made)), so update ``step + 1`` here uses minibnn's rate for it. A
-binary optimiser with no PyTorch form here (sgd, for now) is a one-line error naming it.
+step, lr = schedule(updates made)), so update ``step + 1`` here uses minibnn's rate for it.
+A run that finished its epochs has its decaying rates at their end (linear: 0);
+``optimizers(net, path, epochs=N)`` re-plans the schedules over N epochs from the current
+step, as ``minibnn train --resume RUN --epochs N --extend`` does. A binary optimiser with no
+PyTorch form here (sgd, for now) is a one-line error naming it.
 """
 from __future__ import annotations
 
@@ -102,15 +105,22 @@ def _adam(params: Mapping[str, torch.nn.Parameter], schedule: Schedule, weight_d
     return opt
 
 
-def optimizers(module: torch.nn.Module, path: str, map_location: Any = "cpu"
+def optimizers(module: torch.nn.Module, path: str, epochs: int | None = None,
+               map_location: Any = "cpu"
                ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
     """``(binary, real)``: the run's optimisers for ``module`` (``minibnn.torch.build(path)``),
-    with the state exported in ``path`` (module header)."""
+    with the state exported in ``path``; ``epochs``: the schedules of a run that long
+    (more than the epochs done), else the run's own (module header)."""
     from minibnn.run.spec import spec_from_dict, variant_options
     from minibnn.run.train import optimizer_rates
 
     data = read_export(path, map_location)
     spec = spec_from_dict(data["spec"])
+    if epochs is not None:
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= data["epoch"]:
+            raise MinibnnError(f"epochs={epochs!r}: the run has already finished "
+                               f"{data['epoch']} epochs; give more than that")
+        spec = spec.replace(epochs=epochs)
     rates = optimizer_rates(spec, int(data["steps_per_epoch"]))
     state = data["optimizer_state"]
     names = {name for name, _ in module.named_parameters()}
