@@ -52,7 +52,7 @@ def _error(capsys, *argv):
 
 def _memory(text, when):
     """(steps, epochs, steps per epoch) of the ``memory ~`` line's ``when`` epoch."""
-    m = re.search(r"([0-9.,e+]+) steps = ([0-9.e+]+) epochs of ([0-9,]+) steps in the "
+    m = re.search(r"([0-9.,]+) steps = ([0-9.,]+) epochs of ([0-9,]+) steps in the "
                   + when + " epoch", text)
     assert m, (when, text)
     return tuple(float(g.replace(",", "")) for g in m.groups())
@@ -227,3 +227,12 @@ def test_run_file_without_a_checkpoint_is_refused(runs, capsys, tmp_path):
 def test_run_plot_options_are_checked_up_front(runs, capsys, extra, words):
     msg, out = _error(capsys, "explain", runs["cema"], *extra)
     assert all(w in msg for w in words) and out == ""
+
+
+def test_memory_and_forgetting_wording():
+    assert explain.memory_text(3999.5, 4) == "4,000 steps = 1,000 epochs of 4 steps"   # no 1e+03
+    assert explain.memory_text(19.49, 469) == "19.49 steps = 0.0416 epochs of 469 steps"
+    assert explain.fraction_text(1 - 4e-6) == "1 - 4e-06" and explain.fraction_text(0.5) == "0.5"
+    for weight, words in ((1.0, "never forgotten"), (0.95, "barely"), (0.5, "partly"),
+                          (0.01, "mostly"), (1e-9, "less than 0.1%"), (1.5, "unstable")):
+        assert words in explain.forgotten_words(weight)

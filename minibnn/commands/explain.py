@@ -425,8 +425,9 @@ def plot_impulse_responses(eq: theory.FilterEquivalent, path: str | Path, steps:
 
 
 def draw_responses(responses: list[tuple[np.ndarray, dict]], path: str | Path, steps: int,
-                   title: str, normalise: bool = False) -> None:
-    """Draw ``(response, line style)`` pairs over steps 1..``steps`` and save them to ``path``."""
+                   title: str, normalise: bool = False, run_end: int | None = None) -> None:
+    """Draw ``(response, line style)`` pairs over steps 1..``steps`` and save them to ``path``;
+    ``run_end``: mark the last step of a run that the plot goes beyond."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -440,6 +441,9 @@ def draw_responses(responses: list[tuple[np.ndarray, dict]], path: str | Path, s
         for y, style in responses:
             style = dict(style)
             ax.plot(t, y, *([style.pop("fmt")] if "fmt" in style else []), **style)
+        if run_end is not None and run_end < steps:
+            ax.axvline(run_end, color="0.6", lw=0.8, ls="-.",
+                       label=f"end of the run (step {run_end:,}); its last rates hold after it")
         ax.set_xlabel("steps after a unit gradient")
         ax.set_ylabel("v / its peak (normalised: compare shapes)" if normalise
                       else "filter state v (sign decides b = -sign v)")
@@ -489,7 +493,8 @@ def run_trained(args: argparse.Namespace) -> int:
         print(explain_trained(rf))
         spe = rf.length.steps_per_epoch
         draw_responses(responses, args.plot, steps, f"filter of {Path(rf.path).name}: a gradient "
-                       f"at its first step ({spe:,} steps per epoch)", args.normalise)
+                       f"at its first step ({spe:,} steps per epoch)", args.normalise,
+                       run_end=rf.length.steps)
     except MemoryError:
         raise MinibnnError(f"out of memory computing or drawing {steps} steps (~"
                            f"{format_bytes(plot_bytes(steps, lines))} needed): pass a "
@@ -527,8 +532,15 @@ def run_impulse_responses(rf: RunFilter, steps: int) -> list[tuple[np.ndarray, d
 def memory_text(tau: float, steps_per_epoch: int) -> str:
     """A memory of ``tau`` steps against the run's epochs: ``"995 steps = 2.12 epochs of 469
     steps"``."""
-    count = f"{tau:,.0f}" if tau >= 1000 else f"{tau:.3g}"
-    return f"{count} steps = {tau / steps_per_epoch:.3g} epochs of {steps_per_epoch:,} steps"
+    epochs = tau / steps_per_epoch
+    return (f"{_count(tau, 4)} steps = {_count(epochs, 3)} epochs of "
+            f"{steps_per_epoch:,} steps")
+
+
+def _count(x: float, digits: int) -> str:
+    """``x`` to ``digits`` significant digits (steps: 4, as ``pole_memory``), and whole, with
+    thousands separators, once it has that many digits before the point (no ``1e+03``)."""
+    return f"{x:,.0f}" if x >= 10 ** (digits - 1) else f"{x:.{digits}g}"
 
 
 def fraction_text(weight: float) -> str:
@@ -571,7 +583,7 @@ def explain_trained(rf: RunFilter) -> str:
     if weight is not None:
         approx = (rf.optimizer == "sgd" and len(set(rf.rates)) > 1
                   and not all(eq.schedule_exact for eq in rf.equivalents))
-        state = ("an initial state (zero buffers here; a latent init's matched v0) would keep"
+        state = ("an initial state (the buffers start at 0 here) would keep"
                  if spec.binary_storage == "binary" else "the initial state keeps")
         lines.append(f"forgetting: after the run's {n.steps:,} steps {state} "
                      f"{fraction_text(weight)} of its weight (the dominant |pole| to the power of the "
@@ -666,8 +678,9 @@ def _initial_state_text(rf: RunFilter) -> str:
     head = (f"initial state: latent w0 ~ U(-r, r) per layer, r = {_g(s)} / sqrt(fan_in) "
             f"(--init-scale {_g(s)})")
     if rf.optimizer == "adam":
-        return head + ": with no exact filter, its weight against the gradients has no map"
-    return head + (f"; the filter starts from the state matching it (above), and only w0/lr "
+        return head + ": no exact filter, so no matched filter state"
+    where = "(above)" if rf.equivalents[0].exact else "(theory.matched_second_order_state)"
+    return head + (f"; the filter starts from the state matching it {where}, and only w0/lr "
                    f"matters ({DOC} P5)")
 
 
