@@ -18,7 +18,12 @@ device scalars, read once per epoch; the progress bar reads the loss every ``LOS
 steps).  All randomness (init, shuffling, shifts) comes from one ``numpy.random.Generator``
 seeded from the spec; its state is checkpointed, so a resumed run is bit-identical to an
 uninterrupted one.  Per epoch we log train loss/accuracy, test loss/accuracy, the mean per-step
-flip ratio of every binary layer, the rates the optimisers used and the seconds taken.
+flip ratio of every binary layer, the rates the optimisers used and the seconds taken; every
+``local.log_every``-th step, the step's batch loss/accuracy, flip ratios and rates
+(``minibnn.run.step_log``: kept on the device, read at the epoch's end, stored for finished
+epochs only).  With ``local.tensorboard`` the same go to TensorBoard event files through one
+hook called after each epoch's write (``minibnn.run.tensorboard``).  Each training session adds
+its provenance record (``minibnn.run.provenance``) to the run file's description.
 """
 from __future__ import annotations
 
@@ -397,14 +402,15 @@ def fit(spec: RunSpec | None, out_path: str, resume: bool = False, progress: boo
         ) -> dict[str, list[float]]:
     """Train ``spec``, writing ``out_path`` after every epoch; return the metrics.
 
-    ``local``: where this machine computes the run (``Local``: device, backend, data_dir), or
-    a mapping of the settings to change.  ``resume=True`` continues the run stored in
-    ``out_path`` with its stored spec (``spec`` must then be None) and its stored machine-local
-    settings, updated by ``local``.  ``stop_after`` ends this invocation after that many epochs
-    (the run stays resumable).  ``extend_to`` (with ``resume``) changes the run's epochs,
-    finished or not: from the current step on the schedules are those of an ``extend_to``-epoch
-    run (linear decay: the rate goes back up to ``init * (1 - e / extend_to)``), and the run
-    file records it (``RunFile.replans``).
+    ``local``: where and how this machine computes the run (``Local``: device, backend,
+    data_dir, threads, log_every, tensorboard), or a mapping of the settings to change.
+    ``resume=True`` continues the run stored in ``out_path`` with its stored spec (``spec``
+    must then be None) and its stored machine-local settings, updated by ``local``.
+    ``stop_after`` ends this invocation after that many epochs (the run stays resumable).
+    ``extend_to`` (with ``resume``) changes the run's epochs, finished or not: from the current
+    step on the schedules are those of an ``extend_to``-epoch run (linear decay: the rate goes
+    back up to ``init * (1 - e / extend_to)``), and the run file records it
+    (``RunFile.replans``).
 
     One process at a time writes ``out_path`` (``lock.one_writer``: a second one, or a resume of
     a file being trained, is a one-line error naming the holder's pid).  Ctrl-C raises
