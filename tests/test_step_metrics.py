@@ -138,6 +138,7 @@ def test_log_every_is_machine_local(tmp_path: Path) -> None:
     """Outside the spec (sweep ids do not see it), stored with the local settings, changeable
     on resume."""
     assert Local(log_every=7).log_every == 7 and Local().log_every == 50
+    assert Local(tensorboard="").tensorboard is None     # --tensorboard '' turns it off
     path = tmp_path / "r.h5"
     fit(spec_from_options({**BASE, "epochs": 2}), str(path), progress=False, log=_quiet,
         stop_after=1, local={"log_every": 4})
