@@ -140,6 +140,7 @@ def test_best_after_k_trials():
             {"trial": "2", "status": "done", "val_acc": "0.4"},
             {"trial": "3", "status": "done", "val_acc": "0.7"}]
     assert best_after(rows, "val_acc") == [0.5, 0.5, 0.5, 0.7]
+    assert best_after(rows, "val_acc", "min") == [0.5, 0.5, 0.4, 0.4]
     assert all(math.isnan(v) for v in best_after(rows[1:2], "val_acc"))
 
 

@@ -223,7 +223,7 @@ def check_limits(vmin: float | None, vmax: float | None) -> None:
 def colour_limits(values: Sequence[float], vmin: float | None, vmax: float | None
                   ) -> tuple[float, float, str]:
     """The heatmap's colour range (lo, hi): ``vmin``/``vmax`` where given, else the lowest and
-    highest of ``values``; and how it was chosen ("auto", "--vmin/--vmax", ...)."""
+    highest of ``values``; and how it was chosen ("auto", "set by --vmin/--vmax", ...)."""
     check_limits(vmin, vmax)
     lo = min(values) if vmin is None else vmin
     hi = max(values) if vmax is None else vmax
@@ -266,7 +266,8 @@ def plot_sweep(axes: Sequence[str], rows: Sequence[dict[str, Any]], out: str,
     if len(chosen) == 1 and (vmin, vmax) != (None, None):
         raise MinibnnError(f"--vmin/--vmax set a heatmap's colour range; {chosen[0]} is the "
                            "only axis that varies, drawn as a line")
-    colour = ""
+    lo, hi, how = colour_limits(list(means.values()), vmin, vmax)
+    colour = f"colour range {lo:.4g} to {hi:.4g}, {how}" if len(chosen) == 2 else ""
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     xs = _sorted_values(rows, chosen[0])
     if len(chosen) == 1:
@@ -278,12 +279,6 @@ def plot_sweep(axes: Sequence[str], rows: Sequence[dict[str, Any]], out: str,
     else:
         ys = _sorted_values(rows, chosen[1])
         grid = [[means.get((vx, vy), math.nan) for vx in xs] for vy in ys]
-        try:
-            lo, hi, how = colour_limits(list(means.values()), vmin, vmax)
-        except MinibnnError:
-            plt.close(fig)
-            raise
-        colour = f"colour range {lo:.4g} to {hi:.4g}, {how}"
         image = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=lo, vmax=hi)
         ax.set_xticks(range(len(xs)), [_fmt(v) for v in xs])
         ax.set_yticks(range(len(ys)), [_fmt(v) for v in ys])
