@@ -15,9 +15,9 @@ rewritten atomically at most every ``SUMMARY_EVERY_S`` seconds and at the end (a
 whole, earlier table; the run files are the truth, and a re-run rebuilds it).  A point's run
 file is found by its id under either name, ``<label>-<id>.h5`` or the ``<id>.h5`` of folders made
 before labels (resumed in place under that name), so a label that changes (an option gaining
-values, the grid reordered) loses no run.  A folder
-holding another sweep is refused unless ``replace_spec``.  One sweep at a time may use ``DIR``
-(an advisory lock, ``DIR/.lock``, names the holder's pid).
+values, the grid reordered) loses no run.  A folder holding another sweep is refused unless
+``replace_spec``.  One sweep at a time may use ``DIR`` (an advisory lock, ``DIR/.lock``, names
+the holder's pid).
 
 Execution: ``workers`` local processes (default: one per core), each on one thread
 (``--threads 1``: the same bits as any other thread count, ``kernels.threads``); or, with
