@@ -265,3 +265,124 @@ def test_binary_conv2d_nhwc_layout_is_the_nchw_counts_transposed(body: str, c: i
     assert np.array_equal(nchw, y.astype(np.int32))
     with pytest.raises(MinibnnError, match="layout"):
         conv(xbits, wbits, wsum, c, k, k, stride, padding, layout="hwcn")
+
+
+# ------------------------------------------------------------------ per-channel rows
+# (M, C) row ops of the channels-last group: the Numba bodies evaluate the reference's
+# float32 expressions term for term, so every element-wise output is the same bits (but the
+# swish STE's compiled exp and tanh: to an ulp); the per-channel sums (float64, fixed row chunks vs the reference's wide pairwise sums) agree to
+# rounding. Sizes up to 4096 rows reach every chunk of the parallel sums; each result is also
+# the same bits at 1 and 2 threads.
+
+ROW_CASES = [(2, 1), (50, 7), (1000, 64), (4096, 16), (4096, 130)]
+
+
+def at_threads(fn: Callable[[], Any]) -> Any:
+    """fn() at 1 and at 2 threads; the two results must be the same bits (returns one)."""
+    from minibnn.kernels.threads import using_threads
+
+    runs = []
+    for n in (1, 2):
+        with using_threads(n):
+            runs.append(fn())
+    for a, b in zip(*(r if isinstance(r, tuple) else (r,) for r in runs)):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    return runs[0]
+
+
+def sums_close(actual: np.ndarray, desired: np.ndarray) -> None:
+    """A per-channel sum taken in float64 in another order, then cast: to an ulp or so."""
+    assert actual.dtype == desired.dtype
+    t = 1e-6 if actual.dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(actual, desired, rtol=t, atol=t * np.abs(desired).max(initial=1))
+
+
+@pytest.mark.parametrize("m,c", ROW_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("counts", [True, False])
+def test_batchnorm_normalise_rows(m: int, c: int, dtype: Any, counts: bool) -> None:
+    """Both bodies give the same bits, equal to the normalisation the fused BatchNorm+sign
+    packs (its bits are the signs of this y)."""
+    rng = np.random.default_rng(7)
+    z, gamma, beta = bn_inputs(rng, m, c, dtype, counts)
+    bits, mean, var, inv_std = ref("batchnorm_sign_pack_train")(z, gamma, beta, 1e-5)
+    want = ref("batchnorm_normalise_rows")(z, mean, inv_std, gamma, beta)
+    got = at_threads(lambda: fast("batchnorm_normalise_rows")(z, mean, inv_std, gamma, beta))
+    assert want.dtype == got.dtype == dtype and np.array_equal(got, want)
+    np.testing.assert_array_equal(kernels.call("pack_signs", want), bits)
+    zd = z.astype(np.float64)
+    expect = (zd - zd.mean(axis=0)) / np.sqrt(zd.var(axis=0) + 1e-5) * gamma + beta
+    np.testing.assert_allclose(want, expect, rtol=1e-4 if dtype == np.float32 else 1e-10,
+                               atol=1e-4 if dtype == np.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("m,c", ROW_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_prelu_rows(m: int, c: int, dtype: Any) -> None:
+    """Both bodies against each other (y, dx the same bits; da to rounding) and against
+    PReLU's definition (the ``where`` form, in float64)."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((m, c)).astype(dtype)
+    x[::5] = 0                                          # x = 0 takes the a * x side
+    a = (rng.standard_normal(c) * 0.3).astype(dtype)
+    dy = rng.standard_normal((m, c)).astype(dtype)
+    y_r = ref("prelu_rows_forward")(x, a)
+    y_f = at_threads(lambda: fast("prelu_rows_forward")(x, a))
+    assert y_f.dtype == dtype and np.array_equal(y_f, y_r)
+    dx_r, da_r = ref("prelu_rows_backward")(dy, x, a)
+    dx_f, da_f = at_threads(lambda: fast("prelu_rows_backward")(dy, x, a))
+    assert dx_f.dtype == dtype and np.array_equal(dx_f, dx_r)
+    sums_close(da_f, da_r)
+    xd, dyd = x.astype(np.float64), dy.astype(np.float64)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y_r, np.where(xd > 0, xd, a * xd), **tol)
+    np.testing.assert_allclose(dx_r, np.where(xd > 0, dyd, a * dyd), **tol)
+    np.testing.assert_allclose(da_r, (dyd * np.minimum(xd, 0)).sum(axis=0),
+                               rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+
+
+@pytest.mark.parametrize("m,c", ROW_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ste", STE_CODES)
+def test_bias_sign_pack_backward(m: int, c: int, dtype: Any, ste: str) -> None:
+    """Both bodies (dx the same bits, db to rounding) and the layers' backward: the Sign's
+    STE at y = x + b, then the bias gradient (``sign_backward``, the sum over the rows)."""
+    from minibnn.nn.functional.sign import ste_grad
+
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((m, c)) * 0.8).astype(dtype)
+    b = (rng.standard_normal(c) * 0.3).astype(dtype)
+    ds = rng.standard_normal((m, c)).astype(dtype)
+    d_r, db_r = ref("bias_sign_pack_backward")(ds, x, b, ste, 5.0)
+    d_f, db_f = at_threads(lambda: fast("bias_sign_pack_backward")(ds, x, b, ste, 5.0))
+    assert d_f.dtype == dtype
+    if ste == "swish" and dtype == np.float32:     # compiled exp, tanh (tests/test_ste_table.py)
+        ulps = 4 * np.spacing(np.float32(5.0)) * np.abs(ds)
+        np.testing.assert_allclose(d_f, d_r, rtol=0, atol=ulps.max())
+        np.testing.assert_array_less(np.abs(db_f - db_r), ulps.sum(axis=0) + 1e-6)
+    else:
+        assert np.array_equal(d_f, d_r)
+        sums_close(db_f, db_r)
+    want = ds * ste_grad(x + b, ste, 5.0)
+    np.testing.assert_array_equal(d_r, want)
+    np.testing.assert_allclose(db_r, want.astype(np.float64).sum(axis=0),
+                               rtol=1e-6 if dtype == np.float32 else 1e-12, atol=1e-6)
+
+
+@pytest.mark.parametrize("body", ["numpy", "numba"])
+def test_row_op_argument_errors(body: str) -> None:
+    z = np.zeros((4, 3), np.float32)
+    v = np.zeros(3, np.float32)
+    with pytest.raises(MinibnnError, match="a must be float32 \\(3,\\)"):
+        kernels.get("prelu_rows_forward", body)(z, np.zeros(4, np.float32))
+    with pytest.raises(MinibnnError, match="dy must be float32 \\(4, 3\\)"):
+        kernels.get("prelu_rows_backward", body)(z[:2], z, v)
+    with pytest.raises(MinibnnError, match="ste"):
+        kernels.get("bias_sign_pack_backward", body)(z, z, v, "nope", 5.0)
+    with pytest.raises(MinibnnError, match="ds must be"):
+        kernels.get("bias_sign_pack_backward", body)(z.astype(np.float64), z, v)
+    with pytest.raises(MinibnnError, match="mean and inv_std"):
+        kernels.get("batchnorm_normalise_rows", body)(z, v.astype(np.float64),
+                                                      v.astype(np.float64), v, v)
+    with pytest.raises(MinibnnError, match="int32 or float"):
+        kernels.get("batchnorm_normalise_rows", body)(z.astype(np.int64), v, v, v, v)

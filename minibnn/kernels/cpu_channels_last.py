@@ -439,3 +439,127 @@ def batchnorm_sign_pack_backward(ds: np.ndarray, z: np.ndarray, mean: np.ndarray
     dz = np.empty(z.shape, dtype=np.float32)
     _bn_sign_grad_apply(ds, z, mean, inv_std, gamma, beta, code, sbeta, mg, mgx, dz)
     return dz, sums[1].astype(np.float32), sums[0].astype(np.float32)
+
+
+# --------------------------------------------------------------------------- per-channel rows
+# One pass over the rows each, float32 only (float64 runs the reference): every expression is
+# the reference's, term for term in its order, in float32; only a per-channel sum differs,
+# taken as STAT_CHUNKS fixed row chunks in float64 (each chunk's rows in order, the chunks
+# added in order) where the reference sums wide rows pairwise: the same float64 sum to
+# rounding, so the float32 result agrees to the last bit or one ulp.
+
+
+@njit(parallel=True, cache=True)
+def _normalise_rows(z, mean, inv_std, gamma, beta, y):  # type: ignore[no-untyped-def]
+    m, c = z.shape
+    for r in prange(m):
+        for ci in range(c):
+            y[r, ci] = (np.float32(z[r, ci]) - mean[ci]) * inv_std[ci] * gamma[ci] + beta[ci]
+
+
+@register(ref.batchnorm_normalise_rows, "numba")
+def batchnorm_normalise_rows(z: np.ndarray, mean: np.ndarray, inv_std: np.ndarray,
+                             gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """One pass, float32 (the reference's four passes over wide rows otherwise)."""
+    ref.check_normalise_rows("batchnorm_normalise_rows", z, mean, inv_std, gamma, beta,
+                             "numpy")
+    if not _float32_rows(gamma):
+        return ref.batchnorm_normalise_rows.reference(z, mean, inv_std, gamma, beta)
+    y = np.empty(z.shape, dtype=np.float32)
+    _normalise_rows(np.ascontiguousarray(z), mean, inv_std, gamma, beta, y)
+    return y
+
+
+@njit(parallel=True, cache=True)
+def _prelu_rows(x, a, y):  # type: ignore[no-untyped-def]
+    m, c = x.shape
+    zero = np.float32(0.0)
+    for r in prange(m):
+        for ci in range(c):
+            v = x[r, ci]
+            y[r, ci] = a[ci] * min(v, zero) + max(v, zero)
+
+
+@register(ref.prelu_rows_forward, "numba")
+def prelu_rows_forward(x: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """One pass, float32: ``a * min(x, 0) + max(x, 0)`` as the reference."""
+    ref.check_channel_rows("prelu_rows_forward", x, {"a": a}, "numpy")
+    if x.dtype != np.float32:
+        return ref.prelu_rows_forward.reference(x, a)
+    y = np.empty(x.shape, dtype=np.float32)
+    _prelu_rows(np.ascontiguousarray(x), a, y)
+    return y
+
+
+@njit(parallel=True, cache=True)
+def _prelu_rows_grad(dy, x, a, chunks, dx):  # type: ignore[no-untyped-def]
+    """dx = a*q + p (p = dy * (x > 0), q = dy - p); returns the float64 sum of q*x per chunk."""
+    m, c = x.shape
+    part = np.zeros((chunks, c))
+    step = (m + chunks - 1) // chunks
+    for t in prange(chunks):
+        acc = np.zeros(c)
+        for r in range(t * step, min(m, (t + 1) * step)):
+            for ci in range(c):
+                v = x[r, ci]
+                p = dy[r, ci] * np.float32(1.0 if v > 0 else 0.0)
+                q = dy[r, ci] - p
+                acc[ci] += np.float64(q * v)
+                dx[r, ci] = a[ci] * q + p
+        part[t] = acc
+    out = np.zeros(c)
+    for t in range(chunks):
+        out += part[t]
+    return out
+
+
+@register(ref.prelu_rows_backward, "numba")
+def prelu_rows_backward(dy: np.ndarray, x: np.ndarray, a: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """One pass, float32: dx and the chunked float64 sums of q*x (the section header)."""
+    fn = "prelu_rows_backward"
+    ref.check_channel_rows(fn, x, {"a": a}, "numpy")
+    ref.check_like(fn, "dy", dy, x, "numpy")
+    if x.dtype != np.float32:
+        return ref.prelu_rows_backward.reference(dy, x, a)
+    dx = np.empty(x.shape, dtype=np.float32)
+    da = _prelu_rows_grad(np.ascontiguousarray(dy), np.ascontiguousarray(x), a, STAT_CHUNKS,
+                          dx)
+    return dx, da.astype(np.float32)
+
+
+@njit(parallel=True, cache=True)
+def _bias_sign_grad(ds, x, b, code, sbeta, chunks, d):  # type: ignore[no-untyped-def]
+    """d = ds * ste'(x + b); returns the float64 sum of d per chunk."""
+    m, c = x.shape
+    part = np.zeros((chunks, c))
+    step = (m + chunks - 1) // chunks
+    for t in prange(chunks):
+        acc = np.zeros(c)
+        for r in range(t * step, min(m, (t + 1) * step)):
+            for ci in range(c):
+                v = ds[r, ci] * _ste(x[r, ci] + b[ci], code, sbeta)
+                acc[ci] += np.float64(v)
+                d[r, ci] = v
+        part[t] = acc
+    out = np.zeros(c)
+    for t in range(chunks):
+        out += part[t]
+    return out
+
+
+@register(ref.bias_sign_pack_backward, "numba")
+def bias_sign_pack_backward(ds: np.ndarray, x: np.ndarray, b: np.ndarray,
+                            ste: str = "identity", ste_beta: float = 5.0
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """One pass, float32: d and the chunked float64 sums of d (the section header)."""
+    fn = "bias_sign_pack_backward"
+    ref.check_bias_rows(fn, x, b, "numpy")
+    ref.check_like(fn, "ds", ds, x, "numpy")
+    code = ref.check_ste_code(fn, ste)
+    if x.dtype != np.float32:
+        return ref.bias_sign_pack_backward.reference(ds, x, b, ste, ste_beta)
+    d = np.empty(x.shape, dtype=np.float32)
+    db = _bias_sign_grad(np.ascontiguousarray(ds), np.ascontiguousarray(x), b, code,
+                         np.float32(ste_beta), STAT_CHUNKS, d)
+    return d, db.astype(np.float32)

@@ -31,19 +31,20 @@ The group converts its NCHW input once on entry and its output back to NCHW floa
 (N, C) output, after a global average pool, is the same in both layouts); ``steps`` keeps the
 NCHW steps (the oracle ``tests/test_channels_last_model.py`` runs).
 
-The convolution, max-pool, sign and BatchNorm twins call kernel ops
+The convolution, max-pool, sign, BatchNorm and PReLU twins call kernel ops
 (``kernels.conv2d_nhwc_forward`` ..., declared by their reference bodies in
 ``kernels/channels_last.py``): Numba bodies for NumPy arrays, the reference bodies under
-``use_backend("numpy")`` and for CuPy arrays. The average pools, PReLU and the residual add
-are plain array ops (NumPy or CuPy alike).
+``use_backend("numpy")`` and for CuPy arrays. The average pools and the residual add are
+plain array ops (NumPy or CuPy alike).
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, NamedTuple, Protocol, Sequence, Union
 
 from minibnn import kernels
 from minibnn.backend import get_array_module
+from minibnn.kernels.channels_last import (batchnorm_normalise_rows, bias_sign_pack_backward,
+                                           prelu_rows_backward, prelu_rows_forward)
 from minibnn.errors import MinibnnError
 from minibnn.nn import functional as F
 from minibnn.nn.functional.batchnorm import update_running_statistics
@@ -173,7 +174,7 @@ class BatchNormNHWC:
     Train mode takes the statistics the channels-last BatchNorm+sign takes (the op
     ``batch_statistics_rows``, which ``batchnorm_sign_pack_train`` uses too: float64 sums, exact
     for a binary convolution's int32 counts), and ``y = (z - mean) * inv_std * gamma + beta``
-    in gamma's dtype (``batchnorm_forward``'s order).
+    in gamma's dtype (``batchnorm_forward``'s order; the op ``batchnorm_normalise_rows``).
     ``F.batchnorm_forward`` on the rows would sum float32 down the M rows one by one (relative
     error of var ~1e-4 at M = 131072, where the NCHW layer's pairwise sums give ~4e-7).
 
@@ -212,12 +213,7 @@ class BatchNormNHWC:
             rm, rv = update_running_statistics(rm, rv, mean, var, rows.shape[0], bn.momentum)
         else:
             mean, inv_std = rm, 1.0 / xp.sqrt(rv + bn.eps)
-        # y = (z - mean) * inv_std * gamma + beta: the same operations, in place, on wide rows
-        z, mean_k, inv_std_k, gamma_k, beta_k = _wide(rows, mean, inv_std, gamma, beta)
-        y = xp.subtract(z, mean_k, dtype=gamma.dtype)
-        y *= inv_std_k
-        y *= gamma_k
-        y += beta_k
+        y = batchnorm_normalise_rows(rows, mean, inv_std, gamma, beta)
         return (y.reshape(shape), self._buffers(rm, rv),
                 (rows, mean, inv_std, gamma, beta, train, shape))
 
@@ -259,35 +255,12 @@ class BatchNormSignNHWC(BatchNormNHWC):
         return out, self._buffers(rm, rv), (rows, mean, inv_std, gamma, beta, train, shape)
 
 
-def _wide(x: Array, *vectors: Array) -> tuple[Array, ...]:
-    """Contiguous NHWC ``x`` as rows of k pixels, (M/k, k*C) with M = N*H*W, and each
-    per-channel vector (C,) tiled k times to match, k = gcd(M, 1024 // C).
-
-    An element-wise op that broadcasts (C,) vectors down the M pixels computes the same values
-    on these, but NumPy's inner loop runs over k*C values instead of C (2-3x faster for C = 16,
-    and 3-4x for a sum down the rows)."""
-    xp = get_array_module(x)
-    c = int(x.shape[-1])
-    m = x.size // c
-    k = math.gcd(m, max(1, 1024 // c))
-    return (x.reshape(m // k, k * c),) + tuple(xp.tile(v, k) for v in vectors)
-
-
-def _channel_sum(a: Array) -> Array:
-    """Sum of NHWC ``a`` over (N, H, W) per channel, taken in float64 (the channels-last
-    BatchNorm's sums), in a's dtype: the k pixels of a ``_wide`` row are summed down the rows,
-    then added."""
-    xp = get_array_module(a)
-    (wide,) = _wide(a)
-    partial = wide.sum(axis=0, dtype=xp.float64)            # (k*C,)
-    return partial.reshape(-1, a.shape[-1]).sum(axis=0).astype(a.dtype)
-
-
 class BiasSignNHWC:
     """``BiasSign`` on NHWC x: ``y = x + b`` per channel (the last axis), output packed signs.
 
-    The forward is ``bias_forward``'s add and ``pack_signs``'s ``y >= 0`` (sign(0) = +1), so the
-    bits are the two layers'. Backward, from the y it keeps (nothing for the identity STE):
+    The forward is ``bias_sign_pack`` on the N*H*W rows: ``bias_forward``'s add and
+    ``pack_signs``'s ``y >= 0`` (sign(0) = +1) in one pass, so the bits are the two layers'.
+    Backward, ``bias_sign_pack_backward`` from the x it keeps (y = x + b recomputed):
         d = ds * ste'(y)   (the Sign's STE, ``F.ste_grad``),   dx = d,
         db = sum of d over the N*H*W rows (in float64, as the channels-last BatchNorm's sums).
     """
@@ -300,20 +273,23 @@ class BiasSignNHWC:
                 ) -> tuple[Packed, Params, Any]:
         b = params[self.key]
         x = as_float(x, b.dtype)
-        x_k, b_k = _wide(x, b)
-        y = (x_k + b_k).reshape(x.shape)
-        bits = kernels.pack_signs(y)                       # (N, H, W, ceil(C/64))
-        return Packed(bits, int(y.shape[3]), b.dtype), {}, (None if self.ste == "identity" else y)
+        n, h, w, c = (int(v) for v in x.shape)
+        bits = kernels.bias_sign_pack(x.reshape(n * h * w, c), b)
+        return Packed(bits.reshape(n, h, w, -1), c, b.dtype), {}, (x, b)
 
-    def backward(self, ds: Array, y: Any) -> tuple[Array, Params]:
-        d = ds if y is None else ds * F.ste_grad(y, self.ste, self.ste_beta)
-        return d, {self.key: _channel_sum(d)}
+    def backward(self, ds: Array, cache: Any) -> tuple[Array, Params]:
+        x, b = cache
+        c = int(x.shape[3])
+        d, db = bias_sign_pack_backward(ds.reshape(-1, c), x.reshape(-1, c), b, self.ste,
+                                        self.ste_beta)
+        return d.reshape(x.shape), {self.key: db}
 
 
 class PReLUNHWC:
     """``PReLU`` on NHWC x, one slope ``a[c]`` per channel (the last axis), float output:
         y = x if x > 0 else a * x,      dx = dy if x > 0 else a * dy,
-        da = sum over the N*H*W rows of dy * min(x, 0)   (in float64, ``_channel_sum``).
+        da = sum over the N*H*W rows of dy * min(x, 0)   (in float64),
+    the ops ``prelu_rows_forward`` / ``prelu_rows_backward`` on the N*H*W rows.
 
     y and dx are ``prelu_forward``/``prelu_backward``'s values, computed without ``where``
     (whose per-element branch on the sign of x runs ~4x slower than plain arithmetic):
@@ -332,23 +308,15 @@ class PReLUNHWC:
                 ) -> tuple[Array, Params, Any]:
         a = params[self.key]
         x = as_float(x, a.dtype)
-        xp = get_array_module(x)
-        x_k, a_k = _wide(x, a)
-        y = xp.minimum(x_k, 0)
-        y *= a_k
-        y += xp.maximum(x_k, 0)
+        c = int(x.shape[-1])
+        y = prelu_rows_forward(x.reshape(-1, c), a)
         return y.reshape(x.shape), {}, (x, a)
 
     def backward(self, dy: Array, cache: Any) -> tuple[Array, Params]:
         x, a = cache
-        x_k, a_k = _wide(x, a)
-        (dy_k,) = _wide(dy)
-        p = dy_k * (x_k > 0)
-        q = dy_k - p                                    # dy where x <= 0, else 0
-        da = _channel_sum((q * x_k).reshape(x.shape))
-        q *= a_k
-        q += p
-        return q.reshape(x.shape), {self.key: da}
+        c = int(x.shape[-1])
+        dx, da = prelu_rows_backward(dy.reshape(-1, c), x.reshape(-1, c), a)
+        return dx.reshape(x.shape), {self.key: da}
 
 
 class MaxPoolNHWC:
