@@ -136,8 +136,6 @@ def test_provenance_follows_the_table_when_the_description_has_it() -> None:
         assert provenance_lines(old) == [] and format_summary(model, description=old) == table
 
 
-@pytest.mark.xfail(strict=True, reason="waits for minibnn/commands/cli.py's _cmd_summary to "
-                   "pass the run file's description to format_summary; then drop this mark")
 def test_cli_summary_of_a_run_file_shows_its_provenance(tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]
                                                         ) -> None:

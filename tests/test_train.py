@@ -239,7 +239,7 @@ def test_resolved_defaults_are_stored_in_the_run_file(tmp_path):
     assert stored["spec"]["binary_optimizer"] == {"name": "bop", "gamma": bop["gamma"],
                                                   "threshold": bop["threshold"]}
     assert stored["local"] == {"device": "cpu", "backend": "auto", "data_dir": None,
-                               "threads": None}
+                               "threads": None, "log_every": 50, "tensorboard": None}
 
 
 @pytest.mark.parametrize("backend,device", [("auto", "cpu"), ("numpy", "cpu"),

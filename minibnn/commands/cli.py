@@ -459,7 +459,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     if args.run is not None and given:
         raise MinibnnError(f"summary takes RUN.h5 or model options, not both: drop "
                            f"{', '.join(given)} (the run file's spec is used)")
-    params = buffers = None
+    params = buffers = description = None
     if args.run is not None and is_packed_file(args.run):
         from minibnn.deploy.trained import load
 
@@ -468,6 +468,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     if args.run is not None:
         run = load_run(args.run)
         spec, _, model = run_model(run)
+        description = run.description
         if run.checkpoint is not None:
             params, buffers = run.checkpoint.params, run.checkpoint.buffers
     else:
@@ -475,7 +476,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
                   if getattr(args, k) is not None}
         spec = spec_from_options(values)
         model = model_from_spec(spec, *image_shape(spec.data.name))
-    print(format_summary(model, spec.loop.dtype, params, buffers))
+    print(format_summary(model, spec.loop.dtype, params, buffers, description=description))
     return 0
 
 
