@@ -4,9 +4,10 @@ Tiny runs (synthetic data, one epoch) of every model minibnn trains are exported
 as ``torch.nn.Module``s, then checked against minibnn itself on the same inputs:
 
 * eval-mode logits against ``minibnn.load(run).logits``: float64 runs within 1e-10 absolute
-  (measured: <= 3e-15); float32 runs within 1e-4 on at least 99 % of the rows with the same
-  predictions (measured: <= 1e-6; a value entering a sign within rounding of 0 can flip one
-  activation, as in tests/test_onnx.py);
+  (measured: <= 3e-15); float32 runs within 1e-4 on at least 99 % of the rows, and at least
+  99 % of the predictions equal (measured: <= 1e-6, birealnet and binary_cnn too; a value entering a sign
+  within rounding of 0 can flip one activation, as in tests/test_onnx.py). The float32 run
+  is an MLP: a float32 CNN run compiles its own kernels first (~8 s on a loaded machine);
 * train-mode STE gradients of every parameter and the updated BatchNorm running statistics
   against minibnn's backward on one batch: float64 within 1e-9 of each gradient's largest
   entry (measured: <= 1e-13), float32 within 1e-4 (measured: <= 5e-6);
@@ -49,7 +50,7 @@ RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     "cnn64_scaled": ("float64", dict(model="binary_cnn", width=4, optimizer="adam", lr=0.05,
                                      scale=True, weight_ste="approx", act_ste="swish")),
     "bireal64": ("float64", dict(model="birealnet", width=4, act_ste="clipped")),
-    "bireal32": ("float32", dict(model="birealnet", width=4)),
+    "mlp32": ("float32", dict(hidden=[32, 16])),
 }
 
 
