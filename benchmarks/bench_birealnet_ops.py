@@ -6,7 +6,8 @@ git revision ``--before`` (default HEAD), loaded side by side from ``git show`` 
 ``@register`` calls are caught, so the registry keeps this checkout's bodies; the old twins
 call the old bodies, and every other op as it is now).
 
-What is timed, in one process, interleaved (one run of each per round), medians of the rounds:
+What is timed, in one process, interleaved (one run of each per round), medians of the rounds
+(``--best``: the best round, steadier on a loaded machine):
   * per twin kind, one twin of each kind birealnet runs at batch 128, width 16 (stage 1:
     32x32x16; the binary convolution also at stages 2 and 3), its forward and its backward;
   * the whole birealnet training step (``bench_train.minibnn_step``: forward, backward,
@@ -86,9 +87,10 @@ def as_before(twin: Any, before: ModuleType) -> None:
             as_before(t, before)
 
 
-def median_interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median time in seconds of each callable over ``repeats`` rounds, one call of each per
-    round (after one warm-up round)."""
+def median_interleaved(fns: dict[str, Callable[[], Any]], repeats: int,
+                       stat: Callable[[list[float]], float] = np.median) -> dict[str, float]:
+    """Median (or ``stat``) time in seconds of each callable over ``repeats`` rounds, one call
+    of each per round (after one warm-up round)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for f in fns.values():
         f()
@@ -97,7 +99,7 @@ def median_interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[
             t0 = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return {k: float(stat(v)) for k, v in times.items()}
 
 
 def twin_cases(batch: int, width: int) -> list[tuple[str, Any, Any, dict, dict]]:
@@ -140,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--no-step", action="store_true", help="skip the whole-step timing")
+    parser.add_argument("--best", action="store_true",
+                        help="report the best round instead of the median (a loaded machine)")
     args = parser.parse_args(argv)
 
     import copy
@@ -152,7 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads.set_threads(n)
     folder = Path(tempfile.mkdtemp(prefix="bench_birealnet_ops_"))
     before = load_before(args.before, folder)
-    print(f"threads {n}; before = {args.before}; medians of {args.repeats} interleaved rounds")
+    stat = min if args.best else np.median
+    print(f"threads {n}; before = {args.before}; {'best' if args.best else 'median'} of "
+          f"{args.repeats} interleaved rounds")
 
     rows = []
     for label, twin, x, params, buffers in twin_cases(args.batch, args.width):
@@ -164,9 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         y_shape = as_float(fwd["after"][0], np.float32).shape     # dy: a float activation
         dy = np.random.default_rng(1).standard_normal(y_shape).astype(np.float32)
         f = median_interleaved({w: (lambda t=t: t.forward(params, buffers, x, True))
-                                for w, t in (("before", old), ("after", twin))}, args.repeats)
+                                for w, t in (("before", old), ("after", twin))}, args.repeats,
+                               stat)
         b = median_interleaved({w: (lambda t=t, w=w: t.backward(dy, fwd[w][2]))
-                                for w, t in (("before", old), ("after", twin))}, args.repeats)
+                                for w, t in (("before", old), ("after", twin))}, args.repeats,
+                               stat)
         rows.append([label, 1e3 * f["before"], 1e3 * f["after"], 1e3 * b["before"],
                      1e3 * b["after"], (f["before"] + b["before"]) / (f["after"] + b["after"])])
     print_table("per twin (ms; speed-up = before / after, forward + backward)",
@@ -183,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         for t in group.twins:
                             as_before(t, before)
             steps[who] = step
-        t = median_interleaved(steps, args.repeats)
+        t = median_interleaved(steps, args.repeats, stat)
         print_table("whole birealnet training step (ms)",
                     ["before", "after", "speed-up"],
                     [[1e3 * t["before"], 1e3 * t["after"], t["before"] / t["after"]]])

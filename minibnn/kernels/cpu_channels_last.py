@@ -317,16 +317,30 @@ def _ste(y, code, beta):  # type: ignore[no-untyped-def]
 
 @njit(parallel=True, cache=True)
 def _bn_sign_grad_sums(ds, z, mean, inv_std, gamma, beta, code, sbeta, chunks):  # type: ignore[no-untyped-def]
+    """float64 per-channel (sum d, sum d * xhat) of ``chunks`` fixed row chunks, added in order.
+
+    The identity STE (code 0: d = ds) has a loop of its own: with the STE's branches in it,
+    the loop over the channels does not vectorise (4-6x slower)."""
     m, c = z.shape
     part = np.zeros((chunks, 2, c))
     step = (m + chunks - 1) // chunks
     for t in prange(chunks):
+        s1, s2 = np.zeros(c), np.zeros(c)
         for r in range(t * step, min(m, (t + 1) * step)):
-            for ci in range(c):
-                xh = (np.float32(z[r, ci]) - mean[ci]) * inv_std[ci]
-                d = ds[r, ci] * _ste(xh * gamma[ci] + beta[ci], code, sbeta)
-                part[t, 0, ci] += np.float64(d)
-                part[t, 1, ci] += np.float64(d * xh)
+            if code == 0:
+                for ci in range(c):
+                    xh = (np.float32(z[r, ci]) - mean[ci]) * inv_std[ci]
+                    d = ds[r, ci]
+                    s1[ci] += np.float64(d)
+                    s2[ci] += np.float64(d * xh)
+            else:
+                for ci in range(c):
+                    xh = (np.float32(z[r, ci]) - mean[ci]) * inv_std[ci]
+                    d = ds[r, ci] * _ste(xh * gamma[ci] + beta[ci], code, sbeta)
+                    s1[ci] += np.float64(d)
+                    s2[ci] += np.float64(d * xh)
+        part[t, 0] = s1
+        part[t, 1] = s2
     out = np.zeros((2, c))
     for t in range(chunks):
         out += part[t]
@@ -335,12 +349,18 @@ def _bn_sign_grad_sums(ds, z, mean, inv_std, gamma, beta, code, sbeta, chunks): 
 
 @njit(parallel=True, cache=True)
 def _bn_sign_grad_apply(ds, z, mean, inv_std, gamma, beta, code, sbeta, mg, mgx, dz):  # type: ignore[no-untyped-def]
+    """dz = gamma * inv_std * (d - mg - xhat * mgx); the identity STE in a loop of its own."""
     m, c = z.shape
     for r in prange(m):
-        for ci in range(c):
-            xh = (np.float32(z[r, ci]) - mean[ci]) * inv_std[ci]
-            d = ds[r, ci] * _ste(xh * gamma[ci] + beta[ci], code, sbeta)
-            dz[r, ci] = gamma[ci] * inv_std[ci] * (d - mg[ci] - xh * mgx[ci])
+        if code == 0:
+            for ci in range(c):
+                xh = (np.float32(z[r, ci]) - mean[ci]) * inv_std[ci]
+                dz[r, ci] = gamma[ci] * inv_std[ci] * (ds[r, ci] - mg[ci] - xh * mgx[ci])
+        else:
+            for ci in range(c):
+                xh = (np.float32(z[r, ci]) - mean[ci]) * inv_std[ci]
+                d = ds[r, ci] * _ste(xh * gamma[ci] + beta[ci], code, sbeta)
+                dz[r, ci] = gamma[ci] * inv_std[ci] * (d - mg[ci] - xh * mgx[ci])
 
 
 def _float32_rows(gamma: np.ndarray) -> bool:
