@@ -37,6 +37,11 @@ def _loss(model, params, buffers, x, dout):
     # RSign, RPReLU, both shortcuts (pooled and identity) and the widening Concat
     (lambda: models.reactnet((3, 8, 8), width=2, blocks_per_stage=(1, 2), num_classes=3),
      (3, 3, 8, 8)),
+    # real weights (two-step training's first step) and a fully real network (a teacher)
+    (lambda: models.reactnet((3, 8, 8), width=2, blocks_per_stage=(1, 1), num_classes=3,
+                             weights="real"), (3, 3, 8, 8)),
+    (lambda: models.binary_cnn((2, 8, 8), width=2, num_classes=3, weights="real",
+                               activations="real"), (3, 2, 8, 8)),
 ])
 def test_whole_model_backward_matches_finite_differences(smooth_sign, build, shape):
     model = build()
@@ -135,18 +140,21 @@ DOCUMENTED_DEFAULTS = {
     "binary_mlp": {"input_shape": (1, 28, 28), "hidden": (1024, 1024), "num_classes": 10,
                    "binary_storage": "latent", "scale": False, "weight_ste": "identity",
                    "act_ste": "approx", "init_scale": 1.0, "real_first": True,
-                   "in_features": None, "layout": "nhwc"},
+                   "in_features": None, "layout": "nhwc", "weights": "binary",
+                   "activations": "binary"},
     "binary_cnn": {"input_shape": (1, 28, 28), "width": 32, "num_classes": 10,
                    "binary_storage": "latent", "scale": False, "weight_ste": "identity",
-                   "act_ste": "approx", "init_scale": 1.0, "layout": "nhwc"},
+                   "act_ste": "approx", "init_scale": 1.0, "layout": "nhwc",
+                   "weights": "binary", "activations": "binary"},
     "birealnet": {"input_shape": (3, 32, 32), "width": 16, "blocks_per_stage": (2, 2, 2),
                   "num_classes": 10, "binary_storage": "latent", "scale": False,
                   "weight_ste": "identity", "act_ste": "approx", "init_scale": 1.0,
-                  "prelu": True, "layout": "nhwc"},
+                  "prelu": True, "layout": "nhwc", "weights": "binary",
+                  "activations": "binary"},
     "reactnet": {"input_shape": (3, 32, 32), "width": 16, "blocks_per_stage": (1, 2, 2, 2),
                  "num_classes": 10, "binary_storage": "latent", "scale": False,
                  "weight_ste": "identity", "act_ste": "approx", "init_scale": 1.0,
-                 "layout": "nchw"},
+                 "layout": "nchw", "weights": "binary", "activations": "binary"},
 }
 
 
@@ -161,3 +169,33 @@ def test_builders_default_to_the_bireal_ste_and_the_documented_values(name):
     assert model.config["act_ste"] == "approx"   # the STE minibnn trains with (README, Results)
     with pytest.raises(MinibnnError, match="unknown model"):
         models.defaults("resnet50")
+
+
+@pytest.mark.parametrize("name", sorted(models.MODEL_BUILDERS))
+def test_real_weights_and_activations_keep_the_parameter_names(name):
+    """weights="real" turns every binary layer into a real one under the same name (so a run
+    can start from another's weights) and leaves no binary parameter; activations="real" puts
+    a ReLU where each sign was."""
+    small = {"binary_mlp": dict(input_shape=(1, 8, 8), hidden=(6, 5)),
+             "binary_cnn": dict(input_shape=(3, 8, 8), width=2),
+             "birealnet": dict(input_shape=(3, 8, 8), width=2, blocks_per_stage=(1, 1)),
+             "reactnet": dict(input_shape=(3, 8, 8), width=2, blocks_per_stage=(1, 1))}[name]
+    rng = np.random.default_rng(0)
+    binary = models.build_model(name, **small)
+    real = models.build_model(name, weights="real", activations="real", **small)
+    p_binary, b_binary = binary.init(rng, np.float64)
+    p_real, b_real = real.init(rng, np.float64)
+    assert binary.binary_names and real.binary_names == []
+    assert {k: v.shape for k, v in p_binary.items()} == {k: v.shape for k, v in p_real.items()}
+    assert set(b_binary) == set(b_real)
+    x = rng.normal(size=(4,) + small["input_shape"])
+    y, _, _ = real.forward(p_real, b_real, x, train=True)
+    assert np.all(np.isfinite(y))
+    with pytest.raises(MinibnnError, match="--weights must be one of binary, real"):
+        models.build_model(name, weights="ternary", **small)
+
+
+def test_reactnet_refuses_an_image_its_stages_cannot_halve():
+    with pytest.raises(ShapeError, match="reactnet: .* divisible by 8; got 28x28"):
+        models.reactnet((1, 28, 28))
+    assert models.reactnet((1, 28, 28), blocks_per_stage=(1, 1, 1)).input_shape == (1, 28, 28)

@@ -16,7 +16,8 @@ from minibnn.run.spec import (MODEL_VARIANTS, OPTIMIZER_VARIANTS, OPTION_SECTION
 
 #: a valid value of every model / binary-optimiser option (as the CLI spells it)
 SAMPLE = {"hidden": "64,64", "width": "8", "act_ste": "clipped", "weight_ste": "clipped",
-          "scale": None, "init_scale": "0.5", "layout": "nchw", "alpha": "0.01", "gamma": "0.01",
+          "scale": None, "init_scale": "0.5", "layout": "nchw", "weights": "real",
+          "activations": "real", "alpha": "0.01", "gamma": "0.01",
           "threshold": "1e-6", "sigma": "0.01", "lr": "0.1", "momentum": "0.9",
           "weight_decay": "1e-4", "decoupled": None, "schedule": "cosine"}
 

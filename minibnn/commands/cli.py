@@ -23,6 +23,7 @@ from minibnn._version import __version__
 from minibnn.backend import device_module
 from minibnn.data import DATASET_NAMES
 from minibnn.nn.containers import LAYOUTS
+from minibnn.nn.models import PRECISIONS
 from minibnn.errors import MinibnnError, closed_pipe_exit
 from minibnn.run.files import check_output, check_writable, load_run
 from minibnn.run.resources import format_bytes, physical_memory
@@ -118,6 +119,12 @@ def _add_model_arguments(g: Any, models: dict[str, dict[str, Any]],
             "nhwc = the fast engine (channels-last groups with packed activations, fused "
             "BatchNorm+sign); nchw = the layers as written in nn/functional, one call each "
             "(with --backend numpy: the code the README teaches)", "layout")),
+        "weights": dict(choices=PRECISIONS, help=model_help(
+            "the binary layers' weights: binary, or real (two-step training's first step; "
+            "the same parameter names, so a later run can --init-from it)", "weights")),
+        "activations": dict(choices=PRECISIONS, help=model_help(
+            "the binary layers' inputs: sign (binary) or ReLU (real: a real-valued teacher "
+            "for --teacher)", "activations")),
     }
     for field, kwargs in options.items():
         if only is None or field in only:

@@ -54,7 +54,8 @@ from typing import Any
 import numpy as np
 
 from minibnn.errors import MinibnnError
-from minibnn.run.spec import LOCAL_FIELDS, OPTION_NAMES, Local, RunSpec, flag, spec_from_options
+from minibnn.run.spec import (LATER_MODEL_FIELDS, LOCAL_FIELDS, OPTION_NAMES, Local, RunSpec,
+                              flag, spec_from_options)
 
 TABLES = ("base", "grid", "random")
 #: how a [random] option is drawn: its one key in the option's inline table
@@ -92,12 +93,14 @@ class Sweep:
 def spec_id(spec: RunSpec) -> str:
     """12 hex digits of the SHA-256 of the spec's JSON: equal specs, equal ids.
 
-    ``model.layout`` enters only when it is not ``"nhwc"``, the engine every spec ran on before
-    the layout was a choice: so sweep folders made before then keep their ids, and a re-run
-    still finds their run files."""
+    A model field added later (``spec.LATER_MODEL_FIELDS``: ``layout``, ``weights``,
+    ``activations``) enters only when it differs from the value every spec had before it was a
+    choice: so sweep folders made before then keep their ids, and a re-run still finds their
+    run files."""
     data = spec.to_dict()
-    if data["model"].get("layout") == "nhwc":
-        data = {**data, "model": {k: v for k, v in data["model"].items() if k != "layout"}}
+    at_old_value = {k for k, v in data["model"].items()
+                    if k in LATER_MODEL_FIELDS and LATER_MODEL_FIELDS[k] == v}
+    data = {**data, "model": {k: v for k, v in data["model"].items() if k not in at_old_value}}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -141,6 +144,9 @@ def parse_sweep(text: str, source: str = "sweep spec") -> Sweep:
     if "threads" in base:
         raise MinibnnError(f"{source} [base]: threads is not a sweep setting: each worker runs "
                            "one thread (choose how many workers with --workers)")
+    if base.get("tensorboard"):
+        raise MinibnnError(f"{source} [base]: tensorboard is not a sweep setting: every point "
+                           "would write into one folder (train a point alone with --tensorboard)")
     local = {k: base.pop(k) for k in LOCAL_FIELDS if k in base}
     try:
         machine = Local(**local)

@@ -120,8 +120,18 @@ def _layout(name: str, value: Any) -> None:
     one_of(name, value, LAYOUTS)
 
 
+def _precision(name: str, value: Any) -> None:
+    one_of(name, value, models.PRECISIONS)
+
+
 _COMMON_MODEL_CHECKS = {"act_ste": _ste, "weight_ste": _ste, "scale": _boolean,
-                        "init_scale": _init_scale, "layout": _layout}
+                        "init_scale": _init_scale, "layout": _layout, "weights": _precision,
+                        "activations": _precision}
+
+#: model fields added after run files and sweep ids existed, with the value every earlier run
+#: had: a stored spec without them reads as that value, and a sweep id leaves them out at it
+#: (``sweep_spec.spec_id``), so earlier sweep folders keep their ids
+LATER_MODEL_FIELDS = {"layout": "nhwc", "weights": "binary", "activations": "binary"}
 
 
 @dataclass(frozen=True)
@@ -134,6 +144,8 @@ class BinaryMlp:
     scale: bool
     init_scale: float
     layout: str
+    weights: str
+    activations: str
 
     def __post_init__(self) -> None:
         if isinstance(self.hidden, str):            # the CLI's spelling, "1024,1024"
@@ -156,6 +168,8 @@ class _ConvNet:
     scale: bool
     init_scale: float
     layout: str
+    weights: str
+    activations: str
 
     def __post_init__(self) -> None:
         _integer("width", self.width, 1)
@@ -174,8 +188,15 @@ class BiRealNet(_ConvNet):
     name: ClassVar[str] = "birealnet"
 
 
-ModelSpec = Union[BinaryMlp, BinaryCnn, BiRealNet]
-MODEL_VARIANTS: dict[str, type] = {v.name: v for v in (BinaryMlp, BinaryCnn, BiRealNet)}
+@dataclass(frozen=True)
+class ReActNet(_ConvNet):
+    """``models.reactnet``: a small ReActNet-A-like network (RSign, RPReLU, real stem and head)."""
+    name: ClassVar[str] = "reactnet"
+
+
+ModelSpec = Union[BinaryMlp, BinaryCnn, BiRealNet, ReActNet]
+MODEL_VARIANTS: dict[str, type] = {v.name: v for v in (BinaryMlp, BinaryCnn, BiRealNet,
+                                                       ReActNet)}
 
 
 # --- binary-weight optimisers: one variant per optimiser ----------------------------------
@@ -419,7 +440,8 @@ OPTION_SECTIONS: dict[str, tuple[str, str]] = {
     "model": ("model", "name"), "hidden": ("model", "hidden"), "width": ("model", "width"),
     "act_ste": ("model", "act_ste"), "weight_ste": ("model", "weight_ste"),
     "scale": ("model", "scale"), "init_scale": ("model", "init_scale"),
-    "layout": ("model", "layout"),
+    "layout": ("model", "layout"), "weights": ("model", "weights"),
+    "activations": ("model", "activations"),
     "optimizer": ("binary_optimizer", "name"),
     **{f: ("binary_optimizer", f) for f in ("alpha", "gamma", "threshold", "sigma", "lr",
                                             "momentum", "weight_decay", "decoupled",
@@ -500,9 +522,8 @@ def spec_from_dict(data: Any) -> RunSpec:
     if not isinstance(data, dict) or set(data) != set(SECTIONS) \
             or not all(isinstance(data[s], dict) for s in SECTIONS):
         raise MinibnnError(f"stored spec must have exactly the sections {', '.join(SECTIONS)}")
-    if "layout" not in data["model"]:
-        # written before the layout was a choice: those runs trained on the nhwc engine
-        data = {**data, "model": {**data["model"], "layout": "nhwc"}}
+    # written before these were choices: those runs had the value every run then had
+    data = {**data, "model": {**LATER_MODEL_FIELDS, **data["model"]}}
     options = {OPTION_OF[(s, k)]: v for s in SECTIONS for k, v in data[s].items()
                if (s, k) in OPTION_OF}
     unknown = sorted(f"{s}.{k}" for s in SECTIONS for k in data[s] if (s, k) not in OPTION_OF)
