@@ -192,6 +192,21 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch-size", type=int, default=d["batch_size"], help="images per step")
     g.add_argument("--label-smoothing", type=float, default=d["label_smoothing"],
                    help="mix the one-hot targets with the uniform distribution")
+    g.add_argument("--teacher", metavar="RUN.h5", default=None,
+                   help="distil from this trained run: the loss is T^2 KL(softmax(teacher/T) "
+                   "|| softmax(student/T)) on each batch, in place of the cross-entropy "
+                   "(ReActNet's; e.g. a --weights real --activations real run)")
+    g.add_argument("--distill", type=float, default=d["distill"], metavar="T",
+                   help="the distillation temperature T, with --teacher")
+    g.add_argument("--init-from", metavar="RUN.h5", default=None,
+                   help="start from this run's checkpoint (two-step training: step 2 from a "
+                   "--weights real step 1): latent optimisers take its weights as latent "
+                   "weights, filter optimisers their signs")
+    g.add_argument("--init-weight-decay", type=float, default=d["init_weight_decay"],
+                   metavar="LAMBDA", help="cema with --init-from: start the filter in the "
+                   "state v0 = -LAMBDA * gamma * w1 of decoupled SGD with this weight decay "
+                   "(docs/theory.md P2), so w1's magnitudes set how long each sign holds; "
+                   "0 carries the signs only")
     cifar = DATA_RECIPES["cifar10"]
     g.add_argument("--fill", default=None, choices=("min", "zero"),
                    help="--shift's border: the batch minimum (the background of MNIST-like "

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from minibnn.errors import MinibnnError
-from minibnn.run.spec import (LATER_MODEL_FIELDS, LOCAL_FIELDS, OPTION_NAMES, Local, RunSpec,
+from minibnn.run.spec import (LATER_FIELDS, LOCAL_FIELDS, OPTION_NAMES, Local, RunSpec,
                               flag, spec_from_options)
 
 TABLES = ("base", "grid", "random")
@@ -93,14 +93,15 @@ class Sweep:
 def spec_id(spec: RunSpec) -> str:
     """12 hex digits of the SHA-256 of the spec's JSON: equal specs, equal ids.
 
-    A model field added later (``spec.LATER_MODEL_FIELDS``: ``layout``, ``weights``,
-    ``activations``) enters only when it differs from the value every spec had before it was a
-    choice: so sweep folders made before then keep their ids, and a re-run still finds their
-    run files."""
+    A field added later (``spec.LATER_FIELDS``: the model's ``layout``, ``weights`` and
+    ``activations``, the loop's ``teacher``, ``distill``, ``init_from`` and
+    ``init_weight_decay``) enters only when it differs from the value every spec had before it
+    was a choice: so sweep folders made before then keep their ids, and a re-run still finds
+    their run files."""
     data = spec.to_dict()
-    at_old_value = {k for k, v in data["model"].items()
-                    if k in LATER_MODEL_FIELDS and LATER_MODEL_FIELDS[k] == v}
-    data = {**data, "model": {k: v for k, v in data["model"].items() if k not in at_old_value}}
+    for section, old in LATER_FIELDS.items():
+        data[section] = {k: v for k, v in data[section].items()
+                         if not (k in old and old[k] == v)}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 

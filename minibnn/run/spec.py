@@ -128,10 +128,13 @@ _COMMON_MODEL_CHECKS = {"act_ste": _ste, "weight_ste": _ste, "scale": _boolean,
                         "init_scale": _init_scale, "layout": _layout, "weights": _precision,
                         "activations": _precision}
 
-#: model fields added after run files and sweep ids existed, with the value every earlier run
-#: had: a stored spec without them reads as that value, and a sweep id leaves them out at it
-#: (``sweep_spec.spec_id``), so earlier sweep folders keep their ids
-LATER_MODEL_FIELDS = {"layout": "nhwc", "weights": "binary", "activations": "binary"}
+#: fields added after run files and sweep ids existed, by section, with the value every
+#: earlier run had: a stored spec without them reads as that value, and a sweep id leaves them
+#: out at it (``sweep_spec.spec_id``), so earlier sweep folders keep their ids
+LATER_FIELDS: dict[str, dict[str, Any]] = {
+    "model": {"layout": "nhwc", "weights": "binary", "activations": "binary"},
+    "loop": {"teacher": None, "distill": 1.0, "init_from": None, "init_weight_decay": 0.0},
+}
 
 
 @dataclass(frozen=True)
@@ -343,6 +346,15 @@ class Loop:
     dtype: str = "float32"
     label_smoothing: float = 0.0
     test_every_epoch: bool = False    # with a validation split: test every epoch too
+    #: a trained run whose logits the loss matches instead of the labels (``run.recipe``)
+    teacher: str | None = None
+    #: the distillation temperature T (with ``teacher``)
+    distill: float = 1.0
+    #: a run whose checkpoint starts this one (two-step training, ``run.recipe``)
+    init_from: str | None = None
+    #: cema with ``init_from``: the latent weight decay that sizes the initial state
+    #: ``v0 = -init_weight_decay * gamma * w1`` (0: only the signs carry over)
+    init_weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
         _integer("epochs", self.epochs, 1)
@@ -353,6 +365,16 @@ class Loop:
             raise MinibnnError(f"--label-smoothing must be in [0, 1), got "
                                f"{self.label_smoothing}")
         _boolean("test_every_epoch", self.test_every_epoch)
+        for name in ("teacher", "init_from"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise MinibnnError(f"{flag(name)} must be the path of a run file, got {value!r}")
+        if not _number("distill", self.distill) > 0:
+            raise MinibnnError(f"--distill must be a temperature > 0, got {self.distill}")
+        if self.distill != 1.0 and self.teacher is None:
+            raise MinibnnError("--distill sets the temperature of distilling from --teacher; "
+                               "give --teacher RUN.h5")
+        _nonnegative("init_weight_decay", self.init_weight_decay)
 
 
 def _fits_dtype(record: Any, section: str, dtype: str) -> None:
@@ -391,6 +413,11 @@ class RunSpec:
             raise MinibnnError(f"--scale needs latent weights; optimizer "
                                f"{self.binary_optimizer.name!r} stores +-1 weights (use "
                                "--optimizer sgd or adam)")
+        if self.loop.init_weight_decay and (self.loop.init_from is None
+                                            or not isinstance(self.binary_optimizer, Cema)):
+            raise MinibnnError("--init-weight-decay sizes cema's initial state from "
+                               "--init-from's weights: it needs --optimizer cema and "
+                               "--init-from RUN.h5")
         if self.loop.test_every_epoch and not self.data.val_split:
             raise MinibnnError("--test-every-epoch only applies with --val-split (without a "
                                "validation split the test set is evaluated every epoch)")
@@ -452,7 +479,8 @@ OPTION_SECTIONS: dict[str, tuple[str, str]] = {
     "flip": ("data", "flip"), "val_split": ("data", "val_split"),
     "train_subset": ("data", "train_subset"),
     **{f: ("loop", f) for f in ("epochs", "batch_size", "seed", "dtype", "label_smoothing",
-                                "test_every_epoch")},
+                                "test_every_epoch", "teacher", "distill", "init_from",
+                                "init_weight_decay")},
 }
 OPTION_OF = {where: option for option, where in OPTION_SECTIONS.items()}
 OPTION_NAMES = tuple(OPTION_SECTIONS)
@@ -523,7 +551,8 @@ def spec_from_dict(data: Any) -> RunSpec:
             or not all(isinstance(data[s], dict) for s in SECTIONS):
         raise MinibnnError(f"stored spec must have exactly the sections {', '.join(SECTIONS)}")
     # written before these were choices: those runs had the value every run then had
-    data = {**data, "model": {**LATER_MODEL_FIELDS, **data["model"]}}
+    data = {**data, **{section: {**fields, **data[section]}
+                       for section, fields in LATER_FIELDS.items()}}
     options = {OPTION_OF[(s, k)]: v for s in SECTIONS for k, v in data[s].items()
                if (s, k) in OPTION_OF}
     unknown = sorted(f"{s}.{k}" for s in SECTIONS for k in data[s] if (s, k) not in OPTION_OF)

@@ -54,7 +54,8 @@ from minibnn.run.resources import check_free_space
 from minibnn.run.stop_signals import raise_if_stopped
 from minibnn.run.provenance import collect
 from minibnn.run.step_log import StepLog, append_rows
-from minibnn.run import tensorboard
+from minibnn.run import recipe, tensorboard
+from minibnn.run.recipe import LossFn
 from minibnn.nn.functional import softmax_cross_entropy
 from minibnn.nn.models import Model, build_model
 from minibnn.optim.base import Transform
@@ -193,14 +194,20 @@ class TrainState:
 
 
 def train_step(model: Model, optimizer: Transform, state: TrainState, x: Any, y: Any,
-               label_smoothing: float = 0.0) -> tuple[Any, Any, dict[str, Any]]:
+               label_smoothing: float = 0.0, loss_fn: LossFn | None = None
+               ) -> tuple[Any, Any, dict[str, Any]]:
     """One update in place on ``state``; returns (loss, correct predictions, flips per layer).
 
-    The counts are 0-d arrays on the data's device (``float``/``int`` reads them; on the GPU
-    each read waits for the device, so the loop reads them once per epoch).
+    The loss is the cross-entropy with ``label_smoothing``, or ``loss_fn(logits, x, y)``
+    (``run.recipe``: distillation). The counts are 0-d arrays on the data's device
+    (``float``/``int`` reads them; on the GPU each read waits for the device, so the loop reads
+    them once per epoch).
     """
     logits, new_buffers, cache = model.forward(state.params, state.buffers, x, train=True)
-    loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing=label_smoothing)
+    if loss_fn is None:
+        loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing=label_smoothing)
+    else:
+        loss, dlogits = loss_fn(logits, x, y)
     grads = model.backward(dlogits, cache)
     new_params = optimizer.step_in_place(grads, state.opt_state, state.params)
     flips = {name: ((state.params[name] >= 0) != (new_params[name] >= 0)).sum()
@@ -272,7 +279,8 @@ def session_provenance(ds: Any, local: Local, previous: RunFile | None, from_epo
 
 def train_epoch(model: Model, optimizer: Transform, state: TrainState, x: Any, y: Any,
                 spec: RunSpec, progress: bool = False, steps: StepLog | None = None,
-                rates: Mapping[str, Any] | None = None) -> dict[str, float]:
+                rates: Mapping[str, Any] | None = None, loss_fn: LossFn | None = None
+                ) -> dict[str, float]:
     """One pass over the shuffled training set; returns the epoch's training metrics.
 
     ``steps`` records the rows of the steps it is due at (kept on the device: no read here),
@@ -299,7 +307,7 @@ def train_epoch(model: Model, optimizer: Transform, state: TrainState, x: Any, y
         if mirror is not None:
             xb = flip_images(xb, mirror[batch])
         loss, right, step_flips = train_step(model, optimizer, state, xb, y[idx],
-                                             spec.loop.label_smoothing)
+                                             spec.loop.label_smoothing, loss_fn)
         first_bad = xp.where((first_bad < 0) & ~xp.isfinite(loss), i, first_bad)
         loss_sum = loss_sum + loss * (batch.stop - batch.start)
         correct = correct + right
@@ -491,11 +499,24 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
              for k, v in optimizer_rates(spec, steps_per_epoch).items()}
     optimizer = optimizer_from_spec(spec, model, steps_per_epoch, rates)
 
+    loss_fn = None
+    if spec.loop.teacher is not None:
+        loss_fn = recipe.distillation_loss(spec.loop.teacher, spec.loop.distill,
+                                           model.input_shape, model.num_classes, spec.data.name,
+                                           device, dtype)
+
     rng = np.random.default_rng(spec.loop.seed)
     params, buffers = model.init(rng, dtype)
-    state = TrainState(_tree_to_device(params, device), _tree_to_device(buffers, device), {},
-                       rng)
+    initial_state: dict[str, Any] = {}
+    if spec.loop.init_from is not None and previous is None:
+        start_params, start_buffers, initial_state = recipe.init_from(spec, model, params,
+                                                                      buffers)
+    else:
+        start_params, start_buffers = params, buffers
+    state = TrainState(_tree_to_device(start_params, device),
+                       _tree_to_device(start_buffers, device), {}, rng)
     state.opt_state = optimizer.init(state.params)
+    recipe.set_initial_state(state.opt_state, initial_state, device)
     epochs_on_disk = previous.checkpoint.epoch if previous and previous.checkpoint else 0
     check_free_space(out_path, _space_needed(_run_file_bytes(state), out_path,
                                              writes=epochs - epochs_on_disk))
@@ -541,7 +562,7 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
                 if isinstance(rate, RateLog):
                     rate.take()            # forget values asked for outside the steps (checks)
             epoch_metrics = train_epoch(model, optimizer, state, x_train, y_train, spec,
-                                        progress, steps, rates)
+                                        progress, steps, rates, loss_fn)
             new_rows = steps.take()
             check_divergence(state, epoch_metrics, out_path, ds.num_classes)
             epoch_metrics.update(_rates_used(rates))
