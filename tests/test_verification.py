@@ -51,6 +51,12 @@ def test_property_holds(pid):
     for backend in ("numba", "cuda"):
         if backend not in engine.fused_backends():
             assert f"fused[{backend}]" in result.skipped
+    # the filter optimisers' PyTorch twins: P5 is about latent SGD alone
+    if pid != "P5":
+        if engine.torch_missing() is None:
+            assert _lists_torch(result.implementations), result.implementations
+        else:
+            assert "pip install 'minibnn[torch]'" in result.skipped["torch"]
 
 
 def test_p10_prints_a_minimal_counterexample_for_each_non_equivalence(p10):
@@ -255,3 +261,70 @@ def test_closed_loop_tracker_catches_a_tie_rule_mismatch():
     assert not tracker.step(0, {"fc2.w": np.zeros((2, 2))}, {"fc2.w": minus},
                             {"fc2.w": minus}, {"fc2.w": np.zeros((2, 2))})
     assert "4 binary weights of fc2.w differ" in run.first_difference
+
+
+def _lists_torch(implementations):
+    """Does the report's implementations entry name the PyTorch twins?"""
+    import re
+
+    return re.search(r"(^|, )torch\b", implementations) is not None
+
+
+def _hide_torch(monkeypatch):
+    """Make ``import torch`` fail, as on a machine without PyTorch."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    for mod in [m for m in sys.modules if m == "minibnn.torch" or m.startswith("minibnn.torch.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+
+
+@pytest.mark.parametrize("pid", ["P1", "P4", "P8", "P9"])
+def test_without_torch_the_torch_column_is_skipped_with_the_reason(monkeypatch, pid):
+    _hide_torch(monkeypatch)
+    result = PROPERTIES[pid](5)
+    assert result.holds, result.counterexample
+    assert not _lists_torch(result.implementations), result.implementations
+    assert "pip install 'minibnn[torch]'" in result.skipped["torch"]
+    report = format_report([result])
+    assert f"- torch: minibnn.torch needs PyTorch" in report and f"({pid})" in report
+
+
+def test_the_torch_column_runs_where_torch_is_installed():
+    pytest.importorskip("torch", reason="the torch column needs PyTorch (the torch extra)")
+    result = PROPERTIES["P2"](10)
+    assert result.holds and _lists_torch(result.implementations), result.implementations
+    assert "torch" not in result.skipped
+
+
+def test_planted_error_in_the_torch_twin_is_caught(monkeypatch):
+    """A PyTorch CEMA that breaks the keep tie rule fails the bitwise check, named "torch"."""
+    pytest.importorskip("torch", reason="the torch column needs PyTorch (the torch extra)")
+    from minibnn.torch import optim as topt
+
+    real_flip = topt.flip_
+    monkeypatch.setattr(topt, "flip_", lambda b, x, threshold, tie: real_flip(b, x, threshold,
+                                                                              "positive"))
+    with pytest.raises(Mismatch, match="torch cema"):
+        on_engine.engine_cema(engine.Coverage(), "planted", [1.0, 0.0, -1.0, 0.0], 1.0, 1.0,
+                              0.0, 0.0, -1)
+
+
+def test_planted_error_wrong_rate_is_caught_in_the_torch_closed_loop():
+    pytest.importorskip("torch", reason="the torch closed loop needs PyTorch (the torch extra)")
+    from minibnn import optim
+    from verification.closed_loop_torch import one_thread, torch_pair
+
+    with one_thread():
+        good = torch_pair("mlp", 30, optim.linear(0.5, 30), 0.9, 0.05, init_scale=0.1)
+        bad = torch_pair("mlp", 30, optim.linear(0.5, 30), 0.9, 0.05, init_scale=0.1,
+                         alpha_factor=1.05)
+    assert good.first_difference is None and good.steps == 30 and good.flips > 0
+    assert bad.first_difference is not None

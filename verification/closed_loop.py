@@ -12,7 +12,9 @@ binary weights agree at a step, the forward passes, losses and gradients are bit
 by induction the runs stay identical; the check asserts that at every step.
 
 Each pair runs in every optimiser implementation (``engine``): the chains, and the fused steps
-forced on each kernel backend (``fused[cuda]`` moves the whole network to the GPU).  A last
+forced on each kernel backend (``fused[cuda]`` moves the whole network to the GPU).  Where
+PyTorch is installed, the two networks are also trained in PyTorch (``closed_loop_torch``):
+``torch.optim.SGD`` with decoupled decay against ``minibnn.torch.CEMA``.  A last
 pair goes through the trainer itself: ``train.optimizer_from_spec`` builds both optimisers
 from run specs (``minibnn.run.spec``) and ``train.train_step`` runs them (``optimizer.step_in_place``: the
 fused kernels of the default backend), with a per-epoch linear schedule.  In that pair two BatchNorm channels
@@ -278,28 +280,38 @@ def trainer_pair(epochs: int = 3, steps_per_epoch: int = 10, batch: int = 16, se
 
 def check_p9(examples: int | None = None) -> PropertyResult:
     """P9: identical binary weights and losses at every step, for an MLP and a CNN, in every
-    optimiser implementation, and through the trainer's own step.
+    optimiser implementation (PyTorch's too), and through the trainer's own step.
 
     ``examples`` is accepted for a uniform signature and ignored: the networks, their
     schedules and data are fixed; the count reported is the number of steps compared.
     """
-    cov = engine.Coverage(reference=False)
+    cov = engine.Coverage(reference=False, torch_offered=True)
     with Timer() as timer:
         impls = [engine.CHAIN] + [engine.fused_name(b) for b in engine.fused_backends()]
-        runs = default_runs(impls=impls)
+        nets = default_runs(impls=impls)
         for impl in impls:
             cov.add(impl)
-        runs.append(trainer_pair())
+        trainer = [trainer_pair()]
         if "cuda" in engine.fused_backends():
-            runs.append(trainer_pair(device_arrays=True))
+            trainer.append(trainer_pair(device_arrays=True))
         cov.extra.append("trainer step")
+        in_torch = []
+        if engine.torch_missing() is None:
+            from verification.closed_loop_torch import default_torch_runs
+
+            in_torch = default_torch_runs()
+            cov.add(engine.TORCH)
+    runs = nets + trainer + in_torch
     failure = "; ".join(f"{r.name}: {r.first_difference}" for r in runs if r.first_difference)
-    nets, trainer = runs[:2 * len(impls)], runs[2 * len(impls):]
     summary = (f"MLP + CNN x {len(impls)} implementations: {sum(r.steps for r in nets)} steps, "
                f"{sum(r.flips for r in nets)} flips, "
                f"{sum(r.exact_zero_weights for r in nets)} exact zeros; "
                + "; ".join(f"{r.name}: {r.steps} steps, {r.flips} flips, {r.ties} exact ties "
                            f"(v = 0)" for r in trainer))
+    if in_torch:
+        summary += (f"; PyTorch SGDW vs minibnn.torch.CEMA, MLP + CNN: "
+                    f"{sum(r.steps for r in in_torch)} steps, "
+                    f"{sum(r.flips for r in in_torch)} flips")
     gap = max((r.max_state_gap for r in runs), default=0.0)
     return PropertyResult("P9", P9, sum(r.steps for r in runs), not failure, failure or None,
                           "float64, real layers + optimisers + trainer step, bitwise losses",

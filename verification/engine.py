@@ -10,6 +10,12 @@ fused kernel step (``opt.fused.step``) under ``kernels.use_backend(B)``, forced 
 cannot run on this machine is skipped, with the reason (``skipped_backends``).  ``Coverage``
 records which implementations a property actually checked: the report's column.
 
+``"torch"`` runs a filter optimiser's PyTorch twin (``minibnn.torch``) on float64 CPU tensors,
+where PyTorch is installed.  A filter optimiser is then given as a ``Recipe`` (its minibnn
+name, keywords and initial state) rather than a built chain, so that it can be built either
+way; the twin starts from minibnn's initial state (``load_minibnn_state``) and reports its
+state in minibnn's layout (``minibnn_state``), so the same probes read both.
+
 The comparisons used by the properties are here too: bitwise equality with a reference run,
 and agreement of signs wherever a latent weight is outside the float margin.
 """
@@ -25,6 +31,7 @@ from verification import reference as ref
 from verification.core import FLOAT_MARGIN, Mismatch
 
 CHAIN = "chain"
+TORCH = "torch"
 
 
 def fused_name(backend: str) -> str:
@@ -71,11 +78,50 @@ def skipped_backends() -> dict[str, str]:
     return {fused_name(b): why for b, why in _backend_status()[1]}
 
 
+def torch_missing() -> str | None:
+    """Why the PyTorch twins cannot run here (``minibnn.torch``'s one-line error), or None."""
+    from minibnn.errors import MinibnnError
+
+    try:
+        import minibnn.torch  # noqa: F401
+    except MinibnnError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A filter optimiser by its ``minibnn.optim`` constructor's name (``cema``, ``bop``,
+    ``bop2nd``, ``second_order``: ``minibnn.torch.NAMED`` has each), its keywords and its
+    initial state (the constructor's ``init_state``): ``recipe()`` is minibnn's optimiser
+    (looked up when called), ``recipe.torch(params)`` its PyTorch twin."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    init_state: dict[str, Any] | None = None
+
+    def __call__(self) -> Any:
+        from minibnn import optim
+
+        extra = {"init_state": self.init_state} if self.init_state is not None else {}
+        return getattr(optim, self.name)(**self.kwargs, **extra)
+
+    def torch(self, params: dict[str, Any]) -> Any:
+        from minibnn.torch import from_name
+
+        return from_name(self.name, list(params.values()), **self.kwargs)
+
+
 def implementations(opt: Any) -> list[str]:
-    """The chain, and the fused step on every present backend when ``opt`` has one."""
-    if getattr(opt, "fused", None) is None:
-        return [CHAIN]
-    return [CHAIN] + [fused_name(b) for b in fused_backends()]
+    """The chain, the fused step on every present backend when ``opt`` has one, and the
+    PyTorch twin of a ``Recipe`` where PyTorch is installed."""
+    built = opt() if isinstance(opt, Recipe) else opt
+    impls = [CHAIN]
+    if getattr(built, "fused", None) is not None:
+        impls += [fused_name(b) for b in fused_backends()]
+    if isinstance(opt, Recipe) and torch_missing() is None:
+        impls.append(TORCH)
+    return impls
 
 
 def forced(opt: Any) -> Any:
@@ -123,6 +169,53 @@ class Stepper:
         return self.to_host(value)
 
 
+class TorchStepper:
+    """A ``Recipe``'s PyTorch twin as a ``Stepper``: float64 CPU tensors, NumPy in and out.
+
+    The twin keeps its own state; the state handed back is its ``minibnn_state``, and the
+    parameters passed in must be those it returned (checked)."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe, self.impl = recipe, TORCH
+
+    def init(self, params: dict[str, np.ndarray]) -> Any:
+        import torch
+
+        from minibnn.torch import load_minibnn_state
+
+        self.params = {k: torch.nn.Parameter(torch.from_numpy(np.array(v, dtype=np.float64)))
+                       for k, v in params.items()}
+        self.opt = self.recipe.torch(self.params)
+        load_minibnn_state(self.opt, self.recipe().init(params), self.params)
+        return self._state()
+
+    def _state(self) -> Any:
+        from minibnn.torch import minibnn_state
+
+        return minibnn_state(self.opt, self.params)
+
+    def __call__(self, grads: dict[str, np.ndarray], state: Any,
+                 params: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Any]:
+        import torch
+
+        for k, p in self.params.items():
+            if not np.array_equal(p.detach().numpy(), params[k]):
+                raise ValueError(f"TorchStepper: parameters {k!r} are not the twin's")
+            p.grad = torch.from_numpy(np.array(grads[k], dtype=np.float64))
+        self.opt.step()
+        return {k: p.detach().numpy().copy() for k, p in self.params.items()}, self._state()
+
+    def host(self, value: Any) -> Any:
+        return value
+
+
+def stepper(opt: Any, impl: str) -> Stepper | TorchStepper:
+    """Implementation ``impl`` of ``opt`` (a built optimiser, or a ``Recipe``)."""
+    if impl == TORCH:
+        return TorchStepper(opt)
+    return Stepper(opt() if isinstance(opt, Recipe) else opt, impl)
+
+
 def converters(backend: str | None) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
     """(to the backend's arrays, back to NumPy): CuPy for "cuda", the identity otherwise."""
     if backend != "cuda":
@@ -142,24 +235,24 @@ class ScalarRun:
 
 def run(opt: Any, impl: str, w0: np.ndarray, grads: np.ndarray,
         probe: Callable[[Any], Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Drive ``opt`` (implementation ``impl``) on float64 weights ``w0`` (shape (k,)) with
+    """Drive ``opt`` (an optimiser or a ``Recipe``; implementation ``impl``) on float64 weights ``w0`` (shape (k,)) with
     gradients ``grads`` (shape (T, k)); return parameters and probed states, shape (T+1, k).
 
     ``probe(state)`` picks the signed state to record, e.g. ``lambda s: s["v"]["s"]["w"]``
     for CEMA's ``v`` (zeros when None).
     """
-    stepper = Stepper(opt, impl)
+    step = stepper(opt, impl)
     params = {"w": np.array(w0, dtype=np.float64)}
-    state = stepper.init(params)
-    ws, probes = [params["w"].copy()], [_probe(stepper, probe, state, params["w"])]
+    state = step.init(params)
+    ws, probes = [params["w"].copy()], [_probe(step, probe, state, params["w"])]
     for g in grads:
-        params, state = stepper({"w": np.array(g, dtype=np.float64)}, state, params)
+        params, state = step({"w": np.array(g, dtype=np.float64)}, state, params)
         ws.append(params["w"].copy())
-        probes.append(_probe(stepper, probe, state, params["w"]))
+        probes.append(_probe(step, probe, state, params["w"]))
     return np.array(ws), np.array(probes)
 
 
-def _probe(stepper: Stepper, probe: Callable[[Any], Any] | None, state: Any,
+def _probe(stepper: Stepper | TorchStepper, probe: Callable[[Any], Any] | None, state: Any,
            like: np.ndarray) -> np.ndarray:
     if probe is None:
         return np.zeros_like(like)
@@ -184,9 +277,15 @@ class Coverage:
     reference: bool = True          # the reference recursions were checked too
     cases: int = 0                  # engine-stage cases the engine actually ran
     not_applicable: int = 0         # engine-stage cases it could not run (rates outside (0, 1])
+    torch_offered: bool = False     # a filter optimiser with a PyTorch twin was run
 
     def add(self, impl: str) -> None:
         self.used[impl] = None
+
+    def implementations(self, opt: Any) -> list[str]:
+        """``implementations(opt)``, noting that a ``Recipe`` offered the PyTorch twin."""
+        self.torch_offered = self.torch_offered or isinstance(opt, Recipe)
+        return implementations(opt)
 
     def count(self, ran: bool) -> None:
         """One engine-stage case: run on the engine (True) or outside its domain (False)."""
@@ -213,17 +312,22 @@ class Coverage:
         backends = [i[len("fused["):-1] for i in self.used if i.startswith("fused[")]
         if backends:
             parts.append(f"fused[{','.join(backends)}]")
+        if TORCH in self.used:
+            parts.append(TORCH)
         parts += self.extra
         text = ", ".join(parts)
         if self.chain_only:
-            text += f" (chain only: {', '.join(self.chain_only)})"
+            text += f" (no fused kernel: {', '.join(self.chain_only)})"
         return text
 
     def skipped(self) -> dict[str, str]:
-        """Backends skipped here, when the property ran any fused step."""
-        if not any(i.startswith("fused[") for i in self.used):
-            return {}
-        return skipped_backends()
+        """Backends skipped here, when the property ran any fused step; the PyTorch twins,
+        when the property offered them and PyTorch is missing."""
+        out = skipped_backends() if any(i.startswith("fused[") for i in self.used) else {}
+        why = torch_missing() if self.torch_offered else None
+        if why is not None:
+            out[TORCH] = why
+        return out
 
 
 # ------------------------------------------------------------------------------ comparisons

@@ -13,6 +13,9 @@ and ``optim.second_order`` on float64 arrays, as the chain and as each fused ste
   the property itself, on the engine: the latent optimiser's signs are the filter
       optimiser's binary weights wherever ``w`` is outside the margin.
 
+The filter optimisers run as ``engine.Recipe``s, so their PyTorch twins (``minibnn.torch``) are
+checked bitwise against the same reference run too, where PyTorch is installed.
+
 Cases come from the property's own strategies (Fractions converted to the nearest floats) or,
 for P1-P3, from its float64 strategies.  Each ``check_*`` returns True when the engine ran the
 case and False when the case lies outside what the engine can run (a float map that rounds a
@@ -29,7 +32,7 @@ import numpy as np
 from minibnn import optim, theory
 from verification import reference as ref
 from verification.core import Mismatch, describe
-from verification.engine import (Coverage, ScalarRun, implementations, latent_matches_binary,
+from verification.engine import (Coverage, Recipe, ScalarRun, latent_matches_binary,
                                  magnitude_bound, same_bits, same_latent_signs, scalar_run)
 
 
@@ -74,15 +77,14 @@ def _valid_rates(*rates: Any) -> bool:
 
 def engine_cema(cov: Coverage, text: str, grads: list[float], alpha: Any, gamma: float,
                 m0: float, v0: float, b0: int) -> ScalarRun:
-    """optim.cema in every implementation, each bitwise equal to ``ref.cema``; the chain run."""
+    """optim.cema in every implementation (and its PyTorch twin), each bitwise equal to
+    ``ref.cema``; the chain run."""
     want = ref.cema(grads, alpha, gamma, m0, v0, b0)
-
-    def make() -> Any:
-        return optim.cema(_rate(alpha), gamma, init_state={"m": _one(m0), "v": _one(v0)})
-
+    recipe = Recipe("cema", {"alpha": _rate(alpha), "gamma": gamma},
+                    init_state={"m": _one(m0), "v": _one(v0)})
     runs = []
-    for impl in implementations(make()):
-        run = scalar_run(make(), impl, want.b[0], grads, _cema_v)
+    for impl in cov.implementations(recipe):
+        run = scalar_run(recipe, impl, want.b[0], grads, _cema_v)
         same_bits(want, run, f"{impl} cema, {text}")
         cov.add(impl)
         runs.append(run)
@@ -98,7 +100,7 @@ def engine_sgd(cov: Coverage, text: str, grads: list[float], lr: Any, mu: float,
         return optim.sgd(_rate(lr), momentum=mu, weight_decay=lam, decoupled=decoupled)
 
     runs = []
-    for impl in implementations(make()):
+    for impl in cov.implementations(make()):
         run = scalar_run(make(), impl, w0, grads)
         what = f"{impl} sgd({'B' if decoupled else 'A'}), {text}"
         if decoupled:
@@ -158,11 +160,15 @@ def check_p4(c: dict[str, Any], cov: Coverage) -> bool:
                     w0=c["w0"], grads=c["grads"])
     want = ref.second_order(c["grads"], eq.a1, eq.a2, eq.c, v0, v_prev,
                             ref.initial_sign(c["w0"], c["b0"]))
-    opt = optim.second_order(eq.a1, eq.a2, eq.c, {"v1": _one(v0), "v2": _one(v_prev)})
+    recipe = Recipe("second_order", {"a1": eq.a1, "a2": eq.a2, "c": eq.c},
+                    init_state={"v1": _one(v0), "v2": _one(v_prev)})
     cov.no_kernel("second_order")
-    filt = scalar_run(opt, "chain", want.b[0], c["grads"], _second_order_v)
-    same_bits(want, filt, f"chain second_order, {text}")
-    cov.add("chain")
+    runs = {}
+    for impl in cov.implementations(recipe):
+        runs[impl] = scalar_run(recipe, impl, want.b[0], c["grads"], _second_order_v)
+        same_bits(want, runs[impl], f"{impl} second_order, {text}")
+        cov.add(impl)
+    filt = runs["chain"]
     scale = magnitude_bound(c["grads"], c["lr"], c["mu"], c["lam"], c["decoupled"], c["w0"])
     latent = engine_sgd(cov, text, c["grads"], c["lr"], c["mu"], c["lam"], c["decoupled"],
                         c["w0"], c["b0"], scale)
@@ -182,7 +188,7 @@ def check_p5(c: dict[str, Any], cov: Coverage) -> bool:
                          decoupled=c["decoupled"])
 
     base_opt = make(c["lr"], lam)
-    for impl in implementations(base_opt):
+    for impl in cov.implementations(base_opt):
         base = scalar_run(make(c["lr"], lam), impl, c["w0"], c["grads"])
         scaled = scalar_run(make([s * eta for eta in c["lr"]], lam / s), impl, s * c["w0"],
                             c["grads"])

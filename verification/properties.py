@@ -4,7 +4,9 @@ P1-P7 are checked on the reference recursions of ``reference.py``: exactly over 
 (``v_t == -k w_t`` with ``==``, and identical binary weights), and where stated also in
 float64, bitwise (powers of two, same expression order) or on signs outside a stated margin.
 Each then runs on minibnn's own optimisers (``on_engine.py``: the chains and the fused steps
-on every kernel backend present, float64).  P8 runs the real ``minibnn.optim`` optimisers.
+on every kernel backend present, float64), and the filter optimisers also on their PyTorch
+twins (``minibnn.torch``) where PyTorch is installed.  P8 runs the real ``minibnn.optim``
+optimisers (and the twins).
 """
 from __future__ import annotations
 
@@ -18,8 +20,7 @@ from minibnn import theory
 from verification import engine, on_engine
 from verification import reference as ref
 from verification import strategies as S
-from verification.engine import (Coverage, implementations, latent_matches_binary,
-                                 magnitude_bound)
+from verification.engine import Coverage, Recipe, latent_matches_binary, magnitude_bound
 from verification.core import (FLOAT_MARGIN, MinTracker, Mismatch, PropertyResult, Timer,
                                describe, fmt, run_cases)
 
@@ -514,17 +515,18 @@ def _p8_case(draw: Any) -> dict[str, Any]:
                 gamma2=draw(st.floats(1e-4, 1.0)), decoupled=draw(st.booleans()))
 
 
-def _engine_runs(name: str, make: Callable[[], Any], b0: np.ndarray, grads: np.ndarray,
+def _engine_runs(name: str, make: Callable[[], Any] | Recipe, b0: np.ndarray, grads: np.ndarray,
                  cov: Coverage, probe: Callable[[Any], Any] | None = None
                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Optimiser ``name`` = ``make()`` in every implementation: impl -> (params, probed state),
-    each of shape (T+1, k)."""
+    """Optimiser ``name`` = ``make()`` in every implementation (a ``Recipe``: its PyTorch
+    twin too): impl -> (params, probed state), each of shape (T+1, k)."""
     opt = make()
     if opt.fused is None:
         cov.no_kernel(name)
     out = {}
-    for impl in implementations(opt):
-        out[impl] = engine.run(make(), impl, b0, grads, probe)
+    for impl in cov.implementations(make):
+        out[impl] = engine.run(make if isinstance(make, Recipe) else make(), impl, b0, grads,
+                               probe)
         cov.add(impl)
     return out
 
@@ -538,7 +540,8 @@ def _check_p8(c: dict[str, Any], cov: Coverage, stats: dict[str, float]) -> None
     m_of = lambda s: s["m"]["s"]["w"]  # noqa: E731
     # Bop against the reference recursion (larq's tie), at tau = 0 and tau > 0, bitwise
     for threshold in (0.0, tau):
-        runs = _engine_runs("bop", lambda: optim.bop(threshold, gamma), b0, grads, cov, m_of)
+        runs = _engine_runs("bop", Recipe("bop", dict(threshold=threshold, gamma=gamma)), b0,
+                            grads, cov, m_of)
         for j in range(grads.shape[1]):
             want = ref.bop(list(grads[:, j]), threshold, gamma, int(b0[j]))
             for impl, (bs, ms) in runs.items():
@@ -548,14 +551,17 @@ def _check_p8(c: dict[str, Any], cov: Coverage, stats: dict[str, float]) -> None
             if threshold > 0:
                 score = np.array(want.state[1:]) * np.array(want.b[:-1])
                 stats["threshold ties"] += int(np.count_nonzero(score == threshold))
-    bop0 = runs_b(_engine_runs("bop", lambda: optim.bop(0.0, gamma), b0, grads, cov))
+    bop0 = runs_b(_engine_runs("bop", Recipe("bop", dict(threshold=0.0, gamma=gamma)), b0,
+                               grads, cov))
     # ... equals both CEMA forms (the first EMA exercised with gamma_bop < 1) and Bop2nd(0)
+    rms = dict(threshold=0.0, gamma=gamma, sigma=c["sigma"])
     others = {
-        "cema(alpha=gamma_bop, gamma=1)": lambda: optim.cema(gamma, 1.0, tie="positive"),
-        "cema(alpha=1, gamma=gamma_bop)": lambda: optim.cema(1.0, gamma, tie="positive"),
-        "bop2nd(0)": lambda: optim.bop2nd(0.0, gamma, c["sigma"]),
-        "bop2nd(0, corrected)": lambda: optim.bop2nd(0.0, gamma, c["sigma"],
-                                                     bias_correction=True),
+        "cema(alpha=gamma_bop, gamma=1)": Recipe("cema", dict(alpha=gamma, gamma=1.0,
+                                                              tie="positive")),
+        "cema(alpha=1, gamma=gamma_bop)": Recipe("cema", dict(alpha=1.0, gamma=gamma,
+                                                              tie="positive")),
+        "bop2nd(0)": Recipe("bop2nd", rms),
+        "bop2nd(0, corrected)": Recipe("bop2nd", {**rms, "bias_correction": True}),
     }
     for name, make in others.items():
         for impl, bs in runs_b(_engine_runs(name.split("(")[0], make, b0, grads, cov)).items():
@@ -583,9 +589,8 @@ def _check_p8(c: dict[str, Any], cov: Coverage, stats: dict[str, float]) -> None
                     np.max(gap / (lam * np.array(scale[1:])[nonzero]))))
     # Bop2nd with tau > 0 (both moment conventions) matches the float reference recursion...
     for corrected in (False, True):
-        def make() -> Any:
-            return optim.bop2nd(tau, gamma, c["sigma"], bias_correction=corrected)
-
+        make = Recipe("bop2nd", dict(threshold=tau, gamma=gamma, sigma=c["sigma"],
+                                     bias_correction=corrected))
         for impl, bs in runs_b(_engine_runs("bop2nd", make, b0, grads, cov)).items():
             for j in range(grads.shape[1]):
                 want = ref.bop2nd(list(grads[:, j]), tau, gamma, c["sigma"], 1e-10, int(b0[j]),
@@ -603,7 +608,8 @@ def _check_p8(c: dict[str, Any], cov: Coverage, stats: dict[str, float]) -> None
                           g1)[0][1]
         if kept[0] != 1.0:
             raise Mismatch(f"{text}: g1 = {g1[0, 0]:g} flips bop2nd(tau, corrected={corrected})")
-    cema = _engine_runs("cema", lambda: optim.cema(c["alpha"], c["gamma2"]), one, g1, cov)
+    cema = _engine_runs("cema", Recipe("cema", dict(alpha=c["alpha"], gamma=c["gamma2"])), one,
+                        g1, cov)
     for impl, bs in runs_b(cema).items():
         if bs[1][0] != -1.0:
             raise Mismatch(f"{text}: g1 = {g1[0, 0]:g} does not flip {impl} cema")
