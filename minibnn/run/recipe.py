@@ -36,7 +36,7 @@ from minibnn.errors import MinibnnError
 from minibnn.nn.functional import distillation_kl, softmax_cross_entropy
 from minibnn.nn.models import Model
 from minibnn.run.files import load_run
-from minibnn.run.spec import Cema, RunSpec
+from minibnn.run.spec import Cema, RunSpec, run_model
 
 Array = Any
 Params = dict[str, Array]
@@ -56,8 +56,6 @@ def _checkpointed(path: str, role: str, input_shape: tuple[int, ...], num_classe
                   dataset: str) -> tuple[RunSpec, Model, Params, Params]:
     """The run at ``path`` (spec, model, parameters, buffers), or a one-line error when it has
     no checkpoint or was trained for other inputs."""
-    from minibnn.run.train import run_model
-
     run = load_run(path)
     if run.checkpoint is None:
         raise MinibnnError(f"{role} {path} has no checkpoint: train it first")

@@ -26,7 +26,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Union
 
 from minibnn import kernels, optim
 from minibnn.data.augment import FILLS
@@ -38,6 +38,10 @@ from minibnn.errors import MinibnnError
 from minibnn.nn import models
 from minibnn.nn.functional import STE_NAMES
 from minibnn.optim.schedules import SCHEDULE_NAMES
+
+if TYPE_CHECKING:
+    from minibnn.nn.models import Model
+    from minibnn.run.files import RunFile
 
 MODEL_NAMES = tuple(models.MODEL_BUILDERS)
 DTYPE_NAMES = tuple(FLOAT_DTYPES)
@@ -663,3 +667,24 @@ def config_json(spec: RunSpec, local: Local) -> str:
     """What a run file stores in its ``config`` attribute."""
     return json.dumps({"spec": spec.to_dict(), "local": dataclasses.asdict(local)},
                       sort_keys=True)
+
+
+def model_from_spec(spec: RunSpec, input_shape: tuple[int, ...], num_classes: int) -> "Model":
+    """Build the spec's model for a dataset's shape and class count."""
+    options = {name: getattr(spec.model, name) for name in variant_options(type(spec.model))}
+    return models.build_model(spec.model.name, input_shape=input_shape, num_classes=num_classes,
+                       binary_storage=spec.binary_storage, **options)
+
+
+def run_model(run: "RunFile") -> tuple[RunSpec, Local, "Model"]:
+    """The spec, machine-local settings and model of a run file, with no data loaded: the
+    input shape and class count come from the stored description, or for older files from
+    the dataset's name."""
+    from minibnn.data import image_shape
+
+    spec, local = read_stored_config(run.config_json)
+    if run.description is not None:
+        shape, classes = tuple(run.description["input_shape"]), run.description["num_classes"]
+    else:
+        shape, classes = image_shape(spec.data.name)
+    return spec, local, model_from_spec(spec, shape, classes)

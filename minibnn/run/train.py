@@ -43,8 +43,9 @@ from minibnn.data.augment import draw_flips, draw_offsets, flip_images, shift_im
 from minibnn.data.base import images_on, take_rows
 from minibnn.backend import (device_module, first_nonfinite, get_array_module, resolve_dtype,
                              to_device, to_numpy)
+from minibnn.run.spec import model_from_spec, run_model  # noqa: F401  (re-exported here too)
 from minibnn.run.spec import (LOCAL_FIELDS, Adam, Bop, Bop2nd, Bop2ndCorrected, Cema, Local,
-                              RunSpec, Sgd, config_json, read_stored_config, variant_options)
+                              RunSpec, Sgd, config_json, read_stored_config)
 from minibnn.errors import DataFileError, MinibnnError
 from minibnn.run.files import (Checkpoint, RunFile, check_arrays, check_writable, load_run,
                                save_run)
@@ -57,19 +58,12 @@ from minibnn.run.step_log import StepLog, append_rows
 from minibnn.run import recipe, tensorboard
 from minibnn.run.recipe import LossFn
 from minibnn.nn.functional import softmax_cross_entropy
-from minibnn.nn.models import Model, build_model
+from minibnn.nn.models import Model
 from minibnn.optim.base import Transform
 
 Params = dict[str, Any]
 #: the progress bar shows the loss of every LOSS_EVERY-th step (each read is a host sync)
 LOSS_EVERY = 50
-
-
-def model_from_spec(spec: RunSpec, input_shape: tuple[int, ...], num_classes: int) -> Model:
-    """Build the spec's model for a dataset's shape and class count."""
-    options = {name: getattr(spec.model, name) for name in variant_options(type(spec.model))}
-    return build_model(spec.model.name, input_shape=input_shape, num_classes=num_classes,
-                       binary_storage=spec.binary_storage, **options)
 
 
 def batch_slices(n: int, batch_size: int) -> list[slice]:
@@ -242,20 +236,6 @@ def _progress(iterable: Any, enabled: bool, desc: str) -> Any:
     from tqdm import tqdm
 
     return tqdm(iterable, desc=desc, leave=False, unit="batch")
-
-
-def run_model(run: RunFile) -> tuple[RunSpec, Local, Model]:
-    """The spec, machine-local settings and model of a run file, with no data loaded: the
-    input shape and class count come from the stored description, or for older files from
-    the dataset's name."""
-    from minibnn.data import image_shape
-
-    spec, local = read_stored_config(run.config_json)
-    if run.description is not None:
-        shape, classes = tuple(run.description["input_shape"]), run.description["num_classes"]
-    else:
-        shape, classes = image_shape(spec.data.name)
-    return spec, local, model_from_spec(spec, shape, classes)
 
 
 def describe_data(ds: Any, provenance: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
