@@ -294,7 +294,7 @@ def test_without_torch_the_torch_column_is_skipped_with_the_reason(monkeypatch, 
     assert not _lists_torch(result.implementations), result.implementations
     assert "pip install 'minibnn[torch]'" in result.skipped["torch"]
     report = format_report([result])
-    assert f"- torch: minibnn.torch needs PyTorch" in report and f"({pid})" in report
+    assert "- torch: minibnn.torch needs PyTorch" in report and f"({pid})" in report
 
 
 def test_the_torch_column_runs_where_torch_is_installed():
