@@ -645,7 +645,8 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     except ImportError:
         return
     p = sub.add_parser("explain", help="map latent hyperparameters (lr, momentum, weight "
-                       "decay) to the equivalent filter (alpha, gamma)")
+                       "decay) to the equivalent filter (alpha, gamma), or explain the filter "
+                       "a run file trained with")
     explain.configure_parser(p)
     p.set_defaults(handler=explain.run)
     if hasattr(explain, "configure_verify_parser"):

@@ -6,7 +6,9 @@
 
 ``optim`` holds the optimisers (CEMA, Bop, Bop2nd, SecondOrder: the stages of
 ``minibnn.optim``, bit for bit) and the converters to and from a minibnn optimiser state;
-``params`` the split of a module's parameters; ``build`` rebuilds an exported run.
+``params`` the split of a module's parameters; ``build`` rebuilds an exported run
+(``minibnn export RUN.h5 --format torch``, ``model``) and ``optimizers`` its optimisers with
+their state (``resume``), so the run trains on in PyTorch.
 ``import minibnn`` never imports PyTorch; this package needs it.
 """
 from minibnn.errors import MinibnnError
@@ -19,12 +21,8 @@ except ImportError:
 from minibnn.torch.optim import (CEMA, NAMED, Bop, Bop2nd, SecondOrder, from_name,
                                  load_minibnn_state, minibnn_state)
 from minibnn.torch.params import Split, split_binary
+from minibnn.torch.model import build
+from minibnn.torch.resume import optimizers
 
 __all__ = ["CEMA", "Bop", "Bop2nd", "SecondOrder", "NAMED", "from_name", "load_minibnn_state",
-           "minibnn_state", "Split", "split_binary", "build"]
-
-
-def build(path, map_location="cpu"):
-    """Rebuild an exported run (minibnn export RUN.h5 --format torch) as a torch.nn.Module: see minibnn.torch.model."""
-    from minibnn.torch.model import build as _build
-    return _build(path, map_location=map_location)
+           "minibnn_state", "Split", "split_binary", "build", "optimizers"]
