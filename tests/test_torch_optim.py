@@ -305,3 +305,41 @@ def test_import_minibnn_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+def test_the_readme_loop_trains_a_binary_layer() -> None:
+    """The README's plain PyTorch loop, run on a tiny net whose ``binary.weight`` holds +-1
+    (forward: sign of its input through a straight-through identity, times the weights):
+    CEMA keeps the weights +-1 and flips some, Adam moves the real head."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+              if "from minibnn.torch import CEMA" in b]
+    assert len(blocks) == 1
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            gen = torch.Generator().manual_seed(0)
+            self.binary = torch.nn.Linear(8, 16, bias=False)
+            with torch.no_grad():
+                self.binary.weight.copy_(torch.randint(0, 2, (16, 8), generator=gen) * 2.0 - 1)
+            self.head = torch.nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            s = x + (torch.sign(x) - x).detach()           # sign forward, identity backward
+            return self.head(torch.relu(self.binary(s)))
+
+    gen = torch.Generator().manual_seed(1)
+    loader = [(torch.randn(32, 8, generator=gen), torch.randint(0, 3, (32,), generator=gen))
+              for _ in range(40)]
+    net = Net()
+    before = net.binary.weight.detach().clone()
+    head_before = net.head.weight.detach().clone()
+    exec(compile(blocks[0], "README.md", "exec"), {"model": net, "loader": loader})
+    after = net.binary.weight.detach()
+    assert set(after.unique().tolist()) <= {-1.0, 1.0}
+    assert (after != before).any()
+    assert not torch.equal(net.head.weight.detach(), head_before)
