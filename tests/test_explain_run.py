@@ -236,3 +236,19 @@ def test_memory_and_forgetting_wording():
     for weight, words in ((1.0, "never forgotten"), (0.95, "barely"), (0.5, "partly"),
                           (0.01, "mostly"), (1e-9, "less than 0.1%"), (1.5, "unstable")):
         assert words in explain.forgotten_words(weight)
+
+
+@pytest.mark.parametrize("lam, says", [
+    (0.0, "b0 = sign(w1) from --init-from {step1}, the buffers at 0"),
+    (0.25, "b0 = sign(w1) and v0 = -0.25 * gamma * w1, m0 = 0 from the weights w1 of "
+           "--init-from {step1}")])
+def test_a_run_started_from_another_says_where_its_state_came_from(runs, tmp_path, capsys,
+                                                                   lam, says):
+    """--init-from (two-step training): the initial state is step 1's, not a zero state."""
+    out_path = str(tmp_path / "step2.h5")
+    fit(spec_from_options({**TINY, **CEMA, "epochs": 1, "init_from": runs["adam"],
+                           "init_weight_decay": lam}), out_path, progress=False,
+        log=lambda msg: None)
+    out = _ok(capsys, "explain", out_path)
+    assert says.format(step1=runs["adam"]) in out
+    assert ("the initial state keeps" in out) == (lam > 0)

@@ -583,8 +583,9 @@ def explain_trained(rf: RunFilter) -> str:
     if weight is not None:
         approx = (rf.optimizer == "sgd" and len(set(rf.rates)) > 1
                   and not all(eq.schedule_exact for eq in rf.equivalents))
-        state = ("an initial state (the buffers start at 0 here) would keep"
-                 if spec.binary_storage == "binary" else "the initial state keeps")
+        started = spec.loop.init_from is not None and spec.loop.init_weight_decay > 0
+        state = ("the initial state keeps" if spec.binary_storage != "binary" or started
+                 else "an initial state (the buffers start at 0 here) would keep")
         lines.append(f"forgetting: after the run's {n.steps:,} steps {state} "
                      f"{fraction_text(weight)} of its weight (the dominant |pole| to the power of the "
                      f"steps, epoch by epoch{f'; approximate, {DOC} P7' if approx else ''}): "
@@ -671,6 +672,18 @@ def _memory_lines(rf: RunFilter) -> list[str]:
 
 def _initial_state_text(rf: RunFilter) -> str:
     s = rf.spec.model.init_scale
+    loop = rf.spec.loop
+    if loop.init_from is not None:
+        if rf.spec.binary_storage != "binary":
+            return (f"initial state: the latent weights of --init-from {loop.init_from} (not "
+                    f"the --init-scale draw)")
+        if loop.init_weight_decay > 0:
+            return (f"initial state: b0 = sign(w1) and v0 = -{_g(loop.init_weight_decay)} * "
+                    f"gamma * w1, m0 = 0 from the weights w1 of --init-from {loop.init_from} "
+                    f"(decoupled SGD's state at weight decay {_g(loop.init_weight_decay)}, "
+                    f"{DOC} P2)")
+        return (f"initial state: b0 = sign(w1) from --init-from {loop.init_from}, the buffers "
+                f"at 0 (--init-weight-decay 0: only the signs carry over)")
     if rf.spec.binary_storage == "binary":
         return ("initial state: the buffers start at 0 with b0 = sign(w0), so --init-scale "
                 f"({_g(s)}) plays no part (zero buffers are the limit of an ever smaller latent "
