@@ -430,14 +430,16 @@ def _export(args: argparse.Namespace) -> int:
     if args.packed and args.format != "packed":
         raise MinibnnError(f"--packed means --format packed; drop one of --packed and "
                            f"--format {args.format}")
+    if args.format in ("onnx", "torch"):
+        what, suffix = {"onnx": ("an ONNX", "onnx"), "torch": ("a PyTorch", "pt")}[args.format]
+        if args.out is None:
+            raise MinibnnError(f"--format {args.format} needs --out FILE.{suffix}")
+        if args.backend is not None:
+            raise MinibnnError(f"--backend picks the kernels that pack bits; {what} export "
+                               "packs nothing: drop it")
     if args.format == "onnx":
         from minibnn.deploy.trained import export_onnx
 
-        if args.out is None:
-            raise MinibnnError("--format onnx needs --out FILE.onnx")
-        if args.backend is not None:
-            raise MinibnnError("--backend picks the kernels that pack bits; an ONNX export "
-                               "packs nothing: drop it")
         s = export_onnx(args.run, args.out, overwrite=args.overwrite)
         weights = ("float32 +-1 times each channel's scale" if s["scaled"]
                    else "float32 +-1")
@@ -447,11 +449,6 @@ def _export(args: argparse.Namespace) -> int:
     if args.format == "torch":
         from minibnn.deploy.torch_export import export_torch
 
-        if args.out is None:
-            raise MinibnnError("--format torch needs --out FILE.pt")
-        if args.backend is not None:
-            raise MinibnnError("--backend picks the kernels that pack bits; a PyTorch export "
-                               "packs nothing: drop it")
         print(export_torch(args.run, args.out, overwrite=args.overwrite))
         return 0
     out = args.out or default_packed_path(args.run)

@@ -32,7 +32,9 @@ read); ``steps()`` lists what runs.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
+
+import numpy as np
 
 from minibnn.errors import MinibnnError
 from minibnn.nn import functional as F
@@ -51,6 +53,22 @@ def check_layout(layout: str) -> str:
     if layout not in LAYOUTS:
         raise MinibnnError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     return layout
+
+
+def init_all(modules: Sequence[Module], rng: np.random.Generator, dtype: Any
+             ) -> tuple[Params, Params]:
+    """The parameters and buffers of ``modules``, initialised in order (one ``rng`` stream); a
+    name two of them declare is a one-line error."""
+    params: Params = {}
+    buffers: Params = {}
+    for module in modules:
+        p, b = module.init(rng, dtype)
+        duplicate = (set(p) | set(b)) & (set(params) | set(buffers))
+        if duplicate:
+            raise MinibnnError(f"duplicate parameter names in model: {sorted(duplicate)}")
+        params.update(p)
+        buffers.update(b)
+    return params, buffers
 
 
 class Sequential(Module):
@@ -83,17 +101,7 @@ class Sequential(Module):
         return [n for layer in self.layers for n in layer.binary_names]
 
     def init(self, rng, dtype):
-        dtype = model_dtype(dtype)
-        params: Params = {}
-        buffers: Params = {}
-        for layer in self.layers:
-            p, b = layer.init(rng, dtype)
-            duplicate = (set(p) | set(b)) & (set(params) | set(buffers))
-            if duplicate:
-                raise MinibnnError(f"duplicate parameter names in model: {sorted(duplicate)}")
-            params.update(p)
-            buffers.update(b)
-        return params, buffers
+        return init_all(self.layers, rng, model_dtype(dtype))
 
     def steps(self) -> list[Module]:
         """The layers as they run (one entry per cache entry of ``forward``)."""
@@ -181,16 +189,7 @@ class Concat(Module):
         return [n for branch in self.branches for n in branch.binary_names]
 
     def init(self, rng, dtype):
-        params: Params = {}
-        buffers: Params = {}
-        for branch in self.branches:
-            p, b = branch.init(rng, dtype)
-            duplicate = (set(p) | set(b)) & (set(params) | set(buffers))
-            if duplicate:
-                raise MinibnnError(f"duplicate parameter names in model: {sorted(duplicate)}")
-            params.update(p)
-            buffers.update(b)
-        return params, buffers
+        return init_all(self.branches, rng, dtype)
 
     def forward(self, params, buffers, x, train):
         outs, caches, new_buffers = [], [], {}
