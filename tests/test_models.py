@@ -199,3 +199,14 @@ def test_reactnet_refuses_an_image_its_stages_cannot_halve():
     with pytest.raises(ShapeError, match="reactnet: .* divisible by 8; got 28x28"):
         models.reactnet((1, 28, 28))
     assert models.reactnet((1, 28, 28), blocks_per_stage=(1, 1, 1)).input_shape == (1, 28, 28)
+
+
+def test_a_name_declared_twice_is_refused_in_any_container():
+    from minibnn.nn.containers import Concat, Sequential
+    from minibnn.nn.modules import PReLU
+
+    rng = np.random.default_rng(0)
+    for container in (Sequential([PReLU("a", 2), PReLU("a", 2)]),
+                      Concat([PReLU("a", 2), PReLU("a", 2)])):
+        with pytest.raises(MinibnnError, match=r"duplicate parameter names in model: \['a.a'\]"):
+            container.init(rng, np.float64)
