@@ -6,6 +6,8 @@
 
 ``optim`` holds the optimisers (CEMA, Bop, Bop2nd, SecondOrder: the stages of
 ``minibnn.optim``, bit for bit) and the converters to and from a minibnn optimiser state;
+``latent`` latent sgd's twin, ``SGD``: PyTorch's own ``torch.optim.SGD`` with minibnn's
+schedules and decoupled decay (close to minibnn's bits, not equal: its header);
 ``params`` the split of a module's parameters; ``build`` rebuilds an exported run
 (``minibnn export RUN.h5 --format torch``, ``model``) and ``optimizers`` its optimisers with
 their state (``resume``), so the run trains on in PyTorch.
@@ -18,11 +20,12 @@ try:
 except ImportError:
     raise MinibnnError("minibnn.torch needs PyTorch: pip install 'minibnn[torch]'") from None
 
+from minibnn.torch.latent import SGD
 from minibnn.torch.optim import (CEMA, NAMED, Bop, Bop2nd, SecondOrder, from_name,
                                  load_minibnn_state, minibnn_state)
 from minibnn.torch.params import Split, split_binary
 from minibnn.torch.model import build
 from minibnn.torch.resume import optimizers
 
-__all__ = ["CEMA", "Bop", "Bop2nd", "SecondOrder", "NAMED", "from_name", "load_minibnn_state",
+__all__ = ["CEMA", "Bop", "Bop2nd", "SecondOrder", "SGD", "NAMED", "from_name", "load_minibnn_state",
            "minibnn_state", "Split", "split_binary", "build", "optimizers"]

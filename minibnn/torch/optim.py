@@ -10,6 +10,9 @@ element by element:
     Bop2nd        bop2nd: rms=normalize_by_rms(...), b=flip(tau, ...)   count, m, v
     SecondOrder   second_order: v=iir2(a1, a2, c), b=flip(0)            count, v1, v2
 
+``NAMED`` and ``from_name`` also give latent ``sgd``'s twin, PyTorch's own SGD
+(``minibnn.torch.latent.SGD``: not bit for bit, see there); the converters take it too.
+
 ``count`` is the number of updates made, the count minibnn's schedules are evaluated at (a
 rate may be a number or a ``minibnn.optim.schedules`` schedule, as in minibnn).  A parameter
 without a gradient is skipped and its count stays, PyTorch's rule.  ``minibnn_state`` and
@@ -40,6 +43,8 @@ from minibnn.errors import MinibnnError, ShapeError
 from minibnn.optim.base import Transform
 from minibnn.optim.checks import check_keys
 from minibnn.optim.schedules import Schedule, as_schedule
+from minibnn.torch.latent import SGD
+from minibnn.torch.params import check_owned
 
 Tensor = torch.Tensor
 
@@ -278,35 +283,34 @@ class SecondOrder(FilterOptimizer):
         flip_(p, v, 0.0, "keep")
 
 
-#: minibnn optimiser name (the trainer's, and ``second_order``) -> (class, keywords it fixes)
-NAMED: dict[str, tuple[type[FilterOptimizer], dict[str, Any]]] = {
+#: minibnn optimiser name (the trainer's, and ``second_order``) -> (class, keywords it fixes):
+#: the filter optimisers here, and latent sgd as PyTorch's own SGD (``minibnn.torch.latent``)
+NAMED: dict[str, tuple[type[FilterOptimizer] | type[SGD], dict[str, Any]]] = {
     "cema": (CEMA, {}), "bop": (Bop, {}), "bop2nd": (Bop2nd, {}),
     "bop2nd_corrected": (Bop2nd, {"bias_correction": True}), "second_order": (SecondOrder, {}),
+    "sgd": (SGD, {}),
 }
 
 
-def from_name(name: str, params: Iterable[Any], **kwargs: Any) -> FilterOptimizer:
+def from_name(name: str, params: Iterable[Any], **kwargs: Any) -> FilterOptimizer | SGD:
     """The PyTorch twin of minibnn optimiser ``name`` with minibnn's keywords (``alpha``...)."""
     if name not in NAMED:
-        raise MinibnnError(f"no PyTorch filter optimiser for {name!r}; expected one of "
+        raise MinibnnError(f"no PyTorch twin of the optimiser {name!r}; expected one of "
                            f"{', '.join(NAMED)}")
     cls, fixed = NAMED[name]
     return cls(params, **{**kwargs, **fixed})
 
 
 # ------------------------------------------------------------------------- the converters
-def _check_owned(optimizer: FilterOptimizer, params: Mapping[str, Tensor]) -> None:
-    owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    for name, p in params.items():
-        if id(p) not in owned:
-            raise MinibnnError(f"parameter {name!r} is not one of this optimizer's parameters")
-
-
-def minibnn_state(optimizer: FilterOptimizer, params: Mapping[str, Tensor]) -> dict[str, Any]:
+def minibnn_state(optimizer: FilterOptimizer | SGD, params: Mapping[str, Tensor]
+                  ) -> dict[str, Any]:
     """The minibnn chain state (NumPy arrays) of the named parameters ``params`` (minibnn name
     -> torch parameter): ``{stage: {"count": ..., buffer: {name: array}}}``, as minibnn's
-    ``init`` lays it out.  A parameter never updated has zero buffers."""
-    _check_owned(optimizer, params)
+    ``init`` lays it out.  A parameter never updated has zero buffers.  (``SGD``: its own
+    ``minibnn_state``.)"""
+    if isinstance(optimizer, SGD):
+        return optimizer.minibnn_state(params)
+    check_owned(optimizer, params)
     counts = {optimizer.state_of(p)["count"] for p in params.values()}
     if len(counts) > 1:
         raise MinibnnError(f"the parameters have made different numbers of updates "
@@ -321,12 +325,15 @@ def minibnn_state(optimizer: FilterOptimizer, params: Mapping[str, Tensor]) -> d
     return out
 
 
-def load_minibnn_state(optimizer: FilterOptimizer, state: Mapping[str, Any],
+def load_minibnn_state(optimizer: FilterOptimizer | SGD, state: Mapping[str, Any],
                        params: Mapping[str, Tensor]) -> None:
     """Set the state of the named parameters ``params`` (minibnn name -> torch parameter)
     from a minibnn chain state of the twin optimiser (``opt.init(...)``, or a checkpoint
-    group's ``opt_state``); buffers take each parameter's dtype and device."""
-    _check_owned(optimizer, params)
+    group's ``opt_state``); buffers take each parameter's dtype and device.  (``SGD``: its
+    own ``load_minibnn_state``.)"""
+    if isinstance(optimizer, SGD):
+        return optimizer.load_minibnn_state(state, params)
+    check_owned(optimizer, params)
     check_keys(state, optimizer.STAGES, "stages")
     counts = {int(state[stage]["count"]) for stage in optimizer.COUNTED}
     if len(counts) > 1:

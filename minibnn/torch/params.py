@@ -58,3 +58,11 @@ def split_binary(module: torch.nn.Module,
     if not split.binary:
         raise MinibnnError(f"no binary parameters: is_binary matched none of {list(named)}")
     return split
+
+
+def check_owned(optimizer: torch.optim.Optimizer, params: dict[str, Any]) -> None:
+    """Refuse a named parameter that is not in one of ``optimizer``'s groups (one line)."""
+    owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for name, p in params.items():
+        if id(p) not in owned:
+            raise MinibnnError(f"parameter {name!r} is not one of this optimizer's parameters")
