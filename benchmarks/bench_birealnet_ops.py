@@ -9,7 +9,8 @@ call the old bodies, and every other op as it is now).
 What is timed, in one process, interleaved (one run of each per round), medians of the rounds
 (``--best``: the best round, steadier on a loaded machine):
   * per twin kind, one twin of each kind birealnet runs at batch 128, width 16 (stage 1:
-    32x32x16; the binary convolution also at stages 2 and 3), its forward and its backward;
+    32x32x16; the binary convolution also at stages 2 and 3), its forward and its backward,
+    and a whole stage-1 residual block (bias+sign, binary conv, BatchNorm, identity shortcut);
   * the whole birealnet training step (``bench_train.minibnn_step``: forward, backward,
     optimiser step), two models with the same weights and input, one whose group runs the
     old twins.
@@ -125,6 +126,16 @@ def twin_cases(batch: int, width: int) -> list[tuple[str, Any, Any, dict, dict]]
     add(f"BatchNorm (counts) {h}x{h}x{c}", bn, cl.BatchNormNHWC(bn), counts)
     prelu = PReLU("act", c)
     add(f"PReLU {h}x{h}x{c}", prelu, cl.PReLUNHWC(prelu), x)
+    body = [cl.BiasSignNHWC(bias), cl.ConvNHWC(BinaryConv2d("res.conv", c, c, 3, 1, 1), True),
+            cl.BatchNormNHWC(BatchNorm("res.bn", c))]
+    block = (bias.bias, body[1].layer, body[2].bn)
+    params, buffers = {}, {}
+    for layer in block:
+        p, b = layer.init(rng, np.float32)
+        params.update(p)
+        buffers.update(b)
+    cases.append((f"Bi-Real residual block {h}x{h}x{c}", cl.ResidualNHWC(body, None), x,
+                  params, buffers))
     for hs, ci, co, s in ((32, c, c, 1), (32, c, 2 * c, 2), (16, 2 * c, 2 * c, 1),
                           (8, 4 * c, 4 * c, 1)):
         conv = BinaryConv2d(f"conv{hs}_{ci}_{co}", ci, co, 3, s, 1)
@@ -162,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows = []
     for label, twin, x, params, buffers in twin_cases(args.batch, args.width):
-        old = copy.copy(twin)
+        old = copy.deepcopy(twin)             # a Residual's branches: copies too
         as_before(old, before)
         fwd = {}
         for who, t in (("before", old), ("after", twin)):

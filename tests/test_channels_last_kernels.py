@@ -318,6 +318,24 @@ def test_batchnorm_normalise_rows(m: int, c: int, dtype: Any, counts: bool) -> N
 
 @pytest.mark.parametrize("m,c", ROW_CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("counts", [True, False])
+def test_batchnorm_normalise_add_rows(m: int, c: int, dtype: Any, counts: bool) -> None:
+    """Both bodies give the same bits as the two steps they fuse: the normalisation, rounded
+    to dtype, then the add of s."""
+    rng = np.random.default_rng(10)
+    z, gamma, beta = bn_inputs(rng, m, c, dtype, counts)
+    _, mean, _, inv_std = ref("batchnorm_sign_pack_train")(z, gamma, beta, 1e-5)
+    s = rng.standard_normal((m, c)).astype(dtype)
+    want = ref("batchnorm_normalise_rows")(z, mean, inv_std, gamma, beta) + s
+    got_r = ref("batchnorm_normalise_add_rows")(z, mean, inv_std, gamma, beta, s)
+    got = at_threads(lambda: fast("batchnorm_normalise_add_rows")(z, mean, inv_std, gamma,
+                                                                    beta, s))
+    assert got.dtype == got_r.dtype == dtype
+    assert np.array_equal(got_r, want) and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("m,c", ROW_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_prelu_rows(m: int, c: int, dtype: Any) -> None:
     """Both bodies against each other (y, dx the same bits; da to rounding) and against
     PReLU's definition (the ``where`` form, in float64)."""
@@ -386,3 +404,5 @@ def test_row_op_argument_errors(body: str) -> None:
                                                       v.astype(np.float64), v, v)
     with pytest.raises(MinibnnError, match="int32 or float"):
         kernels.get("batchnorm_normalise_rows", body)(z.astype(np.int64), v, v, v, v)
+    with pytest.raises(MinibnnError, match="s must be float32 \\(4, 3\\)"):
+        kernels.get("batchnorm_normalise_add_rows", body)(z, v, v, v, v, z[:2])

@@ -21,7 +21,8 @@ integer thresholds (``kernels/threshold.py``). Nothing in this package imports `
 from __future__ import annotations
 
 from minibnn.kernels.channels_last import (  # noqa: F401  (the ops, re-exported)
-    batch_statistics_rows, batchnorm_normalise_rows, batchnorm_sign_pack_backward,
+    batch_statistics_rows, batchnorm_normalise_add_rows, batchnorm_normalise_rows,
+    batchnorm_sign_pack_backward,
     batchnorm_sign_pack_eval, batchnorm_sign_pack_train, bias_sign_pack, bias_sign_pack_backward,
     conv2d_nhwc_backward, conv2d_nhwc_forward, maxpool2d_nhwc_backward, maxpool2d_nhwc_forward,
     prelu_rows_backward, prelu_rows_forward)
@@ -35,7 +36,8 @@ from minibnn.kernels.registry import (
     use_backend)
 
 #: every op, by name
-OPS = ("adam_update", "batch_statistics_rows", "batchnorm_normalise_rows",
+OPS = ("adam_update", "batch_statistics_rows", "batchnorm_normalise_add_rows",
+       "batchnorm_normalise_rows",
        "batchnorm_sign_eval", "batchnorm_sign_pack_backward", "batchnorm_sign_pack_eval",
        "batchnorm_sign_pack_train", "batchnorm_sign_train",
        "bias_sign_pack", "bias_sign_pack_backward", "binary_conv2d", "binary_conv2d_lookup",

@@ -405,6 +405,23 @@ def batchnorm_normalise_rows(z: Array, mean: Array, inv_std: Array, gamma: Array
 
 
 @op
+def batchnorm_normalise_add_rows(z: Array, mean: Array, inv_std: Array, gamma: Array,
+                                 beta: Array, s: Array) -> Array:
+    """``batchnorm_normalise_rows(z, ...) + s`` for float rows s (M, C) of gamma's dtype: a
+    residual block's BatchNorm output plus its shortcut, the add after the normalisation (so
+    the same float values as the two steps; a compiled body makes one pass)."""
+    fn = "batchnorm_normalise_add_rows"
+    check_normalise_rows(fn, z, mean, inv_std, gamma, beta)
+    require_float(fn, "s", s)
+    if tuple(s.shape) != tuple(z.shape) or s.dtype != gamma.dtype:
+        raise ShapeError(f"{fn}: s must be {gamma.dtype} {tuple(z.shape)}, got {s.dtype} "
+                         f"{tuple(s.shape)}")
+    y = batchnorm_normalise_rows(z, mean, inv_std, gamma, beta)     # the op: a CuPy body too
+    y += s
+    return y
+
+
+@op
 def prelu_rows_forward(x: Array, a: Array) -> Array:
     """PReLU of rows x (M, C) with one slope a[c] per channel: ``y = x if x > 0 else a * x``,
     computed without a branch as ``y = a * min(x, 0) + max(x, 0)`` (x + a*0 = x where x > 0,

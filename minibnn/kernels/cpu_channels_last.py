@@ -491,6 +491,33 @@ def batchnorm_normalise_rows(z: np.ndarray, mean: np.ndarray, inv_std: np.ndarra
 
 
 @njit(parallel=True, cache=True)
+def _normalise_add_rows(z, mean, inv_std, gamma, beta, s, y):  # type: ignore[no-untyped-def]
+    m, c = z.shape
+    for r in prange(m):
+        for ci in range(c):
+            bn = (np.float32(z[r, ci]) - mean[ci]) * inv_std[ci] * gamma[ci] + beta[ci]
+            y[r, ci] = bn + s[r, ci]                  # the add after the rounded BatchNorm
+
+
+@register(ref.batchnorm_normalise_add_rows, "numba")
+def batchnorm_normalise_add_rows(z: np.ndarray, mean: np.ndarray, inv_std: np.ndarray,
+                                 gamma: np.ndarray, beta: np.ndarray, s: np.ndarray
+                                 ) -> np.ndarray:
+    """One pass, float32 (the reference: ``batchnorm_normalise_rows``, then ``+= s``)."""
+    fn = "batchnorm_normalise_add_rows"
+    ref.check_normalise_rows(fn, z, mean, inv_std, gamma, beta, "numpy")
+    require_float(fn, "s", s, "numpy")
+    if s.shape != z.shape or s.dtype != gamma.dtype:
+        raise ShapeError(f"{fn}: s must be {gamma.dtype} {z.shape}, got {s.dtype} {s.shape}")
+    if not _float32_rows(gamma):
+        return ref.batchnorm_normalise_add_rows.reference(z, mean, inv_std, gamma, beta, s)
+    y = np.empty(z.shape, dtype=np.float32)
+    _normalise_add_rows(np.ascontiguousarray(z), mean, inv_std, gamma, beta,
+                        np.ascontiguousarray(s), y)
+    return y
+
+
+@njit(parallel=True, cache=True)
 def _prelu_rows(x, a, y):  # type: ignore[no-untyped-def]
     m, c = x.shape
     zero = np.float32(0.0)

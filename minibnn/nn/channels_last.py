@@ -43,7 +43,8 @@ from typing import Any, Callable, NamedTuple, Protocol, Sequence, Union
 
 from minibnn import kernels
 from minibnn.backend import get_array_module
-from minibnn.kernels.channels_last import (batchnorm_normalise_rows, bias_sign_pack_backward,
+from minibnn.kernels.channels_last import (batchnorm_normalise_add_rows,
+                                           batchnorm_normalise_rows, bias_sign_pack_backward,
                                            prelu_rows_backward, prelu_rows_forward)
 from minibnn.errors import MinibnnError
 from minibnn.nn import functional as F
@@ -201,8 +202,10 @@ class BatchNormNHWC:
     def _buffers(self, rm: Array, rv: Array) -> Params:
         return {self.bn.key("running_mean"): rm, self.bn.key("running_var"): rv}
 
-    def forward(self, params: Params, buffers: Params, x: Activation, train: bool
-                ) -> tuple[Array, Params, Any]:
+    def _statistics(self, params: Params, buffers: Params, x: Activation, train: bool
+                    ) -> tuple[Params, Any]:
+        """The buffers to store and the cache: x's rows and the statistics that normalise
+        them (the batch's in train mode, the running ones in eval mode)."""
         bn = self.bn
         gamma, beta, rm, rv, rows, shape = self._inputs(params, buffers, x)
         xp = get_array_module(rows)
@@ -213,9 +216,24 @@ class BatchNormNHWC:
             rm, rv = update_running_statistics(rm, rv, mean, var, rows.shape[0], bn.momentum)
         else:
             mean, inv_std = rm, 1.0 / xp.sqrt(rv + bn.eps)
+        return self._buffers(rm, rv), (rows, mean, inv_std, gamma, beta, train, shape)
+
+    def forward(self, params: Params, buffers: Params, x: Activation, train: bool
+                ) -> tuple[Array, Params, Any]:
+        new_buffers, cache = self._statistics(params, buffers, x, train)
+        rows, mean, inv_std, gamma, beta, _, shape = cache
         y = batchnorm_normalise_rows(rows, mean, inv_std, gamma, beta)
-        return (y.reshape(shape), self._buffers(rm, rv),
-                (rows, mean, inv_std, gamma, beta, train, shape))
+        return y.reshape(shape), new_buffers, cache
+
+    def forward_add(self, params: Params, buffers: Params, x: Activation, train: bool,
+                    s: Array) -> tuple[Array, Params, Any]:
+        """``forward`` with ``s`` (NHWC, gamma's dtype) added to its output: a residual block's
+        BatchNorm and add in one pass (``batchnorm_normalise_add_rows``: the same floats)."""
+        new_buffers, cache = self._statistics(params, buffers, x, train)
+        rows, mean, inv_std, gamma, beta, _, shape = cache
+        y = batchnorm_normalise_add_rows(rows, mean, inv_std, gamma, beta,
+                                         s.reshape(rows.shape))
+        return y.reshape(shape), new_buffers, cache
 
     def backward(self, ds: Array, cache: Any) -> tuple[Array, Params]:
         rows, mean, inv_std, gamma, beta, train, shape = cache
@@ -397,21 +415,39 @@ class ResidualNHWC:
     """``Residual`` on NHWC x: ``y = body(x) + shortcut(x)``, each branch a run of twins (the
     shortcut the identity when None), both on the same x. The add is in the model's dtype
     (packed signs or counts as floats); backward, both branches get dy (no twin writes into
-    its dy) and ``dx = dx_body + dx_shortcut``."""
+    its dy) and ``dx = dx_body + dx_shortcut``.
+
+    Two passes over the activations are saved, with the same floats: a body that ends with a
+    ``BatchNormNHWC`` (Bi-Real's ``BN(conv(sign(x)))``) runs its shortcut first and that
+    BatchNorm with the add (``BatchNormNHWC.forward_add``); backward, the shortcut's gradient
+    is added into the body's dx in place (a twin's dx is a new array)."""
 
     def __init__(self, body: Sequence[Twin], shortcut: Sequence[Twin] | None):
         self.body = list(body)
         self.shortcut = None if shortcut is None else list(shortcut)
+        #: the body's last step adds the shortcut (an exact BatchNormNHWC, not a subclass)
+        self.fused_add = bool(self.body) and type(self.body[-1]) is BatchNormNHWC
 
     def forward(self, params: Params, buffers: Params, x: Activation, train: bool
                 ) -> tuple[Array, Params, Any]:
-        y_body, new_buffers, body_caches = forward_steps(self.body, params, buffers, x, train)
+        body = self.body[:-1] if self.fused_add else self.body
+        y_body, new_buffers, body_caches = forward_steps(body, params, buffers, x, train)
         y_short, short_caches = x, None
         if self.shortcut is not None:
             y_short, updated, short_caches = forward_steps(self.shortcut, params, buffers, x,
                                                            train)
             new_buffers.update(updated)
-        y = as_float(y_body, x.dtype) + as_float(y_short, x.dtype)
+        y_short = as_float(y_short, x.dtype)
+        bn = self.body[-1]
+        if self.fused_add and y_short.dtype == params[bn.bn.key("gamma")].dtype:
+            y, updated, cache = bn.forward_add(params, buffers, y_body, train, y_short)
+            new_buffers.update(updated)
+            return y, new_buffers, (body_caches + [cache], short_caches)
+        if self.fused_add:                             # a shortcut of another dtype: two steps
+            y_body, updated, cache = bn.forward(params, buffers, y_body, train)
+            new_buffers.update(updated)
+            body_caches.append(cache)
+        y = as_float(y_body, x.dtype) + y_short
         return y, new_buffers, (body_caches, short_caches)
 
     def backward(self, dy: Array, cache: Any) -> tuple[Array, Params]:
@@ -421,6 +457,10 @@ class ResidualNHWC:
         if self.shortcut is not None:
             d_short, short_grads = backward_steps(self.shortcut, dy, short_caches)
             grads.update(short_grads)
+        xp = get_array_module(dx)
+        if dx.dtype == xp.result_type(dx, d_short) and not xp.may_share_memory(dx, dy):
+            dx += d_short                              # dx is the body's new array
+            return dx, grads
         return dx + d_short, grads
 
 
