@@ -51,12 +51,11 @@ def test_property_holds(pid):
     for backend in ("numba", "cuda"):
         if backend not in engine.fused_backends():
             assert f"fused[{backend}]" in result.skipped
-    # the filter optimisers' PyTorch twins: P5 is about latent SGD alone
-    if pid != "P5":
-        if engine.torch_missing() is None:
-            assert _lists_torch(result.implementations), result.implementations
-        else:
-            assert "pip install 'minibnn[torch]'" in result.skipped["torch"]
+    # the PyTorch twins (the filter optimisers', and PyTorch's SGD for latent sgd: P5's only)
+    if engine.torch_missing() is None:
+        assert _lists_torch(result.implementations), result.implementations
+    else:
+        assert "pip install 'minibnn[torch]'" in result.skipped["torch"]
 
 
 def test_p10_prints_a_minimal_counterexample_for_each_non_equivalence(p10):
@@ -286,7 +285,7 @@ def _hide_torch(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_torch)
 
 
-@pytest.mark.parametrize("pid", ["P1", "P4", "P8", "P9"])
+@pytest.mark.parametrize("pid", ["P1", "P4", "P5", "P8", "P9"])
 def test_without_torch_the_torch_column_is_skipped_with_the_reason(monkeypatch, pid):
     _hide_torch(monkeypatch)
     result = PROPERTIES[pid](5)
@@ -328,3 +327,50 @@ def test_planted_error_wrong_rate_is_caught_in_the_torch_closed_loop():
                          alpha_factor=1.05)
     assert good.first_difference is None and good.steps == 30 and good.flips > 0
     assert bad.first_difference is not None
+
+
+#: a P5 case on which SGDW's decay matters: (B), lam * eta = 1/8 per step, c = 2
+P5_CASE = dict(c=2.0, lr=[0.5, 0.5, 0.25], mu=0.5, lam=0.25, decoupled=True, w0=0.3,
+               grads=[1.0, -0.5, 0.25])
+
+
+def test_planted_error_in_the_torch_sgd_twin_is_caught(monkeypatch):
+    """PyTorch's SGD with SGDW's decay written without the rate, ``w <- (1 - lam) w`` (AdamW's
+    confusion), is not scale invariant: P5 catches it, named "torch sgd"; so do P2's signs."""
+    pytest.importorskip("torch", reason="the torch column needs PyTorch (the torch extra)")
+    from minibnn.torch import latent
+
+    # P2: w_t = 0.825, 0.65, 0.48, 0.33, 0.19, 0.066, -0.042, ...; planted: 0.7, 0.45, 0.25,
+    # 0.094, -0.027, ... (SGDW's (B), lam power of two, 1 - mu = 1/2: the bitwise case)
+    p2_case = dict(grads=[0.1] * 8, lam=0.25, mu=0.5, gamma=0.5, lr=[0.5] * 8, w0=1.0, b0=1)
+    assert on_engine.check_p5(P5_CASE, engine.Coverage())          # the twin as it is
+    assert on_engine.check_first_order(p2_case, engine.Coverage())
+    monkeypatch.setattr(latent.SGD, "decoupled_decay_",
+                        staticmethod(lambda p, eta, lam: p.mul_(1.0 - lam)))
+    with pytest.raises(Mismatch, match="torch sgd"):
+        on_engine.check_p5(P5_CASE, engine.Coverage())
+    with pytest.raises(Mismatch, match=r"torch sgd\(B\)"):
+        on_engine.check_first_order(p2_case, engine.Coverage())
+    result = PROPERTIES["P5"](30)
+    assert not result.holds and "torch sgd" in result.counterexample, result
+
+
+def test_planted_error_in_the_torch_sgd_coupled_decay_is_caught(monkeypatch):
+    """PyTorch's SGD that drops coupled (A) weight decay: its signs leave the reference's."""
+    pytest.importorskip("torch", reason="the torch column needs PyTorch (the torch extra)")
+    from minibnn.torch import latent
+
+    # w1 = w0 - eta (g + lam w0) = 1 - (0.3 + 1) < 0; without the decay 1 - 0.3 > 0
+    grads, lr, lam, w0 = [0.3] * 4, 1.0, 1.0, 1.0
+    scale = engine.magnitude_bound(grads, lr, 0.0, lam, False, w0)
+    runs = on_engine.engine_sgd(engine.Coverage(), "x", grads, lr, 0.0, lam, False, w0, 1, scale)
+    assert len(runs) == len(engine.implementations(on_engine.sgd_recipe(lr, 0.0, lam, False)))
+    real_add = latent.SGD.add_param_group
+
+    def planted(self, group):
+        real_add(self, group)
+        self.param_groups[-1]["weight_decay"] = 0.0
+
+    monkeypatch.setattr(latent.SGD, "add_param_group", planted)
+    with pytest.raises(Mismatch, match=r"torch sgd\(A\)"):
+        on_engine.engine_sgd(engine.Coverage(), "x", grads, lr, 0.0, lam, False, w0, 1, scale)

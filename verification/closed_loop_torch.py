@@ -2,9 +2,10 @@
 
 The same comparison as ``closed_loop.py``, written as a user of PyTorch would write it:
 
-    latent:  ``torch.optim.SGD(momentum=mu)`` on real w, forward sign(w) (identity weight STE),
-             decoupled weight decay applied before each step, ``w <- (1 - eta_t lam) w``
-             (SGDW: then SGD's step makes ``w = (1 - eta_t lam) w - eta_t m``)
+    latent:  ``minibnn.torch.SGD(momentum=mu, decoupled=True)`` on real w, forward sign(w)
+             (identity weight STE): ``torch.optim.SGD`` with the decoupled weight decay
+             applied before each step, ``w <- (1 - eta_t lam) w`` (SGDW: then SGD's step
+             makes ``w = (1 - eta_t lam) w - eta_t m``), eta_t the schedule at update t
     filter:  ``minibnn.torch.CEMA`` on +-1 weights with the P2 map, alpha_t = lam * eta_t,
              gamma = 1 - mu, from the matched state (``theory.matched_initial_state``, loaded
              with ``load_minibnn_state``)
@@ -110,7 +111,7 @@ def torch_pair(kind: str, steps: int, lr: Callable[[int], float], momentum: floa
     the P2 map; a test plants other values)."""
     import torch
 
-    from minibnn.torch import CEMA, load_minibnn_state, split_binary
+    from minibnn.torch import CEMA, SGD, load_minibnn_state, split_binary
 
     binary_types, nets = _modules()
     build, shape, classes = nets[kind]
@@ -125,7 +126,8 @@ def torch_pair(kind: str, steps: int, lr: Callable[[int], float], momentum: floa
     with torch.no_grad():
         for k, p in bin_.binary.items():
             p.copy_(torch.where(p >= 0, 1.0, -1.0))
-    sgd = torch.optim.SGD(lat.binary.values(), lr=lr(0), momentum=momentum)
+    sgd = SGD(lat.binary.values(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+              decoupled=True)
     cema = CEMA(bin_.binary.values(), alpha=lambda t: alpha_factor * weight_decay * lr(t),
                 gamma=1.0 - momentum)
     matched = {k: theory.matched_initial_state(w, lr(0), momentum, weight_decay, True)
@@ -152,11 +154,6 @@ def torch_pair(kind: str, steps: int, lr: Callable[[int], float], momentum: floa
             return run
         run.losses.append(losses[0])
         old_b = {k: p.detach().numpy().copy() for k, p in bin_.binary.items()}
-        eta = lr(t)
-        with torch.no_grad():                       # SGDW: decoupled decay, then SGD's step
-            for p in lat.binary.values():
-                p.mul_(1.0 - eta * weight_decay)
-        sgd.param_groups[0]["lr"] = eta
         for opt in opts_lat + opts_bin:
             opt.step()
         numpy = lambda params: {k: p.detach().numpy() for k, p in params.items()}  # noqa: E731

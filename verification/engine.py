@@ -10,11 +10,14 @@ fused kernel step (``opt.fused.step``) under ``kernels.use_backend(B)``, forced 
 cannot run on this machine is skipped, with the reason (``skipped_backends``).  ``Coverage``
 records which implementations a property actually checked: the report's column.
 
-``"torch"`` runs a filter optimiser's PyTorch twin (``minibnn.torch``) on float64 CPU tensors,
-where PyTorch is installed.  A filter optimiser is then given as a ``Recipe`` (its minibnn
-name, keywords and initial state) rather than a built chain, so that it can be built either
-way; the twin starts from minibnn's initial state (``load_minibnn_state``) and reports its
-state in minibnn's layout (``minibnn_state``), so the same probes read both.
+``"torch"`` runs an optimiser's PyTorch twin (``minibnn.torch``) on float64 CPU tensors,
+where PyTorch is installed: a filter optimiser's (``CEMA``, ...: bit for bit minibnn's), or
+latent sgd's, PyTorch's own ``torch.optim.SGD`` (``minibnn.torch.SGD``: minibnn's to rounding,
+its signs outside the float margin; ``add(..., alpha=)`` is a fused multiply-add).  The
+optimiser is then given as a ``Recipe`` (its minibnn name, keywords and initial state) rather
+than a built chain, so that it can be built either way; the twin starts from minibnn's initial
+state (``load_minibnn_state``) and reports its state in minibnn's layout (``minibnn_state``),
+so the same probes read both.
 
 The comparisons used by the properties are here too: bitwise equality with a reference run,
 and agreement of signs wherever a latent weight is outside the float margin.
@@ -91,10 +94,10 @@ def torch_missing() -> str | None:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A filter optimiser by its ``minibnn.optim`` constructor's name (``cema``, ``bop``,
-    ``bop2nd``, ``second_order``: ``minibnn.torch.NAMED`` has each), its keywords and its
-    initial state (the constructor's ``init_state``): ``recipe()`` is minibnn's optimiser
-    (looked up when called), ``recipe.torch(params)`` its PyTorch twin."""
+    """An optimiser by its ``minibnn.optim`` constructor's name (``cema``, ``bop``, ``bop2nd``,
+    ``second_order``, ``sgd``: ``minibnn.torch.NAMED`` has each), its keywords and its initial
+    state (the constructor's ``init_state``, where it has one): ``recipe()`` is minibnn's
+    optimiser (looked up when called), ``recipe.torch(params)`` its PyTorch twin."""
 
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)

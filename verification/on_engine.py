@@ -9,12 +9,15 @@ and ``optim.second_order`` on float64 arrays, as the chain and as each fused ste
       evaluate ``(1 - r) s + r x`` (resp. ``a1 v1 + a2 v2 + c g``) in the same order;
   latent side (sgd): coupled (A) bitwise with the reference (both ``w - eta m``);
       decoupled (B) on signs outside the float margin (the engine computes
-      ``w + (-eta)(m + lam w)``, the reference ``(1 - eta lam) w - eta m``);
+      ``w + (-eta)(m + lam w)``, the reference ``(1 - eta lam) w - eta m``); PyTorch's SGD
+      (the "torch" entry) on signs outside the float margin, (A) too: it fuses
+      ``a + alpha b`` into one rounding where minibnn and the reference round twice;
   the property itself, on the engine: the latent optimiser's signs are the filter
       optimiser's binary weights wherever ``w`` is outside the margin.
 
-The filter optimisers run as ``engine.Recipe``s, so their PyTorch twins (``minibnn.torch``) are
-checked bitwise against the same reference run too, where PyTorch is installed.
+The optimisers run as ``engine.Recipe``s, so their PyTorch twins (``minibnn.torch``) are
+checked against the same reference run too, where PyTorch is installed: the filter
+optimisers' bitwise, PyTorch's SGD on signs (above); and the property itself on each of them.
 
 Cases come from the property's own strategies (Fractions converted to the nearest floats) or,
 for P1-P3, from its float64 strategies.  Each ``check_*`` returns True when the engine ran the
@@ -32,7 +35,7 @@ import numpy as np
 from minibnn import optim, theory
 from verification import reference as ref
 from verification.core import Mismatch, describe
-from verification.engine import (Coverage, Recipe, ScalarRun, latent_matches_binary,
+from verification.engine import (TORCH, Coverage, Recipe, ScalarRun, latent_matches_binary,
                                  magnitude_bound, same_bits, same_latent_signs, scalar_run)
 
 
@@ -91,19 +94,22 @@ def engine_cema(cov: Coverage, text: str, grads: list[float], alpha: Any, gamma:
     return runs[0]
 
 
+def sgd_recipe(lr: Any, mu: float, lam: float, decoupled: bool) -> Recipe:
+    """optim.sgd (and its PyTorch twin, PyTorch's SGD) with a constant or per-step ``lr``."""
+    return Recipe("sgd", dict(lr=_rate(lr), momentum=mu, weight_decay=lam, decoupled=decoupled))
+
+
 def engine_sgd(cov: Coverage, text: str, grads: list[float], lr: Any, mu: float, lam: float,
                decoupled: bool, w0: float, b0: int, scale: list[float]) -> list[ScalarRun]:
-    """optim.sgd in every implementation against ``ref.latent_sgd``: (A) bitwise, (B) signs."""
+    """optim.sgd in every implementation against ``ref.latent_sgd``: (A) bitwise, (B) signs;
+    PyTorch's SGD (``TORCH``) signs, both (it rounds ``a + alpha b`` once)."""
     want = ref.latent_sgd(grads, lr, mu, lam, decoupled, w0, b0)
-
-    def make() -> Any:
-        return optim.sgd(_rate(lr), momentum=mu, weight_decay=lam, decoupled=decoupled)
-
+    recipe = sgd_recipe(lr, mu, lam, decoupled)
     runs = []
-    for impl in cov.implementations(make()):
-        run = scalar_run(make(), impl, w0, grads)
+    for impl in cov.implementations(recipe):
+        run = scalar_run(recipe, impl, w0, grads)
         what = f"{impl} sgd({'B' if decoupled else 'A'}), {text}"
-        if decoupled:
+        if decoupled or impl == TORCH:
             same_latent_signs(want.state, run.params, scale, what)
         else:
             same_bits(want, run, what, binary=False, state=False)
@@ -178,20 +184,16 @@ def check_p4(c: dict[str, Any], cov: Coverage) -> bool:
 
 # ----------------------------------------------------------------------------------- P5
 def check_p5(c: dict[str, Any], cov: Coverage) -> bool:
-    """optim.sgd with (c eta, lam / c, c w0), c a power of two, gives w' == c w bitwise."""
+    """optim.sgd with (c eta, lam / c, c w0), c a power of two, gives w' == c w bitwise; so
+    does PyTorch's SGD (each of its operations, fused or not, commutes with the scaling)."""
     s, lam = c["c"], c["lam"]
     text = describe(c=s, lr=c["lr"], mu=c["mu"], lam=lam, decoupled=c["decoupled"],
                     w0=c["w0"], grads=c["grads"])
-
-    def make(lr: list[float], weight_decay: float) -> Any:
-        return optim.sgd(_rate(lr), momentum=c["mu"], weight_decay=weight_decay,
-                         decoupled=c["decoupled"])
-
-    base_opt = make(c["lr"], lam)
+    base_opt = sgd_recipe(c["lr"], c["mu"], lam, c["decoupled"])
+    scaled_opt = sgd_recipe([s * eta for eta in c["lr"]], c["mu"], lam / s, c["decoupled"])
     for impl in cov.implementations(base_opt):
-        base = scalar_run(make(c["lr"], lam), impl, c["w0"], c["grads"])
-        scaled = scalar_run(make([s * eta for eta in c["lr"]], lam / s), impl, s * c["w0"],
-                            c["grads"])
+        base = scalar_run(base_opt, impl, c["w0"], c["grads"])
+        scaled = scalar_run(scaled_opt, impl, s * c["w0"], c["grads"])
         for t, (w, w2) in enumerate(zip(base.params, scaled.params)):
             if w2 != s * w:
                 raise Mismatch(f"{impl} sgd, {text}: step {t}: w' = {w2!r}, c w = {s * w!r}")

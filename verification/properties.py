@@ -4,9 +4,9 @@ P1-P7 are checked on the reference recursions of ``reference.py``: exactly over 
 (``v_t == -k w_t`` with ``==``, and identical binary weights), and where stated also in
 float64, bitwise (powers of two, same expression order) or on signs outside a stated margin.
 Each then runs on minibnn's own optimisers (``on_engine.py``: the chains and the fused steps
-on every kernel backend present, float64), and the filter optimisers also on their PyTorch
-twins (``minibnn.torch``) where PyTorch is installed.  P8 runs the real ``minibnn.optim``
-optimisers (and the twins).
+on every kernel backend present, float64), and on their PyTorch twins (``minibnn.torch``:
+the filter optimisers', and PyTorch's own SGD for latent sgd) where PyTorch is installed.  P8
+runs the real ``minibnn.optim`` optimisers (and the twins).
 """
 from __future__ import annotations
 
@@ -243,7 +243,7 @@ def check_p3(examples: int = 150, map_fn: MapFn | None = None) -> PropertyResult
     return PropertyResult(
         "P3", P3, n, cex is None, cex,
         f"exact (Fraction) + float64 (sign margin {FLOAT_MARGIN:g}); engine: cema, sgd(A) "
-        "bitwise",
+        "bitwise (torch sgd: signs)",
         f"{margin.text()}; float64 max rel. error {max(errors):.2g}; {cov.cases_text()}",
         timer.seconds,
         implementations=cov.text(), skipped=cov.skipped())
@@ -301,7 +301,7 @@ def check_p4(examples: int = 150) -> PropertyResult:
     cex = require_engine(cov, cex)
     return PropertyResult("P4", P4, n, cex is None, cex,
                           "exact (Fraction); engine float64: second_order, sgd(A) bitwise, "
-                          "sgd(B) signs",
+                          "sgd(B) and torch sgd signs",
                           f"{counts['complex']} complex-pole and {counts['no cascade']} "
                           f"no-cascade cases; {margin.text()}; {cov.cases_text()}",
                           timer.seconds,
@@ -572,9 +572,7 @@ def _check_p8(c: dict[str, Any], cov: Coverage, stats: dict[str, float]) -> None
     stats["zero ties"] += int(np.count_nonzero(np.cumsum(np.abs(grads), axis=0) == 0))
     # Latent P1 with lr * lam = gamma_bop (exact: lam is a power of two), w0 = 0 <-> m0 = 0.
     lr = gamma / lam
-    def sgd() -> Any:
-        return optim.sgd(lr, momentum=0.0, weight_decay=lam, decoupled=c["decoupled"])
-
+    sgd = on_engine.sgd_recipe(lr, 0.0, lam, c["decoupled"])
     bop_m = engine.run(optim.bop(0.0, gamma), "chain", b0, grads, m_of)[1]
     for impl, (ws, _) in _engine_runs("sgd", sgd, np.zeros_like(b0), grads, cov).items():
         for j in range(grads.shape[1]):

@@ -97,6 +97,11 @@ class SGD(torch.optim.SGD):
                                f"updates {sorted(counts)}; their lr schedule needs one count")
         return counts.pop() if counts else 0
 
+    @staticmethod
+    def decoupled_decay_(p: Tensor, eta: float, lam: float) -> None:
+        """SGDW's decay before SGD's step, in place: ``w <- (1 - eta lam) w``."""
+        p.mul_(1.0 - eta * lam)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Set each group's lr from its schedule, apply decoupled decay, then PyTorch's step."""
@@ -113,7 +118,7 @@ class SGD(torch.optim.SGD):
                     continue
                 stepped.append(p)
                 if lam != 0.0:
-                    p.mul_(1.0 - eta * lam)          # SGDW: w <- (1 - eta lam) w, then SGD
+                    self.decoupled_decay_(p, eta, lam)
         super().step()
         for p in stepped:
             self.state[p]["step"] = self.state[p].get("step", 0) + 1
