@@ -11,10 +11,11 @@ as ``torch.nn.Module``s, then checked against minibnn itself on the same inputs:
 * train-mode STE gradients of every parameter and the updated BatchNorm running statistics
   against minibnn's backward on one batch: float64 within 1e-9 of each gradient's largest
   entry (measured: <= 1e-13), float32 within 1e-4 (measured: <= 5e-6);
-* a float64 CEMA run (and a latent Adam run) resumed in PyTorch with ``minibnn.torch``'s
-  optimisers follows minibnn's ``train_step`` on the same batches for six updates across two
-  schedule changes: binary weights identical, losses within 1e-12, real parameters, BatchNorm
-  statistics and CEMA's m, v within 1e-9 relative;
+* a float64 CEMA run (and latent Adam, SGD and SGDW runs) resumed in PyTorch with
+  ``minibnn.torch``'s optimisers follows minibnn's ``train_step`` on the same batches for six
+  updates across two schedule changes: binary weights (latent ones' signs) identical, losses
+  within 1e-12, real parameters, latent weights, BatchNorm statistics and CEMA's m, v (SGD's
+  momentum buffer) within 1e-9 relative;
 * the CLI writes the file, refuses to overwrite it, and turns bad input into one line (exit 2).
 """
 from __future__ import annotations
@@ -46,6 +47,10 @@ RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     "mlp64": ("float64", dict(hidden=[32, 16], alpha=1e-2, epochs=3)),
     "mlp64_adam": ("float64", dict(hidden=[32, 16], optimizer="adam", lr=0.05, scale=True,
                                    weight_ste="clipped", epochs=3)),
+    "mlp64_sgd": ("float64", dict(hidden=[32, 16], optimizer="sgd", lr=0.5, momentum=0.9,
+                                  weight_decay=0.05, epochs=3)),
+    "mlp64_sgdw": ("float64", dict(hidden=[32, 16], optimizer="sgd", lr=0.5, momentum=0.9,
+                                   weight_decay=0.05, decoupled=True, epochs=3)),
     "cnn64": ("float64", dict(model="binary_cnn", width=4)),
     "cnn64_scaled": ("float64", dict(model="binary_cnn", width=4, optimizer="adam", lr=0.05,
                                      scale=True, weight_ste="approx", act_ste="swish")),
@@ -254,10 +259,13 @@ def test_a_layer_with_no_torch_form_is_one_line() -> None:
 # ------------------------------------------------------------------ resuming in PyTorch
 
 
-@pytest.mark.parametrize("name", ["mlp64", "mlp64_adam"])
+@pytest.mark.parametrize("name", ["mlp64", "mlp64_adam", "mlp64_sgd", "mlp64_sgdw"])
 def test_resume_in_pytorch_follows_minibnn(runs: dict, name: str) -> None:
     """Six updates from the exported checkpoint, on the same batches in both engines; the
-    spec's 3 epochs of 2 steps put two schedule changes (and the end of the run) in them."""
+    spec's 3 epochs of 2 steps put two schedule changes (and the end of the run) in them.
+    Latent sgd (coupled, and decoupled) runs on PyTorch's own SGD, which rounds ``a + alpha b``
+    once where minibnn rounds twice: its weights and momentum within 1e-9 relative too (measured:
+    <= 1e-15), its signs the same on these seeds."""
     path, pt, ds = runs[name]
     run = load_run(path)
     spec, _, model = train.run_model(run)
@@ -295,15 +303,19 @@ def test_resume_in_pytorch_follows_minibnn(runs: dict, name: str) -> None:
             np.testing.assert_allclose(_numpy(value), state.buffers[key], rtol=1e-9,
                                        atol=1e-12, err_msg=f"{key} at step {i}")
     assert flips > 0, "no binary weight flipped: the comparison of signs tested nothing"
-    if spec.binary_optimizer.name == "cema":
+    # the optimiser's state: CEMA's m, v; SGD's momentum buffer (and the counts)
+    buffers = {"cema": (("m", "s"), ("v", "s")), "sgd": (("momentum", "m"),)}
+    if spec.binary_optimizer.name in buffers:
         from minibnn.torch.optim import minibnn_state
 
         got = minibnn_state(binary, {k: named[k] for k in model.binary_names})
-        for stage in ("m", "v"):
-            assert int(got[stage]["count"]) == int(state.opt_state["binary"][stage]["count"])
-            for key, value in got[stage]["s"].items():
-                np.testing.assert_allclose(value, state.opt_state["binary"][stage]["s"][key],
-                                           rtol=1e-9, atol=1e-15)
+        want = state.opt_state["binary"]
+        for stage, buffer in buffers[spec.binary_optimizer.name]:
+            assert int(got[stage]["count"]) == int(want[stage]["count"]) == ck.step + 6
+            assert set(got[stage][buffer]) == set(model.binary_names)
+            for key, value in got[stage][buffer].items():
+                np.testing.assert_allclose(value, want[stage][buffer][key], rtol=1e-9,
+                                           atol=1e-15)
 
 
 def test_epochs_replans_the_schedules_of_a_finished_run(runs: dict) -> None:

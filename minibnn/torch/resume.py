@@ -12,8 +12,12 @@ As ``minibnn.run.train.optimizer_from_spec`` builds them for the run, from the s
     binary weights   the run's filter optimiser (cema, bop, bop2nd, bop2nd_corrected) as
                      ``minibnn.torch.optim``'s twin, its rates those of the trainer's
                      ``optimizer_rates`` (CEMA's alpha schedule included), its state (m, v,
-                     count) the checkpoint's (``load_minibnn_state``); latent adam runs: Adam
-                     (AdamW when decoupled) on the latent weights
+                     count) the checkpoint's (``load_minibnn_state``); latent sgd runs:
+                     ``minibnn.torch.SGD``, PyTorch's own SGD (coupled decay, or SGDW's
+                     decoupled ``w <- (1 - eta lam) w`` before the step, as minibnn's sgd
+                     defines them) on the latent weights, on the run's lr schedule, with the
+                     checkpoint's momentum buffer and count; latent adam runs: Adam (AdamW
+                     when decoupled) on the latent weights
     real parameters  Adam with minibnn's betas and eps (``optim.defaults("adam")``), the run's
                      weight decay (coupled, as minibnn's), the checkpoint's moments and step
 
@@ -22,7 +26,10 @@ step, lr = schedule(updates made)), so update ``step + 1`` here uses minibnn's r
 A run that finished its epochs has its decaying rates at their end (linear: 0);
 ``optimizers(net, path, epochs=N)`` re-plans the schedules over N epochs from the current
 step, as ``minibnn train --resume RUN --epochs N --extend`` does. A binary optimiser with no
-PyTorch form here (sgd, for now) is a one-line error naming it.
+PyTorch form here is a one-line error naming it.
+
+On the same gradients the filter optimisers follow minibnn's updates bit for bit; Adam and
+SGD, PyTorch's own, to rounding (their own operation order; SGD: ``minibnn.torch.latent``).
 """
 from __future__ import annotations
 
@@ -132,7 +139,7 @@ def optimizers(module: torch.nn.Module, path: str, epochs: int | None = None,
     binary: torch.optim.Optimizer
     if b.name in NAMED:
         # the trainer's choice (optimizer_from_spec): a scheduled rate where the trainer has
-        # one (cema's alpha), else the spec's number
+        # one (cema's alpha, sgd's lr), else the spec's number
         options = {f: rates.get(f, getattr(b, f)) for f in variant_options(type(b))
                    if f != "schedule"}
         binary = from_name(b.name, split.binary.values(), **options)
