@@ -1,7 +1,8 @@
 """``minibnn export --format torch`` and ``minibnn.torch.build``: a run continued in PyTorch.
 
-Tiny runs (synthetic data, one epoch) of every model minibnn trains are exported and rebuilt
-as ``torch.nn.Module``s, then checked against minibnn itself on the same inputs:
+Tiny runs (synthetic data, one epoch) of every model minibnn trains (reactnet too, and real
+weights and real activations, the two-step recipe's) are exported and rebuilt as
+``torch.nn.Module``s, then checked against minibnn itself on the same inputs:
 
 * eval-mode logits against ``minibnn.load(run).logits``: float64 runs within 1e-10 absolute
   (measured: <= 3e-15); float32 runs within 1e-4 on at least 99 % of the rows, and at least
@@ -55,6 +56,18 @@ RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     "cnn64_scaled": ("float64", dict(model="binary_cnn", width=4, optimizer="adam", lr=0.05,
                                      scale=True, weight_ste="approx", act_ste="swish")),
     "bireal64": ("float64", dict(model="birealnet", width=4, act_ste="clipped")),
+    # reactnet (RSign, RPReLU, the AvgPool shortcut, Concat), 16 -> 8 -> 4 -> 2 over 4 stages
+    "react64": ("float64", dict(model="reactnet", width=2)),
+    "react64_scaled": ("float64", dict(model="reactnet", width=2, optimizer="adam", lr=0.05,
+                                       scale=True, act_ste="clipped", weight_ste="approx")),
+    # the two-step recipe's networks: real weights with binary activations (step 1), and the
+    # real teacher (ReLU activations); real weights are Dense/Conv2d under the binary names
+    "react64_step1": ("float64", dict(model="reactnet", width=2, weights="real",
+                                      optimizer="adam", lr=0.05)),
+    "react64_teacher": ("float64", dict(model="reactnet", width=2, weights="real",
+                                        activations="real", optimizer="adam", lr=0.05)),
+    "mlp64_teacher": ("float64", dict(hidden=[32, 16], weights="real", activations="real",
+                                      optimizer="adam", lr=0.05)),
     "mlp32": ("float32", dict(hidden=[32, 16])),
 }
 

@@ -16,17 +16,24 @@ trained in) one by one:
     BatchNorm                 F.batch_norm: batch statistics in train mode (running ones
                               updated as minibnn and PyTorch both do), running ones in eval
     Sign                      ``SignSTE``: sign(0) = +1, backward dy * ste'(x)
+    ReLU                      F.relu (real activations: backward dy where x > 0, as minibnn)
     PReLU, LearnableBias      where(x > 0, x, a x) and x + b, per channel
+    RPReLU                    its three layers in order: LearnableBias ``NAME.move_in``,
+                              PReLU ``NAME.prelu``, LearnableBias ``NAME.move_out``
     MaxPool2d, AvgPool2d      F.max_pool2d (ties: the first maximum, as minibnn),
                               F.avg_pool2d (padded zeros count, as minibnn)
     GlobalAvgPool, Flatten    mean over H, W; flatten(1)
     Residual                  body(x) + shortcut(x) (identity shortcut when None)
+    Concat                    cat([branch(x), ...], dim=1) (ReActNet's widening block)
+
+A model built with ``weights="real"`` has Dense/Conv2d (no bias) where the binary layers were,
+under their names, and ``activations="real"`` a ReLU for each Sign: both translate as above.
 
 A layer with no form here is a one-line error naming it. Parameters and buffers keep minibnn's
 names: ``module.state_dict()`` has exactly the run checkpoint's keys (``fc2.w``,
 ``bn1.running_mean``, ``s1b1.conv.w``), nested as the dots say, so optimiser state keyed by
 those names finds its parameter (``named_parameters``). The wiring between layers is plain
-Python (``_Chain``, ``_Sum``), not registered modules, so no extra names appear.
+Python (``_Chain``, ``_Sum``, ``_Cat``), not registered modules, so no extra names appear.
 
 The STE table is ``minibnn.ops.sign``'s, written here in torch (``STE_GRADS``, keyed by its
 ``STE_NAMES``; tests/test_torch_export.py checks every entry against ``ste_grad``), so it runs
@@ -45,10 +52,10 @@ import numpy as np
 
 from minibnn.errors import DataFileError, MinibnnError
 from minibnn.nn import functional as F
-from minibnn.nn.containers import Residual, Sequential
+from minibnn.nn.containers import Concat, Residual, Sequential
 from minibnn.nn.models import Model
 from minibnn.nn.modules import (BatchNorm, BinaryConv2d, Conv2d, Dense, LearnableBias, Module,
-                                PReLU, Stateless, _BinaryWeights, sign_ste)
+                                PReLU, RPReLU, Stateless, _BinaryWeights, sign_ste)
 from minibnn.ops.sign import STE_NAMES, check_ste, ste_grad
 
 #: what ``export_torch`` writes and ``build`` reads (``format`` and ``version`` keys)
@@ -252,6 +259,17 @@ class _Sum:
         return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
 
 
+class _Cat:
+    """``[branch_1(x), branch_2(x), ...]`` along the channels (a Concat): autograd sums the
+    branches' input gradients, as minibnn's ``dx = sum_i dx_i``."""
+
+    def __init__(self, branches: list[Callable[[Tensor], Tensor]]):
+        self.branches = branches
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.cat([branch(x) for branch in self.branches], dim=1)
+
+
 def _stateless(layer: Stateless) -> Callable[[Tensor], Tensor]:
     """The torch form of a parameter-free minibnn step, by its functional forward."""
     tf = torch.nn.functional
@@ -260,6 +278,8 @@ def _stateless(layer: Stateless) -> Callable[[Tensor], Tensor]:
         ste, beta = sign_ste(layer)
         beta = check_ste("Sign", ste, beta)
         return lambda x: SignSTE.apply(x, ste, beta)
+    if fn is F.relu_forward:
+        return tf.relu
     if fn is F.flatten_forward:
         return lambda x: x.flatten(1)
     if fn is F.global_avgpool_forward:
@@ -299,11 +319,13 @@ def _attach(root: Any, dotted: str, module: Any) -> None:
 
 def _translate(layer: Module, root: Any, dtype: Any) -> Callable[[Tensor], Tensor]:
     """The torch form of a minibnn layer; layers with parameters are registered on ``root``."""
-    if isinstance(layer, Sequential):
+    if isinstance(layer, (Sequential, RPReLU)):     # layers in order (RPReLU: its three)
         return _Chain([_translate(inner, root, dtype) for inner in layer.layers])
     if isinstance(layer, Residual):
         shortcut = None if layer.shortcut is None else _translate(layer.shortcut, root, dtype)
         return _Sum(_translate(layer.body, root, dtype), shortcut)
+    if isinstance(layer, Concat):
+        return _Cat([_translate(branch, root, dtype) for branch in layer.branches])
     if isinstance(layer, Stateless):
         return _stateless(layer)
     for kind, leaf in _LEAVES:
