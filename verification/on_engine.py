@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from minibnn import optim, theory
+from minibnn import theory
 from verification import reference as ref
 from verification.core import Mismatch, describe
 from verification.engine import (TORCH, Coverage, Recipe, ScalarRun, latent_matches_binary,
