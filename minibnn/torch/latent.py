@@ -22,15 +22,18 @@ first update, where both engines start the buffer with the first gradient, undam
 
 Bits: close to minibnn's, not equal. PyTorch evaluates ``a + alpha b`` (``add(b, alpha=...)``:
 the coupled decay ``g + lam w``, the damped momentum, the step ``w - eta m``) as one fused
-multiply-add on a CPU that has one (measured, PyTorch 2.13 on AVX-512, float64: sizes 1 to 64,
-every result that differs from ``a + fl(alpha b)`` is the correctly rounded ``a + alpha b``),
+multiply-add on a CPU that has one (measured, PyTorch 2.13 on AVX-512, float64, tensors of 1, 5
+and 64 elements: every result that differs from ``a + fl(alpha b)`` is the correctly rounded
+``a + alpha b``),
 where minibnn rounds ``alpha b`` first; and its decoupled step is ``(1 - eta lam) w - eta m``
 where minibnn computes ``w + (-eta)(m + lam w)``. So the latent weights agree to a few
 roundings of the terms summed into them, their signs wherever a weight is not within that
 rounding of zero. Bit for bit equal: the momentum buffer when nothing feeds ``w`` back into it
 and there is no dampening (decoupled decay or none: ``mu m + g`` is one rounding on both
-sides), and, within PyTorch itself, docs/theory.md P5's scale invariance (every operation
-commutes with scaling by a power of two).
+sides); the whole coupled run without dampening when lr and weight decay are powers of two
+(every product exact, so fusing changes nothing) (both: tests/test_torch_optim.py); and,
+within PyTorch itself, docs/theory.md P5's scale invariance (every operation commutes with
+scaling by a power of two: the "torch" entry of ``python -m verification``'s P5).
 """
 from __future__ import annotations
 
