@@ -460,17 +460,13 @@ def prelu_rows_backward(dy: Array, x: Array, a: Array) -> tuple[Array, Array]:
 
 @op
 def bias_sign_pack_backward(ds: Array, x: Array, b: Array, ste: str = "identity",
-                            ste_beta: float = 5.0, add: Array | None = None
-                            ) -> tuple[Array, Array]:
+                            ste_beta: float = 5.0) -> tuple[Array, Array]:
     """Backward of ``bias_sign_pack`` (sign(x + b) of rows x (M, C)), recomputing y = x + b:
     ``d = ds * ste'(y)`` (the sign's STE, ``ops.sign.ste_grad``) is both dx and the rows whose
-    ``channel_sum`` is db. With ``add`` (rows like x), dx = d + add: a residual block's input
-    gradient, the shortcut's added to the body's (db is still the sum of d)."""
+    ``channel_sum`` is db."""
     fn = "bias_sign_pack_backward"
     check_bias_rows(fn, x, b)
     check_like(fn, "ds", ds, x)
-    if add is not None:
-        check_like(fn, "add", add, x)
     check_ste_code(fn, ste)
     d = ds * ste_grad(x + b, ste, ste_beta)
-    return (d if add is None else d + add), channel_sum(d)
+    return d, channel_sum(d)

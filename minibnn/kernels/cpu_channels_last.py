@@ -576,9 +576,8 @@ def prelu_rows_backward(dy: np.ndarray, x: np.ndarray, a: np.ndarray
 
 
 @njit(parallel=True, cache=True)
-def _bias_sign_grad(ds, x, b, code, sbeta, chunks, add, dx):  # type: ignore[no-untyped-def]
-    """dx = d = ds * ste'(x + b), or d + add (``add`` not None: a branch Numba compiles
-    away for None); returns the float64 sum of d per chunk."""
+def _bias_sign_grad(ds, x, b, code, sbeta, chunks, d):  # type: ignore[no-untyped-def]
+    """d = ds * ste'(x + b); returns the float64 sum of d per chunk."""
     m, c = x.shape
     part = np.zeros((chunks, c))
     step = (m + chunks - 1) // chunks
@@ -588,10 +587,7 @@ def _bias_sign_grad(ds, x, b, code, sbeta, chunks, add, dx):  # type: ignore[no-
             for ci in range(c):
                 v = ds[r, ci] * _ste(x[r, ci] + b[ci], code, sbeta)
                 acc[ci] += np.float64(v)
-                if add is None:
-                    dx[r, ci] = v
-                else:
-                    dx[r, ci] = v + add[r, ci]
+                d[r, ci] = v
         part[t] = acc
     out = np.zeros(c)
     for t in range(chunks):
@@ -601,20 +597,16 @@ def _bias_sign_grad(ds, x, b, code, sbeta, chunks, add, dx):  # type: ignore[no-
 
 @register(ref.bias_sign_pack_backward, "numba")
 def bias_sign_pack_backward(ds: np.ndarray, x: np.ndarray, b: np.ndarray,
-                            ste: str = "identity", ste_beta: float = 5.0,
-                            add: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One pass, float32: dx (d, or d + add) and the chunked float64 sums of d (the section
-    header)."""
+                            ste: str = "identity", ste_beta: float = 5.0
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """One pass, float32: d and the chunked float64 sums of d (the section header)."""
     fn = "bias_sign_pack_backward"
     ref.check_bias_rows(fn, x, b, "numpy")
     ref.check_like(fn, "ds", ds, x, "numpy")
-    if add is not None:
-        ref.check_like(fn, "add", add, x, "numpy")
-        add = np.ascontiguousarray(add)
     code = ref.check_ste_code(fn, ste)
     if x.dtype != np.float32:
-        return ref.bias_sign_pack_backward.reference(ds, x, b, ste, ste_beta, add)
-    dx = np.empty(x.shape, dtype=np.float32)
+        return ref.bias_sign_pack_backward.reference(ds, x, b, ste, ste_beta)
+    d = np.empty(x.shape, dtype=np.float32)
     db = _bias_sign_grad(np.ascontiguousarray(ds), np.ascontiguousarray(x), b, code,
-                         np.float32(ste_beta), STAT_CHUNKS, add, dx)
-    return dx, db.astype(np.float32)
+                         np.float32(ste_beta), STAT_CHUNKS, d)
+    return d, db.astype(np.float32)

@@ -295,15 +295,11 @@ class BiasSignNHWC:
         bits = kernels.bias_sign_pack(x.reshape(n * h * w, c), b)
         return Packed(bits.reshape(n, h, w, -1), c, b.dtype), {}, (x, b)
 
-    def backward(self, ds: Array, cache: Any, add: Array | None = None
-                 ) -> tuple[Array, Params]:
-        """dx and db; with ``add`` (NHWC like x), dx + add in the same pass (the input
-        gradient of a residual block whose body starts here: ``ResidualNHWC``)."""
+    def backward(self, ds: Array, cache: Any) -> tuple[Array, Params]:
         x, b = cache
         c = int(x.shape[3])
         d, db = bias_sign_pack_backward(ds.reshape(-1, c), x.reshape(-1, c), b, self.ste,
-                                        self.ste_beta,
-                                        None if add is None else add.reshape(-1, c))
+                                        self.ste_beta)
         return d.reshape(x.shape), {self.key: db}
 
 
@@ -423,9 +419,8 @@ class ResidualNHWC:
 
     Two passes over the activations are saved, with the same floats: a body that ends with a
     ``BatchNormNHWC`` (Bi-Real's ``BN(conv(sign(x)))``) runs its shortcut first and that
-    BatchNorm with the add (``BatchNormNHWC.forward_add``); backward, a body that starts with
-    a ``BiasSignNHWC`` adds the shortcut's gradient in its own pass (``add=``), another body's
-    dx gets it added in place (a twin's dx is a new array)."""
+    BatchNorm with the add (``BatchNormNHWC.forward_add``); backward, the shortcut's gradient
+    is added into the body's dx in place (a twin's dx is a new array)."""
 
     def __init__(self, body: Sequence[Twin], shortcut: Sequence[Twin] | None):
         self.body = list(body)
@@ -457,19 +452,11 @@ class ResidualNHWC:
 
     def backward(self, dy: Array, cache: Any) -> tuple[Array, Params]:
         body_caches, short_caches = cache
-        d_short, grads = dy, {}
+        dx, grads = backward_steps(self.body, dy, body_caches)
+        d_short = dy
         if self.shortcut is not None:
-            d_short, grads = backward_steps(self.shortcut, dy, short_caches)
-        first = self.body[0] if self.body else None
-        if type(first) is BiasSignNHWC and d_short.dtype == dy.dtype:
-            # the body's first step adds the shortcut's gradient in its own pass
-            ds, body_grads = backward_steps(self.body[1:], dy, body_caches[1:])
-            dx, first_grads = first.backward(ds, body_caches[0], add=d_short)
-            grads.update(body_grads)
-            grads.update(first_grads)
-            return dx, grads
-        dx, body_grads = backward_steps(self.body, dy, body_caches)
-        grads.update(body_grads)
+            d_short, short_grads = backward_steps(self.shortcut, dy, short_caches)
+            grads.update(short_grads)
         xp = get_array_module(dx)
         if dx.dtype == xp.result_type(dx, d_short) and not xp.may_share_memory(dx, dy):
             dx += d_short                              # dx is the body's new array
