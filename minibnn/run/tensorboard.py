@@ -14,7 +14,9 @@ optimiser step, counted from 1):
   and adam, which are that filter's state in the paper's reading (docs/theory.md).
 
 A resumed run appends to the same folder with ``purge_step`` = its checkpoint's step + 1:
-TensorBoard then drops any older events past the checkpoint.  The writer is tensorboardX (the
+TensorBoard then drops any older events past the checkpoint. Each session writes its own event
+file, named (beyond tensorboardX's wall-clock second and host) by its process and first step,
+so a resume within the same second never replaces the file before it.  The writer is tensorboardX (the
 ``tensorboard`` extra); without it ``check_available`` is a one-line error before training.
 """
 from __future__ import annotations
@@ -87,7 +89,10 @@ class EventBoard(Board):
             os.makedirs(logdir, exist_ok=True)
         except OSError as exc:
             raise MinibnnError(f"--tensorboard {logdir}: {os_reason(exc)}") from None
-        self.writer = SummaryWriter(logdir, purge_step=purge_step)
+        # tensorboardX names the file by the second and the host only: two sessions in one
+        # second (a quick --resume) would write the same file, the second erasing the first
+        suffix = f".{os.getpid()}.from{purge_step or 1}"
+        self.writer = SummaryWriter(logdir, purge_step=purge_step, filename_suffix=suffix)
 
     def epoch_end(self, step: int, rows: Mapping[str, np.ndarray],
                   epoch_metrics: Mapping[str, float],
