@@ -41,6 +41,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Protocol, Sequence, Union
 
+import numpy as np
+
 from minibnn import kernels
 from minibnn.backend import get_array_module
 from minibnn.kernels.channels_last import (batchnorm_normalise_add_rows,
@@ -457,9 +459,10 @@ class ResidualNHWC:
         if self.shortcut is not None:
             d_short, short_grads = backward_steps(self.shortcut, dy, short_caches)
             grads.update(short_grads)
-        xp = get_array_module(dx)
-        if dx.dtype == xp.result_type(dx, d_short) and not xp.may_share_memory(dx, dy):
-            dx += d_short                              # dx is the body's new array
+        # the body's backward ends in a new array (its first step's dx, never dy itself: the
+        # identity check needs no device read), so the shortcut's gradient is added in place
+        if dx is not dy and dx.dtype == np.result_type(dx.dtype, d_short.dtype):
+            dx += d_short
             return dx, grads
         return dx + d_short, grads
 
