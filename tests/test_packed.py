@@ -29,7 +29,7 @@ from minibnn.errors import DataFileError, DeviceError, DTypeError, MinibnnError
 from minibnn.run.files import Checkpoint, RunFile, load_run, save_run
 from minibnn.kernels.threshold import Threshold
 from minibnn.nn import functional as F
-from minibnn.nn.models import Model, binary_cnn, binary_mlp, birealnet
+from minibnn.nn.models import Model, binary_cnn, binary_mlp, birealnet, reactnet
 from minibnn.nn.containers import Sequential
 from minibnn.nn.modules import BatchNorm, BinaryDense, Dense, Flatten, Sign, Stateless
 from minibnn.deploy.inference import (default_packed_path, evaluate_packed, export_packed,
@@ -46,6 +46,8 @@ MODELS = {
                                                 binary_storage="binary", **kw),
     "cnn": lambda **kw: binary_cnn((3, 11, 13), width=5, **kw),          # odd sizes, padding 1
     "birealnet": lambda **kw: birealnet((3, 12, 12), width=6, blocks_per_stage=(1, 2), **kw),
+    # RSign, RPReLU and the widening Concat (its two halves' binary convs packed too)
+    "reactnet": lambda **kw: reactnet((3, 8, 8), width=3, blocks_per_stage=(1, 2), **kw),
 }
 
 
@@ -78,6 +80,8 @@ def _random_state(model, dtype, seed=0, affine=False, integer_means=True):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_packed_logits_equal_float_logits_exactly(name, dtype):
     model = MODELS[name]()
+    packed_layers = pack_model(model, *model.init(np.random.default_rng(0), dtype)).layers
+    assert sorted(packed_layers) == sorted(model.binary_names)        # every binary layer
     for affine in (False, True):
         params, buffers, x = _random_state(model, dtype, affine=affine)
         ref, _, _ = model.forward(params, buffers, x, train=False)

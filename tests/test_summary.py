@@ -146,3 +146,23 @@ def test_cli_summary_of_a_run_file_shows_its_provenance(tmp_path: Path,
     code, out, _ = run_cli(capsys, "summary", out_path)
     assert code == 0 and "\nprovenance:\n  session from epoch 1:\n    data: synthetic (" in out
     assert "versions: minibnn " in out
+
+
+def test_reactnet_counts_every_binary_conv_inside_its_concat() -> None:
+    """The widening block's two halves (a Concat) are walked like any container: every binary
+    weight is counted once, and the binary MACs are the hand count over the binary convs."""
+    from minibnn.nn.fold import walk
+    from minibnn.nn.models import reactnet
+    from minibnn.nn.modules import BinaryConv2d
+
+    model = reactnet((3, 16, 16), width=2, blocks_per_stage=(1, 2))
+    params, _ = model.init(np.random.default_rng(0), np.float32)
+    rows, totals = summarize(model)
+    assert totals["binary_params"] == sum(params[n].size for n in model.binary_names)
+    # stage 1 (16x16): the 3x3 conv 2->2 and the two 1x1 halves 2->2; stage 2 (8x8): the
+    # stride-2 3x3 4->4, two 1x1 halves 4->4, then a 3x3 8->8 and a 1x1 8->8
+    hand = (16 * 16 * (2 * 2 * 9 + 2 * (2 * 2)) + 8 * 8 * (4 * 4 * 9 + 2 * (4 * 4))
+            + 8 * 8 * (8 * 8 * 9 + 8 * 8))
+    assert totals["binary_macs"] == hand
+    assert sum(isinstance(m, BinaryConv2d) for m in walk(model.net)) == 8
+    assert any(r.kind == "concat" for r in rows)

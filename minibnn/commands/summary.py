@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from minibnn.nn import functional as F
-from minibnn.nn.containers import Residual, Sequential
+from minibnn.nn.containers import Concat, Residual, Sequential
 from minibnn.nn.models import Model
 from minibnn.nn.modules import (BinaryConv2d, BinaryDense, Conv2d, Dense, Module, Stateless,
                                 _BinaryWeights)
@@ -74,6 +74,12 @@ def _walk(module: Module, params: dict, buffers: dict, x: np.ndarray, binary: se
                                                         binary, rows)
         out, _ = F.add_forward(y, short)
         rows.append(LayerRow("add", "add", tuple(out.shape[1:]), _bits(y), 0, 0, 0.0, 0, 0))
+        return out
+    if isinstance(module, Concat):
+        outs = [_walk(branch, params, buffers, x, binary, rows) for branch in module.branches]
+        out, _ = F.concat_forward(outs)
+        rows.append(LayerRow("concat", "concat", tuple(out.shape[1:]), _bits(outs[0]), 0, 0, 0.0,
+                             0, 0))
         return out
     y, _, _ = module.forward(params, buffers, x, False)
     p, b = module.init(np.random.default_rng(0), x.dtype)

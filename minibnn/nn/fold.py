@@ -25,7 +25,7 @@ import numpy as np
 from minibnn.kernels.threshold import Threshold, fold_sign_table
 from minibnn.nn import functional as F
 from minibnn.nn.models import Model
-from minibnn.nn.containers import Residual, Sequential
+from minibnn.nn.containers import Concat, Residual, Sequential
 from minibnn.nn.modules import BatchNorm, Module, Stateless, _BinaryWeights, is_sign
 
 #: elements of one block of the sign table built by ``fold_batchnorm_sign`` (bounds memory)
@@ -72,11 +72,14 @@ def fold_after(layers: Sequence[Module], i: int) -> Fold | None:
 
 
 def walk(module: Module) -> Iterator[Module]:
-    """Every module of a Sequential/Residual tree, depth first."""
+    """Every module of a Sequential/Residual/Concat tree, depth first."""
     yield module
     if isinstance(module, Sequential):
         for layer in module.layers:
             yield from walk(layer)
+    elif isinstance(module, Concat):
+        for branch in module.branches:
+            yield from walk(branch)
     elif isinstance(module, Residual):
         yield from walk(module.body)
         if module.shortcut is not None:

@@ -70,7 +70,7 @@ from minibnn.nn.channels_last import (Activation, BatchNormNHWC, BatchNormSignNH
                                       ResidualNHWC, as_float, channels_first, channels_last)
 from minibnn.nn.fold import Fold, fold_after, fold_batchnorm_sign, fold_sites, walk
 from minibnn.nn.models import Model
-from minibnn.nn.containers import Residual, Sequential
+from minibnn.nn.containers import Concat, Residual, Sequential
 from minibnn.nn.modules import (BatchNormSign, BiasSign, BinaryConv2d, BinaryDense, Module,
                                 _BinaryWeights, forward_steps, is_sign)
 
@@ -272,6 +272,8 @@ def _packed_tree(module: Module, pm: PackedModel) -> Module:
     steps its float twin runs (``Sequential.steps()``): a channels-last group becomes one
     PackedBinary (``_packed_twins``), and among the other steps each ``Sign -> binary layer
     [-> fold -> binary layer]*`` run of declared layers does (``_packed_layers``)."""
+    if isinstance(module, Concat):
+        return Concat([_packed_tree(branch, pm) for branch in module.branches], module.name)
     if isinstance(module, Residual):
         short = module.shortcut
         return Residual(_packed_tree(module.body, pm),
