@@ -185,3 +185,13 @@ def test_format_sessions_heads_each_session_and_names_old_files() -> None:
         "provenance: not recorded (run file written before it was stored)"]
     assert format_sessions([{}]) == ["provenance: an empty record"]
     assert format_sessions(["junk"]) == ["provenance: an empty record"]
+
+
+def test_an_old_cache_read_with_a_data_dir_names_no_path(tmp_path) -> None:
+    """An old cache may hold another copy than the --data-dir given now: its record says the
+    path is unknown rather than naming that folder."""
+    x, y = np.zeros((10, 3, 32, 32), np.uint8), np.arange(10, dtype=np.uint8)
+    save_split(tmp_path / "cifar10-jpeg.npz", x, y, x, y)          # written without a record
+    other = fake_jpeg_archive(tmp_path / "other.tar.gz")
+    record = load_dataset("cifar10", data_dir=other, cache_dir=tmp_path).origin
+    assert record.path is None and record.sha256 == HASH_UNKNOWN

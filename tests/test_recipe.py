@@ -3,6 +3,9 @@ training (--weights real, then --init-from), cema's initial state from step 1's 
 their one-line errors."""
 from __future__ import annotations
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 
@@ -44,8 +47,10 @@ def runs(tmp_path_factory):
 def test_distillation_loss_is_kl_to_the_teachers_eval_logits(runs):
     spec, _, teacher = run_model(load_run(runs["teacher"]))
     ck = load_run(runs["teacher"]).checkpoint
-    loss_fn = recipe.distillation_loss(runs["teacher"], 3.0, teacher.input_shape,
-                                       teacher.num_classes, "synthetic", "cpu", np.float64)
+    loss_fn, record = recipe.distillation_loss(runs["teacher"], 3.0, teacher.input_shape,
+                                               teacher.num_classes, "synthetic", "cpu",
+                                               np.float64)
+    assert record["sha256"] == recipe.file_sha256(runs["teacher"]) and record["epoch"] == 1
     rng = np.random.default_rng(0)
     x = rng.normal(size=(6,) + tuple(teacher.input_shape))
     logits = rng.normal(size=(6, teacher.num_classes))
@@ -70,7 +75,8 @@ def test_init_from_starts_from_step_ones_weights(runs, optimizer):
     step1 = run_model(load_run(runs["step1"]))[2]
     model = model_from_spec(spec, step1.input_shape, step1.num_classes)
     params, buffers = model.init(np.random.default_rng(5), np.float64)
-    start, start_buffers, state = recipe.init_from(spec, model, params, buffers)
+    start, start_buffers, state, record = recipe.init_from(spec, model, params, buffers)
+    assert record["path"] == os.path.abspath(runs["step1"])
     old = load_run(runs["step1"]).checkpoint
     for name in params:
         if name in model.binary_names and optimizer == "cema":
@@ -134,6 +140,9 @@ def test_the_recipe_options_enter_the_sweep_id_only_when_given():
     (["--teacher", "MISSING"], "MISSING"),
     (["--init-from", "MISSING"], "MISSING"),
     (["--distill", "0", "--teacher", "t.h5"], "--distill must be a temperature > 0"),
+    (["--distill", "1e-30", "--teacher", "t.h5"], "--distill 1e-30: T^2 = 0 in float32"),
+    (["--init-weight-decay", "1e60", "--init-from", "s.h5"],
+     "--init-weight-decay 1e+60 overflows float32"),
 ])
 def test_recipe_errors_are_one_line(tmp_path, capsys, argv, message):
     argv = [a.replace("MISSING", str(tmp_path / "missing.h5")) for a in argv]
@@ -166,3 +175,31 @@ def test_the_initial_state_reaches_training(runs):
                             init_weight_decay=lam), out, progress=False, log=_quiet)
         flips[lam] = sum(v[0] for k, v in metrics.items() if k.startswith("flip_ratio:"))
     assert flips[0.0] > 0 and flips[1e3] == 0
+
+
+def test_the_sessions_name_their_teacher_and_start(runs):
+    """The run file's provenance names the teacher and the start it used (path, SHA-256)."""
+    sessions = load_run(runs["step1"]).description["provenance"]
+    assert sessions[0]["teacher"]["sha256"] == recipe.file_sha256(runs["teacher"])
+    assert sessions[0]["teacher"]["path"] == os.path.abspath(runs["teacher"])
+
+
+def test_an_unfinished_teacher_is_refused(tmp_path):
+    half = str(tmp_path / "half.h5")
+    fit(_spec(epochs=2, optimizer="adam"), half, progress=False, log=_quiet, stop_after=1)
+    with pytest.raises(MinibnnError, match="has trained 1 of its 2 epochs: finish it first"):
+        fit(_spec(teacher=half), str(tmp_path / "s.h5"), progress=False, log=_quiet)
+
+
+def test_a_resume_refuses_a_teacher_that_changed(runs, tmp_path):
+    """A student stopped after epoch 1 whose teacher file is then replaced by another run's
+    does not go on distilling from the new one."""
+    teacher = str(tmp_path / "teacher.h5")
+    shutil.copy(runs["teacher"], teacher)
+    student = str(tmp_path / "student.h5")
+    fit(_spec(epochs=2, teacher=teacher), student, progress=False, log=_quiet, stop_after=1)
+    os.remove(teacher)
+    fit(_spec(weights="real", activations="real", optimizer="adam", lr=0.02), teacher,
+        progress=False, log=_quiet)
+    with pytest.raises(MinibnnError, match="is not the file this run started with"):
+        fit(None, student, resume=True, progress=False, log=_quiet)

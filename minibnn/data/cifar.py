@@ -152,7 +152,6 @@ def load_cifar10_split(data_dir: str | os.PathLike | None = None,
     """
     cache = resolve_cache_dir(cache_dir)
     pickles_cache, images_cache = cache / "cifar10.npz", cache / "cifar10-jpeg.npz"
-    given = absolute(data_dir) if data_dir is not None else None
     looked: list[str] = []
     roots: list[Path] = []
     if data_dir is not None:
@@ -174,7 +173,8 @@ def load_cifar10_split(data_dir: str | os.PathLike | None = None,
             looked.append(str(root))
             continue
         if pickles_cache.is_file():
-            return _cached(pickles_cache, test_only, DataSource("cifar10-pickles", given))
+            # an old cache without its record: built from some copy, not necessarily this one
+            return _cached(pickles_cache, test_only, DataSource("cifar10-pickles"))
         kind, path = hits[0]
         split = read_batches_tar(path) if kind == "tar" else read_batches_dir(path)
         source = DataSource("cifar10-pickles", absolute(path), _pickles_sha256(kind, path))
@@ -208,7 +208,8 @@ def _cached(path: Path, test_only: bool, fallback: DataSource) -> tuple[Split, D
 def _from_images(root: Path, cache_path: Path, test_only: bool) -> tuple[Split, DataSource]:
     """CIFAR-10 from an image folder: its classes must be CIFAR-10's, in label order."""
     if cache_path.is_file():
-        return _cached(cache_path, test_only, DataSource("cifar10-jpeg", absolute(root)))
+        # an old cache without its record names no path: it may hold another copy than root
+        return _cached(cache_path, test_only, DataSource("cifar10-jpeg"))
     split, info, source = load_cached_or_decode(root, cache_path, kind="cifar10-jpeg")
     classes = info.classes         # checked once, when decoded: the cache holds only good ones
     if classes != CLASSES:

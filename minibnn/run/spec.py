@@ -425,8 +425,17 @@ class RunSpec:
         if self.loop.test_every_epoch and not self.data.val_split:
             raise MinibnnError("--test-every-epoch only applies with --val-split (without a "
                                "validation split the test set is evaluated every epoch)")
-        for section in ("model", "binary_optimizer", "real_optimizer"):
+        for section in ("model", "binary_optimizer", "real_optimizer", "loop"):
             _fits_dtype(getattr(self, section), section, self.loop.dtype)
+        if self.loop.teacher is not None:
+            import numpy as np
+
+            # the loss is scaled by T^2 and the gradient by T: both must be numbers in dtype
+            with np.errstate(over="ignore", under="ignore"):
+                t2 = float(np.asarray(self.loop.distill, dtype=self.loop.dtype) ** 2)
+            if not math.isfinite(t2) or t2 == 0:
+                raise MinibnnError(f"--distill {self.loop.distill:g}: T^2 = {t2:g} in "
+                                   f"{self.loop.dtype}; use a temperature nearer 1")
 
     @property
     def binary_storage(self) -> str:

@@ -479,18 +479,21 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
              for k, v in optimizer_rates(spec, steps_per_epoch).items()}
     optimizer = optimizer_from_spec(spec, model, steps_per_epoch, rates)
 
-    loss_fn = None
+    loss_fn, recipe_records = None, {}
     if spec.loop.teacher is not None:
-        loss_fn = recipe.distillation_loss(spec.loop.teacher, spec.loop.distill,
-                                           model.input_shape, model.num_classes, spec.data.name,
-                                           device, dtype)
+        loss_fn, recipe_records["teacher"] = recipe.distillation_loss(
+            spec.loop.teacher, spec.loop.distill, model.input_shape, model.num_classes,
+            spec.data.name, device, dtype, (ds.mean, ds.std))
+        if previous is not None:
+            recipe.check_same_teacher((previous.description or {}).get("provenance", []),
+                                      recipe_records["teacher"])
 
     rng = np.random.default_rng(spec.loop.seed)
     params, buffers = model.init(rng, dtype)
     initial_state: dict[str, Any] = {}
     if spec.loop.init_from is not None and previous is None:
-        start_params, start_buffers, initial_state = recipe.init_from(spec, model, params,
-                                                                      buffers)
+        start_params, start_buffers, initial_state, recipe_records["init_from"] = \
+            recipe.init_from(spec, model, params, buffers)
     else:
         start_params, start_buffers = params, buffers
     state = TrainState(_tree_to_device(start_params, device),
@@ -527,6 +530,7 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
 
     stored = config_json(spec, local)
     sessions = session_provenance(ds, local, previous, state.epoch + 1)
+    sessions[-1].update(recipe_records)      # the teacher and the start this session used
     # the epoch the run file holds; "pending"/"inode" close the window between a write and
     # this note (os.replace gives the file a new inode: see _interrupt_says_what_is_kept)
     saved: dict[str, Any] = {"epoch": state.epoch, "pending": None, "inode": _inode(out_path)}
