@@ -273,15 +273,18 @@ def test_pytorch_sgd_follows_minibnn_sgd(case, start):
 
 
 def test_pytorch_sgd_fuses_multiply_adds_where_minibnn_rounds_twice():
-    """Why the twin is not bit for bit: one coupled step with lr 0.1 differs from minibnn's
-    somewhere in 1000 weights (PyTorch's ``p + (-lr) m`` is one rounding), and with lr and
-    weight decay powers of two (every product exact) it does not."""
+    """Why the twin is not bit for bit: with a fused multiply-add (this project's machines) one
+    coupled step with lr 0.1 differs from minibnn's somewhere in 1000 weights (PyTorch's
+    ``p + (-lr) m`` is one rounding); with lr and weight decay powers of two (every product
+    exact) it never does."""
     differs = {}
     for name, lr, wd in (("0.1", 0.1, 0.3), ("powers of two", 0.125, 0.25)):
         *_, (t, w, state, got, tstate) = sgd_lockstep(
             dict(lr=lr, momentum=0.75, weight_decay=wd), steps=3, shape=(1000,))
         differs[name] = not np.array_equal(got, w)
-    assert differs == {"0.1": True, "powers of two": False}
+    # where PyTorch's CPU kernels have no fused multiply-add (ATEN_CPU_CAPABILITY=default,
+    # some CPUs) the two agree at lr 0.1 too: that is allowed; exact products must agree
+    assert differs["powers of two"] is False
 
 
 def test_pytorch_sgd_groups_schedules_and_state_checks():
@@ -457,3 +460,16 @@ def test_the_readme_loop_trains_a_binary_layer() -> None:
     assert set(after.unique().tolist()) <= {-1.0, 1.0}
     assert (after != before).any()
     assert not torch.equal(net.head.weight.detach(), head_before)
+
+
+
+def test_a_refused_param_group_is_not_kept():
+    from minibnn.errors import MinibnnError
+    from minibnn.torch import CEMA, SGD
+
+    p, q = (torch.nn.Parameter(torch.ones(3, dtype=torch.float64)) for _ in range(2))
+    for opt, bad in ((CEMA([p], alpha=0.01), {"params": [q], "alpha": 5.0}),
+                     (SGD([p], lr=0.1), {"params": [q], "lr": 0.1, "momentum": 2.0})):
+        with pytest.raises(MinibnnError):
+            opt.add_param_group(bad)
+        assert len(opt.param_groups) == 1

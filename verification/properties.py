@@ -524,7 +524,7 @@ def _engine_runs(name: str, make: Callable[[], Any] | Recipe, b0: np.ndarray, gr
     if opt.fused is None:
         cov.no_kernel(name)
     out = {}
-    for impl in cov.implementations(make):
+    for impl in cov.implementations(make if isinstance(make, Recipe) else opt):
         out[impl] = engine.run(make if isinstance(make, Recipe) else make(), impl, b0, grads,
                                probe)
         cov.add(impl)

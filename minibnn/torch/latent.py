@@ -78,7 +78,11 @@ class SGD(torch.optim.SGD):
             param_group.setdefault(key, value)
         param_group["lr"] = param_group["schedule"](0)
         super().add_param_group(param_group)
-        self.minibnn_twin(self.param_groups[-1])     # minibnn's checks, minibnn's messages
+        try:
+            self.minibnn_twin(self.param_groups[-1])     # minibnn's checks, minibnn's messages
+        except MinibnnError:
+            self.param_groups.pop()                      # a refused group is not kept
+            raise
 
     @staticmethod
     def minibnn_twin(group: Mapping[str, Any]) -> Transform:

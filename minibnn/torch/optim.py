@@ -109,7 +109,11 @@ class FilterOptimizer(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
-        self.minibnn_twin(self.param_groups[-1])     # minibnn's checks, minibnn's messages
+        try:
+            self.minibnn_twin(self.param_groups[-1])     # minibnn's checks, minibnn's messages
+        except MinibnnError:
+            self.param_groups.pop()                      # a refused group is not kept
+            raise
 
     @staticmethod
     def minibnn_twin(group: Mapping[str, Any]) -> Transform:
