@@ -203,3 +203,15 @@ def test_a_resume_refuses_a_teacher_that_changed(runs, tmp_path):
         progress=False, log=_quiet)
     with pytest.raises(MinibnnError, match="is not the file this run started with"):
         fit(None, student, resume=True, progress=False, log=_quiet)
+
+
+def test_a_run_without_binary_weights_says_so(runs, tmp_path, capsys):
+    """A --weights real run trains no binary weights: its packed export is refused in one line
+    (it used to print 'nanx smaller'), and its training line says what it trained."""
+    code = main(["export", runs["step1"], "--out", str(tmp_path / "s.packed.h5")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "has no binary weights to pack" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "s.packed.h5").exists()
+    lines = []
+    fit(_spec(weights="real"), str(tmp_path / "w.h5"), progress=False, log=lines.append)
+    assert "no binary weights (--weights real)" in lines[0]

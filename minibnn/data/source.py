@@ -87,10 +87,6 @@ class DataSource:
             out["params"] = dict(self.params)
         return out
 
-    def cached_in(self, cache_file: Path) -> "DataSource":
-        """The same source, as read back from ``cache_file``."""
-        return dataclasses.replace(self, cache_file=str(cache_file))
-
 
 def absolute(path: str | os.PathLike) -> str:
     """``path`` as an absolute path, user folder expanded, links kept as the user named them."""

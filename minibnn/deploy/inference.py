@@ -134,6 +134,9 @@ def export_packed(run_path: str, out_path: str | None = None) -> dict[str, Any]:
     if os.path.abspath(out) == os.path.abspath(run_path):
         raise MinibnnError(f"--out {out} would overwrite the run file")
     pm = pack_run(run_path)
+    if not pm.layers:
+        raise MinibnnError(f"{run_path} has no binary weights to pack (trained with --weights "
+                           "real); export it with --format onnx or --format torch")
     with one_writer(out, "output"):
         save_packed(out, pm)
     sizes: dict[str, Any] = pm.sizes()

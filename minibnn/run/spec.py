@@ -125,7 +125,7 @@ def _layout(name: str, value: Any) -> None:
 
 
 def _precision(name: str, value: Any) -> None:
-    one_of(name, value, models.PRECISIONS)
+    models.check_precision(name, value)
 
 
 _COMMON_MODEL_CHECKS = {"act_ste": _ste, "weight_ste": _ste, "scale": _boolean,

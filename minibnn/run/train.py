@@ -506,7 +506,8 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
     metrics: dict[str, list[float]] = {}
     step_rows: dict[str, np.ndarray] = {}
     if previous is None:
-        storage = "+-1 weights" if spec.binary_storage == "binary" else "latent real weights"
+        storage = ("+-1 weights" if spec.binary_storage == "binary" else "latent real weights"
+                   ) if model.binary_names else "no binary weights (--weights real)"
         log(f"training {spec.model.name} on {spec.data.name}: {spec.binary_optimizer.name} on "
             f"{storage}, Adam on real parameters; layout {spec.model.layout}, "
             f"{get_threads()} thread{'s' if get_threads() > 1 else ''} -> {out_path}")
