@@ -11,7 +11,10 @@ schedules and decoupled decay (close to minibnn's bits, not equal: its header);
 ``params`` the split of a module's parameters; ``build`` rebuilds an exported run
 (``minibnn export RUN.h5 --format torch``, ``model``) and ``optimizers`` its optimisers with
 their state (``resume``), so the run trains on in PyTorch.
-``import minibnn`` never imports PyTorch; this package needs it.
+``import minibnn`` never imports PyTorch; this package needs it. A known limit: a rate given as
+a minibnn schedule (a closure) lives in the param group, so ``torch.save(opt.state_dict())``
+of such an optimiser fails to pickle it; give numbers, or rebuild the optimiser from the run
+(``optimizers``) and load only its state.
 """
 from minibnn.errors import MinibnnError
 
