@@ -260,8 +260,19 @@ def maxpool2d_nhwc_backward(dy: np.ndarray, argmax: np.ndarray,
 
 
 # --------------------------------------------------------------------------- BatchNorm + sign
+
 # float32 throughout: every value is cast with np.float32 and every constant is a float32, so
 # each expression is the reference's, evaluated in NumPy's float32 arithmetic.
+
+
+@njit(cache=True)
+def _chunk_total(part):  # type: ignore[no-untyped-def]
+    """The per-chunk float64 partial sums ``part[t]`` added in chunk order (t = 0, 1, ...): the
+    fixed order that keeps every chunked sum independent of the thread count."""
+    out = np.zeros_like(part[0])
+    for t in range(part.shape[0]):
+        out += part[t]
+    return out
 
 
 @njit(parallel=True, cache=True)
@@ -276,10 +287,7 @@ def _row_sums(z, chunks):  # type: ignore[no-untyped-def]
                 v = np.float64(z[r, ci])
                 part[t, 0, ci] += v
                 part[t, 1, ci] += v * v
-    out = np.zeros((2, c))
-    for t in range(chunks):
-        out += part[t]
-    return out
+    return _chunk_total(part)
 
 
 @njit(parallel=True, cache=True)
@@ -341,10 +349,7 @@ def _bn_sign_grad_sums(ds, z, mean, inv_std, gamma, beta, code, sbeta, chunks): 
                     s2[ci] += np.float64(d * xh)
         part[t, 0] = s1
         part[t, 1] = s2
-    out = np.zeros((2, c))
-    for t in range(chunks):
-        out += part[t]
-    return out
+    return _chunk_total(part)
 
 
 @njit(parallel=True, cache=True)
@@ -554,10 +559,7 @@ def _prelu_rows_grad(dy, x, a, chunks, dx):  # type: ignore[no-untyped-def]
                 acc[ci] += np.float64(q * v)
                 dx[r, ci] = a[ci] * q + p
         part[t] = acc
-    out = np.zeros(c)
-    for t in range(chunks):
-        out += part[t]
-    return out
+    return _chunk_total(part)
 
 
 @register(ref.prelu_rows_backward, "numba")
@@ -589,10 +591,7 @@ def _bias_sign_grad(ds, x, b, code, sbeta, chunks, d):  # type: ignore[no-untype
                 acc[ci] += np.float64(v)
                 d[r, ci] = v
         part[t] = acc
-    out = np.zeros(c)
-    for t in range(chunks):
-        out += part[t]
-    return out
+    return _chunk_total(part)
 
 
 @register(ref.bias_sign_pack_backward, "numba")
