@@ -47,7 +47,7 @@ from minibnn.errors import MinibnnError, ShapeError
 from minibnn.optim.base import Transform
 from minibnn.optim.checks import check_keys
 from minibnn.optim.schedules import Schedule, as_schedule
-from minibnn.torch.params import check_owned
+from minibnn.torch.params import add_checked_group, check_owned
 
 Tensor = torch.Tensor
 
@@ -77,12 +77,8 @@ class SGD(torch.optim.SGD):
         for key, value in self._group_defaults.items():
             param_group.setdefault(key, value)
         param_group["lr"] = param_group["schedule"](0)
-        super().add_param_group(param_group)
-        try:
-            self.minibnn_twin(self.param_groups[-1])     # minibnn's checks, minibnn's messages
-        except MinibnnError:
-            self.param_groups.pop()                      # a refused group is not kept
-            raise
+        add_checked_group(super().add_param_group, self.param_groups, self.minibnn_twin,
+                          param_group)
 
     @staticmethod
     def minibnn_twin(group: Mapping[str, Any]) -> Transform:

@@ -44,7 +44,7 @@ from minibnn.optim.base import Transform
 from minibnn.optim.checks import check_keys
 from minibnn.optim.schedules import Schedule, as_schedule
 from minibnn.torch.latent import SGD
-from minibnn.torch.params import check_owned
+from minibnn.torch.params import add_checked_group, check_owned
 
 Tensor = torch.Tensor
 
@@ -108,12 +108,8 @@ class FilterOptimizer(torch.optim.Optimizer):
     BUFFERS: dict[str, tuple[str, str]] = {}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        try:
-            self.minibnn_twin(self.param_groups[-1])     # minibnn's checks, minibnn's messages
-        except MinibnnError:
-            self.param_groups.pop()                      # a refused group is not kept
-            raise
+        add_checked_group(super().add_param_group, self.param_groups, self.minibnn_twin,
+                          param_group)
 
     @staticmethod
     def minibnn_twin(group: Mapping[str, Any]) -> Transform:

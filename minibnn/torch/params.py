@@ -66,3 +66,17 @@ def check_owned(optimizer: torch.optim.Optimizer, params: dict[str, Any]) -> Non
     for name, p in params.items():
         if id(p) not in owned:
             raise MinibnnError(f"parameter {name!r} is not one of this optimizer's parameters")
+
+
+def add_checked_group(add: Callable[[dict[str, Any]], None], groups: list[dict[str, Any]],
+                      check: Callable[[dict[str, Any]], Any], group: dict[str, Any]) -> None:
+    """``add(group)`` (torch's ``add_param_group``, which fills in the defaults), then
+    ``check`` on the filled group (minibnn's checks and messages); a group it refuses is
+    taken out of ``groups`` again, so it is never stepped."""
+    add(group)
+    try:
+        check(groups[-1])
+    except MinibnnError:
+        groups.pop()
+        raise
+
