@@ -392,23 +392,11 @@ def test_a_plain_pytorch_loop_with_cema_and_adam_trains_and_flips():
     assert np.mean(losses[-5:]) < losses[0]
 
 
-def test_import_without_torch_is_a_one_line_error(monkeypatch):
-    import builtins
+def test_import_without_torch_is_a_one_line_error(without_torch):
     import importlib
-    import sys
 
     from minibnn.errors import MinibnnError
 
-    real_import = builtins.__import__
-
-    def no_torch(name, *args, **kwargs):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    for mod in [m for m in sys.modules if m == "minibnn.torch" or m.startswith("minibnn.torch.")]:
-        monkeypatch.delitem(sys.modules, mod)
-    monkeypatch.setattr(builtins, "__import__", no_torch)
     with pytest.raises(MinibnnError, match=r"pip install 'minibnn\[torch\]'") as info:
         importlib.import_module("minibnn.torch")
     assert "\n" not in str(info.value)

@@ -269,25 +269,8 @@ def _lists_torch(implementations):
     return re.search(r"(^|, )torch\b", implementations) is not None
 
 
-def _hide_torch(monkeypatch):
-    """Make ``import torch`` fail, as on a machine without PyTorch."""
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_torch(name, *args, **kwargs):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    for mod in [m for m in sys.modules if m == "minibnn.torch" or m.startswith("minibnn.torch.")]:
-        monkeypatch.delitem(sys.modules, mod)
-    monkeypatch.setattr(builtins, "__import__", no_torch)
-
-
 @pytest.mark.parametrize("pid", ["P1", "P4", "P5", "P8", "P9"])
-def test_without_torch_the_torch_column_is_skipped_with_the_reason(monkeypatch, pid):
-    _hide_torch(monkeypatch)
+def test_without_torch_the_torch_column_is_skipped_with_the_reason(without_torch, pid):
     result = PROPERTIES[pid](5)
     assert result.holds, result.counterexample
     assert not _lists_torch(result.implementations), result.implementations
