@@ -311,10 +311,10 @@ def test_partition_step_routes_to_each_groups_step(backend):
                            "real": optim.sgd(0.5, momentum=0.0)},
                           lambda n: "binary" if n.startswith("a") else "real")
     grads = {"a.w": np.array([1.0, -1.0]), "b.w": np.array([1.0, -1.0])}
+    want, want_state = opt.update(grads, opt.init(params), params)
     with kernels.use_backend(backend):
         state = opt.init(params)
-        new = opt.step_in_place(grads, state, params)
-    want, want_state = opt.update(grads, opt.init(params), params)
+        new = opt.step_in_place(grads, state, params)     # params change in place
     _assert_same_tree(state, want_state)              # the new state, left in place
 
     assert seen == (["binary"] if backend == "numba" else [])

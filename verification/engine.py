@@ -160,7 +160,7 @@ class Stepper:
         from minibnn import kernels
 
         g = {k: self.to_dev(v) for k, v in grads.items()}
-        p = {k: self.to_dev(v) for k, v in params.items()}
+        p = {k: self.to_dev(v.copy()) for k, v in params.items()}   # a fused step writes p
         if self.backend is None:
             new, state = self.opt.update(g, state, p)
         else:

@@ -84,12 +84,18 @@ def forward_steps(steps: Sequence[Any], params: Params, buffers: Params, x: Any,
     return x, new_buffers, caches
 
 
-def backward_steps(steps: Sequence[Any], dy: Any, caches: Sequence[Any]) -> tuple[Any, Params]:
+def backward_steps(steps: Sequence[Any], dy: Any, caches: list[Any]) -> tuple[Any, Params]:
     """The backward pass of ``forward_steps``: the steps in reverse, each given the dx of the
-    one after it; returns the first step's dx and the gradients of all."""
+    one after it; returns the first step's dx and the gradients of all.
+
+    It consumes ``caches``: each step's entry is dropped (set to None) once its backward has
+    run, so the activations it held are freed as the pass goes, not all at its end (as
+    PyTorch frees a graph's saved tensors); run ``forward`` again to differentiate twice.
+    """
     grads: Params = {}
-    for step, cache in zip(reversed(steps), reversed(caches)):
-        dy, step_grads = step.backward(dy, cache)
+    for i in reversed(range(len(steps))):
+        dy, step_grads = steps[i].backward(dy, caches[i])
+        caches[i] = None
         grads.update(step_grads)
     return dy, grads
 

@@ -3,8 +3,8 @@
     opt = optim.cema(alpha=1e-3, gamma=0.1)
     state = opt.init(params)                          # {"m": {...}, "v": {...}, "b": {}}
     params, state = opt.update(grads, state, params)  # the readable chain (pure)
-    params = opt.step_in_place(grads, state, params)  # the fused kernel where compiled;
-                                                      # state updated in place
+    opt.step_in_place(grads, state, params)           # the fused kernel where compiled;
+                                                      # params and state updated in place
 
 See ``filters.py`` for the building blocks, ``optimizers.py`` for the chains, their fused steps
 and ``defaults(name)``, ``base.py`` for ``Transform`` and ``chain``, ``checks.py`` for the

@@ -4,8 +4,8 @@ A ``Transform`` is a pair of pure functions, plus an optional fused step::
 
     state = t.init(params)
     stream, state = t.update(stream, state, params)      # the readable chain (pure)
-    params = t.step_in_place(grads, state, params)       # what the trainer calls: state is
-                                                         # updated in place
+    t.step_in_place(grads, state, params)                # what the trainer calls: params
+                                                         # and state updated in place
 
 Transforms are chained by name, optax style: ``chain(m=ema(gamma), v=ema(alpha), b=flip())``
 feeds the gradients to ``m``, its output to ``v`` and so on; the state is a dict keyed by the
@@ -17,9 +17,11 @@ parameters directly (optax returns updates to add instead).
 ``fused`` is a ``FusedStep(op, step)``: one in-place kernel pass (``minibnn.kernels`` op
 ``op``) computing exactly the chain's bits and state.  ``step_in_place`` runs it where
 ``kernels.has_compiled(op, p)`` for a parameter array ``p`` at hand (Numba on NumPy arrays,
-CUDA on CuPy arrays), else ``update``; either way it returns new parameter arrays and leaves
-the new state in the dict it was given (the fused kernel overwrites the state's buffers, so a
-caller who needs the old state keeps a copy, or calls the pure ``update``).
+CUDA on CuPy arrays), else ``update``; either way the new parameters end up in the parameter
+arrays it was given and the new state in the state dict it was given (as PyTorch's
+``optimizer.step()`` updates its tensors): the fused kernel overwrites both, so a step holds
+no second copy of the parameters.  A caller who needs the old values keeps a copy, or calls
+the pure ``update``.
 
 Parameters, gradients, streams and states are flat dicts ``name -> array`` (states nest one
 level per stage); everything is a plain array, so a state can be written to an HDF5 file and
@@ -58,13 +60,18 @@ class Transform:
     fused: FusedStep | None = None
 
     def step_in_place(self, grads: Params, state: State, params: Params) -> Params:
-        """New parameters; ``state`` becomes the new state (in place). The fused kernel where
-        it is compiled for these arrays, else ``update``: the same bits either way."""
+        """One step in place: ``params``' arrays become the new parameters and ``state`` the
+        new state; returns ``params``. The fused kernel where it is compiled for these arrays,
+        else ``update`` (its new arrays copied into ``params``'): the same bits either way.
+        The parameter arrays must be writeable and C-contiguous."""
         new_params, new_state = self._fused_or_update(grads, state, params)
+        for name, new in new_params.items():
+            if new is not params[name]:
+                params[name][...] = new
         if new_state is not state:
             state.clear()
             state.update(new_state)
-        return new_params
+        return params
 
     def _fused_or_update(self, grads: Params, state: State, params: Params
                          ) -> tuple[Params, State]:

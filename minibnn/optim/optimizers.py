@@ -19,7 +19,9 @@ fixed because checkpoints depend on them):
 ``cema``, ``bop``, ``sgd`` and ``adam`` also carry a fused step (``Transform.fused``): one
 in-place kernel per parameter (``kernels.cema_update(...)`` etc.) that follows the
 chain's operation order, so it gives the chain's bits and the chain's state (counts bumped as
-the chain's filters bump them).  ``opt.step_in_place`` uses it where the kernel is compiled.
+the chain's filters bump them).  ``opt.step_in_place`` uses it where the kernel is compiled;
+it writes the new parameters into the parameter arrays themselves (no copy: a step needs no
+memory beyond the gradients).
 
 The keyword defaults of these constructors are minibnn's defaults; ``defaults(name)`` reads
 them for the trainer's optimiser names (the config and CLI take theirs from there).
@@ -79,18 +81,17 @@ def sgd(lr: float | Schedule = 0.01, momentum: float = 0.0, weight_decay: float 
 
 def _sgd_step(lr: Schedule, momentum: float, weight_decay: float, decoupled: bool,
               dampening: float) -> StepFn:
-    """``sgd``'s fused step: ``kernels.sgd_update`` per parameter, in place on ``m``."""
+    """``sgd``'s fused step: ``kernels.sgd_update`` per parameter, in place
+    on the parameter and ``m``."""
 
     def step(grads: Params, state: State, params: Params) -> tuple[Params, State]:
         eta = lr(step_count(state["lr"]))
         first = step_count(state["momentum"]) == 0
-        new = {}
         for name, g in grads.items():
-            new[name] = params[name].copy()
             m = state["momentum"]["m"][name] if momentum != 0.0 else None
-            kernels.sgd_update(new[name], m, g, eta, momentum, weight_decay, dampening,
-                         decoupled, first)
-        return new, {**state, "momentum": _bumped(state["momentum"]),
+            kernels.sgd_update(params[name], m, g, eta, momentum, weight_decay, dampening,
+                               decoupled, first)
+        return params, {**state, "momentum": _bumped(state["momentum"]),
                      "lr": _bumped(state["lr"])}
 
     return step
@@ -118,18 +119,17 @@ def adam(lr: float | Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: f
 
 def _adam_step(lr: Schedule, b1: float, b2: float, eps: float, weight_decay: float,
                decoupled: bool) -> StepFn:
-    """``adam``'s fused step: ``kernels.adam_update`` per parameter, in place on ``m``, ``v``."""
+    """``adam``'s fused step: ``kernels.adam_update`` per parameter, in place
+    on the parameter, ``m`` and ``v``."""
 
     def step(grads: Params, state: State, params: Params) -> tuple[Params, State]:
         eta = lr(step_count(state["lr"]))
         t = step_count(state["adam"]) + 1
         moments = state["adam"]
-        new = {}
         for name, g in grads.items():
-            new[name] = params[name].copy()
-            kernels.adam_update(new[name], moments["m"][name], moments["v"][name], g,
-                         eta, t, b1, b2, eps, weight_decay, decoupled)
-        return new, {**state, "adam": _bumped(moments), "lr": _bumped(state["lr"])}
+            kernels.adam_update(params[name], moments["m"][name], moments["v"][name], g,
+                                eta, t, b1, b2, eps, weight_decay, decoupled)
+        return params, {**state, "adam": _bumped(moments), "lr": _bumped(state["lr"])}
 
     return step
 
@@ -153,16 +153,15 @@ def cema(alpha: float | Schedule = 1e-3, gamma: float | Schedule = 0.1,
 
 
 def _cema_step(alpha: Schedule, gamma: Schedule, tie: str) -> StepFn:
-    """``cema``'s fused step: ``kernels.cema_update`` per parameter, in place on ``m``, ``v``."""
+    """``cema``'s fused step: ``kernels.cema_update`` per parameter, in place
+    on the parameter, ``m`` and ``v``."""
 
     def step(grads: Params, state: State, params: Params) -> tuple[Params, State]:
         a, r = alpha(step_count(state["v"])), gamma(step_count(state["m"]))
-        new = {}
         for name, g in grads.items():
-            new[name] = params[name].copy()
-            kernels.cema_update(new[name], state["m"]["s"][name],
-                         state["v"]["s"][name], g, a, r, 0.0, tie)
-        return new, {**state, "m": _bumped(state["m"]), "v": _bumped(state["v"])}
+            kernels.cema_update(params[name], state["m"]["s"][name],
+                                state["v"]["s"][name], g, a, r, 0.0, tie)
+        return params, {**state, "m": _bumped(state["m"]), "v": _bumped(state["v"])}
 
     return step
 
@@ -180,16 +179,15 @@ def bop(threshold: float = 1e-8, gamma: float | Schedule = 1e-4) -> Transform:
 
 
 def _bop_step(threshold: float, gamma: Schedule) -> StepFn:
-    """``bop``'s fused step: ``kernels.bop_update`` per parameter, in place on ``m``."""
+    """``bop``'s fused step: ``kernels.bop_update`` per parameter, in place
+    on the parameter and ``m``."""
 
     def step(grads: Params, state: State, params: Params) -> tuple[Params, State]:
         r = gamma(step_count(state["m"]))
-        new = {}
         for name, g in grads.items():
-            new[name] = params[name].copy()
-            kernels.bop_update(new[name], state["m"]["s"][name], g, r, threshold,
-                         "positive")
-        return new, {**state, "m": _bumped(state["m"])}
+            kernels.bop_update(params[name], state["m"]["s"][name], g, r, threshold,
+                               "positive")
+        return params, {**state, "m": _bumped(state["m"])}
 
     return step
 

@@ -4,8 +4,8 @@ One step, written out (``train_step``)::
 
     logits, buffers, cache = model.forward(params, buffers, x, train=True)
     loss, dlogits          = softmax_cross_entropy(logits, y, label_smoothing)
-    grads                  = model.backward(dlogits, cache)
-    params                 = optimizer.step_in_place(grads, opt_state, params)
+    grads                  = model.backward(dlogits, cache)      # frees the cache as it goes
+    optimizer.step_in_place(grads, opt_state, params)            # params, opt_state in place
 
 Binary weights go to the binary optimiser (CEMA by default, stored as +-1) and every other
 parameter to Adam, as in the paper's code.  ``optimizer.step_in_place`` runs each optimiser's fused
@@ -202,14 +202,27 @@ def train_step(model: Model, optimizer: Transform, state: TrainState, x: Any, y:
         loss, dlogits = softmax_cross_entropy(logits, y, label_smoothing=label_smoothing)
     else:
         loss, dlogits = loss_fn(logits, x, y)
-    grads = model.backward(dlogits, cache)
-    new_params = optimizer.step_in_place(grads, state.opt_state, state.params)
-    flips = {name: ((state.params[name] >= 0) != (new_params[name] >= 0)).sum()
-             for name in model.binary_names}
-    state.params, state.step = new_params, state.step + 1
+    grads = model.backward(dlogits, cache)      # frees each layer's cache as it goes
+    before = {name: sign_bits(state.params[name]) for name in model.binary_names}
+    optimizer.step_in_place(grads, state.opt_state, state.params)   # params change in place
+    flips = {name: sign_changes(before[name], state.params[name]) for name in before}
+    state.step += 1
     state.buffers.update(new_buffers)
     correct = (logits.argmax(axis=1) == y).sum()
     return loss, correct, flips
+
+
+def sign_bits(w: Any) -> Any:
+    """``w >= 0`` of every weight, one bit each (``kernels.pack_signs`` of the flat array):
+    what a step's flip count compares after the weights changed in place."""
+    return kernels.pack_signs(w.reshape(-1))
+
+
+def sign_changes(before: Any, w: Any) -> Any:
+    """How many weights of ``w`` changed sign since ``before = sign_bits(w)`` (0-d int64 on
+    ``w``'s device): the popcount of the XOR of the two bit strings."""
+    xp = get_array_module(w)
+    return xp.bitwise_count(sign_bits(w) ^ before).sum(dtype=xp.int64)
 
 
 def evaluate(model: Model, params: Params, buffers: Params, x: Any, y: Any,
