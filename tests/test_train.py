@@ -633,3 +633,35 @@ def test_packed_file_doc_lists_every_group_dataset_and_attribute(doc_runs, tmp_p
     assert {r[1] for r in rows if r[0] == "/"} == _doc_layout("Packed file layout")["/"][1]
     assert ({r[1] for r in rows if r[0] == "/packed/<param>"}
             == _doc_layout("Packed file layout")["/packed/<param>"][1])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("shape", [(3,), (64,), (130,), (16, 8, 3, 3)])
+def test_sign_changes_counts_what_the_comparison_counts(backend, shape):
+    """The flip count of a step that updated the weights in place (one bit per weight taken
+    before it) equals the plain count ``(old >= 0) != (new >= 0)``, zeros and -0.0 included."""
+    from minibnn import kernels
+    from minibnn.run.train import sign_bits, sign_changes
+
+    rng = np.random.default_rng(0)
+    old = rng.choice([-1.0, -0.0, 0.0, 0.5, 1.0], size=shape).astype(np.float32)
+    with kernels.use_backend(backend):
+        before = sign_bits(old)
+        new = old.copy()
+        new[rng.random(shape) < 0.4] *= -1.0            # in place, as the optimiser writes
+        new.reshape(-1)[0] = -3.0
+        got = sign_changes(before, new)
+    want = int(((old >= 0) != (new >= 0)).sum())
+    assert want > 0 and int(got) == want and got.dtype == np.int64 and got.ndim == 0
+
+
+def test_backward_frees_each_steps_cache_as_it_goes():
+    """``model.backward`` consumes the cache ``forward`` returned: every step's entry is
+    dropped once its backward has run (the activations are freed during the pass)."""
+    model = models.binary_mlp(in_features=12, hidden=(16, 16), num_classes=3)
+    params, buffers = model.init(np.random.default_rng(0), np.float32)
+    x = np.random.default_rng(1).standard_normal((8, 12)).astype(np.float32)
+    logits, _, cache = model.forward(params, buffers, x, train=True)
+    assert isinstance(cache, list) and len(cache) > 3 and all(c is not None for c in cache)
+    grads = model.backward(np.ones_like(logits), cache)
+    assert set(grads) == set(params) and cache == [None] * len(cache)
