@@ -210,3 +210,27 @@ def test_a_name_declared_twice_is_refused_in_any_container():
                       Concat([PReLU("a", 2), PReLU("a", 2)])):
         with pytest.raises(MinibnnError, match=r"duplicate parameter names in model: \['a.a'\]"):
             container.init(rng, np.float64)
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+@pytest.mark.parametrize("real_first", [True, False])
+def test_top_level_backward_skips_the_unread_input_gradient(layout, real_first, monkeypatch):
+    """A model's top level (``input_grad=False``) gives the same gradients without the first
+    dense layer's ``dy . W`` (nobody reads dx) and returns None for dx."""
+    from minibnn.nn import containers
+
+    model = models.binary_mlp(in_features=12, hidden=(16, 16), num_classes=3, layout=layout,
+                              real_first=real_first)
+    params, buffers = model.init(np.random.default_rng(0), np.float32)
+    x = np.random.default_rng(1).standard_normal((8, 12)).astype(np.float32)
+    dy = np.random.default_rng(2).standard_normal((8, 3)).astype(np.float32)
+    full = containers.Sequential(model.net.layers, input_grad=True, layout=layout)
+    want_dx, want = full.backward(dy, full.forward(params, buffers, x, True)[2])
+    need = []
+    real = F.dense_backward
+    monkeypatch.setattr(F, "dense_backward", lambda *a: need.append(a[2]) or real(*a))
+    dx, got = model.net.backward(dy, model.net.forward(params, buffers, x, True)[2])
+    assert want_dx.shape == x.shape and dx is None and need == [True, True, False]
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)

@@ -230,17 +230,16 @@ def maxpool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape: tuple[int, i
 @njit(parallel=True, cache=True)
 def _bn_sign_apply(x3, mean, inv_std, gamma, beta, s, y, xhat, keep):  # type: ignore[no-untyped-def]
     n, c, length = x3.shape
-    for r in prange(n * c):
-        ni = r // c
-        ci = r - ni * c
-        mu, inv, ga, be = mean[ci], inv_std[ci], gamma[ci], beta[ci]
-        for j in range(length):
-            xh = (x3[ni, ci, j] - mu) * inv       # xhat = (x - mean) * inv_std
-            yv = xh * ga + be                     # y = xhat * gamma + beta
-            s[ni, ci, j] = 1.0 if yv >= 0 else -1.0
-            if keep:
-                y[ni, ci, j] = yv
-                xhat[ni, ci, j] = xh
+    for ni in prange(n):           # one sample per iteration: no division per (n, c) row,
+        for ci in range(c):        # which cost more than the arithmetic when H*W is 1 (MLPs)
+            mu, inv, ga, be = mean[ci], inv_std[ci], gamma[ci], beta[ci]
+            for j in range(length):
+                xh = (x3[ni, ci, j] - mu) * inv       # xhat = (x - mean) * inv_std
+                yv = xh * ga + be                     # y = xhat * gamma + beta
+                s[ni, ci, j] = 1.0 if yv >= 0 else -1.0
+                if keep:
+                    y[ni, ci, j] = yv
+                    xhat[ni, ci, j] = xh
 
 
 @register(ref.batchnorm_sign_eval, "numba")

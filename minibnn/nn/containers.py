@@ -80,9 +80,10 @@ class Sequential(Module):
     per layer, and its i-th entry belongs to ``steps()[i]``. ``layers`` is the model as
     declared; build a new Sequential rather than editing it in place.
 
-    ``input_grad=False`` (a model's top level, whose backward ignores dx): a channels-last
-    group that is the first step skips its first convolution's input gradient, and
-    ``backward`` then returns None for dx (other first steps compute dx as usual).
+    ``input_grad=False`` (a model's top level, whose backward ignores dx): the first step
+    with parameters skips its input gradient where it can (a channels-last group its first
+    convolution's, a dense layer its ``dy . W``; ``backward_steps``), and ``backward``
+    returns None for dx.
     """
 
     def __init__(self, layers: Sequence[Module], name: str = "", input_grad: bool = True,
@@ -111,7 +112,7 @@ class Sequential(Module):
         return forward_steps(self._steps, params, buffers, x, train)
 
     def backward(self, dy, cache):
-        return backward_steps(self._steps, dy, cache)
+        return backward_steps(self._steps, dy, cache, self.input_grad)
 
 
 def _fuse_signs(layers: Sequence[Module]) -> list[Module]:

@@ -84,20 +84,31 @@ def forward_steps(steps: Sequence[Any], params: Params, buffers: Params, x: Any,
     return x, new_buffers, caches
 
 
-def backward_steps(steps: Sequence[Any], dy: Any, caches: list[Any]) -> tuple[Any, Params]:
+def backward_steps(steps: Sequence[Any], dy: Any, caches: list[Any], input_grad: bool = True
+                   ) -> tuple[Any, Params]:
     """The backward pass of ``forward_steps``: the steps in reverse, each given the dx of the
     one after it; returns the first step's dx and the gradients of all.
 
     It consumes ``caches``: each step's entry is dropped (set to None) once its backward has
     run, so the activations it held are freed as the pass goes, not all at its end (as
     PyTorch frees a graph's saved tensors); run ``forward`` again to differentiate twice.
+
+    ``input_grad=False`` (nobody reads the input gradient: a model's top level): the
+    parameter-free steps at the front are not differentiated, and the first step with
+    parameters, where it is a dense layer, skips its ``dx`` product; dx is then None.
     """
     grads: Params = {}
-    for i in reversed(range(len(steps))):
-        dy, step_grads = steps[i].backward(dy, caches[i])
+    first = 0 if input_grad else next(
+        (i for i, step in enumerate(steps) if not isinstance(step, Stateless)), len(steps))
+    for i in reversed(range(first, len(steps))):
+        if i == first and not input_grad and isinstance(steps[i], (Dense, BinaryDense)):
+            dy, step_grads = steps[i].backward(dy, caches[i], need_dx=False)
+        else:
+            dy, step_grads = steps[i].backward(dy, caches[i])
         caches[i] = None
         grads.update(step_grads)
-    return dy, grads
+    caches[:first] = [None] * first                  # the steps not differentiated
+    return (dy if input_grad else None), grads
 
 
 class Stateless(Module):
@@ -172,8 +183,8 @@ class Dense(Module):
         y, cache = F.dense_forward(x, params[self.key("w")], params.get(self.key("b")))
         return y, {}, cache
 
-    def backward(self, dy, cache):
-        dx, dw, db = F.dense_backward(dy, cache)
+    def backward(self, dy, cache, need_dx=True):
+        dx, dw, db = F.dense_backward(dy, cache, need_dx)
         grads = {self.key("w"): dw}
         if self.bias:
             grads[self.key("b")] = db
@@ -288,9 +299,9 @@ class BinaryDense(_BinaryWeights):
         y, cache = F.dense_forward(x, w_eff)
         return y, {}, (cache, wcache)
 
-    def backward(self, dy, cache):
+    def backward(self, dy, cache, need_dx=True):
         dense_cache, wcache = cache
-        dx, dw_eff, _ = F.dense_backward(dy, dense_cache)
+        dx, dw_eff, _ = F.dense_backward(dy, dense_cache, need_dx)
         return dx, {self.key("w"): self.weight_grad(dw_eff, wcache)}
 
 

@@ -38,11 +38,13 @@ def dense_forward(x: Array, w: Array, b: Array | None = None) -> tuple[Array, De
     return y, DenseCache(x, w, b is not None)
 
 
-def dense_backward(dy: Array, cache: DenseCache) -> tuple[Array, Array, Array | None]:
-    """Return ``dx, dw, db`` (``db`` is None when the forward had no bias)."""
+def dense_backward(dy: Array, cache: DenseCache, need_dx: bool = True
+                   ) -> tuple[Array | None, Array, Array | None]:
+    """Return ``dx, dw, db`` (``db`` is None when the forward had no bias, ``dx`` when
+    ``need_dx`` is False: a model's first layer, whose input gradient nobody reads)."""
     x, w, has_bias = cache
     require_grad("dense_backward", dy, (x.shape[0], w.shape[0]), x.dtype)
-    dx = matmul(dy, w)      # dL/dx = dL/dy . W
+    dx = matmul(dy, w) if need_dx else None     # dL/dx = dL/dy . W
     dw = matmul(dy.T, x)    # dL/dW = dL/dy^T . x
     db = dy.sum(axis=0) if has_bias else None
     return dx, dw, db
