@@ -141,7 +141,7 @@ def test_the_cnn_and_the_mlp_run_the_steps_they_ran_before_birealnet_was_grouped
     assert describe(cnn) == [("ChannelsLast", str(inner)), ("Stateless", ""), ("Dense", "head")]
     mlp = models.binary_mlp((1, 6, 6), hidden=(16, 8)).net.steps()
     assert describe(mlp) == [("Stateless", ""), ("Dense", "fc1"), ("BatchNormSign", "bn1"),
-                             ("BinaryDense", "fc2"), ("BatchNormSign", "bn2"), ("Dense", "head")]
+                             ("SignsDense", "fc2"), ("BatchNormSign", "bn2"), ("Dense", "head")]
 
 
 def test_bias_sign_fuses_a_learnable_bias_and_the_real_sign_only() -> None:

@@ -226,11 +226,68 @@ def test_top_level_backward_skips_the_unread_input_gradient(layout, real_first, 
     dy = np.random.default_rng(2).standard_normal((8, 3)).astype(np.float32)
     full = containers.Sequential(model.net.layers, input_grad=True, layout=layout)
     want_dx, want = full.backward(dy, full.forward(params, buffers, x, True)[2])
+    from minibnn.nn.functional import dense
+
     need = []
     real = F.dense_backward
-    monkeypatch.setattr(F, "dense_backward", lambda *a: need.append(a[2]) or real(*a))
+    spy = lambda *a: need.append(a[2]) or real(*a)              # noqa: E731
+    monkeypatch.setattr(F, "dense_backward", spy)               # the layers' calls
+    monkeypatch.setattr(dense, "dense_backward", spy)           # signs_dense_backward's
     dx, got = model.net.backward(dy, model.net.forward(params, buffers, x, True)[2])
     assert want_dx.shape == x.shape and dx is None and need == [True, True, False]
     assert got.keys() == want.keys()
     for k in want:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("in_features", [3, 64, 130, 1024])
+def test_signs_dense_is_the_float_product_bit_for_bit(backend, dtype, in_features):
+    """On +-1 inputs and weights, the XNOR-popcount product and its backward give the float
+    layer's bits (every partial sum is an integer), also past a word boundary."""
+    from minibnn import kernels
+
+    rng = np.random.default_rng(in_features)
+    x = np.where(rng.random((70, in_features)) < 0.5, -1.0, 1.0).astype(dtype)
+    w = np.where(rng.random((33, in_features)) < 0.5, -1.0, 1.0).astype(dtype)
+    dy = rng.standard_normal((70, 33)).astype(dtype)
+    with kernels.use_backend(backend):
+        y, cache = F.signs_dense_forward(x, w)
+        want_y, want_cache = F.dense_forward(x, w)
+        dx, dw = F.signs_dense_backward(dy, cache)
+        want_dx, want_dw, _ = F.dense_backward(dy, want_cache)
+    assert y.dtype == dtype and cache.xbits.shape == (70, -(-in_features // 64))  # x as bits
+    for got, want in ((y, want_y), (dx, want_dx), (dw, want_dw)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_signs_dense_checks_its_arguments_like_dense():
+    with pytest.raises(ShapeError, match="signs_dense_forward: w.shape"):
+        F.signs_dense_forward(np.ones((2, 4), np.float32), np.ones((3, 5), np.float32))
+
+
+@pytest.mark.parametrize("storage,scale", [("binary", False), ("latent", False),
+                                           ("latent", True)])
+def test_the_fast_mlp_runs_its_hidden_layers_on_bits_with_the_readable_bits(storage, scale):
+    """The nhwc MLP runs each unscaled hidden BinaryDense after a sign as ``SignsDense``;
+    its logits and gradients equal the readable nchw model's bit for bit (float32)."""
+    from minibnn.nn.modules import SignsDense
+
+    kw = dict(in_features=100, hidden=(96, 80, 64), num_classes=5, binary_storage=storage,
+              scale=scale)
+    fast, readable = models.binary_mlp(**kw), models.binary_mlp(**kw, layout="nchw")
+    on_bits = [s for s in fast.net.steps() if isinstance(s, SignsDense)]
+    assert len(on_bits) == (0 if scale else 2)
+    params, buffers = readable.init(np.random.default_rng(0), np.float32)
+    x = np.random.default_rng(1).standard_normal((40, 100)).astype(np.float32)
+    dy = np.random.default_rng(2).standard_normal((40, 5)).astype(np.float32)
+    results = []
+    for model in (fast, readable):
+        logits, _, cache = model.forward(params, buffers, x, train=True)
+        results.append((logits, model.backward(dy, cache)))
+    (a, ga), (b, gb) = results
+    np.testing.assert_array_equal(a, b)
+    assert ga.keys() == gb.keys()
+    for k in ga:
+        np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)

@@ -9,7 +9,9 @@ never behind the caller's back (``LAYOUTS``):
   * ``"nhwc"`` (the model builders' default, the fast engine; ``--layout``):
       1. every affine ``BatchNorm`` directly followed by the real ``Sign`` becomes one
          ``BatchNormSign`` step (one fused kernel, the same bits, the same parameter names),
-         and every ``LearnableBias`` directly followed by it one ``BiasSign`` step;
+         and every ``LearnableBias`` directly followed by it one ``BiasSign`` step; a
+         ``BinaryDense`` without a scale right after a step that emits signs runs on bits
+         (``SignsDense``: the XNOR-popcount product, the same bits; the MLP's hidden layers);
       2. every maximal run of steps with a channels-last twin (convolutions, affine
          BatchNorms, those sign steps, max-pools, block average pools, PReLUs, the global
          average pool, and Residuals whose body and shortcut are nhwc Sequentials of such
@@ -40,9 +42,9 @@ from minibnn.errors import MinibnnError
 from minibnn.nn import functional as F
 from minibnn.nn.channels_last import (ChannelsLast, ResidualNHWC, Twin, emits_signs,
                                       has_twin, is_global_avgpool, nhwc_twin)
-from minibnn.nn.modules import (BatchNorm, BatchNormSign, BiasSign, BinaryConv2d, LearnableBias,
-                                Module, Params, backward_steps, forward_steps, is_sign,
-                                model_dtype)
+from minibnn.nn.modules import (BatchNorm, BatchNormSign, BiasSign, BinaryConv2d, BinaryDense,
+                                LearnableBias, Module, Params, SignsDense, backward_steps,
+                                forward_steps, is_sign, model_dtype)
 
 #: how a Sequential runs its layers: "nhwc" the fast engine, "nchw" the layers as written
 LAYOUTS = ("nhwc", "nchw")
@@ -93,7 +95,8 @@ class Sequential(Module):
         self.input_grad = input_grad
         self.layout = check_layout(layout)
         if layout == "nhwc":
-            self._steps = group_channels_last(_fuse_signs(self.layers), input_grad)
+            self._steps = group_channels_last(_dense_on_signs(_fuse_signs(self.layers)),
+                                              input_grad)
         else:
             self._steps = list(self.layers)
 
@@ -133,6 +136,18 @@ def _fuse_signs(layers: Sequence[Module]) -> list[Module]:
             steps.append(layer)
             i += 1
     return steps
+
+
+def _dense_on_signs(steps: Sequence[Module]) -> list[Module]:
+    """``steps`` with each BinaryDense without a scale that directly follows a step emitting
+    signs (BatchNorm+sign, bias+sign, a Sign) as a ``SignsDense``: its input is all +-1, so
+    its product runs on bits (the same bits)."""
+    out = list(steps)
+    for i in range(1, len(out)):
+        emits = emits_signs(out[i - 1]) or is_sign(out[i - 1])
+        if emits and isinstance(out[i], BinaryDense) and not out[i].scale:
+            out[i] = SignsDense(out[i])
+    return out
 
 
 class Residual(Module):

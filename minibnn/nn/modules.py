@@ -101,7 +101,7 @@ def backward_steps(steps: Sequence[Any], dy: Any, caches: list[Any], input_grad:
     first = 0 if input_grad else next(
         (i for i, step in enumerate(steps) if not isinstance(step, Stateless)), len(steps))
     for i in reversed(range(first, len(steps))):
-        if i == first and not input_grad and isinstance(steps[i], (Dense, BinaryDense)):
+        if i == first and not input_grad and isinstance(steps[i], DENSE_STEPS):
             dy, step_grads = steps[i].backward(dy, caches[i], need_dx=False)
         else:
             dy, step_grads = steps[i].backward(dy, caches[i])
@@ -473,6 +473,38 @@ class RPReLU(Module):
         return backward_steps(self.layers, dy, cache)
 
 
+class SignsDense(Module):
+    """A ``BinaryDense`` without a scale whose input comes straight from a sign step, run on
+    bits: ``F.signs_dense_forward`` (the XNOR-popcount product of the packed signs of x and of
+    the +-1 weights, exact, so the bits of the float product) keeps x as bits until the
+    backward. The ``nhwc`` layout runs such a pair this way (``nn.containers``); parameters,
+    names and gradients are the layer's own.
+    """
+
+    def __init__(self, layer: BinaryDense):
+        if not isinstance(layer, BinaryDense) or layer.scale:
+            raise MinibnnError(f"SignsDense({layer.name!r}) needs a BinaryDense without a scale")
+        super().__init__(layer.name)
+        self.layer = layer
+
+    @property
+    def binary_names(self) -> list[str]:
+        return self.layer.binary_names
+
+    def init(self, rng, dtype):
+        return self.layer.init(rng, dtype)
+
+    def forward(self, params, buffers, x, train):
+        w_eff, wcache = self.layer.effective_weight(params)      # +-1: b, or sign(w)
+        y, cache = F.signs_dense_forward(x, w_eff)
+        return y, {}, (cache, wcache)
+
+    def backward(self, dy, cache, need_dx=True):
+        signs_cache, wcache = cache
+        dx, dw_eff = F.signs_dense_backward(dy, signs_cache, need_dx)
+        return dx, {self.layer.key("w"): self.layer.weight_grad(dw_eff, wcache)}
+
+
 class BiasSign(Module):
     """A ``LearnableBias`` and the ``Sign`` right after it, as one step: ``s = sign(x + b)``.
 
@@ -499,3 +531,7 @@ class BiasSign(Module):
         bias_cache, sign_cache = cache
         d, _ = self.sign.backward(dy, sign_cache)
         return self.bias.backward(d, bias_cache)
+
+
+#: the steps whose ``backward`` takes ``need_dx`` (``backward_steps`` skips a first one's dx)
+DENSE_STEPS = (Dense, BinaryDense, SignsDense)

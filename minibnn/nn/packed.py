@@ -72,7 +72,7 @@ from minibnn.nn.fold import Fold, fold_after, fold_batchnorm_sign, fold_sites, w
 from minibnn.nn.models import Model
 from minibnn.nn.containers import Concat, Residual, Sequential
 from minibnn.nn.modules import (BatchNormSign, BiasSign, BinaryConv2d, BinaryDense, Module,
-                                _BinaryWeights, forward_steps, is_sign)
+                                SignsDense, _BinaryWeights, forward_steps, is_sign)
 
 Params = dict[str, np.ndarray]
 
@@ -309,6 +309,8 @@ def _declared(step: Module) -> list[Module]:
         return [step.bn, step.sign]
     if isinstance(step, BiasSign):
         return [step.bias, step.sign]
+    if isinstance(step, SignsDense):
+        return [step.layer]
     return [step]
 
 

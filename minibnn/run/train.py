@@ -213,9 +213,10 @@ def train_step(model: Model, optimizer: Transform, state: TrainState, x: Any, y:
 
 
 def sign_bits(w: Any) -> Any:
-    """``w >= 0`` of every weight, one bit each (``kernels.pack_signs`` of the flat array):
-    what a step's flip count compares after the weights changed in place."""
-    return kernels.pack_signs(w.reshape(-1))
+    """``w >= 0`` of every weight, one bit each (``kernels.pack_signs`` of w as one row per
+    output unit, so the rows pack in parallel): what a step's flip count compares after the
+    weights changed in place."""
+    return kernels.pack_signs(w.reshape(w.shape[0], -1) if w.ndim > 1 else w)
 
 
 def sign_changes(before: Any, w: Any) -> Any:

@@ -14,7 +14,9 @@ from minibnn.nn.functional.batchnorm import BatchNormCache, batchnorm_backward, 
 from minibnn.nn.functional.batchnorm_sign import (
     BatchNormSignCache, batchnorm_sign_backward, batchnorm_sign_forward)
 from minibnn.nn.functional.conv import Conv2dCache, conv2d_backward, conv2d_forward
-from minibnn.nn.functional.dense import DenseCache, dense_backward, dense_forward
+from minibnn.nn.functional.dense import (DenseCache, SignsDenseCache, check_dense_args,
+                                         dense_backward, dense_forward, signs_dense_backward,
+                                         signs_dense_forward)
 from minibnn.nn.functional.loss import distillation_kl, softmax_cross_entropy
 from minibnn.nn.functional.pooling import (
     AvgPool2dCache, GlobalAvgPoolCache, MaxPool2dCache, avgpool2d_backward, avgpool2d_forward,
@@ -28,7 +30,7 @@ __all__ = [
     "STE_NAMES",
     "AddCache", "AvgPool2dCache", "BatchNormCache", "BatchNormSignCache", "BiasCache",
     "ConcatCache", "Conv2dCache", "DenseCache", "FlattenCache", "GlobalAvgPoolCache", "HardtanhCache",
-    "MaxPool2dCache", "PReluCache", "ReluCache", "SignCache",
+    "MaxPool2dCache", "PReluCache", "ReluCache", "SignCache", "SignsDenseCache",
     "add_backward", "add_forward",
     "avgpool2d_backward", "avgpool2d_forward",
     "batchnorm_backward", "batchnorm_forward",
@@ -36,7 +38,7 @@ __all__ = [
     "bias_backward", "bias_forward",
     "concat_backward", "concat_forward",
     "conv2d_backward", "conv2d_forward",
-    "dense_backward", "dense_forward",
+    "check_dense_args", "dense_backward", "dense_forward",
     "distillation_kl",
     "flatten_backward", "flatten_forward",
     "global_avgpool_backward", "global_avgpool_forward",
@@ -45,5 +47,6 @@ __all__ = [
     "prelu_backward", "prelu_forward",
     "relu_backward", "relu_forward",
     "sign_backward", "sign_forward", "ste_grad",
+    "signs_dense_backward", "signs_dense_forward",
     "softmax_cross_entropy",
 ]
