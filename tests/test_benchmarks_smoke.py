@@ -25,6 +25,7 @@ SCRIPTS = {
     "bench_contention": "two concurrent trainings vs one alone",
     "bench_data_memory": "peak resident memory and time per run",
     "bench_packed_eval": "packed vs float eval forward",
+    "bench_gemm": "MLP step GEMMs: minibnn fixed blocks vs numpy.matmul",
 }
 
 
