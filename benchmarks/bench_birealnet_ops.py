@@ -145,6 +145,17 @@ def twin_cases(batch: int, width: int) -> list[tuple[str, Any, Any, dict, dict]]
     return cases
 
 
+def relisted(cache: Any) -> Any:
+    """``cache`` with every list in it copied (arrays shared): a backward pass consumes the
+    lists of its cache (``backward_steps``), so each timed backward gets its own."""
+    if isinstance(cache, list):
+        return [relisted(c) for c in cache]
+    if isinstance(cache, tuple):
+        items = [relisted(c) for c in cache]
+        return type(cache)(*items) if hasattr(cache, "_fields") else tuple(items)
+    return cache
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", default="HEAD", help="git revision of the old twins")
@@ -183,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f = median_interleaved({w: (lambda t=t: t.forward(params, buffers, x, True))
                                 for w, t in (("before", old), ("after", twin))}, args.repeats,
                                stat)
-        b = median_interleaved({w: (lambda t=t, w=w: t.backward(dy, fwd[w][2]))
+        b = median_interleaved({w: (lambda t=t, w=w: t.backward(dy, relisted(fwd[w][2])))
                                 for w, t in (("before", old), ("after", twin))}, args.repeats,
                                stat)
         rows.append([label, 1e3 * f["before"], 1e3 * f["after"], 1e3 * b["before"],

@@ -137,9 +137,11 @@ def minibnn_step(cp: Any, name: str, batch: int, hidden: tuple[int, ...], width:
     buffers = {k: to_device(v, "gpu") for k, v in buffers.items()}
     x = cp.asarray(rng.standard_normal((batch,) + INPUT_SHAPE, dtype=np.float32))
     y = cp.asarray(rng.integers(0, NUM_CLASSES, size=batch))
-    # each step owns its parameters and optimiser state (the fused step updates state in place)
-    plain = TrainState(dict(params), dict(buffers), opt.init(params), rng)
-    with_metrics = TrainState(dict(params), dict(buffers), opt.init(params), rng)
+    # each step owns its parameters and optimiser state (the fused step updates both in place)
+    plain = TrainState({k: v.copy() for k, v in params.items()}, dict(buffers),
+                       opt.init(params), rng)
+    with_metrics = TrainState({k: v.copy() for k, v in params.items()}, dict(buffers),
+                              opt.init(params), rng)
 
     def step() -> float:
         logits, new_buffers, cache = model.forward(plain.params, plain.buffers, x, train=True)

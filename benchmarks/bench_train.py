@@ -64,7 +64,8 @@ SMOKE_MODELS = {
 def minibnn_step(model_name: str, input_shape: tuple[int, ...], batch: int,
                  overrides: dict[str, Any], backend: str = "auto"
                  ) -> tuple[Callable[[], Any], Any, dict[str, Any]]:
-    """One minibnn training step closure, the model, and its initial parameters.
+    """One minibnn training step closure, the model, and its initial parameters (the training
+    state's own arrays: each step updates them in place, so copy them before the first step).
 
     ``backend`` picks the kernels ("auto": Numba kernels and fused optimiser steps,
     "numpy": the reference code); it is selected again before every step, so steps of both

@@ -223,3 +223,21 @@ def test_sgd_without_momentum_keeps_no_buffer(backend, decoupled):
     assert dict(_flat(chain_state)).keys() == dict(_flat(fused_state)).keys()
     with_momentum = optim.sgd(0.1, momentum=0.9).init(params)["momentum"]
     assert set(with_momentum) == {"count", "m"} and set(with_momentum["m"]) == set(params)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("awkward", ["read-only", "fortran"])
+def test_step_in_place_refuses_arrays_it_cannot_write_on_every_backend(awkward, backend):
+    """A read-only or non-C-contiguous parameter is a one-line error before anything changes,
+    whichever path (fused kernel or chain) would run."""
+    from minibnn.errors import MinibnnError
+
+    w = np.asfortranarray(np.ones((3, 4))) if awkward == "fortran" else np.ones((3, 4))
+    w.flags.writeable = awkward != "read-only"
+    params = {"a.w": np.ones(5), "z.w": w}
+    grads = {k: np.full(v.shape, 0.5) for k, v in params.items()}
+    opt = optim.cema(1.0, 1.0)
+    state = opt.init(params)
+    with kernels.use_backend(backend), pytest.raises(MinibnnError, match="'z.w' must be"):
+        opt.step_in_place(grads, state, params)
+    assert params["a.w"].tolist() == [1.0] * 5 and int(state["m"]["count"]) == 0

@@ -82,10 +82,10 @@ class Sequential(Module):
     per layer, and its i-th entry belongs to ``steps()[i]``. ``layers`` is the model as
     declared; build a new Sequential rather than editing it in place.
 
-    ``input_grad=False`` (a model's top level, whose backward ignores dx): the first step
-    with parameters skips its input gradient where it can (a channels-last group its first
-    convolution's, a dense layer its ``dy . W``; ``backward_steps``), and ``backward``
-    returns None for dx.
+    ``input_grad=False`` (a model's top level, whose backward ignores dx): ``backward``
+    returns None for dx; a channels-last group that is the first step skips its first
+    convolution's input gradient, and a dense layer that is the first step with parameters
+    its ``dy . W`` (``backward_steps``; other first steps compute dx, which is dropped).
     """
 
     def __init__(self, layers: Sequence[Module], name: str = "", input_grad: bool = True,

@@ -36,7 +36,7 @@ from typing import Any, Callable, NamedTuple
 
 from minibnn import kernels
 from minibnn.backend import get_array_module
-from minibnn.errors import MinibnnError
+from minibnn.errors import MinibnnError, ShapeError
 from minibnn.optim.checks import check_like_params, check_state
 
 Params = dict[str, Any]
@@ -63,7 +63,15 @@ class Transform:
         """One step in place: ``params``' arrays become the new parameters and ``state`` the
         new state; returns ``params``. The fused kernel where it is compiled for these arrays,
         else ``update`` (its new arrays copied into ``params``'): the same bits either way.
-        The parameter arrays must be writeable and C-contiguous."""
+        The parameter arrays must be writeable and C-contiguous (on every path, so that a
+        step never works on one backend and fails on another)."""
+        for name, p in params.items():
+            if not (getattr(p, "flags", None) is None or p.flags.c_contiguous):
+                raise ShapeError(f"step_in_place: parameter {name!r} must be C-contiguous "
+                                 "(it is updated in place)")
+            if not getattr(p.flags, "writeable", True):       # CuPy arrays have no such flag
+                raise MinibnnError(f"step_in_place: parameter {name!r} must be writeable "
+                                   "(it is updated in place)")
         new_params, new_state = self._fused_or_update(grads, state, params)
         for name, new in new_params.items():
             if new is not params[name]:
