@@ -89,3 +89,13 @@ def test_the_pytorch_twins_compute_minibnn_s_forward(name: str, shape: tuple[int
     with torch.no_grad():
         twin = net(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(twin, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_birealnet_ops_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    """bench_birealnet_ops against this checkout's own HEAD: each timed backward gets a cache of
+    its own (a backward pass consumes its cache) and both tables print."""
+    module = load("bench_birealnet_ops")
+    assert module.main(["--before", "HEAD", "--repeats", "1", "--batch", "2", "--width",
+                        "4"]) == 0
+    out = capsys.readouterr().out
+    assert "per twin" in out and "Bi-Real residual block" in out and "-----" in out
