@@ -66,10 +66,11 @@ class Transform:
         The parameter arrays must be writeable and C-contiguous (on every path, so that a
         step never works on one backend and fails on another)."""
         for name, p in params.items():
-            if not (getattr(p, "flags", None) is None or p.flags.c_contiguous):
+            flags = getattr(p, "flags", None)          # not an array: the checks below say so
+            if flags is not None and not flags.c_contiguous:
                 raise ShapeError(f"step_in_place: parameter {name!r} must be C-contiguous "
                                  "(it is updated in place)")
-            if not getattr(p.flags, "writeable", True):       # CuPy arrays have no such flag
+            if flags is not None and not getattr(flags, "writeable", True):   # CuPy: no flag
                 raise MinibnnError(f"step_in_place: parameter {name!r} must be writeable "
                                    "(it is updated in place)")
         new_params, new_state = self._fused_or_update(grads, state, params)
