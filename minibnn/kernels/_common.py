@@ -75,11 +75,16 @@ def check_inplace(fn: str, kind: str, g: Any, **written: Any) -> np.dtype:
             raise ShapeError(f"{fn}: {name} has shape {tuple(a.shape)}, "
                              f"{first_name} has {tuple(first.shape)}")
     for name, a in items:
-        if not a.flags.c_contiguous:
-            raise ShapeError(f"{fn}: {name} must be C-contiguous (it is updated in place)")
-        if not getattr(a.flags, "writeable", True):     # CuPy arrays have no such flag
-            raise MinibnnError(f"{fn}: {name} must be writeable (it is updated in place)")
+        require_in_place(fn, name, a)
     return np.dtype(first.dtype)
+
+
+def require_in_place(fn: str, name: str, a: Any) -> None:
+    """An array a step writes in place: C-contiguous and writeable, or a one-line error."""
+    if not a.flags.c_contiguous:
+        raise ShapeError(f"{fn}: {name} must be C-contiguous (it is updated in place)")
+    if not getattr(a.flags, "writeable", True):         # CuPy arrays have no such flag
+        raise MinibnnError(f"{fn}: {name} must be writeable (it is updated in place)")
 
 
 def check_step(fn: str, step: int) -> None:

@@ -36,7 +36,8 @@ from typing import Any, Callable, NamedTuple
 
 from minibnn import kernels
 from minibnn.backend import get_array_module
-from minibnn.errors import MinibnnError, ShapeError
+from minibnn.errors import MinibnnError
+from minibnn.kernels._common import require_in_place
 from minibnn.optim.checks import check_like_params, check_state
 
 Params = dict[str, Any]
@@ -66,13 +67,8 @@ class Transform:
         The parameter arrays must be writeable and C-contiguous (on every path, so that a
         step never works on one backend and fails on another)."""
         for name, p in params.items():
-            flags = getattr(p, "flags", None)          # not an array: the checks below say so
-            if flags is not None and not flags.c_contiguous:
-                raise ShapeError(f"step_in_place: parameter {name!r} must be C-contiguous "
-                                 "(it is updated in place)")
-            if flags is not None and not getattr(flags, "writeable", True):   # CuPy: no flag
-                raise MinibnnError(f"step_in_place: parameter {name!r} must be writeable "
-                                   "(it is updated in place)")
+            if hasattr(p, "flags"):                     # not an array: the checks below say so
+                require_in_place("step_in_place", f"parameter {name!r}", p)
         new_params, new_state = self._fused_or_update(grads, state, params)
         for name, new in new_params.items():
             if new is not params[name]:
