@@ -47,7 +47,7 @@ from minibnn.errors import MinibnnError, ShapeError
 from minibnn.optim.base import Transform
 from minibnn.optim.checks import check_keys
 from minibnn.optim.schedules import Schedule, as_schedule
-from minibnn.torch.params import add_checked_group, check_owned
+from minibnn.torch.params import add_checked_group, check_owned, closure_loss
 
 Tensor = torch.Tensor
 
@@ -108,10 +108,7 @@ class SGD(torch.optim.SGD):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Set each group's lr from its schedule, apply decoupled decay, then PyTorch's step."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         stepped = []
         for group in self.param_groups:
             group["lr"] = eta = group["schedule"](self.updates_made(group))

@@ -44,7 +44,7 @@ from minibnn.optim.base import Transform
 from minibnn.optim.checks import check_keys
 from minibnn.optim.schedules import Schedule, as_schedule
 from minibnn.torch.latent import SGD
-from minibnn.torch.params import add_checked_group, check_owned
+from minibnn.torch.params import add_checked_group, check_owned, closure_loss
 
 Tensor = torch.Tensor
 
@@ -133,10 +133,7 @@ class FilterOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Update every parameter that has a gradient; returns ``closure()``'s loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:

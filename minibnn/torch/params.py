@@ -80,3 +80,12 @@ def add_checked_group(add: Callable[[dict[str, Any]], None], groups: list[dict[s
         groups.pop()
         raise
 
+
+
+def closure_loss(closure: Callable[[], Any] | None) -> Any:
+    """``closure()`` with gradients enabled (PyTorch's ``Optimizer.step(closure)`` contract,
+    called inside ``no_grad``), or None without a closure."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
