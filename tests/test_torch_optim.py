@@ -461,3 +461,23 @@ def test_a_refused_param_group_is_not_kept():
         with pytest.raises(MinibnnError):
             opt.add_param_group(bad)
         assert len(opt.param_groups) == 1
+
+
+@pytest.mark.parametrize("make", [lambda ps: topt.CEMA(ps, alpha=0.5, gamma=1.0),
+                                  lambda ps: topt.SGD(ps, lr=0.1)], ids=["CEMA", "SGD"])
+def test_step_takes_a_closure_with_gradients_on(make):
+    """``step(closure)`` runs the closure with gradients enabled (it is called under
+    ``no_grad``), steps on the gradients it made, and returns its loss."""
+    w = torch.nn.Parameter(torch.tensor([1.0, -1.0, 1.0]))
+    opt = make([w])
+
+    def closure():
+        opt.zero_grad()
+        loss = (w * torch.tensor([2.0, 2.0, -2.0])).sum()
+        loss.backward()
+        return loss
+
+    before = w.detach().clone()
+    loss = opt.step(closure)
+    assert float(loss.detach()) == 2.0 - 2.0 - 2.0 and w.grad is not None
+    assert not torch.equal(w.detach(), before)
