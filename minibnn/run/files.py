@@ -239,6 +239,11 @@ def check_writable(path: str) -> None:
     if os.path.isdir(path):
         raise DataFileError(f"cannot write run file {path}: it is a directory")
     directory = os.path.dirname(os.path.abspath(path))
+    above = directory
+    while not os.path.exists(above):               # the nearest folder that exists, or a file
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise DataFileError(f"cannot write run file {path}: {above} is a file, not a folder")
     try:
         os.makedirs(directory, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".minibnn-probe-", dir=directory)

@@ -72,11 +72,19 @@ def _number(name: str, value: Any) -> float:
     return float(value)
 
 
-def _integer(name: str, value: Any, minimum: int, why: str = "") -> int:
+#: the largest count an integer option may hold (epochs, sizes, widths; a run file stores
+#: counts as 64-bit integers, and steps = epochs * batches must fit too)
+MAX_COUNT = 2 ** 31 - 1
+
+
+def _integer(name: str, value: Any, minimum: int, why: str = "",
+             maximum: int | None = MAX_COUNT) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise MinibnnError(f"{flag(name)} must be an integer, got {value!r}")
     if value < minimum:
         raise MinibnnError(f"{flag(name)} must be >= {minimum}{why}, got {value}")
+    if maximum is not None and value > maximum:
+        raise MinibnnError(f"{flag(name)} must be at most {maximum:,}, got {value:,}")
     return value
 
 
@@ -363,7 +371,7 @@ class Loop:
     def __post_init__(self) -> None:
         _integer("epochs", self.epochs, 1)
         _integer("batch_size", self.batch_size, 2, " (BatchNorm needs two samples)")
-        _integer("seed", self.seed, 0)
+        _integer("seed", self.seed, 0, maximum=None)    # NumPy seeds take any size
         one_of("dtype", self.dtype, DTYPE_NAMES)
         if not 0.0 <= _number("label_smoothing", self.label_smoothing) < 1.0:
             raise MinibnnError(f"--label-smoothing must be in [0, 1), got "

@@ -420,6 +420,10 @@ def fit(spec: RunSpec | None, out_path: str, resume: bool = False, progress: boo
     """
     if resume and not os.path.exists(out_path):
         raise DataFileError(f"run file not found: {out_path}")
+    if os.path.islink(out_path):
+        # the link's target is the run file: lock and replace that one (replacing the link
+        # would leave the target behind, unchanged, and two names would not lock each other)
+        out_path = os.path.realpath(out_path)
     check_writable(out_path)             # makes the folder the lock file goes in
     with one_writer(out_path):
         return _fit_locked(spec, out_path, resume, progress, stop_after, log, local, extend_to)
@@ -455,6 +459,11 @@ def _fit_locked(spec: RunSpec | None, out_path: str, resume: bool, progress: boo
         raise MinibnnError("--extend re-plans a stored run: it needs --resume")
     if spec is None:
         raise MinibnnError("fit needs a spec unless it resumes a run file")
+    for role, source in (("--teacher", spec.loop.teacher), ("--init-from", spec.loop.init_from)):
+        if source is not None and os.path.exists(source) and os.path.exists(out_path) \
+                and os.path.samefile(source, out_path):
+            raise MinibnnError(f"{out_path} is this run's {role} run itself: training would "
+                               "overwrite what it reads; give the run another file (--out)")
     if not isinstance(local, Local):
         changes = dict(local or {})
         unknown = sorted(set(changes) - set(LOCAL_FIELDS))
@@ -475,6 +484,10 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
     dtype = resolve_dtype(spec.loop.dtype)
     device, epochs = local.device, spec.loop.epochs
     ds = load_data(spec, local.data_dir)
+    subset = spec.data.train_subset
+    if previous is None and subset is not None and len(ds.y_train) < subset:
+        raise MinibnnError(f"--train-subset {subset:,} is more than the {len(ds.y_train):,} "
+                           f"training images of {spec.data.name}")
     val = None
     if spec.data.val_split:
         from minibnn.data.split import validation_split
