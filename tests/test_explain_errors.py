@@ -48,7 +48,9 @@ def test_unknown_plot_extension_lists_the_supported_formats(capsys, tmp_path):
 def test_supported_formats_come_from_matplotlib():
     from matplotlib.figure import Figure
 
-    assert explain.supported_plot_formats() == Figure().canvas.get_supported_filetypes()
+    from minibnn.commands.figures import supported_plot_formats
+
+    assert supported_plot_formats() == Figure().canvas.get_supported_filetypes()
 
 
 def test_plot_without_extension_is_refused(capsys, tmp_path):

@@ -47,9 +47,9 @@ def test_plot_writes_a_png_and_bad_names_are_one_line_errors(
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     capsys.readouterr()
     assert main(["show", runs[0], "--plot", str(tmp_path / "x.xyz")]) == 2
-    assert "must end in .png" in capsys.readouterr().err
+    assert "unknown image format .xyz; supported: png" in capsys.readouterr().err
     assert main(["show", runs[0], "--plot", str(tmp_path / "no" / "dir.png")]) == 2
-    assert "cannot write" in capsys.readouterr().err
+    assert f"the folder {tmp_path / 'no'} does not exist" in capsys.readouterr().err
     assert main(["show", str(tmp_path / "missing.h5")]) == 2
     assert "not found" in capsys.readouterr().err
 

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from minibnn import kernels
 from minibnn._version import __version__
 from minibnn.backend import device_module
-from minibnn.data import DATASET_NAMES
+from minibnn.data import DATASET_NAMES, check_data_dir
 from minibnn.nn.containers import LAYOUTS
 from minibnn.nn.models import PRECISIONS
 from minibnn.errors import MinibnnError, closed_pipe_exit
@@ -307,24 +307,13 @@ def given_options(options: dict[str, str], argv: Sequence[str]) -> set[str]:
             if tok.startswith("--") and tok.split("=", 1)[0] in options}
 
 
-def check_data_dir(data_dir: str | None, dataset: str | None = None) -> None:
-    """An explicit ``--data-dir`` must exist (a cached dataset would otherwise hide a typo),
-    and the synthetic set reads no files.  CIFAR-10 and image folders check theirs with a
-    message of their own (what the folder should hold)."""
-    if data_dir is None or dataset in ("cifar10", "imagefolder"):
-        return
-    if dataset == "synthetic":
-        raise MinibnnError("--data-dir: the synthetic set is generated and reads no files; "
-                           "drop --data-dir")
-    if not os.path.exists(os.path.expanduser(data_dir)):
-        raise MinibnnError(f"--data-dir {data_dir} does not exist")
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from minibnn.run.train import fit
 
 
     given = getattr(args, "given", set())
+    if args.resume == "":
+        raise MinibnnError("--resume is empty; give the run file to continue (RUN.h5)")
     if args.extend and not args.resume:
         raise MinibnnError("--extend re-plans a stored run: use it with --resume RUN.h5 "
                            "--epochs N")
@@ -427,6 +416,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from minibnn.deploy.inference import default_packed_path, export_packed
 
+    if args.out == "":
+        raise MinibnnError("--out is empty; give the file to write")
     if args.packed and args.format != "packed":
         raise MinibnnError(f"--packed means --format packed; drop one of --packed and "
                            f"--format {args.format}")
@@ -511,6 +502,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(show_sweep(sweeps[0], args.plot, args.metric, args.x, args.y, best=args.best,
                          vmin=args.vmin, vmax=args.vmax))
         return 0
+    for path in args.runs:
+        if os.path.isdir(path):
+            hint = (f"it has a sweep.toml but no summary.csv yet: run the sweep (minibnn sweep "
+                    f"{os.path.join(path, 'sweep.toml')} --out {path})"
+                    if os.path.isfile(os.path.join(path, "sweep.toml"))
+                    else "give run files (RUN.h5) or a sweep folder (with summary.csv)")
+            raise MinibnnError(f"{path} is a folder, not a run file; {hint}")
     given = [f"--{k}" for k in ("metric", "x", "y", "best", "vmin", "vmax")
              if getattr(args, k) is not None]
     if given:

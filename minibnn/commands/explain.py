@@ -25,8 +25,6 @@ import argparse
 import cmath
 import importlib
 import math
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,7 @@ import numpy as np
 from minibnn import theory
 from minibnn.errors import MinibnnError
 from minibnn.commands.explain_run import RunFilter, read_run_filter
-from minibnn.commands.figures import save_figure
+from minibnn.commands.figures import check_plot_path, save_figure
 from minibnn.run.resources import check_memory, format_bytes, physical_memory
 from minibnn.run.spec import Bop, Bop2nd, Cema, Sgd, flag
 
@@ -123,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     weight_decay = 0.0 if args.weight_decay is None else args.weight_decay
     theory.check_latent(args.lr, momentum, weight_decay, name=flag)
     theory.check_product(args.lr, weight_decay, name=flag)
-    if args.plot:
+    if args.plot is not None:
         check_plot_path(args.plot)
     eq = theory.latent_to_filter(args.lr, momentum, weight_decay, args.decoupled)
     if not args.plot:
@@ -285,45 +283,6 @@ def explain_filter(alpha: float, gamma: float, decoupled: bool) -> str:
     return "\n".join(lines)
 
 
-def supported_plot_formats() -> dict[str, str]:
-    """Extensions matplotlib can save (``{ext: description}``), from its own canvas."""
-    from matplotlib.figure import Figure
-
-    return dict(Figure().canvas.get_supported_filetypes())
-
-
-def check_plot_path(path: str | Path) -> Path:
-    """Refuse, before any work, a plot path matplotlib cannot write: unknown or missing
-    extension, a folder, a missing or read-only folder, pgf without its TeX program."""
-    p = Path(path)
-    formats = supported_plot_formats()
-    listed = ", ".join(sorted(formats))
-    ext = p.suffix[1:].lower()
-    if not ext:
-        raise MinibnnError(f"--plot {path} has no extension to pick the image format from: "
-                           f"add one of {listed}")
-    if ext not in formats:
-        raise MinibnnError(f"--plot {path}: unknown image format .{ext}; supported: {listed}")
-    if p.is_dir():
-        raise MinibnnError(f"--plot {path} is a folder: give a file name, e.g. "
-                           f"{p / ('impulse.' + ext)}")
-    folder = p.parent
-    if not folder.exists():
-        raise MinibnnError(f"--plot {path}: the folder {folder} does not exist")
-    if not folder.is_dir():
-        raise MinibnnError(f"--plot {path}: {folder} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise MinibnnError(f"--plot {path}: the folder {folder} is not writable")
-    if ext == "pgf":
-        import matplotlib
-
-        tex = matplotlib.rcParams["pgf.texsystem"]
-        if shutil.which(tex) is None:
-            raise MinibnnError(f"--plot {path}: .pgf needs {tex} (LaTeX), which is not "
-                               "installed; pick another format, e.g. .pdf or .svg")
-    return p
-
-
 def _plot_lines(eq: theory.FilterEquivalent) -> int:
     """Lines the plot draws: latent, its filter, and the naive CEMA when it differs."""
     return 2 + _draws_naive(eq)
@@ -474,7 +433,7 @@ def run_trained(args: argparse.Namespace) -> int:
         raise MinibnnError(f"{args.run} is a run file: its settings fix the filter, so drop "
                            f"{', '.join(given)} (or drop RUN.h5 to explain given settings)")
     _check_plot_options(args)
-    if args.plot:
+    if args.plot is not None:
         check_plot_path(args.plot)
     rf = read_run_filter(args.run)
     if not args.plot:
@@ -711,7 +670,7 @@ def configure_verify_parser(parser: argparse.ArgumentParser) -> None:
 
 def _import_verification() -> Any:
     """``verification.runner`` from the checkout holding this minibnn (or the working dir)."""
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]            # minibnn/commands/explain.py
     for root in (checkout, Path.cwd()):
         if (root / "verification" / "runner.py").is_file() and str(root) not in sys.path:
             sys.path.insert(0, str(root))

@@ -85,11 +85,14 @@ def format_table(runs: Sequence[tuple[str, dict[str, list[float]]]]) -> str:
 def show(paths: Sequence[str], plot_path: str | None = None) -> str:
     """The table of the run files at ``paths``, each run's provenance under it (and the plot,
     with ``plot_path``)."""
+    from minibnn.commands.figures import check_plot_path
     from minibnn.commands.show_plot import Curves, plot, steps_per_epoch
     from minibnn.run.files import load_run
     from minibnn.run.provenance import format_sessions
     from minibnn.run.spec import read_stored_config
 
+    if plot_path is not None:
+        check_plot_path(plot_path, only=("png",))
     loaded = [load_run(p) for p in paths]
     labels = run_labels([read_stored_config(r.config_json)[0].options() for r in loaded], paths)
     runs = [(label, r.metrics) for label, r in zip(labels, loaded)]

@@ -36,6 +36,7 @@ import re
 import time
 from typing import Any, Callable, Iterator, Sequence
 
+from minibnn.data import check_data_dir
 from minibnn.errors import MinibnnError, os_reason
 from minibnn.commands.sweep_spec import Point, Sweep, read_sweep
 from minibnn.run.stop_signals import raise_if_stopped
@@ -144,10 +145,12 @@ def write_summary(path: str, sweep: Sweep, results: dict[str, dict[str, Any]]) -
 
 def read_summary(path: str) -> list[dict[str, str]]:
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8") as f:
             return list(csv.DictReader(f))
     except OSError as exc:
         raise MinibnnError(f"cannot read {path}: {os_reason(exc)}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise MinibnnError(f"cannot read {path}: not a sweep's summary table ({exc})") from None
 
 
 # --- running ----------------------------------------------------------------------------
@@ -167,6 +170,8 @@ def sweep(spec_path: str, out_dir: str, workers: int | None = None,
     from minibnn.run.files import atomic_bytes
     from minibnn.run.lock import hold
 
+    if out_dir == "":
+        raise MinibnnError("--out is empty; give the sweep's folder (DIR)")
     parsed, text = read_sweep(spec_path)
     if workers is not None and workers < 1:
         raise MinibnnError(f"--workers must be >= 1, got {workers}")
@@ -175,12 +180,15 @@ def sweep(spec_path: str, out_dir: str, workers: int | None = None,
                            "workers run the points: drop one")
     if scheduler is not None:
         check_scheduler(scheduler)
+    local = parsed.local if data_dir is None else _with_data_dir(parsed, data_dir)
+    if data_dir is None:                 # the command line's --data-dir was checked already
+        for dataset in sorted({p.spec.data.name for p in parsed.points}):
+            check_data_dir(local.data_dir, dataset, f"{spec_path} [base] data-dir")
     runs = os.path.join(out_dir, "runs")
     try:
         os.makedirs(runs, exist_ok=True)
     except OSError as exc:
         raise MinibnnError(f"cannot create {runs}: {os_reason(exc)}") from None
-    local = parsed.local if data_dir is None else _with_data_dir(parsed, data_dir)
     with hold(os.path.join(out_dir, ".lock"), f"the sweep in {out_dir}"):
         if not replace_spec:
             _check_same_sweep(os.path.join(out_dir, "sweep.toml"), parsed)
@@ -275,20 +283,22 @@ def find_run_files(runs: str, ids: Sequence[str]) -> dict[str, str]:
 
 
 def _check_same_sweep(path: str, parsed: Sweep) -> None:
-    """A one-line error when the folder's ``sweep.toml`` is another sweep (other points)."""
+    """A one-line error when the folder's ``sweep.toml`` is another sweep (other points), or
+    cannot be read as one (an edited or damaged file is not replaced behind the user's back)."""
     if not os.path.exists(path):
         return
+    folder = os.path.dirname(path) or "."
+    replace = ("use another --out, or --replace-spec to make it this sweep (run files stay; "
+               "summary.csv and sweep.toml are replaced)")
     try:
         stored, _ = read_sweep(path)
-    except MinibnnError:
-        return                      # unreadable: nothing to protect, it will be replaced
+    except MinibnnError as exc:
+        raise MinibnnError(f"{folder} holds a sweep.toml that is not a sweep spec ({exc}): "
+                           f"{replace}") from None
     old, new = {p.id for p in stored.points}, {p.id for p in parsed.points}
     if old != new:
-        folder = os.path.dirname(path) or "."
         raise MinibnnError(f"{folder} holds another sweep ({len(old)} points, {len(old & new)} "
-                           f"of them in this one): use another --out, or --replace-spec to "
-                           f"make it this sweep (run files stay; summary.csv and sweep.toml "
-                           f"are replaced)")
+                           f"of them in this one): {replace}")
 
 
 def _with_data_dir(parsed: Sweep, data_dir: str) -> Any:

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from minibnn.errors import MinibnnError
-from minibnn.commands.figures import save_figure
+from minibnn.commands.figures import check_plot_path, save_figure
 
 METRICS = ("val_acc", "test_acc", "seconds", "epochs")
 #: the grid column whose values repeat one point (the grouped table averages over it)
@@ -384,6 +384,12 @@ def show_sweep(path: str, plot_path: str | None, metric: str | None = None,
     check_limits(vmin, vmax)
     if (vmin, vmax) != (None, None) and plot_path is None:
         raise MinibnnError("--vmin/--vmax set the heatmap's colour range: add --plot FILE.png")
+    if (x, y) != (None, None) and plot_path is None:
+        raise MinibnnError("--x/--y choose the plot's axes: add --plot FILE.png")
+    if x is not None and x == y:
+        raise MinibnnError(f"--x and --y are both {x!r}: give two different grid axes")
+    if plot_path is not None:
+        check_plot_path(plot_path)
     parsed, rows = _load(path)
     axes, search = parsed.axes, parsed.search
     used = pick_metric(rows, metric)

@@ -105,6 +105,28 @@ def spec_id(spec: RunSpec) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def value_key(value: Any, where: str) -> str:
+    """What makes two option values one run, as text: JSON with every integral float written
+    as the integer (``1`` and ``1.0`` are one value; large integers stay exact). A value TOML
+    can hold but no option takes (a date or time) is a one-line error naming ``where``."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (bool, str)) or v is None:
+            return v
+        if isinstance(v, int):
+            return v
+        if isinstance(v, float):
+            return int(v) if v.is_integer() else v
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        raise MinibnnError(f"{where}: {v} is not an option value (a number, string, "
+                           "true/false, or a list of them)")
+
+    return json.dumps(plain(value), sort_keys=True)
+
+
 def _option(name: Any, where: str) -> str:
     """An option name from the file (``weight-decay`` or ``weight_decay``) -> ``weight_decay``."""
     if not isinstance(name, str):
@@ -178,7 +200,7 @@ def parse_sweep(text: str, source: str = "sweep spec") -> Sweep:
                            f"{size * trials:,} points ({shape}), more than the {MAX_POINTS:,} a "
                            "sweep may have; split it into several sweeps")
     for name, _, values in axes:
-        if len({json.dumps(v, sort_keys=True) for v in values}) < len(values):
+        if len({value_key(v, f"{source} [grid] {name}") for v in values}) < len(values):
             raise MinibnnError(f"{source} [grid]: {name} repeats a value ({values!r}): the "
                                "same runs twice")
     points: list[Point] = []
@@ -186,8 +208,7 @@ def parse_sweep(text: str, source: str = "sweep spec") -> Sweep:
     draws: set[str] = set()
     repeated = 0
     for drawn in (search.draws() if search else [{}]):
-        values_drawn = json.dumps({k: v for k, v in drawn.items() if k != "trial"},
-                                  sort_keys=True)
+        values_drawn = value_key({k: v for k, v in drawn.items() if k != "trial"}, source)
         if search and values_drawn in draws:   # a repeated draw: the same runs, made once
             repeated += 1
             continue
@@ -281,6 +302,7 @@ def _random_search(table: dict[str, Any], source: str, taken: set[str]) -> Rando
             if not isinstance(bounds, list) or not bounds:
                 raise MinibnnError(f"{where}: {name} choice must be a non-empty list, "
                                    f"got {bounds!r}")
+            value_key(bounds, f"{where} {name}")
         else:
             ok = (isinstance(bounds, list) and len(bounds) == 2 and all(map(_is_number, bounds))
                   and bounds[0] < bounds[1])

@@ -34,7 +34,8 @@ from minibnn.data.source import DataSource
 from minibnn.data.synthetic import synthetic_dataset, synthetic_uint8
 from minibnn.errors import MinibnnError
 
-__all__ = ["DATASET_NAMES", "DataSource", "Dataset", "NORMALISATION", "default_cache_dir", "from_uint8",
+__all__ = ["DATASET_NAMES", "DataSource", "Dataset", "NORMALISATION", "check_data_dir",
+           "default_cache_dir", "from_uint8",
            "image_shape", "load_dataset", "parse_idx", "read_idx", "standardise", "synthetic_dataset",
            "synthetic_uint8", "write_idx"]
 
@@ -73,6 +74,21 @@ def image_shape(name: str) -> tuple[tuple[int, int, int], int]:
     if key == "cifar10":
         return (3, 32, 32), 10
     return (1, 28, 28), SPECS[key].num_classes
+
+
+def check_data_dir(data_dir: str | None, dataset: str | None = None,
+                   where: str = "--data-dir") -> None:
+    """An explicit data folder must exist (a cached dataset would otherwise hide a typo), and
+    the synthetic set reads no files; ``where`` names the setting in the error (the command
+    line's ``--data-dir``, or a sweep spec's).  CIFAR-10 and image folders check theirs with a
+    message of their own (what the folder should hold)."""
+    if data_dir is None or dataset in ("cifar10", "imagefolder"):
+        return
+    if dataset == "synthetic":
+        raise MinibnnError(f"{where}: the synthetic set is generated and reads no files; "
+                           f"drop {where}")
+    if not os.path.exists(os.path.expanduser(data_dir)):
+        raise MinibnnError(f"{where} {data_dir} does not exist")
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
