@@ -132,6 +132,16 @@ def test_resuming_through_a_link_trains_the_file_it_points_to(tmp_path, capsys):
     assert load_run(str(real)).checkpoint.epoch == 2
 
 
+def test_a_new_run_written_to_a_links_name_replaces_the_link_not_its_target(trained, capsys):
+    link = trained.parent / "latest.h5"
+    os.symlink(trained, link)
+    before = _sha(trained)
+    assert main(["train", *SMALL, "--epochs", "1", "--seed", "3", "--out", str(link),
+                 "--overwrite"]) == 0
+    capsys.readouterr()
+    assert not link.is_symlink() and _sha(trained) == before
+
+
 def test_a_sweep_folder_without_its_table_or_with_a_damaged_one(tmp_path, capsys):
     folder = tmp_path / "sw"
     (tmp_path / "s.toml").write_text(SWEEP + "[grid]\nseed = [0, 1]\n")
@@ -153,10 +163,23 @@ def test_a_damaged_sweep_toml_is_not_replaced_silently(tmp_path, capsys):
     folder.mkdir()
     (folder / "sweep.toml").write_text("[grid\nmy notes")
     line = _error(capsys, "sweep", spec, "--out", folder, "--no-progress")
-    assert "not a sweep spec" in line and "--replace-spec" in line
+    assert "cannot be read as a sweep spec" in line and "--replace-spec" in line
     assert (folder / "sweep.toml").read_text() == "[grid\nmy notes"
+    assert sorted(p.name for p in folder.iterdir()) == ["sweep.toml"]     # no runs/ either
     assert main(["sweep", str(spec), "--out", str(folder), "--no-progress", "--workers", "1",
                  "--replace-spec"]) == 0
+
+
+def test_a_sweeps_data_folder_is_needed_by_some_point_and_must_exist(tmp_path):
+    from minibnn.commands.sweep import check_sweep_data_dir
+
+    where = "s.toml [base] data-dir"
+    check_sweep_data_dir(str(tmp_path), {"mnist", "synthetic"}, where)   # mnist reads it
+    check_sweep_data_dir(None, {"synthetic"}, where)
+    with pytest.raises(MinibnnError, match="synthetic set is generated"):
+        check_sweep_data_dir(str(tmp_path), {"synthetic"}, where)
+    with pytest.raises(MinibnnError, match="data-dir /nonexistent does not exist"):
+        check_sweep_data_dir("/nonexistent", {"mnist", "synthetic"}, where)
 
 
 def test_a_sweeps_data_dir_is_checked_like_the_command_lines(tmp_path, capsys):

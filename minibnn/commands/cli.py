@@ -544,7 +544,6 @@ def _add_show_parser(sub: argparse._SubParsersAction) -> None:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from minibnn.commands.sweep import run_cli
 
-    check_data_dir(args.data_dir)
     return run_cli(args.spec, args.out, args.workers, args.scheduler, args.data_dir,
                    not args.no_progress, args.replace_spec)
 
@@ -570,8 +569,9 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default=None,
                    help="dataset folder on the machines that train (overrides [base])")
     p.add_argument("--replace-spec", action="store_true",
-                   help="DIR holds another sweep (other points): make it this one (its run "
-                   "files stay; summary.csv and sweep.toml are replaced)")
+                   help="DIR holds another sweep (other points, or a sweep.toml that is not a "
+                   "sweep spec): make it this one (its run files stay; summary.csv and "
+                   "sweep.toml are replaced)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

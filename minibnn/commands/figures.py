@@ -49,7 +49,7 @@ def check_plot_path(path: str | Path, only: tuple[str, ...] | None = None) -> Pa
         raise MinibnnError(f"--plot {path}: unknown image format .{ext}; supported: {listed}")
     if p.is_dir():
         raise MinibnnError(f"--plot {path} is a folder: give a file name, e.g. "
-                           f"{p / ('impulse.' + ext)}")
+                           f"{p / ('plot.' + ext)}")
     folder = p.parent
     if not folder.exists():
         raise MinibnnError(f"--plot {path}: the folder {folder} does not exist")

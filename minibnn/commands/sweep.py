@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import re
@@ -38,7 +37,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from minibnn.data import check_data_dir
 from minibnn.errors import MinibnnError, os_reason
-from minibnn.commands.sweep_spec import Point, Sweep, read_sweep
+from minibnn.commands.sweep_spec import Point, Sweep, read_sweep, value_key
 from minibnn.run.stop_signals import raise_if_stopped
 
 RESULT_COLUMNS = ("status", "epochs", "val_acc", "test_acc", "seconds", "run_file", "reason")
@@ -165,8 +164,9 @@ def sweep(spec_path: str, out_dir: str, workers: int | None = None,
           ) -> list[dict[str, Any]]:
     """Run the sweep in ``spec_path`` into ``out_dir``; returns the summary rows.
 
-    ``out_dir`` holding another sweep (a ``sweep.toml`` with other points) is refused unless
-    ``replace_spec``: its run files stay, its summary.csv and sweep.toml become this sweep's."""
+    ``out_dir`` holding another sweep (a ``sweep.toml`` with other points, or one that cannot
+    be read as a sweep spec) is refused unless ``replace_spec``: its run files stay, its
+    summary.csv and sweep.toml become this sweep's."""
     from minibnn.run.files import atomic_bytes
     from minibnn.run.lock import hold
 
@@ -181,17 +181,22 @@ def sweep(spec_path: str, out_dir: str, workers: int | None = None,
     if scheduler is not None:
         check_scheduler(scheduler)
     local = parsed.local if data_dir is None else _with_data_dir(parsed, data_dir)
-    if data_dir is None:                 # the command line's --data-dir was checked already
-        for dataset in sorted({p.spec.data.name for p in parsed.points}):
-            check_data_dir(local.data_dir, dataset, f"{spec_path} [base] data-dir")
-    runs = os.path.join(out_dir, "runs")
+    if scheduler is None:                # a cluster's workers may keep a folder this machine lacks
+        check_sweep_data_dir(local.data_dir, {p.spec.data.name for p in parsed.points},
+                             "--data-dir" if data_dir is not None
+                             else f"{spec_path} [base] data-dir")
     try:
-        os.makedirs(runs, exist_ok=True)
+        os.makedirs(out_dir, exist_ok=True)
     except OSError as exc:
-        raise MinibnnError(f"cannot create {runs}: {os_reason(exc)}") from None
+        raise MinibnnError(f"cannot create {out_dir}: {os_reason(exc)}") from None
+    runs = os.path.join(out_dir, "runs")
     with hold(os.path.join(out_dir, ".lock"), f"the sweep in {out_dir}"):
         if not replace_spec:
             _check_same_sweep(os.path.join(out_dir, "sweep.toml"), parsed)
+        try:
+            os.makedirs(runs, exist_ok=True)
+        except OSError as exc:
+            raise MinibnnError(f"cannot create {runs}: {os_reason(exc)}") from None
         atomic_bytes(os.path.join(out_dir, "sweep.toml"), text.encode())
         existing = find_run_files(runs, [p.id for p in parsed.points])
         axes = varying_axes(parsed)
@@ -250,7 +255,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 def varying_axes(parsed: Sweep) -> tuple[str, ...]:
     """The columns that take more than one value over the sweep's points (a label's options)."""
     return tuple(a for a in parsed.axes
-                 if len({json.dumps(p.values[a], sort_keys=True) for p in parsed.points}) > 1)
+                 if len({value_key(p.values[a], a) for p in parsed.points}) > 1)
 
 
 def run_file_name(point: Point, axes: Sequence[str]) -> str:
@@ -282,6 +287,14 @@ def find_run_files(runs: str, ids: Sequence[str]) -> dict[str, str]:
     return found
 
 
+def check_sweep_data_dir(data_dir: str | None, datasets: set[str], where: str) -> None:
+    """``data.check_data_dir`` for a sweep's points: the folder must exist for the data sets
+    that read one; the synthetic set refuses it only when every point is synthetic (points
+    of other data sets need it)."""
+    for dataset in sorted(datasets - {"synthetic"}) or ["synthetic"]:
+        check_data_dir(data_dir, dataset, where)
+
+
 def _check_same_sweep(path: str, parsed: Sweep) -> None:
     """A one-line error when the folder's ``sweep.toml`` is another sweep (other points), or
     cannot be read as one (an edited or damaged file is not replaced behind the user's back)."""
@@ -293,8 +306,8 @@ def _check_same_sweep(path: str, parsed: Sweep) -> None:
     try:
         stored, _ = read_sweep(path)
     except MinibnnError as exc:
-        raise MinibnnError(f"{folder} holds a sweep.toml that is not a sweep spec ({exc}): "
-                           f"{replace}") from None
+        raise MinibnnError(f"{folder} holds a sweep.toml that cannot be read as a sweep spec "
+                           f"({exc}): {replace}") from None
     old, new = {p.id for p in stored.points}, {p.id for p in parsed.points}
     if old != new:
         raise MinibnnError(f"{folder} holds another sweep ({len(old)} points, {len(old & new)} "

@@ -85,8 +85,9 @@ def check_data_dir(data_dir: str | None, dataset: str | None = None,
     if data_dir is None or dataset in ("cifar10", "imagefolder"):
         return
     if dataset == "synthetic":
+        drop = f"drop {where}" if where.startswith("--") else "remove it"
         raise MinibnnError(f"{where}: the synthetic set is generated and reads no files; "
-                           f"drop {where}")
+                           f"{drop}")
     if not os.path.exists(os.path.expanduser(data_dir)):
         raise MinibnnError(f"{where} {data_dir} does not exist")
 

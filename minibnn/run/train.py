@@ -420,9 +420,10 @@ def fit(spec: RunSpec | None, out_path: str, resume: bool = False, progress: boo
     """
     if resume and not os.path.exists(out_path):
         raise DataFileError(f"run file not found: {out_path}")
-    if os.path.islink(out_path):
+    if resume and os.path.islink(out_path):
         # the link's target is the run file: lock and replace that one (replacing the link
-        # would leave the target behind, unchanged, and two names would not lock each other)
+        # would leave the target behind, unchanged, and two names would not lock each other);
+        # a new run written to a link's name replaces the link, as any file of that name
         out_path = os.path.realpath(out_path)
     check_writable(out_path)             # makes the folder the lock file goes in
     with one_writer(out_path):
@@ -459,7 +460,9 @@ def _fit_locked(spec: RunSpec | None, out_path: str, resume: bool, progress: boo
         raise MinibnnError("--extend re-plans a stored run: it needs --resume")
     if spec is None:
         raise MinibnnError("fit needs a spec unless it resumes a run file")
-    for role, source in (("--teacher", spec.loop.teacher), ("--init-from", spec.loop.init_from)):
+    read = [("--teacher", spec.loop.teacher)] + ([] if resume else
+                                                [("--init-from", spec.loop.init_from)])
+    for role, source in read:                # a resume does not read its --init-from run again
         if source is not None and os.path.exists(source) and os.path.exists(out_path) \
                 and os.path.samefile(source, out_path):
             raise MinibnnError(f"{out_path} is this run's {role} run itself: training would "
