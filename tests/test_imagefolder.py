@@ -171,6 +171,11 @@ def test_every_prefix_is_class_balanced(tmp_path: Path) -> None:
     ("no data dir", "needs --data-dir"),
     ("missing", "does not exist"),
     ("not a tar", "not a readable folder or tar archive"),
+    ("16-bit", "a 16-bit image (mode I;16); minibnn reads 8-bit images"),
+    ("float", "a 32-bit float image (mode F)"),
+    ("two layouts", "images under train/ and test/ at both the top level and old/"),
+    ("member twice", "is in the archive twice"),
+    ("one class", "1 class ['ant']; a classifier needs 2 to 256"),
 ])
 def test_bad_folders_are_one_line_errors(tmp_path: Path, damage: str, message: str) -> None:
     root = tmp_path / "d"
@@ -192,9 +197,62 @@ def test_bad_folders_are_one_line_errors(tmp_path: Path, damage: str, message: s
     elif damage == "not a tar":
         data_dir = tmp_path / "junk.tar.gz"
         data_dir.write_bytes(b"\x1f\x8b junk")
+    elif damage == "16-bit":                    # values above 255: convert("L") would clip
+        Image.fromarray(np.full((6, 5), 40000, np.uint16)).save(root / "train" / "ant" / "9.png")
+    elif damage == "float":
+        Image.fromarray(np.full((6, 5), 0.5, np.float32)).save(root / "train" / "ant" / "9.tif")
+    elif damage == "two layouts":               # an old copy kept inside: not more images
+        make_folder(root / "old", seed=1)
+    elif damage == "member twice":
+        data_dir = tmp_path / "d.tar"
+        with tarfile.open(data_dir, "w") as tar:
+            tar.add(root, arcname=".")
+            tar.add(root / "train" / "ant" / "000.png", arcname="train/ant/000.png")
+    elif damage == "one class":
+        for split in ("train", "test"):
+            for cls in ("bee", "cat"):
+                for f in (root / split / cls).iterdir():
+                    f.unlink()
+                (root / split / cls).rmdir()
     with pytest.raises(DataFileError) as info:
         load_dataset("imagefolder", data_dir=data_dir, cache_dir=tmp_path / "c")
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_hidden_folders_are_no_classes(tmp_path: Path) -> None:
+    made = make_folder(tmp_path / "d")
+    for split in ("train", "test"):                  # a notebook's checkpoints, say
+        hidden = tmp_path / "d" / split / ".ipynb_checkpoints"
+        hidden.mkdir()
+        Image.fromarray(made[(split, "cat")][0]).save(hidden / "000.png")
+    ds = load_dataset("imagefolder", data_dir=tmp_path / "d", cache_dir=tmp_path / "c")
+    assert ds.classes == ("ant", "bee", "cat") and len(ds.y_train) == 12
+    np.testing.assert_array_equal(ds.y_train, _expected(made, "train")[1])
+
+
+def test_another_folder_does_not_evaluate_or_resume_a_run(tmp_path: Path, monkeypatch,
+                                                          capsys) -> None:
+    """A folder with other classes (or another image size) than the run was trained on is
+    refused, not relabelled."""
+    make_folder(tmp_path / "d")
+    other = tmp_path / "other"
+    make_folder(other)
+    (other / "train" / "bee").rename(other / "train" / "dog")
+    (other / "test" / "bee").rename(other / "test" / "dog")
+    monkeypatch.setenv("MINIBNN_CACHE", str(tmp_path / "cache"))
+    out = str(tmp_path / "run.h5")
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "d"),
+                 "--hidden", "8,8", "--epochs", "2", "--stop-after", "1", "--batch-size", "4",
+                 "--shift", "0", "--no-progress", "--out", out]) == 0
+    capsys.readouterr()
+    for argv in (["eval", out, "--data-dir", str(other)],
+                 ["eval", out, "--packed", "--data-dir", str(other)],
+                 ["train", "--resume", out, "--data-dir", str(other), "--no-progress"]):
+        assert main(argv) == 2, argv
+        err = [line for line in capsys.readouterr().err.strip().splitlines()
+               if not line.startswith("minibnn: decoding")]     # the cache's own note
+        assert len(err) == 1 and "trained on 3 classes ['ant', 'bee', 'cat']" in err[0], err
+        assert "['ant', 'cat', 'dog']" in err[0]
 
 
 def test_train_eval_and_load_an_image_folder_run(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -3,11 +3,16 @@
     root/train/<class>/<image>      root/test/<class>/<image>
 
 ``root`` is a folder or a ``.tar`` / ``.tar.gz`` of one, read in place; one top-level folder
-above ``train/`` and ``test/`` is allowed (``cifar10-jpeg/train/...``).  Classes are the class
-folder names sorted by name (label i = the i-th name; train and test must have the same ones);
+above ``train/`` and ``test/`` is allowed (``cifar10-jpeg/train/...``), but one layout only:
+images at two such places (an old copy kept inside), or an archive member given twice, are
+refused rather than added. Hidden files and folders (``.ipynb_checkpoints/``) are skipped.
+Classes are the class folder names sorted by name, 2 to 256 of them (label i = the i-th name;
+train and test must have the same ones);
 images within a class are taken in file-name order, and the split interleaves the classes
-(image 0 of every class, then image 1, ...) so that every prefix is class-balanced.  Pillow decodes every image to uint8 NCHW:
-RGB, or one channel when every image is greyscale; all images must have one size.
+(image 0 of every class, then image 1, ...) so that every prefix is class-balanced.  Pillow
+decodes every image to uint8 NCHW: RGB, or one channel when every image is greyscale; all
+images must have one size. Images of more than 8 bits a channel (16-bit PNG, float TIFF) are
+refused: converting them to 8 bits would clip.
 
 The decoded split is cached as ``<cache>/<name>.npz`` with the class names beside the arrays
 and the source's record (``minibnn.data.source``: its path and sha256, hashed once here), so
@@ -44,6 +49,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".web
 #: before decoding (PIL's own bomb limit is 89 million; minibnn's networks take small images)
 MAX_PIXELS = 4096 * 4096
 
+#: Pillow modes with more than 8 bits a channel (refused: converting them clips at 255)
+WIDE_MODES = {"I;16": "16-bit", "I;16L": "16-bit", "I;16B": "16-bit", "I;16N": "16-bit",
+              "I": "32-bit integer", "F": "32-bit float"}
+
 #: (uint8 x_train, uint8 y_train, uint8 x_test, uint8 y_test)
 Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -57,24 +66,56 @@ def is_image_folder(path: Path) -> bool:
 
 
 def _split_and_class(parts: tuple[str, ...]) -> tuple[str, str] | None:
-    """``(split, class)`` of an image at relative path ``parts``: ``[top/]split/class/file``."""
+    """``(split, class)`` of an image at relative path ``parts``: ``[top/]split/class/file``;
+    None for anything else, and for hidden names (``.ipynb_checkpoints/``, ``.DS_Store``):
+    a hidden folder is no class."""
+    if any(p.startswith(".") for p in parts):
+        return None
     if len(parts) == 4:
         parts = parts[1:]
-    if len(parts) != 3 or parts[0] not in SPLITS or parts[2].startswith("."):
+    if len(parts) != 3 or parts[0] not in SPLITS:
         return None
     if not parts[2].lower().endswith(IMAGE_SUFFIXES):
         return None
     return parts[0], parts[1]
 
 
+def _top(parts: tuple[str, ...]) -> str:
+    """The folder above ``train/`` and ``test/`` of an image's relative path ("" for none)."""
+    return parts[0] if len(parts) == 4 else ""
+
+
+class _OneLayout:
+    """Refuses a second layout (images under ``train/`` and under ``old/train/``, or under two
+    top folders) and an archive member given twice: either would add images silently."""
+
+    def __init__(self, root: Path):
+        self.root, self.top, self.seen = root, None, set()
+
+    def check(self, parts: tuple[str, ...]) -> None:
+        top, name = _top(parts), "/".join(parts)
+        if self.top is None:
+            self.top = top
+        elif top != self.top:
+            where = [f"{t}/" if t else "the top level" for t in sorted({self.top, top})]
+            raise DataFileError(f"{self.root}: images under train/ and test/ at both "
+                                f"{where[0]} and {where[1]}; keep one layout")
+        if name in self.seen:
+            raise DataFileError(f"{self.root}: {name} is in the archive twice")
+        self.seen.add(name)
+
+
 def _entries(root: Path, limit: int | None = None
              ) -> Iterator[tuple[str, str, str, bytes | Path]]:
     """``(split, class, file name, bytes or path)`` of every image under ``root``."""
     count = 0
+    layout = _OneLayout(root)
     if root.is_dir():
         for path in sorted(root.rglob("*")):
-            where = _split_and_class(path.relative_to(root).parts)
+            parts = path.relative_to(root).parts
+            where = _split_and_class(parts)
             if where is not None and path.is_file():
+                layout.check(parts)
                 yield where[0], where[1], path.name, path
                 count += 1
                 if limit is not None and count >= limit:
@@ -83,9 +124,11 @@ def _entries(root: Path, limit: int | None = None
     try:
         with tarfile.open(root, "r:*") as tar:
             for member in tar:
-                where = _split_and_class(tuple(p for p in member.name.split("/") if p))
+                parts = tuple(p for p in member.name.split("/") if p not in ("", "."))
+                where = _split_and_class(parts)
                 if where is None or not member.isfile():
                     continue
+                layout.check(parts)
                 f = tar.extractfile(member)
                 if f is None:
                     continue
@@ -114,7 +157,12 @@ def _decode(data: bytes | Path, what: str) -> np.ndarray:
             if width * height > MAX_PIXELS:
                 raise DataFileError(f"{what}: image is {width}x{height}, more than the "
                                     f"{MAX_PIXELS:,} pixels minibnn decodes")
-            mode = "L" if image.mode in ("L", "1", "I;16", "I") else "RGB"
+            if image.mode in WIDE_MODES:
+                # convert("L") would clip every value above 255: refuse, do not guess a scale
+                raise DataFileError(f"{what}: a {WIDE_MODES[image.mode]} image (mode "
+                                    f"{image.mode}); minibnn reads 8-bit images: convert the "
+                                    "folder to 8 bits per channel")
+            mode = "L" if image.mode in ("L", "1") else "RGB"
             return np.asarray(image.convert(mode), dtype=np.uint8)
     except DataFileError:
         raise
@@ -139,8 +187,9 @@ def read_image_folder(root: Path) -> tuple[Split, tuple[str, ...]]:
     if tuple(sorted(images["test"])) != classes:
         raise DataFileError(f"{root}: train classes {list(classes)} differ from test classes "
                             f"{sorted(images['test'])}")
-    if len(classes) > 256:
-        raise DataFileError(f"{root}: {len(classes)} classes; at most 256 are supported")
+    if not 2 <= len(classes) <= 256:
+        raise DataFileError(f"{root}: {len(classes)} class{'es' if len(classes) != 1 else ''} "
+                            f"{list(classes)[:3]}; a classifier needs 2 to 256")
     grey = all(a.ndim == 2 for split in images.values() for files in split.values()
                for _, a in files)
     arrays = []

@@ -32,8 +32,8 @@ from minibnn.nn.packed import (PackedModel, binary_layers, layer_from_bits, laye
                                pack_model)
 from minibnn.data import image_shape
 from minibnn.run.spec import RunSpec, read_stored_config
-from minibnn.run.train import (check_checkpoint, eval_backend, load_data, model_from_spec,
-                               run_model)
+from minibnn.run.train import (check_checkpoint, check_same_data, eval_backend, load_data,
+                               model_from_spec, run_model)
 
 #: whom the stored arrays are checked against
 MODEL_IN_CONFIG = "the model in its spec"
@@ -161,11 +161,14 @@ def evaluate_packed(source: str | PackedModel, *, batch_size: int = 1000, check:
     if isinstance(source, PackedModel) or is_packed_file(source):
         pm = source if isinstance(source, PackedModel) else load_packed(source)
         spec, stored = read_stored_config(pm.config_json)
+        description = None                  # a packed file keeps no data description
     else:
         run = load_run(source)
         spec, stored = read_stored_config(run.config_json)
         pm = _pack_loaded_run(run, source, None, None)
+        description = run.description
     ds = load_data(spec, data_dir or stored.data_dir, test_only=True)
+    check_same_data(str(source), description, ds)
     with kernels.use_backend(eval_backend(stored, "cpu", backend)):
         return _evaluate(pm, ds.x_test, ds.y_test, batch_size, check)
 

@@ -252,6 +252,22 @@ def _progress(iterable: Any, enabled: bool, desc: str) -> Any:
     return tqdm(iterable, desc=desc, leave=False, unit="batch")
 
 
+def check_same_data(path: str, description: dict[str, Any] | None, ds: Any) -> None:
+    """The data loaded for the run stored at ``path`` (to evaluate or resume it) must be what
+    it was trained on, as far as its ``description`` (``describe_data``) tells: the same class
+    names in the same order (an image folder given by ``--data-dir`` could hold others, which
+    would relabel every image) and the same input shape."""
+    stored = (description or {}).get("classes")
+    if stored is not None and list(stored) != list(ds.classes):
+        raise MinibnnError(f"{path} was trained on {len(stored)} classes {list(stored)[:6]}, "
+                           f"the data loaded now has {len(ds.classes)}: "
+                           f"{list(ds.classes)[:6]} (another --data-dir?)")
+    shape = (description or {}).get("input_shape")
+    if shape is not None and list(shape) != [int(v) for v in ds.x_test.shape[1:]]:
+        raise MinibnnError(f"{path} was trained on inputs {tuple(shape)}, the data loaded now "
+                           f"has {tuple(ds.x_test.shape[1:])} (another --data-dir?)")
+
+
 def describe_data(ds: Any, provenance: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """What a run file stores about its data so it describes itself (``RunFile.description``);
     ``provenance``: one record per training session (``session_provenance``), oldest first."""
@@ -487,6 +503,8 @@ def _fit(spec: RunSpec, local: Local, out_path: str, previous: RunFile | None, p
     dtype = resolve_dtype(spec.loop.dtype)
     device, epochs = local.device, spec.loop.epochs
     ds = load_data(spec, local.data_dir)
+    if previous is not None:
+        check_same_data(out_path, previous.description, ds)
     subset = spec.data.train_subset
     if previous is None and subset is not None and len(ds.y_train) < subset:
         raise MinibnnError(f"--train-subset {subset:,} is more than the {len(ds.y_train):,} "
@@ -746,6 +764,7 @@ def evaluate_run(path: str, device: str = "cpu", backend: str | None = None,
     device_module(device)
     with kernels.use_backend(local.backend):
         ds = load_data(spec, local.data_dir, test_only=True)
+        check_same_data(path, run.description, ds)
         params, buffers = model.init(np.random.default_rng(0), resolve_dtype(spec.loop.dtype))
         check_checkpoint(run.checkpoint, params, path, buffers)
         loss, acc = evaluate(model, _tree_to_device(run.checkpoint.params, device),
