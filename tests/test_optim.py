@@ -130,6 +130,22 @@ def test_float32_state_stays_float32():
     (lambda: optim.sgd(0.1, momentum=1.0), "momentum must be in"),
     (lambda: optim.bop(-1.0, 0.1), "threshold must be >= 0"),
     (lambda: optim.flip(0.0, tie="zero"), "unknown tie rule"),
+    # the building blocks check their own (they were taken as given: ema(1.5) grows)
+    (lambda: optim.ema(1.5), "ema: rate must be in"),
+    (lambda: optim.ema("a"), "ema: rate must be in"),
+    (lambda: optim.trace(float("nan")), "trace: decay must be in"),
+    (lambda: optim.trace(0.9, dampening=2.0), "trace: dampening must be in"),
+    (lambda: optim.scale_by_adam(b1=5), "scale_by_adam: b1 must be in"),
+    (lambda: optim.normalize_by_rms(float("nan"), 0.1), "normalize_by_rms: gamma must be in"),
+    (lambda: optim.iir2(float("nan"), 0.0, 1.0), "iir2: a1 must be a finite number"),
+    (lambda: optim.add_decayed_weights(float("nan")), "add_decayed_weights: weight_decay"),
+    (lambda: optim.scale_by_learning_rate(-1.0), "scale_by_learning_rate: lr must be >= 0"),
+    (lambda: optim.chain(a=3), "chain stage 'a' must be a Transform"),
+    (lambda: optim.partition({"a": 3}, lambda name: "a"), "partition's optimizer 'a' must be"),
+    (lambda: optim.partition({}, lambda name: "a"), "optimizers must be a non-empty dict"),
+    (lambda: optim.cema().init([np.ones(2)]), "init: parameters must be a dict"),
+    (lambda: optim.partition({"a": optim.cema()}, lambda name: "a").init(None),
+     "init: parameters must be a dict"),
 ])
 def test_bad_hyperparameters_raise_one_line(make, match):
     with pytest.raises(MinibnnError, match=match) as info:

@@ -114,9 +114,12 @@ def chain(**stages: Transform) -> Chain:
     """Compose named transforms left to right; the state is ``{stage name: stage state}``."""
     if not stages:
         raise MinibnnError("chain needs at least one named stage")
+    for name, t in stages.items():
+        check_transform(f"chain stage {name!r}", t)
     names = tuple(stages)
 
     def init(params: Params) -> State:
+        check_params("init", params)
         return {name: t.init(params) for name, t in stages.items()}
 
     def update(stream: Params, state: State, params: Params) -> tuple[Params, State]:
@@ -126,6 +129,20 @@ def chain(**stages: Transform) -> Chain:
         return stream, new_state
 
     return Chain(init, checked(update, names), stages=names)
+
+
+def check_transform(what: str, t: Any) -> None:
+    """``t`` must be a ``Transform`` (a filter or an optimiser), else a one-line error."""
+    if not isinstance(t, Transform):
+        raise MinibnnError(f"{what} must be a Transform (a filter or optimiser of "
+                           f"minibnn.optim), got {type(t).__name__} {t!r:.40}")
+
+
+def check_params(what: str, params: Any) -> None:
+    """Parameters are a dict ``name -> array``, else a one-line error."""
+    if not isinstance(params, dict):
+        raise MinibnnError(f"{what}: parameters must be a dict name -> array, got "
+                           f"{type(params).__name__}")
 
 
 def array_module(tree: Params) -> Any:

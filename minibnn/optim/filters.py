@@ -26,7 +26,8 @@ import numpy as np
 
 from minibnn.errors import MinibnnError
 from minibnn.optim.base import Params, State, Transform, array_module, copy_tree, zeros_like_tree
-from minibnn.optim.checks import NONNEGATIVE, hyperparameter
+from minibnn.optim.checks import (FINITE, MOMENTUM, NONNEGATIVE, RATE, UNIT,
+                                  hyperparameter)
 from minibnn.optim.schedules import Schedule, as_schedule
 
 
@@ -63,6 +64,7 @@ def _initial_buffer(params: Params, init: Params | None, what: str) -> Params:
 
 def ema(rate: float | Schedule, init: Params | None = None) -> Transform:
     """Exponential moving average ``s_t = (1 - r_t) s_{t-1} + r_t x_t``, zero buffers by default."""
+    hyperparameter("ema", "rate", rate, RATE)
     schedule = as_schedule(rate)
 
     def init_fn(params: Params) -> State:
@@ -82,6 +84,8 @@ def trace(decay: float, dampening: float = 0.0) -> Transform:
     With ``decay == 0`` the filter is the identity and keeps no buffer: its state is only
     ``{"count"}`` (``{"count", "m"}`` otherwise).
     """
+    decay = hyperparameter("trace", "decay", decay, MOMENTUM)
+    dampening = hyperparameter("trace", "dampening", dampening, UNIT)
 
     def init_fn(params: Params) -> State:
         if decay == 0.0:
@@ -103,6 +107,8 @@ def trace(decay: float, dampening: float = 0.0) -> Transform:
 
 def add_decayed_weights(weight_decay: float) -> Transform:
     """``y = x + lambda * w``: the gradient of ``lambda/2 ||w||^2`` added to the stream."""
+    weight_decay = hyperparameter("add_decayed_weights", "weight_decay", weight_decay,
+                                  NONNEGATIVE)
 
     def update(stream: Params, state: State, params: Params) -> tuple[Params, State]:
         if weight_decay == 0.0:
@@ -114,6 +120,7 @@ def add_decayed_weights(weight_decay: float) -> Transform:
 
 def scale_by_learning_rate(lr: float | Schedule) -> Transform:
     """``y_t = -eta_t x_t`` (the step of gradient descent)."""
+    hyperparameter("scale_by_learning_rate", "lr", lr, NONNEGATIVE)
     schedule = as_schedule(lr)
 
     def init_fn(params: Params) -> State:
@@ -128,6 +135,7 @@ def scale_by_learning_rate(lr: float | Schedule) -> Transform:
 
 def scale_by_schedule(schedule: float | Schedule) -> Transform:
     """``y_t = s(t) x_t`` for an arbitrary schedule (no sign change)."""
+    hyperparameter("scale_by_schedule", "schedule", schedule, FINITE)
     sched = as_schedule(schedule)
 
     def init_fn(params: Params) -> State:
@@ -151,6 +159,9 @@ def _bias_corrected_moments(stream: Params, state: State, b1: float, b2: float
 
 def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Transform:
     """Adam's direction ``(m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)`` (PyTorch's formula)."""
+    b1 = hyperparameter("scale_by_adam", "b1", b1, MOMENTUM)
+    b2 = hyperparameter("scale_by_adam", "b2", b2, MOMENTUM)
+    eps = hyperparameter("scale_by_adam", "eps", eps, NONNEGATIVE)
 
     def init_fn(params: Params) -> State:
         return {"count": np.asarray(0, dtype=np.int64), "m": zeros_like_tree(params),
@@ -174,6 +185,9 @@ def normalize_by_rms(gamma: float, sigma: float, eps: float = 1e-10,
     ``y_t = (m_t / (1-(1-gamma)^t)) / (sqrt(s_t / (1-(1-sigma)^t)) + eps)``.  State:
     ``{"count", "m", "v"}`` (``v`` holds ``s``).
     """
+    gamma = hyperparameter("normalize_by_rms", "gamma", gamma, RATE)
+    sigma = hyperparameter("normalize_by_rms", "sigma", sigma, RATE)
+    eps = hyperparameter("normalize_by_rms", "eps", eps, NONNEGATIVE)
 
     def init_fn(params: Params) -> State:
         return {"count": np.asarray(0, dtype=np.int64), "m": zeros_like_tree(params),
@@ -197,6 +211,8 @@ def normalize_by_rms(gamma: float, sigma: float, eps: float = 1e-10,
 def iir2(a1: float, a2: float, c: float, init: Params | None = None,
          init_previous: Params | None = None) -> Transform:
     """General second-order filter ``v_t = a1 v_{t-1} + a2 v_{t-2} + c x_t`` (docs/theory.md P4)."""
+    a1, a2, c = (hyperparameter("iir2", name, value, FINITE)
+                 for name, value in (("a1", a1), ("a2", a2), ("c", c)))
 
     def init_fn(params: Params) -> State:
         return {"v1": _initial_buffer(params, init, "v_{t-1}"),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from minibnn.errors import MinibnnError
-from minibnn.optim.base import Params, State, Transform
+from minibnn.optim.base import Params, State, Transform, check_params, check_transform
 from minibnn.optim.checks import check_keys, check_like_params
 
 
@@ -74,10 +74,16 @@ def _mapping_labels(labels: Mapping[str, str]) -> Callable[[str], str]:
 def partition(optimizers: Mapping[str, Transform],
               labels: Callable[[str], str] | Mapping[str, str]) -> Partition:
     """Apply ``optimizers[label(name)]`` to each parameter ``name``."""
+    if not isinstance(optimizers, Mapping) or not optimizers:
+        raise MinibnnError(f"partition: optimizers must be a non-empty dict label -> "
+                           f"Transform, got {optimizers!r:.60}")
+    for label, opt in optimizers.items():
+        check_transform(f"partition's optimizer {label!r}", opt)
     label_of = _mapping_labels(labels) if isinstance(labels, Mapping) else labels
     optimizers = dict(optimizers)
 
     def init(params: Params) -> State:
+        check_params("init", params)
         groups = _split(optimizers, label_of, params)
         return {label: opt.init(groups[label]) for label, opt in optimizers.items()}
 
