@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from h5edit import edited
 
 from minibnn.commands.cli import main
 from minibnn.commands.sweep_spec import parse_sweep
@@ -241,3 +242,13 @@ def test_verify_finds_its_suite_from_any_working_directory(tmp_path, monkeypatch
     runner = explain._import_verification()
     assert Path(runner.__file__).resolve().parents[1] == Path(checkout)
     importlib.invalidate_caches()
+
+
+def test_summary_checks_the_stored_arrays_like_eval(trained, capsys):
+    """A run file whose checkpoint lacks a parameter the model declares (re-sealed, so only
+    the structure is wrong): summary names it, as eval does, instead of a KeyError."""
+    with edited(str(trained)) as f:
+        del f["checkpoint/params/head.w"]
+    for command in ("summary", "eval"):
+        line = _error(capsys, command, trained)
+        assert "head.w" in line, line

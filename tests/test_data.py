@@ -617,6 +617,23 @@ def test_synthetic_options_and_float64():
         synthetic_dataset(shape=(28, 28))
 
 
+@pytest.mark.parametrize("options, words", [
+    ({"shape": "abc"}, "shape must be (C, H, W) integers"),
+    ({"n_train": 10.5}, "n_train must be an integer"),
+    ({"seed": -1}, "seed must be >= 0"),
+    ({"noise": "x"}, "noise must be a number"),
+])
+def test_bad_synthetic_options_are_one_line(options, words):
+    with pytest.raises(MinibnnError) as info:          # were ValueError/TypeError from NumPy
+        load_dataset("synthetic", **options)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_data_dir_that_is_not_a_path_is_one_line():
+    with pytest.raises(MinibnnError, match="data_dir must be a path"):
+        load_dataset("imagefolder", data_dir=5)          # was a TypeError from pathlib
+
+
 def test_synthetic_is_learnable_but_noisy():
     ds = synthetic_dataset()
     xtr = ds.x_train.reshape(len(ds.x_train), -1)

@@ -462,7 +462,10 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     from minibnn.run.files import load_run
     from minibnn.deploy.packed_file import is_packed_file
     from minibnn.commands.summary import format_summary
-    from minibnn.run.train import model_from_spec, run_model
+    import numpy as np
+
+    from minibnn.backend import resolve_dtype
+    from minibnn.run.train import check_checkpoint, model_from_spec, run_model
 
     given = [f"--{k.replace('_', '-')}" for k in SUMMARY_MODEL_FLAGS + ("dataset", "dtype")
              if getattr(args, k) is not None]
@@ -480,6 +483,10 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         spec, _, model = run_model(run)
         description = run.description
         if run.checkpoint is not None:
+            # the stored arrays must be the model's (as eval checks them), not a KeyError later
+            declared, declared_buffers = model.init(np.random.default_rng(0),
+                                                    resolve_dtype(spec.loop.dtype))
+            check_checkpoint(run.checkpoint, declared, args.run, declared_buffers)
             params, buffers = run.checkpoint.params, run.checkpoint.buffers
     else:
         values = {k: getattr(args, k) for k in SUMMARY_MODEL_FLAGS + ("dataset", "dtype")

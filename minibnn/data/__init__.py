@@ -108,6 +108,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
     a quarter of the memory; what the trainer uses).
     """
     key = canonical_name(name)
+    for what, path in (("data_dir", data_dir), ("cache_dir", cache_dir)):
+        if path is not None and not isinstance(path, (str, os.PathLike)):
+            raise MinibnnError(f"load_dataset: {what} must be a path (str or os.PathLike), "
+                               f"got {type(path).__name__} {path!r:.40}")
     if key == "synthetic":
         allowed = set(inspect.signature(synthetic_dataset).parameters) - {"dtype"}
         unknown = sorted(set(options) - allowed)

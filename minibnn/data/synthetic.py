@@ -19,6 +19,8 @@ Prototypes, training and test samples come from three independent streams of one
 """
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from minibnn.data.base import Dataset, from_uint8
@@ -49,7 +51,18 @@ def synthetic_uint8(n_train: int = 4000, n_test: int = 1000, num_classes: int = 
                     shape: tuple[int, int, int] = (1, 28, 28), seed: int = 0,
                     noise: float = 2.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The raw uint8 images (N, C, H, W) and uint8 labels behind ``synthetic_dataset``."""
-    shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
+    for name, value in (("n_train", n_train), ("n_test", n_test), ("num_classes", num_classes),
+                        ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise MinibnnError(f"synthetic: {name} must be an integer, got {value!r}")
+    if seed < 0:
+        raise MinibnnError(f"synthetic: seed must be >= 0, got {seed}")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float, np.floating, np.integer)):
+        raise MinibnnError(f"synthetic: noise must be a number, got {noise!r}")
+    try:
+        shape = tuple(operator.index(s) for s in shape)  # type: ignore[assignment]
+    except TypeError:
+        raise MinibnnError(f"synthetic: shape must be (C, H, W) integers, got {shape!r}") from None
     if len(shape) != 3 or min(shape) < 1:
         raise MinibnnError(f"synthetic: shape must be (C, H, W) with positive sizes, got {shape}")
     if not 2 <= num_classes <= 256:
