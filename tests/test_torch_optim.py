@@ -170,6 +170,15 @@ def test_bad_options_are_minibnns_one_line_errors(make, match):
         make([torch.nn.Parameter(torch.ones(3))])
 
 
+@pytest.mark.parametrize("cls", ["CEMA", "Bop", "Bop2nd"])
+def test_complex_parameters_are_refused_up_front(cls):
+    from minibnn.errors import MinibnnError
+
+    p = torch.nn.Parameter(torch.ones(3, dtype=torch.complex64))
+    with pytest.raises(MinibnnError, match="is complex64; a filter optimiser takes real"):
+        getattr(topt, cls)([p])          # was a NotImplementedError inside step()
+
+
 def test_state_converters_check_names_shapes_and_counts():
     from minibnn.errors import MinibnnError
 

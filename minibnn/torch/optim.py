@@ -108,8 +108,18 @@ class FilterOptimizer(torch.optim.Optimizer):
     BUFFERS: dict[str, tuple[str, str]] = {}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        add_checked_group(super().add_param_group, self.param_groups, self.minibnn_twin,
+        add_checked_group(super().add_param_group, self.param_groups, self._checked_twin,
                           param_group)
+
+    def _checked_twin(self, group: Mapping[str, Any]) -> Transform:
+        """``minibnn_twin(group)``, after checking that the parameters are real floating point
+        (a sign flip means nothing on complex ones, which failed deep inside a step)."""
+        for i, p in enumerate(group["params"]):
+            if not p.is_floating_point():
+                raise MinibnnError(f"{type(self).__name__}: parameter #{i} of the group is "
+                                   f"{str(p.dtype).removeprefix('torch.')}; a filter optimiser "
+                                   "takes real floating-point parameters")
+        return self.minibnn_twin(group)
 
     @staticmethod
     def minibnn_twin(group: Mapping[str, Any]) -> Transform:
