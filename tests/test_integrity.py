@@ -154,6 +154,18 @@ def test_files_without_checksums_are_read_unverified(files, tmp_path):
     assert _same(load_run(path), load_run(files["run"]))
 
 
+def test_a_sealed_file_without_its_root_checksum_is_damaged(files, tmp_path):
+    """Deleting the file's own checksum does not turn the checks off while its datasets
+    still carry theirs (it did: a changed parameter was then read silently)."""
+    path = str(tmp_path / "unsealed.h5")
+    shutil.copy(files["run"], path)
+    with h5py.File(path, "a") as f:
+        del f.attrs[integrity.DIGEST]
+        f["checkpoint/params/fc1.w"][0, 0] *= 2
+    with pytest.raises(DataFileError, match="file's own checksum is missing"):
+        load_run(path)
+
+
 def test_a_nan_checkpoint_is_refused(files, tmp_path, capsys):
     path = str(tmp_path / "nan.h5")
     shutil.copy(files["run"], path)

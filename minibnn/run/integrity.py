@@ -81,11 +81,17 @@ def seal(f: Any) -> None:
 
 def verify(f: Any, path: str) -> None:
     """Check an open ``h5py.File`` against its checksums; the first mismatch is a one-line
-    ``DataFileError`` naming the damaged dataset (or the attributes).  A file without a root
-    checksum (written before they were stored) passes unchecked."""
-    if DIGEST not in f.attrs:
-        return
+    ``DataFileError`` naming the damaged dataset (or the attributes).  A file without any
+    checksum (written before they were stored) passes unchecked; one whose datasets carry
+    checksums but whose root checksum is gone was sealed and then damaged."""
     objects = _objects(f)
+    if DIGEST not in f.attrs:
+        sealed = next((name for name, item in objects
+                       if not hasattr(item, "keys") and DIGEST in item.attrs), None)
+        if sealed is not None:
+            raise DataFileError(f"{path} is damaged: its datasets carry checksums ({sealed}, "
+                                "...) but the file's own checksum is missing")
+        return
     for name, item in objects:
         if hasattr(item, "keys"):
             continue
