@@ -252,3 +252,15 @@ def test_summary_checks_the_stored_arrays_like_eval(trained, capsys):
     for command in ("summary", "eval"):
         line = _error(capsys, command, trained)
         assert "head.w" in line, line
+
+
+def test_a_stored_array_of_another_dtype_is_named(trained, capsys):
+    """A float64 parameter in a float32 run (re-sealed): the file and the entry are named,
+    not a kernel's dtype complaint from deep inside the forward pass."""
+    with edited(str(trained)) as f:
+        w = f["checkpoint/params/head.w"][()]
+        del f["checkpoint/params/head.w"]
+        f["checkpoint/params/head.w"] = w.astype("float64")
+    for command in ("summary", "eval"):
+        line = _error(capsys, command, trained)
+        assert "'head.w' is float64, expected float32" in line and str(trained) in line, line

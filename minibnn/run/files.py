@@ -219,8 +219,8 @@ def check_version(stored: Any, path: str, what: str = "run file", supported: int
 def check_arrays(stored: dict[str, Any], expected: dict[str, Any], path: str, where: str,
                  what: str, owner: str) -> None:
     """The arrays read from ``where`` in ``path`` must be exactly those ``owner`` declares, with
-    the same shapes; the first difference is a one-line ``DataFileError`` naming the entry
-    (its path in the tree, e.g. ``binary/m/s/fc2.w``)."""
+    the same shapes and dtypes; the first difference is a one-line ``DataFileError`` naming
+    the entry (its path in the tree, e.g. ``binary/m/s/fc2.w``)."""
     for name, value in expected.items():
         if name not in stored:
             raise DataFileError(f"{path}: {where} does not match {owner}: {what} {name!r} "
@@ -228,6 +228,10 @@ def check_arrays(stored: dict[str, Any], expected: dict[str, Any], path: str, wh
         if tuple(np.shape(stored[name])) != tuple(np.shape(value)):
             raise DataFileError(f"{path}: {where} does not match {owner}: {what} {name!r} has "
                                 f"shape {np.shape(stored[name])}, expected {np.shape(value)}")
+        if np.asarray(stored[name]).dtype != np.asarray(value).dtype:
+            raise DataFileError(f"{path}: {where} does not match {owner}: {what} {name!r} is "
+                                f"{np.asarray(stored[name]).dtype}, expected "
+                                f"{np.asarray(value).dtype}")
     for name in stored:
         if name not in expected:
             raise DataFileError(f"{path}: {where} does not match {owner}: {what} {name!r} "
