@@ -170,6 +170,20 @@ def test_bad_options_are_minibnns_one_line_errors(make, match):
         make([torch.nn.Parameter(torch.ones(3))])
 
 
+def test_a_loaded_state_of_another_shape_is_one_line():
+    from minibnn.errors import MinibnnError
+
+    small, large = (torch.nn.Parameter(torch.ones(n)) for n in (3, 5))
+    source = topt.CEMA([small])
+    small.grad = torch.ones(3)
+    source.step()
+    target = topt.CEMA([large])
+    target.load_state_dict(source.state_dict())       # torch takes it: ids, not shapes
+    large.grad = torch.ones(5)
+    with pytest.raises(MinibnnError, match="'m' of a parameter of shape \\(5,\\) is of shape"):
+        target.step()                                  # was a RuntimeError from torch
+
+
 @pytest.mark.parametrize("cls", ["CEMA", "Bop", "Bop2nd"])
 def test_complex_parameters_are_refused_up_front(cls):
     from minibnn.errors import MinibnnError

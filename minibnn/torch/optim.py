@@ -132,12 +132,21 @@ class FilterOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     def state_of(self, p: Tensor) -> dict[str, Any]:
-        """``p``'s state, zero buffers (minibnn's ``init``) before its first update."""
+        """``p``'s state, zero buffers (minibnn's ``init``) before its first update; a state
+        that ``load_state_dict`` brought in must hold every buffer, shaped like ``p``."""
         state = self.state[p]
         if not state:
             state["count"] = 0
             for key in self.BUFFERS:
                 state[key] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        for key in ("count", *self.BUFFERS):
+            buf = state.get(key)
+            shape = None if buf is None or key == "count" else tuple(buf.shape)
+            if buf is None or (key != "count" and shape != tuple(p.shape)):
+                found = "missing" if buf is None else f"of shape {shape}"
+                raise MinibnnError(f"{type(self).__name__}: the state's {key!r} of a parameter "
+                                   f"of shape {tuple(p.shape)} is {found} (a state_dict of "
+                                   "another model or optimiser?)")
         return state
 
     @torch.no_grad()
