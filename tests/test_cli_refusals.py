@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from h5edit import edited
 
@@ -264,3 +265,18 @@ def test_a_stored_array_of_another_dtype_is_named(trained, capsys):
     for command in ("summary", "eval"):
         line = _error(capsys, command, trained)
         assert "'head.w' is float64, expected float32" in line and str(trained) in line, line
+
+
+def test_data_of_another_name_than_the_description_is_refused():
+    """A run whose spec was edited to name another data set (its description still names the
+    one it was trained on) is not evaluated or resumed on the other one."""
+    from types import SimpleNamespace
+
+    from minibnn.run.train import check_same_data
+
+    ds = SimpleNamespace(name="mnist", classes=tuple("0123456789"), x_test=np.zeros((1, 1, 28, 28)))
+    with pytest.raises(MinibnnError, match="r.h5 was trained on synthetic, its spec now names mnist"):
+        check_same_data("r.h5", {"dataset": "synthetic"}, ds)
+    check_same_data("r.h5", {"dataset": "mnist", "classes": list("0123456789"),
+                             "input_shape": [1, 28, 28]}, ds)
+    check_same_data("r.h5", None, ds)                      # an old file: nothing to compare

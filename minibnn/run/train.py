@@ -256,7 +256,11 @@ def check_same_data(path: str, description: dict[str, Any] | None, ds: Any) -> N
     """The data loaded for the run stored at ``path`` (to evaluate or resume it) must be what
     it was trained on, as far as its ``description`` (``describe_data``) tells: the same class
     names in the same order (an image folder given by ``--data-dir`` could hold others, which
-    would relabel every image) and the same input shape."""
+    would relabel every image), the same input shape, the same data set's name."""
+    name = (description or {}).get("dataset")
+    if name is not None and name != ds.name:
+        raise MinibnnError(f"{path} was trained on {name}, its spec now names {ds.name} (the "
+                           "file was edited?)")
     stored = (description or {}).get("classes")
     if stored is not None and list(stored) != list(ds.classes):
         raise MinibnnError(f"{path} was trained on {len(stored)} classes {list(stored)[:6]}, "
