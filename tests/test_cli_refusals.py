@@ -274,8 +274,9 @@ def test_data_of_another_name_than_the_description_is_refused():
 
     from minibnn.run.train import check_same_data
 
-    ds = SimpleNamespace(name="mnist", classes=tuple("0123456789"), x_test=np.zeros((1, 1, 28, 28)))
-    with pytest.raises(MinibnnError, match="r.h5 was trained on synthetic, its spec now names mnist"):
+    ds = SimpleNamespace(name="mnist", classes=tuple("0123456789"),
+                         x_test=np.zeros((1, 1, 28, 28)))
+    with pytest.raises(MinibnnError, match="trained on synthetic, its spec now names mnist"):
         check_same_data("r.h5", {"dataset": "synthetic"}, ds)
     check_same_data("r.h5", {"dataset": "mnist", "classes": list("0123456789"),
                              "input_shape": [1, 28, 28]}, ds)
