@@ -228,14 +228,19 @@ def check_arrays(stored: dict[str, Any], expected: dict[str, Any], path: str, wh
         if tuple(np.shape(stored[name])) != tuple(np.shape(value)):
             raise DataFileError(f"{path}: {where} does not match {owner}: {what} {name!r} has "
                                 f"shape {np.shape(stored[name])}, expected {np.shape(value)}")
-        if np.asarray(stored[name]).dtype != np.asarray(value).dtype:
+        found, declared = _dtype(stored[name]), _dtype(value)
+        if found != declared:
             raise DataFileError(f"{path}: {where} does not match {owner}: {what} {name!r} is "
-                                f"{np.asarray(stored[name]).dtype}, expected "
-                                f"{np.asarray(value).dtype}")
+                                f"{found}, expected {declared}")
     for name in stored:
         if name not in expected:
             raise DataFileError(f"{path}: {where} does not match {owner}: {what} {name!r} "
                                 "is not one it has")
+
+
+def _dtype(value: Any) -> np.dtype:
+    """An array's dtype (NumPy or CuPy: read, never copied to the host), or a scalar's."""
+    return value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype
 
 
 def check_writable(path: str) -> None:
