@@ -462,10 +462,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     from minibnn.run.files import load_run
     from minibnn.deploy.packed_file import is_packed_file
     from minibnn.commands.summary import format_summary
-    import numpy as np
-
-    from minibnn.backend import resolve_dtype
-    from minibnn.run.train import check_checkpoint, model_from_spec, run_model
+    from minibnn.run.train import check_model_checkpoint, model_from_spec, run_model
 
     given = [f"--{k.replace('_', '-')}" for k in SUMMARY_MODEL_FLAGS + ("dataset", "dtype")
              if getattr(args, k) is not None]
@@ -484,9 +481,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         description = run.description
         if run.checkpoint is not None:
             # the stored arrays must be the model's (as eval checks them), not a KeyError later
-            declared, declared_buffers = model.init(np.random.default_rng(0),
-                                                    resolve_dtype(spec.loop.dtype))
-            check_checkpoint(run.checkpoint, declared, args.run, declared_buffers)
+            check_model_checkpoint(run.checkpoint, model, spec.loop.dtype, args.run)
             params, buffers = run.checkpoint.params, run.checkpoint.buffers
     else:
         values = {k: getattr(args, k) for k in SUMMARY_MODEL_FLAGS + ("dataset", "dtype")

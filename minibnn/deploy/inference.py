@@ -32,8 +32,8 @@ from minibnn.nn.packed import (PackedModel, binary_layers, layer_from_bits, laye
                                pack_model)
 from minibnn.data import image_shape
 from minibnn.run.spec import RunSpec, read_stored_config
-from minibnn.run.train import (check_checkpoint, check_same_data, eval_backend, load_data,
-                               model_from_spec, run_model)
+from minibnn.run.train import (check_model_checkpoint, check_same_data, eval_backend,
+                               load_data, model_from_spec, run_model)
 
 #: whom the stored arrays are checked against
 MODEL_IN_CONFIG = "the model in its spec"
@@ -67,8 +67,7 @@ def _pack_loaded_run(run: RunFile, path: str, input_shape: tuple[int, ...] | Non
     else:
         spec, _ = read_stored_config(run.config_json)
         model = _model_for(spec, input_shape, num_classes)
-    expected, expected_buffers = model.init(np.random.default_rng(0), np.dtype(spec.loop.dtype))
-    check_checkpoint(run.checkpoint, expected, path, expected_buffers)
+    check_model_checkpoint(run.checkpoint, model, spec.loop.dtype, path)
     return pack_model(model, run.checkpoint.params, run.checkpoint.buffers,
                       config_json=run.config_json, epoch=run.checkpoint.epoch,
                       source=os.path.abspath(path))

@@ -137,7 +137,7 @@ def load(path: str) -> TrainedModel:
     from minibnn.deploy.inference import load_packed
     from minibnn.run.files import load_run
     from minibnn.deploy.packed_file import is_packed_file
-    from minibnn.run.train import check_checkpoint, run_model
+    from minibnn.run.train import check_model_checkpoint, run_model
 
     if is_packed_file(path):
         pm = load_packed(path)
@@ -148,8 +148,7 @@ def load(path: str) -> TrainedModel:
     if run.checkpoint is None:
         raise MinibnnError(f"{path} has no checkpoint yet (no epoch has finished)")
     spec, _, model = run_model(run)
-    expected, expected_buffers = model.init(np.random.default_rng(0), np.dtype(spec.loop.dtype))
-    check_checkpoint(run.checkpoint, expected, path, expected_buffers)
+    check_model_checkpoint(run.checkpoint, model, spec.loop.dtype, path)
     d = run.description
     mean = tuple(d["mean"]) if d and d.get("mean") else _normalisation_of(run.config_json)[0]
     std = tuple(d["std"]) if d and d.get("std") else _normalisation_of(run.config_json)[1]

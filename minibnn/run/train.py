@@ -408,6 +408,13 @@ def check_checkpoint(ck: Checkpoint, params: Params, path: str, buffers: Params 
                      "optimiser state", owner)
 
 
+def check_model_checkpoint(ck: Checkpoint, model: Model, dtype: Any, path: str) -> None:
+    """``check_checkpoint`` of the stored parameters and buffers against the ones ``model``
+    declares in ``dtype`` (what every reader of a trained run checks before using it)."""
+    params, buffers = model.init(np.random.default_rng(0), resolve_dtype(dtype))
+    check_checkpoint(ck, params, path, buffers)
+
+
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tree.items():
@@ -769,8 +776,7 @@ def evaluate_run(path: str, device: str = "cpu", backend: str | None = None,
     with kernels.use_backend(local.backend):
         ds = load_data(spec, local.data_dir, test_only=True)
         check_same_data(path, run.description, ds)
-        params, buffers = model.init(np.random.default_rng(0), resolve_dtype(spec.loop.dtype))
-        check_checkpoint(run.checkpoint, params, path, buffers)
+        check_model_checkpoint(run.checkpoint, model, spec.loop.dtype, path)
         loss, acc = evaluate(model, _tree_to_device(run.checkpoint.params, device),
                              _tree_to_device(run.checkpoint.buffers, device),
                              images_on(ds.x_test, device), to_device(ds.y_test, device))
