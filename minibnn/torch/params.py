@@ -81,7 +81,6 @@ def add_checked_group(add: Callable[[dict[str, Any]], None], groups: list[dict[s
         raise
 
 
-
 def closure_loss(closure: Callable[[], Any] | None) -> Any:
     """``closure()`` with gradients enabled (PyTorch's ``Optimizer.step(closure)`` contract,
     called inside ``no_grad``), or None without a closure."""
