@@ -162,6 +162,86 @@ def test_batchnorm_sign_equals_the_layers() -> None:
     assert np.array_equal(xhat, cache.xhat) and np.array_equal(inv_std, cache.inv_std)
 
 
+def _bn_sign_backward_case(rng: np.random.Generator, shape: tuple[int, ...], dtype: type,
+                           ste: str) -> tuple:
+    """(ds, y, xhat, inv_std, gamma, ste) from a train-mode forward of random x; ds holds
+    exact zeros of both signs (a sum's sign of zero must be NumPy's too)."""
+    c = shape[1]
+    x = randn(rng, shape, dtype)
+    gamma, beta = randn(rng, (c,), dtype), randn(rng, (c,), dtype)
+    _, y, xhat, _, _, inv_std = ref("batchnorm_sign_train")(x, gamma, beta)
+    ds = randn(rng, shape, dtype, zeros=0.3)
+    ds[rng.random(shape) < 0.1] = -0.0
+    return ds, y, xhat, inv_std, gamma, ste
+
+
+def _same_bits(got: tuple, want: tuple) -> bool:
+    return all(a.dtype == b.dtype and a.shape == b.shape
+               and np.array_equal(a.view(np.uint8), b.view(np.uint8)) for a, b in zip(got, want))
+
+
+@SETTINGS
+@given(st.integers(1, 6), st.integers(1, 140), st.sampled_from([0, 2]), DTYPES,
+       st.sampled_from(["identity", "clipped", "approx", "swish"]), st.integers(0, 2**32 - 1))
+def test_batchnorm_sign_backward(n: int, c: int, hw: int, dtype: type, ste: str,
+                                 seed: int) -> None:
+    """The Numba body gives the reference's bits (signed zeros included): the dense (N, C)
+    float32 case in its kernels, everything else through the reference."""
+    shape = (n, c) if hw == 0 else (n, c, hw, hw + 1)
+    args = _bn_sign_backward_case(np.random.default_rng(seed), shape, dtype, ste)
+    assert _same_bits(numba_body("batchnorm_sign_backward_train")(*args),
+                      ref("batchnorm_sign_backward_train")(*args))
+
+
+def test_batchnorm_sign_backward_equals_the_layers() -> None:
+    """The op is sign_backward then train-mode batchnorm_backward, bit for bit, in every body
+    and layout (and so is the fused layer's backward, which calls it)."""
+    from minibnn.nn.functional import SignCache, batchnorm_backward, sign_backward
+    from minibnn.nn.functional.batchnorm import BatchNormCache
+
+    rng = np.random.default_rng(5)
+    for shape in [(64, 200), (3, 4, 5, 6)]:
+        for ste in ("identity", "clipped", "approx", "swish"):
+            ds, y, xhat, inv_std, gamma, _ = _bn_sign_backward_case(rng, shape, np.float32, ste)
+            want = batchnorm_backward(sign_backward(ds, SignCache(y, ste, 5.0)),
+                                      BatchNormCache(xhat, inv_std, gamma, True, True, None, None))
+            for body in (numba_body, ref):
+                assert _same_bits(body("batchnorm_sign_backward_train")(
+                    ds, y, xhat, inv_std, gamma, ste), want), (shape, ste, body)
+
+
+def test_batchnorm_sign_backward_parallel_path_and_memory_orders() -> None:
+    """Above the op's parallel threshold (2^19 values) the bits are the reference's on 1 and
+    2 threads; a ds in another memory order (NumPy sums it in another order) runs the
+    reference, so it still gives the reference's bits."""
+    from minibnn.kernels import threads
+
+    rng = np.random.default_rng(6)
+    args = _bn_sign_backward_case(rng, (520, 1030), np.float32, "approx")
+    assert args[0].size >= 1 << 19
+    want = ref("batchnorm_sign_backward_train")(*args)
+    for n in (1, 2):
+        with threads.using_threads(n):
+            assert _same_bits(numba_body("batchnorm_sign_backward_train")(*args), want), n
+    ds, y, xhat, inv_std, gamma, ste = _bn_sign_backward_case(rng, (40, 30), np.float32, "clipped")
+    ds_f = np.asfortranarray(ds)
+    assert _same_bits(numba_body("batchnorm_sign_backward_train")(ds_f, y, xhat, inv_std, gamma, ste),
+                      ref("batchnorm_sign_backward_train")(ds_f, y, xhat, inv_std, gamma, ste))
+
+
+def test_batchnorm_sign_backward_refuses_bad_input() -> None:
+    rng = np.random.default_rng(7)
+    ds, y, xhat, inv_std, gamma, _ = _bn_sign_backward_case(rng, (4, 3), np.float32, "approx")
+    for body in (numba_body, ref):
+        op = body("batchnorm_sign_backward_train")
+        with pytest.raises(ShapeError, match="ds must be float32 \\(4, 3\\)"):
+            op(ds[:2], y, xhat, inv_std, gamma)
+        with pytest.raises(ShapeError, match="gamma must have shape \\(3,\\)"):
+            op(ds, y, xhat, inv_std, gamma[:2])
+        with pytest.raises(MinibnnError, match="ste must be one of"):
+            op(ds, y, xhat, inv_std, gamma, "nope")
+
+
 # ------------------------------------------------------------------ optimiser steps
 
 

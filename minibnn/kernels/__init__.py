@@ -27,7 +27,8 @@ from minibnn.kernels.channels_last import (  # noqa: F401  (the ops, re-exported
     conv2d_nhwc_backward, conv2d_nhwc_forward, maxpool2d_nhwc_backward, maxpool2d_nhwc_forward,
     prelu_rows_backward, prelu_rows_forward)
 from minibnn.kernels.reference import (  # noqa: F401
-    adam_update, batchnorm_sign_eval, batchnorm_sign_train, binary_conv2d, binary_conv2d_lookup,
+    adam_update, batchnorm_sign_backward_train, batchnorm_sign_eval, batchnorm_sign_train,
+    binary_conv2d, binary_conv2d_lookup,
     binary_conv2d_threshold_pack, bop_update, cema_update, col2im, im2col, maxpool2d_backward,
     maxpool2d_forward, pack_conv_input, pack_conv_weights, pack_signs, sgd_update,
     threshold_pack, unpack_signs, xnor_gemm)
@@ -38,7 +39,7 @@ from minibnn.kernels.registry import (
 #: every op, by name
 OPS = ("adam_update", "batch_statistics_rows", "batchnorm_normalise_add_rows",
        "batchnorm_normalise_rows",
-       "batchnorm_sign_eval", "batchnorm_sign_pack_backward", "batchnorm_sign_pack_eval",
+       "batchnorm_sign_backward_train", "batchnorm_sign_eval", "batchnorm_sign_pack_backward", "batchnorm_sign_pack_eval",
        "batchnorm_sign_pack_train", "batchnorm_sign_train",
        "bias_sign_pack", "bias_sign_pack_backward", "binary_conv2d", "binary_conv2d_lookup",
        "binary_conv2d_threshold_pack",

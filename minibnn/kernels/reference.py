@@ -11,7 +11,8 @@ each docstring). Shapes follow PyTorch: activations NCHW, conv weights OIHW.
 Groups:
   * convolution helpers: ``im2col`` / ``col2im`` (the column layout of the conv layers),
   * pooling: ``maxpool2d_forward`` / ``maxpool2d_backward`` (argmax within each window),
-  * fused BatchNorm + sign: ``batchnorm_sign_eval`` / ``batchnorm_sign_train``,
+  * fused BatchNorm + sign: ``batchnorm_sign_eval`` / ``batchnorm_sign_train`` and the
+    latter's backward pass, ``batchnorm_sign_backward_train``,
   * fused in-place optimiser steps: ``cema_update``, ``bop_update``, ``sgd_update``,
     ``adam_update`` (same operation order as the filter chains of ``minibnn.optim``),
   * bit-packed binary inference: ``pack_signs``, ``unpack_signs``, ``xnor_gemm``,
@@ -45,6 +46,7 @@ from minibnn.kernels._common import (
     check_tie, col2im_shape, conv_output_size, maxpool_backward_shape, require_array,
     require_float, require_ndim, words_for)
 from minibnn.kernels.registry import array_kind, op
+from minibnn.ops.sign import ste_grad
 
 Array = Any      # a NumPy or CuPy array
 
@@ -211,6 +213,42 @@ def batchnorm_sign_train(x: Array, gamma: Array | None = None, beta: Array | Non
     y = xhat * gamma[:, None] + beta[:, None]
     return (_sign(y).reshape(x.shape), y.reshape(x.shape), xhat.reshape(x.shape), mean, var,
             inv_std)
+
+
+@op
+def batchnorm_sign_backward_train(ds: Array, y: Array, xhat: Array, inv_std: Array,
+                                  gamma: Array, ste: str = "identity", ste_beta: float = 5.0
+                                  ) -> tuple[Array, Array, Array]:
+    """The backward pass of ``batchnorm_sign_train``: ``(dx, dgamma, dbeta)``.
+
+    ``ds`` is dL/ds for s = sign(y); y, xhat (x's shape) and inv_std (C,) are what the forward
+    returned. The expressions are ``sign_backward``'s and then train-mode
+    ``batchnorm_backward``'s (minibnn.nn.functional), term for term in their order:
+        d = ds * ste_grad(y)        (the identity STE: d = ds)
+        dbeta = sum(d),  dgamma = sum(d * xhat),  g = d * gamma
+        dx = (g - mean(g) - xhat * mean(g * xhat)) * inv_std
+    with sums and means per channel over every other axis, so every body agrees with the two
+    layers' backward passes bit for bit on one array module.
+    """
+    fn = "batchnorm_sign_backward_train"
+    for name, a in (("ds", ds), ("y", y), ("xhat", xhat)):
+        require_float(fn, name, a)
+        if a.shape != xhat.shape or a.dtype != xhat.dtype:
+            raise ShapeError(f"{fn}: {name} must be {xhat.dtype} {xhat.shape}, got "
+                             f"{a.dtype} {a.shape}")
+    channel_view(fn, xhat)
+    inv_std = channel_vector(fn, "inv_std", inv_std, xhat, 1.0)
+    gamma = channel_vector(fn, "gamma", gamma, xhat, 1.0)
+    axes = (0,) + tuple(range(2, xhat.ndim))
+    bshape = (1, xhat.shape[1]) + (1,) * (xhat.ndim - 2)
+    d = ds.copy() if ste == "identity" else ds * ste_grad(y, ste, ste_beta)
+    dbeta = d.sum(axis=axes)
+    dgamma = (d * xhat).sum(axis=axes)
+    g = d * gamma.reshape(bshape)
+    g_mean = g.mean(axis=axes).reshape(bshape)
+    gx_mean = (g * xhat).mean(axis=axes).reshape(bshape)
+    dx = (g - g_mean - xhat * gx_mean) * inv_std.reshape(bshape)
+    return dx, dgamma, dbeta
 
 
 # --------------------------------------------------------------------------- optimiser steps

@@ -12,9 +12,10 @@ derived: ``dx = dy * ste_grad(x, ste)`` with one of
     "swish"     derivative of SignSwish (BNN+, Darabi et al. 2018), see ``_swish_grad``
 
 This is the one definition: the activation sign (``nn.functional.sign``), the weight STE of the
-binary layers, the fused BatchNorm+sign backward (``kernels.channels_last``) all call
-``ste_grad``; the Numba body of that backward (``kernels.cpu_channels_last._ste``, indexed by
-``STE_NAMES.index(ste)``) is the same table for one float32 value, tested against this one.
+binary layers, the fused BatchNorm+sign backward passes (``kernels.channels_last``,
+``kernels.reference.batchnorm_sign_backward_train``) all call ``ste_grad``; the Numba bodies of
+those backward passes use ``kernels.cpu_channels_last._ste`` (indexed by
+``STE_NAMES.index(ste)``), the same table for one float32 value, tested against this one.
 """
 from __future__ import annotations
 

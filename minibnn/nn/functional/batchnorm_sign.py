@@ -7,6 +7,9 @@ passes chained, because the kernel ops evaluate the layers' own expressions in t
     same reductions as ``batchnorm_forward`` (``kernels.reference.batch_statistics``) and makes
     s, y = xhat * gamma + beta and xhat in one pass (three separate passes and their
     temporaries otherwise); the caches are the two layers' own;
+    its backward, ``kernels.batchnorm_sign_backward_train``, evaluates ``sign_backward``'s
+    and ``batchnorm_backward``'s expressions in their order (one kernel pass for the sums
+    and one for dx, instead of eleven array passes);
   * eval mode: ``kernels.batchnorm_sign_eval`` makes s alone in one pass over x. The
     cache keeps only the inputs; a backward after an eval forward (rare: training runs in
     train mode) first rebuilds the two layers' caches.
@@ -78,7 +81,7 @@ def batchnorm_sign_forward(x: Array, gamma: Array, beta: Array, running_mean: Ar
 
 def batchnorm_sign_backward(ds: Array, cache: BatchNormSignCache
                             ) -> tuple[Array, Array, Array]:
-    """Return ``dx, dgamma, dbeta``: ``sign_backward`` then ``batchnorm_backward``."""
+    """Return ``dx, dgamma, dbeta``: ``sign_backward`` then ``batchnorm_backward``, bit for bit."""
     bn, sign, inputs = cache.bn, cache.sign, cache.inputs
     if inputs is not None:
         x, gamma, beta, running_mean, running_var, eps, ste, ste_beta = inputs
@@ -86,5 +89,7 @@ def batchnorm_sign_backward(ds: Array, cache: BatchNormSignCache
                                   eps=eps)
         sign = sign_forward(y, ste, ste_beta)[1]
     require_grad("batchnorm_sign_backward", ds, bn.xhat.shape, bn.xhat.dtype)
-    dx, dgamma, dbeta = batchnorm_backward(sign_backward(ds, sign), bn)
-    return dx, dgamma, dbeta
+    if inputs is not None:                     # eval mode: the two layers' backward passes
+        return batchnorm_backward(sign_backward(ds, sign), bn)
+    return kernels.batchnorm_sign_backward_train(ds, sign.x, bn.xhat, bn.inv_std, bn.gamma,
+                                                 sign.ste, sign.beta)
