@@ -4,8 +4,9 @@ The reference runs under ``use_backend("numpy")``, so a composite reference (one
 inner op, e.g. ``binary_conv2d`` -> ``xnor_gemm``) is reference all the way down.
 
 Tolerances: elementwise kernels evaluate the same float operations in the same order, so
-im2col, max-pooling forward (values and argmax), BatchNorm+sign in both modes (the batch
-statistics are the reference's own reductions) and every optimiser step must agree EXACTLY;
+im2col, max-pooling forward (values and argmax), BatchNorm+sign in both modes and its
+train-mode backward pass (the batch statistics and gradient sums are the reference's own
+reductions, or loops adding in NumPy's order) and every optimiser step must agree EXACTLY;
 bit packing, the XNOR GEMM and the binary convolution are integer code and exact. Kernels
 that add in a different order are compared with rtol = atol = 1e-5 (float32) / 1e-12
 (float64): col2im and max-pooling backward with overlapping windows.
@@ -227,6 +228,25 @@ def test_batchnorm_sign_backward_parallel_path_and_memory_orders() -> None:
     ds_f = np.asfortranarray(ds)
     assert _same_bits(numba_body("batchnorm_sign_backward_train")(ds_f, y, xhat, inv_std, gamma, ste),
                       ref("batchnorm_sign_backward_train")(ds_f, y, xhat, inv_std, gamma, ste))
+
+
+def test_batchnorm_sign_rows_parallel_path() -> None:
+    """A dense layer's (N, C) BatchNorm+sign (its own statistics loop and apply loop) above
+    their parallel threshold: the reference's bits on 1 and 2 threads, signed zeros too."""
+    from minibnn.kernels import cpu, threads
+
+    rng = np.random.default_rng(8)
+    x = randn(rng, (520, 1030), np.float32) * np.float32(30.0)
+    x[rng.random(x.shape) < 0.05] = -0.0
+    assert x.size >= cpu.ROWS_PARALLEL_MIN_WORK
+    gamma, beta = randn(rng, (1030,), np.float32), randn(rng, (1030,), np.float32)
+    want = ref("batchnorm_sign_train")(x, gamma, beta)
+    mean, var = want[3], want[4]
+    for n in (1, 2):
+        with threads.using_threads(n):
+            assert _same_bits(numba_body("batchnorm_sign_train")(x, gamma, beta), want), n
+            assert _same_bits((numba_body("batchnorm_sign_eval")(x, mean, var, gamma, beta),),
+                              (ref("batchnorm_sign_eval")(x, mean, var, gamma, beta),)), n
 
 
 def test_batchnorm_sign_backward_refuses_bad_input() -> None:

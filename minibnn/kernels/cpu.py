@@ -13,8 +13,9 @@ elements of work run on one thread, where waking the others costs more than it s
 as the reference, so elementwise kernels (im2col, max-pooling forward, BatchNorm+sign, the
 optimiser steps) agree with the reference bit for bit; kernels that add in another order
 (col2im, max-pooling backward with overlapping windows) differ by rounding. The BatchNorm
-batch statistics are the reference's own NumPy reductions (``reference.batch_statistics``), so
-train-mode BatchNorm+sign is exact too. Ops without a body here (``pack_conv_weights``, done
+batch statistics are the reference's own NumPy reductions (``reference.batch_statistics``) or,
+for a dense layer's (N, C) rows, a loop that adds in NumPy's order, so train-mode
+BatchNorm+sign is exact too, and so is its backward pass (its sums in NumPy's order as well). Ops without a body here (``pack_conv_weights``, done
 once ahead of inference) run their reference.
 
 The convolution itself stays ``im2col`` + a BLAS GEMM (``cols @ w.reshape(O, -1).T``, through
@@ -244,6 +245,52 @@ def _bn_sign_apply(x3, mean, inv_std, gamma, beta, s, y, xhat, keep):  # type: i
                     xhat[ni, ci, j] = xh
 
 
+@njit(parallel=True, cache=True)
+def _bn_sign_apply_rows(x, mean, inv_std, gamma, beta, s, y, xhat, keep):  # type: ignore[no-untyped-def]
+    """``_bn_sign_apply`` for (N, C) rows (H*W = 1: a dense layer's BatchNorm), the loop over
+    the channels innermost, where it vectorises (3x faster at (128, 1024))."""
+    n, c = x.shape
+    for ni in prange(n):
+        for ci in range(c):
+            xh = (x[ni, ci] - mean[ci]) * inv_std[ci]
+            yv = xh * gamma[ci] + beta[ci]
+            s[ni, ci] = 1.0 if yv >= 0 else -1.0
+            if keep:
+                y[ni, ci] = yv
+                xhat[ni, ci] = xh
+
+
+@njit(parallel=True, cache=True)
+def _batch_statistics_rows(x, mean, var):  # type: ignore[no-untyped-def]
+    """``reference.batch_statistics`` of C-contiguous (N, C) rows, bit for bit: NumPy sums over
+    axis 0 from 0 in row order, in x's dtype, and ``var`` is ``mean((x - mean)**2)`` (NumPy's
+    ``var``: its own mean, the squares, their sum, divided by N). Channels in blocks of 64,
+    one block per iteration, each summed into an array of its own."""
+    n, c = x.shape
+    for q in prange((c + 63) // 64):
+        lo, hi = q * 64, min(c, q * 64 + 64)
+        acc = np.zeros(hi - lo, x.dtype)
+        for r in range(n):
+            xr = x[r, lo:hi]
+            for j in range(hi - lo):
+                acc[j] += xr[j]
+        for j in range(hi - lo):
+            mean[lo + j] = acc[j] / n
+            acc[j] = 0.0
+        mu = mean[lo:hi].copy()
+        for r in range(n):
+            xr = x[r, lo:hi]
+            for j in range(hi - lo):
+                d = xr[j] - mu[j]
+                acc[j] += d * d
+        for j in range(hi - lo):
+            var[lo + j] = acc[j] / n
+
+
+#: values below which the (N, C) rows kernels run on one thread (waking two costs more there)
+ROWS_PARALLEL_MIN_WORK = 1 << 19
+
+
 @register(ref.batchnorm_sign_eval, "numba")
 def batchnorm_sign_eval(x: np.ndarray, mean: np.ndarray, var: np.ndarray,
                         gamma: np.ndarray | None = None, beta: np.ndarray | None = None,
@@ -258,6 +305,11 @@ def batchnorm_sign_eval(x: np.ndarray, mean: np.ndarray, var: np.ndarray,
     beta = channel_vector(fn, "beta", beta, x, 0.0, "numpy")
     inv_std = 1.0 / np.sqrt(var + eps)            # (C,): computed as the reference does
     s = np.empty_like(x3)
+    if x3.shape[2] == 1:                            # (N, C) rows: a dense layer's BatchNorm
+        rows, s2 = x3.reshape(x3.shape[:2]), s.reshape(x3.shape[:2])
+        with _threads_for(x3.size, ROWS_PARALLEL_MIN_WORK):
+            _bn_sign_apply_rows(rows, mean, inv_std, gamma, beta, s2, s2, s2, False)
+        return s.reshape(x.shape)
     unused = np.empty((0, 0, 0), dtype=x.dtype)
     with _threads_for(x3.size):
         _bn_sign_apply(x3, mean, inv_std, gamma, beta, s, unused, unused, False)
@@ -271,19 +323,29 @@ def batchnorm_sign_train(x: np.ndarray, gamma: np.ndarray | None = None,
                                     np.ndarray]:
     """Batch-statistics BatchNorm + sign: ``(s, y, xhat, mean, var, inv_std)`` as the reference.
 
-    The statistics are the reference's NumPy reductions (so every bit agrees); normalise,
-    affine and sign are one pass that writes s, y and xhat.
+    The statistics are the reference's NumPy reductions (so every bit agrees), or for (N, C)
+    rows a loop that sums in NumPy's order (the same bits); normalise, affine and sign are
+    one pass that writes s, y and xhat.
     """
     fn = "batchnorm_sign_train"
     require_float(fn, "x", x, "numpy")
     x3 = np.ascontiguousarray(channel_view(fn, x))
     gamma = channel_vector(fn, "gamma", gamma, x, 1.0, "numpy")
     beta = channel_vector(fn, "beta", beta, x, 0.0, "numpy")
-    mean, var = batch_statistics(x)
-    inv_std = 1.0 / np.sqrt(var + eps)
     s, y, xhat = np.empty_like(x3), np.empty_like(x3), np.empty_like(x3)
-    with _threads_for(x3.size):
-        _bn_sign_apply(x3, mean, inv_std, gamma, beta, s, y, xhat, True)
+    if x3.shape[2] == 1:                            # (N, C) rows: a dense layer's BatchNorm
+        rows = x3.reshape(x3.shape[:2])
+        mean, var = np.empty(rows.shape[1], x.dtype), np.empty(rows.shape[1], x.dtype)
+        with _threads_for(x3.size, ROWS_PARALLEL_MIN_WORK):
+            _batch_statistics_rows(rows, mean, var)
+            inv_std = 1.0 / np.sqrt(var + eps)
+            _bn_sign_apply_rows(rows, mean, inv_std, gamma, beta, *(a.reshape(rows.shape)
+                                                                  for a in (s, y, xhat)), True)
+    else:
+        mean, var = batch_statistics(x)
+        inv_std = 1.0 / np.sqrt(var + eps)
+        with _threads_for(x3.size):
+            _bn_sign_apply(x3, mean, inv_std, gamma, beta, s, y, xhat, True)
     return s.reshape(x.shape), y.reshape(x.shape), xhat.reshape(x.shape), mean, var, inv_std
 
 
@@ -360,9 +422,8 @@ def batchnorm_sign_backward_train(ds: np.ndarray, y: np.ndarray, xhat: np.ndarra
     m, c = xhat.shape
     sums = np.zeros((4, c), dtype=np.float32)
     dx = np.empty_like(xhat)
-    # two parallel regions cost ~0.1 ms to wake: one thread is faster below ~2^19 values
-    # (a (128, 1024) batch: 0.21 ms on one thread, 0.32 ms on two)
-    with _threads_for(xhat.size, min_work=1 << 19):
+    # (a (128, 1024) batch: 0.21 ms on one thread, 0.32 ms on two: ROWS_PARALLEL_MIN_WORK)
+    with _threads_for(xhat.size, ROWS_PARALLEL_MIN_WORK):
         _bn_sign_grad_sums_rows(ds, y, xhat, gamma, code, sbeta, sums)
         g_mean, gx_mean = sums[2] / m, sums[3] / m           # np.mean's division, in float32
         _bn_sign_grad_dx_rows(ds, y, xhat, gamma, inv_std, g_mean, gx_mean, code, sbeta, dx)
