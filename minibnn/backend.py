@@ -157,5 +157,5 @@ def require_array(fn: str, name: str, x: Any, kind: str = "any") -> None:
 def require_float(fn: str, name: str, x: Any, kind: str = "any") -> None:
     """``x`` must be a float32 or float64 array of ``kind`` (see ``require_array``)."""
     require_array(fn, name, x, kind)
-    if x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):   # float32/float64, either byte order
+    if x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):   # what NumPy names float32/float64
         raise DTypeError(f"{fn}: {name} must have dtype float32 or float64, got {x.dtype}")

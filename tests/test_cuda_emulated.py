@@ -174,6 +174,19 @@ def test_batchnorm_sign(dtype, shape):
          reference("batchnorm_sign_eval")(x, mean, var, gamma, beta))
 
 
+@pytest.mark.parametrize("shape", [(37, 5), (4, 3, 5, 6)])
+def test_batchnorm_sign_backward_runs_its_reference_on_the_device(shape):
+    """No CUDA body: the op runs its reference on device arrays, the NumPy reference's bits."""
+    rng = np.random.default_rng(8)
+    x, ds = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    gamma, beta = (rng.standard_normal(shape[1]).astype(np.float32) for _ in range(2))
+    _, y, xhat, _, _, inv_std = reference("batchnorm_sign_train")(x, gamma, beta)
+    got = kernels.batchnorm_sign_backward_train(dev(ds), dev(y), dev(xhat), dev(inv_std),
+                                                dev(gamma), "clipped")
+    assert all(isinstance(g, EmuArray) for g in got)
+    same(got, reference("batchnorm_sign_backward_train")(ds, y, xhat, inv_std, gamma, "clipped"))
+
+
 # --------------------------------------------------------------------------- packing, XNOR
 
 

@@ -351,6 +351,26 @@ class TestBatchNormSignOnGpu:
 
     @pytest.mark.parametrize("dtype", [np.float32, np.float64])
     @pytest.mark.parametrize("shape", [(64, 5), (8, 3, 7, 9)])
+    def test_train_backward_is_the_layers_backward(self, cp, dtype, shape):
+        """The fused layer's train-mode backward op (its reference on CuPy: no CUDA body) is
+        sign_backward then batchnorm_backward on CuPy, bit for bit."""
+        from minibnn.nn.functional import SignCache, batchnorm_backward, sign_backward
+        from minibnn.nn.functional.batchnorm import BatchNormCache
+
+        rng = np.random.default_rng(7)
+        c = shape[1]
+        x, ds = (cp.asarray(rng.standard_normal(shape).astype(dtype)) for _ in range(2))
+        gamma, beta = (cp.asarray(rng.standard_normal(c).astype(dtype)) for _ in range(2))
+        _, y, xhat, _, _, inv_std = kernels.batchnorm_sign_train(x, gamma, beta)
+        got = kernels.batchnorm_sign_backward_train(ds, y, xhat, inv_std, gamma, "approx")
+        want = batchnorm_backward(sign_backward(ds, SignCache(y, "approx", 5.0)),
+                                  BatchNormCache(xhat, inv_std, gamma, True, True, None, None))
+        for g_, w_ in zip(got, want):
+            assert isinstance(g_, cp.ndarray)
+            np.testing.assert_array_equal(_host(g_), _host(w_))
+
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    @pytest.mark.parametrize("shape", [(64, 5), (8, 3, 7, 9)])
     def test_train_matches_reference(self, cp, dtype, shape):
         rng = np.random.default_rng(6)
         c = shape[1]

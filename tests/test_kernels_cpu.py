@@ -178,7 +178,8 @@ def _bn_sign_backward_case(rng: np.random.Generator, shape: tuple[int, ...], dty
 
 def _same_bits(got: tuple, want: tuple) -> bool:
     return all(a.dtype == b.dtype and a.shape == b.shape
-               and np.array_equal(a.view(np.uint8), b.view(np.uint8)) for a, b in zip(got, want))
+               and np.array_equal(np.ascontiguousarray(a).view(np.uint8),
+                              np.ascontiguousarray(b).view(np.uint8)) for a, b in zip(got, want))
 
 
 @SETTINGS
@@ -213,8 +214,8 @@ def test_batchnorm_sign_backward_equals_the_layers() -> None:
 
 def test_batchnorm_sign_backward_parallel_path_and_memory_orders() -> None:
     """Above the op's parallel threshold (2^19 values) the bits are the reference's on 1 and
-    2 threads; a ds in another memory order (NumPy sums it in another order) runs the
-    reference, so it still gives the reference's bits."""
+    2 threads; arrays in another memory order (NumPy sums them in another order) run the
+    reference, so they still give the reference's bits."""
     from minibnn.kernels import threads
 
     rng = np.random.default_rng(6)
@@ -225,12 +226,30 @@ def test_batchnorm_sign_backward_parallel_path_and_memory_orders() -> None:
         with threads.using_threads(n):
             assert _same_bits(numba_body("batchnorm_sign_backward_train")(*args), want), n
     ds, y, xhat, inv_std, gamma, ste = _bn_sign_backward_case(rng, (40, 30), np.float32, "clipped")
-    ds_f = np.asfortranarray(ds)
-    assert _same_bits(numba_body("batchnorm_sign_backward_train")(ds_f, y, xhat, inv_std, gamma, ste),
-                      ref("batchnorm_sign_backward_train")(ds_f, y, xhat, inv_std, gamma, ste))
+    fortran = [np.asfortranarray(a) for a in (ds, y, xhat)]
+    want = ref("batchnorm_sign_backward_train")(*fortran, inv_std, gamma, ste)
+    assert not _same_bits(want, ref("batchnorm_sign_backward_train")(ds, y, xhat, inv_std, gamma,
+                                                                      ste))    # another order
+    assert _same_bits(numba_body("batchnorm_sign_backward_train")(*fortran, inv_std, gamma, ste),
+                      want)
 
 
-def test_batchnorm_sign_rows_parallel_path() -> None:
+def test_batchnorm_sign_one_channel() -> None:
+    """With one channel NumPy sums the contiguous batch axis pairwise (N >= 8): the Numba bodies
+    send that case to the reference, forward and backward, 2-D and 4-D."""
+    rng = np.random.default_rng(9)
+    for shape in [(200, 1), (16, 1), (200, 1, 1, 1)]:
+        x = randn(rng, shape, np.float32) * np.float32(30.0)
+        gamma, beta = randn(rng, (1,), np.float32), randn(rng, (1,), np.float32)
+        assert _same_bits(numba_body("batchnorm_sign_train")(x, gamma, beta),
+                          ref("batchnorm_sign_train")(x, gamma, beta)), shape
+        for ste in ("identity", "approx"):
+            args = _bn_sign_backward_case(rng, shape, np.float32, ste)
+            assert _same_bits(numba_body("batchnorm_sign_backward_train")(*args),
+                              ref("batchnorm_sign_backward_train")(*args)), (shape, ste)
+
+
+def test_batchnorm_sign_dense_parallel_path() -> None:
     """A dense layer's (N, C) BatchNorm+sign (its own statistics loop and apply loop) above
     their parallel threshold: the reference's bits on 1 and 2 threads, signed zeros too."""
     from minibnn.kernels import cpu, threads
@@ -238,7 +257,7 @@ def test_batchnorm_sign_rows_parallel_path() -> None:
     rng = np.random.default_rng(8)
     x = randn(rng, (520, 1030), np.float32) * np.float32(30.0)
     x[rng.random(x.shape) < 0.05] = -0.0
-    assert x.size >= cpu.ROWS_PARALLEL_MIN_WORK
+    assert x.size >= cpu.DENSE_PARALLEL_MIN_WORK
     gamma, beta = randn(rng, (1030,), np.float32), randn(rng, (1030,), np.float32)
     want = ref("batchnorm_sign_train")(x, gamma, beta)
     mean, var = want[3], want[4]

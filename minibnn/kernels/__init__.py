@@ -39,7 +39,8 @@ from minibnn.kernels.registry import (
 #: every op, by name
 OPS = ("adam_update", "batch_statistics_rows", "batchnorm_normalise_add_rows",
        "batchnorm_normalise_rows",
-       "batchnorm_sign_backward_train", "batchnorm_sign_eval", "batchnorm_sign_pack_backward", "batchnorm_sign_pack_eval",
+       "batchnorm_sign_backward_train", "batchnorm_sign_eval", "batchnorm_sign_pack_backward",
+       "batchnorm_sign_pack_eval",
        "batchnorm_sign_pack_train", "batchnorm_sign_train",
        "bias_sign_pack", "bias_sign_pack_backward", "binary_conv2d", "binary_conv2d_lookup",
        "binary_conv2d_threshold_pack",

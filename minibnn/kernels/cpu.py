@@ -15,8 +15,9 @@ optimiser steps) agree with the reference bit for bit; kernels that add in anoth
 (col2im, max-pooling backward with overlapping windows) differ by rounding. The BatchNorm
 batch statistics are the reference's own NumPy reductions (``reference.batch_statistics``) or,
 for a dense layer's (N, C) rows, a loop that adds in NumPy's order, so train-mode
-BatchNorm+sign is exact too, and so is its backward pass (its sums in NumPy's order as well). Ops without a body here (``pack_conv_weights``, done
-once ahead of inference) run their reference.
+BatchNorm+sign is exact too, and so is its backward pass (its sums in NumPy's order as well).
+Ops without a body here (``pack_conv_weights``, done once ahead of inference) run their
+reference.
 
 The convolution itself stays ``im2col`` + a BLAS GEMM (``cols @ w.reshape(O, -1).T``, through
 ``kernels.threads.matmul``: one-threaded BLAS on fixed blocks, the same bits on any thread
@@ -246,9 +247,10 @@ def _bn_sign_apply(x3, mean, inv_std, gamma, beta, s, y, xhat, keep):  # type: i
 
 
 @njit(parallel=True, cache=True)
-def _bn_sign_apply_rows(x, mean, inv_std, gamma, beta, s, y, xhat, keep):  # type: ignore[no-untyped-def]
+def _bn_sign_apply_dense(x, mean, inv_std, gamma, beta, s, y, xhat, keep):  # type: ignore[no-untyped-def]
     """``_bn_sign_apply`` for (N, C) rows (H*W = 1: a dense layer's BatchNorm), the loop over
-    the channels innermost, where it vectorises (3x faster at (128, 1024))."""
+    the channels innermost, where it vectorises (3x faster at (128, 1024)); y and xhat are
+    written only with ``keep``."""
     n, c = x.shape
     for ni in prange(n):
         for ci in range(c):
@@ -261,11 +263,13 @@ def _bn_sign_apply_rows(x, mean, inv_std, gamma, beta, s, y, xhat, keep):  # typ
 
 
 @njit(parallel=True, cache=True)
-def _batch_statistics_rows(x, mean, var):  # type: ignore[no-untyped-def]
-    """``reference.batch_statistics`` of C-contiguous (N, C) rows, bit for bit: NumPy sums over
-    axis 0 from 0 in row order, in x's dtype, and ``var`` is ``mean((x - mean)**2)`` (NumPy's
-    ``var``: its own mean, the squares, their sum, divided by N). Channels in blocks of 64,
-    one block per iteration, each summed into an array of its own."""
+def _dense_batch_statistics(x, mean, var):  # type: ignore[no-untyped-def]
+    """``reference.batch_statistics`` of a C-contiguous (N, C) array with C >= 2, bit for bit:
+    NumPy sums over axis 0 from 0 in row order, in x's dtype (with C = 1 the axis is contiguous
+    and NumPy sums pairwise: callers send that case to the reference), and ``var`` is
+    ``mean((x - mean)**2)`` (NumPy's ``var``: its own mean, the squares, their sum, divided by
+    N). Channels in blocks of 64, one block per iteration, each summed into an array of its
+    own."""
     n, c = x.shape
     for q in prange((c + 63) // 64):
         lo, hi = q * 64, min(c, q * 64 + 64)
@@ -287,8 +291,8 @@ def _batch_statistics_rows(x, mean, var):  # type: ignore[no-untyped-def]
             var[lo + j] = acc[j] / n
 
 
-#: values below which the (N, C) rows kernels run on one thread (waking two costs more there)
-ROWS_PARALLEL_MIN_WORK = 1 << 19
+#: values below which the dense (N, C) kernels run on one thread (waking two costs more there)
+DENSE_PARALLEL_MIN_WORK = 1 << 19
 
 
 @register(ref.batchnorm_sign_eval, "numba")
@@ -307,8 +311,8 @@ def batchnorm_sign_eval(x: np.ndarray, mean: np.ndarray, var: np.ndarray,
     s = np.empty_like(x3)
     if x3.shape[2] == 1:                            # (N, C) rows: a dense layer's BatchNorm
         rows, s2 = x3.reshape(x3.shape[:2]), s.reshape(x3.shape[:2])
-        with _threads_for(x3.size, ROWS_PARALLEL_MIN_WORK):
-            _bn_sign_apply_rows(rows, mean, inv_std, gamma, beta, s2, s2, s2, False)
+        with _threads_for(x3.size, DENSE_PARALLEL_MIN_WORK):     # (y, xhat: not written)
+            _bn_sign_apply_dense(rows, mean, inv_std, gamma, beta, s2, s2, s2, False)
         return s.reshape(x.shape)
     unused = np.empty((0, 0, 0), dtype=x.dtype)
     with _threads_for(x3.size):
@@ -324,8 +328,8 @@ def batchnorm_sign_train(x: np.ndarray, gamma: np.ndarray | None = None,
     """Batch-statistics BatchNorm + sign: ``(s, y, xhat, mean, var, inv_std)`` as the reference.
 
     The statistics are the reference's NumPy reductions (so every bit agrees), or for (N, C)
-    rows a loop that sums in NumPy's order (the same bits); normalise, affine and sign are
-    one pass that writes s, y and xhat.
+    rows with C >= 2 a loop that sums in NumPy's order (the same bits); normalise, affine and
+    sign are one pass that writes s, y and xhat.
     """
     fn = "batchnorm_sign_train"
     require_float(fn, "x", x, "numpy")
@@ -333,14 +337,14 @@ def batchnorm_sign_train(x: np.ndarray, gamma: np.ndarray | None = None,
     gamma = channel_vector(fn, "gamma", gamma, x, 1.0, "numpy")
     beta = channel_vector(fn, "beta", beta, x, 0.0, "numpy")
     s, y, xhat = np.empty_like(x3), np.empty_like(x3), np.empty_like(x3)
-    if x3.shape[2] == 1:                            # (N, C) rows: a dense layer's BatchNorm
+    if x3.shape[2] == 1 and x3.shape[1] >= 2:       # (N, C) rows: a dense layer's BatchNorm
         rows = x3.reshape(x3.shape[:2])
         mean, var = np.empty(rows.shape[1], x.dtype), np.empty(rows.shape[1], x.dtype)
-        with _threads_for(x3.size, ROWS_PARALLEL_MIN_WORK):
-            _batch_statistics_rows(rows, mean, var)
+        s2, y2, xhat2 = s.reshape(rows.shape), y.reshape(rows.shape), xhat.reshape(rows.shape)
+        with _threads_for(x3.size, DENSE_PARALLEL_MIN_WORK):
+            _dense_batch_statistics(rows, mean, var)
             inv_std = 1.0 / np.sqrt(var + eps)
-            _bn_sign_apply_rows(rows, mean, inv_std, gamma, beta, *(a.reshape(rows.shape)
-                                                                  for a in (s, y, xhat)), True)
+            _bn_sign_apply_dense(rows, mean, inv_std, gamma, beta, s2, y2, xhat2, True)
     else:
         mean, var = batch_statistics(x)
         inv_std = 1.0 / np.sqrt(var + eps)
@@ -350,7 +354,7 @@ def batchnorm_sign_train(x: np.ndarray, gamma: np.ndarray | None = None,
 
 
 @njit(parallel=True, cache=True)
-def _bn_sign_grad_sums_rows(ds, y, xhat, gamma, code, sbeta, sums):  # type: ignore[no-untyped-def]
+def _bn_sign_grad_sums_dense(ds, y, xhat, gamma, code, sbeta, sums):  # type: ignore[no-untyped-def]
     """Per channel: sums[0] = sum d, sums[1] = sum d * xhat, sums[2] = sum g, sums[3] = sum
     g * xhat (d = ds * ste'(y), g = d * gamma), in float32, from 0 and in row order: NumPy's
     order for a sum over axis 0 of a C-contiguous (N, C) array. Channels in blocks of 64, one
@@ -382,7 +386,7 @@ def _bn_sign_grad_sums_rows(ds, y, xhat, gamma, code, sbeta, sums):  # type: ign
 
 
 @njit(parallel=True, cache=True)
-def _bn_sign_grad_dx_rows(ds, y, xhat, gamma, inv_std, g_mean, gx_mean, code, sbeta, dx):  # type: ignore[no-untyped-def]
+def _bn_sign_grad_dx_dense(ds, y, xhat, gamma, inv_std, g_mean, gx_mean, code, sbeta, dx):  # type: ignore[no-untyped-def]
     """dx = (g - mean(g) - xhat * mean(g * xhat)) * inv_std, one row per iteration (the STE's
     factors first, as above)."""
     m, c = ds.shape
@@ -400,16 +404,18 @@ def batchnorm_sign_backward_train(ds: np.ndarray, y: np.ndarray, xhat: np.ndarra
                                   inv_std: np.ndarray, gamma: np.ndarray, ste: str = "identity",
                                   ste_beta: float = 5.0
                                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two passes over C-contiguous float32 (N, C) arrays (a dense layer's BatchNorm+sign):
-    the four per-channel sums, then dx; every expression the reference's, in its order and
-    float32, and each sum in NumPy's order, so the bits are the reference's. Other inputs
-    run the reference: NCHW, float64 and other memory orders (NumPy sums those in another
-    order), and the "swish" STE (its exp and tanh round differently in Numba: test_ste_table).
+    """Two passes over C-contiguous float32 (N, C) arrays, C >= 2 (a dense layer's
+    BatchNorm+sign): the four per-channel sums, then dx; every expression the reference's, in
+    its order and float32, and each sum in NumPy's order, so the bits are the reference's.
+    Other inputs run the reference: NCHW, float64, other memory orders and C = 1 (NumPy sums
+    those in another order), and the "swish" STE (its exp and tanh round differently in
+    Numba: test_ste_table).
     """
     fn = "batchnorm_sign_backward_train"
     for name, a in (("ds", ds), ("y", y), ("xhat", xhat)):
         require_float(fn, name, a, "numpy")
-    dense = (xhat.ndim == 2 and xhat.dtype == np.float32 and ste != "swish"
+    dense = (xhat.ndim == 2 and xhat.shape[1] >= 2 and xhat.dtype == np.float32
+             and ste != "swish"
              and all(a.shape == xhat.shape and a.dtype == np.float32 and a.flags.c_contiguous
                      for a in (ds, y, xhat)))
     if not dense:
@@ -422,12 +428,12 @@ def batchnorm_sign_backward_train(ds: np.ndarray, y: np.ndarray, xhat: np.ndarra
     m, c = xhat.shape
     sums = np.zeros((4, c), dtype=np.float32)
     dx = np.empty_like(xhat)
-    # (a (128, 1024) batch: 0.21 ms on one thread, 0.32 ms on two: ROWS_PARALLEL_MIN_WORK)
-    with _threads_for(xhat.size, ROWS_PARALLEL_MIN_WORK):
-        _bn_sign_grad_sums_rows(ds, y, xhat, gamma, code, sbeta, sums)
-        g_mean, gx_mean = sums[2] / m, sums[3] / m           # np.mean's division, in float32
-        _bn_sign_grad_dx_rows(ds, y, xhat, gamma, inv_std, g_mean, gx_mean, code, sbeta, dx)
-    return dx, sums[1], sums[0]
+    # (a (128, 1024) batch: 0.21 ms on one thread, 0.32 ms on two: DENSE_PARALLEL_MIN_WORK)
+    with _threads_for(xhat.size, DENSE_PARALLEL_MIN_WORK):
+        _bn_sign_grad_sums_dense(ds, y, xhat, gamma, code, sbeta, sums)
+        g_mean, gx_mean = sums[2] / m, sums[3] / m   # np.mean's division (exact for m < 2^24)
+        _bn_sign_grad_dx_dense(ds, y, xhat, gamma, inv_std, g_mean, gx_mean, code, sbeta, dx)
+    return dx, sums[1].copy(), sums[0].copy()
 
 
 # --------------------------------------------------------------------------- optimiser steps

@@ -46,7 +46,7 @@ from minibnn.kernels._common import (
     check_tie, col2im_shape, conv_output_size, maxpool_backward_shape, require_array,
     require_float, require_ndim, words_for)
 from minibnn.kernels.registry import array_kind, op
-from minibnn.ops.sign import ste_grad
+from minibnn.ops.sign import check_ste, ste_grad
 
 Array = Any      # a NumPy or CuPy array
 
@@ -164,9 +164,10 @@ def _sign(y: Array) -> Array:
 def batch_statistics(x: Array) -> tuple[Array, Array]:
     """Per-channel (axis 1) mean and biased variance (divides by m = N*H*W) of x (N, C, ...).
 
-    Reduced over x as a C-contiguous (N, C, H*W) array. Every body of ``batchnorm_sign_train``
-    and the layer ``batchnorm_forward`` call this one function, so their statistics (and hence
-    everything after them) agree bit for bit on one array module.
+    Reduced over x as a C-contiguous (N, C, H*W) array. The reference body of
+    ``batchnorm_sign_train`` and the layer ``batchnorm_forward`` call this one function, so
+    their statistics (and hence everything after them) agree bit for bit on one array module;
+    the compiled bodies call it too, or (Numba, (N, C) arrays with C >= 2) add in its order.
     """
     x3 = get_array_module(x).ascontiguousarray(x.reshape(x.shape[0], x.shape[1], -1))
     return x3.mean(axis=(0, 2)), x3.var(axis=(0, 2))
@@ -241,6 +242,7 @@ def batchnorm_sign_backward_train(ds: Array, y: Array, xhat: Array, inv_std: Arr
     gamma = channel_vector(fn, "gamma", gamma, xhat, 1.0)
     axes = (0,) + tuple(range(2, xhat.ndim))
     bshape = (1, xhat.shape[1]) + (1,) * (xhat.ndim - 2)
+    ste_beta = check_ste(fn, ste, ste_beta)
     d = ds.copy() if ste == "identity" else ds * ste_grad(y, ste, ste_beta)
     dbeta = d.sum(axis=axes)
     dgamma = (d * xhat).sum(axis=axes)

@@ -9,9 +9,9 @@ and the running statistics follow PyTorch:
 The functions are pure: the updated running statistics are returned in the cache
 (``cache.running_mean``, ``cache.running_var``), never written into the arguments.
 Eval mode normalises with the running statistics, which the cache carries unchanged.
-The batch statistics are ``kernels.reference.batch_statistics``, the reductions every body of
-the fused ``batchnorm_sign_train`` op uses, so the fused and the separate layers agree bit for
-bit (``minibnn.nn.functional.batchnorm_sign``).
+The batch statistics are ``kernels.reference.batch_statistics``, the reductions the bodies of
+the fused ``batchnorm_sign_train`` op use (or add in the order of), so the fused and the
+separate layers agree bit for bit (``minibnn.nn.functional.batchnorm_sign``).
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ Equal, bit for bit, to ``sign_forward(batchnorm_forward(x, ...)[0])`` and to the
 passes chained, because the kernel ops evaluate the layers' own expressions in their order:
 
   * train mode: ``kernels.batchnorm_sign_train`` takes the batch statistics from the
-    same reductions as ``batchnorm_forward`` (``kernels.reference.batch_statistics``) and makes
+    same reductions as ``batchnorm_forward`` (``kernels.reference.batch_statistics``, or a
+    Numba loop adding in their order) and makes
     s, y = xhat * gamma + beta and xhat in one pass (three separate passes and their
     temporaries otherwise); the caches are the two layers' own;
     its backward, ``kernels.batchnorm_sign_backward_train``, evaluates ``sign_backward``'s
